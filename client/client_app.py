@@ -1,0 +1,118 @@
+"""The Flower ClientApp: what a hospital does for each message, as a thin adapter over SiteSession.
+
+Which folder is the site:
+- deployment: ``--node-config "data-dir='/secure/site-A'"`` (node_config ``data-dir``), optional ``device``;
+- simulation: the run's cohort folder (run_config ``data-dir``, or the list given to
+  :func:`make_client_app`) and the node's ``partition-id``: sorted site sub-folders, one per node.
+
+Sessions are cached per run and site in the (long-lived) ClientApp process, so data is loaded and
+validated once per process, not per message. What a site learned from the server (the run's schema,
+config and feature statistics) is kept in ``context.state``, which Flower hands to whichever
+process serves the next message, so a fresh process rebuilds the session from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .. import __version__
+from ..core import protocol as P
+from ..core.config import RunConfig
+from ..core.feature_stats import FeatureStats
+from ..core.histogram import HistogramGrid
+from ..core.site_data import discover_sites
+from ..core.site_session import SiteSession
+from .records import from_record, to_record
+
+_SESSIONS: dict[tuple[int, str], SiteSession] = {}
+_STATE_CONFIG = "rmm-run"  # context.state keys (stay on the site)
+_STATE_STATS = "rmm-feature-stats"
+
+
+def _site_dir(context: Context, site_dirs: list[str] | None) -> str:
+    node = context.node_config
+    if "data-dir" in node:
+        return str(node["data-dir"])
+    pid = int(node["partition-id"])
+    if site_dirs is None:
+        cohort = str(context.run_config.get("data-dir", ""))
+        if not cohort:
+            raise ValueError("no site folder: set node_config data-dir (deployment) or run_config data-dir (simulation)")
+        site_dirs = [str(p) for p in discover_sites(cohort)]
+    return site_dirs[pid]
+
+
+def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
+    app = ClientApp()
+
+    def session(context: Context) -> SiteSession:
+        path = _site_dir(context, site_dirs)
+        key = (context.run_id, path)
+        if key not in _SESSIONS:
+            _SESSIONS[key] = SiteSession(path, device=str(context.node_config.get("device", "auto")))
+        s = _SESSIONS[key]
+        st = context.state
+        if s.cfg is None and _STATE_CONFIG in st:
+            conf = st[_STATE_CONFIG]
+            s.bind_schema({k: int(v) for k, v in P.decode_schema(str(conf["schema"])).items()})
+            cfg = RunConfig.from_flat({k: v for k, v in conf.items() if k != "schema"})
+            s.setup(cfg, FeatureStats.from_arrays(from_record(st[_STATE_STATS]), cfg.model.anat_partitions))
+        return s
+
+    def reply(msg: Message, **records) -> Message:
+        return Message(RecordDict(records), reply_to=msg)
+
+    @app.query("schema")
+    def schema(msg: Message, context: Context) -> Message:
+        s = session(context)
+        d = s.data
+        return reply(msg, config=ConfigRecord({
+            "site": d.site, "schema": P.encode_schema(d.modalities), "rmm-version": __version__,
+            "n-patients": len(d.patient_ids), "n-events": int(d.event.sum()),
+            "n-train": len(d.indices("train")), "n-val": len(d.indices("val")), "n-test": len(d.indices("test")),
+        }))
+
+    @app.query("stats")
+    def stats(msg: Message, context: Context) -> Message:
+        cfg = msg.content[P.CONFIG]
+        s = session(context)
+        s.bind_schema({k: int(v) for k, v in P.decode_schema(str(cfg["schema"])).items()})
+        return reply(msg, sums=to_record(s.feature_sums(int(cfg["min-stat-count"]))))
+
+    @app.query("setup")
+    def setup(msg: Message, context: Context) -> Message:
+        conf = msg.content[P.CONFIG]
+        context.state[_STATE_CONFIG] = conf
+        context.state[_STATE_STATS] = msg.content[P.STATS_RECORD]
+        s = session(context)
+        s.cfg = None  # (re)apply this run's setup even if the process saw an earlier one
+        session(context)
+        return reply(msg, metrics=MetricRecord({"ready": 1}))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = msg.content[P.CONFIG]
+        weights, result = session(context).train(
+            from_record(msg.content[P.ARRAYS]), int(cfg["server-round"]), float(cfg.get("proximal-mu", 0.0)))
+        metrics = {"num-examples": result.n_examples, **result.metrics()}
+        return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
+
+    @app.query("histogram")
+    def histogram(msg: Message, context: Context) -> Message:
+        grid = HistogramGrid.from_config(dict(msg.content[P.CONFIG]))
+        counts, n = session(context).histogram(from_record(msg.content[P.ARRAYS]), grid)
+        return reply(msg, counts=to_record({"counts": counts}), metrics=MetricRecord({"n-values": n}))
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        theta = float(msg.content[P.CONFIG]["theta"])
+        metrics = session(context).evaluate(from_record(msg.content[P.ARRAYS]), theta)
+        return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
+
+    return app
+
+
+app = make_client_app()

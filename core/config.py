@@ -1,0 +1,117 @@
+"""Run configuration: one pydantic model, flattened to Flower's flat run-config keys.
+
+Every setting lives here once. ``[tool.flwr.app.config]`` in pyproject.toml, the ``rmm-simulate``
+flags and the messages the server sends to sites are all views of :class:`RunConfig`. Flower's
+run config is flat (``model.embed-dim = 64``); :meth:`RunConfig.to_flat` and
+:meth:`RunConfig.from_flat` convert both ways (kebab-case keys, nested models joined by dots).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tier1Config(_Strict):
+    """Tier 1 of seed 000 (eq. 1-4). Every component has a switch (Table 1 rows are configs)."""
+
+    embed_dim: int = Field(64, ge=2, description="d: width of instance features after g_k")
+    prompt_dim: int = Field(16, ge=1, description="d_p: width of the modality-aware prompt")
+    attn_dim: int = Field(32, ge=1, description="d': width of the attention scorer (V, w)")
+    hidden_dim: int = Field(128, ge=4, description="width of f_phi and the survival head")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout of f_phi, used for MC dropout")
+    mc_samples: int = Field(20, ge=2, description="T: MC-dropout passes (batched)")
+    max_instances: int = Field(64, ge=1, description="bags longer than this are subsampled (seeded)")
+    gated_attention: bool = Field(True, description="gate the attention scorer (off = eq. 1 verbatim)")
+    modality_prompts: bool = True
+    missing_prompts: bool = True
+    pseudo_embeddings: bool = Field(True, description="off = zero-fill for absent modalities")
+    estimator: bool = Field(True, description="f_phi recovers absent modalities for the head")
+    modality_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="p: drop each present modality (keep >= 1); 0 = off")
+    lambda_anat: float = Field(0.1, ge=0.0)
+    lambda_task: float = Field(1.0, ge=0.0)
+    anat_partitions: int = Field(4, ge=1, description="|R|: contiguous feature partitions per modality")
+    anat_kappa: float = Field(2.0, gt=0.0, description="kappa: hinge tolerance in sigma_r units")
+
+
+class RunConfig(_Strict):
+    """A whole federated run: phases, optimisation, calibration, routing."""
+
+    seed: int = 0
+    rounds: int = Field(30, ge=1, description="Tier 1 federated rounds")
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0, description="FedProx mu (strategy = fedprox)")
+    server_lr: float = Field(0.01, gt=0.0, description="FedAdam eta (strategy = fedadam)")
+    min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = every site of the run")
+    round_timeout_s: float = Field(600.0, gt=0.0)
+    min_stat_count: int = Field(5, ge=1, description="a site sends feature sums only over >= this many patients")
+    quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")
+    hist_low: float = Field(1e-8, gt=0.0)
+    hist_high: float = Field(1e3, gt=0.0)
+    hist_bins: int = Field(512, ge=8)
+    high_risk_contexts: str = Field("oncology-staging", description="comma-separated contexts always sent to Tier 2")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    model: Tier1Config = Tier1Config()
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.hist_high <= self.hist_low:
+            raise ValueError("hist-high must be greater than hist-low")
+        return self
+
+    @property
+    def high_risk(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.high_risk_contexts.split(",") if c.strip())
+
+    # ---- flat <-> nested -------------------------------------------------------------
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """Flat kebab-case dict (Flower run-config / ConfigRecord compatible)."""
+        return _flatten(self.model_dump())
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any] | Any, *, ignore: tuple[str, ...] = ()) -> "RunConfig":
+        """Build from flat keys; unknown keys are an error (a typo must not pass silently)."""
+        nested: dict[str, Any] = {}
+        for key, value in dict(flat).items():
+            if key in ignore:
+                continue
+            parts = [p.replace("-", "_") for p in key.split(".")]
+            node = nested
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+        try:
+            return cls.model_validate(nested)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p).replace('_', '-') for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            )
+            raise ConfigError(f"invalid run configuration: {problems}. Fix the key(s) named above "
+                              "(see [tool.flwr.app.config] in pyproject.toml for every key and default).") from None
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        flat = self.to_flat()
+        flat.update(overrides)
+        return RunConfig.from_flat(flat)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = prefix + key.replace("_", "-")
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,44 @@
+"""Typed errors. Each message names what is wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RmmError(ValueError):
+    """Base class of every error rmm raises on purpose."""
+
+
+class SiteDataError(RmmError):
+    """A site folder breaks the data contract (docs: site data format).
+
+    Carries the offending file, the field and the fix so that a hospital's IT team can act on
+    the message alone.
+    """
+
+    def __init__(self, file: str | Path, field: str, problem: str, fix: str) -> None:
+        self.file = str(file)
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.file}: field '{field}': {problem}. Fix: {fix}")
+
+
+class SchemaMismatchError(RmmError):
+    """A site's modalities or dims disagree with the run's schema."""
+
+
+class ConfigError(RmmError):
+    """A run configuration value is invalid."""
+
+
+class SurvivalInputError(RmmError):
+    """Survival inputs (risk, time, event) are malformed: shape, NaN, or event not in {0, 1}."""
+
+
+class NoComparablePairsError(SurvivalInputError):
+    """A C-index was requested on data with no comparable pairs (e.g. no events)."""
+
+
+class HistogramError(RmmError):
+    """Values or counts handed to the federated histogram are invalid."""

@@ -1,0 +1,134 @@
+"""Federated feature statistics: counts, sums and sums of squares, never patient rows.
+
+Each site summarises the mean-pooled features of its training patients per modality, over all
+patients who have the modality and over complete cases (every modality present). The server adds
+the sums and derives:
+
+- the standardisation (per-dimension mean and std) every site applies to its inputs, and
+- the per-partition statistics (mu_r, sigma_r) of complete-case features for L_anat (seed 000 eq. 4),
+  expressed in the standardised space.
+
+A site with fewer than ``min_count`` patients in a block sends zeros for that block, so no block
+reveals a handful of patients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .site_data import SiteData
+
+BLOCKS = ("all", "complete")
+
+
+def pooled_features(site: SiteData, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over instances of each patient's bag: ([N, D] float64 with zeros where absent, present [N])."""
+    dim = site.modalities[modality]
+    bags = site.bags[modality]
+    present = np.array([b is not None for b in bags], dtype=bool)
+    out = np.zeros((len(bags), dim or 0), dtype=np.float64)
+    for i, bag in enumerate(bags):
+        if bag is not None:
+            out[i] = bag.astype(np.float64).mean(axis=0)
+    return out, present
+
+
+def local_feature_sums(site: SiteData, indices: np.ndarray, min_count: int) -> dict[str, np.ndarray]:
+    """Per-modality sums over the given patients; keys ``<modality>.<block>.{n,sum,sumsq}``."""
+    indices = np.asarray(indices, dtype=int)
+    complete = np.ones(len(site.patient_ids), dtype=bool)
+    for m in site.modalities:
+        complete &= site.present(m)
+    out: dict[str, np.ndarray] = {}
+    for m, dim in site.modalities.items():
+        feats, present = pooled_features(site, m)
+        masks = {"all": present, "complete": complete}
+        for block in BLOCKS:
+            rows = indices[masks[block][indices]]
+            n = len(rows)
+            d = dim or 0
+            if n < min_count:
+                out[f"{m}.{block}.n"] = np.zeros(1)
+                out[f"{m}.{block}.sum"] = np.zeros(d)
+                out[f"{m}.{block}.sumsq"] = np.zeros(d)
+            else:
+                x = feats[rows]
+                out[f"{m}.{block}.n"] = np.array([float(n)])
+                out[f"{m}.{block}.sum"] = x.sum(axis=0)
+                out[f"{m}.{block}.sumsq"] = (x * x).sum(axis=0)
+    return out
+
+
+def add_sums(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Element-wise sum of several sites' sums (keys must agree)."""
+    total = {k: v.astype(np.float64).copy() for k, v in parts[0].items()}
+    for p in parts[1:]:
+        if set(p) != set(total):
+            raise ValueError("feature-sum keys differ between sites; every site must share the run's schema")
+        for k, v in p.items():
+            total[k] += v
+    return total
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Standardisation and L_anat statistics for every modality of the run."""
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    anat_mu: dict[str, np.ndarray]  # [D] in standardised space
+    anat_sigma: dict[str, np.ndarray]  # [P] one scalar per partition (norm units)
+    partitions: int
+    anat_source: dict[str, str]  # "complete" or "all" (fallback when no complete cases)
+
+    @classmethod
+    def from_sums(cls, sums: dict[str, np.ndarray], dims: dict[str, int], partitions: int) -> "FeatureStats":
+        mean, std, mu, sigma, source = {}, {}, {}, {}, {}
+        for m, d in dims.items():
+            n = float(sums[f"{m}.all.n"][0])
+            if n > 0:
+                mean[m] = sums[f"{m}.all.sum"] / n
+                var = np.maximum(sums[f"{m}.all.sumsq"] / n - mean[m] ** 2, 0.0)
+                sd = np.sqrt(var)
+                std[m] = np.where(sd > 1e-6, sd, 1.0)
+            else:  # no site could share statistics for this modality: identity transform
+                mean[m], std[m] = np.zeros(d), np.ones(d)
+            block = "complete" if float(sums[f"{m}.complete.n"][0]) > 0 else "all"
+            source[m] = block
+            nb = max(float(sums[f"{m}.{block}.n"][0]), 1.0)
+            ex = sums[f"{m}.{block}.sum"] / nb
+            exx = sums[f"{m}.{block}.sumsq"] / nb
+            mu_std = (ex - mean[m]) / std[m]
+            exx_std = (exx - 2 * mean[m] * ex + mean[m] ** 2) / std[m] ** 2
+            var_std = np.maximum(exx_std - mu_std**2, 0.0)
+            mu[m] = mu_std
+            sigma[m] = np.array([np.sqrt(var_std[c].sum()) for c in partition_slices(d, partitions)])
+        return cls(mean, std, mu, sigma, partitions, source)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for m in self.mean:
+            out[f"{m}.mean"], out[f"{m}.std"] = self.mean[m], self.std[m]
+            out[f"{m}.anat-mu"], out[f"{m}.anat-sigma"] = self.anat_mu[m], self.anat_sigma[m]
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], partitions: int) -> "FeatureStats":
+        names = sorted({k.rsplit(".", 1)[0] for k in arrays})
+        return cls(
+            {m: arrays[f"{m}.mean"] for m in names},
+            {m: arrays[f"{m}.std"] for m in names},
+            {m: arrays[f"{m}.anat-mu"] for m in names},
+            {m: arrays[f"{m}.anat-sigma"] for m in names},
+            partitions,
+            {m: "transported" for m in names},
+        )
+
+
+def partition_slices(dim: int, partitions: int) -> list[slice]:
+    """Contiguous, near-equal partitions R of a modality's feature vector (at most ``dim`` of them)."""
+    p = max(1, min(partitions, dim))
+    bounds = np.linspace(0, dim, p + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]

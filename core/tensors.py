@@ -1,0 +1,122 @@
+"""A site's patients as padded tensors: variable-length bags with instance masks.
+
+Built once per site (bags standardised with the federated :class:`FeatureStats`), then sliced by
+index for mini-batches, so no Python work happens per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from .feature_stats import FeatureStats, pooled_features
+from .site_data import SiteData
+
+
+@dataclass(frozen=True)
+class SiteTensors:
+    """Patients x modalities. ``x[k]``: [N, L_k, D_k]; ``inst_mask[k]``: [N, L_k]; ``present``: [N, K]."""
+
+    modalities: tuple[str, ...]
+    x: tuple[torch.Tensor, ...]
+    inst_mask: tuple[torch.Tensor, ...]
+    target: tuple[torch.Tensor, ...]  # standardised mean-pooled features [N, D_k] (0 where absent)
+    present: torch.Tensor
+    time: torch.Tensor
+    event: torch.Tensor
+    context: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.present.shape[0])
+
+    def subset(self, idx: np.ndarray | torch.Tensor) -> "SiteTensors":
+        idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.present.device)
+        idx_l = idx_t.tolist()
+        return SiteTensors(
+            self.modalities,
+            tuple(t[idx_t] for t in self.x),
+            tuple(t[idx_t] for t in self.inst_mask),
+            tuple(t[idx_t] for t in self.target),
+            self.present[idx_t],
+            self.time[idx_t],
+            self.event[idx_t],
+            tuple(self.context[i] for i in idx_l),
+        )
+
+    def to(self, device: torch.device | str) -> "SiteTensors":
+        moved = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                moved[f.name] = v.to(device)
+            elif isinstance(v, tuple) and v and isinstance(v[0], torch.Tensor):
+                moved[f.name] = tuple(t.to(device) for t in v)
+        return replace(self, **moved)
+
+    @staticmethod
+    def concat(parts: list["SiteTensors"]) -> "SiteTensors":
+        """Stack several sites (pads bags to the longest); used only by the pooled reference."""
+        k = len(parts[0].modalities)
+        xs, masks = [], []
+        for j in range(k):
+            length = max(p.x[j].shape[1] for p in parts)
+            xs.append(torch.cat([_pad(p.x[j], length) for p in parts]))
+            masks.append(torch.cat([_pad(p.inst_mask[j], length) for p in parts]))
+        return SiteTensors(
+            parts[0].modalities,
+            tuple(xs),
+            tuple(masks),
+            tuple(torch.cat([p.target[j] for p in parts]) for j in range(k)),
+            torch.cat([p.present for p in parts]),
+            torch.cat([p.time for p in parts]),
+            torch.cat([p.event for p in parts]),
+            tuple(c for p in parts for c in p.context),
+        )
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    if t.shape[1] == length:
+        return t
+    shape = list(t.shape)
+    shape[1] = length - t.shape[1]
+    return torch.cat([t, torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=1)
+
+
+def build_tensors(site: SiteData, stats: FeatureStats, *, max_instances: int, seed: int) -> SiteTensors:
+    """Pad, cap (seeded subsample of instances beyond ``max_instances``) and standardise a site."""
+    rng = np.random.default_rng(seed)
+    modalities = tuple(stats.mean)
+    xs, masks, targets = [], [], []
+    present = np.zeros((len(site.patient_ids), len(modalities)), dtype=bool)
+    for k, m in enumerate(modalities):
+        mean, std = stats.mean[m].astype(np.float32), stats.std[m].astype(np.float32)
+        bags = site.bags.get(m, [None] * len(site.patient_ids))
+        lengths = [0 if b is None else min(len(b), max_instances) for b in bags]
+        length = max(1, max(lengths, default=1))
+        x = np.zeros((len(bags), length, len(mean)), dtype=np.float32)
+        mask = np.zeros((len(bags), length), dtype=bool)
+        for i, bag in enumerate(bags):
+            if bag is None:
+                continue
+            if len(bag) > max_instances:
+                bag = bag[np.sort(rng.choice(len(bag), max_instances, replace=False))]
+            x[i, : len(bag)] = (bag - mean) / std
+            mask[i, : len(bag)] = True
+            present[i, k] = True
+        feats, _ = pooled_features(site, m) if m in site.bags else (np.zeros((len(bags), len(mean))), None)
+        target = np.where(present[:, k : k + 1], (feats - stats.mean[m]) / stats.std[m], 0.0)
+        xs.append(torch.from_numpy(x))
+        masks.append(torch.from_numpy(mask))
+        targets.append(torch.from_numpy(target.astype(np.float32)))
+    return SiteTensors(
+        modalities,
+        tuple(xs),
+        tuple(masks),
+        tuple(targets),
+        torch.from_numpy(present),
+        torch.as_tensor(site.time, dtype=torch.float32),
+        torch.as_tensor(site.event, dtype=torch.float32),
+        tuple(site.context),
+    )

@@ -1,0 +1,91 @@
+"""The local Tier 1 training loop a site runs each round (and the pooled reference reuses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .augment import hide_one, modality_dropout
+from .config import RunConfig
+from .feature_stats import FeatureStats
+from .tensors import SiteTensors
+from .tier1 import Tier1Model
+from .tier1_loss import anatomical_loss, reconstruction_loss, task_loss
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    n_examples: int
+    loss: float
+    task: float
+    rec: float
+    anat: float
+
+    def metrics(self) -> dict[str, float]:
+        return {"train-loss": self.loss, "train-task": self.task, "train-rec": self.rec, "train-anat": self.anat}
+
+
+def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: RunConfig, *, epochs: int,
+                seed: int, proximal_mu: float = 0.0) -> TrainResult:
+    """Mini-batch Adam on L_Tier1 over ``data`` (already on the model's device), seeded.
+
+    Each batch builds two views: the task view (modality dropout with p when on) feeds L_task; the
+    reconstruction view hides one present modality per patient, so f_phi learns to recover it
+    (L_rec, L_anat) whether or not augmentation is on. With ``proximal_mu`` > 0 (FedProx) the
+    proximal term mu/2 ||w - w_global||^2 is added.
+    """
+    device = data.present.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    dgen = torch.Generator(device=device).manual_seed(seed + 1)
+    mc = cfg.model
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    n = len(data)
+    sums = np.zeros(4)
+    steps = 0
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        torch.manual_seed(seed + 2)  # dropout inside the model
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for s in range(0, n, cfg.batch_size):
+                idx = order[s : s + cfg.batch_size]
+                if len(idx) < 2:
+                    continue
+                b = data.subset(idx)
+                x, masks = list(b.x), list(b.inst_mask)
+                observed = modality_dropout(b.present, mc.modality_dropout, dgen)
+                out = model(x, masks, observed)
+                l_task = task_loss(out.risk, b.time, b.event)
+                if mc.modality_dropout > 0:
+                    hidden, x_hat = b.present & ~observed, out.x_hat
+                else:
+                    rec_obs = hide_one(b.present, dgen)
+                    hidden, x_hat = b.present & ~rec_obs, model(x, masks, rec_obs).x_hat
+                l_rec = reconstruction_loss(x_hat, b.target, hidden)
+                l_anat = anatomical_loss(x_hat, hidden, stats, model.modalities, mc.anat_kappa)
+                loss = l_rec + mc.lambda_anat * l_anat + mc.lambda_task * l_task
+                if anchor is not None:
+                    loss = loss + 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums += [loss.item(), l_task.item(), l_rec.item(), l_anat.item()]
+                steps += 1
+    avg = sums / max(steps, 1)
+    return TrainResult(n, *map(float, avg))
+
+
+@torch.no_grad()
+def predict_risk(model: Tier1Model, data: SiteTensors, observed: torch.Tensor | None = None,
+                 batch: int = 4096) -> np.ndarray:
+    """Deterministic risk (dropout off) for every patient of ``data``."""
+    model.eval()
+    observed = data.present if observed is None else observed
+    out = []
+    for s in range(0, len(data), batch):
+        sl = slice(s, s + batch)
+        out.append(model([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], observed[sl]).risk.cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)

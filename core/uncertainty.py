@@ -1,0 +1,73 @@
+"""Tier 1 uncertainty sigma^2 (seed 000 eq. 3) and the masking protocol used to calibrate it.
+
+Choices (one function each, used everywhere):
+- Per modality, sigma^2_k = (1/T) sum_t ||x_hat^(k,t) - mean_t x_hat^(k,t)||^2 / D_k: eq. 3 divided by
+  the modality's width, so modalities of different widths are comparable.
+- Per patient, sigma^2 = the MEAN of sigma^2_k over the modalities the model could not see. A patient
+  with nothing missing has sigma^2 = 0 (nothing was estimated). The mean, not the sum, keeps a patient
+  with three missing modalities on the scale that calibration measured.
+- Calibration: every held-out complete case is evaluated under every masking pattern that leaves at
+  least one modality observed and hides at least one (2^K - 2 patterns), so theta is the quantile of
+  the uncertainty Tier 1 shows when it has to estimate something.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from .tensors import SiteTensors
+from .tier1 import Tier1Model
+
+
+def modality_variance(mc: list[torch.Tensor]) -> torch.Tensor:
+    """[T, B, D_k] per modality -> [B, K] per-dimension MC-dropout variance."""
+    return torch.stack([((e - e.mean(dim=0)) ** 2).sum(dim=2).mean(dim=0) / e.shape[2] for e in mc], dim=1)
+
+
+def patient_uncertainty(var_k: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Mean of sigma^2_k over unobserved modalities; 0 when every modality is observed."""
+    missing = (~observed).to(var_k.dtype)
+    n = missing.sum(dim=1)
+    return torch.where(n > 0, (var_k * missing).sum(dim=1) / n.clamp(min=1), torch.zeros_like(n))
+
+
+def masking_patterns(k: int) -> list[tuple[bool, ...]]:
+    """Observed-modality patterns with >= 1 observed and >= 1 hidden (all of them, fixed order)."""
+    return [p for p in itertools.product((True, False), repeat=k) if any(p) and not all(p)]
+
+
+@torch.no_grad()
+def uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.Tensor | None = None, *,
+                seed: int = 0, batch: int = 4096) -> np.ndarray:
+    """sigma^2 per patient for the given observed pattern (default: what is present)."""
+    model.eval()
+    observed = data.present if observed is None else observed
+    out = []
+    with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
+        torch.manual_seed(seed)
+        for s in range(0, len(data), batch):
+            sl = slice(s, s + batch)
+            obs = observed[sl]
+            mc = model.mc_estimates([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
+            out.append(patient_uncertainty(modality_variance(mc), obs).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def complete_case_indices(data: SiteTensors) -> np.ndarray:
+    return np.flatnonzero(data.present.all(dim=1).cpu().numpy())
+
+
+def calibration_uncertainties(model: Tier1Model, data: SiteTensors, *, seed: int = 0) -> np.ndarray:
+    """sigma^2 of the complete cases in ``data`` under every masking pattern (flattened)."""
+    idx = complete_case_indices(data)
+    if len(idx) == 0:
+        return np.zeros(0)
+    sub = data.subset(idx)
+    values = []
+    for p_i, pattern in enumerate(masking_patterns(len(data.modalities))):
+        obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
+        values.append(uncertainty(model, sub, obs, seed=seed + p_i))
+    return np.concatenate(values)

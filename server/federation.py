@@ -1,0 +1,164 @@
+"""The phases of one rmm run, driven by the ServerApp over a Flower Grid.
+
+schema handshake -> federated feature statistics -> setup -> Tier 1 rounds -> calibration ->
+evaluation. Only weights, feature sums, histogram counts and scalar metrics come back from sites.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from logging import ERROR, INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from .. import __version__
+from ..client.records import from_record, to_record
+from ..core import protocol as P
+from ..core.concordance import ConcordanceCounts, combined_c_index
+from ..core.config import RunConfig
+from ..core.errors import RmmError
+from ..core.feature_stats import FeatureStats, add_sums
+from ..core.histogram import HistogramGrid, quantile_from_counts
+from ..core.tier1 import build_model
+from .handshake import Handshake, SiteInfo, agree
+from .strategies import make_strategy
+
+
+class FederationError(RmmError):
+    """The run cannot go on (no site accepted, a phase without replies...)."""
+
+
+@dataclass
+class FederationResult:
+    config: RunConfig
+    handshake: Handshake
+    stats: FeatureStats
+    weights: dict[str, np.ndarray]
+    grid: HistogramGrid
+    counts: np.ndarray
+    theta: float
+    per_site: dict[str, dict[str, float]]
+    history: list[dict] = field(default_factory=list)
+    timing_s: dict[str, float] = field(default_factory=dict)
+
+    def combined_c_index(self) -> float:
+        return combined_c_index(ConcordanceCounts(m["pairs-concordant"], m["pairs-tied-risk"], m["pairs-comparable"])
+                                for m in self.per_site.values())
+
+
+def _ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, **records) -> dict[int, Message]:
+    """Send the same records to each node; return the successful replies by node (errors logged)."""
+    msgs = [Message(RecordDict(dict(records)), dst_node_id=n, message_type=message_type) for n in nodes]
+    out = {}
+    for rep in grid.send_and_receive(msgs, timeout=timeout):
+        nid = rep.metadata.src_node_id
+        if rep.has_error():
+            log(ERROR, "%s: node %s replied with an error: %s", message_type, nid, rep.error.reason)
+        else:
+            out[nid] = rep
+    return out
+
+
+def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    t0 = time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n or time.monotonic() - t0 > timeout:
+            return nodes
+        time.sleep(0.5)
+
+
+def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: dict[str, int] | None = None,
+                   progress=None) -> FederationResult:
+    """Run every phase; ``n_sites`` is how many sites the run waits for before the handshake."""
+    timing: dict[str, float] = {}
+    t_all = time.perf_counter()
+    say = progress or (lambda text: log(INFO, "%s", text))
+
+    # 1. schema handshake
+    t = time.perf_counter()
+    nodes = _wait_for_nodes(grid, n_sites, cfg.round_timeout_s)
+    replies = _ask(grid, nodes, P.SCHEMA, cfg.round_timeout_s)
+    infos = []
+    for nid, rep in sorted(replies.items()):
+        c = rep.content[P.CONFIG]
+        infos.append(SiteInfo(nid, str(c["site"]), P.decode_schema(str(c["schema"])), str(c["rmm-version"]),
+                              {k: int(c[k]) for k in ("n-patients", "n-events", "n-train", "n-val", "n-test")}))
+    hs = agree(infos, __version__, expected_dims)
+    for site, reason in hs.refused.items():
+        log(WARNING, "site %s refused: %s", site, reason)
+    if not hs.accepted:
+        raise FederationError("no site passed the schema handshake; see the refusals above")
+    accepted = [s.node_id for s in hs.accepted]
+    site_of = {s.node_id: s.site for s in hs.accepted}
+    say(f"handshake: {len(accepted)} site(s) accepted ({', '.join(site_of.values())}); "
+        f"modalities {', '.join(f'{m}:{d}' for m, d in hs.dims.items())}")
+    timing["handshake"] = time.perf_counter() - t
+
+    # 2. federated feature statistics (counts, sums, sums of squares)
+    t = time.perf_counter()
+    conf = ConfigRecord({"schema": P.encode_schema(hs.dims), "min-stat-count": cfg.min_stat_count})
+    replies = _ask(grid, accepted, P.STATS, cfg.round_timeout_s, config=conf)
+    accepted = [n for n in accepted if n in replies]
+    if not accepted:
+        raise FederationError("no site returned feature statistics")
+    sums = add_sums([from_record(replies[n].content[P.SUMS]) for n in accepted])
+    stats = FeatureStats.from_sums(sums, hs.dims, cfg.model.anat_partitions)
+
+    # 3. setup: every site gets the run config and the statistics once
+    replies = _ask(grid, accepted, P.SETUP, cfg.round_timeout_s, config=ConfigRecord({**cfg.to_flat(), "schema": P.encode_schema(hs.dims)}),
+                   **{P.STATS_RECORD: to_record(stats.to_arrays())})
+    accepted = [n for n in accepted if n in replies]
+    timing["statistics"] = time.perf_counter() - t
+    say(f"statistics: feature sums from {len(accepted)} site(s); L_anat on "
+        + ", ".join(f"{m}:{src}" for m, src in sums_source(sums, hs.dims).items()))
+
+    # 4. Tier 1 rounds
+    t = time.perf_counter()
+    history: list[dict] = []
+
+    def on_round(rnd: int, info: dict) -> None:
+        history.append(info)
+        say(f"tier1 round {rnd}/{cfg.rounds}: loss {info.get('train-loss', float('nan')):.4f} "
+            f"(cox {info.get('train-task', float('nan')):.4f}, rec {info.get('train-rec', float('nan')):.4f}) "
+            f"sites {info['sites']}{' failed ' + str(info['failed']) if info['failed'] else ''} "
+            f"{info['seconds']:.2f}s")
+
+    model = build_model(hs.dims, cfg.model, cfg.seed)
+    strategy = make_strategy(cfg, len(accepted), set(accepted), on_round)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
+                            timeout=cfg.round_timeout_s)
+    weights = {k: v.numpy() for k, v in result.arrays.to_torch_state_dict().items()}
+    timing["tier1"] = time.perf_counter() - t
+
+    # 5. calibration: histograms on a server-fixed grid -> theta
+    t = time.perf_counter()
+    grid_h = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
+    replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(weights),
+                   config=ConfigRecord(grid_h.to_config()))
+    counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
+    if counts.sum() == 0:
+        raise FederationError("no site has held-out complete cases to calibrate theta on; "
+                              "give each site a 'val' split with some patients who have every modality")
+    theta = quantile_from_counts(grid_h, counts, cfg.quantile)
+    timing["calibration"] = time.perf_counter() - t
+    say(f"calibration: {int(counts.sum())} uncertainty values from {len(replies)} site(s); "
+        f"theta (q={cfg.quantile}) = {theta:.4g}")
+
+    # 6. evaluation
+    t = time.perf_counter()
+    replies = _ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(weights),
+                   config=ConfigRecord({"theta": theta}))
+    per_site = {site_of[n]: {k: float(v) for k, v in r.content[P.METRICS].items()} for n, r in sorted(replies.items())}
+    timing["evaluation"] = time.perf_counter() - t
+    timing["total"] = time.perf_counter() - t_all
+    return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history, timing)
+
+
+def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:
+    """Which block L_anat statistics came from, per modality (complete cases when any were shared)."""
+    return {m: "complete cases" if float(sums[f"{m}.complete.n"][0]) > 0 else "all present cases" for m in dims}

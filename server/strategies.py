@@ -1,0 +1,58 @@
+"""Flower strategies for the Tier 1 rounds, restricted to the sites the handshake accepted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from ..core.config import RunConfig
+
+
+def _restricted(base: type) -> type:
+    class Restricted(base):  # type: ignore[misc, valid-type]
+        """Sends only to accepted nodes; records per-round metrics and timing for the report."""
+
+        def __init__(self, *args, accepted: set[int], on_round: Callable[[int, dict], None], **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.accepted = accepted
+            self.on_round = on_round
+            self._t0 = time.perf_counter()
+
+        def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+            self._t0 = time.perf_counter()
+            return [m for m in super().configure_train(server_round, arrays, config, grid)
+                    if m.metadata.dst_node_id in self.accepted]
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+            replies = list(replies)
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            ok = sum(1 for r in replies if not r.has_error())
+            info = {"round": server_round, "sites": ok, "failed": len(replies) - ok,
+                    "seconds": time.perf_counter() - self._t0, **(dict(metrics) if metrics else {})}
+            self.on_round(server_round, info)
+            return arrays, metrics
+
+    Restricted.__name__ = f"Restricted{base.__name__}"
+    return Restricted
+
+
+def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None]) -> FedAvg:
+    need = cfg.min_sites or n_sites
+    common = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=need, min_evaluate_nodes=need,
+                  min_available_nodes=need, accepted=accepted, on_round=on_round)
+    if cfg.strategy == "fedprox":
+        return _restricted(FedProx)(proximal_mu=cfg.proximal_mu, **common)
+    if cfg.strategy == "fedadam":
+        return _restricted(FedAdam)(eta=cfg.server_lr, **common)
+    return _restricted(FedAvg)(**common)
+
+
+def mean_metric(replies: list[MetricRecord], key: str) -> float:
+    vals = [float(r[key]) for r in replies if key in r]
+    return sum(vals) / len(vals) if vals else float("nan")
