@@ -25,6 +25,7 @@ from ..core.feature_stats import FeatureStats
 from ..core.histogram import HistogramGrid
 from ..core.site_data import discover_sites
 from ..core.site_session import SiteSession
+from .egress import egress_guard
 from .records import from_record, to_record
 
 _SESSIONS: dict[tuple[int, str], SiteSession] = {}
@@ -46,7 +47,7 @@ def _site_dir(context: Context, site_dirs: list[str] | None) -> str:
 
 
 def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
-    app = ClientApp()
+    app = ClientApp(mods=[egress_guard])
 
     def session(context: Context) -> SiteSession:
         path = _site_dir(context, site_dirs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO
@@ -30,7 +31,9 @@ def _restricted(base: type) -> type:
                     if m.metadata.dst_node_id in self.accepted]
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-            replies = list(replies)
+            # Replies arrive in completion order; sort them by content so that the float sums of the
+            # aggregation, hence the metrics, are identical run to run for the same seed.
+            replies = sorted(replies, key=_content_key)
             arrays, metrics = super().aggregate_train(server_round, replies)
             ok = sum(1 for r in replies if not r.has_error())
             info = {"round": server_round, "sites": ok, "failed": len(replies) - ok,
@@ -40,6 +43,13 @@ def _restricted(base: type) -> type:
 
     Restricted.__name__ = f"Restricted{base.__name__}"
     return Restricted
+
+
+def _content_key(reply: Message) -> bytes:
+    if reply.has_error() or not reply.content.array_records:
+        return b""
+    record = next(iter(reply.content.array_records.values()))
+    return hashlib.sha1(b"".join(a.data for a in record.values())).digest()
 
 
 def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None]) -> FedAvg:

@@ -1,0 +1,70 @@
+"""Egress guard: a ClientApp mod that checks every reply before it leaves the site.
+
+Allowed (anything else makes the reply an error and nothing is sent):
+- ``arrays``: model weights with exactly the names and shapes of the weights the server sent;
+- ``sums``: feature sums ``<modality>.<all|complete>.<n|sum|sumsq>``, each of shape [1] or [dim];
+- ``counts``: one histogram of shape [hist-bins] (the grid the server fixed);
+- ``metrics``: scalar metrics only; ``config``: the schema reply's scalar fields only.
+No reply can carry an array indexed by patient.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+
+from ..core import protocol as P
+from ..core.errors import RmmError
+
+SCHEMA_KEYS = {"site", "schema", "rmm-version", "n-patients", "n-events", "n-train", "n-val", "n-test"}
+_SUM_KEY = re.compile(r"^.+\.(all|complete)\.(n|sum|sumsq)$")
+
+
+class EgressViolation(RmmError):
+    """A reply would send something outside the allowlist; it is blocked."""
+
+
+def check_reply(request: Message, reply: Message) -> None:
+    content = reply.content
+    for name, record in content.items():
+        if isinstance(record, MetricRecord):
+            bad = [k for k, v in record.items() if isinstance(v, list)]
+            if name != P.METRICS or bad:
+                raise EgressViolation(f"metric record '{name}' with list values {bad} is not allowed")
+        elif isinstance(record, ConfigRecord):
+            if name != P.CONFIG or request.metadata.message_type != P.SCHEMA or set(record) - SCHEMA_KEYS:
+                raise EgressViolation(f"config record '{name}' with keys {sorted(record)} is not allowed here")
+            if any(isinstance(v, (list, bytes)) for v in record.values()):
+                raise EgressViolation("config replies carry scalars only")
+        elif isinstance(record, ArrayRecord):
+            _check_arrays(request, name, record)
+        else:
+            raise EgressViolation(f"record '{name}' of type {type(record).__name__} is not allowed")
+
+
+def _check_arrays(request: Message, name: str, record: ArrayRecord) -> None:
+    shapes = {k: tuple(a.shape) for k, a in record.items()}
+    if name == P.ARRAYS:
+        sent = request.content.array_records.get(P.ARRAYS)
+        expected = {k: tuple(a.shape) for k, a in sent.items()} if sent is not None else None
+        if expected != shapes:
+            raise EgressViolation("weights reply does not match the weights the server sent (names/shapes)")
+    elif name == P.SUMS:
+        for k, s in shapes.items():
+            if not _SUM_KEY.match(k) or len(s) != 1:
+                raise EgressViolation(f"feature-sum array '{k}' of shape {s} is not allowed")
+    elif name == P.COUNTS:
+        bins = int(request.content.config_records[P.CONFIG]["hist-bins"])
+        if set(shapes) != {"counts"} or shapes["counts"] != (bins,):
+            raise EgressViolation(f"histogram reply must be one 'counts' array of shape ({bins},), got {shapes}")
+    else:
+        raise EgressViolation(f"array record '{name}' is not allowed")
+
+
+def egress_guard(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    reply = call_next(msg, context)
+    if not reply.has_error():
+        check_reply(msg, reply)
+    return reply

@@ -1,0 +1,72 @@
+"""The egress guard blocks any reply that could carry patient-level data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from rmmfed.client.egress import EgressViolation, check_reply
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+def _msg(mtype: str, **records) -> Message:
+    return Message(RecordDict(records), dst_node_id=7, message_type=mtype)
+
+
+def _reply(req: Message, **records) -> Message:
+    return Message(RecordDict(records), reply_to=req)
+
+
+def _arrays(**named) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in named.items()})
+
+
+def test_weights_with_the_sent_names_and_shapes_pass():
+    req = _msg("train", arrays=_arrays(w=np.zeros((3, 2)), b=np.zeros(3)), config=ConfigRecord({"server-round": 1}))
+    check_reply(req, _reply(req, arrays=_arrays(w=np.ones((3, 2)), b=np.ones(3)),
+                            metrics=MetricRecord({"num-examples": 10, "train-loss": 0.5})))
+
+
+@pytest.mark.parametrize("reply_records", [
+    pytest.param({"arrays": {"w": np.zeros((3, 2)), "b": np.zeros(3), "risk": np.zeros(40)}}, id="extra-array-per-patient"),
+    pytest.param({"arrays": {"w": np.zeros((40, 2)), "b": np.zeros(3)}}, id="reshaped-weights"),
+    pytest.param({"embeddings": {"z": np.zeros((40, 8))}}, id="unknown-array-record"),
+])
+def test_arrays_outside_the_allowlist_are_blocked(reply_records):
+    req = _msg("train", arrays=_arrays(w=np.zeros((3, 2)), b=np.zeros(3)))
+    reply = _reply(req, **{k: _arrays(**v) for k, v in reply_records.items()})
+    with pytest.raises(EgressViolation):
+        check_reply(req, reply)
+
+
+def test_metric_lists_are_blocked():
+    req = _msg("evaluate", arrays=_arrays(w=np.zeros(2)))
+    with pytest.raises(EgressViolation, match="list"):
+        check_reply(req, _reply(req, metrics=MetricRecord({"risks": [0.1, 0.2, 0.3]})))
+
+
+def test_histogram_must_have_the_server_grid_length():
+    req = _msg("query.histogram", config=ConfigRecord({"hist-bins": 8}), arrays=_arrays(w=np.zeros(2)))
+    check_reply(req, _reply(req, counts=_arrays(counts=np.zeros(8, dtype=np.int64))))
+    with pytest.raises(EgressViolation, match="histogram"):
+        check_reply(req, _reply(req, counts=_arrays(counts=np.zeros(9, dtype=np.int64))))
+
+
+def test_feature_sums_are_one_dimensional_aggregates():
+    req = _msg("query.stats", config=ConfigRecord({"schema": "a:2", "min-stat-count": 5}))
+    check_reply(req, _reply(req, sums=_arrays(**{"a.all.n": np.ones(1), "a.all.sum": np.ones(2)})))
+    with pytest.raises(EgressViolation, match="feature-sum"):
+        check_reply(req, _reply(req, sums=_arrays(**{"a.all.rows": np.ones((30, 2))})))
+
+
+def test_config_replies_are_only_allowed_for_the_schema_handshake():
+    req = _msg("evaluate", arrays=_arrays(w=np.zeros(2)))
+    with pytest.raises(EgressViolation, match="config"):
+        check_reply(req, _reply(req, config=ConfigRecord({"patient_id": "P001"})))

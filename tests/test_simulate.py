@@ -1,0 +1,96 @@
+"""rmm-simulate end to end through Flower's simulation engine, and its refusal of bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rmmfed.core.config import RunConfig
+from rmmfed.simulations.cohort import CohortConfig, generate_cohort
+from rmmfed.simulations.simulate import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "rounds=3", "--set", "model.mc-samples=4", "--set", "model.hidden-dim=32", "--set", "model.embed-dim=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sim")
+    cohort = base / "cohort"
+    generate_cohort(CohortConfig(n_patients=240, seed=3), cohort)
+    out = base / "out"
+    code = main(["--data", str(cohort), "--out", str(out), "--seed", "3", *TINY])
+    return code, cohort, out
+
+
+@pytest.mark.slow
+def test_tiny_simulation_through_flower_writes_every_output(tiny_run):
+    code, _, out = tiny_run
+    assert code == 0
+    for name in ("metrics.json", "calibration.json", "run_config.json", "model.pt", "report.md"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["federated"]["per_site"]) == {"site-A", "site-B", "site-C", "site-D"}
+    assert 0.0 <= m["federated"]["c_index"] <= 1.0
+    assert all(v["n_test"] > 0 for v in m["federated"]["per_site"].values())
+    assert 0.0 <= m["pooled_reference"]["c_index"] <= 1.0
+    assert m["oracle"]["c_index"] > 0.6
+    assert set(m["routing"]["referral_rate_per_site"]) == set(m["federated"]["per_site"])
+    assert m["timing_s"]["total"] > 0
+    assert len(m["history"]) == 3
+
+
+@pytest.mark.slow
+def test_histogram_theta_is_within_one_bin_of_the_exact_pooled_percentile(tiny_run):
+    _, _, out = tiny_run
+    c = json.loads((out / "calibration.json").read_text())
+    ratio = (c["grid"]["hist-high"] / c["grid"]["hist-low"]) ** (1 / (c["grid"]["hist-bins"] - 2))
+    assert c["theta_exact_pooled"] / ratio <= c["theta"] <= c["theta_exact_pooled"] * ratio
+    assert sum(c["counts"]) > 0 and len(c["counts"]) == c["grid"]["hist-bins"]
+
+
+def test_bad_site_data_exits_nonzero_and_writes_nothing(tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    generate_cohort(CohortConfig(n_patients=60, seed=1), cohort)
+    csv = cohort / "site-B" / "patients.csv"
+    csv.write_text(csv.read_text().replace(",1,", ",yes,", 1))
+    out = tmp_path / "out"
+    code = main(["--data", str(cohort), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "patients.csv" in err and "event" in err and "Fix" in err
+    assert not out.exists()
+
+
+def test_a_folder_without_sites_is_refused(tmp_path, capsys):
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "Fix" in err
+
+
+def test_unknown_config_key_is_refused(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "o"), "--set", "model.embed-dimm=3"]) == 2
+    assert "embed-dimm" in capsys.readouterr().err
+
+
+def test_pyproject_flower_config_equals_run_config_defaults():
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    flat = {k: v for k, v in conf.items() if k not in ("data-dir", "out-dir", "num-sites", "model")}
+    flat.update({f"model.{k}": v for k, v in conf["model"].items()})
+    assert flat == RunConfig().to_flat()
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_metrics_on_cpu(tiny_run, tmp_path):
+    _, cohort, out = tiny_run
+    again = tmp_path / "again"
+    assert main(["--data", str(cohort), "--out", str(again), "--seed", "3", "--no-pooled", *TINY]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (out, again))
+    assert a["federated"] == b["federated"]
+    assert a["calibration"]["theta"] == b["calibration"]["theta"]
+    assert a["routing"] == b["routing"]
