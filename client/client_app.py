@@ -109,8 +109,12 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        theta = float(msg.content[P.CONFIG]["theta"])
-        metrics = session(context).evaluate(from_record(msg.content[P.ARRAYS]), theta)
+        conf = msg.content[P.CONFIG]
+        weights = from_record(msg.content[P.ARRAYS])
+        if str(conf.get("split", "test")) == "val":  # per-round model selection
+            metrics = session(context).validate(weights)
+            return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-val"]), **metrics}))
+        metrics = session(context).evaluate(weights, float(conf["theta"]))
         return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
 
     return app

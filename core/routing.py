@@ -1,7 +1,7 @@
 """Uncertainty-guided routing (seed 000 eq. 5) with abstention.
 
 Route(i) = abstain  if no modality is present (nothing to go on),
-           tier2    if sigma^2_i > theta or context_i is a declared high-risk context,
+           tier2    if sigma^2_i > theta (or is NaN) or context_i is a declared high-risk context,
            tier1    otherwise.
 Every decision carries its reason.
 """
@@ -27,6 +27,8 @@ def route_patient(sigma2: float, context: str, any_present: bool, theta: float, 
         return Route(ABSTAIN, "no modality present")
     if context in high_risk:
         return Route(TIER2, f"high-risk context '{context}'")
+    if not sigma2 == sigma2:  # NaN: a broken estimate is never trusted silently
+        return Route(TIER2, "uncertainty could not be computed (NaN)")
     if sigma2 > theta:
         return Route(TIER2, f"uncertainty {sigma2:.3g} > theta {theta:.3g}")
     return Route(TIER1, f"uncertainty {sigma2:.3g} <= theta {theta:.3g}")

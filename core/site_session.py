@@ -92,6 +92,14 @@ class SiteSession:
         ids = [self.data.patient_ids[i] for i in self.data.indices("test")]
         return risk, test.time.cpu().numpy(), test.event.cpu().numpy(), ids
 
+    # ---- per-round validation (model selection) ----------------------------------------
+    def validate(self, weights: dict[str, np.ndarray]) -> dict[str, float]:
+        """Comparable-pair counts of the validation split (the server combines them across sites)."""
+        val = self._split("val")
+        counts = concordance_counts(val.time.cpu().numpy(), predict_risk(self.model(weights), val), val.event.cpu().numpy())
+        return {"n-val": float(len(val)), "pairs-concordant": counts.concordant,
+                "pairs-tied-risk": counts.tied_risk, "pairs-comparable": counts.comparable}
+
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, weights: dict[str, np.ndarray], theta: float) -> dict[str, float]:
         assert self.cfg is not None

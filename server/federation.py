@@ -43,6 +43,7 @@ class FederationResult:
     theta: float
     per_site: dict[str, dict[str, float]]
     history: list[dict] = field(default_factory=list)
+    best_round: int = 0
     timing_s: dict[str, float] = field(default_factory=dict)
 
     def combined_c_index(self) -> float:
@@ -119,10 +120,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
 
     # 4. Tier 1 rounds
     t = time.perf_counter()
-    history: list[dict] = []
-
     def on_round(rnd: int, info: dict) -> None:
-        history.append(info)
         say(f"tier1 round {rnd}/{cfg.rounds}: loss {info.get('train-loss', float('nan')):.4f} "
             f"(cox {info.get('train-task', float('nan')):.4f}, rec {info.get('train-rec', float('nan')):.4f}) "
             f"sites {info['sites']}{' failed ' + str(info['failed']) if info['failed'] else ''} "
@@ -131,8 +129,14 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     model = build_model(hs.dims, cfg.model, cfg.seed)
     strategy = make_strategy(cfg, len(accepted), set(accepted), on_round)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
-                            timeout=cfg.round_timeout_s)
-    weights = {k: v.numpy() for k, v in result.arrays.to_torch_state_dict().items()}
+                            timeout=cfg.round_timeout_s, evaluate_config=ConfigRecord({"split": "val"}))
+    history = strategy.history
+    final = result.arrays
+    if cfg.select_best and strategy.best_arrays is not None:
+        final = strategy.best_arrays
+        say(f"model selection: round {strategy.best_round} has the best federated validation C-index "
+            f"({strategy.best_score:.4f})")
+    weights = {k: v.numpy() for k, v in final.to_torch_state_dict().items()}
     timing["tier1"] = time.perf_counter() - t
 
     # 5. calibration: histograms on a server-fixed grid -> theta
@@ -153,10 +157,12 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     t = time.perf_counter()
     replies = _ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(weights),
                    config=ConfigRecord({"theta": theta}))
-    per_site = {site_of[n]: {k: float(v) for k, v in r.content[P.METRICS].items()} for n, r in sorted(replies.items())}
+    per_site = dict(sorted((site_of[n], {k: float(v) for k, v in r.content[P.METRICS].items()})
+                           for n, r in replies.items()))
     timing["evaluation"] = time.perf_counter() - t
     timing["total"] = time.perf_counter() - t_all
-    return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history, timing)
+    return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
+                            timing_s=timing, best_round=strategy.best_round if cfg.select_best else cfg.rounds)
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:

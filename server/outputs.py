@@ -67,6 +67,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims}
     doc["history"] = res.history
+    doc["selected_round"] = res.best_round
     doc["timing_s"] = {**res.timing_s, **extra.get("timing_s", {})}
     return _clean(doc)
 

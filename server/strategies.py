@@ -12,6 +12,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
+from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
 
 
@@ -23,12 +24,33 @@ def _restricted(base: type) -> type:
             super().__init__(*args, **kwargs)
             self.accepted = accepted
             self.on_round = on_round
+            self.history: list[dict] = []
+            self.best_score, self.best_round, self.best_arrays = float("-inf"), 0, None
+            self._candidate = None
             self._t0 = time.perf_counter()
 
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
             self._t0 = time.perf_counter()
             return [m for m in super().configure_train(server_round, arrays, config, grid)
                     if m.metadata.dst_node_id in self.accepted]
+
+        def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+            self._candidate = arrays  # the weights this validation round scores
+            return [m for m in super().configure_evaluate(server_round, arrays, config, grid)
+                    if m.metadata.dst_node_id in self.accepted]
+
+        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            """Validation C-index from the sites' comparable-pair counts; keeps the best round's weights."""
+            counts = [ConcordanceCounts(float(r.content["metrics"]["pairs-concordant"]),
+                                        float(r.content["metrics"]["pairs-tied-risk"]),
+                                        float(r.content["metrics"]["pairs-comparable"]))
+                      for r in replies if not r.has_error()]
+            score = combined_c_index(counts) if counts else float("nan")
+            if score == score and score > self.best_score:
+                self.best_score, self.best_round, self.best_arrays = score, server_round, self._candidate
+            if self.history and self.history[-1]["round"] == server_round:
+                self.history[-1]["val-c-index"] = score
+            return MetricRecord({"val-c-index": score}) if score == score else None
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             # Replies arrive in completion order; sort them by content so that the float sums of the
@@ -38,6 +60,7 @@ def _restricted(base: type) -> type:
             ok = sum(1 for r in replies if not r.has_error())
             info = {"round": server_round, "sites": ok, "failed": len(replies) - ok,
                     "seconds": time.perf_counter() - self._t0, **(dict(metrics) if metrics else {})}
+            self.history.append(info)
             self.on_round(server_round, info)
             return arrays, metrics
 
@@ -54,7 +77,7 @@ def _content_key(reply: Message) -> bytes:
 
 def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None]) -> FedAvg:
     need = cfg.min_sites or n_sites
-    common = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=need, min_evaluate_nodes=need,
+    common = dict(fraction_train=1.0, fraction_evaluate=1.0 if cfg.select_best else 0.0, min_train_nodes=need, min_evaluate_nodes=need,
                   min_available_nodes=need, accepted=accepted, on_round=on_round)
     if cfg.strategy == "fedprox":
         return _restricted(FedProx)(proximal_mu=cfg.proximal_mu, **common)

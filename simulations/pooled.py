@@ -22,6 +22,7 @@ from ..core.site_data import SiteData
 from ..core.tensors import SiteTensors, build_tensors
 from ..core.tier1 import build_model
 from ..core.train import predict_risk, train_tier1
+from ..core.weights import get_weights, set_weights
 from ..core.site_session import site_seed
 
 
@@ -31,13 +32,23 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
     stats = FeatureStats.from_sums(sums, dims, cfg.model.anat_partitions)
     tensors = [build_tensors(s, stats, max_instances=cfg.model.max_instances, seed=site_seed(cfg.seed, s.site))
                for s in sites]
-    train = SiteTensors.concat([t.subset(s.indices("train")) for t, s in zip(tensors, sites)])
-    test = SiteTensors.concat([t.subset(s.indices("test")) for t, s in zip(tensors, sites)])
+    train, val, test = (SiteTensors.concat([t.subset(s.indices(split)) for t, s in zip(tensors, sites)])
+                        for split in ("train", "val", "test"))
     model = build_model(dims, cfg.model, cfg.seed)
-    train_tier1(model, train, stats, cfg, epochs=cfg.rounds * cfg.local_epochs, seed=cfg.seed)
+    best, best_score, best_epoch = get_weights(model), float("-inf"), 0
+    for epoch in range(1, cfg.rounds + 1):  # one pooled pass per federated round
+        train_tier1(model, train, stats, cfg, epochs=cfg.local_epochs, seed=site_seed(cfg.seed, "pooled", epoch))
+        if cfg.select_best:
+            score = c_index(val.time.numpy(), predict_risk(model, val), val.event.numpy())
+            if score > best_score:
+                best, best_score, best_epoch = get_weights(model), score, epoch
+    if cfg.select_best:
+        set_weights(model, best)
     risk = predict_risk(model, test)
     return {"c_index": c_index(test.time.numpy(), risk, test.event.numpy()),
-            "note": "simulation only: the same model trained centrally on the pooled training splits"}
+            "selected_epoch": best_epoch if cfg.select_best else cfg.rounds,
+            "note": "simulation only: the same model and loop trained centrally on the pooled training splits, "
+                    "selected on the pooled validation split like the federation selects its round"}
 
 
 def oracle_c_index(truth_file: Path, site_names: list[str], test_ids: list[list[str]],

@@ -20,6 +20,15 @@ SPLIT_CYCLE = ("train", "train", "train", "val", "test")
 
 
 @pytest.fixture
+def single_thread():
+    """Run tiny models on one thread (faster and steadier than contended multi-threading)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def dims() -> dict[str, int]:
     """Three small modalities, sorted by name (as the run's schema is)."""
     return dict(DIMS)

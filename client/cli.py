@@ -1,0 +1,416 @@
+"""``rmm-client``: what a hospital runs next to its data.
+
+    rmm-client keygen --site A --dir keys/            # once: key pair; hand over keys/site-A.pub only
+    rmm-client --site A --data /secure/site-A --check # validate the folder, print a summary, connect nothing
+    rmm-client --site A --data /secure/site-A --superlink fl.example.org:9092 \\
+               --root-cert ca.crt --key keys/site-A   # join the federation (TLS + node authentication)
+
+The site folder is validated before anything connects: a bad folder exits 2 with the file, the
+field and the fix. Joining runs Flower's ``flower-supernode`` as a child in its own process group
+(telemetry and update checks off); SIGTERM/SIGINT end that whole group, Flower's ``flower-superexec``
+and ``flwr-clientapp`` children included.
+
+The helpers for Flower child processes (:func:`flower_env`, :func:`run_supervised`,
+:func:`end_group`) and for Flower's ``key=value`` strings (:func:`flower_kv`) are shared with
+``rmm-server``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ..core.errors import RmmError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NO_PHONE_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+class ClientCliError(RmmError):
+    """A command-line value or a local file is unusable; the message says how to fix it."""
+
+
+# ---- Flower child processes (shared with rmm-server) -------------------------------------------
+def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with Flower's telemetry and update check off."""
+    env = dict(os.environ)
+    env.update(NO_PHONE_HOME)
+    env.update(extra or {})
+    return env
+
+
+def require_executable(name: str) -> str:
+    """Absolute path of a Flower executable, preferring the one next to this Python."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ClientCliError(f"'{name}' was not found. Fix: install rmm with its dependencies "
+                             "(pip install rmmfed, which pulls flwr~=1.41.0) and activate that environment")
+    return found
+
+
+def warn(text: str) -> None:
+    """A loud, unmissable warning on stderr."""
+    bar = "!" * 78
+    print(f"{bar}\n!! WARNING: {text}\n{bar}", file=sys.stderr, flush=True)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc (Linux; [] elsewhere)."""
+    members = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return members
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def end_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """End a child started with ``start_new_session=True`` and everything in its process group.
+
+    SIGTERM to the group, up to ``grace`` seconds for the leader, then SIGKILL to whatever is left
+    (Flower's superexec children otherwise linger 20-25 s after their parent), and a short wait
+    until no live member remains.
+    """
+    pgid = proc.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 5
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
+                   on_line: Callable[[str], None] | None = None, grace: float = 10.0) -> int:
+    """Run ``cmd`` in its own process group until it exits; return its exit code.
+
+    SIGTERM/SIGINT received meanwhile are passed on to the whole group (exit code 128 + signal).
+    With ``on_line`` the child's stdout+stderr are read line by line and handed to it; otherwise
+    the child writes straight to this process's stdout/stderr. The group is always ended.
+    """
+    pipe = subprocess.PIPE if on_line else None
+    proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=pipe, stderr=subprocess.STDOUT if on_line else None, text=bool(on_line),
+                            bufsize=1 if on_line else -1)
+    received: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        received.append(signum)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if on_line and proc.stdout is not None:
+            for line in proc.stdout:
+                on_line(line.rstrip("\n"))
+        code = proc.wait()
+    finally:
+        end_group(proc, grace)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 + received[0] if received else code
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for a SuperNode's local Runtime API)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def flower_value(value: bool | int | float | str) -> str:
+    """A scalar as Flower's ``key=value`` parser (TOML) reads it; strings as TOML literal strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        if "\n" in value or "\r" in value:
+            raise ClientCliError(f"value {value!r} spans several lines; Flower's key=value config cannot carry it. "
+                                 "Fix: use a single-line value")
+        if "'" not in value:
+            return f"'{value}'"
+        if '"' not in value and "\\" not in value:
+            return f'"{value}"'
+        raise ClientCliError(f"value {value!r} holds both quote characters (or a quote and a backslash); "
+                             "Flower's key=value config cannot carry it. Fix: rename the path or value")
+    raise ClientCliError(f"value {value!r} ({type(value).__name__}) is not a bool, int, float or str; "
+                         "Flower's config is flat scalars. Fix: write lists as comma-separated text")
+
+
+def flower_kv(items: Mapping[str, bool | int | float | str]) -> list[str]:
+    """``{"rounds": 2, "out-dir": "/x"}`` -> ``["rounds=2", "out-dir='/x'"]`` (one item per key)."""
+    return [f"{k}={flower_value(v)}" for k, v in items.items()]
+
+
+# ---- keys ----------------------------------------------------------------------------------------
+def check_site_name(site: str) -> str:
+    if not _SITE_NAME.match(site):
+        raise ClientCliError(f"site name {site!r} is not usable. Fix: use letters, digits, '-', '_' or '.', "
+                             "starting with a letter or digit (e.g. A or st-marys)")
+    return site
+
+
+def ssh_fingerprint(pub_path: str | Path) -> str:
+    """``SHA256:...`` of an OpenSSH public key line, as ``ssh-keygen -l`` prints it."""
+    parts = Path(pub_path).read_text(encoding="ascii", errors="replace").split()
+    if len(parts) < 2:
+        raise ClientCliError(f"{pub_path}: not an OpenSSH public key line. Fix: use the .pub file "
+                             "that 'rmm-client keygen' wrote")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise ClientCliError(f"{pub_path}: the key data is not valid base64. Fix: use the .pub file "
+                             "exactly as 'rmm-client keygen' wrote it") from None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def keygen(site: str, directory: str | Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Create ``<dir>/site-<site>`` (private, mode 600) and ``.pub`` (ECDSA P-384, OpenSSH format)."""
+    check_site_name(site)
+    folder = Path(directory)
+    private = folder / f"site-{site}"
+    public = private.with_name(private.name + ".pub")
+    if (private.exists() or public.exists()) and not force:
+        raise ClientCliError(f"{private} already exists. Fix: keep it (the coordinator registered its .pub), "
+                             "or pass --force to replace it and hand the new .pub to the coordinator again")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    for p in (private, public):
+        p.unlink(missing_ok=True)
+    tool = shutil.which("ssh-keygen")
+    if tool:
+        done = subprocess.run([tool, "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", f"rmm-site-{site}",
+                               "-f", str(private)], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ClientCliError(f"ssh-keygen failed ({done.stderr.strip() or done.returncode}). "
+                                 f"Fix: check that {folder} is writable")
+    else:  # same key type and file formats, through the cryptography package
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP384R1())
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
+        line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        public.write_bytes(line + f" rmm-site-{site}\n".encode())
+    os.chmod(private, 0o600)
+    os.chmod(public, 0o644)
+    return private, public
+
+
+# ---- site folder -----------------------------------------------------------------------------
+def format_summary(summary: dict, root: str | Path) -> str:
+    """The readable ``--check`` report of ``SiteData.summary()``."""
+    n = summary["patients"]
+    lines = [f"site folder  {root}  (site '{summary['site']}')",
+             f"patients     {n}",
+             f"events       {summary['events']} ({100 * summary['event_rate']:.1f}%)",
+             "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items())]
+    mods = summary["modalities"]
+    if mods:
+        width = max(10, *(len(m) for m in mods))
+        lines.append(f"{'modality':<{width}}  {'dim':>5}  {'present':>7}  {'missing':>7}")
+        for m, v in mods.items():
+            dim = "-" if v["dim"] is None else str(v["dim"])
+            lines.append(f"{m:<{width}}  {dim:>5}  {v['present']:>7}  {v['missing']:>7}"
+                         + ("   (folder has no files)" if v["present"] == 0 else ""))
+    else:
+        lines.append("modalities   none (no modality folders: every patient abstains)")
+    lines.append(f"patients with no modality  {summary['no_modality']}"
+                 + ("  (kept: they are the abstention case)" if summary["no_modality"] else ""))
+    return "\n".join(lines)
+
+
+def validate_site(data: str | Path):
+    """load_site or raise its SiteDataError / SchemaMismatchError (message: file, field, fix)."""
+    from ..core.site_data import load_site
+
+    return load_site(data)
+
+
+# ---- joining the federation ----------------------------------------------------------------------
+def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -> list[str]:
+    """The ``flower-supernode`` command line for these arguments (no process started)."""
+    cmd = [require_executable("flower-supernode"), "--superlink", args.superlink]
+    if args.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(Path(args.root_cert).resolve()),
+                "--auth-supernode-private-key", str(Path(args.key).resolve())]
+    cmd += ["--host", "127.0.0.1", "--port", str(runtime_port),
+            "--max-retries", str(args.max_retries), "--max-wait-time", str(args.max_wait),
+            "--node-config", " ".join(flower_kv({"data-dir": str(data.resolve()), "device": args.device,
+                                                 "site": args.site}))]
+    return cmd
+
+
+def check_connection_args(args: argparse.Namespace) -> None:
+    """Refuse missing or unsafe connection settings before anything starts."""
+    if not args.superlink:
+        raise ClientCliError("--superlink is required to join. Fix: pass the coordinator's address, "
+                             "e.g. --superlink fl.consortium.org:9092 (or use --check to validate only)")
+    host, sep, port = args.superlink.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClientCliError(f"--superlink {args.superlink!r} is not HOST:PORT. Fix: e.g. --superlink 10.0.0.5:9092")
+    if args.insecure:
+        return
+    for flag, value, what in (("--root-cert", args.root_cert, "the consortium's ca.crt from the coordinator"),
+                              ("--key", args.key, f"the private key from 'rmm-client keygen --site {args.site}'")):
+        if not value:
+            raise ClientCliError(f"{flag} is required (TLS and node authentication are on by default). "
+                                 f"Fix: pass {flag} <{what}>; --insecure exists only for local trials")
+        if not Path(value).is_file():
+            raise ClientCliError(f"{flag} {value}: file not found. Fix: pass the path of {what}")
+    head = Path(args.key).read_text(encoding="ascii", errors="replace")[:64]
+    if head.startswith(("ssh-", "ecdsa-")):
+        raise ClientCliError(f"--key {args.key} is a PUBLIC key. Fix: pass the private key file (the one "
+                             "without .pub) that keygen wrote")
+    if Path(args.key).stat().st_mode & 0o077:
+        warn(f"{args.key} is readable by other users; run: chmod 600 {args.key}")
+
+
+def check_device(device: str) -> str:
+    """Resolve auto/cpu/cuda here (ConfigError if CUDA was asked for but is absent)."""
+    from ..core.device import resolve_device
+
+    return str(resolve_device(device))
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rmm-client", description=__doc__.split("\n\n")[0],
+                                epilog="Key pair: rmm-client keygen --site A --dir keys/ (see rmm-client keygen -h)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--site", required=True, help="this hospital's site name, as the consortium agreed (e.g. A)")
+    p.add_argument("--data", required=True, type=Path, help="the site folder (patients.csv + modality folders)")
+    p.add_argument("--superlink", help="coordinator address HOST:PORT (e.g. fl.consortium.org:9092)")
+    p.add_argument("--root-cert", help="the consortium CA certificate (ca.crt) from the coordinator")
+    p.add_argument("--key", help="this site's private key from 'rmm-client keygen' (keys/site-A)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default auto)")
+    p.add_argument("--insecure", action="store_true", help="no TLS, no node authentication: local trials ONLY")
+    p.add_argument("--check", action="store_true", help="validate the site folder, print a summary, connect nothing")
+    p.add_argument("--runtime-port", type=int, default=0,
+                   help="local port of the SuperNode's Runtime API (default: a free port, so several nodes can share a host)")
+    p.add_argument("--max-retries", type=int, default=60, help="connection attempts before giving up (default 60)")
+    p.add_argument("--max-wait", type=float, default=600.0,
+                   help="seconds to keep retrying an unreachable SuperLink before giving up (default 600)")
+    args = p.parse_args(list(argv))
+    if args.max_retries < 1 or args.max_wait <= 0:
+        p.error("--max-retries must be >= 1 and --max-wait > 0 (retries are bounded on purpose)")
+    return args
+
+
+def parse_keygen_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rmm-client keygen",
+                                description="Create this site's key pair (ECDSA P-384, OpenSSH format, via ssh-keygen).")
+    p.add_argument("--site", required=True, help="site name (e.g. A): writes <dir>/site-A and <dir>/site-A.pub")
+    p.add_argument("--dir", type=Path, default=Path("keys"), help="folder for the key files (default keys/)")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    return p.parse_args(list(argv))
+
+
+def main_keygen(argv: Sequence[str]) -> int:
+    args = parse_keygen_args(argv)
+    try:
+        private, public = keygen(args.site, args.dir, force=args.force)
+        fp = ssh_fingerprint(public)
+    except RmmError as err:
+        print(f"rmm-client keygen: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"private key  {private}   (mode 600) KEEP IT HERE: never send it, never copy it off this machine")
+    print(f"public key   {public}")
+    print(f"fingerprint  {fp}")
+    print(f"\nHand over ONLY {public} to the coordinator, and confirm the fingerprint with them by phone.")
+    print(f"Then join with: rmm-client --site {args.site} --data <site folder> --superlink <host:port> "
+          f"--root-cert ca.crt --key {private}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["keygen"]:
+        return main_keygen(argv[1:])
+    args = parse_args(argv)
+    try:
+        check_site_name(args.site)
+        site = validate_site(args.data)  # first: a bad folder never connects
+    except RmmError as err:
+        print(f"rmm-client: site folder is not valid: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check:
+        print(format_summary(site.summary(), args.data))
+        try:
+            print(f"device       {check_device(args.device)}")
+        except RmmError as err:
+            print(f"rmm-client: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"\nOK: {args.data} is a valid site folder. Nothing was sent anywhere.")
+        return EXIT_OK
+    try:
+        check_connection_args(args)
+        check_device(args.device)
+        if args.insecure:
+            warn("--insecure: NO TLS and NO node authentication. Weights and metrics travel in clear text "
+                 "and anyone can pose as the server. Use this only for local trials with synthetic data.")
+            if args.key or args.root_cert:
+                warn("--insecure ignores --key and --root-cert")
+        port = args.runtime_port or free_port()
+        cmd = supernode_command(args, args.data, port)
+    except RmmError as err:
+        print(f"rmm-client: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"[rmm-client] site {args.site}: {len(site)} patients validated; joining {args.superlink} "
+          f"({'INSECURE' if args.insecure else 'TLS + node key'})", flush=True)
+    code = run_supervised(cmd, flower_env())
+    if code != 0 and code < 128:
+        print(f"rmm-client: flower-supernode exited with code {code}. Look above for 'Exit Code:' -- "
+              "2004: this key is not registered (send the .pub to the coordinator); 2001: no key given; "
+              "CERTIFICATE_VERIFY_FAILED: wrong --root-cert or server name; connection errors: the server "
+              "is not up or not reachable.", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

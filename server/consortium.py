@@ -1,0 +1,158 @@
+"""The consortium file: who takes part and how the run is configured, as one small TOML.
+
+    # consortium.toml
+    name = "crc-survival-2025"
+    sites = ["A", "B", "C", "D"]         # the sites the run waits for (num-sites = 4)
+    rounds = 30
+    strategy = "fedavg"                  # fedavg | fedprox | fedadam
+    quantile = 0.95
+    min-sites = 3                        # sites a round needs (0 = all)
+    high-risk-contexts = ["oncology-staging"]
+
+    [run]                                # any other RunConfig key, flat or nested
+    seed = 7
+    "model.mc-samples" = 20
+    [run.model]
+    embed-dim = 64
+
+:meth:`Consortium.overrides` turns it into Flower's flat run config (kebab-case keys, scalars),
+checked against :class:`~rmmfed.core.config.RunConfig` so a typo fails here, before submission;
+:meth:`Consortium.run_config_args` gives the ``key=value`` strings for ``flwr run --run-config``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..client.cli import check_site_name, flower_kv
+from ..core.config import RunConfig
+from ..core.errors import ConfigError, RmmError
+
+APP_KEYS = ("data-dir", "out-dir", "num-sites")  # set by rmm-server, never by [run]
+Scalar = bool | int | float | str
+
+
+class ConsortiumError(ConfigError):
+    """The consortium file is unreadable or inconsistent; the message names the key and the fix."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class Consortium(BaseModel):
+    """A consortium config file (top-level keys are kebab-case, as in the TOML)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True)
+
+    name: str = "rmm-consortium"
+    sites: list[str] = Field(min_length=1, description="site names the run waits for")
+    rounds: int | None = Field(None, ge=1)
+    strategy: Literal["fedavg", "fedprox", "fedadam"] | None = None
+    quantile: float | None = Field(None, gt=0.0, lt=1.0)
+    min_sites: int | None = Field(None, ge=0)
+    high_risk_contexts: list[str] | None = None
+    run: dict[str, Any] = Field(default_factory=dict, description="any RunConfig key, flat or nested")
+
+    @field_validator("sites")
+    @classmethod
+    def _sites(cls, sites: list[str]) -> list[str]:
+        for s in sites:
+            check_site_name(s)
+        dup = sorted({s for s in sites if sites.count(s) > 1})
+        if dup:
+            raise ValueError(f"site(s) {', '.join(dup)} listed twice")
+        return sites
+
+    @field_validator("high_risk_contexts")
+    @classmethod
+    def _contexts(cls, contexts: list[str] | None) -> list[str] | None:
+        if contexts is not None and any("," in c or not c.strip() for c in contexts):
+            raise ValueError("each context must be a non-empty label without commas")
+        return contexts
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Consortium":
+        if self.min_sites is not None and self.min_sites > len(self.sites):
+            raise ValueError(f"min-sites = {self.min_sites} but only {len(self.sites)} site(s) are listed")
+        return self
+
+    # ---- conversions ---------------------------------------------------------------------------
+    def _top_level(self) -> dict[str, Scalar]:
+        top: dict[str, Scalar] = {}
+        for key in ("rounds", "strategy", "quantile", "min_sites"):
+            value = getattr(self, key)
+            if value is not None:
+                top[_kebab(key)] = value
+        if self.high_risk_contexts is not None:
+            top["high-risk-contexts"] = ",".join(c.strip() for c in self.high_risk_contexts)
+        return top
+
+    def run_overrides(self) -> dict[str, Scalar]:
+        """RunConfig keys only (validated): top-level settings plus the [run] table."""
+        top = self._top_level()
+        extra = _flatten(self.run)
+        both = sorted(set(top) & set(extra))
+        if both:
+            raise ConsortiumError(f"{', '.join(both)} set both at the top level and under [run]. "
+                                  "Fix: keep one of the two")
+        app = sorted(set(extra) & set(APP_KEYS))
+        if app:
+            raise ConsortiumError(f"[run] sets {', '.join(app)}, which rmm-server sets itself (out-dir from --out, "
+                                  "num-sites from sites, data-dir is for simulations). Fix: remove it from [run]")
+        for key, value in extra.items():
+            if not isinstance(value, (bool, int, float, str)):
+                raise ConsortiumError(f"[run] {key} = {value!r}: Flower's run config holds only single values "
+                                      "(bool, int, float, text). Fix: write a list as comma-separated text")
+        merged = {**top, **extra}
+        RunConfig().with_overrides(merged)  # ConfigError naming the key when a key or value is wrong
+        return merged
+
+    def overrides(self, out_dir: str | Path) -> dict[str, Scalar]:
+        """Everything ``flwr run`` needs to override: run keys plus num-sites and out-dir."""
+        return {**self.run_overrides(), "num-sites": len(self.sites), "out-dir": str(Path(out_dir).resolve())}
+
+    def run_config_args(self, out_dir: str | Path) -> list[str]:
+        """``["rounds=30", "strategy='fedavg'", ..., "out-dir='/abs/out'"]`` for ``--run-config``."""
+        return flower_kv(self.overrides(out_dir))
+
+
+def load_consortium(path: str | Path) -> Consortium:
+    """Read and validate a consortium TOML; every problem raises ConsortiumError naming file and key."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConsortiumError(f"{file}: file not found. Fix: pass --config <consortium.toml> "
+                              "(see docs/deployment.md for an example)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConsortiumError(f"{file}: not valid TOML ({err}). Fix: correct the syntax at the place named") from None
+    try:
+        consortium = Consortium.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in err.errors())
+        raise ConsortiumError(f"{file}: {problems}. Fix: correct the key(s) named above "
+                              "(top-level keys: name, sites, rounds, strategy, quantile, min-sites, "
+                              "high-risk-contexts; anything else under [run])") from None
+    try:
+        consortium.run_overrides()
+    except ConsortiumError as err:
+        raise ConsortiumError(f"{file}: {err}") from None
+    except RmmError as err:
+        raise ConsortiumError(f"{file}: {err}") from None
+    return consortium
