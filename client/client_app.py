@@ -25,12 +25,14 @@ from ..core.feature_stats import FeatureStats
 from ..core.histogram import HistogramGrid
 from ..core.site_data import discover_sites
 from ..core.site_session import SiteSession
+from ..core.two_tier import RiskScale
 from .egress import egress_guard
 from .records import from_record, to_record
 
 _SESSIONS: dict[tuple[int, str], SiteSession] = {}
 _STATE_CONFIG = "rmm-run"  # context.state keys (stay on the site)
 _STATE_STATS = "rmm-feature-stats"
+_STATE_TIER1 = "rmm-tier1-frozen"
 
 
 def _site_dir(context: Context, site_dirs: list[str] | None) -> str:
@@ -61,6 +63,8 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
             s.bind_schema({k: int(v) for k, v in P.decode_schema(str(conf["schema"])).items()})
             cfg = RunConfig.from_flat({k: v for k, v in conf.items() if k != "schema"})
             s.setup(cfg, FeatureStats.from_arrays(from_record(st[_STATE_STATS]), cfg.model.anat_partitions))
+        if s.tier1_frozen is None and _STATE_TIER1 in st:
+            s.tier1_frozen = from_record(st[_STATE_TIER1])
         return s
 
     def reply(msg: Message, **records) -> Message:
@@ -101,10 +105,23 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
         metrics = {"num-examples": result.n_examples, **result.metrics()}
         return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
 
+    @app.train("tier2")
+    def train_tier2(msg: Message, context: Context) -> Message:
+        cfg = msg.content[P.CONFIG]
+        weights, metrics = session(context).train_tier2(from_record(msg.content[P.ARRAYS]), int(cfg["server-round"]))
+        return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
+
     @app.query("histogram")
     def histogram(msg: Message, context: Context) -> Message:
-        grid = HistogramGrid.from_config(dict(msg.content[P.CONFIG]))
-        counts, n = session(context).histogram(from_record(msg.content[P.ARRAYS]), grid)
+        conf = msg.content[P.CONFIG]
+        grid = HistogramGrid.from_config(dict(conf))
+        s = session(context)
+        if int(conf.get("tier", 1)) == 2:
+            counts, sums = s.tier2_calibration(from_record(msg.content[P.ARRAYS]), grid)
+            return reply(msg, counts=to_record({"counts": counts}), metrics=MetricRecord(sums))
+        # Tier 1 calibration fixes Tier 1: the site keeps these weights (frozen) in its own state.
+        context.state[_STATE_TIER1] = msg.content[P.ARRAYS]
+        counts, n = s.histogram(from_record(msg.content[P.ARRAYS]), grid)
         return reply(msg, counts=to_record({"counts": counts}), metrics=MetricRecord({"n-values": n}))
 
     @app.evaluate()
@@ -114,7 +131,9 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
         if str(conf.get("split", "test")) == "val":  # per-round model selection
             metrics = session(context).validate(weights)
             return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-val"]), **metrics}))
-        metrics = session(context).evaluate(weights, float(conf["theta"]))
+        scale = RiskScale(*(float(conf[f"scale-{k}"]) for k in ("tier1-mean", "tier1-std", "tier2-mean", "tier2-std")))
+        metrics = session(context).evaluate(weights if bool(conf["has-tier2"]) else None, float(conf["theta"]),
+                                            float(conf["bound"]), scale)
         return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
 
     return app

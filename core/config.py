@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .tier2_config import Tier2Config
 
 
 class _Strict(BaseModel):
@@ -63,7 +64,13 @@ class RunConfig(_Strict):
     hist_bins: int = Field(512, ge=8)
     high_risk_contexts: str = Field("oncology-staging", description="comma-separated contexts always sent to Tier 2")
     device: str = Field("auto", description="auto | cpu | cuda")
+    tier2_rounds: int = Field(10, ge=0, description="Tier 2 federated rounds (0 = Tier 1 only, no Tier 2 phase)")
+    tier2_local_epochs: int = Field(2, ge=1)
+    tier2_lr: float = Field(1e-3, gt=0.0)
+    tier2_abstain_quantile: float = Field(0.99, gt=0.0, lt=1.0,
+                                          description="abstain bound = this quantile of Tier 2 uncertainty (calibrated like theta)")
     model: Tier1Config = Tier1Config()
+    tier2: Tier2Config = Tier2Config()
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

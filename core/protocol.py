@@ -10,7 +10,8 @@ SCHEMA = "query.schema"  # site -> server: modality names/dims, counts, rmm vers
 STATS = "query.stats"  # site -> server: feature sums (counts, sums, sums of squares)
 SETUP = "query.setup"  # server -> site: run config + federated feature statistics (ack only back)
 TRAIN = "train"  # Tier 1 round: weights in, weights + scalar metrics out
-HISTOGRAM = "query.histogram"  # calibration: uncertainty histogram counts on a server-fixed grid
+TRAIN_TIER2 = "train.tier2"  # Tier 2 round: Tier 2 weights only (Tier 1 stays frozen at the site)
+HISTOGRAM = "query.histogram"  # calibration (tier 1: theta; tier 2: abstain bound): histogram counts
 EVALUATE = "evaluate"  # final evaluation: scalar metrics only
 
 ARRAYS = "arrays"

@@ -10,17 +10,21 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 from .concordance import concordance_counts
 from .config import RunConfig
 from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
 from .histogram import HistogramGrid
-from .routing import ABSTAIN, TIER2, route_all, route_counts
+from .routing import ABSTAIN, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
 from .tier1 import Tier1Model, build_model
 from .train import TrainResult, predict_risk, train_tier1
-from .uncertainty import calibration_uncertainties, uncertainty
+from .tier2 import Tier2Model, build_tier2
+from .tier2_train import predict_tier2, train_tier2
+from .two_tier import RiskScale, predict_two_tier, recovery_errors
+from .uncertainty import calibration_uncertainties
 from .weights import get_weights, set_weights
 
 
@@ -38,6 +42,7 @@ class SiteSession:
         self.stats: FeatureStats | None = None
         self.tensors: SiteTensors | None = None
         self.dims: dict[str, int] = {}
+        self.tier1_frozen: dict[str, np.ndarray] | None = None  # kept locally once calibration fixes Tier 1
 
     # ---- phase 1: schema ---------------------------------------------------------------
     def bind_schema(self, dims: dict[str, int]) -> None:
@@ -76,7 +81,11 @@ class SiteSession:
 
     # ---- phase 4: calibration ----------------------------------------------------------
     def histogram(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, int]:
-        """Counts of Tier 1 uncertainty over held-out (val) complete cases under every masking pattern."""
+        """Counts of Tier 1 uncertainty over held-out (val) complete cases under every masking pattern.
+
+        These weights are the run's final Tier 1: the site keeps them (frozen) for Tier 2 and evaluation.
+        """
+        self.tier1_frozen = weights
         values = self.calibration_values(weights)
         return grid.counts(values), int(len(values))
 
@@ -92,6 +101,42 @@ class SiteSession:
         ids = [self.data.patient_ids[i] for i in self.data.indices("test")]
         return risk, test.time.cpu().numpy(), test.event.cpu().numpy(), ids
 
+    # ---- Tier 2 (Tier 1 frozen, kept locally) ------------------------------------------
+    def _tier1(self) -> Tier1Model:
+        if self.tier1_frozen is None:
+            raise RuntimeError("Tier 1 is not fixed yet at this site: the calibration phase must run before Tier 2")
+        return self.model(self.tier1_frozen)
+
+    def tier2_model(self, weights: dict[str, np.ndarray] | None = None) -> Tier2Model:
+        assert self.cfg is not None
+        m = build_tier2(self.dims, self.cfg.tier2, self.cfg.seed)
+        if weights is not None:
+            set_weights(m, weights)
+        return m.to(self.device)
+
+    def train_tier2(self, weights: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        assert self.cfg is not None
+        tier2 = self.tier2_model(weights)
+        losses = train_tier2(tier2, self._tier1(), self._split("train"), self.cfg.tier2,
+                             epochs=self.cfg.tier2_local_epochs, lr=self.cfg.tier2_lr, batch_size=self.cfg.batch_size,
+                             seed=site_seed(self.cfg.seed, self.data.site, 10_000 + server_round),
+                             weight_decay=self.cfg.weight_decay, mc_samples=self.cfg.model.mc_samples)
+        return get_weights(tier2), {"num-examples": float(len(self.data.indices("train"))),
+                                    **{f"tier2-{k}": v for k, v in losses.items()}}
+
+    def tier2_calibration(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, dict[str, float]]:
+        """Histogram of Tier 2 uncertainty on held-out complete cases (masked), plus the sums that put
+        both heads' risks on one scale (n, sum and sum of squares of each head's training risk)."""
+        assert self.cfg is not None
+        tier1, tier2 = self._tier1(), self.tier2_model(weights)
+        values = recovery_errors(tier1, tier2, self._split("val"), self.cfg, seed=self.cfg.seed)["unc2"]
+        train = self._split("train")
+        r1 = predict_risk(tier1, train)
+        r2, _, _ = predict_tier2(tier2, tier1, train, self.cfg.tier2, seed=self.cfg.seed, mc_samples=self.cfg.model.mc_samples)
+        sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
+                "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
+        return grid.counts(values), sums
+
     # ---- per-round validation (model selection) ----------------------------------------
     def validate(self, weights: dict[str, np.ndarray]) -> dict[str, float]:
         """Comparable-pair counts of the validation split (the server combines them across sites)."""
@@ -101,29 +146,47 @@ class SiteSession:
                 "pairs-tied-risk": counts.tied_risk, "pairs-comparable": counts.comparable}
 
     # ---- phase 5: evaluation -----------------------------------------------------------
-    def evaluate(self, weights: dict[str, np.ndarray], theta: float) -> dict[str, float]:
+    def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
+                 scale: RiskScale | None = None) -> dict[str, float]:
+        """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
+        covered, referred), routes, recovery errors of both tiers, and per-patient cost of each tier."""
         assert self.cfg is not None
-        model = self.model(weights)
+        tier1 = self._tier1()
+        tier2 = self.tier2_model(tier2_weights) if tier2_weights is not None else None
         test = self._split("test")
-        risk = predict_risk(model, test)
         time, event = test.time.cpu().numpy(), test.event.cpu().numpy()
-        counts = concordance_counts(time, risk, event)
-        sigma2 = uncertainty(model, test, seed=self.cfg.seed)
-        routes = route_all(sigma2, test.context, test.present.any(dim=1).cpu().numpy(), theta, self.cfg.high_risk)
-        rc = route_counts(routes)
-        masked = calibration_uncertainties(model, test, seed=self.cfg.seed + 1)
+        pred = predict_two_tier(tier1, tier2, test, self.cfg, theta=theta, bound=bound, scale=scale or RiskScale(),
+                                seed=self.cfg.seed)
+        names = pred.route_names
+        covered, referred = names != ABSTAIN, np.isfinite(pred.tier2_risk)
+        out: dict[str, float] = {"n-test": float(len(test)), "n-events-test": float(event.sum())}
+        out.update(_counts("", concordance_counts(time, pred.tier1_risk, event)))
+        out.update(_counts("tier1-covered-", concordance_counts(time[covered], pred.tier1_risk[covered], event[covered])))
+        out.update(_counts("system-covered-", concordance_counts(time[covered], pred.system_risk[covered], event[covered])))
+        out.update(_counts("tier1-referred-", concordance_counts(time[referred], pred.tier1_risk[referred], event[referred])))
+        out.update(_counts("tier2-referred-", concordance_counts(time[referred], pred.tier2_risk[referred], event[referred])))
+        rc = route_counts(pred.routes)
         n = len(test)
-        return {
-            "n-test": float(n),
-            "n-events-test": float(event.sum()),
-            "c-index": counts.c_index(),
-            "pairs-concordant": counts.concordant,
-            "pairs-tied-risk": counts.tied_risk,
-            "pairs-comparable": counts.comparable,
-            "routed-tier1": float(rc["tier1"]),
-            "routed-tier2": float(rc[TIER2]),
-            "routed-abstain": float(rc[ABSTAIN]),
-            "referral-rate": rc[TIER2] / n if n else float("nan"),
-            "masked-complete-n": float(len(masked)),
-            "masked-complete-referred": float((masked > theta).sum()),
-        }
+        out.update({"routed-tier1": float(rc["tier1"]), "routed-tier2": float(rc[TIER2]),
+                    "routed-abstain": float(rc[ABSTAIN]), "referred": float(referred.sum()),
+                    "referral-rate": float(referred.sum()) / n if n else float("nan"),
+                    "tier1-seconds": pred.tier1_seconds, "tier2-seconds": pred.tier2_seconds})
+        rec = recovery_errors(tier1, tier2, test, self.cfg, seed=self.cfg.seed + 1)
+        m = len(rec["sigma2"])
+        out.update({"masked-complete-n": float(m), "masked-complete-referred": float((rec["sigma2"] > theta).sum()),
+                    "recovery-n": float(m), "recovery-sse-tier1": float(rec["err1"].sum()),
+                    "recovery-sse-tier2": float(rec["err2"].sum()) if len(rec["err2"]) else float("nan"),
+                    "uncertainty-error-spearman": _spearman(rec["sigma2"], rec["err1"])})
+        return out
+
+
+def _counts(prefix: str, c) -> dict[str, float]:
+    key = prefix or ""
+    return {f"{key}c-index": c.c_index(), f"{key}pairs-concordant": c.concordant,
+            f"{key}pairs-tied-risk": c.tied_risk, f"{key}pairs-comparable": c.comparable}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)

@@ -24,6 +24,8 @@ from ..core.errors import RmmError
 from ..core.feature_stats import FeatureStats, add_sums
 from ..core.histogram import HistogramGrid, quantile_from_counts
 from ..core.tier1 import build_model
+from ..core.tier2 import build_tier2
+from ..core.two_tier import RiskScale
 from .handshake import Handshake, SiteInfo, agree
 from .strategies import make_strategy
 
@@ -44,6 +46,10 @@ class FederationResult:
     per_site: dict[str, dict[str, float]]
     history: list[dict] = field(default_factory=list)
     best_round: int = 0
+    tier2_weights: dict[str, np.ndarray] | None = None
+    bound: float = float("inf")
+    scale: RiskScale = field(default_factory=RiskScale)
+    tier2_history: list[dict] = field(default_factory=list)
     timing_s: dict[str, float] = field(default_factory=dict)
 
     def combined_c_index(self) -> float:
@@ -153,16 +159,52 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     say(f"calibration: {int(counts.sum())} uncertainty values from {len(replies)} site(s); "
         f"theta (q={cfg.quantile}) = {theta:.4g}")
 
-    # 6. evaluation
+    # 6. Tier 2 rounds (Tier 1 frozen at the sites), then its abstention bound and the risk scales
+    tier2_weights: dict[str, np.ndarray] | None = None
+    bound, scale, tier2_history = float("inf"), RiskScale(), []
+    if cfg.tier2_rounds > 0:
+        t = time.perf_counter()
+
+        def on_round2(rnd: int, info: dict) -> None:
+            say(f"tier2 round {rnd}/{cfg.tier2_rounds}: loss {info.get('tier2-loss', float('nan')):.4f} "
+                f"(ddpm {info.get('tier2-ddpm', float('nan')):.4f}, cox {info.get('tier2-task', float('nan')):.4f}) "
+                f"sites {info['sites']} {info['seconds']:.2f}s")
+
+        strategy2 = make_strategy(cfg, len(accepted), set(accepted), on_round2, train_type=P.TRAIN_TIER2,
+                                  select_best=False)
+        init2 = build_tier2(hs.dims, cfg.tier2, cfg.seed)
+        result2 = strategy2.start(grid=grid, initial_arrays=ArrayRecord(init2.state_dict()),
+                                  num_rounds=cfg.tier2_rounds, timeout=cfg.round_timeout_s)
+        tier2_history = strategy2.history
+        tier2_weights = {k: v.numpy() for k, v in result2.arrays.to_torch_state_dict().items()}
+        timing["tier2"] = time.perf_counter() - t
+        t = time.perf_counter()
+        replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights),
+                       config=ConfigRecord({**grid_h.to_config(), "tier": 2}))
+        counts2 = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
+        sums = {k: sum(float(r.content[P.METRICS][k]) for r in replies.values())
+                for k in ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")}
+        scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
+                                    sums["risk2-sumsq"])
+        if counts2.sum() > 0:
+            bound = quantile_from_counts(grid_h, counts2, cfg.tier2_abstain_quantile)
+        timing["tier2_calibration"] = time.perf_counter() - t
+        say(f"tier2 calibration: abstain when Tier 2 uncertainty > {bound:.4g} (q={cfg.tier2_abstain_quantile}, "
+            f"{int(counts2.sum())} values)")
+
+    # 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel)
     t = time.perf_counter()
-    replies = _ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(weights),
-                   config=ConfigRecord({"theta": theta}))
+    conf = {"theta": theta, "bound": bound, "split": "test", "has-tier2": tier2_weights is not None,
+            **{f"scale-{k.replace('_', '-')}": v for k, v in vars(scale).items()}}
+    replies = _ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
+                   config=ConfigRecord(conf))
     per_site = dict(sorted((site_of[n], {k: float(v) for k, v in r.content[P.METRICS].items()})
                            for n, r in replies.items()))
     timing["evaluation"] = time.perf_counter() - t
     timing["total"] = time.perf_counter() - t_all
     return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
-                            timing_s=timing, best_round=strategy.best_round if cfg.select_best else cfg.rounds)
+                            timing_s=timing, best_round=strategy.best_round if cfg.select_best else cfg.rounds,
+                            tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history)
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.routing import ABSTAIN, TIER1, TIER2
 from .federation import FederationResult
 
@@ -26,7 +27,7 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     if isinstance(x, (np.floating, float)):
-        return None if math.isnan(float(x)) else float(x)
+        return None if not math.isfinite(float(x)) else float(x)
     if isinstance(x, np.integer):
         return int(x)
     return x
@@ -64,12 +65,53 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
             for s, m in ps.items()},
         "high_risk_contexts": sorted(res.config.high_risk),
     }
+    doc["two_tier"] = two_tier_metrics(res)
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims}
     doc["history"] = res.history
     doc["selected_round"] = res.best_round
     doc["timing_s"] = {**res.timing_s, **extra.get("timing_s", {})}
     return _clean(doc)
+
+
+def _combined(ps: dict[str, dict[str, float]], prefix: str) -> float:
+    return combined_c_index(ConcordanceCounts(m[f"{prefix}pairs-concordant"], m[f"{prefix}pairs-tied-risk"],
+                                              m[f"{prefix}pairs-comparable"]) for m in ps.values())
+
+
+def two_tier_metrics(res: FederationResult) -> dict[str, Any]:
+    """Tier 1 alone vs the two-tier system, recovery quality, routing and compute (issue #4)."""
+    ps = res.per_site
+    n_rec = sum(m["recovery-n"] for m in ps.values())
+    n_test = sum(m["n-test"] for m in ps.values())
+    referred = sum(m["referred"] for m in ps.values())
+    t1 = sum(m["tier1-seconds"] for m in ps.values())
+    t2 = sum(m["tier2-seconds"] for m in ps.values())
+    ms1 = 1000 * t1 / n_test if n_test else float("nan")
+    ms2 = 1000 * t2 / referred if referred else float("nan")
+    out: dict[str, Any] = {
+        "enabled": res.tier2_weights is not None,
+        "abstain_bound": res.bound,
+        "c_index": {
+            "tier1_covered": _combined(ps, "tier1-covered-"),
+            "two_tier_covered": _combined(ps, "system-covered-"),
+            "tier1_referred": _combined(ps, "tier1-referred-"),
+            "tier2_referred": _combined(ps, "tier2-referred-"),
+            "method": "comparable-pair-weighted combination of per-site counts; covered = not abstained",
+        },
+        "recovery_mse": {
+            "tier1": sum(m["recovery-sse-tier1"] for m in ps.values()) / n_rec if n_rec else float("nan"),
+            "tier2": sum(m["recovery-sse-tier2"] for m in ps.values()) / n_rec if n_rec else float("nan"),
+            "population": "held-out complete test cases under every masking pattern (standardised features)",
+        },
+        "uncertainty_error_spearman_per_site": {s: m["uncertainty-error-spearman"] for s, m in ps.items()},
+        "ms_per_patient": {"tier1": ms1, "tier2": ms2},
+        "compute_share_vs_always_tier2": ((ms1 * n_test + ms2 * referred) / ((ms1 + ms2) * n_test)
+                                          if referred and n_test else float("nan")),
+    }
+    if res.tier2_history:
+        out["history"] = res.tier2_history
+    return out
 
 
 def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, Any] | None = None,
@@ -90,6 +132,9 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
     (tmp / "run_config.json").write_text(json.dumps(
         {"config": res.config.to_flat(), "modalities": res.handshake.dims, "rmm_version": __version__}, indent=2))
     torch.save({"tier1": {k: torch.from_numpy(np.asarray(v)) for k, v in res.weights.items()},
+                "tier2": ({k: torch.from_numpy(np.asarray(v)) for k, v in res.tier2_weights.items()}
+                          if res.tier2_weights is not None else None),
+                "abstain_bound": res.bound, "risk_scale": vars(res.scale),
                 "feature_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in res.stats.to_arrays().items()},
                 "modalities": res.handshake.dims, "config": res.config.to_flat(), "theta": res.theta,
                 "rmm_version": __version__}, tmp / "model.pt")
@@ -131,5 +176,17 @@ def render_report(m: dict[str, Any]) -> str:
               + (f"; exact pooled percentile {c['theta_exact_pooled']:.4g} (simulation only)" if c.get("theta_exact_pooled") else ""),
               f"Referral rate on held-out complete cases with modalities masked: {_f(r['masked_complete_referral_rate'])}"
               f" (target {1 - c['quantile']:.2f}).", "",
-              f"Wall time: {m['timing_s'].get('total', float('nan')):.1f} s.", ""]
+              ""]
+    tt = m.get("two_tier", {})
+    if tt.get("enabled"):
+        c2, rec = tt["c_index"], tt["recovery_mse"]
+        lines += ["## Two tiers", "",
+                  "| | Tier 1 alone | two-tier |", "| --- | --- | --- |",
+                  f"| C-index, patients not abstained | {_f(c2['tier1_covered'])} | {_f(c2['two_tier_covered'])} |",
+                  f"| C-index, referred patients | {_f(c2['tier1_referred'])} | {_f(c2['tier2_referred'])} |",
+                  f"| recovery MSE (masked complete cases) | {_f(rec['tier1'])} | {_f(rec['tier2'])} |",
+                  f"| ms per patient | {_f(tt['ms_per_patient']['tier1'], 2)} | {_f(tt['ms_per_patient']['tier2'], 2)} (referred only) |",
+                  "", f"Routing costs {_f(tt['compute_share_vs_always_tier2'])} of sending everyone to Tier 2. "
+                  f"Abstain bound on Tier 2 uncertainty: {_f(tt['abstain_bound'], 4)}.", ""]
+    lines += [f"Wall time: {m['timing_s'].get('total', float('nan')):.1f} s.", ""]
     return "\n".join(lines)

@@ -20,8 +20,10 @@ def _restricted(base: type) -> type:
     class Restricted(base):  # type: ignore[misc, valid-type]
         """Sends only to accepted nodes; records per-round metrics and timing for the report."""
 
-        def __init__(self, *args, accepted: set[int], on_round: Callable[[int, dict], None], **kwargs) -> None:
+        def __init__(self, *args, accepted: set[int], on_round: Callable[[int, dict], None],
+                     train_type: str = "train", **kwargs) -> None:
             super().__init__(*args, **kwargs)
+            self.train_type = train_type
             self.accepted = accepted
             self.on_round = on_round
             self.history: list[dict] = []
@@ -33,6 +35,12 @@ def _restricted(base: type) -> type:
             self._t0 = time.perf_counter()
             return [m for m in super().configure_train(server_round, arrays, config, grid)
                     if m.metadata.dst_node_id in self.accepted]
+
+        def _construct_messages(self, record, node_ids, message_type):
+            """A phase other than Tier 1 (``train.tier2``) reuses the round loop with its own message type."""
+            if message_type == "train":
+                message_type = self.train_type
+            return super()._construct_messages(record, node_ids, message_type)
 
         def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
             self._candidate = arrays  # the weights this validation round scores
@@ -75,10 +83,14 @@ def _content_key(reply: Message) -> bytes:
     return hashlib.sha1(b"".join(a.data for a in record.values())).digest()
 
 
-def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None]) -> FedAvg:
+def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None],
+                  *, train_type: str = "train", select_best: bool | None = None) -> FedAvg:
+    """The configured strategy for one phase; ``train_type`` names the phase's message type."""
     need = cfg.min_sites or n_sites
-    common = dict(fraction_train=1.0, fraction_evaluate=1.0 if cfg.select_best else 0.0, min_train_nodes=need, min_evaluate_nodes=need,
-                  min_available_nodes=need, accepted=accepted, on_round=on_round)
+    select = cfg.select_best if select_best is None else select_best
+    common = dict(fraction_train=1.0, fraction_evaluate=1.0 if select else 0.0, min_train_nodes=need,
+                  min_evaluate_nodes=need, min_available_nodes=need, accepted=accepted, on_round=on_round,
+                  train_type=train_type)
     if cfg.strategy == "fedprox":
         return _restricted(FedProx)(proximal_mu=cfg.proximal_mu, **common)
     if cfg.strategy == "fedadam":

@@ -1,0 +1,124 @@
+"""The whole two-tier prediction for a set of patients: Tier 1, routing (eq. 5), Tier 2, abstention.
+
+For each patient: Tier 1 risk and sigma^2; the route (abstain when nothing is present; Tier 2 when
+sigma^2 > theta or the context is high-risk; Tier 1 otherwise); for the referred, Tier 2 recovers
+what is missing, gives its own risk and uncertainty, and the patient abstains when that uncertainty
+exceeds the calibrated bound. Every prediction carries its route and the reason.
+
+The two heads have unrelated risk scales, so the system risk puts each on a common scale with the
+federated mean and standard deviation of that head's risk on the training split (``RiskScale``):
+ranking within a head is unchanged, and a referred patient's Tier 2 risk is comparable to a routine
+patient's Tier 1 risk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .routing import ABSTAIN, TIER2, Route, route_all
+from .tensors import SiteTensors
+from .tier1 import Tier1Model
+from .tier2 import Tier2Model
+from .tier2_train import predict_tier2
+from .train import predict_risk
+from .uncertainty import uncertainty
+
+
+@dataclass(frozen=True)
+class RiskScale:
+    """Federated mean/std of each head's training-split risk: z = (risk - mean) / std."""
+
+    tier1_mean: float = 0.0
+    tier1_std: float = 1.0
+    tier2_mean: float = 0.0
+    tier2_std: float = 1.0
+
+    @staticmethod
+    def from_sums(n: float, s1: float, ss1: float, s2: float, ss2: float) -> "RiskScale":
+        def ms(s: float, ss: float) -> tuple[float, float]:
+            m = s / n
+            return m, float(np.sqrt(max(ss / n - m * m, 1e-12)))
+        m1, sd1 = ms(s1, ss1)
+        m2, sd2 = ms(s2, ss2)
+        return RiskScale(m1, sd1, m2, sd2)
+
+
+@dataclass
+class TwoTierPrediction:
+    tier1_risk: np.ndarray  # [N]
+    sigma2: np.ndarray  # [N] Tier 1 uncertainty
+    tier2_risk: np.ndarray  # [N], NaN where Tier 2 did not run
+    tier2_uncertainty: np.ndarray  # [N], NaN where Tier 2 did not run
+    system_risk: np.ndarray  # [N] on the common scale, NaN when abstained
+    routes: list[Route]
+    tier1_seconds: float
+    tier2_seconds: float
+
+    @property
+    def route_names(self) -> np.ndarray:
+        return np.array([r.route for r in self.routes])
+
+
+def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *,
+                     theta: float, bound: float, scale: RiskScale, seed: int) -> TwoTierPrediction:
+    t0 = time.perf_counter()
+    r1 = predict_risk(tier1, data)
+    s2 = uncertainty(tier1, data, seed=seed)
+    t1 = time.perf_counter() - t0
+    any_present = data.present.any(dim=1).cpu().numpy()
+    routes = route_all(s2, data.context, any_present, theta, cfg.high_risk)
+    n = len(data)
+    r2, u2 = np.full(n, np.nan), np.full(n, np.nan)
+    referred = np.array([r.route == TIER2 for r in routes], dtype=bool)
+    t2 = 0.0
+    if tier2 is not None and referred.any():
+        t0 = time.perf_counter()
+        sub = data.subset(np.flatnonzero(referred))
+        risk2, unc2, _ = predict_tier2(tier2, tier1, sub, cfg.tier2, seed=seed, mc_samples=cfg.model.mc_samples)
+        t2 = time.perf_counter() - t0
+        r2[referred], u2[referred] = risk2, unc2
+        for i, u in zip(np.flatnonzero(referred), unc2):
+            if u > bound:
+                routes[i] = Route(ABSTAIN, f"Tier 2 uncertainty {u:.3g} > bound {bound:.3g} ({routes[i].reason})")
+    system = (r1 - scale.tier1_mean) / scale.tier1_std
+    if tier2 is not None:
+        system = np.where(referred, (r2 - scale.tier2_mean) / scale.tier2_std, system)
+    system = np.where(np.array([r.route == ABSTAIN for r in routes]), np.nan, system)
+    return TwoTierPrediction(r1, s2, r2, u2, system, routes, t1, t2)
+
+
+@torch.no_grad()
+def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *, seed: int
+                    ) -> dict[str, np.ndarray]:
+    """On complete cases under every masking pattern, per (patient, pattern): Tier 1 sigma^2, the Tier 1
+    and Tier 2 squared recovery errors per dimension of the hidden modalities against the real
+    features, and Tier 2's own uncertainty (``unc2``, what its abstention bound is calibrated on)."""
+    from .tier2_train import tier2_inputs
+    from .uncertainty import complete_case_indices, masking_patterns, modality_variance, patient_uncertainty
+
+    idx = complete_case_indices(data)
+    out = {"sigma2": [], "err1": [], "err2": [], "unc2": []}
+    if len(idx) == 0:
+        return {k: np.zeros(0) for k in out}
+    sub = data.subset(idx)
+    dims = [t.shape[1] for t in sub.target]
+    real = torch.cat(list(sub.target), dim=1)
+    gen = torch.Generator(device=sub.present.device).manual_seed(seed)
+    for p_i, pattern in enumerate(masking_patterns(len(dims))):
+        obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
+        x_obs, x_hat, var_k = tier2_inputs(tier1, sub, obs, seed=seed + p_i, mc_samples=cfg.model.mc_samples)
+        hidden = torch.cat([(~obs[:, k : k + 1]).expand(-1, d) for k, d in enumerate(dims)], dim=1).float()
+        width = hidden.sum(dim=1)
+        out["sigma2"].append(patient_uncertainty(var_k, obs).cpu().numpy())
+        out["err1"].append((((x_hat - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
+        if tier2 is not None:
+            x_rec, var2 = tier2.recover(x_obs, obs, x_hat, var_k, samples=cfg.tier2.samples,
+                                        steps=cfg.tier2.sample_steps, generator=gen)
+            out["unc2"].append(tier2.patient_uncertainty(var2, obs).cpu().numpy())
+            out["err2"].append((((x_rec - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
