@@ -107,6 +107,23 @@ class Tier1Model(nn.Module):
         return Tier1Output(risk, x_hat, attns)
 
     @torch.no_grad()
+    def infer(self, x: list[torch.Tensor], inst_mask: list[torch.Tensor], observed: torch.Tensor,
+              samples: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Deterministic risk and the T MC-dropout estimates from ONE encoding of the bags.
+
+        Call in eval mode. Returns (risk [B], per modality [T, B, D_k]).
+        """
+        t = samples or self.cfg.mc_samples
+        zs, _ = self.encode(x, inst_mask)
+        slots = self._slots(zs, observed)
+        H = torch.cat(slots, dim=1)
+        x_hat = self.estimate(H)
+        risk = self.head(self.head_input(zs, observed, x_hat, slots)).squeeze(-1)
+        b = H.shape[0]
+        mc = [e.view(t, b, -1) for e in self.estimate(H.repeat(t, 1), mc=True)]
+        return risk, mc
+
+    @torch.no_grad()
     def mc_estimates(self, x: list[torch.Tensor], inst_mask: list[torch.Tensor], observed: torch.Tensor,
                      samples: int | None = None) -> list[torch.Tensor]:
         """T MC-dropout estimates in ONE batched forward of f_phi: per modality [T, B, D_k]."""

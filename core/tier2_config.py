@@ -15,8 +15,8 @@ class Tier2Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     timesteps: int = Field(1000, ge=2, description="T: DDPM training steps (linear beta 1e-4..0.02)")
-    sample_steps: int = Field(10, ge=1, description="DDIM steps (eta = 0, deterministic) at inference")
-    samples: int = Field(4, ge=1, description="S: diffusion samples per patient (their spread = Tier 2 uncertainty)")
+    sample_steps: int = Field(20, ge=1, description="DDIM steps (eta = 0, deterministic) at inference")
+    samples: int = Field(8, ge=1, description="S: diffusion samples per patient (their spread = Tier 2 uncertainty)")
     hidden_dim: int = Field(256, ge=4, description="width of the denoiser eps_psi")
     time_dim: int = Field(32, ge=2, description="width of the sinusoidal time embedding")
     branches: int = Field(4, ge=1, description="M: attention branches of the survival head")

@@ -25,8 +25,7 @@ from .tensors import SiteTensors
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model
 from .tier2_train import predict_tier2
-from .train import predict_risk
-from .uncertainty import uncertainty
+from .uncertainty import risk_and_uncertainty
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,7 @@ class TwoTierPrediction:
 def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *,
                      theta: float, bound: float, scale: RiskScale, seed: int) -> TwoTierPrediction:
     t0 = time.perf_counter()
-    r1 = predict_risk(tier1, data)
-    s2 = uncertainty(tier1, data, seed=seed)
+    r1, s2 = risk_and_uncertainty(tier1, data, seed=seed)
     t1 = time.perf_counter() - t0
     any_present = data.present.any(dim=1).cpu().numpy()
     routes = route_all(s2, data.context, any_present, theta, cfg.high_risk)

@@ -71,3 +71,23 @@ def calibration_uncertainties(model: Tier1Model, data: SiteTensors, *, seed: int
         obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
         values.append(uncertainty(model, sub, obs, seed=seed + p_i))
     return np.concatenate(values)
+
+
+@torch.no_grad()
+def risk_and_uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.Tensor | None = None, *,
+                         seed: int = 0, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Tier 1 risk (dropout off) and sigma^2 per patient from one encoding of each bag (inference path)."""
+    model.eval()
+    observed = data.present if observed is None else observed
+    risks, sig = [], []
+    with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
+        torch.manual_seed(seed)
+        for s in range(0, len(data), batch):
+            sl = slice(s, s + batch)
+            obs = observed[sl]
+            risk, mc = model.infer([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
+            risks.append(risk.cpu())
+            sig.append(patient_uncertainty(modality_variance(mc), obs).cpu())
+    if not risks:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(risks).numpy(), torch.cat(sig).numpy()

@@ -1,0 +1,84 @@
+"""Benchmark of the two tiers' inference cost on CPU (not a test; prints figures).
+
+    python -m rmmfed.simulations.bench_tiers --run runs/default [--data DIR] [--threads 1]
+
+Loads a finished run's ``model.pt`` (Tier 1, Tier 2, feature statistics, theta, config), builds every
+site's patients of ``--data`` (default: the run's own generated cohort) and times:
+- Tier 1: risk plus MC-dropout uncertainty with T passes, patients per second (goal >= 1,000 with T=20);
+- Tier 2: DDIM recovery with S samples plus its head, milliseconds per referred patient (goal <= 20 ms);
+- the compute share of routing at the run's referral rate against sending everyone to Tier 2 (goal <= 10%).
+Each timing is the best of ``--repeats`` runs on the same machine, measured in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.config import RunConfig
+from ..core.feature_stats import FeatureStats
+from ..core.site_data import discover_sites, load_site
+from ..core.tensors import SiteTensors, build_tensors
+from ..core.tier1 import build_model
+from ..core.tier2 import build_tier2
+from ..core.tier2_train import predict_tier2
+from ..core.uncertainty import risk_and_uncertainty
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, default=Path("runs/default"), help="a finished rmm-simulate output folder")
+    p.add_argument("--data", type=Path, help="cohort folder (default: RUN/cohort)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    bundle = torch.load(args.run / "model.pt", weights_only=False)
+    cfg = RunConfig.from_flat(bundle["config"])
+    dims = dict(bundle["modalities"])
+    stats = FeatureStats.from_arrays({k: v.numpy() for k, v in bundle["feature_stats"].items()}, cfg.model.anat_partitions)
+    tier1 = build_model(dims, cfg.model, 0)
+    tier1.load_state_dict(bundle["tier1"])
+    cohort = args.data or args.run / "cohort"
+    data = SiteTensors.concat([build_tensors(load_site(s, expected=dims), stats, max_instances=cfg.model.max_instances, seed=0)
+                               for s in discover_sites(cohort)])
+    n = len(data)
+    t1 = _best(lambda: risk_and_uncertainty(tier1, data, seed=0), args.repeats)
+    _, sigma2 = risk_and_uncertainty(tier1, data, seed=0)
+    referred = np.flatnonzero(sigma2 > float(bundle["theta"]))
+    gaps = np.flatnonzero(~data.present.all(dim=1).numpy() & data.present.any(dim=1).numpy())
+    out = {"patients": n, "threads": args.threads, "mc_samples": cfg.model.mc_samples,
+           "tier1_patients_per_s": n / t1, "tier1_ms_per_patient": 1000 * t1 / n,
+           "referral_rate": len(referred) / n}
+    if bundle.get("tier2") is not None:
+        tier2 = build_tier2(dims, cfg.tier2, 0)
+        tier2.load_state_dict(bundle["tier2"])
+        sub = data.subset(gaps)  # Tier 2 cost per patient with something to recover
+        t2 = _best(lambda: predict_tier2(tier2, tier1, sub, cfg.tier2, seed=0, mc_samples=cfg.model.mc_samples),
+                   args.repeats)
+        ms2 = 1000 * t2 / max(len(gaps), 1)
+        ms1 = out["tier1_ms_per_patient"]
+        share = (ms1 + out["referral_rate"] * ms2) / (ms1 + ms2)
+        out.update({"tier2_patients_timed": int(len(gaps)), "tier2_samples": cfg.tier2.samples,
+                    "tier2_sample_steps": cfg.tier2.sample_steps, "tier2_ms_per_patient": ms2,
+                    "routing_compute_share_vs_always_tier2": share})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
