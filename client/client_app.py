@@ -100,15 +100,16 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         cfg = msg.content[P.CONFIG]
-        weights, result = session(context).train(
-            from_record(msg.content[P.ARRAYS]), int(cfg["server-round"]), float(cfg.get("proximal-mu", 0.0)))
+        rnd = int(cfg["server-round"]) + int(cfg.get("round-offset", 0))  # the run's round, across resumes
+        weights, result = session(context).train(from_record(msg.content[P.ARRAYS]), rnd, float(cfg.get("proximal-mu", 0.0)))
         metrics = {"num-examples": result.n_examples, **result.metrics()}
         return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
 
     @app.train("tier2")
     def train_tier2(msg: Message, context: Context) -> Message:
         cfg = msg.content[P.CONFIG]
-        weights, metrics = session(context).train_tier2(from_record(msg.content[P.ARRAYS]), int(cfg["server-round"]))
+        rnd = int(cfg["server-round"]) + int(cfg.get("round-offset", 0))
+        weights, metrics = session(context).train_tier2(from_record(msg.content[P.ARRAYS]), rnd)
         return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
 
     @app.query("histogram")

@@ -244,9 +244,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     pairs = consortium.run_config_args(out)
-    cmd = [require_executable("flwr"), "run", str(app), args.connection, "--stream"]
-    for kv in pairs:
-        cmd += ["--run-config", kv]
+    # One --run-config string on purpose: Flower 1.41 merges separate --run-config items with
+    # dict.update, so a second "model.x=..." item would drop an earlier "model.y=...".
+    cmd = [require_executable("flwr"), "run", str(app), args.connection, "--stream", "--run-config", " ".join(pairs)]
     print(f"[rmm-server] consortium '{consortium.name}': sites {', '.join(consortium.sites)}; app {app}", flush=True)
     print(f"[rmm-server] run config: {' '.join(pairs)}", flush=True)
     run_ids: list[str] = []
@@ -269,7 +269,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"flwr stop {run_id} {args.connection}", file=sys.stderr)
         return code
     status, details = run_status(args.connection, run_id)
-    print(f"[rmm-server] run {run_id}: {status}{' (' + details + ')' if details else ''}; {wall:.1f} s", flush=True)
+    shown = f" ({details})" if details and details != "N/A" else ""
+    print(f"[rmm-server] run {run_id}: {status}{shown}; {wall:.1f} s", flush=True)
     if status != "finished:completed":
         print(f"rmm-server run: error: run {run_id} did not complete ({status}). Logs: flwr log {run_id} "
               f"{args.connection}", file=sys.stderr)

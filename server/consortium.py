@@ -128,7 +128,12 @@ class Consortium(BaseModel):
         return {**self.run_overrides(), "num-sites": len(self.sites), "out-dir": str(Path(out_dir).resolve())}
 
     def run_config_args(self, out_dir: str | Path) -> list[str]:
-        """``["rounds=30", "strategy='fedavg'", ..., "out-dir='/abs/out'"]`` for ``--run-config``."""
+        """``["rounds=30", "strategy='fedavg'", ..., "out-dir='/abs/out'"]``.
+
+        Hand them to ``flwr run`` as ONE space-joined ``--run-config`` value: Flower 1.41 merges
+        separate ``--run-config`` items with ``dict.update`` on the nested form, so ``model.a=1`` and
+        ``model.b=2`` given as two items keep only ``model.b``.
+        """
         return flower_kv(self.overrides(out_dir))
 
 

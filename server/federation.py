@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -26,6 +28,7 @@ from ..core.histogram import HistogramGrid, quantile_from_counts
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
 from ..core.two_tier import RiskScale
+from .checkpoint import Checkpoint, restore_strategy_state, strategy_state
 from .handshake import Handshake, SiteInfo, agree
 from .strategies import make_strategy
 
@@ -80,8 +83,13 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 
 
 def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: dict[str, int] | None = None,
-                   progress=None) -> FederationResult:
-    """Run every phase; ``n_sites`` is how many sites the run waits for before the handshake."""
+                   progress=None, checkpoint: str | Path | None = None, resume: bool = False) -> FederationResult:
+    """Run every phase; ``n_sites`` is how many sites the run waits for before the handshake.
+
+    With ``checkpoint`` set, the state is saved after every round; with ``resume``, a run continues from
+    the last completed round of the phase it was in (handshake, statistics and setup are always redone:
+    they are cheap, deterministic, and re-arm sites that restarted too).
+    """
     timing: dict[str, float] = {}
     t_all = time.perf_counter()
     say = progress or (lambda text: log(INFO, "%s", text))
@@ -132,17 +140,15 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
             f"sites {info['sites']}{' failed ' + str(info['failed']) if info['failed'] else ''} "
             f"{info['seconds']:.2f}s")
 
-    model = build_model(hs.dims, cfg.model, cfg.seed)
-    strategy = make_strategy(cfg, len(accepted), set(accepted), on_round)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
-                            timeout=cfg.round_timeout_s, evaluate_config=ConfigRecord({"split": "val"}))
-    history = strategy.history
-    final = result.arrays
-    if cfg.select_best and strategy.best_arrays is not None:
-        final = strategy.best_arrays
-        say(f"model selection: round {strategy.best_round} has the best federated validation C-index "
-            f"({strategy.best_score:.4f})")
-    weights = {k: v.numpy() for k, v in final.to_torch_state_dict().items()}
+    ckpt = Checkpoint(checkpoint)
+    state = ckpt.load(cfg.to_flat()) if resume else None
+    base = {"config": cfg.to_flat(), "dims": hs.dims}
+    weights, history, best_round, strategy = _run_phase(
+        grid, cfg, accepted, phase="tier1", rounds=cfg.rounds, select_best=cfg.select_best, train_type=P.TRAIN,
+        initial=ArrayRecord(build_model(hs.dims, cfg.model, cfg.seed).state_dict()), on_round=on_round,
+        state=state, ckpt=ckpt, base=base, say=say)
+    base["tier1"] = {"weights": weights, "history": history, "best_round": best_round}
+    ckpt.save({**base, "phase": "tier1-done"})
     timing["tier1"] = time.perf_counter() - t
 
     # 5. calibration: histograms on a server-fixed grid -> theta
@@ -170,13 +176,11 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                 f"(ddpm {info.get('tier2-ddpm', float('nan')):.4f}, cox {info.get('tier2-task', float('nan')):.4f}) "
                 f"sites {info['sites']} {info['seconds']:.2f}s")
 
-        strategy2 = make_strategy(cfg, len(accepted), set(accepted), on_round2, train_type=P.TRAIN_TIER2,
-                                  select_best=False)
-        init2 = build_tier2(hs.dims, cfg.tier2, cfg.seed)
-        result2 = strategy2.start(grid=grid, initial_arrays=ArrayRecord(init2.state_dict()),
-                                  num_rounds=cfg.tier2_rounds, timeout=cfg.round_timeout_s)
-        tier2_history = strategy2.history
-        tier2_weights = {k: v.numpy() for k, v in result2.arrays.to_torch_state_dict().items()}
+        tier2_weights, tier2_history, _, _ = _run_phase(
+            grid, cfg, accepted, phase="tier2", rounds=cfg.tier2_rounds, select_best=False, train_type=P.TRAIN_TIER2,
+            initial=ArrayRecord(build_tier2(hs.dims, cfg.tier2, cfg.seed).state_dict()), on_round=on_round2,
+            state=state, ckpt=ckpt, base=base, say=say)
+        ckpt.save({**base, "phase": "tier2-done", "tier2": {"weights": tier2_weights, "history": tier2_history}})
         timing["tier2"] = time.perf_counter() - t
         t = time.perf_counter()
         replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights),
@@ -203,10 +207,54 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     timing["evaluation"] = time.perf_counter() - t
     timing["total"] = time.perf_counter() - t_all
     return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
-                            timing_s=timing, best_round=strategy.best_round if cfg.select_best else cfg.rounds,
+                            timing_s=timing, best_round=best_round,
                             tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history)
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:
     """Which block L_anat statistics came from, per modality (complete cases when any were shared)."""
     return {m: "complete cases" if float(sums[f"{m}.complete.n"][0]) > 0 else "all present cases" for m in dims}
+
+
+def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, rounds: int, select_best: bool,
+               train_type: str, initial: ArrayRecord, on_round, state: dict | None, ckpt: Checkpoint, base: dict,
+               say) -> tuple[dict[str, np.ndarray], list[dict], int, object]:
+    """One federated training phase (Tier 1 or Tier 2) with per-round checkpoints and resume."""
+    done = (state or {}).get(phase) if state and state.get("phase") != phase else None
+    if done is not None:  # the phase had finished before the restart
+        say(f"resume: {phase} already complete, reusing its weights")
+        return done["weights"], done["history"], done.get("best_round", rounds), None
+    offset = 0
+    strategy = make_strategy(cfg, len(accepted), set(accepted), on_round, train_type=train_type,
+                             select_best=select_best)
+    if state and state.get("phase") == phase:
+        offset = int(state["round"])
+        initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state["weights"].items()})
+        strategy.round_offset = offset
+        strategy.history = state["history"]
+        strategy.best_score, strategy.best_round = state["best_score"], state["best_round"]
+        if state.get("best_weights") is not None:
+            strategy.best_arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state["best_weights"].items()})
+        restore_strategy_state(strategy, state.get("strategy", {}))
+        say(f"resume: {phase} continues after round {offset}/{rounds}")
+
+    def save(strat, rnd: int) -> None:
+        arrays = strat.last_arrays
+        ckpt.save({**base, "phase": phase, "round": rnd,
+                   "weights": {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()},
+                   "history": strat.history, "best_score": strat.best_score, "best_round": strat.best_round,
+                   "best_weights": ({k: v.numpy() for k, v in strat.best_arrays.to_torch_state_dict().items()}
+                                    if strat.best_arrays is not None else None),
+                   "strategy": strategy_state(strat)})
+
+    strategy.checkpoint_fn = save
+    final = initial
+    if rounds - offset > 0:
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
+                                timeout=cfg.round_timeout_s, evaluate_config=ConfigRecord({"split": "val"}))
+        final = result.arrays
+    best_round = rounds
+    if select_best and strategy.best_arrays is not None:
+        final, best_round = strategy.best_arrays, strategy.best_round
+        say(f"model selection: round {best_round} has the best federated validation C-index ({strategy.best_score:.4f})")
+    return {k: v.numpy() for k, v in final.to_torch_state_dict().items()}, strategy.history, best_round, strategy

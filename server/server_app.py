@@ -8,6 +8,7 @@ the result in-process.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -16,11 +17,12 @@ from ..core.config import RunConfig
 from .federation import FederationResult, run_federation
 from .outputs import write_outputs
 
-APP_KEYS = ("data-dir", "out-dir", "num-sites")  # app-level keys, not part of RunConfig
+APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume")  # app-level keys, not part of RunConfig
 
 
 def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
-                    sink: Callable[[FederationResult], None] | None = None) -> ServerApp:
+                    sink: Callable[[FederationResult], None] | None = None, out_dir: str | None = None,
+                    resume: bool | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
@@ -28,11 +30,13 @@ def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
         rc = dict(context.run_config)
         run_cfg = cfg or RunConfig.from_flat(rc, ignore=APP_KEYS)
         sites = n_sites or int(rc.get("num-sites", 0)) or len(list(grid.get_node_ids())) or 1
-        result = run_federation(grid, run_cfg, n_sites=sites)
+        out = Path(out_dir or str(rc.get("out-dir", "runs/flwr")))
+        again = bool(rc.get("resume", False)) if resume is None else resume
+        result = run_federation(grid, run_cfg, n_sites=sites, checkpoint=out / "checkpoint.pt", resume=again)
         if sink is not None:
             sink(result)
         else:
-            write_outputs(str(rc.get("out-dir", "runs/flwr")), result)
+            write_outputs(out, result)
 
     return app
 

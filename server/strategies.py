@@ -21,18 +21,22 @@ def _restricted(base: type) -> type:
         """Sends only to accepted nodes; records per-round metrics and timing for the report."""
 
         def __init__(self, *args, accepted: set[int], on_round: Callable[[int, dict], None],
-                     train_type: str = "train", **kwargs) -> None:
+                     train_type: str = "train", round_offset: int = 0, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.train_type = train_type
+            self.round_offset = round_offset  # rounds completed before a resume
             self.accepted = accepted
             self.on_round = on_round
             self.history: list[dict] = []
             self.best_score, self.best_round, self.best_arrays = float("-inf"), 0, None
             self._candidate = None
+            self.last_arrays = None
+            self.checkpoint_fn: Callable | None = None
             self._t0 = time.perf_counter()
 
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
             self._t0 = time.perf_counter()
+            config["round-offset"] = self.round_offset
             return [m for m in super().configure_train(server_round, arrays, config, grid)
                     if m.metadata.dst_node_id in self.accepted]
 
@@ -54,10 +58,12 @@ def _restricted(base: type) -> type:
                                         float(r.content["metrics"]["pairs-comparable"]))
                       for r in replies if not r.has_error()]
             score = combined_c_index(counts) if counts else float("nan")
+            rnd = server_round + self.round_offset
             if score == score and score > self.best_score:
-                self.best_score, self.best_round, self.best_arrays = score, server_round, self._candidate
-            if self.history and self.history[-1]["round"] == server_round:
+                self.best_score, self.best_round, self.best_arrays = score, rnd, self._candidate
+            if self.history and self.history[-1]["round"] == rnd:
                 self.history[-1]["val-c-index"] = score
+            self.on_evaluated(rnd)
             return MetricRecord({"val-c-index": score}) if score == score else None
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -66,11 +72,19 @@ def _restricted(base: type) -> type:
             replies = sorted(replies, key=_content_key)
             arrays, metrics = super().aggregate_train(server_round, replies)
             ok = sum(1 for r in replies if not r.has_error())
-            info = {"round": server_round, "sites": ok, "failed": len(replies) - ok,
+            self.last_arrays = arrays
+            info = {"round": server_round + self.round_offset, "sites": ok, "failed": len(replies) - ok,
                     "seconds": time.perf_counter() - self._t0, **(dict(metrics) if metrics else {})}
             self.history.append(info)
-            self.on_round(server_round, info)
+            self.on_round(server_round + self.round_offset, info)
+            if self.fraction_evaluate == 0.0:
+                self.on_evaluated(server_round + self.round_offset)
             return arrays, metrics
+
+        def on_evaluated(self, rnd: int) -> None:
+            """End of a round (after validation when there is one): the checkpoint hook."""
+            if self.checkpoint_fn is not None:
+                self.checkpoint_fn(self, rnd)
 
     Restricted.__name__ = f"Restricted{base.__name__}"
     return Restricted
@@ -84,13 +98,13 @@ def _content_key(reply: Message) -> bytes:
 
 
 def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None],
-                  *, train_type: str = "train", select_best: bool | None = None) -> FedAvg:
+                  *, train_type: str = "train", select_best: bool | None = None, round_offset: int = 0) -> FedAvg:
     """The configured strategy for one phase; ``train_type`` names the phase's message type."""
     need = cfg.min_sites or n_sites
     select = cfg.select_best if select_best is None else select_best
     common = dict(fraction_train=1.0, fraction_evaluate=1.0 if select else 0.0, min_train_nodes=need,
                   min_evaluate_nodes=need, min_available_nodes=need, accepted=accepted, on_round=on_round,
-                  train_type=train_type)
+                  train_type=train_type, round_offset=round_offset)
     if cfg.strategy == "fedprox":
         return _restricted(FedProx)(proximal_mu=cfg.proximal_mu, **common)
     if cfg.strategy == "fedadam":

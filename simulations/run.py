@@ -20,7 +20,7 @@ from ..server.server_app import make_server_app
 from .pooled import oracle_c_index, train_pooled_reference
 
 
-def run_flower(cfg: RunConfig, paths: list[Path]) -> FederationResult:
+def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = False) -> FederationResult:
     """Run the ServerApp and one ClientApp per site on Flower's simulation engine (in-process)."""
     from flwr.simulation import run_simulation
 
@@ -28,7 +28,8 @@ def run_flower(cfg: RunConfig, paths: list[Path]) -> FederationResult:
     gpus = 1.0 / len(paths) if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else 0.0
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": gpus},
                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False}}
-    run_simulation(server_app=make_server_app(cfg, n_sites=len(paths), sink=holder.append),
+    run_simulation(server_app=make_server_app(cfg, n_sites=len(paths), sink=holder.append, out_dir=str(out),
+                                              resume=resume),
                    client_app=make_client_app([str(p) for p in paths]),
                    num_supernodes=len(paths), backend_config=backend)
     if not holder:
@@ -37,9 +38,9 @@ def run_flower(cfg: RunConfig, paths: list[Path]) -> FederationResult:
 
 
 def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteData], dims: dict[str, int],
-              out: Path, *, pooled: bool = True, t0: float | None = None) -> dict:
+              out: Path, *, pooled: bool = True, t0: float | None = None, resume: bool = False) -> dict:
     t0 = time.perf_counter() if t0 is None else t0
-    res = run_flower(cfg, paths)
+    res = run_flower(cfg, paths, out, resume)
     t_fed = time.perf_counter()
 
     # Simulation-only: the federated model's pooled test C-index and the exact calibration percentile.

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set model.modality-dropout=0 (repeatable)")
     p.add_argument("--no-pooled", action="store_true", help="skip the pooled (centralised) reference")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (same config and --data) after an interrupted run")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu: reproducible)")
     return p.parse_args(argv)
 
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         cohort = args.data
+        if cohort is None and args.resume and (args.out / "cohort").is_dir():
+            cohort = args.out / "cohort"  # resume on the cohort the interrupted run generated
         if cohort is None:
             from .cohort import CohortConfig, generate_cohort
 
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
               f"no modality: {sm['no_modality']}")
     from .run import run_study
 
-    metrics = run_study(cfg, cohort, paths, sites, dims, args.out, pooled=not args.no_pooled, t0=t0)
+    metrics = run_study(cfg, cohort, paths, sites, dims, args.out, pooled=not args.no_pooled, t0=t0, resume=args.resume)
     print_summary(metrics, args.out)
     return 0
 

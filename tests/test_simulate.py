@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rmmfed.core.config import RunConfig
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
@@ -80,7 +81,7 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 def test_pyproject_flower_config_equals_run_config_defaults():
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    flat = {k: v for k, v in conf.items() if k not in ("data-dir", "out-dir", "num-sites") and not isinstance(v, dict)}
+    flat = {k: v for k, v in conf.items() if k not in ("data-dir", "out-dir", "num-sites", "resume") and not isinstance(v, dict)}
     for table, values in conf.items():
         if isinstance(values, dict):
             flat.update({f"{table}.{k}": v for k, v in values.items()})
@@ -96,3 +97,33 @@ def test_same_seed_gives_the_same_metrics_on_cpu(tiny_run, tmp_path):
     assert a["federated"] == b["federated"]
     assert a["calibration"]["theta"] == b["calibration"]["theta"]
     assert a["routing"] == b["routing"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
+    from rmmfed.server import checkpoint as ck
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(CohortConfig(n_patients=200, seed=5), cohort)
+    args = ["--data", str(cohort), "--seed", "5", "--no-pooled", "--set", "rounds=4", *TINY[2:]]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+
+    real_save = ck.Checkpoint.save
+
+    def crash_after_round_2(self, state):
+        real_save(self, state)
+        if state.get("phase") == "tier1" and state.get("round") == 2:
+            raise RuntimeError("simulated coordinator crash")
+
+    monkeypatch.setattr(ck.Checkpoint, "save", crash_after_round_2)
+    with pytest.raises(RuntimeError):
+        main([*args, "--out", str(tmp_path / "cut")])
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert (saved["phase"], saved["round"]) == ("tier1", 2)
+    monkeypatch.setattr(ck.Checkpoint, "save", real_save)
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+
+    whole, resumed = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "cut"))
+    assert [h["round"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert abs(whole["federated"]["c_index"] - resumed["federated"]["c_index"]) <= 0.005
+    assert whole["federated"] == resumed["federated"]  # deterministic: a resume is exact on CPU
