@@ -55,7 +55,7 @@ class RunConfig(_Strict):
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx mu (strategy = fedprox)")
     server_lr: float = Field(0.01, gt=0.0, description="FedAdam eta (strategy = fedadam)")
     select_best: bool = Field(True, description="keep the round with the best federated validation C-index")
-    min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = every site of the run")
+    min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = a majority of the accepted sites")
     round_timeout_s: float = Field(600.0, gt=0.0)
     min_stat_count: int = Field(5, ge=1, description="a site sends feature sums only over >= this many patients")
     quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")

@@ -100,7 +100,7 @@ def _content_key(reply: Message) -> bytes:
 def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None],
                   *, train_type: str = "train", select_best: bool | None = None, round_offset: int = 0) -> FedAvg:
     """The configured strategy for one phase; ``train_type`` names the phase's message type."""
-    need = cfg.min_sites or n_sites
+    need = min(cfg.min_sites, n_sites) if cfg.min_sites else n_sites // 2 + 1  # a dead site must not stall the run
     select = cfg.select_best if select_best is None else select_best
     common = dict(fraction_train=1.0, fraction_evaluate=1.0 if select else 0.0, min_train_nodes=need,
                   min_evaluate_nodes=need, min_available_nodes=need, accepted=accepted, on_round=on_round,
