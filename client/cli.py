@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,19 @@ from ..core.errors import RmmError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NO_PHONE_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+_HINTS = {  # what flower-supernode printed -> what the hospital should do
+    "[code: 2004]": "the SuperLink does not know this site's key. Fix: send site-{site}.pub (never the private "
+                    "key) to the coordinator for 'rmm-server register'; if it is registered and this site just "
+                    "restarted, wait about a minute until the old connection is marked offline, then start again.",
+    "[code: 2001]": "the SuperLink requires node authentication. Fix: pass --key <private key from rmm-client keygen>.",
+    "CERTIFICATE_VERIFY_FAILED": "the server certificate did not verify. Fix: pass the consortium's ca.crt as "
+                                 "--root-cert and use a --superlink host name/address listed in the server "
+                                 "certificate (rmm-server init-ca printed its SANs).",
+    "Connection refused": "nothing answers at --superlink. Fix: check the address and port, that the server runs "
+                          "(rmm-server start) and that the firewall lets this host through.",
+}
 
 
 class ClientCliError(RmmError):
@@ -69,12 +83,12 @@ def warn(text: str) -> None:
     print(f"{bar}\n!! WARNING: {text}\n{bar}", file=sys.stderr, flush=True)
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc (Linux; [] elsewhere)."""
-    members = []
+def _scan() -> dict[int, tuple[str, int, int, int]]:
+    """pid -> (state, ppid, pgid, start time) of every process, from /proc (Linux; {} elsewhere)."""
+    table: dict[int, tuple[str, int, int, int]] = {}
     proc = Path("/proc")
     if not proc.is_dir():
-        return members
+        return table
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -82,70 +96,147 @@ def _group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        f = stat[stat.rfind(")") + 2:].split()  # fields after "pid (comm) "
+        if len(f) > 19:
+            table[int(entry.name)] = (f[0], int(f[1]), int(f[2]), int(f[19]))
+    return table
 
 
-def end_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """End a child started with ``start_new_session=True`` and everything in its process group.
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    return [pid for pid, (state, _, group, _) in _scan().items() if group == pgid and state != "Z"]
 
-    SIGTERM to the group, up to ``grace`` seconds for the leader, then SIGKILL to whatever is left
-    (Flower's superexec children otherwise linger 20-25 s after their parent), and a short wait
-    until no live member remains.
+
+class ProcessTree:
+    """Every process descended from one child, remembered by (pid, start time).
+
+    Flower's children do not all stay in the child's process group: the SuperLink starts its
+    ``flower-superexec`` in a new session, which then starts ``flwr-serverapp``. Watching the tree
+    while it runs lets :func:`end_group` end those too, and the start time guards against PID reuse.
     """
-    pgid = proc.pid
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.root_start = _scan().get(root, ("Z", 0, 0, -1))[3]
+        self.seen: dict[int, int] = {}
+
+    def update(self) -> None:
+        table = _scan()
+        known = {self.root: self.root_start, **self.seen}
+        parents = {p for p, start in known.items() if p in table and table[p][3] == start}
+        changed = True
+        while changed:
+            changed = False
+            for pid, (state, ppid, _, start) in table.items():
+                if ppid in parents and pid not in parents and state != "Z":
+                    self.seen[pid] = start
+                    parents.add(pid)
+                    changed = True
+
+    def alive(self) -> list[int]:
+        table = _scan()
+        return [p for p, start in self.seen.items()
+                if p in table and table[p][3] == start and table[p][0] != "Z"]
+
+
+def _signal_all(pgid: int, pids: list[int], sig: int) -> None:
+    own = os.getpgid(0)
+    for target in {pgid} | {p for p in pids}:
+        try:
+            if target == pgid:
+                if pgid != own:
+                    os.killpg(pgid, sig)
+            else:
+                os.kill(target, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def end_group(proc: subprocess.Popen, grace: float = 10.0, tree: ProcessTree | None = None) -> None:
+    """End a child started with ``start_new_session=True``, its process group and its descendants.
+
+    SIGTERM to the group and every known descendant, up to ``grace`` seconds for the child, then
+    SIGKILL to whatever is left (Flower's superexec children otherwise linger 20-25 s after their
+    parent), until no live member or descendant remains (5 s at most).
+    """
+    tree = tree or ProcessTree(proc.pid)
+    tree.update()
+    _signal_all(proc.pid, tree.alive(), signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         pass
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
     deadline = time.monotonic() + 5
-    while _group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while True:
+        tree.update()
+        left = tree.alive() + _group_members(proc.pid)
+        if proc.poll() is not None and not left:
+            break
+        if time.monotonic() > deadline:
+            break
+        _signal_all(proc.pid, left, signal.SIGKILL)
+        try:
+            proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
                    on_line: Callable[[str], None] | None = None, grace: float = 10.0) -> int:
-    """Run ``cmd`` in its own process group until it exits; return its exit code.
+    """Run ``cmd`` in its own session until it exits; return its exit code.
 
-    SIGTERM/SIGINT received meanwhile are passed on to the whole group (exit code 128 + signal).
+    SIGTERM/SIGINT received meanwhile are passed on to the child's group (exit code 128 + signal).
     With ``on_line`` the child's stdout+stderr are read line by line and handed to it; otherwise
-    the child writes straight to this process's stdout/stderr. The group is always ended.
+    the child writes straight to this process's stdout/stderr. Its descendants are watched while it
+    runs, and the group and every descendant are always ended (see :func:`end_group`).
     """
-    pipe = subprocess.PIPE if on_line else None
-    proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
-                            stdout=pipe, stderr=subprocess.STDOUT if on_line else None, text=bool(on_line),
-                            bufsize=1 if on_line else -1)
     received: list[int] = []
+    child: list[subprocess.Popen] = []
 
     def forward(signum, _frame) -> None:
         received.append(signum)
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        if child:
+            try:
+                os.killpg(child[0].pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
+    # handlers first: a signal that arrives while the child starts must still reach it
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if on_line and proc.stdout is not None:
+        pipe = subprocess.PIPE if on_line else None
+        proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=pipe, stderr=subprocess.STDOUT if on_line else None, text=bool(on_line),
+                                bufsize=1 if on_line else -1)
+        child.append(proc)
+        tree = ProcessTree(proc.pid)
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(1.0):
+                tree.update()
+
+        def read() -> None:  # a thread: a grandchild holding the pipe must not block the wait
+            assert proc.stdout is not None
             for line in proc.stdout:
                 on_line(line.rstrip("\n"))
-        code = proc.wait()
+
+        threads = [threading.Thread(target=watch, name="rmm-process-tree", daemon=True)]
+        if on_line:
+            threads.append(threading.Thread(target=read, name="rmm-child-output", daemon=True))
+        for thread in threads:
+            thread.start()
+        try:
+            if received:
+                os.killpg(proc.pid, signal.SIGTERM)
+            code = proc.wait()
+        finally:
+            done.set()
+            threads[0].join()
+            end_group(proc, grace, tree)
+            if on_line:
+                threads[1].join(timeout=5)
     finally:
-        end_group(proc, grace)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 + received[0] if received else code
@@ -320,7 +411,7 @@ def check_device(device: str) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rmm-client", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="rmm-client", description="Validate this hospital's site folder and join the federation (TLS + node key).",
                                 epilog="Key pair: rmm-client keygen --site A --dir keys/ (see rmm-client keygen -h)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--site", required=True, help="this hospital's site name, as the consortium agreed (e.g. A)")
@@ -375,8 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_site_name(args.site)
-        site = validate_site(args.data)  # first: a bad folder never connects
     except RmmError as err:
+        print(f"rmm-client: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        site = validate_site(args.data)  # first: a bad folder never connects
+    except (RmmError, OSError) as err:
         print(f"rmm-client: site folder is not valid: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.check:
@@ -403,12 +498,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     print(f"[rmm-client] site {args.site}: {len(site)} patients validated; joining {args.superlink} "
           f"({'INSECURE' if args.insecure else 'TLS + node key'})", flush=True)
-    code = run_supervised(cmd, flower_env())
+    seen: list[str] = []
+
+    def relay(line: str) -> None:
+        print(line, flush=True)
+        seen.extend(marker for marker in _HINTS if marker in line and marker not in seen)
+
+    code = run_supervised(cmd, flower_env(), on_line=relay)
     if code != 0 and code < 128:
-        print(f"rmm-client: flower-supernode exited with code {code}. Look above for 'Exit Code:' -- "
-              "2004: this key is not registered (send the .pub to the coordinator); 2001: no key given; "
-              "CERTIFICATE_VERIFY_FAILED: wrong --root-cert or server name; connection errors: the server "
-              "is not up or not reachable.", file=sys.stderr)
+        hints = [_HINTS[m].format(site=args.site, key=args.key) for m in seen] or [
+            "see the 'Exit Code:' message above (https://flower.ai/docs/framework/ref-exit-codes.html)"]
+        print(f"rmm-client: flower-supernode exited with code {code}: " + " ".join(hints), file=sys.stderr)
     return code
 
 

@@ -75,7 +75,8 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
         s = session(context)
         d = s.data
         return reply(msg, config=ConfigRecord({
-            "site": d.site, "schema": P.encode_schema(d.modalities), "rmm-version": __version__,
+            "site": str(context.node_config.get("site", d.site)), "schema": P.encode_schema(d.modalities),
+            "rmm-version": __version__,
             "n-patients": len(d.patient_ids), "n-events": int(d.event.sum()),
             "n-train": len(d.indices("train")), "n-val": len(d.indices("val")), "n-test": len(d.indices("test")),
         }))

@@ -244,6 +244,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     pairs = consortium.run_config_args(out)
+    if args.resume:
+        if not (out / "checkpoint.pt").is_file():
+            print(f"rmm-server: error: --resume but {out / 'checkpoint.pt'} does not exist. Fix: point --out at the "
+                  "interrupted run's output folder, or drop --resume to start a new run.", file=sys.stderr)
+            return 2
+        pairs.append("resume=true")
     # One --run-config string on purpose: Flower 1.41 merges separate --run-config items with
     # dict.update, so a second "model.x=..." item would drop an earlier "model.y=...".
     cmd = [require_executable("flwr"), "run", str(app), args.connection, "--stream", "--run-config", " ".join(pairs)]
@@ -296,7 +302,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rmm-server", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="rmm-server", description="The coordinator's commands: CA and certificates, node registration, the server, the run.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -325,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, type=Path, help="consortium TOML (sites, rounds, strategy, [run] ...)")
     s.add_argument("--out", required=True, type=Path, help="output folder on the SuperLink's machine")
     s.add_argument("--app", type=Path, help="rmm project folder to ship (default: the installed checkout)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT/checkpoint.pt (same consortium config)")
     _connection_args(s)
     s.set_defaults(func=cmd_run)
     return p

@@ -32,7 +32,7 @@ from ..client.cli import check_site_name, flower_kv
 from ..core.config import RunConfig
 from ..core.errors import ConfigError, RmmError
 
-APP_KEYS = ("data-dir", "out-dir", "num-sites")  # set by rmm-server, never by [run]
+APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites")  # set by rmm-server, never by [run]
 Scalar = bool | int | float | str
 
 
@@ -125,7 +125,8 @@ class Consortium(BaseModel):
 
     def overrides(self, out_dir: str | Path) -> dict[str, Scalar]:
         """Everything ``flwr run`` needs to override: run keys plus num-sites and out-dir."""
-        return {**self.run_overrides(), "num-sites": len(self.sites), "out-dir": str(Path(out_dir).resolve())}
+        return {**self.run_overrides(), "num-sites": len(self.sites), "out-dir": str(Path(out_dir).resolve()),
+                "expected-sites": ",".join(self.sites)}
 
     def run_config_args(self, out_dir: str | Path) -> list[str]:
         """``["rounds=30", "strategy='fedavg'", ..., "out-dir='/abs/out'"]``.

@@ -83,7 +83,8 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 
 
 def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: dict[str, int] | None = None,
-                   progress=None, checkpoint: str | Path | None = None, resume: bool = False) -> FederationResult:
+                   progress=None, checkpoint: str | Path | None = None, resume: bool = False,
+                   expected_sites: frozenset[str] | None = None) -> FederationResult:
     """Run every phase; ``n_sites`` is how many sites the run waits for before the handshake.
 
     With ``checkpoint`` set, the state is saved after every round; with ``resume``, a run continues from
@@ -103,7 +104,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
         c = rep.content[P.CONFIG]
         infos.append(SiteInfo(nid, str(c["site"]), P.decode_schema(str(c["schema"])), str(c["rmm-version"]),
                               {k: int(c[k]) for k in ("n-patients", "n-events", "n-train", "n-val", "n-test")}))
-    hs = agree(infos, __version__, expected_dims)
+    hs = agree(infos, __version__, expected_dims, expected_sites)
     for site, reason in hs.refused.items():
         log(WARNING, "site %s refused: %s", site, reason)
     if not hs.accepted:

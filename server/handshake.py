@@ -22,15 +22,19 @@ class Handshake:
     refused: dict[str, str] = field(default_factory=dict)  # site -> reason (readable by both sides)
 
 
-def agree(sites: list[SiteInfo], version: str, expected: dict[str, int] | None = None) -> Handshake:
+def agree(sites: list[SiteInfo], version: str, expected: dict[str, int] | None = None,
+          expected_sites: frozenset[str] | None = None) -> Handshake:
     """Run schema = ``expected`` if given, else the union of modalities with each one's majority dim.
 
-    A site is refused when its rmm version differs, or when a modality it holds files for has
+    A site is refused when it is not in ``expected_sites`` (when given), when its rmm version differs, or when a modality it holds files for has
     another dim than the run's. A modality a site never acquired (no folder, or an empty one) is fine.
     """
     refused: dict[str, str] = {}
     for s in sites:
-        if s.version != version:
+        if expected_sites and s.site not in expected_sites:
+            refused[s.site] = (f"site '{s.site}' is not in the consortium's list ({', '.join(sorted(expected_sites))}); "
+                               "the coordinator adds it to the consortium config, or the site fixes its --site name")
+        elif s.version != version:
             refused[s.site] = (f"rmm version {s.version} differs from the coordinator's {version}; "
                                f"install rmm {version} at this site")
     if expected is None:

@@ -17,7 +17,7 @@ from ..core.config import RunConfig
 from .federation import FederationResult, run_federation
 from .outputs import write_outputs
 
-APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume")  # app-level keys, not part of RunConfig
+APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites")  # app-level keys, not part of RunConfig
 
 
 def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
@@ -32,7 +32,9 @@ def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
         sites = n_sites or int(rc.get("num-sites", 0)) or len(list(grid.get_node_ids())) or 1
         out = Path(out_dir or str(rc.get("out-dir", "runs/flwr")))
         again = bool(rc.get("resume", False)) if resume is None else resume
-        result = run_federation(grid, run_cfg, n_sites=sites, checkpoint=out / "checkpoint.pt", resume=again)
+        names = frozenset(x.strip() for x in str(rc.get("expected-sites", "")).split(",") if x.strip()) or None
+        result = run_federation(grid, run_cfg, n_sites=sites, checkpoint=out / "checkpoint.pt", resume=again,
+                                expected_sites=names)
         if sink is not None:
             sink(result)
         else:
