@@ -58,9 +58,10 @@ class ClientCliError(RmmError):
 
 # ---- Flower child processes (shared with rmm-server) -------------------------------------------
 def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with Flower's telemetry and update check off."""
+    """This process's environment with Flower's telemetry and update check off (and a 0.2 s SuperExec poll)."""
     env = dict(os.environ)
     env.update(NO_PHONE_HOME)
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")  # Flower's SuperExec: 1 s between task polls
     env.update(extra or {})
     return env
 
@@ -181,17 +182,81 @@ def end_group(proc: subprocess.Popen, grace: float = 10.0, tree: ProcessTree | N
             pass
 
 
+class _Companion:
+    """A helper process that lives as long as the main child (the ClientApp worker), restarted if it dies."""
+
+    def __init__(self, cmd: Sequence[str], name: str) -> None:
+        self.cmd, self.name = list(cmd), name
+        self.proc: subprocess.Popen | None = None
+        self.tree: ProcessTree | None = None
+        self.started = 0.0
+        self.restarts = 0
+        self.next_start = 0.0
+        self.readers: list[threading.Thread] = []
+
+    def start(self, env: Mapping[str, str], on_line: Callable[[str], None] | None) -> None:
+        pipe = subprocess.PIPE if on_line else None
+        self.proc = subprocess.Popen(self.cmd, env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
+                                     stdout=pipe, stderr=subprocess.STDOUT if on_line else None, text=bool(on_line),
+                                     bufsize=1 if on_line else -1)
+        self.tree = ProcessTree(self.proc.pid)
+        self.started = time.monotonic()
+        if on_line:
+            proc = self.proc
+
+            def read() -> None:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    on_line(line.rstrip("\n"))
+
+            reader = threading.Thread(target=read, name=f"rmm-{self.name}-output", daemon=True)
+            reader.start()
+            self.readers.append(reader)
+
+    def check(self, env: Mapping[str, str], on_line: Callable[[str], None] | None) -> None:
+        """Restart the helper when it died (backoff 1, 2, 4 ... 30 s; reset after a minute of uptime)."""
+        if self.proc is None or self.proc.poll() is None:
+            if self.tree is not None:
+                self.tree.update()
+            return
+        now = time.monotonic()
+        if self.next_start == 0.0:
+            if now - self.started > 60:
+                self.restarts = 0
+            delay = min(30.0, 2.0 ** self.restarts)
+            self.next_start = now + delay
+            say = on_line or (lambda text: print(text, file=sys.stderr, flush=True))
+            say(f"[rmm-client] the {self.name} exited with code {self.proc.returncode}; restarting it in {delay:.0f} s")
+            end_group(self.proc, 1.0, self.tree)
+        elif now >= self.next_start:
+            self.restarts += 1
+            self.next_start = 0.0
+            self.start(env, on_line)
+
+    def stop(self, grace: float) -> None:
+        if self.proc is not None:
+            end_group(self.proc, grace, self.tree)
+        for reader in self.readers:
+            reader.join(timeout=5)
+
+
 def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
-                   on_line: Callable[[str], None] | None = None, grace: float = 10.0) -> int:
+                   on_line: Callable[[str], None] | None = None, grace: float = 10.0,
+                   launcher: Sequence[str] = (), companions: Mapping[str, Sequence[str]] | None = None) -> int:
     """Run ``cmd`` in its own session until it exits; return its exit code.
 
     SIGTERM/SIGINT received meanwhile are passed on to the child's group (exit code 128 + signal).
     With ``on_line`` the child's stdout+stderr are read line by line and handed to it; otherwise
     the child writes straight to this process's stdout/stderr. Its descendants are watched while it
     runs, and the group and every descendant are always ended (see :func:`end_group`).
+
+    ``launcher`` is put in front of ``cmd`` (rmm's tuned Flower launcher, :func:`flower_launcher`).
+    ``companions`` (name -> command) are helper processes started after the child, each in its own
+    session, restarted with backoff whenever they die while the child runs, and ended before it.
     """
     received: list[int] = []
     child: list[subprocess.Popen] = []
+    helpers = [_Companion(c, name) for name, c in (companions or {}).items()]
 
     def forward(signum, _frame) -> None:
         received.append(signum)
@@ -205,16 +270,21 @@ def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         pipe = subprocess.PIPE if on_line else None
-        proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*launcher, *cmd], env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=pipe, stderr=subprocess.STDOUT if on_line else None, text=bool(on_line),
                                 bufsize=1 if on_line else -1)
         child.append(proc)
         tree = ProcessTree(proc.pid)
         done = threading.Event()
+        for helper in helpers:
+            helper.start(env, on_line)
 
         def watch() -> None:
             while not done.wait(1.0):
                 tree.update()
+                if not received and proc.poll() is None:
+                    for helper in helpers:
+                        helper.check(env, on_line)
 
         def read() -> None:  # a thread: a grandchild holding the pipe must not block the wait
             assert proc.stdout is not None
@@ -233,6 +303,8 @@ def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
         finally:
             done.set()
             threads[0].join()
+            for helper in helpers:  # first: a worker mid-task still reports to the SuperNode
+                helper.stop(min(grace, 5.0))
             end_group(proc, grace, tree)
             if on_line:
                 threads[1].join(timeout=5)
@@ -247,6 +319,242 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+# ---- tuned Flower launcher and the warm ClientApp worker ------------------------------------------
+SUPERNODE_IDLE_POLL_S = 0.5   # Flower 1.41 sleeps 3 s between empty pulls from the SuperLink
+SUPERNODE_REPLY_POLL_S = 0.05  # ... and 0.5 s while it waits for the ClientApp's reply
+WORKER_POLL_S = 0.1            # the warm worker asks the SuperNode for a task this often (SuperExec: 1 s)
+
+
+class _TunedTime:
+    """Stands in for the ``time`` module inside one Flower module: its fixed sleeps become shorter."""
+
+    def __init__(self, module, sleeps: Mapping[float, float]) -> None:
+        self._module, self._sleeps = module, dict(sleeps)
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+    def sleep(self, seconds: float) -> None:
+        self._module.sleep(self._sleeps.get(seconds, seconds))
+
+
+GRID_POLL_S = 0.2  # the ServerApp's deployment Grid polls for replies every 3 s in Flower 1.41
+
+
+def tune_grid_polling(grid, poll_s: float | None = None):
+    """Make a deployment Grid (Flower's ``HttpGrid``) look for replies every ``poll_s`` s instead of 3 s.
+
+    For the ServerApp: ``grid = tune_grid_polling(grid)`` at the top of its main. Same semantics as
+    Flower's ``send_and_receive`` (push, then pull until every reply is in or ``timeout`` passed).
+    ``RMM_GRID_POLL_S`` overrides the interval (benchmarks); other Grids (simulation) are left alone.
+    """
+    if type(grid).__name__ != "HttpGrid" or not hasattr(grid, "push_messages") or not hasattr(grid, "pull_messages"):
+        return grid
+    interval = float(os.environ.get("RMM_GRID_POLL_S", poll_s if poll_s is not None else GRID_POLL_S))
+
+    def send_and_receive(messages, *, timeout: float | None = None):
+        pending = set(grid.push_messages(messages))
+        end = time.time() + (timeout if timeout is not None else 0.0)
+        replies = []
+        while timeout is None or time.time() < end:
+            got = list(grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending:
+                break
+            time.sleep(interval)
+        return replies
+
+    grid.send_and_receive = send_and_receive
+    return grid
+
+
+def flower_launcher(poll_s: float = SUPERNODE_IDLE_POLL_S) -> list[str]:
+    """Command prefix that runs a Flower daemon through :func:`launch_flower` (tuned polls, parent watch)."""
+    return [sys.executable, "-m", "rmmfed.client.cli", "_flower", "--parent-pid", str(os.getpid()),
+            "--poll", str(poll_s), "--"]
+
+
+def launch_flower(argv: Sequence[str]) -> int:
+    """``rmm-client _flower [--parent-pid P] [--poll S] -- /path/flower-supernode ARGS``: run it in this process.
+
+    Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull and 0.5 s while it waits for a
+    reply; here those become ``--poll`` (default 0.5 s) and 0.05 s. Everything else is Flower's own
+    ``flower-supernode``. With ``--parent-pid`` the SuperNode stops when that process is gone.
+    """
+    p = argparse.ArgumentParser(prog="rmm-client _flower")
+    p.add_argument("--parent-pid", type=int)
+    p.add_argument("--poll", type=float, default=SUPERNODE_IDLE_POLL_S)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    args = p.parse_args(list(argv))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command or Path(command[0]).name != "flower-supernode":
+        p.error("expected: -- /path/to/flower-supernode ARGS")
+    import flwr.supernode.start_client_internal as sci
+    from flwr.supernode.cli import flower_supernode
+
+    if getattr(sci, "time", None) is time:  # Flower as tested (1.41); otherwise leave it as it is
+        sci.time = _TunedTime(time, {3: max(0.05, args.poll), 0.5: SUPERNODE_REPLY_POLL_S})
+    if args.parent_pid:
+        from flwr.supercore.app_utils import start_parent_process_monitor
+
+        start_parent_process_monitor(args.parent_pid)
+    sys.argv = list(command)
+    flower_supernode()
+    return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_pid: int | None = None,
+               poll_s: float = WORKER_POLL_S, site: str = "") -> int:
+    """A long-lived ClientApp process for a SuperNode started with ``--isolation process``.
+
+    Flower's own SuperExec starts a fresh ``flwr-clientapp`` for every message (PyTorch import and
+    site loading each time). This loop asks the SuperNode's Runtime API for ClientApp tasks itself
+    and runs each one here, exactly as ``flwr-clientapp`` would (pull the message, context and app;
+    run the ClientApp; push the reply and the context), so modules, the site's data and the model
+    stay loaded between messages. A task that raises is answered with Flower's error reply, as
+    ``flwr-clientapp`` does, and the loop goes on.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        stop.set()
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    if parent_pid:
+        def watch_parent() -> None:
+            while not stop.wait(0.5):
+                if not _pid_alive(parent_pid):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+        threading.Thread(target=watch_parent, name="rmm-parent-watch", daemon=True).start()
+
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    t0 = time.perf_counter()
+    from . import client_app  # noqa: F401  (PyTorch and rmm load now, not with the first message)
+    label = f"[rmm-worker{' ' + site if site else ''}]"
+    print(f"{label} ready in {time.perf_counter() - t0:.1f} s; taking ClientApp tasks from {runtime_address}",
+          flush=True)
+    interceptors: list = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    if secret_file:
+        interceptors.append(SuperExecAuthHttpInterceptor(master_secret=Path(secret_file).read_bytes(),
+                                                         protected_methods={"/flwr.proto.Runtime/AcquireTask"}))
+    client = RuntimeHttpClient.from_server_address(server_address=runtime_address, insecure=True,
+                                                   root_certificates=None, interceptors=interceptors,
+                                                   retry_invoker=make_simple_http_retry_invoker())
+    installed: set[str] = set()
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    failures = 0
+    try:
+        while not stop.is_set():
+            try:
+                res = client.AcquireTask(request)
+                failures = 0
+            except Exception as err:  # noqa: BLE001 - the SuperNode may be (re)starting
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    print(f"{label} cannot reach the SuperNode's Runtime API yet ({type(err).__name__}); retrying",
+                          flush=True)
+                time.sleep(min(5.0, poll_s * failures))
+                continue
+            if res.HasField("task") and res.token:
+                summary = _run_task(runtime_address, res.token, installed)
+                print(f"{label} {summary}", flush=True)
+            else:
+                time.sleep(poll_s)
+    finally:
+        stop.set()
+        client.close()
+    return 0
+
+
+def _run_task(runtime_address: str, token: str, installed: set[str]) -> str:
+    """One ClientApp task, as Flower's ``run_clientapp`` runs it, without leaving the process."""
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+    from flwr.supercore.heartbeat import HeartbeatSender
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    t0 = time.perf_counter()
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                      RuntimeTokenHttpInterceptor(token)],
+        retry_invoker=make_simple_http_retry_invoker())
+    cancelled = threading.Event()
+
+    def beat() -> bool:
+        try:
+            res = client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+        except Exception:  # noqa: BLE001 - transient; the sender retries with backoff
+            return False
+        if not res.success:
+            cancelled.set()  # the run was stopped; the reply will be refused, nothing else to do
+        return True
+
+    heartbeat = HeartbeatSender(beat)
+    message = context = reply = None
+    status, details, kind, app_s = SubStatus.FAILED, "ClientApp task failed due to unknown reason", "?", 0.0
+    try:
+        heartbeat.start()
+        message, context, run, fab = pull_task_input(client)
+        kind = message.metadata.message_type
+        if fab.hash_str not in installed:
+            install_from_fab(fab.content, skip_prompt=True)
+            installed.add(fab.hash_str)
+        client_app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
+            run.fab_id, run.fab_version, fab.hash_str)
+        t_app = time.perf_counter()
+        reply = client_app(message=message, context=context)
+        app_s = time.perf_counter() - t_app
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as ex:  # noqa: BLE001 - answered with Flower's error reply, as flwr-clientapp does
+        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) \
+            else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        reason = str(type(ex)) + ":<'" + str(ex) + "'>"
+        status, details = SubStatus.FAILED, reason
+        print(f"[rmm-worker] ClientApp raised an exception: {reason}", file=sys.stderr, flush=True)
+        if message is not None:
+            reply = Message(Error(code=code, reason=reason), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None and not cancelled.is_set():
+                push_message(client, reply, context)
+        except Exception as ex:  # noqa: BLE001
+            print(f"[rmm-worker] failed to push the reply: {ex}", file=sys.stderr, flush=True)
+        finally:
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+            if heartbeat.is_running:
+                heartbeat.stop()
+            client.close()
+    return f"{kind}: {status} in {time.perf_counter() - t0:.2f} s (ClientApp {app_s:.2f} s)"
 
 
 def flower_value(value: bool | int | float | str) -> str:
@@ -364,7 +672,11 @@ def validate_site(data: str | Path):
 
 # ---- joining the federation ----------------------------------------------------------------------
 def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -> list[str]:
-    """The ``flower-supernode`` command line for these arguments (no process started)."""
+    """The ``flower-supernode`` command line for these arguments (no process started).
+
+    With ``--isolation process`` (the default) the SuperNode starts no ClientApp processes itself:
+    rmm-client runs one long-lived worker next to it (:func:`worker_command`).
+    """
     cmd = [require_executable("flower-supernode"), "--superlink", args.superlink]
     if args.insecure:
         cmd.append("--insecure")
@@ -372,10 +684,35 @@ def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -
         cmd += ["--root-certificates", str(Path(args.root_cert).resolve()),
                 "--auth-supernode-private-key", str(Path(args.key).resolve())]
     cmd += ["--host", "127.0.0.1", "--port", str(runtime_port),
-            "--max-retries", str(args.max_retries), "--max-wait-time", str(args.max_wait),
+            "--max-retries", str(args.max_retries), "--max-wait-time", str(args.max_wait)]
+    if getattr(args, "isolation", "subprocess") == "process":
+        cmd += ["--isolation", "process"]
+    cmd += [
             "--node-config", " ".join(flower_kv({"data-dir": str(data.resolve()), "device": args.device,
                                                  "site": args.site}))]
     return cmd
+
+
+def worker_command(args: argparse.Namespace, runtime_port: int, secret_file: Path | None) -> list[str]:
+    """The long-lived ClientApp worker serving the SuperNode's Runtime API on ``runtime_port``."""
+    cmd = [sys.executable, "-m", "rmmfed.client.cli", "_worker", "--runtime-api-address",
+           f"127.0.0.1:{runtime_port}", "--parent-pid", str(os.getpid()), "--site", args.site]
+    if secret_file is not None:
+        cmd += ["--secret-file", str(secret_file)]
+    return cmd
+
+
+def main_worker(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="rmm-client _worker", description="long-lived ClientApp (internal; "
+                                "rmm-client starts it next to a SuperNode run with --isolation process)")
+    p.add_argument("--runtime-api-address", required=True)
+    p.add_argument("--secret-file")
+    p.add_argument("--parent-pid", type=int)
+    p.add_argument("--poll", type=float, default=WORKER_POLL_S)
+    p.add_argument("--site", default="")
+    a = p.parse_args(list(argv))
+    return run_worker(a.runtime_api_address, secret_file=a.secret_file, parent_pid=a.parent_pid, poll_s=a.poll,
+                      site=a.site)
 
 
 def check_connection_args(args: argparse.Namespace) -> None:
@@ -427,9 +764,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-retries", type=int, default=60, help="connection attempts before giving up (default 60)")
     p.add_argument("--max-wait", type=float, default=600.0,
                    help="seconds to keep retrying an unreachable SuperLink before giving up (default 600)")
+    p.add_argument("--isolation", choices=["process", "subprocess"], default="process",
+                   help="process (default): one long-lived ClientApp worker keeps PyTorch, the site's data and the "
+                        "model loaded between messages; subprocess: Flower's default, a new ClientApp process per "
+                        "message (slower: 5-10 s per message on a small machine)")
+    p.add_argument("--poll-interval", type=float, default=SUPERNODE_IDLE_POLL_S,
+                   help=f"seconds between the SuperNode's polls of the server when idle (default "
+                        f"{SUPERNODE_IDLE_POLL_S}; Flower's own is 3)")
     args = p.parse_args(list(argv))
     if args.max_retries < 1 or args.max_wait <= 0:
         p.error("--max-retries must be >= 1 and --max-wait > 0 (retries are bounded on purpose)")
+    if not 0.05 <= args.poll_interval <= 60:
+        p.error("--poll-interval must be between 0.05 and 60 seconds")
     return args
 
 
@@ -463,6 +809,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["keygen"]:
         return main_keygen(argv[1:])
+    if argv[:1] == ["_flower"]:
+        return launch_flower(argv[1:])
+    if argv[:1] == ["_worker"]:
+        return main_worker(argv[1:])
     args = parse_args(argv)
     try:
         check_site_name(args.site)
@@ -497,14 +847,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rmm-client: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"[rmm-client] site {args.site}: {len(site)} patients validated; joining {args.superlink} "
-          f"({'INSECURE' if args.insecure else 'TLS + node key'})", flush=True)
+          f"({'INSECURE' if args.insecure else 'TLS + node key'}; "
+          f"{'long-lived ClientApp worker' if args.isolation == 'process' else 'a ClientApp process per message'})",
+          flush=True)
     seen: list[str] = []
 
     def relay(line: str) -> None:
         print(line, flush=True)
         seen.extend(marker for marker in _HINTS if marker in line and marker not in seen)
 
-    code = run_supervised(cmd, flower_env(), on_line=relay)
+    companions: dict[str, list[str]] = {}
+    secrets_dir: Path | None = None
+    if args.isolation == "process":
+        # Only a holder of this secret may take tasks from the SuperNode's local Runtime API.
+        import tempfile
+
+        secrets_dir = Path(tempfile.mkdtemp(prefix="rmm-client-"))
+        secret = secrets_dir / "superexec.secret"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+        cmd += ["--superexec-auth-secret-file", str(secret)]
+        companions["ClientApp worker"] = worker_command(args, port, secret)
+    try:
+        code = run_supervised(cmd, flower_env(), on_line=relay, launcher=flower_launcher(args.poll_interval),
+                              companions=companions)
+    finally:
+        if secrets_dir is not None:
+            shutil.rmtree(secrets_dir, ignore_errors=True)
     if code != 0 and code < 128:
         hints = [_HINTS[m].format(site=args.site, key=args.key) for m in seen] or [
             "see the 'Exit Code:' message above (https://flower.ai/docs/framework/ref-exit-codes.html)"]

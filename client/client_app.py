@@ -27,15 +27,17 @@ from ..core.site_data import discover_sites
 from ..core.site_session import SiteSession
 from ..core.two_tier import RiskScale
 from .egress import egress_guard
+from .ledger import configured_ledger_mod, ledger_mod
 from .records import from_record, to_record
 
 _SESSIONS: dict[tuple[int, str], SiteSession] = {}
 _STATE_CONFIG = "rmm-run"  # context.state keys (stay on the site)
 _STATE_STATS = "rmm-feature-stats"
 _STATE_TIER1 = "rmm-tier1-frozen"
+_STATE_DP = "rmm-dp"  # DP-SGD accountant history and baseline hazards (stay on the site)
 
 
-def _site_dir(context: Context, site_dirs: list[str] | None) -> str:
+def site_dir(context: Context, site_dirs: list[str] | None) -> str:
     node = context.node_config
     if "data-dir" in node:
         return str(node["data-dir"])
@@ -48,11 +50,19 @@ def _site_dir(context: Context, site_dirs: list[str] | None) -> str:
     return site_dirs[pid]
 
 
-def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
-    app = ClientApp(mods=[egress_guard])
+def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | None = None,
+                    extra_mods: list | None = None) -> ClientApp:
+    """``site_dirs``: simulation's site folders by partition; ``ledger_dir``: one egress ledger per site there."""
+    ledger = configured_ledger_mod
+    if ledger_dir:
+        def ledger(msg: Message, context: Context, call_next):  # noqa: F811 - one file per site folder
+            name = Path(site_dir(context, site_dirs)).name
+            return ledger_mod(Path(ledger_dir) / f"{name}.jsonl")(msg, context, call_next)
+    # The ledger records what the guard let out; extra mods (simulated faults) act before both.
+    app = ClientApp(mods=[ledger, egress_guard, *(extra_mods or [])])
 
     def session(context: Context) -> SiteSession:
-        path = _site_dir(context, site_dirs)
+        path = site_dir(context, site_dirs)
         key = (context.run_id, path)
         if key not in _SESSIONS:
             _SESSIONS[key] = SiteSession(path, device=str(context.node_config.get("device", "auto")))
@@ -102,7 +112,12 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         cfg = msg.content[P.CONFIG]
         rnd = int(cfg["server-round"]) + int(cfg.get("round-offset", 0))  # the run's round, across resumes
-        weights, result = session(context).train(from_record(msg.content[P.ARRAYS]), rnd, float(cfg.get("proximal-mu", 0.0)))
+        s = session(context)
+        if _STATE_DP in context.state:  # epsilon accumulates across rounds and ClientApp processes
+            s.dp_state = from_record(context.state[_STATE_DP])
+        weights, result = s.train(from_record(msg.content[P.ARRAYS]), rnd, float(cfg.get("proximal-mu", 0.0)))
+        if s.dp_state:
+            context.state[_STATE_DP] = to_record(s.dp_state)
         metrics = {"num-examples": result.n_examples, **result.metrics()}
         return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
 
@@ -120,11 +135,11 @@ def make_client_app(site_dirs: list[str] | None = None) -> ClientApp:
         s = session(context)
         if int(conf.get("tier", 1)) == 2:
             counts, sums = s.tier2_calibration(from_record(msg.content[P.ARRAYS]), grid)
-            return reply(msg, counts=to_record({"counts": counts}), metrics=MetricRecord(sums))
+            return reply(msg, counts=to_record({"counts": s.release_counts(counts)}), metrics=MetricRecord(sums))
         # Tier 1 calibration fixes Tier 1: the site keeps these weights (frozen) in its own state.
         context.state[_STATE_TIER1] = msg.content[P.ARRAYS]
         counts, n = s.histogram(from_record(msg.content[P.ARRAYS]), grid)
-        return reply(msg, counts=to_record({"counts": counts}), metrics=MetricRecord({"n-values": n}))
+        return reply(msg, counts=to_record({"counts": s.release_counts(counts)}), metrics=MetricRecord({"n-values": n}))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

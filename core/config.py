@@ -42,6 +42,31 @@ class Tier1Config(_Strict):
     anat_kappa: float = Field(2.0, gt=0.0, description="kappa: hinge tolerance in sigma_r units")
 
 
+class DPConfig(_Strict):
+    """Privacy (docs/privacy.md): DP-SGD for Tier 1 (core/dp.py) and noisy calibration counts."""
+
+    enabled: bool = Field(False, description="Tier 1 rounds use DP-SGD with the discrete-time likelihood")
+    target_epsilon: float = Field(8.0, gt=0.0, description="epsilon at the end of the planned rounds")
+    target_delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta; must stay below 1/N_train")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="per-patient gradient clipping norm C")
+    noise_multiplier: float = Field(0.0, ge=0.0, description="0 = calibrate from target-epsilon")
+    time_cuts: str = Field("", description="comma-separated cut points of the discrete-time likelihood")
+    histogram_epsilon: float = Field(0.0, ge=0.0, description="noise on calibration counts; 0 = off")
+    histogram_min_count: int = Field(0, ge=0, description="merge bins below this count (no noise); 0 = off")
+
+    def cuts(self) -> tuple[float, ...]:
+        """``time_cuts`` as increasing floats (fixed for the run, never from one site's data)."""
+        try:
+            values = tuple(float(v) for v in self.time_cuts.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not values or any(b <= a for a, b in zip(values, values[1:])) or values[0] <= 0:
+            raise ConfigError(f"dp.time-cuts={self.time_cuts!r} is not a list of increasing positive times. Fix: "
+                              "set e.g. dp.time-cuts='180,365,730,1095,1825' in the data's time unit (the "
+                              "consortium's agreed quantiles of follow-up time).")
+        return values
+
+
 class RunConfig(_Strict):
     """A whole federated run: phases, optimisation, calibration, routing."""
 
@@ -51,9 +76,16 @@ class RunConfig(_Strict):
     batch_size: int = Field(64, ge=2)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx mu (strategy = fedprox)")
     server_lr: float = Field(0.01, gt=0.0, description="FedAdam eta (strategy = fedadam)")
+    trim_beta: float = Field(0.2, ge=0.0, lt=0.5, description="FedTrimmedAvg: fraction cut at each end")
+    krum_malicious: int = Field(0, ge=0, description="Krum / MultiKrum: sites assumed malicious")
+    multikrum_select: int = Field(1, ge=1, description="MultiKrum: updates averaged")
+    max_update_norm: float = Field(0.0, ge=0.0, description="bound on a site's update norm; 0 = off")
+    norm_action: Literal["clip", "drop"] = Field("clip", description="an update over max-update-norm is scaled down or dropped")
+    central_dp_noise: float = Field(0.0, ge=0.0, description="server-side central DP noise multiplier; 0 = off")
+    central_dp_clip: float = Field(1.0, gt=0.0, description="server-side central DP clipping norm")
     select_best: bool = Field(True, description="keep the round with the best federated validation C-index")
     min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = a majority of the accepted sites")
     round_timeout_s: float = Field(600.0, gt=0.0)
@@ -71,6 +103,7 @@ class RunConfig(_Strict):
                                           description="abstain bound = this quantile of Tier 2 uncertainty (calibrated like theta)")
     model: Tier1Config = Tier1Config()
     tier2: Tier2Config = Tier2Config()
+    dp: DPConfig = DPConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

@@ -8,8 +8,9 @@ the sums and derives:
 - the per-partition statistics (mu_r, sigma_r) of complete-case features for L_anat (seed 000 eq. 4),
   expressed in the standardised space.
 
-A site with fewer than ``min_count`` patients in a block sends zeros for that block, so no block
-reveals a handful of patients.
+A site with fewer than ``min_count`` patients in a block sends zeros for that block, and withholds the
+complete-case block when the patients it leaves out of the other block are fewer than ``min_count``,
+so neither a block nor the difference of two blocks reveals a handful of patients.
 """
 
 from __future__ import annotations
@@ -45,11 +46,15 @@ def local_feature_sums(site: SiteData, indices: np.ndarray, min_count: int) -> d
     for m, dim in site.modalities.items():
         feats, present = pooled_features(site, m)
         masks = {"all": present, "complete": complete}
+        n_all, n_complete = int(present[indices].sum()), int(complete[indices].sum())
+        # The difference of the two blocks is a sum over the incomplete patients: it must not single
+        # out a handful of them either, so the complete block is withheld when that group is small.
+        gap_too_small = 0 < n_all - n_complete < min_count
         for block in BLOCKS:
             rows = indices[masks[block][indices]]
             n = len(rows)
             d = dim or 0
-            if n < min_count:
+            if n < min_count or (block == "complete" and gap_too_small):
                 out[f"{m}.{block}.n"] = np.zeros(1)
                 out[f"{m}.{block}.sum"] = np.zeros(d)
                 out[f"{m}.{block}.sumsq"] = np.zeros(d)

@@ -10,12 +10,14 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 from .concordance import concordance_counts
 from .config import RunConfig
 from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
 from .histogram import HistogramGrid
+from .private_histogram import privatize_counts, suppress_small_bins
 from .routing import ABSTAIN, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
@@ -24,7 +26,7 @@ from .train import TrainResult, predict_risk, train_tier1
 from .tier2 import Tier2Model, build_tier2
 from .tier2_train import predict_tier2, train_tier2
 from .two_tier import RiskScale, predict_two_tier, recovery_errors
-from .uncertainty import calibration_uncertainties
+from .uncertainty import calibration_uncertainties, masking_patterns
 from .weights import get_weights, set_weights
 
 
@@ -43,6 +45,7 @@ class SiteSession:
         self.tensors: SiteTensors | None = None
         self.dims: dict[str, int] = {}
         self.tier1_frozen: dict[str, np.ndarray] | None = None  # kept locally once calibration fixes Tier 1
+        self.dp_state: dict[str, np.ndarray] = {}  # DP-SGD accountant history + discrete-time baseline (never sent)
 
     # ---- phase 1: schema ---------------------------------------------------------------
     def bind_schema(self, dims: dict[str, int]) -> None:
@@ -75,9 +78,43 @@ class SiteSession:
               ) -> tuple[dict[str, np.ndarray], TrainResult]:
         assert self.cfg is not None and self.stats is not None
         model = self.model(weights)
+        seed = site_seed(self.cfg.seed, self.data.site, server_round)
+        if self.cfg.dp.enabled:
+            return self._train_dp(model, seed, proximal_mu)
         result = train_tier1(model, self._split("train"), self.stats, self.cfg, epochs=self.cfg.local_epochs,
-                             seed=site_seed(self.cfg.seed, self.data.site, server_round), proximal_mu=proximal_mu)
+                             seed=seed, proximal_mu=proximal_mu)
         return get_weights(model), result
+
+    def _train_dp(self, model: Tier1Model, seed: int, proximal_mu: float):
+        """DP-SGD round (core/dp.py); the accountant and the site's baseline hazards live in ``dp_state``."""
+        from .discrete_time import DiscreteTimeBaseline
+        from .dp import DPError, SiteAccountant, train_tier1_dp  # Opacus loads only when DP is on
+
+        cfg = self.cfg
+        if proximal_mu > 0:
+            raise DPError("FedProx's proximal term is not part of the DP-SGD loss. Fix: use strategy 'fedavg' "
+                          "(or a robust strategy) with dp.enabled.")
+        cuts = torch.tensor(cfg.dp.cuts())
+        baseline = DiscreteTimeBaseline(len(cuts) + 1)
+        if "dp-baseline" in self.dp_state:
+            baseline.logit.data.copy_(torch.as_tensor(self.dp_state["dp-baseline"], dtype=torch.float32))
+        accountant = SiteAccountant.from_arrays(self.dp_state)
+        result, _ = train_tier1_dp(model, self._split("train"), self.stats, cfg, cfg.dp, accountant=accountant,
+                                   epochs=cfg.local_epochs, seed=seed, cuts=cuts, baseline=baseline,
+                                   total_epochs_budget=cfg.rounds * cfg.local_epochs)
+        self.dp_state = {**accountant.to_arrays(), "dp-baseline": result.baseline}
+        return result.weights, result
+
+    def release_counts(self, counts: np.ndarray) -> np.ndarray:
+        """The calibration counts this site sends: with dp.histogram-epsilon > 0, unclipped noisy counts
+        (sensitivity = masking patterns per patient; the server sums, then monotone_counts); else with
+        dp.histogram-min-count > 1, small bins merged toward the median; else the exact counts."""
+        assert self.cfg is not None
+        dp = self.cfg.dp
+        if dp.histogram_epsilon > 0:
+            return privatize_counts(counts, dp.histogram_epsilon, np.random.default_rng(),  # OS entropy, never seeded
+                                    sensitivity=len(masking_patterns(len(self.dims))), clip=False)
+        return suppress_small_bins(counts, dp.histogram_min_count) if dp.histogram_min_count > 1 else counts
 
     # ---- phase 4: calibration ----------------------------------------------------------
     def histogram(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, int]:

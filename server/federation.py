@@ -25,6 +25,7 @@ from ..core.config import RunConfig
 from ..core.errors import RmmError
 from ..core.feature_stats import FeatureStats, add_sums
 from ..core.histogram import HistogramGrid, quantile_from_counts
+from ..core.private_histogram import monotone_counts
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
 from ..core.two_tier import RiskScale
@@ -158,6 +159,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(weights),
                    config=ConfigRecord(grid_h.to_config()))
     counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
+    if cfg.dp.histogram_epsilon > 0:  # sites sent unclipped noisy counts: make the summed CDF monotone
+        counts = monotone_counts(counts)
     if counts.sum() == 0:
         raise FederationError("no site has held-out complete cases to calibrate theta on; "
                               "give each site a 'val' split with some patients who have every modality")
@@ -187,6 +190,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
         replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights),
                        config=ConfigRecord({**grid_h.to_config(), "tier": 2}))
         counts2 = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
+        counts2 = monotone_counts(counts2) if cfg.dp.histogram_epsilon > 0 else counts2
         sums = {k: sum(float(r.content[P.METRICS][k]) for r in replies.values())
                 for k in ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")}
         scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
@@ -226,8 +230,9 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
         say(f"resume: {phase} already complete, reusing its weights")
         return done["weights"], done["history"], done.get("best_round", rounds), None
     offset = 0
-    strategy = make_strategy(cfg, len(accepted), set(accepted), on_round, train_type=train_type,
-                             select_best=select_best)
+    runner = make_strategy(cfg, len(accepted), set(accepted), on_round, train_type=train_type,
+                           select_best=select_best)
+    strategy = getattr(runner, "strategy", runner)  # central DP wraps the strategy that keeps the books
     if state and state.get("phase") == phase:
         offset = int(state["round"])
         initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state["weights"].items()})
@@ -251,7 +256,7 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
     strategy.checkpoint_fn = save
     final = initial
     if rounds - offset > 0:
-        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
+        result = runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
                                 timeout=cfg.round_timeout_s, evaluate_config=ConfigRecord({"split": "val"}))
         final = result.arrays
     best_round = rounds

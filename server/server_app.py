@@ -17,7 +17,7 @@ from ..core.config import RunConfig
 from .federation import FederationResult, run_federation
 from .outputs import write_outputs
 
-APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites")  # app-level keys, not part of RunConfig
+APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites", "ledger-dir")  # app-level keys, not part of RunConfig
 
 
 def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,

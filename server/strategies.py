@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
+from .defences import ROBUST_STRATEGIES, central_dp, defended
 
 
 def _restricted(base: type) -> type:
@@ -105,11 +106,20 @@ def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Ca
     common = dict(fraction_train=1.0, fraction_evaluate=1.0 if select else 0.0, min_train_nodes=need,
                   min_evaluate_nodes=need, min_available_nodes=need, accepted=accepted, on_round=on_round,
                   train_type=train_type, round_offset=round_offset)
+    common.update(max_update_norm=cfg.max_update_norm, norm_action=cfg.norm_action)  # DefendedAggregation
     if cfg.strategy == "fedprox":
-        return _restricted(FedProx)(proximal_mu=cfg.proximal_mu, **common)
-    if cfg.strategy == "fedadam":
-        return _restricted(FedAdam)(eta=cfg.server_lr, **common)
-    return _restricted(FedAvg)(**common)
+        strategy = _restricted(defended(FedProx))(proximal_mu=cfg.proximal_mu, **common)
+    elif cfg.strategy == "fedadam":
+        strategy = _restricted(defended(FedAdam))(eta=cfg.server_lr, **common)
+    else:
+        extra = {"fedtrimmedavg": {"beta": cfg.trim_beta}, "krum": {"num_malicious_nodes": cfg.krum_malicious},
+                 "multikrum": {"num_malicious_nodes": cfg.krum_malicious, "num_nodes_to_select": cfg.multikrum_select},
+                 }.get(cfg.strategy, {})
+        strategy = _restricted(defended(ROBUST_STRATEGIES[cfg.strategy]))(**common, **extra)
+    if cfg.central_dp_noise > 0:  # the wrapper delegates to `strategy`, whose bookkeeping stays in `.strategy`
+        return central_dp(strategy, noise_multiplier=cfg.central_dp_noise, clipping_norm=cfg.central_dp_clip,
+                          num_sampled_clients=need)
+    return strategy
 
 
 def mean_metric(replies: list[MetricRecord], key: str) -> float:

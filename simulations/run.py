@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..client.client_app import make_client_app
+from ..client.client_app import make_client_app, site_dir
 from ..core.concordance import c_index
 from ..core.config import RunConfig
 from ..core.site_data import SiteData
@@ -17,20 +17,24 @@ from ..core.site_session import SiteSession
 from ..server.federation import FederationResult
 from ..server.outputs import build_metrics, render_report, write_outputs
 from ..server.server_app import make_server_app
+from .faults import fault_mod
 from .pooled import oracle_c_index, train_pooled_reference
 
 
-def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = False) -> FederationResult:
+def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = False,
+               fault: tuple[str, str] | None = None) -> FederationResult:
     """Run the ServerApp and one ClientApp per site on Flower's simulation engine (in-process)."""
     from flwr.simulation import run_simulation
 
     holder: list[FederationResult] = []
+    sites = [str(p) for p in paths]
+    mods = [fault_mod(fault[0], fault[1], lambda ctx: site_dir(ctx, sites))] if fault else []
     gpus = 1.0 / len(paths) if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else 0.0
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": gpus},
                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False}}
     run_simulation(server_app=make_server_app(cfg, n_sites=len(paths), sink=holder.append, out_dir=str(out),
                                               resume=resume),
-                   client_app=make_client_app([str(p) for p in paths]),
+                   client_app=make_client_app(sites, ledger_dir=str(out / "ledger"), extra_mods=mods),
                    num_supernodes=len(paths), backend_config=backend)
     if not holder:
         raise RuntimeError("the Flower simulation ended without a result; see the log above")
@@ -38,9 +42,10 @@ def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = Fals
 
 
 def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteData], dims: dict[str, int],
-              out: Path, *, pooled: bool = True, t0: float | None = None, resume: bool = False) -> dict:
+              out: Path, *, pooled: bool = True, t0: float | None = None, resume: bool = False,
+              fault: tuple[str, str] | None = None) -> dict:
     t0 = time.perf_counter() if t0 is None else t0
-    res = run_flower(cfg, paths, out, resume)
+    res = run_flower(cfg, paths, out, resume, fault)
     t_fed = time.perf_counter()
 
     # Simulation-only: the federated model's pooled test C-index and the exact calibration percentile.

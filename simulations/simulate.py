@@ -33,12 +33,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="output folder (default: runs/default)")
     p.add_argument("--seed", type=int, default=0, help="seeds the cohort, the split, the model and training")
     p.add_argument("--rounds", type=int, help="Tier 1 federated rounds")
-    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"])
+    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"])
     p.add_argument("--quantile", type=float, help="theta quantile (default 0.95)")
     p.add_argument("--patients", type=int, default=1679, help="cohort size when generating (default 1679)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set model.modality-dropout=0 (repeatable)")
     p.add_argument("--no-pooled", action="store_true", help="skip the pooled (centralised) reference")
+    p.add_argument("--faulty-site", metavar="SITE", help="simulate a broken/hostile site (folder name, e.g. site-B)")
+    p.add_argument("--fault", choices=["nan", "scale"], default="scale",
+                   help="what the faulty site sends: NaN weights, or its update scaled by 1e6 (default)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (same config and --data) after an interrupted run")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu: reproducible)")
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
               f"no modality: {sm['no_modality']}")
     from .run import run_study
 
-    metrics = run_study(cfg, cohort, paths, sites, dims, args.out, pooled=not args.no_pooled, t0=t0, resume=args.resume)
+    metrics = run_study(cfg, cohort, paths, sites, dims, args.out, pooled=not args.no_pooled, t0=t0, resume=args.resume,
+                        fault=(args.faulty_site, args.fault) if args.faulty_site else None)
     print_summary(metrics, args.out)
     return 0
 

@@ -81,7 +81,7 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 def test_pyproject_flower_config_equals_run_config_defaults():
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    flat = {k: v for k, v in conf.items() if k not in ("data-dir", "out-dir", "num-sites", "resume", "expected-sites") and not isinstance(v, dict)}
+    flat = {k: v for k, v in conf.items() if k not in ("data-dir", "out-dir", "num-sites", "resume", "expected-sites", "ledger-dir") and not isinstance(v, dict)}
     for table, values in conf.items():
         if isinstance(values, dict):
             flat.update({f"{table}.{k}": v for k, v in values.items()})
@@ -127,3 +127,65 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
     assert [h["round"] for h in resumed["history"]] == [1, 2, 3, 4]
     assert abs(whole["federated"]["c_index"] - resumed["federated"]["c_index"]) <= 0.005
     assert whole["federated"] == resumed["federated"]  # deterministic: a resume is exact on CPU
+
+
+@pytest.mark.slow
+def test_every_reply_of_a_whole_run_holds_only_weights_sums_histograms_and_scalars(tiny_run):
+    """Egress audit over the ledgers of the tiny run: no array is indexed by patient."""
+    _, cohort, out = tiny_run
+    bundle = torch.load(out / "model.pt", weights_only=False)
+    shapes = {tuple(v.shape) for part in ("tier1", "tier2") for v in bundle[part].values()}
+    dims = set(bundle["modalities"].values())
+    bins = json.loads((out / "calibration.json").read_text())["grid"]["hist-bins"]
+    ledgers = sorted((out / "ledger").glob("*.jsonl"))
+    assert [p.stem for p in ledgers] == ["site-A", "site-B", "site-C", "site-D"]
+    for path in ledgers:
+        n_patients = len((cohort / path.stem / "patients.csv").read_text().splitlines()) - 1
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        assert entries and all(e["status"] == "ok" for e in entries)
+        for e in entries:
+            for rec in e["records"]:
+                assert rec["name"] in {"arrays", "sums", "counts", "metrics", "config"}, rec["name"]
+                if rec["kind"] == "arrays":
+                    for a in rec["arrays"]:
+                        shape = tuple(a["shape"])
+                        allowed = {"arrays": shape in shapes, "counts": shape == (bins,),
+                                   "sums": len(shape) == 1 and (shape[0] in dims or shape == (1,))}[rec["name"]]
+                        assert allowed, (path.stem, rec["name"], a)
+                        assert n_patients not in shape or shape in shapes, (path.stem, a)
+                else:
+                    assert all(not t.startswith("list") for t in rec["keys"].values()), rec
+
+
+@pytest.fixture(scope="module")
+def robustness_cohort(tmp_path_factory):
+    cohort = tmp_path_factory.mktemp("robust") / "cohort"
+    generate_cohort(CohortConfig(n_patients=400, seed=7), cohort)
+    return cohort
+
+
+def _c_index(cohort, out, *extra):
+    args = ["--data", str(cohort), "--out", str(out), "--seed", "7", "--no-pooled", "--set", "rounds=4",
+            "--set", "tier2-rounds=1", *TINY[2:], *extra]
+    assert main(args) == 0
+    return json.loads((out / "metrics.json").read_text())["federated"]["c_index"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["nan", "scale"])
+def test_a_broken_or_hostile_site_leaves_the_robust_model_sound(robustness_cohort, tmp_path, fault):
+    clean = _c_index(robustness_cohort, tmp_path / "clean", "--strategy", "fedmedian")
+    hit = _c_index(robustness_cohort, tmp_path / "hit", "--strategy", "fedmedian", "--faulty-site", "site-B",
+                   "--fault", fault)
+    weights = torch.load(tmp_path / "hit" / "model.pt", weights_only=False)["tier1"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert abs(hit - clean) <= 0.02, (clean, hit)
+
+
+@pytest.mark.slow
+def test_fedavg_drops_non_finite_updates(robustness_cohort, tmp_path):
+    _c_index(robustness_cohort, tmp_path / "nan", "--faulty-site", "site-C", "--fault", "nan")
+    m = json.loads((tmp_path / "nan" / "metrics.json").read_text())
+    weights = torch.load(tmp_path / "nan" / "model.pt", weights_only=False)["tier1"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert 0.5 < m["federated"]["c_index"] <= 1.0

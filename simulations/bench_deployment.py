@@ -1,0 +1,272 @@
+"""Deployment round latency on loopback: one SuperLink, N SuperNodes, Flower's defaults vs rmm's levers.
+
+    python -m rmmfed.simulations.bench_deployment --sites 4 --rounds 5 --out runs/bench-deployment
+
+Every mode starts its own SuperLink (``rmm-server start --insecure``: no TLS on loopback, so the
+figures leave out TLS; the test suite covers TLS) and N sites on a synthetic cohort, submits the
+same short run with ``rmm-server run`` and times it from the streamed logs:
+
+- ``flower-defaults``: what rmm did before, Flower 1.41's defaults: plain ``flower-supernode``
+  (a new ``flwr-clientapp`` process per message, 3 s idle poll), SuperExec poll 1 s, the
+  ServerApp's Grid polling for replies every 3 s;
+- ``tuned-polls``: ``rmm-client --isolation subprocess``: still a process per message, but the
+  SuperNode polls every 0.5 s when idle, SuperExec every 0.2 s, the Grid every 0.2 s;
+- ``warm``: ``rmm-client`` as shipped (``--isolation process``): the tuned polls plus one
+  long-lived ClientApp worker per site, so PyTorch, the site's data and the model stay loaded.
+
+Per Tier 1 round it reports the ServerApp's own figure (``tier1 round k/N: ... <s>s``, configure
+-> aggregate of the train step), the whole round (train + validation: time between consecutive
+round lines) and the slowest site's time for its train message (warm: the ClientApp call in the
+worker; per-message processes: the SuperNode's ``Receiving`` -> ``Sending``, process start included).
+The ServerApp shipped here is rmm's own, with :func:`~rmmfed.client.cli.tune_grid_polling` applied
+(``RMM_GRID_POLL_S`` sets its interval per mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from flwr.serverapp import ServerApp
+
+from rmmfed.client.cli import ProcessTree, end_group, free_port, require_executable, tune_grid_polling
+
+MODES = {
+    "flower-defaults": {"client": "flower", "grid_poll": 3.0, "superexec_poll": 1.0},
+    "tuned-polls": {"client": "subprocess", "grid_poll": 0.2, "superexec_poll": 0.2},
+    "warm": {"client": "process", "grid_poll": 0.2, "superexec_poll": 0.2},
+}
+_ROUND = re.compile(r"tier1 round (\d+)/(\d+):.* ([0-9.]+)s")
+_WORKER = re.compile(r"\[rmm-worker[^\]]*\] (\S+): \S+ in ([0-9.]+) s \(ClientApp ([0-9.]+) s\)")
+
+# The ServerApp this benchmark ships: rmm's, with the reply polling of its Grid tuned.
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid, context) -> None:
+    from rmmfed.server.server_app import app
+
+    app._main(tune_grid_polling(grid), context)  # noqa: SLF001 - rmm's own ServerApp main
+
+
+class Procs:
+    """Processes of one mode, each in its own session, output timestamped; all ended in :meth:`stop_all`."""
+
+    def __init__(self, logs: Path, t0: float) -> None:
+        self.logs, self.t0 = logs, t0
+        self.items: list[tuple[str, subprocess.Popen, ProcessTree, list[tuple[float, str]], threading.Thread]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        lines: list[tuple[float, str]] = []
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                t = time.monotonic() - self.t0
+                lines.append((t, line.rstrip("\n")))
+                log.write(f"{t:8.2f} {line}")
+                log.flush()
+            log.close()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        self.items.append((name, proc, ProcessTree(proc.pid), lines, reader))
+        return proc
+
+    def lines(self, name: str) -> list[tuple[float, str]]:
+        return next(x[3] for x in self.items if x[0] == name)
+
+    def update(self) -> None:
+        for _, _, tree, _, _ in self.items:
+            tree.update()
+
+    def stop_all(self) -> None:
+        for _, proc, tree, _, reader in reversed(self.items):
+            end_group(proc, 20.0, tree)
+            reader.join(timeout=5)
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the SuperLink exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def _app_folder(base: Path) -> Path:
+    """A copy of rmm's pyproject whose ServerApp is this module's (the rest resolves to installed rmm)."""
+    from rmmfed.server.cli import app_dir
+
+    text = (app_dir() / "pyproject.toml").read_text(encoding="utf-8")
+    text = text.replace('serverapp = "rmmfed.server.server_app:app"',
+                        'serverapp = "rmmfed.simulations.bench_deployment:server_app"')
+    folder = base / "app"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(text, encoding="utf-8")
+    (folder / "README.md").write_text("rmm deployment benchmark app (ServerApp with tuned reply polling)\n")
+    return folder
+
+
+def _site_spans(lines: list[tuple[float, str]]) -> list[float]:
+    """Per train message of one site: seconds of its ClientApp (worker) or Receiving -> Sending (SuperNode)."""
+    worker = [float(m.group(3)) for _, line in lines if (m := _WORKER.search(line)) and m.group(1) == "train"]
+    if worker:
+        return worker
+    spans, start = [], None
+    for t, line in lines:
+        if "Receiving: train message" in line:
+            start = t
+        elif "Sending: train message" in line and start is not None:
+            spans.append(t - start)
+            start = None
+    return spans
+
+
+def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argparse.Namespace) -> dict:
+    spec = MODES[mode]
+    base.mkdir(parents=True, exist_ok=True)
+    logs = base / "logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, "FLWR_HOME": str(base / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(spec["superexec_poll"]),
+           "RMM_GRID_POLL_S": str(spec["grid_poll"])}
+    server, client = require_executable("rmm-server"), require_executable("rmm-client")
+    port = free_port()
+    t0 = time.monotonic()
+    procs = Procs(logs, t0)
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.wait(0.5):
+            procs.update()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    result: dict = {"mode": mode, **spec}
+    try:
+        link = procs.start("superlink", [server, "start", "--insecure", "--db", str(base / "state.db"),
+                                         "--host", "127.0.0.1", "--port", str(port)], env)
+        _wait_port(port, link)
+        for site in sites:
+            data = str(cohort / f"site-{site}")
+            if spec["client"] == "flower":  # exactly the command rmm-client ran before (insecure here)
+                cmd = [require_executable("flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--insecure",
+                       "--host", "127.0.0.1", "--port", str(free_port()),
+                       "--node-config", f"data-dir='{data}' device='cpu' site='{site}'"]
+            else:
+                cmd = [client, "--site", site, "--data", data, "--superlink", f"127.0.0.1:{port}", "--insecure",
+                       "--device", "cpu", "--isolation", spec["client"]]
+            procs.start(f"site-{site}", cmd, env)
+        config = base / "consortium.toml"
+        config.write_text(f'name = "bench"\nsites = {json.dumps(sites)}\nrounds = {args.rounds}\n'
+                          f'strategy = "fedavg"\nmin-sites = {len(sites)}\n[run]\nseed = {args.seed}\n'
+                          f'"model.mc-samples" = {args.mc_samples}\n"tier2-rounds" = {args.tier2_rounds}\n'
+                          f'"round-timeout-s" = 300.0\n')
+        t_submit = time.monotonic()
+        run = procs.start("run", [server, "run", "--config", str(config), "--connection", "bench", "--insecure",
+                                  "--superlink", f"127.0.0.1:{port}", "--out", str(base / "out"),
+                                  "--app", str(_app_folder(base))], env)
+        try:
+            code = run.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            code = -1
+        time.sleep(0.5)
+        result["exit_code"] = code
+        result["run_wall_s"] = round(time.monotonic() - t_submit, 1)
+        marks = [(t, m) for t, line in procs.lines("run") if (m := _ROUND.search(line))]
+        result["train_step_s"] = [float(m.group(3)) for _, m in marks]
+        result["round_s"] = [round(b[0] - a[0], 2) for a, b in zip(marks, marks[1:])]
+        per_site = {s: _site_spans(procs.lines(f"site-{s}")) for s in sites}
+        n = min((len(v) for v in per_site.values()), default=0)
+        result["slowest_site_train_s"] = [round(max(v[k] for v in per_site.values()), 2) for k in range(n)]
+        result["site_train_s"] = {s: [round(x, 2) for x in v] for s, v in per_site.items()}
+        metrics = base / "out" / "metrics.json"
+        if metrics.is_file():
+            doc = json.loads(metrics.read_text())
+            result["c_index"] = doc["federated"]["c_index"]
+            result["timing_s"] = doc.get("timing_s", {})
+    finally:
+        procs.stop_all()
+        watching.set()
+        watcher.join()
+    return result
+
+
+def _median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 2) if xs else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rmmfed.simulations.bench_deployment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sites", type=int, default=4)
+    p.add_argument("--patients", type=int, default=400, help="cohort size over all sites (default 400)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tier2-rounds", type=int, default=0)
+    p.add_argument("--mc-samples", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default="flower-defaults,tuned-polls,warm", help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument("--out", type=Path, help="folder for logs and bench.json (default: a temporary folder)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take (default 900)")
+    args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    out = args.out or Path(tempfile.mkdtemp(prefix="rmm-bench-deploy-"))
+    out.mkdir(parents=True, exist_ok=True)
+    from rmmfed.simulations.cohort import CohortConfig, generate_cohort
+
+    sites = [chr(ord("A") + i) for i in range(args.sites)]
+    cohort = out / "cohort"
+    if not cohort.is_dir():
+        generate_cohort(CohortConfig(n_patients=args.patients, site_names=sites,
+                                     site_fractions=[1 / len(sites)] * len(sites), seed=args.seed), cohort)
+    print(f"benchmark: {args.sites} sites, {args.patients} patients, rounds={args.rounds}, "
+          f"tier2-rounds={args.tier2_rounds}, model.mc-samples={args.mc_samples}; {os.cpu_count()} CPU(s); "
+          f"loopback, no TLS; logs in {out}", flush=True)
+    results = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for mode in modes:
+            res = run_mode(mode, out / mode, cohort, sites, args)
+            results.append(res)
+            print(f"{mode:16s} exit {res['exit_code']}  run {res['run_wall_s']:.1f} s  "
+                  f"train step {_median(res['train_step_s'])} s  round {_median(res['round_s'])} s  "
+                  f"slowest site train {_median(res['slowest_site_train_s'])} s  "
+                  f"(per round: train step {res['train_step_s']}, round {res['round_s']}, "
+                  f"slowest site {res['slowest_site_train_s']})", flush=True)
+            (out / "bench.json").write_text(json.dumps(results, indent=1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("\nmode              run_s  train-step_s  round_s  slowest-site-train_s  (medians over rounds)")
+    for r in results:
+        print(f"{r['mode']:16s} {r['run_wall_s']:6.1f}  {_median(r['train_step_s']):12}  {_median(r['round_s']):7}  "
+              f"{_median(r['slowest_site_train_s']):20}")
+    print(f"\nfull results: {out / 'bench.json'}")
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Shared plumbing of the evidence commands: cohorts per seed, cached Flower runs, finished-run loading,
+tables (Markdown + CSV), mean +- sd."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from ...core.concordance import c_index, combined_c_index, concordance_counts  # noqa: E402
+from ...core.config import RunConfig  # noqa: E402
+from ...core.feature_stats import FeatureStats  # noqa: E402
+from ...core.site_data import SiteData, discover_sites, load_site  # noqa: E402
+from ...core.site_session import site_seed  # noqa: E402
+from ...core.tensors import SiteTensors, build_tensors  # noqa: E402
+from ...core.tier1 import Tier1Model, build_model  # noqa: E402
+
+
+# ---- cohorts ----------------------------------------------------------------------------
+def cohort_for_seed(out: Path, seed: int, patients: int = 1679) -> Path:
+    """OUT/cohorts/seed-S: the default FUSCC-style cohort for ``seed``, generated once and reused."""
+    from ..cohort import CohortConfig, generate_cohort
+
+    folder = out / "cohorts" / f"seed-{seed}"
+    if not (folder / "truth.csv").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        generate_cohort(CohortConfig(n_patients=patients, seed=seed), folder)
+    return folder
+
+
+def load_cohort(cohort: Path) -> tuple[list[Path], list[SiteData], dict[str, int]]:
+    """Validated site paths, sites (bound to the merged schema) and modality dims."""
+    from ..simulate import validate_cohort
+
+    return validate_cohort(cohort)
+
+
+def run_cached(cohort: Path, out: Path, overrides: dict[str, Any], *, quiet: bool = True) -> dict:
+    """One study through Flower (``run_study``, pooled reference off) into ``out``; metrics.json is the
+    cache key: an existing one is returned without rerunning (delete the folder to redo)."""
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    from ..run import run_study
+
+    cfg = RunConfig().with_overrides({"device": "cpu", **overrides})
+    paths, sites, dims = load_cohort(cohort)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with quiet_output(out / "run.log") if quiet else contextlib.nullcontext():
+        metrics = run_study(cfg, cohort, paths, sites, dims, out, pooled=False, t0=t0)
+    return metrics
+
+
+@contextlib.contextmanager
+def quiet_output(log: Path):
+    """Send this process's stdout/stderr and Flower's log lines to ``log`` (progress bars write to
+    ``sys.__stderr__`` and stay visible)."""
+    import logging
+
+    flwr_logger = logging.getLogger("flwr")
+    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        handler = logging.StreamHandler(fh)
+        old = list(flwr_logger.handlers)
+        flwr_logger.handlers = [handler]
+        try:
+            yield
+        finally:
+            flwr_logger.handlers = old
+
+
+def progress(iterable, **kw):
+    """tqdm on the real stderr (so it stays visible while runs are quiet)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(iterable, file=sys.__stderr__, dynamic_ncols=True, **kw)
+
+
+# ---- finished runs ------------------------------------------------------------------------
+class LoadedRun:
+    """A finished run's Tier 1 model, config, dims and federated feature statistics (from model.pt)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        bundle = torch.load(Path(run_dir) / "model.pt", weights_only=False)
+        self.bundle = bundle
+        self.cfg = RunConfig.from_flat(bundle["config"])
+        self.dims: dict[str, int] = dict(bundle["modalities"])
+        self.stats = FeatureStats.from_arrays({k: v.numpy() for k, v in bundle["feature_stats"].items()},
+                                              self.cfg.model.anat_partitions)
+        self.model: Tier1Model = build_model(self.dims, self.cfg.model, self.cfg.seed)
+        self.model.load_state_dict(bundle["tier1"])
+        self.model.eval()
+        self.theta = float(bundle["theta"])
+
+    def tensors(self, site: SiteData) -> SiteTensors:
+        """A site's tensors built with the run's federated statistics (seeded like the run)."""
+        return build_tensors(site, self.stats, max_instances=self.cfg.model.max_instances,
+                             seed=site_seed(self.cfg.seed, site.site))
+
+    def load_sites(self, cohort: Path) -> list[SiteData]:
+        return [load_site(p, expected=self.dims) for p in discover_sites(cohort)]
+
+
+def split_tensors(run: LoadedRun, sites: list[SiteData], split: str) -> tuple[SiteTensors, np.ndarray]:
+    """Every site's ``split`` patients stacked, and the site label of each row."""
+    parts, labels = [], []
+    for s in sites:
+        idx = s.indices(split)
+        parts.append(run.tensors(s).subset(idx))
+        labels += [s.site] * len(idx)
+    return SiteTensors.concat(parts), np.asarray(labels)
+
+
+# ---- metrics and tables -------------------------------------------------------------------
+def safe_c_index(time_, risk, event) -> float:
+    try:
+        return c_index(time_, risk, event)
+    except Exception:  # no events / no comparable pair in a small group
+        return float("nan")
+
+
+def pair_weighted(time_, risk, event, site) -> float:
+    """Comparable-pair-weighted combination of per-site C-index counts (what a deployment reports)."""
+    site = np.asarray(site)
+    return combined_c_index(concordance_counts(time_[site == s], risk[site == s], event[site == s])
+                            for s in np.unique(site))
+
+
+def mean_sd(values: Iterable[float], nd: int = 3) -> str:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.{nd}f}"
+    return f"{statistics.mean(vals):.{nd}f} +- {statistics.stdev(vals):.{nd}f}"
+
+
+def fmt(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, (float, np.floating)):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None, nd: int = 3) -> str:
+    """A GitHub Markdown table of ``rows`` (floats to ``nd`` decimals, NaN/None as n/a)."""
+    if not rows:
+        return "(no rows)\n"
+    cols = columns or list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c), nd) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, name: str, rows: list[dict[str, Any]], title: str, notes: str = "",
+                  columns: list[str] | None = None, raw: list[dict[str, Any]] | None = None) -> str:
+    """OUT/<name>.md (title, table, notes), OUT/<name>.csv (the table) and OUT/<name>_raw.csv (``raw``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = f"# {title}\n\n" + markdown_table(rows, columns) + (f"\n{notes.strip()}\n" if notes else "")
+    (out / f"{name}.md").write_text(text)
+    pd.DataFrame(rows, columns=columns).to_csv(out / f"{name}.csv", index=False)
+    if raw is not None:
+        pd.DataFrame(raw).to_csv(out / f"{name}_raw.csv", index=False)
+    return text
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(max(1, n))
+
+
+@dataclass
+class SplitRisks:
+    """One method's risks on one split, with outcomes and each patient's site."""
+
+    time: np.ndarray
+    event: np.ndarray
+    risk: np.ndarray
+    site: np.ndarray
+
+    def c_index(self) -> float:
+        return safe_c_index(self.time, self.risk, self.event)
+
+    def pair_weighted(self) -> float:
+        return pair_weighted(self.time, self.risk, self.event, self.site)
+
+    def triple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.time, self.event, self.risk
+
+
+def run_split_risks(run: LoadedRun, sites: list[SiteData], split: str,
+                    observed: torch.Tensor | None = None) -> SplitRisks:
+    """Tier 1 risks of a finished run on every site's ``split`` (dropout off)."""
+    from ...core.train import predict_risk
+
+    data, labels = split_tensors(run, sites, split)
+    risk = predict_risk(run.model, data, observed)
+    return SplitRisks(data.time.numpy().astype(float), data.event.numpy().astype(int), risk, labels)

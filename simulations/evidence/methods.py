@@ -1,0 +1,154 @@
+"""Centralised baselines on mean-pooled features (simulation only: they need every site's rows).
+
+Every method has ``fit(data, train_rows, val_rows)`` and ``risk(data, rows, present=None)`` (higher =
+shorter survival); ``present`` overrides which modalities each patient has (test-time masking).
+
+- ``PooledCox``: lifelines Cox (penalizer 0.1) on every modality's features, mean imputation + missing
+  indicators.
+- ``CompleteCaseCox``: the same Cox trained only on complete training cases (no indicators: they are
+  constant there), evaluated on everyone with mean imputation.
+- ``EarlyFusion``: a small MLP with a Cox loss on the concatenated standardised features, zeros for
+  missing (no indicators), trained pooled with early stopping on the validation C-index.
+- ``LateFusion``: one lifelines Cox per modality on the training patients having it; each modality's
+  risk is z-scored with its training mean/sd and the z-scores of the modalities present are averaged.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ...core.cox import cox_loss
+from .common import safe_c_index
+from .features import Featurizer, PooledCohort
+
+
+def fit_cox(x: pd.DataFrame, time: np.ndarray, event: np.ndarray, penalizer: float = 0.1):
+    """lifelines CoxPHFitter on ``x`` (constant columns dropped); returns (fitter, kept columns)."""
+    from lifelines import CoxPHFitter
+
+    keep = [c for c in x.columns if x[c].std() > 1e-8]
+    df = x[keep].copy()
+    df["_T"], df["_E"] = time, event
+    cph = CoxPHFitter(penalizer=penalizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cph.fit(df, duration_col="_T", event_col="_E")
+    return cph, keep
+
+
+def cox_risk(cph, keep: list[str], x: pd.DataFrame) -> np.ndarray:
+    """Linear predictor (log partial hazard) of a fitted lifelines Cox model."""
+    return np.asarray(cph.predict_log_partial_hazard(x[keep]), dtype=float)
+
+
+class PooledCox:
+    name = "pooled Cox (mean imputation + indicators)"
+    indicators = True
+
+    def __init__(self, penalizer: float = 0.1, featurizer: Featurizer | None = None) -> None:
+        self.penalizer, self.feat = penalizer, featurizer or Featurizer()
+
+    def _train_rows(self, data: PooledCohort, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+    def fit(self, data: PooledCohort, train: np.ndarray, val: np.ndarray | None = None) -> "PooledCox":
+        self.feat.fit(data, train)
+        rows = self._train_rows(data, train)
+        x = self.feat.design(data, rows, indicators=self.indicators)
+        self.cph, self.keep = fit_cox(x, data.time[rows], data.event[rows], self.penalizer)
+        return self
+
+    def risk(self, data: PooledCohort, rows: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+        return cox_risk(self.cph, self.keep, self.feat.design(data, rows, present, indicators=self.indicators))
+
+
+class CompleteCaseCox(PooledCox):
+    name = "complete-case Cox (trained on complete cases, imputed at test)"
+    indicators = False
+
+    def _train_rows(self, data: PooledCohort, rows: np.ndarray) -> np.ndarray:
+        return rows[data.present[rows].all(axis=1)]
+
+
+def late_fusion_combine(z: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Average of the per-modality z-scored risks over the modalities present; 0 when none is."""
+    z = np.where(present, np.nan_to_num(z), 0.0)
+    n = present.sum(axis=1)
+    return np.where(n > 0, z.sum(axis=1) / np.maximum(n, 1), 0.0)
+
+
+class LateFusion:
+    name = "late fusion (per-modality Cox, mean of z-scored risks)"
+
+    def __init__(self, penalizer: float = 0.1, featurizer: Featurizer | None = None) -> None:
+        self.penalizer, self.feat = penalizer, featurizer or Featurizer()
+        self.models: dict[str, tuple] = {}
+
+    def fit(self, data: PooledCohort, train: np.ndarray, val: np.ndarray | None = None) -> "LateFusion":
+        self.feat.fit(data, train)
+        for k, m in enumerate(data.modalities):
+            rows = train[data.present[train, k]]
+            if len(rows) < 10 or data.event[rows].sum() < 2:
+                continue
+            x = self.feat.design(data, rows, indicators=False, modalities=(m,))
+            cph, keep = fit_cox(x, data.time[rows], data.event[rows], self.penalizer)
+            r = cox_risk(cph, keep, x)
+            self.models[m] = (cph, keep, r.mean(), max(r.std(), 1e-8))
+        return self
+
+    def risk(self, data: PooledCohort, rows: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+        pres = (data.present if present is None else present)[rows].copy()
+        z = np.zeros(pres.shape)
+        for k, m in enumerate(data.modalities):
+            if m not in self.models:
+                pres[:, k] = False
+                continue
+            cph, keep, mu, sd = self.models[m]
+            x = self.feat.design(data, rows, present, indicators=False, modalities=(m,))
+            z[:, k] = (cox_risk(cph, keep, x) - mu) / sd
+        return late_fusion_combine(z, pres)
+
+
+class EarlyFusion:
+    name = "early fusion MLP (zero-fill)"
+
+    def __init__(self, hidden: int = 32, epochs: int = 300, lr: float = 1e-3, weight_decay: float = 1e-3,
+                 dropout: float = 0.2, seed: int = 0, featurizer: Featurizer | None = None) -> None:
+        self.hidden, self.epochs, self.lr, self.wd, self.dropout, self.seed = hidden, epochs, lr, weight_decay, dropout, seed
+        self.feat = featurizer or Featurizer()
+
+    def _x(self, data: PooledCohort, rows: np.ndarray, present: np.ndarray | None = None) -> torch.Tensor:
+        return torch.tensor(self.feat.design(data, rows, present, indicators=False).to_numpy(), dtype=torch.float32)
+
+    def fit(self, data: PooledCohort, train: np.ndarray, val: np.ndarray | None = None) -> "EarlyFusion":
+        self.feat.fit(data, train)
+        x = self._x(data, train)
+        t, e = torch.tensor(data.time[train]), torch.tensor(data.event[train])
+        torch.manual_seed(self.seed)
+        self.net = nn.Sequential(nn.Linear(x.shape[1], self.hidden), nn.ReLU(), nn.Dropout(self.dropout),
+                                 nn.Linear(self.hidden, 1))
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.wd)
+        best, best_state = -np.inf, None
+        for epoch in range(self.epochs):  # full batch: the pooled training split fits in one batch
+            self.net.train()
+            loss = cox_loss(self.net(x).squeeze(-1), t, e)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if val is not None and len(val) and (epoch + 1) % 10 == 0:
+                score = safe_c_index(data.time[val], self.risk(data, val), data.event[val])
+                if score > best:
+                    best, best_state = score, {k: v.clone() for k, v in self.net.state_dict().items()}
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        return self
+
+    @torch.no_grad()
+    def risk(self, data: PooledCohort, rows: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+        self.net.eval()
+        return self.net(self._x(data, rows, present)).squeeze(-1).numpy().astype(float)
