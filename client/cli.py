@@ -340,11 +340,38 @@ class _TunedTime:
         self._module.sleep(self._sleeps.get(seconds, seconds))
 
 
+PULL_BACKOFF_S = (0.05, 1.0)  # Flower 1.41: 1 s first wait for an object not yet uploaded, doubling up to 10 s
+
+
+def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACKOFF_S[1]) -> bool:
+    """Shorten Flower's wait for message objects that are still being uploaded, in this process.
+
+    Every message is a tree of objects (one per array, one per 5 MB chunk...) that the receiver
+    pulls one by one; a receiver that sees the message before its sender finished uploading waits
+    1 s, then 2, 4 ... 10 s per missing object. On loopback that race happens at every hop and
+    costs about a second each time. Only the defaults of Flower's pull helpers change (same number
+    of tries, same time limit). Returns False when this Flower has no such defaults (left as it is).
+    """
+    try:
+        from flwr.supercore.inflatable import inflatable_utils as iu
+    except ImportError:
+        return False
+    done = False
+    for fn in (getattr(iu, "pull_objects", None), getattr(iu, "pull_and_inflate_object_from_tree", None)):
+        defaults = getattr(fn, "__kwdefaults__", None)
+        if defaults and "initial_backoff" in defaults and "backoff_cap" in defaults:
+            defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
+            done = True
+    return done
+
+
 GRID_POLL_S = 0.2  # the ServerApp's deployment Grid polls for replies every 3 s in Flower 1.41
 
 
 def tune_grid_polling(grid, poll_s: float | None = None):
     """Make a deployment Grid (Flower's ``HttpGrid``) look for replies every ``poll_s`` s instead of 3 s.
+
+    Also shortens the ServerApp's waits for reply objects still being uploaded (:func:`tune_flower_pulls`).
 
     For the ServerApp: ``grid = tune_grid_polling(grid)`` at the top of its main. Same semantics as
     Flower's ``send_and_receive`` (push, then pull until every reply is in or ``timeout`` passed).
@@ -352,6 +379,7 @@ def tune_grid_polling(grid, poll_s: float | None = None):
     """
     if type(grid).__name__ != "HttpGrid" or not hasattr(grid, "push_messages") or not hasattr(grid, "pull_messages"):
         return grid
+    tune_flower_pulls()
     interval = float(os.environ.get("RMM_GRID_POLL_S", poll_s if poll_s is not None else GRID_POLL_S))
 
     def send_and_receive(messages, *, timeout: float | None = None):
@@ -381,8 +409,9 @@ def launch_flower(argv: Sequence[str]) -> int:
     """``rmm-client _flower [--parent-pid P] [--poll S] -- /path/flower-supernode ARGS``: run it in this process.
 
     Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull and 0.5 s while it waits for a
-    reply; here those become ``--poll`` (default 0.5 s) and 0.05 s. Everything else is Flower's own
-    ``flower-supernode``. With ``--parent-pid`` the SuperNode stops when that process is gone.
+    reply; here those become ``--poll`` (default 0.5 s) and 0.05 s, and waits for message objects
+    still being uploaded start at 0.05 s instead of 1 s (:func:`tune_flower_pulls`). Everything else
+    is Flower's own ``flower-supernode``. With ``--parent-pid`` the SuperNode stops when that process is gone.
     """
     p = argparse.ArgumentParser(prog="rmm-client _flower")
     p.add_argument("--parent-pid", type=int)
@@ -397,6 +426,7 @@ def launch_flower(argv: Sequence[str]) -> int:
 
     if getattr(sci, "time", None) is time:  # Flower as tested (1.41); otherwise leave it as it is
         sci.time = _TunedTime(time, {3: max(0.05, args.poll), 0.5: SUPERNODE_REPLY_POLL_S})
+    tune_flower_pulls()
     if args.parent_pid:
         from flwr.supercore.app_utils import start_parent_process_monitor
 
@@ -451,6 +481,8 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
 
     t0 = time.perf_counter()
     from . import client_app  # noqa: F401  (PyTorch and rmm load now, not with the first message)
+
+    tune_flower_pulls()
     label = f"[rmm-worker{' ' + site if site else ''}]"
     print(f"{label} ready in {time.perf_counter() - t0:.1f} s; taking ClientApp tasks from {runtime_address}",
           flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -140,6 +141,16 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         context.state[_STATE_TIER1] = msg.content[P.ARRAYS]
         counts, n = s.histogram(from_record(msg.content[P.ARRAYS]), grid)
         return reply(msg, counts=to_record({"counts": s.release_counts(counts)}), metrics=MetricRecord({"n-values": n}))
+
+    @app.query("hazard")
+    def hazard(msg: Message, context: Context) -> Message:
+        conf = msg.content[P.CONFIG]
+        s = session(context)
+        if str(conf["step"]) == "followup":
+            counts = s.followup_counts(HistogramGrid.from_config(dict(conf)))
+            return reply(msg, counts=to_record({"counts": s.release_counts(counts)}))
+        grid = np.asarray(msg.content[P.HAZARD_RECORD]["grid"].numpy(), dtype=np.float64)
+        return reply(msg, hazard=to_record(s.hazard_sums(grid)))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -4,6 +4,7 @@ Allowed (anything else makes the reply an error and nothing is sent):
 - ``arrays``: model weights with exactly the names and shapes of the weights the server sent;
 - ``sums``: feature sums ``<modality>.<all|complete>.<n|sum|sumsq>``, each of shape [1] or [dim];
 - ``counts``: one histogram of shape [hist-bins] (the grid the server fixed);
+- ``hazard``: per-interval event counts and risk-set sums on the server's time grid (Breslow);
 - ``metrics``: scalar metrics only; ``config``: the schema reply's scalar fields only.
 No reply can carry an array indexed by patient.
 """
@@ -55,6 +56,11 @@ def _check_arrays(request: Message, name: str, record: ArrayRecord) -> None:
         for k, s in shapes.items():
             if not _SUM_KEY.match(k) or len(s) != 1:
                 raise EgressViolation(f"feature-sum array '{k}' of shape {s} is not allowed")
+    elif name == P.HAZARD_RECORD:
+        sent = request.content.array_records.get(P.HAZARD_RECORD)
+        points = tuple(sent["grid"].shape) if sent is not None and "grid" in sent else None
+        if set(shapes) != {"hazard.events", "hazard.risk-sum"} or any(s != points for s in shapes.values()):
+            raise EgressViolation(f"hazard reply must be per-interval sums on the server's grid {points}, got {shapes}")
     elif name == P.COUNTS:
         bins = int(request.content.config_records[P.CONFIG]["hist-bins"])
         if set(shapes) != {"counts"} or shapes["counts"] != (bins,):

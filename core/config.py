@@ -101,6 +101,8 @@ class RunConfig(_Strict):
     tier2_lr: float = Field(1e-3, gt=0.0)
     tier2_abstain_quantile: float = Field(0.99, gt=0.0, lt=1.0,
                                           description="abstain bound = this quantile of Tier 2 uncertainty (calibrated like theta)")
+    hazard_points: int = Field(64, ge=4, description="time grid of the federated Breslow baseline hazard")
+    hazard_max_time: float = Field(0.0, ge=0.0, description="end of that grid; 0 = the federated 95th percentile of follow-up")
     model: Tier1Config = Tier1Config()
     tier2: Tier2Config = Tier2Config()
     dp: DPConfig = DPConfig()

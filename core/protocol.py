@@ -12,6 +12,7 @@ SETUP = "query.setup"  # server -> site: run config + federated feature statisti
 TRAIN = "train"  # Tier 1 round: weights in, weights + scalar metrics out
 TRAIN_TIER2 = "train.tier2"  # Tier 2 round: Tier 2 weights only (Tier 1 stays frozen at the site)
 HISTOGRAM = "query.histogram"  # calibration (tier 1: theta; tier 2: abstain bound): histogram counts
+HAZARD = "query.hazard"  # baseline hazard: follow-up histogram, then per-interval event counts and risk-set sums
 EVALUATE = "evaluate"  # final evaluation: scalar metrics only
 
 ARRAYS = "arrays"
@@ -19,6 +20,7 @@ CONFIG = "config"
 METRICS = "metrics"
 SUMS = "sums"
 COUNTS = "counts"
+HAZARD_RECORD = "hazard"
 STATS_RECORD = "feature-stats"
 
 

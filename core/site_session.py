@@ -16,6 +16,7 @@ from .concordance import concordance_counts
 from .config import RunConfig
 from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
+from .baseline_hazard import local_hazard_sums
 from .histogram import HistogramGrid
 from .private_histogram import privatize_counts, suppress_small_bins
 from .routing import ABSTAIN, TIER2, route_counts
@@ -173,6 +174,20 @@ class SiteSession:
         sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
                 "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
         return grid.counts(values), sums
+
+    # ---- baseline hazard (for survival curves in rmm-predict) ---------------------------
+    def followup_counts(self, grid: HistogramGrid) -> np.ndarray:
+        """Histogram of training follow-up times on the server's grid (to place the hazard grid)."""
+        return grid.counts(self.data.time[self.data.indices("train")])
+
+    def hazard_sums(self, grid: np.ndarray) -> dict[str, np.ndarray]:
+        """Per interval of ``grid``: events, and the sum of exp(Tier 1 risk) over the training patients
+        at risk at its start (Breslow, federated: sums over patients, never a patient's time)."""
+        train = self._split("train")
+        keep = train.present.any(dim=1).cpu().numpy()
+        risk = predict_risk(self._tier1(), train)[keep]
+        events, risk_sum = local_hazard_sums(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid)
+        return {"hazard.events": np.asarray(events, dtype=np.float64), "hazard.risk-sum": np.asarray(risk_sum, dtype=np.float64)}
 
     # ---- per-round validation (model selection) ----------------------------------------
     def validate(self, weights: dict[str, np.ndarray]) -> dict[str, float]:

@@ -24,6 +24,7 @@ from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
 from ..core.errors import RmmError
 from ..core.feature_stats import FeatureStats, add_sums
+from ..core.baseline_hazard import add_hazard_sums, baseline_from_sums, time_grid
 from ..core.histogram import HistogramGrid, quantile_from_counts
 from ..core.private_histogram import monotone_counts
 from ..core.tier1 import build_model
@@ -54,6 +55,7 @@ class FederationResult:
     bound: float = float("inf")
     scale: RiskScale = field(default_factory=RiskScale)
     tier2_history: list[dict] = field(default_factory=list)
+    baseline_hazard: tuple[np.ndarray, np.ndarray] | None = None  # (time grid, cumulative hazard) of Tier 1
     timing_s: dict[str, float] = field(default_factory=dict)
 
     def combined_c_index(self) -> float:
@@ -169,6 +171,14 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     say(f"calibration: {int(counts.sum())} uncertainty values from {len(replies)} site(s); "
         f"theta (q={cfg.quantile}) = {theta:.4g}")
 
+    # 5b. baseline hazard of the frozen Tier 1 (Breslow on a federated time grid), for survival curves
+    t = time.perf_counter()
+    hazard = _baseline_hazard(grid, cfg, accepted)
+    timing["baseline_hazard"] = time.perf_counter() - t
+    if hazard is not None:
+        say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
+            f"H0(end) = {hazard[1][-1]:.4g}")
+
     # 6. Tier 2 rounds (Tier 1 frozen at the sites), then its abstention bound and the risk scales
     tier2_weights: dict[str, np.ndarray] | None = None
     bound, scale, tier2_history = float("inf"), RiskScale(), []
@@ -213,7 +223,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     timing["total"] = time.perf_counter() - t_all
     return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
                             timing_s=timing, best_round=best_round,
-                            tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history)
+                            tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history,
+                            baseline_hazard=hazard)
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:
@@ -264,3 +275,26 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
         final, best_round = strategy.best_arrays, strategy.best_round
         say(f"model selection: round {best_round} has the best federated validation C-index ({strategy.best_score:.4f})")
     return {k: v.numpy() for k, v in final.to_torch_state_dict().items()}, strategy.history, best_round, strategy
+
+
+FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
+
+
+def _baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes."""
+    t_max = cfg.hazard_max_time
+    if t_max <= 0:
+        replies = _ask(grid, nodes, P.HAZARD, cfg.round_timeout_s,
+                       config=ConfigRecord({**FOLLOWUP_GRID.to_config(), "step": "followup"}))
+        counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
+        if not replies or counts.sum() == 0:
+            return None
+        t_max = quantile_from_counts(FOLLOWUP_GRID, counts, 0.95)
+    points = time_grid(t_max, cfg.hazard_points)
+    replies = _ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, config=ConfigRecord({"step": "sums"}),
+                   **{P.HAZARD_RECORD: to_record({"grid": points})})
+    if not replies:
+        return None
+    parts = [from_record(r.content[P.HAZARD_RECORD]) for r in replies.values()]
+    events, risk_sums = add_hazard_sums([(p["hazard.events"], p["hazard.risk-sum"]) for p in parts])
+    return points, baseline_from_sums(points, events, risk_sums)

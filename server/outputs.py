@@ -135,6 +135,10 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
                 "tier2": ({k: torch.from_numpy(np.asarray(v)) for k, v in res.tier2_weights.items()}
                           if res.tier2_weights is not None else None),
                 "abstain_bound": res.bound, "risk_scale": vars(res.scale),
+                "baseline_hazard": (None if res.baseline_hazard is None else
+                                    {"times": torch.from_numpy(np.asarray(res.baseline_hazard[0], dtype=np.float64)),
+                                     "cumhaz": torch.from_numpy(np.asarray(res.baseline_hazard[1], dtype=np.float64)),
+                                     "risk": "tier1"}),
                 "feature_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in res.stats.to_arrays().items()},
                 "modalities": res.handshake.dims, "config": res.config.to_flat(), "theta": res.theta,
                 "rmm_version": __version__}, tmp / "model.pt")

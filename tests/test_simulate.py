@@ -44,6 +44,8 @@ def test_tiny_simulation_through_flower_writes_every_output(tiny_run):
     assert set(m["routing"]["referral_rate_per_site"]) == set(m["federated"]["per_site"])
     assert m["timing_s"]["total"] > 0
     assert len(m["history"]) == 3
+    hazard = torch.load(out / "model.pt", weights_only=False)["baseline_hazard"]
+    assert hazard["times"].shape == hazard["cumhaz"].shape and bool((hazard["cumhaz"].diff() >= 0).all())
 
 
 @pytest.mark.slow
@@ -145,11 +147,12 @@ def test_every_reply_of_a_whole_run_holds_only_weights_sums_histograms_and_scala
         assert entries and all(e["status"] == "ok" for e in entries)
         for e in entries:
             for rec in e["records"]:
-                assert rec["name"] in {"arrays", "sums", "counts", "metrics", "config"}, rec["name"]
+                assert rec["name"] in {"arrays", "sums", "counts", "hazard", "metrics", "config"}, rec["name"]
                 if rec["kind"] == "arrays":
                     for a in rec["arrays"]:
                         shape = tuple(a["shape"])
-                        allowed = {"arrays": shape in shapes, "counts": shape == (bins,),
+                        allowed = {"arrays": shape in shapes, "counts": shape in {(bins,), (512,)},
+                                   "hazard": shape == (len(bundle["baseline_hazard"]["times"]),),
                                    "sums": len(shape) == 1 and (shape[0] in dims or shape == (1,))}[rec["name"]]
                         assert allowed, (path.stem, rec["name"], a)
                         assert n_patients not in shape or shape in shapes, (path.stem, a)

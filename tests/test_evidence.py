@@ -1,0 +1,207 @@
+"""Pure functions of the evidence commands (no Flower runs): Brier score, masking, late fusion, tables."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from rmmfed.simulations.evidence.ablation import summarise
+from rmmfed.simulations.evidence.brier import (CensoringKM, breslow, brier_score, ibs_for_method, integrated_brier,
+                                               survival)
+from rmmfed.simulations.evidence.common import markdown_table, mean_sd, pair_weighted
+from rmmfed.simulations.evidence.features import Featurizer, PooledCohort
+from rmmfed.simulations.evidence.masking import expected_drop_fraction, mask_present, realised_drop_fraction
+from rmmfed.simulations.evidence.methods import LateFusion, PooledCox, late_fusion_combine
+from rmmfed.simulations.evidence.robustness import summary
+
+
+# ---- Brier score ----------------------------------------------------------------------------------
+def test_censoring_km_right_value_and_left_limit():
+    g = CensoringKM(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 1]))
+    # censoring "events": only t=2 (3 at risk) -> G = 2/3 from t=2 on
+    assert g.at(np.array([1.5]))[0] == pytest.approx(1.0)
+    assert g.at(np.array([2.0]))[0] == pytest.approx(2 / 3)
+    assert g.before(np.array([2.0]))[0] == pytest.approx(1.0)
+    assert g.before(np.array([2.5]))[0] == pytest.approx(2 / 3)
+
+
+def test_brier_score_matches_hand_computation():
+    time = np.array([1.0, 2.0, 3.0, 4.0])
+    event = np.array([1, 0, 1, 1])
+    g = CensoringKM(time, event)
+    s = np.array([0.2, 0.5, 0.6, 0.9])  # predicted S(2.5)
+    # died at 1: 0.2^2 / G(1-)=1; censored at 2 before t: 0; alive at 3 and 4: (1-S)^2 / G(2.5)=2/3
+    hand = (0.04 / 1.0 + 0.0 + 0.16 / (2 / 3) + 0.01 / (2 / 3)) / 4
+    assert brier_score(2.5, s, time, event, g) == pytest.approx(hand)
+    assert hand == pytest.approx(0.07375)
+
+
+def test_brier_event_at_a_censoring_time_uses_the_left_limit():
+    time = np.array([2.0, 2.0, 5.0])
+    event = np.array([1, 0, 1])
+    g = CensoringKM(time, event)  # 3 at risk at t=2, 1 censored -> G(2) = 2/3; the death at 2 uses G(2-) = 1
+    s = np.array([0.3, 0.5, 0.8])
+    hand = (0.3**2 / 1.0 + 0.0 + (1 - 0.8) ** 2 / (2 / 3)) / 3
+    assert brier_score(3.0, s, time, event, g) == pytest.approx(hand)
+
+
+def test_breslow_baseline_hazard_by_hand():
+    times, h0 = breslow(np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0]), np.log(np.array([2.0, 1.0, 1.0])))
+    assert times.tolist() == [1.0, 2.0]
+    assert h0 == pytest.approx([1 / 4, 1 / 4 + 1 / 2])
+    surv = survival(np.array([0.5, 1.0, 2.5]), times, h0, np.array([0.0, math.log(2)]))
+    assert surv[0] == pytest.approx([1.0, math.exp(-0.25), math.exp(-0.75)])
+    assert surv[1] == pytest.approx([1.0, math.exp(-0.5), math.exp(-1.5)])
+
+
+def test_integrated_brier_is_the_normalised_trapezoid():
+    time = np.array([1.0, 2.0, 3.0, 4.0])
+    event = np.array([1, 0, 1, 1])
+    g = CensoringKM(time, event)
+    grid = np.array([1.5, 2.5, 3.5])
+    surv = np.array([[0.2, 0.1, 0.1], [0.6, 0.5, 0.4], [0.9, 0.6, 0.3], [0.95, 0.9, 0.85]])
+    bs = [brier_score(t, surv[:, j], time, event, g) for j, t in enumerate(grid)]
+    assert integrated_brier(grid, surv, time, event, g) == pytest.approx((bs[0] + 2 * bs[1] + bs[2]) / 4)
+
+
+def test_informative_risk_beats_the_null_model_in_ibs():
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=n)
+    t = rng.exponential(size=n) / np.exp(1.5 * x)
+    c = rng.exponential(size=n) * 2
+    time, event = np.minimum(t, c), (t <= c).astype(int)
+    tr, te = slice(0, 400), slice(400, None)
+    good = ibs_for_method((time[tr], event[tr], x[tr]), (time[te], event[te], x[te]))
+    null = ibs_for_method((time[tr], event[tr], 0 * x[tr]), (time[te], event[te], 0 * x[te]))
+    assert 0 < good < null < 0.35
+
+
+# ---- test-time masking ----------------------------------------------------------------------------
+def test_masking_keeps_one_modality_and_never_adds_any():
+    rng = np.random.default_rng(1)
+    present = rng.random((5000, 3)) < 0.7
+    present[:10] = False  # empty patients stay empty
+    for rate in (0.0, 0.3, 0.9):
+        out = mask_present(present, rate, np.random.default_rng(2))
+        assert not (out & ~present).any()
+        assert (out.any(axis=1) == present.any(axis=1)).all()
+        if rate == 0.0:
+            assert (out == present).all()
+
+
+def test_masking_hits_the_rate():
+    present = np.ones((40000, 3), dtype=bool)
+    for rate in (0.1, 0.3, 0.6):
+        out = mask_present(present, rate, np.random.default_rng(3))
+        assert realised_drop_fraction(present, out) == pytest.approx(expected_drop_fraction(3, rate), abs=0.006)
+    assert expected_drop_fraction(3, 0.3) == pytest.approx((0.9 - 0.027) / 3)
+    assert expected_drop_fraction(1, 0.5) == 0.0
+    # is seeded
+    a = mask_present(present[:100], 0.5, np.random.default_rng(7))
+    b = mask_present(present[:100], 0.5, np.random.default_rng(7))
+    assert (a == b).all()
+
+
+# ---- late fusion and baselines ------------------------------------------------------------------------
+def test_late_fusion_averages_present_z_scores():
+    z = np.array([[1.0, 3.0, np.nan], [2.0, -1.0, 5.0], [4.0, 4.0, 4.0]])
+    present = np.array([[True, True, False], [True, True, True], [False, False, False]])
+    assert late_fusion_combine(z, present).tolist() == pytest.approx([2.0, 2.0, 0.0])
+
+
+def _toy_cohort(n=300, seed=0) -> PooledCohort:
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=n)
+    a = rng.normal(size=(n, 4))
+    a[:, 0] += 1.5 * u
+    b = rng.normal(size=(n, 80))
+    b[:, :10] += u[:, None]
+    present = np.stack([rng.random(n) < 0.8, rng.random(n) < 0.7], axis=1)
+    present[~present.any(axis=1), 0] = True
+    t = rng.exponential(size=n) / np.exp(u)
+    return PooledCohort(("a", "b"), np.array(["S1", "S2"] * (n // 2)), np.arange(n).astype(str), t,
+                        np.ones(n, int), np.array(["train", "train", "test"] * (n // 3)),
+                        {"a": np.where(present[:, :1], a, 0), "b": np.where(present[:, 1:], b, 0)}, present)
+
+
+def test_featurizer_reduces_wide_modalities_and_imputes_zero():
+    data = _toy_cohort()
+    tr = data.rows("train")
+    f = Featurizer(max_dim=64, n_pcs=16).fit(data, tr)
+    assert f.width("a") == 4 and f.width("b") == 16
+    x = f.design(data, np.arange(len(data)))
+    assert x.shape[1] == 4 + 1 + 16 + 1
+    absent = ~data.present[:, 1]
+    assert (x.loc[absent, [f"b_{j}" for j in range(16)]].to_numpy() == 0).all()
+    assert (x.loc[absent, "missing_b"] == 1).all()
+    assert abs(x.loc[tr[data.present[tr, 1]], "b_0"].mean()) < 1e-8
+    assert "(b) reduced to their first 16 PCs" in f.describe()
+
+
+def test_cox_and_late_fusion_learn_the_toy_signal():
+    from rmmfed.core.concordance import c_index
+
+    data = _toy_cohort()
+    tr, te = data.rows("train"), data.rows("test")
+    for method in (PooledCox(), LateFusion()):
+        method.fit(data, tr)
+        assert c_index(data.time[te], method.risk(data, te), data.event[te]) > 0.65
+
+
+# ---- tables ---------------------------------------------------------------------------------------
+def test_mean_sd_and_markdown_table():
+    assert mean_sd([0.4, 0.6]) == "0.500 +- 0.141"
+    assert mean_sd([0.7]) == "0.700"
+    assert mean_sd([float("nan")]) == "n/a"
+    text = markdown_table([{"method": "x", "c": 0.12345, "n": 3, "d": float("nan")}])
+    assert text.splitlines() == ["| method | c | n | d |", "|---|---|---|---|", "| x | 0.123 | 3 | n/a |"]
+
+
+def test_ablation_summary_pairs_deltas_by_seed():
+    raw = [{"seed": s, "row": row, "tier1": v, "tier1_covered": v, "two_tier": v - 0.01}
+           for s, base in ((0, 0.80), (1, 0.70)) for row, v in (("full", base), ("no-pseudo", base - 0.05))]
+    t = summarise(raw)
+    assert [r["configuration"].split()[0] for r in t] == ["Full", "w/o"]
+    assert t[0]["Tier 1 C-index"] == "0.750 +- 0.071"
+    assert t[1]["delta vs full (Tier 1)"] == "-0.050 +- 0.000"
+    assert t[0]["delta vs full (Tier 1)"] == "-"
+
+
+def test_robustness_summary_reports_the_drop_at_30_percent():
+    rows = [{"method": "m", "rate": r, "mask_seed": s, "c_index": 0.8 - r / 10 + s * 0.001}
+            for r in (0.0, 0.3) for s in (0, 1)]
+    (row,) = summary(rows)
+    assert row["r=0.0"] == pytest.approx(0.8005)
+    assert row["drop at 30%"] == pytest.approx(0.03)
+
+
+def test_pair_weighted_combines_within_site_pairs_only():
+    time = np.array([1.0, 2.0, 1.0, 2.0])
+    event = np.array([1, 1, 1, 1])
+    risk = np.array([2.0, 1.0, 0.0, 1.0])  # site X concordant, site Y discordant
+    assert pair_weighted(time, risk, event, np.array(["X", "X", "Y", "Y"])) == pytest.approx(0.5)
+
+
+def test_loso_symlink_cohort(tmp_path):
+    from rmmfed.simulations.evidence.loso import symlink_cohort
+
+    sites = []
+    for name in ("site-A", "site-B", "site-C"):
+        (tmp_path / "c" / name).mkdir(parents=True)
+        sites.append(tmp_path / "c" / name)
+    folder = symlink_cohort(tmp_path / "c", sites[1:], tmp_path / "hold-A")
+    assert sorted(p.name for p in folder.iterdir()) == ["site-B", "site-C"]
+    assert all(p.is_symlink() and p.resolve() == (tmp_path / "c" / p.name).resolve() for p in folder.iterdir())
+    symlink_cohort(tmp_path / "c", sites[2:], folder)  # rerun with fewer sites removes stale links
+    assert [p.name for p in folder.iterdir()] == ["site-C"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_tree_rss_counts_this_process():
+    from rmmfed.simulations.evidence.scale import _tree_rss_kib
+
+    assert _tree_rss_kib(os.getpid()) > 1000
