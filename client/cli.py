@@ -7,8 +7,14 @@
 
 The site folder is validated before anything connects: a bad folder exits 2 with the file, the
 field and the fix. Joining runs Flower's ``flower-supernode`` as a child in its own process group
-(telemetry and update checks off); SIGTERM/SIGINT end that whole group, Flower's ``flower-superexec``
-and ``flwr-clientapp`` children included.
+(telemetry and update checks off; started through :func:`launch_flower`, which shortens Flower's
+fixed polls) with ``--isolation process`` and one long-lived ClientApp worker next to it
+(:func:`run_worker`; ``--isolation subprocess`` gives Flower's process per message back);
+SIGTERM/SIGINT end both groups, every Flower child included.
+
+The Flower tuning helpers for the ServerApp side (:func:`tune_grid_polling`) and the packed
+transport of ArrayRecords (:func:`pack_record`, :func:`packing_mod`) live here too; see
+docs/deployment-performance.md.
 
 The helpers for Flower child processes (:func:`flower_env`, :func:`run_supervised`,
 :func:`end_group`) and for Flower's ``key=value`` strings (:func:`flower_kv`) are shared with
@@ -365,25 +371,140 @@ def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACK
     return done
 
 
+PACKED_KEY = "rmm.packed"         # the one array of a packed ArrayRecord
+PACKED_STYPE = "rmm.packed.v1"
+_PACK_MAGIC = b"RMMPACK1"
+_PACK_DTYPES = re.compile(r"^(float(16|32|64)|u?int(8|16|32|64)|bool)$")
+
+
+def pack_record(record):
+    """An ArrayRecord of several arrays -> one ArrayRecord holding a single array (same bytes, one object).
+
+    Flower sends every array (and every 5 MB chunk of it) as a separate object, each its own HTTP
+    request per hop; rmm's Tier 1 weights are 31 arrays. Packed, a message is a handful of objects.
+    Records with fewer than two arrays are returned as they are.
+    """
+    import json as _json
+
+    from flwr.app import Array, ArrayRecord
+
+    if len(record) < 2:
+        return record
+    header, chunks = [], []
+    for key, arr in record.items():
+        header.append({"k": key, "d": arr.dtype, "s": list(arr.shape), "t": arr.stype, "n": len(arr.data)})
+        chunks.append(arr.data)
+    head = _json.dumps(header, separators=(",", ":")).encode()
+    blob = b"".join([_PACK_MAGIC, len(head).to_bytes(4, "little"), head, *chunks])
+    return ArrayRecord({PACKED_KEY: Array(dtype="uint8", shape=(len(blob),), stype=PACKED_STYPE, data=blob)})
+
+
+def unpack_record(record):
+    """Inverse of :func:`pack_record`; anything that is not a packed record is returned as it is.
+
+    A malformed packed record raises ValueError (the header is checked: sizes, numeric dtypes,
+    NumPy serialisation only, so nothing in it is executed or unpickled).
+    """
+    import json as _json
+
+    from flwr.app import Array, ArrayRecord
+
+    if list(record.keys()) != [PACKED_KEY] or record[PACKED_KEY].stype != PACKED_STYPE:
+        return record
+    blob = record[PACKED_KEY].data
+    if blob[:8] != _PACK_MAGIC:
+        raise ValueError("packed ArrayRecord: bad magic")
+    size = int.from_bytes(blob[8:12], "little")
+    header = _json.loads(blob[12:12 + size])
+    offset, arrays = 12 + size, {}
+    for item in header:
+        key, dtype, shape, stype, n = item["k"], item["d"], item["s"], item["t"], int(item["n"])
+        if (not isinstance(key, str) or key in arrays or not _PACK_DTYPES.match(str(dtype))
+                or stype != "numpy.ndarray" or n < 0 or offset + n > len(blob)
+                or not all(isinstance(x, int) and x >= 0 for x in shape)):
+            raise ValueError(f"packed ArrayRecord: bad entry {str(item)[:200]}")
+        arrays[key] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=blob[offset:offset + n])
+        offset += n
+    if offset != len(blob):
+        raise ValueError("packed ArrayRecord: trailing bytes")
+    return ArrayRecord(arrays)
+
+
+def pack_content(content):
+    """A RecordDict with every multi-array ArrayRecord packed; None when nothing needed packing."""
+    from flwr.app import ArrayRecord, RecordDict
+
+    packed = {k: pack_record(v) if isinstance(v, ArrayRecord) else v for k, v in content.items()}
+    if all(packed[k] is v for k, v in content.items()):
+        return None
+    return RecordDict(packed)
+
+
+def unpack_content(content):
+    """(RecordDict with packed ArrayRecords restored, whether any was packed)."""
+    from flwr.app import ArrayRecord, RecordDict
+
+    restored = {k: unpack_record(v) if isinstance(v, ArrayRecord) else v for k, v in content.items()}
+    if all(restored[k] is v for k, v in content.items()):
+        return content, False
+    return RecordDict(restored), True
+
+
+def packing_mod(msg, context, call_next):
+    """ClientApp mod: unpack a packed request; pack the reply the same way (only when the request was).
+
+    Put it first in ``ClientApp(mods=[packing_mod, egress_guard])`` so that the egress guard checks
+    the plain reply. A server that does not pack (simulation) gets plain replies.
+    """
+    packed = False
+    if msg.has_content():
+        content, packed = unpack_content(msg.content)
+        if packed:
+            msg.content = content
+    reply = call_next(msg, context)
+    if packed and reply.has_content():
+        content = pack_content(reply.content)
+        if content is not None:
+            reply.content = content
+    return reply
+
+
 GRID_POLL_S = 0.2  # the ServerApp's deployment Grid polls for replies every 3 s in Flower 1.41
 
 
-def tune_grid_polling(grid, poll_s: float | None = None):
+def tune_grid_polling(grid, poll_s: float | None = None, *, pack: bool = True):
     """Make a deployment Grid (Flower's ``HttpGrid``) look for replies every ``poll_s`` s instead of 3 s.
-
-    Also shortens the ServerApp's waits for reply objects still being uploaded (:func:`tune_flower_pulls`).
 
     For the ServerApp: ``grid = tune_grid_polling(grid)`` at the top of its main. Same semantics as
     Flower's ``send_and_receive`` (push, then pull until every reply is in or ``timeout`` passed).
-    ``RMM_GRID_POLL_S`` overrides the interval (benchmarks); other Grids (simulation) are left alone.
+    Also shortens the ServerApp's waits for reply objects still being uploaded (:func:`tune_flower_pulls`)
+    and, with ``pack``, sends every multi-array ArrayRecord packed as one array (:func:`pack_record`;
+    the ClientApp needs :func:`packing_mod`) and unpacks packed replies, so strategies see plain records.
+    For benchmarks, ``RMM_FLOWER_TUNING=0`` leaves the Grid exactly as Flower made it and
+    ``RMM_PACK=0`` turns packing off. Other Grids (simulation) are left alone.
     """
     if type(grid).__name__ != "HttpGrid" or not hasattr(grid, "push_messages") or not hasattr(grid, "pull_messages"):
         return grid
+    if getattr(grid, "_rmm_tuned", False) or os.environ.get("RMM_FLOWER_TUNING", "1") == "0":
+        return grid
     tune_flower_pulls()
-    interval = float(os.environ.get("RMM_GRID_POLL_S", poll_s if poll_s is not None else GRID_POLL_S))
+    interval = GRID_POLL_S if poll_s is None else poll_s
+    pack = pack and os.environ.get("RMM_PACK", "1") != "0"
 
     def send_and_receive(messages, *, timeout: float | None = None):
+        messages = list(messages)
+        if pack:
+            packed: dict[int, tuple[object, object]] = {}  # id(content) -> (content, packed): one pack per content
+            for msg in messages:
+                if msg.has_content():
+                    key = id(msg.content)
+                    if key not in packed:
+                        packed[key] = (msg.content, pack_content(msg.content))
+                    if packed[key][1] is not None:
+                        msg.content = packed[key][1]
+            del packed
         pending = set(grid.push_messages(messages))
+        del messages
         end = time.time() + (timeout if timeout is not None else 0.0)
         replies = []
         while timeout is None or time.time() < end:
@@ -393,9 +514,15 @@ def tune_grid_polling(grid, poll_s: float | None = None):
             if not pending:
                 break
             time.sleep(interval)
+        for reply in replies:
+            if reply.has_content():
+                content, was_packed = unpack_content(reply.content)
+                if was_packed:
+                    reply.content = content
         return replies
 
     grid.send_and_receive = send_and_receive
+    grid._rmm_tuned = True
     return grid
 
 
@@ -460,6 +587,8 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
     stop = threading.Event()
 
     def on_signal(signum, _frame) -> None:
+        if stop.is_set():  # a second SIGTERM (group and process) while exiting: already on the way out
+            return
         stop.set()
         raise SystemExit(128 + signum)
 
@@ -494,10 +623,20 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
                                                    root_certificates=None, interceptors=interceptors,
                                                    retry_invoker=make_simple_http_retry_invoker())
     installed: set[str] = set()
+    app_lock = threading.Lock()
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     failures = 0
+    current: _Task | None = None
+    queued: list[_Task] = []
     try:
         while not stop.is_set():
+            if current is not None and not current.is_alive():
+                print(f"{label} {current.summary}", flush=True)
+                current = None
+            if current is None and queued:
+                current = queued.pop(0)
+                current.start()
+                continue
             try:
                 res = client.AcquireTask(request)
                 failures = 0
@@ -508,85 +647,142 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
                           flush=True)
                 time.sleep(min(5.0, poll_s * failures))
                 continue
-            if res.HasField("task") and res.token:
-                summary = _run_task(runtime_address, res.token, installed)
-                print(f"{label} {summary}", flush=True)
-            else:
+            if not (res.HasField("task") and res.token):
                 time.sleep(poll_s)
+                continue
+            task = _Task(runtime_address, res.token, installed, app_lock)
+            # The SuperNode hands out one message at a time and waits for its reply; a new task while
+            # the current one still waits for its message means the SuperNode gave up on that message
+            # (e.g. its run ended while it was being received) and the wait would never end.
+            if current is not None and current.abandon():
+                print(f"{label} a task still waiting for its message was superseded by a new one; abandoned it",
+                      flush=True)
+                current = None
+            if current is None:
+                current = task
+                task.start()
+            else:
+                queued.append(task)
     finally:
         stop.set()
         client.close()
     return 0
 
 
-def _run_task(runtime_address: str, token: str, installed: set[str]) -> str:
-    """One ClientApp task, as Flower's ``run_clientapp`` runs it, without leaving the process."""
-    from flwr.app import Message
-    from flwr.app.error import Error
-    from flwr.cli.install import install_from_fab
-    from flwr.clientapp.client_app import LoadClientAppError
-    from flwr.clientapp.utils import get_load_client_app_fn
-    from flwr.common.constant import ErrorCode, SubStatus
-    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
-    from flwr.supercore.heartbeat import HeartbeatSender
-    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
-    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+def _stop_heartbeat(heartbeat) -> None:
+    try:
+        if heartbeat is not None and heartbeat.is_running:
+            heartbeat.stop()
+    except RuntimeError:  # stopped meanwhile by the other thread
+        pass
 
-    t0 = time.perf_counter()
-    client = RuntimeHttpClient.from_server_address(
-        server_address=runtime_address, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                      RuntimeTokenHttpInterceptor(token)],
-        retry_invoker=make_simple_http_retry_invoker())
-    cancelled = threading.Event()
 
-    def beat() -> bool:
+class _Task(threading.Thread):
+    """One ClientApp task, run as Flower's ``run_clientapp`` runs it, without leaving the process."""
+
+    def __init__(self, runtime_address: str, token: str, installed: set[str], app_lock: threading.Lock) -> None:
+        super().__init__(name="rmm-clientapp-task", daemon=True)
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        self.client = RuntimeHttpClient.from_server_address(
+            server_address=runtime_address, insecure=True, root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                          RuntimeTokenHttpInterceptor(token)],
+            retry_invoker=make_simple_http_retry_invoker())
+        self.installed, self.app_lock = installed, app_lock
+        self.lock = threading.Lock()
+        self.phase = "input"  # input -> app -> done; only an "input" task can be abandoned
+        self.abandoned = False
+        self.cancelled = threading.Event()
+        self.heartbeat = None
+        self.summary = "task: not run"
+
+    def abandon(self) -> bool:
+        """Give up a task still waiting for its message: stop its heartbeat and report it failed."""
+        from flwr.common.constant import SubStatus
+        from flwr.supernode.runtime.run_clientapp import push_task_output
+
+        with self.lock:
+            if self.phase != "input" or self.abandoned:
+                return False
+            self.abandoned = True
+            heartbeat = self.heartbeat
+        _stop_heartbeat(heartbeat)
+        push_task_output(client=self.client, context=None, sub_status=SubStatus.FAILED,
+                         details="abandoned: its message never arrived (the SuperNode moved on)")
+        return True
+
+    def _beat(self) -> bool:
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+
         try:
-            res = client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+            res = self.client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
         except Exception:  # noqa: BLE001 - transient; the sender retries with backoff
             return False
         if not res.success:
-            cancelled.set()  # the run was stopped; the reply will be refused, nothing else to do
+            self.cancelled.set()  # the run was stopped; the reply would be refused
         return True
 
-    heartbeat = HeartbeatSender(beat)
-    message = context = reply = None
-    status, details, kind, app_s = SubStatus.FAILED, "ClientApp task failed due to unknown reason", "?", 0.0
-    try:
-        heartbeat.start()
-        message, context, run, fab = pull_task_input(client)
-        kind = message.metadata.message_type
-        if fab.hash_str not in installed:
-            install_from_fab(fab.content, skip_prompt=True)
-            installed.add(fab.hash_str)
-        client_app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
-            run.fab_id, run.fab_version, fab.hash_str)
-        t_app = time.perf_counter()
-        reply = client_app(message=message, context=context)
-        app_s = time.perf_counter() - t_app
-        status, details = SubStatus.COMPLETED, ""
-    except Exception as ex:  # noqa: BLE001 - answered with Flower's error reply, as flwr-clientapp does
-        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) \
-            else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
-        reason = str(type(ex)) + ":<'" + str(ex) + "'>"
-        status, details = SubStatus.FAILED, reason
-        print(f"[rmm-worker] ClientApp raised an exception: {reason}", file=sys.stderr, flush=True)
-        if message is not None:
-            reply = Message(Error(code=code, reason=reason), reply_to=message)
-    finally:
+    def run(self) -> None:
+        from flwr.app import Message
+        from flwr.app.error import Error
+        from flwr.cli.install import install_from_fab
+        from flwr.clientapp.client_app import LoadClientAppError
+        from flwr.clientapp.utils import get_load_client_app_fn
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender
+        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+        t0 = time.perf_counter()
+        message = context = reply = None
+        status, details, kind, app_s = SubStatus.FAILED, "ClientApp task failed due to unknown reason", "?", 0.0
         try:
-            if reply is not None and context is not None and not cancelled.is_set():
-                push_message(client, reply, context)
-        except Exception as ex:  # noqa: BLE001
-            print(f"[rmm-worker] failed to push the reply: {ex}", file=sys.stderr, flush=True)
+            with self.lock:
+                if self.abandoned:
+                    return
+                self.heartbeat = HeartbeatSender(self._beat)
+                self.heartbeat.start()
+            message, context, run, fab = pull_task_input(self.client)
+            kind = message.metadata.message_type
+            with self.lock:
+                if self.abandoned:
+                    return
+                self.phase = "app"
+            with self.app_lock:
+                if fab.hash_str not in self.installed:
+                    install_from_fab(fab.content, skip_prompt=True)
+                    self.installed.add(fab.hash_str)
+                client_app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
+                    run.fab_id, run.fab_version, fab.hash_str)
+                t_app = time.perf_counter()
+                reply = client_app(message=message, context=context)
+                app_s = time.perf_counter() - t_app
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as ex:  # noqa: BLE001 - answered with Flower's error reply, as flwr-clientapp does
+            if self.abandoned:
+                return
+            code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) \
+                else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            reason = str(type(ex)) + ":<'" + str(ex) + "'>"
+            status, details = SubStatus.FAILED, reason
+            print(f"[rmm-worker] ClientApp raised an exception: {reason}", file=sys.stderr, flush=True)
+            if message is not None:
+                reply = Message(Error(code=code, reason=reason), reply_to=message)
         finally:
-            push_task_output(client=client, context=context, sub_status=status, details=details)
-            if heartbeat.is_running:
-                heartbeat.stop()
-            client.close()
-    return f"{kind}: {status} in {time.perf_counter() - t0:.2f} s (ClientApp {app_s:.2f} s)"
+            if not self.abandoned:
+                try:
+                    if reply is not None and context is not None and not self.cancelled.is_set():
+                        push_message(self.client, reply, context)
+                except Exception as ex:  # noqa: BLE001
+                    print(f"[rmm-worker] failed to push the reply: {ex}", file=sys.stderr, flush=True)
+                finally:
+                    push_task_output(client=self.client, context=context, sub_status=status, details=details)
+            _stop_heartbeat(self.heartbeat)
+            self.client.close()
+            self.phase = "done"
+            self.summary = f"{kind}: {status} in {time.perf_counter() - t0:.2f} s (ClientApp {app_s:.2f} s)"
 
 
 def flower_value(value: bool | int | float | str) -> str:

@@ -27,6 +27,7 @@ from ..core.histogram import HistogramGrid
 from ..core.site_data import discover_sites
 from ..core.site_session import SiteSession
 from ..core.two_tier import RiskScale
+from .cli import packing_mod
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
 from .records import from_record, to_record
@@ -60,7 +61,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
             name = Path(site_dir(context, site_dirs)).name
             return ledger_mod(Path(ledger_dir) / f"{name}.jsonl")(msg, context, call_next)
     # The ledger records what the guard let out; extra mods (simulated faults) act before both.
-    app = ClientApp(mods=[ledger, egress_guard, *(extra_mods or [])])
+    app = ClientApp(mods=[packing_mod, ledger, egress_guard, *(extra_mods or [])])
 
     def session(context: Context) -> SiteSession:
         path = site_dir(context, site_dirs)

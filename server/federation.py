@@ -113,6 +113,11 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     if not hs.accepted:
         raise FederationError("no site passed the schema handshake; see the refusals above")
     accepted = [s.node_id for s in hs.accepted]
+    need = min(cfg.min_sites, n_sites) if cfg.min_sites else n_sites // 2 + 1
+    if len(accepted) < need:
+        raise FederationError(f"only {len(accepted)} of {n_sites} site(s) passed the handshake; this run needs "
+                              f"{need} (min-sites). Fix: check that the sites run rmm-client, then submit again "
+                              "(with --resume to continue an interrupted run)")
     site_of = {s.node_id: s.site for s in hs.accepted}
     say(f"handshake: {len(accepted)} site(s) accepted ({', '.join(site_of.values())}); "
         f"modalities {', '.join(f'{m}:{d}' for m, d in hs.dims.items())}")

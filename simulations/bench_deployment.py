@@ -8,18 +8,23 @@ same short run with ``rmm-server run`` and times it from the streamed logs:
 
 - ``flower-defaults``: what rmm did before, Flower 1.41's defaults: plain ``flower-supernode``
   (a new ``flwr-clientapp`` process per message, 3 s idle poll), SuperExec poll 1 s, the
-  ServerApp's Grid polling for replies every 3 s;
+  ServerApp's Grid polling for replies every 3 s, 1 s first wait for objects still uploading;
 - ``tuned-polls``: ``rmm-client --isolation subprocess``: still a process per message, but the
-  SuperNode polls every 0.5 s when idle, SuperExec every 0.2 s, the Grid every 0.2 s;
-- ``warm``: ``rmm-client`` as shipped (``--isolation process``): the tuned polls plus one
-  long-lived ClientApp worker per site, so PyTorch, the site's data and the model stay loaded.
+  SuperNode polls every 0.5 s when idle, SuperExec every 0.2 s, the Grid every 0.2 s, and
+  object waits start at 0.05 s;
+- ``warm``: ``rmm-client`` (``--isolation process``): the tuned polls plus one long-lived
+  ClientApp worker per site, so PyTorch, the site's data and the model stay loaded;
+- ``warm-packed``: ``warm`` plus weights packed into one array per message (one object instead of
+  one per tensor: :func:`~rmmfed.client.cli.pack_record`).
 
 Per Tier 1 round it reports the ServerApp's own figure (``tier1 round k/N: ... <s>s``, configure
 -> aggregate of the train step), the whole round (train + validation: time between consecutive
 round lines) and the slowest site's time for its train message (warm: the ClientApp call in the
 worker; per-message processes: the SuperNode's ``Receiving`` -> ``Sending``, process start included).
-The ServerApp shipped here is rmm's own, with :func:`~rmmfed.client.cli.tune_grid_polling` applied
-(``RMM_GRID_POLL_S`` sets its interval per mode).
+The app shipped here is rmm's own ServerApp and ClientApp, wrapped: the ServerApp's Grid goes
+through :func:`~rmmfed.client.cli.tune_grid_polling` (``RMM_FLOWER_TUNING=0`` turns all of it off,
+``RMM_PACK=0`` only the packing), the ClientApp through :func:`~rmmfed.client.cli.packing_mod`
+(a no-op unless the server packed).
 """
 
 from __future__ import annotations
@@ -38,19 +43,21 @@ import threading
 import time
 from pathlib import Path
 
+from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from rmmfed.client.cli import ProcessTree, end_group, free_port, require_executable, tune_grid_polling
+from rmmfed.client.cli import ProcessTree, end_group, free_port, packing_mod, require_executable, tune_grid_polling
 
 MODES = {
-    "flower-defaults": {"client": "flower", "grid_poll": 3.0, "superexec_poll": 1.0},
-    "tuned-polls": {"client": "subprocess", "grid_poll": 0.2, "superexec_poll": 0.2},
-    "warm": {"client": "process", "grid_poll": 0.2, "superexec_poll": 0.2},
+    "flower-defaults": {"client": "flower", "tuning": False, "pack": False, "superexec_poll": 1.0},
+    "tuned-polls": {"client": "subprocess", "tuning": True, "pack": False, "superexec_poll": 0.2},
+    "warm": {"client": "process", "tuning": True, "pack": False, "superexec_poll": 0.2},
+    "warm-packed": {"client": "process", "tuning": True, "pack": True, "superexec_poll": 0.2},
 }
 _ROUND = re.compile(r"tier1 round (\d+)/(\d+):.* ([0-9.]+)s")
 _WORKER = re.compile(r"\[rmm-worker[^\]]*\] (\S+): \S+ in ([0-9.]+) s \(ClientApp ([0-9.]+) s\)")
 
-# The ServerApp this benchmark ships: rmm's, with the reply polling of its Grid tuned.
+# The apps this benchmark ships: rmm's, with the Grid tuned and the packing mod in front.
 server_app = ServerApp()
 
 
@@ -59,6 +66,18 @@ def _main(grid, context) -> None:
     from rmmfed.server.server_app import app
 
     app._main(tune_grid_polling(grid), context)  # noqa: SLF001 - rmm's own ServerApp main
+
+
+class _PackingClientApp(ClientApp):
+    """rmm's ClientApp behind :func:`packing_mod`."""
+
+    def __call__(self, message, context):
+        from rmmfed.client.client_app import app
+
+        return packing_mod(message, context, app)
+
+
+client_app = _PackingClientApp()
 
 
 class Procs:
@@ -115,12 +134,14 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 90.0) -> None
 
 
 def _app_folder(base: Path) -> Path:
-    """A copy of rmm's pyproject whose ServerApp is this module's (the rest resolves to installed rmm)."""
+    """A copy of rmm's pyproject whose apps are this module's wrappers (they resolve to installed rmm)."""
     from rmmfed.server.cli import app_dir
 
     text = (app_dir() / "pyproject.toml").read_text(encoding="utf-8")
     text = text.replace('serverapp = "rmmfed.server.server_app:app"',
                         'serverapp = "rmmfed.simulations.bench_deployment:server_app"')
+    text = text.replace('clientapp = "rmmfed.client.client_app:app"',
+                        'clientapp = "rmmfed.simulations.bench_deployment:client_app"')
     folder = base / "app"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pyproject.toml").write_text(text, encoding="utf-8")
@@ -150,7 +171,7 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
     logs.mkdir(exist_ok=True)
     env = {**os.environ, "FLWR_HOME": str(base / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(spec["superexec_poll"]),
-           "RMM_GRID_POLL_S": str(spec["grid_poll"])}
+           "RMM_FLOWER_TUNING": "1" if spec["tuning"] else "0", "RMM_PACK": "1" if spec["pack"] else "0"}
     server, client = require_executable("rmm-server"), require_executable("rmm-client")
     port = free_port()
     t0 = time.monotonic()
@@ -226,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tier2-rounds", type=int, default=0)
     p.add_argument("--mc-samples", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", default="flower-defaults,tuned-polls,warm", help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} (default: all)")
     p.add_argument("--out", type=Path, help="folder for logs and bench.json (default: a temporary folder)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take (default 900)")
     args = p.parse_args(argv)
