@@ -2,7 +2,8 @@
 
     python -m rmmfed.simulations.evidence.ablation --seeds 0 1 2 3 4 --out runs/evidence
 
-For each seed one FUSCC-style cohort is generated into OUT/cohorts/seed-S and reused by every row;
+For each seed one FUSCC-style cohort is generated into OUT/cohorts/seed-S and reused by every row
+(``--data DIR`` uses that cohort for every seed instead);
 each row runs through ``run_study`` (Flower simulation engine, pooled reference off) into
 OUT/ablation/seed-S/<row>/ (an existing metrics.json is reused). Reported per row, mean +- sd over
 seeds: the Tier 1 C-index on the pooled test split (metrics.json ``federated.c_index``), its change
@@ -13,7 +14,6 @@ non-abstained test patients with Tier 1 alone on the same patients (``two_tier.c
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 from .common import cohort_for_seed, mean_sd, progress, run_cached, set_threads, write_results
@@ -27,6 +27,13 @@ ROWS: list[tuple[str, str, float, dict]] = [  # key, label, seed 000 Table 1 C-i
     ("no-diversity", "w/o diversity loss", 0.796, {"tier2.diversity": False}),
     ("single-branch", "single-branch (no multi-branch attention)", 0.798, {"tier2.single-branch": True}),
 ]
+# Not in Table 1 (``--extra-rows``): with f_phi on, the head reads g_k(x_hat_k) for an absent modality and the
+# pseudo-embedding only enters f_phi's input; these rows let the head see the eq. 2 slot directly.
+EXTRA_ROWS: list[tuple[str, str, float, dict]] = [
+    ("no-estimator", "(extra) w/o estimator f_phi in the head", float("nan"), {"model.estimator": False}),
+    ("no-estimator-no-pseudo", "(extra) w/o estimator, zero-fill", float("nan"),
+     {"model.estimator": False, "model.pseudo-embeddings": False}),
+]
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -39,18 +46,18 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def summarise(raw: list[dict], rows=ROWS) -> list[dict]:
+def summarise(raw: list[dict], rows=None) -> list[dict]:
     """Per configuration: mean +- sd over seeds, and paired differences against the full model."""
     full = {r["seed"]: r for r in raw if r["row"] == "full"}
     table = []
-    for key, label, paper, _ in rows:
+    for key, label, paper, _ in rows or ROWS + EXTRA_ROWS:
         got = [r for r in raw if r["row"] == key]
         if not got:
             continue
         d1 = [r["tier1"] - full[r["seed"]]["tier1"] for r in got if r["seed"] in full]
         d2 = [r["two_tier"] - full[r["seed"]]["two_tier"] for r in got if r["seed"] in full]
         table.append({
-            "configuration": label, "seed 000 Table 1": f"{paper:.3f}",
+            "configuration": label, "seed 000 Table 1": f"{paper:.3f}" if paper == paper else "-",
             "Tier 1 C-index": mean_sd(r["tier1"] for r in got),
             "delta vs full (Tier 1)": "-" if key == "full" else mean_sd(d1),
             "Tier 1, covered": mean_sd(r["tier1_covered"] for r in got),
@@ -65,19 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--out", type=Path, default=Path("runs/evidence"))
-    p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], help="subset of rows (default: all)")
+    p.add_argument("--data", type=Path, help="a cohort folder used for every seed (default: generated per seed)")
+    p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS + EXTRA_ROWS],
+                   help="subset of rows (default: all Table 1 rows)")
+    p.add_argument("--extra-rows", action="store_true", help="add the rows that switch the estimator off")
     p.add_argument("--patients", type=int, default=1679)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="run-config override applied to every row (e.g. rounds=20)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     set_threads(args.threads)
-    rows = [r for r in ROWS if args.rows is None or r[0] in args.rows]
+    every = ROWS + EXTRA_ROWS
+    rows = [r for r in every if (r[0] in args.rows if args.rows else r in ROWS or args.extra_rows)]
     extra = _parse_sets(args.set)
     raw = []
     jobs = [(s, r) for s in args.seeds for r in rows]
     for seed, (key, label, paper, over) in progress(jobs, desc="ablation runs", unit="run"):
-        cohort = cohort_for_seed(args.out, seed, args.patients)
+        cohort = args.data or cohort_for_seed(args.out, seed, args.patients)
         m = run_cached(cohort, args.out / "ablation" / f"seed-{seed}" / key, {"seed": seed, **extra, **over})
         c = m["two_tier"]["c_index"]
         raw.append({"seed": seed, "row": key, "configuration": label, "paper": paper,
@@ -85,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                     "tier1_covered": c["tier1_covered"], "two_tier": c["two_tier_covered"],
                     "wall_s": m["timing_s"]["total"]})
     table = summarise(raw, rows)
-    notes = (f"Seeds {' '.join(map(str, args.seeds))}; default FUSCC-style synthetic cohort ({args.patients} patients, "
-             "4 sites) generated per seed and shared by all rows; run-config overrides for every row: "
+    src = (f"cohort {args.data} (fixed splits; seeds vary the models)" if args.data else
+           f"default FUSCC-style synthetic cohort ({args.patients} patients, 4 sites) generated per seed and shared by all rows")
+    notes = (f"Seeds {' '.join(map(str, args.seeds))}; {src}; run-config overrides for every row: "
              f"{extra or 'none'}. Tier 1 C-index = `federated.c_index` (pooled test split); 'covered' columns = "
              "`two_tier.c_index.tier1_covered` / `two_tier_covered` (pair-weighted per-site combination on "
              "non-abstained test patients). Deltas are mean +- sd of per-seed paired differences. The seed's "

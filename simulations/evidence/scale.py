@@ -150,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
              f"round(s); one fresh process per site count on this machine ({os.cpu_count()} cores, shared). Upload per "
              f"round is COMPUTED, not captured: parameters x 4 bytes x sites (Tier 1: {r0['tier1_params']:,} "
              f"parameters, Tier 2: {r0['tier2_params']:,}); serialisation overhead and the server's broadcast (same "
-             "size) are not included. ru_maxrss is the largest single process (self, or the largest reaped child); "
-             "the process-tree figure is the peak of summed RSS sampled every 0.5 s. The C-index after 3 rounds is "
+             "size) are not included. ru_maxrss is the largest single process (self, or the largest reaped child; on "
+             "Linux a child inherits its parent's ru_maxrss across fork/execve, so the children figure cannot be "
+             "smaller than the driver's at fork time); the process-tree figure, the peak of summed RSS of this "
+             "process and every descendant (Ray workers included) sampled every 0.5 s, is the one to read. The C-index after "
+             f"{args.rounds} rounds is "
              "shown only to show the runs worked; it is not tuned.")
     print(write_results(args.out, "scale", table, "Scaling with the number of sites", notes, raw=rows))
     return 0
