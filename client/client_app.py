@@ -27,7 +27,7 @@ from ..core.histogram import HistogramGrid
 from ..core.site_data import discover_sites
 from ..core.site_session import SiteSession
 from ..core.two_tier import RiskScale
-from .cli import packing_mod
+from .packing import packing_mod
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
 from .records import from_record, to_record
