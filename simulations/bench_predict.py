@@ -30,16 +30,8 @@ from ..core.bundle import load_model
 from ..core.site_session import site_seed
 from ..core.tensors import build_tensors
 from ..core.two_tier import predict_two_tier
+from .bench_tiers import best_of as _best
 from .faithfulness import site_folders
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> int:

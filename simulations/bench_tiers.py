@@ -30,7 +30,8 @@ from ..core.tier2_train import predict_tier2
 from ..core.uncertainty import risk_and_uncertainty
 
 
-def _best(fn, repeats: int) -> float:
+def best_of(fn, repeats: int) -> float:
+    """The best wall time of ``repeats`` calls of ``fn`` (one process, same machine)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     data = SiteTensors.concat([build_tensors(load_site(s, expected=dims), stats, max_instances=cfg.model.max_instances, seed=0)
                                for s in discover_sites(cohort)])
     n = len(data)
-    t1 = _best(lambda: risk_and_uncertainty(tier1, data, seed=0), args.repeats)
+    t1 = best_of(lambda: risk_and_uncertainty(tier1, data, seed=0), args.repeats)
     _, sigma2 = risk_and_uncertainty(tier1, data, seed=0)
     referred = np.flatnonzero(sigma2 > float(bundle["theta"]))
     gaps = np.flatnonzero(~data.present.all(dim=1).numpy() & data.present.any(dim=1).numpy())
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         tier2 = build_tier2(dims, cfg.tier2, 0)
         tier2.load_state_dict(bundle["tier2"])
         sub = data.subset(gaps)  # Tier 2 cost per patient with something to recover
-        t2 = _best(lambda: predict_tier2(tier2, tier1, sub, cfg.tier2, seed=0, mc_samples=cfg.model.mc_samples),
+        t2 = best_of(lambda: predict_tier2(tier2, tier1, sub, cfg.tier2, seed=0, mc_samples=cfg.model.mc_samples),
                    args.repeats)
         ms2 = 1000 * t2 / max(len(gaps), 1)
         ms1 = out["tier1_ms_per_patient"]
