@@ -22,18 +22,18 @@ from .common import (LoadedRun, SplitRisks, cohort_for_seed, load_cohort, mean_s
                      run_split_risks, set_threads, write_results)
 from .features import Featurizer, pool_sites
 from .local_only import train_local
-from .methods import CompleteCaseCox, EarlyFusion, LateFusion, PooledCox
+from .methods import CompleteCaseCox, EarlyFusion, LateFusion, PooledCox, PooledCoxTrainVal
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 
 
 def centralised(cohort: Path, seed: int) -> tuple[dict[str, dict[str, SplitRisks]], str]:
-    """Train the four pooled baselines; risks on train and test for each, and the feature description."""
+    """Train the pooled baselines; risks on train and test for each, and the feature description."""
     _, sites, _ = load_cohort(cohort)
     data = pool_sites(sites)
     tr, va = data.rows("train"), data.rows("val")
     out = {}
-    for method in (PooledCox(), EarlyFusion(seed=seed), LateFusion(), CompleteCaseCox()):
+    for method in (PooledCox(), PooledCoxTrainVal(), EarlyFusion(seed=seed), LateFusion(), CompleteCaseCox()):
         method.fit(data, tr, va)
         out[method.name] = {s: SplitRisks(data.time[r], data.event[r], method.risk(data, r), data.site[r])
                             for s, r in (("train", tr), ("test", data.rows("test")))}
