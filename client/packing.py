@@ -1,7 +1,7 @@
 """Packed weights: all arrays of a message as one array (fewer requests per round in deployment).
 
 A ClientApp mod and helpers; the bytes of every array are unchanged and the header is checked on
-arrival. Used by every ClientApp (client_app.py) and by the deployment ServerApp grid (cli.tune_grid_polling).
+arrival. Used by every ClientApp (client_app.py) and by the deployment ServerApp grid (flower_tuning.tune_grid_polling).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..client.cli import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, flower_env, require_executable, run_supervised,
-                          ssh_fingerprint, warn)
+from ..client.keys import ssh_fingerprint
+from ..client.processes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, flower_env, require_executable, run_supervised, warn
 from ..core.errors import RmmError
 from .consortium import load_consortium
 from .pki import Pki, PkiError, fingerprint, init_ca, server_sans

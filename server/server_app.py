@@ -13,7 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..client.cli import tune_grid_polling
+from ..client.flower_tuning import tune_grid_polling
 from ..core.config import RunConfig
 from .federation import FederationResult, run_federation
 from .outputs import write_outputs

@@ -15,15 +15,15 @@ same short run with ``rmm-server run`` and times it from the streamed logs:
 - ``warm``: ``rmm-client`` (``--isolation process``): the tuned polls plus one long-lived
   ClientApp worker per site, so PyTorch, the site's data and the model stay loaded;
 - ``warm-packed``: ``warm`` plus weights packed into one array per message (one object instead of
-  one per tensor: :func:`~rmmfed.client.cli.pack_record`).
+  one per tensor: :func:`~rmmfed.client.packing.pack_record`).
 
 Per Tier 1 round it reports the ServerApp's own figure (``tier1 round k/N: ... <s>s``, configure
 -> aggregate of the train step), the whole round (train + validation: time between consecutive
 round lines) and the slowest site's time for its train message (warm: the ClientApp call in the
 worker; per-message processes: the SuperNode's ``Receiving`` -> ``Sending``, process start included).
 The app shipped here is rmm's own ServerApp and ClientApp, wrapped: the ServerApp's Grid goes
-through :func:`~rmmfed.client.cli.tune_grid_polling` (``RMM_FLOWER_TUNING=0`` turns all of it off,
-``RMM_PACK=0`` only the packing), the ClientApp through :func:`~rmmfed.client.cli.packing_mod`
+through :func:`~rmmfed.client.flower_tuning.tune_grid_polling` (``RMM_FLOWER_TUNING=0`` turns all of it off,
+``RMM_PACK=0`` only the packing), the ClientApp through :func:`~rmmfed.client.packing.packing_mod`
 (a no-op unless the server packed).
 """
 
@@ -46,7 +46,9 @@ from pathlib import Path
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from rmmfed.client.cli import ProcessTree, end_group, free_port, packing_mod, require_executable, tune_grid_polling
+from rmmfed.client.flower_tuning import tune_grid_polling
+from rmmfed.client.packing import packing_mod
+from rmmfed.client.processes import ProcessTree, end_group, free_port, require_executable
 
 MODES = {
     "flower-defaults": {"client": "flower", "tuning": False, "pack": False, "superexec_poll": 1.0},

@@ -17,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from rmmfed.client import cli as client_cli
+from rmmfed.client import flower_args, keys, processes
+from rmmfed.client.errors import ClientCliError
 from rmmfed.server import cli as server_cli
 from rmmfed.server.consortium import Consortium, ConsortiumError, load_consortium
 from rmmfed.server.pki import PkiError, init_ca, parse_san
@@ -39,6 +41,7 @@ def recorded(monkeypatch):
     def fake(cmd, env, **kwargs):
         calls.append((list(cmd), dict(env)))
         return 0
+    # patched on the cli module: rmm-client's main and supernode_command look these names up there
     monkeypatch.setattr(client_cli, "run_supervised", fake)
     monkeypatch.setattr(client_cli, "require_executable", lambda name: f"/opt/flower/{name}")
     return calls
@@ -148,11 +151,11 @@ def test_public_key_passed_as_private_key_is_refused(site_factory, tmp_path, rec
 # ---- keys ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("with_ssh_keygen", [True, False])
 def test_keygen_writes_ecdsa_p384_pair(tmp_path, capsys, monkeypatch, with_ssh_keygen):
-    if with_ssh_keygen and not client_cli.shutil.which("ssh-keygen"):
+    if with_ssh_keygen and not keys.shutil.which("ssh-keygen"):
         pytest.skip("ssh-keygen is not installed here (the cryptography fallback is tested)")
     if not with_ssh_keygen:
-        real = client_cli.shutil.which
-        monkeypatch.setattr(client_cli.shutil, "which", lambda n: None if n == "ssh-keygen" else real(n))
+        real = keys.shutil.which
+        monkeypatch.setattr(keys.shutil, "which", lambda n: None if n == "ssh-keygen" else real(n))
     assert client_cli.main(["keygen", "--site", "A", "--dir", str(tmp_path / "keys")]) == 0
     out = capsys.readouterr().out
     private, public = tmp_path / "keys" / "site-A", tmp_path / "keys" / "site-A.pub"
@@ -260,9 +263,9 @@ def test_flower_value_quoting():
     from flwr.common.config import parse_config_args
 
     for value in ["plain", "with space", "it's", "/a/b c/d", "", 3, 0.5, 1e-8, True]:
-        assert parse_config_args([f"k={client_cli.flower_value(value)}"]) == {"k": value}
-    with pytest.raises(client_cli.ClientCliError):
-        client_cli.flower_value("both ' and \"")
+        assert parse_config_args([f"k={flower_args.flower_value(value)}"]) == {"k": value}
+    with pytest.raises(ClientCliError):
+        flower_args.flower_value("both ' and \"")
 
 
 # ---- rmm-server run: connection entry, app folder, failure detection ------------------------------
@@ -347,19 +350,19 @@ def test_end_group_kills_children_that_ignore_sigterm(tmp_path):
     script = "trap '' TERM; (trap '' TERM; sleep 60) & sleep 60"
     proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
     time.sleep(0.3)
-    assert len(client_cli._group_members(proc.pid)) >= 2 or sys.platform != "linux"
+    assert len(processes._group_members(proc.pid)) >= 2 or sys.platform != "linux"
     t0 = time.monotonic()
-    client_cli.end_group(proc, grace=0.5)
+    processes.end_group(proc, grace=0.5)
     assert time.monotonic() - t0 < 10
-    assert client_cli._group_members(proc.pid) == []
+    assert processes._group_members(proc.pid) == []
 
 
 def test_run_supervised_ends_children_in_other_sessions():
     """Like the SuperLink's superexec (own session): still ended when the child exits."""
     lines: list[str] = []
-    env = client_cli.flower_env()
-    code = client_cli.run_supervised(["sh", "-c", "setsid sleep 60 & echo $!; sleep 1.6"], env, on_line=lines.append,
-                                     grace=1.0)
+    env = processes.flower_env()
+    code = processes.run_supervised(["sh", "-c", "setsid sleep 60 & echo $!; sleep 1.6"], env, on_line=lines.append,
+                                    grace=1.0)
     assert code == 0 and env["FLWR_TELEMETRY_ENABLED"] == "0"
     orphan = int(lines[0])
     state = Path(f"/proc/{orphan}/stat")

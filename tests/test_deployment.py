@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from rmmfed.client.cli import ProcessTree, free_port
+from rmmfed.client.processes import ProcessTree, free_port
 from rmmfed.core.config import RunConfig
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 

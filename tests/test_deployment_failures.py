@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from rmmfed.client.cli import free_port
+from rmmfed.client.processes import free_port
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 from test_deployment import FLOWER, RMM, Processes, _exe, _run, _wait_port
 
@@ -326,7 +326,7 @@ def test_packed_records_round_trip_and_refuse_bad_headers():
     import numpy as np
     from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-    from rmmfed.client.cli import PACKED_KEY, PACKED_STYPE, pack_content, pack_record, packing_mod, unpack_record
+    from rmmfed.client.packing import PACKED_KEY, PACKED_STYPE, pack_content, pack_record, packing_mod, unpack_record
 
     rec = ArrayRecord({"w": Array(np.arange(12, dtype=np.float32).reshape(3, 4)), "b": Array(np.ones(4)),
                        "n": Array(np.array([7], dtype=np.int64))})

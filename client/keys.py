@@ -1,0 +1,63 @@
+"""A site's key pair for SuperNode authentication (``rmm-client keygen``) and its fingerprint."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import ClientCliError
+from .flower_args import check_site_name
+
+
+def ssh_fingerprint(pub_path: str | Path) -> str:
+    """``SHA256:...`` of an OpenSSH public key line, as ``ssh-keygen -l`` prints it."""
+    parts = Path(pub_path).read_text(encoding="ascii", errors="replace").split()
+    if len(parts) < 2:
+        raise ClientCliError(f"{pub_path}: not an OpenSSH public key line. Fix: use the .pub file "
+                             "that 'rmm-client keygen' wrote")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise ClientCliError(f"{pub_path}: the key data is not valid base64. Fix: use the .pub file "
+                             "exactly as 'rmm-client keygen' wrote it") from None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def keygen(site: str, directory: str | Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Create ``<dir>/site-<site>`` (private, mode 600) and ``.pub`` (ECDSA P-384, OpenSSH format)."""
+    check_site_name(site)
+    folder = Path(directory)
+    private = folder / f"site-{site}"
+    public = private.with_name(private.name + ".pub")
+    if (private.exists() or public.exists()) and not force:
+        raise ClientCliError(f"{private} already exists. Fix: keep it (the coordinator registered its .pub), "
+                             "or pass --force to replace it and hand the new .pub to the coordinator again")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    for p in (private, public):
+        p.unlink(missing_ok=True)
+    tool = shutil.which("ssh-keygen")
+    if tool:
+        done = subprocess.run([tool, "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", f"rmm-site-{site}",
+                               "-f", str(private)], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ClientCliError(f"ssh-keygen failed ({done.stderr.strip() or done.returncode}). "
+                                 f"Fix: check that {folder} is writable")
+    else:  # same key type and file formats, through the cryptography package
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP384R1())
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
+        line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        public.write_bytes(line + f" rmm-site-{site}\n".encode())
+    os.chmod(private, 0o600)
+    os.chmod(public, 0o644)
+    return private, public
