@@ -125,6 +125,27 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
     return 0
 
 
+def task_retry_invoker(invoker):
+    """Flower's HTTP retry invoker, except that a refused task token ends the task, not the process.
+
+    Flower's ``flwr-clientapp`` runs one task per process, so on HTTP 401 its invoker sends SIGINT to
+    its own process. In the long-lived worker that would kill every later task too (seen after a
+    SuperLink restart: a superseded task's token is revoked, its next request gets 401, the worker
+    died and its site missed the next message). Here the 401 is raised in the task's thread instead.
+    """
+    import httpx
+
+    flower_giveup = invoker.should_giveup
+
+    def giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return flower_giveup(exc) if flower_giveup is not None else False
+
+    invoker.should_giveup = giveup
+    return invoker
+
+
 def _stop_heartbeat(heartbeat) -> None:
     try:
         if heartbeat is not None and heartbeat.is_running:
@@ -146,7 +167,7 @@ class _Task(threading.Thread):
             server_address=runtime_address, insecure=True, root_certificates=None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                           RuntimeTokenHttpInterceptor(token)],
-            retry_invoker=make_simple_http_retry_invoker())
+            retry_invoker=task_retry_invoker(make_simple_http_retry_invoker()))
         self.installed, self.app_lock = installed, app_lock
         self.lock = threading.Lock()
         self.phase = "input"  # input -> app -> done; only an "input" task can be abandoned
@@ -166,8 +187,11 @@ class _Task(threading.Thread):
             self.abandoned = True
             heartbeat = self.heartbeat
         _stop_heartbeat(heartbeat)
-        push_task_output(client=self.client, context=None, sub_status=SubStatus.FAILED,
-                         details="abandoned: its message never arrived (the SuperNode moved on)")
+        try:
+            push_task_output(client=self.client, context=None, sub_status=SubStatus.FAILED,
+                             details="abandoned: its message never arrived (the SuperNode moved on)")
+        except Exception as ex:  # noqa: BLE001 - its token may be revoked already; the task is gone either way
+            print(f"[rmm-worker] could not report the abandoned task: {type(ex).__name__}", file=sys.stderr, flush=True)
         return True
 
     def _beat(self) -> bool:
@@ -234,7 +258,11 @@ class _Task(threading.Thread):
                 except Exception as ex:  # noqa: BLE001
                     print(f"[rmm-worker] failed to push the reply: {ex}", file=sys.stderr, flush=True)
                 finally:
-                    push_task_output(client=self.client, context=context, sub_status=status, details=details)
+                    try:
+                        push_task_output(client=self.client, context=context, sub_status=status, details=details)
+                    except Exception as ex:  # noqa: BLE001 - e.g. the token was revoked: end this task only
+                        print(f"[rmm-worker] could not report the task's end: {type(ex).__name__}: {ex}",
+                              file=sys.stderr, flush=True)
             _stop_heartbeat(self.heartbeat)
             self.client.close()
             self.phase = "done"

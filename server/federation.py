@@ -57,22 +57,40 @@ class FederationResult:
     tier2_history: list[dict] = field(default_factory=list)
     baseline_hazard: tuple[np.ndarray, np.ndarray] | None = None  # (time grid, cumulative hazard) of Tier 1
     timing_s: dict[str, float] = field(default_factory=dict)
+    participation: dict[str, list[str]] = field(default_factory=dict)  # phase -> sites that answered
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(m["pairs-concordant"], m["pairs-tied-risk"], m["pairs-comparable"])
                                 for m in self.per_site.values())
 
 
-def _ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, **records) -> dict[int, Message]:
-    """Send the same records to each node; return the successful replies by node (errors logged)."""
-    msgs = [Message(RecordDict(dict(records)), dst_node_id=n, message_type=message_type) for n in nodes]
-    out = {}
-    for rep in grid.send_and_receive(msgs, timeout=timeout):
-        nid = rep.metadata.src_node_id
-        if rep.has_error():
-            log(ERROR, "%s: node %s replied with an error: %s", message_type, nid, rep.error.reason)
-        else:
-            out[nid] = rep
+def _ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, retries: int = 1,
+         **records) -> dict[int, Message]:
+    """Send the same records to each node; return the successful replies by node (errors logged).
+
+    Every message sent this way is a query a site can answer twice with the same result (schema,
+    statistics, setup, histograms, hazard sums, evaluation), so a node that answered with an error
+    (e.g. a ClientApp task lost while its SuperNode reconnected) is asked again, up to ``retries``
+    times, within the same ``timeout``. A node that does not answer at all uses up the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    out: dict[int, Message] = {}
+    pending = list(nodes)
+    for attempt in range(retries + 1):
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        if attempt:
+            log(WARNING, "%s: asking node(s) %s again (attempt %d of %d)", message_type,
+                ", ".join(map(str, pending)), attempt + 1, retries + 1)
+        msgs = [Message(RecordDict(dict(records)), dst_node_id=n, message_type=message_type) for n in pending]
+        for rep in grid.send_and_receive(msgs, timeout=left):
+            nid = rep.metadata.src_node_id
+            if rep.has_error():
+                log(ERROR, "%s: node %s replied with an error: %s", message_type, nid, rep.error.reason)
+            else:
+                out[nid] = rep
+        pending = [n for n in pending if n not in out]
     return out
 
 
@@ -119,6 +137,13 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                               f"{need} (min-sites). Fix: check that the sites run rmm-client, then submit again "
                               "(with --resume to continue an interrupted run)")
     site_of = {s.node_id: s.site for s in hs.accepted}
+    participation = {"handshake": sorted(site_of.values())}
+
+    def answered(phase: str, nodes) -> None:
+        participation[phase] = sorted(site_of[n] for n in nodes)
+        missing = sorted(set(site_of[n] for n in accepted) - set(participation[phase]))
+        if missing:
+            log(WARNING, "%s: no answer from %s", phase, ", ".join(missing))
     say(f"handshake: {len(accepted)} site(s) accepted ({', '.join(site_of.values())}); "
         f"modalities {', '.join(f'{m}:{d}' for m, d in hs.dims.items())}")
     timing["handshake"] = time.perf_counter() - t
@@ -127,6 +152,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     t = time.perf_counter()
     conf = ConfigRecord({"schema": P.encode_schema(hs.dims), "min-stat-count": cfg.min_stat_count})
     replies = _ask(grid, accepted, P.STATS, cfg.round_timeout_s, config=conf)
+    answered("statistics", replies)
     accepted = [n for n in accepted if n in replies]
     if not accepted:
         raise FederationError("no site returned feature statistics")
@@ -136,6 +162,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     # 3. setup: every site gets the run config and the statistics once
     replies = _ask(grid, accepted, P.SETUP, cfg.round_timeout_s, config=ConfigRecord({**cfg.to_flat(), "schema": P.encode_schema(hs.dims)}),
                    **{P.STATS_RECORD: to_record(stats.to_arrays())})
+    answered("setup", replies)
     accepted = [n for n in accepted if n in replies]
     timing["statistics"] = time.perf_counter() - t
     say(f"statistics: feature sums from {len(accepted)} site(s); L_anat on "
@@ -165,6 +192,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     grid_h = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
     replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(weights),
                    config=ConfigRecord(grid_h.to_config()))
+    answered("calibration", replies)
     counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
     if cfg.dp.histogram_epsilon > 0:  # sites sent unclipped noisy counts: make the summed CDF monotone
         counts = monotone_counts(counts)
@@ -178,7 +206,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
 
     # 5b. baseline hazard of the frozen Tier 1 (Breslow on a federated time grid), for survival curves
     t = time.perf_counter()
-    hazard = _baseline_hazard(grid, cfg, accepted)
+    hazard = _baseline_hazard(grid, cfg, accepted, answered)
     timing["baseline_hazard"] = time.perf_counter() - t
     if hazard is not None:
         say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
@@ -204,6 +232,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
         t = time.perf_counter()
         replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights),
                        config=ConfigRecord({**grid_h.to_config(), "tier": 2}))
+        answered("tier2_calibration", replies)
         counts2 = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
         counts2 = monotone_counts(counts2) if cfg.dp.histogram_epsilon > 0 else counts2
         sums = {k: sum(float(r.content[P.METRICS][k]) for r in replies.values())
@@ -222,6 +251,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
             **{f"scale-{k.replace('_', '-')}": v for k, v in vars(scale).items()}}
     replies = _ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
                    config=ConfigRecord(conf))
+    answered("evaluation", replies)
     per_site = dict(sorted((site_of[n], {k: float(v) for k, v in r.content[P.METRICS].items()})
                            for n, r in replies.items()))
     timing["evaluation"] = time.perf_counter() - t
@@ -229,7 +259,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
                             timing_s=timing, best_round=best_round,
                             tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history,
-                            baseline_hazard=hazard)
+                            baseline_hazard=hazard, participation=participation)
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:
@@ -285,7 +315,8 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
 FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
 
 
-def _baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+def _baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int],
+                     answered=lambda phase, replies: None) -> tuple[np.ndarray, np.ndarray] | None:
     """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes."""
     t_max = cfg.hazard_max_time
     if t_max <= 0:
@@ -298,6 +329,7 @@ def _baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int]) -> tuple[np.n
     points = time_grid(t_max, cfg.hazard_points)
     replies = _ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, config=ConfigRecord({"step": "sums"}),
                    **{P.HAZARD_RECORD: to_record({"grid": points})})
+    answered("baseline_hazard", replies)
     if not replies:
         return None
     parts = [from_record(r.content[P.HAZARD_RECORD]) for r in replies.values()]

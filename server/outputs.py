@@ -68,6 +68,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     doc["two_tier"] = two_tier_metrics(res)
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims}
+    doc["participation"] = res.participation  # phase -> sites that answered (a dead site shows here)
     doc["history"] = res.history
     doc["selected_round"] = res.best_round
     doc["timing_s"] = {**res.timing_s, **extra.get("timing_s", {})}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
@@ -53,17 +53,25 @@ def _restricted(base: type) -> type:
                     if m.metadata.dst_node_id in self.accepted]
 
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-            """Validation C-index from the sites' comparable-pair counts; keeps the best round's weights."""
+            """Validation C-index from the sites' comparable-pair counts; keeps the best round's weights.
+
+            The history records how many sites' validation counts entered the score ("val-sites"): a
+            site missing from a validation round changes the score, hence possibly the selected round."""
+            replies = list(replies)
             counts = [ConcordanceCounts(float(r.content["metrics"]["pairs-concordant"]),
                                         float(r.content["metrics"]["pairs-tied-risk"]),
                                         float(r.content["metrics"]["pairs-comparable"]))
                       for r in replies if not r.has_error()]
             score = combined_c_index(counts) if counts else float("nan")
+            if len(counts) < len(replies):
+                log(WARNING, "validation round %d: %d of %d site(s) failed; the score uses the others",
+                    server_round + self.round_offset, len(replies) - len(counts), len(replies))
             rnd = server_round + self.round_offset
             if score == score and score > self.best_score:
                 self.best_score, self.best_round, self.best_arrays = score, rnd, self._candidate
             if self.history and self.history[-1]["round"] == rnd:
-                self.history[-1]["val-c-index"] = score
+                self.history[-1].update({"val-c-index": score, "val-sites": len(counts),
+                                         "val-failed": len(replies) - len(counts)})
             self.on_evaluated(rnd)
             return MetricRecord({"val-c-index": score}) if score == score else None
 

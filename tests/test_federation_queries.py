@@ -1,0 +1,62 @@
+"""The ServerApp's query helper asks a site again after an error reply (a fake Grid: no network)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+
+from rmmfed.server.federation import _ask
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+def _reply(node: int, error: bool) -> SimpleNamespace:
+    """What _ask reads of a reply: the sender, whether it is an error, and the error's reason."""
+    return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: error,
+                           error=SimpleNamespace(reason="lost task"))
+
+
+class ScriptedGrid:
+    """Answers each node per call from a script: "ok", "error" or "silent" (no reply)."""
+
+    def __init__(self, script: dict[int, list[str]]) -> None:
+        self.script = script
+        self.calls: list[list[int]] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.calls.append([m.metadata.dst_node_id for m in messages])
+        if any(self.script[m.metadata.dst_node_id][0] == "silent" for m in messages):
+            time.sleep(timeout)  # Flower waits for the missing reply until the timeout
+        for m in messages:
+            node = m.metadata.dst_node_id
+            what = self.script[node].pop(0)
+            if what != "silent":
+                yield _reply(node, what == "error")
+
+
+def test_a_site_that_answered_with_an_error_is_asked_again():
+    grid = ScriptedGrid({1: ["ok"], 2: ["error", "ok"]})
+    replies = _ask(grid, [1, 2], "query.schema", timeout=30.0)
+    assert sorted(replies) == [1, 2]
+    assert grid.calls == [[1, 2], [2]]  # only the failed node is asked again
+
+
+def test_a_site_failing_every_attempt_is_left_out_after_the_retries():
+    grid = ScriptedGrid({1: ["ok"], 2: ["error", "error", "error"]})
+    replies = _ask(grid, [1, 2], "query.schema", timeout=30.0, retries=2)
+    assert sorted(replies) == [1]
+    assert grid.calls == [[1, 2], [2], [2]]
+
+
+def test_a_silent_site_uses_up_the_timeout_and_is_not_asked_again():
+    grid = ScriptedGrid({1: ["ok"], 2: ["silent", "ok"]})
+    replies = _ask(grid, [1, 2], "query.schema", timeout=0.2)
+    assert sorted(replies) == [1]
+    assert grid.calls == [[1, 2]]  # the timeout is spent: a dead site costs one timeout, not two
