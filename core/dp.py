@@ -162,12 +162,15 @@ def per_sample_fn(net: PerSampleTier1Loss, weights: torch.Tensor):
 
 def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: RunConfig, dp: DPConfig, *,
                    accountant: SiteAccountant, epochs: int, seed: int, total_epochs_budget: int,
-                   cuts: torch.Tensor | None = None, baseline: DiscreteTimeBaseline | None = None
-                   ) -> tuple[DPTrainResult, float]:
+                   cuts: torch.Tensor | None = None, baseline: DiscreteTimeBaseline | None = None,
+                   rounds_before: int = 0) -> tuple[DPTrainResult, float]:
     """One round of DP-SGD (DP-Adam): updates ``model``, ``baseline`` and ``accountant`` in place.
 
     ``cuts`` default to ``dp.cuts()``. Returns (result, cumulative epsilon at ``dp.target_delta``).
     Raises :class:`DPModelError` (validator) or :class:`PrivacyBudgetExhausted` before training.
+    ``rounds_before``: the run's rounds before this one. When the accountant is empty although rounds
+    came before (the site lost its state: a resumed run, a restarted site), each of them is counted as
+    spent at this round's (sigma, q, steps), so epsilon is over-reported, never under-reported.
     """
     validate_for_dp(model.train())
     n, mc, device = len(data), cfg.model, data.present.device
@@ -181,6 +184,8 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
     q = 1.0 / len(loader)  # Opacus' sample rate for this loader
     sigma = dp.noise_multiplier or planned_noise_multiplier(dp.target_epsilon, dp.target_delta, q, total_epochs_budget)
     this_round = (sigma, q, epochs * len(loader))
+    if not accountant.history and rounds_before > 0:
+        accountant.history = [this_round] * rounds_before
     after = SiteAccountant(accountant.history + [this_round]).epsilon(dp.target_delta)
     if after > dp.target_epsilon * 1.001:
         raise PrivacyBudgetExhausted(

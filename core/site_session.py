@@ -81,12 +81,12 @@ class SiteSession:
         model = self.model(weights)
         seed = site_seed(self.cfg.seed, self.data.site, server_round)
         if self.cfg.dp.enabled:
-            return self._train_dp(model, seed, proximal_mu)
+            return self._train_dp(model, seed, proximal_mu, server_round)
         result = train_tier1(model, self._split("train"), self.stats, self.cfg, epochs=self.cfg.local_epochs,
                              seed=seed, proximal_mu=proximal_mu)
         return get_weights(model), result
 
-    def _train_dp(self, model: Tier1Model, seed: int, proximal_mu: float):
+    def _train_dp(self, model: Tier1Model, seed: int, proximal_mu: float, server_round: int):
         """DP-SGD round (core/dp.py); the accountant and the site's baseline hazards live in ``dp_state``."""
         from .discrete_time import DiscreteTimeBaseline
         from .dp import DPError, SiteAccountant, train_tier1_dp  # Opacus loads only when DP is on
@@ -102,7 +102,8 @@ class SiteSession:
         accountant = SiteAccountant.from_arrays(self.dp_state)
         result, _ = train_tier1_dp(model, self._split("train"), self.stats, cfg, cfg.dp, accountant=accountant,
                                    epochs=cfg.local_epochs, seed=seed, cuts=cuts, baseline=baseline,
-                                   total_epochs_budget=cfg.rounds * cfg.local_epochs)
+                                   total_epochs_budget=cfg.rounds * cfg.local_epochs,
+                                   rounds_before=server_round - 1)
         self.dp_state = {**accountant.to_arrays(), "dp-baseline": result.baseline}
         return result.weights, result
 

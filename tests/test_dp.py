@@ -157,6 +157,25 @@ def test_dp_training_spends_epsilon_round_by_round_up_to_the_target(dp_setup, di
     assert out[-1][0].metrics()["dp-epsilon"] == totals[2]
 
 
+def test_a_site_that_lost_its_accountant_counts_the_earlier_rounds_as_spent(dp_setup, dims):
+    data, stats, cfg, cuts = dp_setup
+    _, straight = _train(dp_setup, dims, SiteAccountant(), rounds=3, budget=3)
+    per_round = straight[0][0].steps
+    steps = lambda acc: sum(k for _, _, k in acc.history)  # noqa: E731 - Opacus merges equal rows
+    # Round 3 of a resumed run: the site's state (accountant) is fresh, two rounds came before.
+    fresh = SiteAccountant()
+    _, eps = train_tier1_dp(build_model(dims, cfg.model, 0), data, stats, cfg, DPConfig(enabled=True), cuts=cuts,
+                            accountant=fresh, epochs=1, seed=2, total_epochs_budget=3, rounds_before=2)
+    assert steps(fresh) == 3 * per_round
+    assert eps == pytest.approx(straight[2][1])  # the same cumulative epsilon as without the restart
+    # Only an empty accountant is filled in: a site that kept its history is not charged twice.
+    kept = SiteAccountant()
+    _train(dp_setup, dims, kept, rounds=1, budget=3)
+    train_tier1_dp(build_model(dims, cfg.model, 0), data, stats, cfg, DPConfig(enabled=True), cuts=cuts,
+                   accountant=kept, epochs=1, seed=1, total_epochs_budget=3, rounds_before=1)
+    assert steps(kept) == 2 * per_round
+
+
 def test_returned_weights_are_unwrapped_with_the_original_keys_and_shapes(dp_setup, dims):
     data, stats, cfg, cuts = dp_setup
     original = {k: tuple(v.shape) for k, v in build_model(dims, cfg.model, 0).state_dict().items()}
