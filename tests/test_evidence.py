@@ -205,3 +205,22 @@ def test_tree_rss_counts_this_process():
     from rmmfed.simulations.evidence.scale import _tree_rss_kib
 
     assert _tree_rss_kib(os.getpid()) > 1000
+
+
+def test_scale_upload_is_summed_from_every_sites_ledger(tmp_path):
+    import json as _json
+
+    from rmmfed.simulations.evidence.scale import ledger_figures
+
+    led = tmp_path / "run" / "ledger"
+    led.mkdir(parents=True)
+    lines = {"site-A": [("train", 100), ("train", 100), ("train.tier2", 50), ("evaluate", 5)],
+             "site-B": [("train", 120), ("train", 120), ("train.tier2", 60), ("query.schema", 7)]}
+    for site, entries in lines.items():
+        (led / f"{site}.jsonl").write_text("".join(
+            _json.dumps({"message_type": t, "total_bytes": b, "time": "2026-11-25T10:00:00+00:00", "records": []}) + "\n"
+            for t, b in entries))
+    got = ledger_figures(tmp_path / "run", rounds=2, tier2_rounds=1)
+    assert got["tier1_bytes_per_round"] == (200 + 240) / 2
+    assert got["tier2_bytes_per_round"] == 110
+    assert got["bytes_sent_total"] == 100 * 2 + 50 + 5 + 120 * 2 + 60 + 7 and got["messages_total"] == 8

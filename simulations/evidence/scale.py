@@ -7,9 +7,11 @@ a cohort with N equal sites (``CohortConfig(site_names=..., site_fractions=[1/N]
 ``run_study`` (Flower simulation engine, pooled reference off). Reported: wall time of the study,
 peak memory (``resource.getrusage`` ru_maxrss of the process and of its reaped children: each is
 the largest single process, not a sum; plus the peak summed RSS of the whole process tree sampled
-from /proc every 0.5 s), and bytes sent per round, COMPUTED (not captured) as
-parameter count x 4 bytes (float32) x sites: what the sites upload in one training round (the server
-sends the same amount back).
+from /proc every 0.5 s), and bytes sent per round, MEASURED from the sites' egress ledgers
+(OUT/scale/sites-N/run/ledger/*.jsonl: the serialised size of every record of every reply, before
+the transport packs a message's arrays into one): all sites' ``train`` (Tier 1) and ``train.tier2``
+replies divided by the rounds, and everything the sites sent in the whole run. The parameter count
+x 4 bytes x sites is shown beside it as a check (the server sends each site the same weights back).
 """
 
 from __future__ import annotations
@@ -80,6 +82,30 @@ def param_count(dims: dict[str, int], flat_cfg: dict) -> tuple[int, int]:
     return n1, n2
 
 
+def ledger_bytes(run_dir: Path) -> dict[str, dict[str, int]]:
+    """Messages and bytes per message type, summed over every site's egress ledger of a run."""
+    from ...client.ledger import read_ledger, summarize
+
+    total: dict[str, dict[str, int]] = {}
+    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
+        for kind, v in summarize(read_ledger(path))["per_type"].items():
+            t = total.setdefault(kind, {"messages": 0, "bytes": 0})
+            t["messages"] += v["messages"]
+            t["bytes"] += v["bytes"]
+    return total
+
+
+def ledger_figures(run_dir: Path, rounds: int, tier2_rounds: int) -> dict:
+    """Upload per Tier 1 / Tier 2 round and all site egress of a run, from its sites' ledgers."""
+    sent = ledger_bytes(run_dir)
+    if not sent:
+        raise SystemExit(f"scale: no egress ledger in {run_dir / 'ledger'}; delete {run_dir} and run again")
+    return {"tier1_bytes_per_round": sent.get("train", {}).get("bytes", 0) / max(rounds, 1),
+            "tier2_bytes_per_round": sent.get("train.tier2", {}).get("bytes", 0) / max(tier2_rounds, 1),
+            "bytes_sent_total": sum(v["bytes"] for v in sent.values()),
+            "messages_total": sum(v["messages"] for v in sent.values()), "sent_per_type": sent}
+
+
 def one(n_sites: int, out: Path, patients: int, rounds: int, tier2_rounds: int, seed: int) -> dict:
     """One site count, in this process: generate, run, measure; writes OUT/scale/sites-N/scale.json."""
     import torch
@@ -108,7 +134,8 @@ def one(n_sites: int, out: Path, patients: int, rounds: int, tier2_rounds: int, 
            "maxrss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "maxrss_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
            "peak_tree_rss_mib": sampler.peak / 1024, "tier1_params": n1, "tier2_params": n2,
-           "tier1_bytes_per_round": n1 * 4 * n_sites, "tier2_bytes_per_round": n2 * 4 * n_sites,
+           "tier1_bytes_per_round_computed": n1 * 4 * n_sites, "tier2_bytes_per_round_computed": n2 * 4 * n_sites,
+           **ledger_figures(base / "run", rounds, tier2_rounds),
            "c_index": m["federated"]["c_index"]}
     (base / "scale.json").write_text(json.dumps(res, indent=2))
     return res
@@ -138,19 +165,29 @@ def main(argv: list[str] | None = None) -> int:
             with open(f.parent / "process.log", "w") as log:
                 if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
                     sys.exit(f"scale: the {n}-site run failed; see {f.parent / 'process.log'}")
-        rows.append(json.loads(f.read_text()))
+        row = json.loads(f.read_text())
+        if "sent_per_type" not in row:  # written before the ledger figures existed: add them from its run's ledgers
+            row.update(ledger_figures(f.parent / "run", row["rounds"], row["tier2_rounds"]))
+            row["tier1_bytes_per_round_computed"] = row["tier1_params"] * 4 * row["sites"]
+            row["tier2_bytes_per_round_computed"] = row["tier2_params"] * 4 * row["sites"]
+            f.write_text(json.dumps(row, indent=2))
+        rows.append(row)
     table = [{"sites": r["sites"], "patients/site": r["patients_per_site"], "wall s": r["wall_s"],
               "peak RSS, process tree (MiB)": r["peak_tree_rss_mib"], "ru_maxrss self (MiB)": r["maxrss_self_mib"],
               "ru_maxrss children (MiB)": r["maxrss_children_mib"],
-              "Tier 1 upload per round (MB, computed)": r["tier1_bytes_per_round"] / 1e6,
-              "Tier 2 upload per round (MB, computed)": r["tier2_bytes_per_round"] / 1e6,
+              "Tier 1 upload per round (MB, measured)": r["tier1_bytes_per_round"] / 1e6,
+              "Tier 1 (MB, params x 4 B x sites)": r["tier1_bytes_per_round_computed"] / 1e6,
+              "Tier 2 upload per round (MB, measured)": r["tier2_bytes_per_round"] / 1e6,
+              "all site egress in the run (MB)": r["bytes_sent_total"] / 1e6, "replies": r["messages_total"],
               "C-index (pooled test)": r["c_index"]} for r in rows]
     r0 = rows[0]
     notes = (f"{args.patients} patients in all, split equally; {args.rounds} Tier 1 rounds, {args.tier2_rounds} Tier 2 "
              f"round(s); one fresh process per site count on this machine ({os.cpu_count()} cores, shared). Upload per "
-             f"round is COMPUTED, not captured: parameters x 4 bytes x sites (Tier 1: {r0['tier1_params']:,} "
-             f"parameters, Tier 2: {r0['tier2_params']:,}); serialisation overhead and the server's broadcast (same "
-             "size) are not included. ru_maxrss is the largest single process (self, or the largest reaped child; on "
+             "round is MEASURED: the serialised bytes of every site's training replies, read from the sites' egress "
+             "ledgers, divided by the rounds; beside it the parameter count x 4 bytes x sites (Tier 1: "
+             f"{r0['tier1_params']:,} parameters, Tier 2: {r0['tier2_params']:,}). The server's broadcast (the same "
+             "weights to every site) is not in the ledgers. 'All site egress' counts every reply of the run "
+             "(handshake, statistics, training, validation, calibration, hazard, evaluation). ru_maxrss is the largest single process (self, or the largest reaped child; on "
              "Linux a child inherits its parent's ru_maxrss across fork/execve, so the children figure cannot be "
              "smaller than the driver's at fork time); the process-tree figure, the peak of summed RSS of this "
              "process and every descendant (Ray workers included) sampled every 0.5 s, is the one to read. The C-index after "
