@@ -193,5 +193,26 @@ def render_report(m: dict[str, Any]) -> str:
                   f"| ms per patient | {_f(tt['ms_per_patient']['tier1'], 2)} | {_f(tt['ms_per_patient']['tier2'], 2)} (referred only) |",
                   "", f"Routing costs {_f(tt['compute_share_vs_always_tier2'])} of sending everyone to Tier 2. "
                   f"Abstain bound on Tier 2 uncertainty: {_f(tt['abstain_bound'], 4)}.", ""]
+    lines += _participation_lines(m)
     lines += [f"Wall time: {m['timing_s'].get('total', float('nan')):.1f} s.", ""]
     return "\n".join(lines)
+
+
+def _participation_lines(m: dict[str, Any]) -> list[str]:
+    """Tier 1 rounds (sites trained / failed / validated) and any phase a site did not answer."""
+    history = m.get("history") or []
+    if not history:
+        return []
+    lines = ["## Rounds and participation", "",
+             f"Selected round (best federated validation C-index): {m.get('selected_round', 'n/a')}.", "",
+             "| round | sites trained | failed | sites validated | validation C-index | seconds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for h in history:
+        lines.append(f"| {h['round']} | {h.get('sites', 'n/a')} | {h.get('failed', 0)} | {h.get('val-sites', 'n/a')} | "
+                     f"{_f(h.get('val-c-index'))} | {_f(h.get('seconds'), 1)} |")
+    accepted = set(m.get("sites", {}).get("accepted", []))
+    missing = {phase: sorted(accepted - set(sites)) for phase, sites in (m.get("participation") or {}).items()}
+    missing = {phase: sites for phase, sites in missing.items() if sites}
+    lines += [""] + ([f"- {phase}: no answer from {', '.join(sites)}" for phase, sites in missing.items()]
+                     or ["Every accepted site answered every phase."]) + [""]
+    return lines

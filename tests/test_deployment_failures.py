@@ -243,6 +243,8 @@ def test_killed_site_does_not_stop_the_run(make_consortium):
     assert history[0]["sites"] == 3
     assert any(h["sites"] == 2 or h["failed"] > 0 for h in history[1:]), history
     assert set(metrics["federated"]["per_site"]) == {"A", "B"}  # C is gone by the evaluation
+    assert metrics["participation"]["evaluation"] == ["A", "B"]
+    assert "- evaluation: no answer from C" in (out / "report.md").read_text()  # the run summary says so
     print(f"\nkilled site: run {wall:.0f} s ({time.monotonic() - t_kill:.0f} s after the kill); "
           f"rounds {[(h['round'], h['sites'], h['failed'], round(h['seconds'], 1)) for h in history]}")
 
