@@ -135,6 +135,11 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         conf = msg.content[P.CONFIG]
         grid = HistogramGrid.from_config(dict(conf))
         s = session(context)
+        if str(conf.get("what", "")) == "risk-groups":  # training system risk, for rmm-predict's risk groups
+            scale = RiskScale(*(float(conf[f"scale-{k}"]) for k in ("tier1-mean", "tier1-std", "tier2-mean", "tier2-std")))
+            counts = s.risk_group_counts(from_record(msg.content[P.ARRAYS]) or None, float(conf["theta"]),
+                                         float(conf["bound"]), scale)
+            return reply(msg, counts=to_record({"counts": s.release_counts(counts)}))
         if int(conf.get("tier", 1)) == 2:
             counts, sums = s.tier2_calibration(from_record(msg.content[P.ARRAYS]), grid)
             return reply(msg, counts=to_record({"counts": s.release_counts(counts)}), metrics=MetricRecord(sums))

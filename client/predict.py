@@ -22,7 +22,8 @@ JSON keys (``null`` where not applicable):
   :class:`~rmmfed.core.two_tier.RiskScale`); ``null`` when abstained. ``tier1_risk`` (raw log-hazard),
   ``tier2_risk`` (raw, referred patients only)
 * ``risk_group``: low | intermediate | high by tertiles of the TRAINING system risk when the bundle
-  carries them (``risk_cutpoints``), otherwise of this site's own non-abstained patients (all splits);
+  carries them (``risk_cutpoints``: every run since 0.2.0 computes them from the sites' histograms,
+  :mod:`rmmfed.core.risk_groups`), otherwise of this site's own non-abstained patients (all splits);
   ``risk_group_basis`` says which
 * ``sigma2`` (Tier 1 uncertainty), ``theta``; ``tier2_uncertainty`` and ``abstain_bound`` when referred
 * ``modalities_present``, ``modalities_missing``, ``modalities_recovered`` and ``recovered_by``

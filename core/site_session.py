@@ -19,6 +19,7 @@ from .feature_stats import FeatureStats, local_feature_sums
 from .baseline_hazard import local_hazard_sums
 from .histogram import HistogramGrid
 from .private_histogram import privatize_counts, suppress_small_bins
+from .risk_groups import risk_counts
 from .routing import ABSTAIN, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
@@ -175,6 +176,16 @@ class SiteSession:
         sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
                 "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
         return grid.counts(values), sums
+
+    def risk_group_counts(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
+                          scale: RiskScale) -> np.ndarray:
+        """Histogram (``risk_groups.RISK_GRID``) of the two-tier system risk of the training patients,
+        for the federated tertile cut points of rmm-predict's risk groups."""
+        assert self.cfg is not None
+        tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
+        pred = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
+                                scale=scale, seed=self.cfg.seed)
+        return risk_counts(pred.system_risk)
 
     # ---- baseline hazard (for survival curves in rmm-predict) ---------------------------
     def followup_counts(self, grid: HistogramGrid) -> np.ndarray:

@@ -27,6 +27,7 @@ from ..core.feature_stats import FeatureStats, add_sums
 from ..core.baseline_hazard import add_hazard_sums, baseline_from_sums, time_grid
 from ..core.histogram import HistogramGrid, quantile_from_counts
 from ..core.private_histogram import monotone_counts
+from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
 from ..core.two_tier import RiskScale
@@ -58,6 +59,8 @@ class FederationResult:
     baseline_hazard: tuple[np.ndarray, np.ndarray] | None = None  # (time grid, cumulative hazard) of Tier 1
     timing_s: dict[str, float] = field(default_factory=dict)
     participation: dict[str, list[str]] = field(default_factory=dict)  # phase -> sites that answered
+    risk_cutpoints: list[float] | None = None  # tertiles of the training system risk (rmm-predict's groups)
+    risk_cutpoint_values: int = 0  # how many training risks the cut points come from
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(m["pairs-concordant"], m["pairs-tied-risk"], m["pairs-comparable"])
@@ -245,10 +248,25 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
         say(f"tier2 calibration: abstain when Tier 2 uncertainty > {bound:.4g} (q={cfg.tier2_abstain_quantile}, "
             f"{int(counts2.sum())} values)")
 
+    scale_conf = {f"scale-{k.replace('_', '-')}": v for k, v in vars(scale).items()}
+
+    # 6b. risk groups: tertile cut points of the training system risk, from summed histograms
+    t = time.perf_counter()
+    replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
+                   config=ConfigRecord({**RISK_GRID.to_config(), "what": "risk-groups", "theta": theta,
+                                        "bound": bound, **scale_conf}))
+    answered("risk_groups", replies)
+    risk_counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0) \
+        if replies else np.zeros(RISK_GRID.n_bins)
+    risk_counts = monotone_counts(risk_counts) if cfg.dp.histogram_epsilon > 0 else risk_counts
+    cutpoints = cutpoints_from_counts(risk_counts)
+    timing["risk_groups"] = time.perf_counter() - t
+    say(f"risk groups: tertile cut points of the training system risk "
+        f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({int(risk_counts.sum())} values)")
+
     # 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel)
     t = time.perf_counter()
-    conf = {"theta": theta, "bound": bound, "split": "test", "has-tier2": tier2_weights is not None,
-            **{f"scale-{k.replace('_', '-')}": v for k, v in vars(scale).items()}}
+    conf = {"theta": theta, "bound": bound, "split": "test", "has-tier2": tier2_weights is not None, **scale_conf}
     replies = _ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
                    config=ConfigRecord(conf))
     answered("evaluation", replies)
@@ -259,7 +277,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
                             timing_s=timing, best_round=best_round,
                             tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history,
-                            baseline_hazard=hazard, participation=participation)
+                            baseline_hazard=hazard, participation=participation, risk_cutpoints=cutpoints,
+                            risk_cutpoint_values=int(risk_counts.sum()))
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:

@@ -68,6 +68,8 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     doc["two_tier"] = two_tier_metrics(res)
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims}
+    doc["risk_groups"] = {"cutpoints": res.risk_cutpoints, "n_values": res.risk_cutpoint_values,
+                          "basis": "tertiles of the two-tier system risk of the training patients (federated histograms)"}
     doc["participation"] = res.participation  # phase -> sites that answered (a dead site shows here)
     doc["history"] = res.history
     doc["selected_round"] = res.best_round
@@ -142,7 +144,7 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
                                      "risk": "tier1"}),
                 "feature_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in res.stats.to_arrays().items()},
                 "modalities": res.handshake.dims, "config": res.config.to_flat(), "theta": res.theta,
-                "rmm_version": __version__}, tmp / "model.pt")
+                "risk_cutpoints": res.risk_cutpoints, "rmm_version": __version__}, tmp / "model.pt")
     (tmp / "report.md").write_text(report or render_report(metrics))
     for f in tmp.iterdir():
         f.replace(out / f.name)

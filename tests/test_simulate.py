@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from rmmfed.core.bundle import bundle_from_run_dir
 from rmmfed.core.config import RunConfig
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 from rmmfed.simulations.simulate import main
@@ -46,6 +47,9 @@ def test_tiny_simulation_through_flower_writes_every_output(tiny_run):
     assert len(m["history"]) == 3
     hazard = torch.load(out / "model.pt", weights_only=False)["baseline_hazard"]
     assert hazard["times"].shape == hazard["cumhaz"].shape and bool((hazard["cumhaz"].diff() >= 0).all())
+    cuts = m["risk_groups"]["cutpoints"]  # federated tertiles of the training system risk
+    assert len(cuts) == 2 and cuts[0] < cuts[1] and m["risk_groups"]["n_values"] > 0
+    assert bundle_from_run_dir(out).risk_cutpoints == cuts  # rmm-predict's groups use them
 
 
 @pytest.mark.slow
