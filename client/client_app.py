@@ -39,6 +39,11 @@ _STATE_TIER1 = "rmm-tier1-frozen"
 _STATE_DP = "rmm-dp"  # DP-SGD accountant history and baseline hazards (stay on the site)
 
 
+def _risk_scale(conf: ConfigRecord) -> RiskScale:
+    """The federated risk scales the server sends as ``scale-<head>-<mean|std>``."""
+    return RiskScale(*(float(conf[f"scale-{k}"]) for k in ("tier1-mean", "tier1-std", "tier2-mean", "tier2-std")))
+
+
 def site_dir(context: Context, site_dirs: list[str] | None) -> str:
     node = context.node_config
     if "data-dir" in node:
@@ -136,7 +141,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         grid = HistogramGrid.from_config(dict(conf))
         s = session(context)
         if str(conf.get("what", "")) == "risk-groups":  # training system risk, for rmm-predict's risk groups
-            scale = RiskScale(*(float(conf[f"scale-{k}"]) for k in ("tier1-mean", "tier1-std", "tier2-mean", "tier2-std")))
+            scale = _risk_scale(conf)
             counts = s.risk_group_counts(from_record(msg.content[P.ARRAYS]) or None, float(conf["theta"]),
                                          float(conf["bound"]), scale)
             return reply(msg, counts=to_record({"counts": s.release_counts(counts)}))
@@ -165,7 +170,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         if str(conf.get("split", "test")) == "val":  # per-round model selection
             metrics = session(context).validate(weights)
             return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-val"]), **metrics}))
-        scale = RiskScale(*(float(conf[f"scale-{k}"]) for k in ("tier1-mean", "tier1-std", "tier2-mean", "tier2-std")))
+        scale = _risk_scale(conf)
         metrics = session(context).evaluate(weights if bool(conf["has-tier2"]) else None, float(conf["theta"]),
                                             float(conf["bound"]), scale)
         return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
