@@ -288,3 +288,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0, host: str = "127.0.0.1") -> None:
+    """Return once something listens on ``host:port``; raise if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process serving port {port} exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from flwr.serverapp import ServerApp
 
 from rmmfed.client.flower_tuning import tune_grid_polling
 from rmmfed.client.packing import packing_mod
-from rmmfed.client.processes import ProcessTree, end_group, free_port, require_executable
+from rmmfed.client.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
 
 MODES = {
     "flower-defaults": {"client": "flower", "tuning": False, "pack": False, "superexec_poll": 1.0},
@@ -122,19 +121,6 @@ class Procs:
             reader.join(timeout=5)
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the SuperLink exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
 def _app_folder(base: Path) -> Path:
     """A copy of rmm's pyproject whose apps are this module's wrappers (they resolve to installed rmm)."""
     from rmmfed.server.cli import app_dir
@@ -190,7 +176,7 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
     try:
         link = procs.start("superlink", [server, "start", "--insecure", "--db", str(base / "state.db"),
                                          "--host", "127.0.0.1", "--port", str(port)], env)
-        _wait_port(port, link)
+        wait_for_port(port, link, timeout=90.0)
         for site in sites:
             data = str(cohort / f"site-{site}")
             if spec["client"] == "flower":  # exactly the command rmm-client ran before (insecure here)

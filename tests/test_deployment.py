@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rmmfed.client.processes import ProcessTree, free_port
+from rmmfed.client.processes import ProcessTree, free_port, wait_for_port
 from rmmfed.core.config import RunConfig
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 
@@ -108,19 +107,6 @@ class Processes:
         return survivors
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
-
-
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -151,7 +137,7 @@ def consortium(tmp_path_factory):
     try:
         link = procs.start("superlink", [server, "start", "--dir", str(base / "consortium"),
                                          "--db", str(base / "state.db"), "--host", "127.0.0.1", "--port", str(port)])
-        _wait_port(port, link)
+        wait_for_port(port, link)
         for site in ("A", "B"):
             done = _run([server, "register", "--key", str(base / "keys" / f"site-{site}.pub"), "--connection", "rmm",
                          "--dir", str(base / "consortium"), "--superlink", f"127.0.0.1:{port}"], env)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from rmmfed.client.processes import free_port
+from rmmfed.client.processes import free_port, wait_for_port
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
-from test_deployment import FLOWER, RMM, Processes, _exe, _run, _wait_port
+from test_deployment import FLOWER, RMM, Processes, _exe, _run
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,7 @@ def _checkpoint(path: Path) -> tuple[str, int] | None:
 def test_killed_site_does_not_stop_the_run(make_consortium):
     c = make_consortium(["A", "B", "C"])
     link = c.start_server()
-    _wait_port(c.port, link)
+    wait_for_port(c.port, link)
     c.register()
     for site in c.sites:
         c.start_site(site)
@@ -253,7 +253,7 @@ def test_killed_site_does_not_stop_the_run(make_consortium):
 def test_killed_server_resumes_to_the_same_result(make_consortium):
     c = make_consortium(["A", "B"], n_patients=120, seed=2)
     link = c.start_server()
-    _wait_port(c.port, link)
+    wait_for_port(c.port, link)
     c.register()
     for site in c.sites:
         c.start_site(site)
@@ -279,7 +279,7 @@ def test_killed_server_resumes_to_the_same_result(make_consortium):
     assert code != 0, "rmm-server run must not report success for a run whose server died"
 
     link = c.start_server()  # same --db, same port: registered keys and runs are kept
-    _wait_port(c.port, link)
+    wait_for_port(c.port, link)
     t1 = time.monotonic()
     resumed = c.run("resumed", config, out, "--resume")
     metrics = _assert_completed(resumed, resumed.wait(), out, c)
@@ -310,7 +310,7 @@ def test_killed_server_resumes_to_the_same_result(make_consortium):
 def test_site_started_before_the_server_waits_and_joins(make_consortium):
     c = make_consortium(["A", "B"], n_patients=120, seed=2)
     link = c.start_server()  # once, to register the keys (kept in the database)
-    _wait_port(c.port, link)
+    wait_for_port(c.port, link)
     c.register()
     c.procs.stop(link)
 
@@ -320,7 +320,7 @@ def test_site_started_before_the_server_waits_and_joins(make_consortium):
     time.sleep(7)
     assert all(p.poll() is None for p in c.site_procs.values()), c.tails("site-A", "site-B")
     link = c.start_server()
-    _wait_port(c.port, link)
+    wait_for_port(c.port, link)
     t_up = time.monotonic() - t0
     out = c.base / "out"
     run = c.run("run", c.config("early-site", rounds=2, min_sites=2, tier2_rounds=0), out)
