@@ -49,7 +49,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
                      for s, m in ps.items()},
     }
     doc: dict[str, Any] = {"rmm_version": __version__, "federated": federated}
-    for key in ("pooled_reference", "oracle"):
+    for key in ("pooled_reference", "oracle", "cohort"):
         if key in extra:
             doc[key] = extra[key]
     doc["calibration"] = {"quantile": res.config.quantile, "theta": res.theta,
@@ -168,7 +168,11 @@ def render_report(m: dict[str, Any]) -> str:
     if "pooled_reference" in m:
         lines.append(f"| pooled reference (simulation only: trained on pooled data) | {_f(m['pooled_reference']['c_index'])} |")
     if "oracle" in m:
-        lines.append(f"| oracle (true risk, simulation only) | {_f(m['oracle']['c_index'])} |")
+        o = m["oracle"]
+        lines.append(f"| oracle (true risk, simulation only) | {_f(o['c_index'])} |")
+        if "c_index_observed" in o:
+            lines.append(f"| oracle E[risk given the observed modalities] (simulation only) | {_f(o['c_index_observed'])} |")
+    lines += _cohort_lines(m)
     lines += ["", "## Per site", "", "| site | n test | events | C-index | referral rate | routes tier1/tier2/abstain | masked-complete referral |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     r = m["routing"]
@@ -198,6 +202,21 @@ def render_report(m: dict[str, Any]) -> str:
     lines += _participation_lines(m)
     lines += [f"Wall time: {m['timing_s'].get('total', float('nan')):.1f} s.", ""]
     return "\n".join(lines)
+
+
+def _cohort_lines(m: dict[str, Any]) -> list[str]:
+    """What the generator measured on a synthetic cohort (cross-modal R^2, oracles on referred patients)."""
+    co, o = m.get("cohort"), m.get("oracle", {})
+    if not co:
+        return []
+    r2 = ", ".join(f"{k} {_f(v)}" for k, v in co.get("cross_modal_r2", {}).items())
+    lines = ["", "## Cohort (synthetic, from the generator)", "",
+             f"Cross-modal strength {co.get('cross_modal_strength', 'n/a')}; held-out within-site ridge R^2 of each "
+             f"modality's mean-pooled features from the others: {r2}."]
+    if o.get("referred_n"):
+        lines.append(f"Oracle C-index on the {o['referred_n']} referred test patients: true risk "
+                     f"{_f(o.get('c_index_referred'))}, E[risk given observed] {_f(o.get('c_index_observed_referred'))}.")
+    return lines
 
 
 def _participation_lines(m: dict[str, Any]) -> list[str]:

@@ -3,17 +3,12 @@
 - the pooled reference: the same Tier 1 model and loop trained centrally on the pooled training
   splits, so the cost of federation is visible;
 - pooled test-split metrics of the federated model (C-index over all sites' test patients, the
-  exact percentile behind theta) and the oracle C-index from the generator's truth file.
+  exact percentile behind theta); the oracle figures live in ``oracle``.
 
 A real federation cannot compute any of these; they are labelled as simulation-only wherever shown.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 from ..core.concordance import c_index
 from ..core.config import RunConfig
@@ -49,21 +44,3 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
             "selected_epoch": best_epoch if cfg.select_best else cfg.rounds,
             "note": "simulation only: the same model and loop trained centrally on the pooled training splits, "
                     "selected on the pooled validation split like the federation selects its round"}
-
-
-def oracle_c_index(truth_file: Path, site_names: list[str], test_ids: list[list[str]],
-                   time: np.ndarray, event: np.ndarray) -> float | None:
-    """C-index of the generator's true risk on the pooled test split (None without a truth file)."""
-    if not truth_file.is_file():
-        return None
-    truth = pd.read_csv(truth_file, dtype={"patient_id": str, "site": str})
-    key = {(str(s), str(p)): float(r) for s, p, r in zip(truth["site"], truth["patient_id"], truth["true_risk"])}
-    risks = []
-    for site, ids in zip(site_names, test_ids):
-        short = site.removeprefix("site-")
-        for pid in ids:
-            r = key.get((site, pid), key.get((short, pid)))
-            if r is None:
-                return None
-            risks.append(r)
-    return c_index(time, np.asarray(risks), event)

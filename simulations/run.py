@@ -18,7 +18,8 @@ from ..server.federation import FederationResult
 from ..server.outputs import build_metrics, render_report, write_outputs
 from ..server.server_app import make_server_app
 from .faults import fault_mod
-from .pooled import oracle_c_index, train_pooled_reference
+from .oracle import oracle_figures
+from .pooled import train_pooled_reference
 
 
 def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = False,
@@ -49,7 +50,7 @@ def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteD
     t_fed = time.perf_counter()
 
     # Simulation-only: the federated model's pooled test C-index and the exact calibration percentile.
-    risks, times, events, ids, calib = [], [], [], [], []
+    risks, times, events, ids, calib, referred = [], [], [], [], [], []
     for p in paths:
         s = SiteSession(p, device=cfg.device)
         s.bind_schema(res.handshake.dims)
@@ -57,13 +58,12 @@ def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteD
         r, t, e, pid = s.test_predictions(res.weights)
         risks.append(r), times.append(t), events.append(e), ids.append(pid)
         calib.append(s.calibration_values(res.weights))
+        referred.append(s.test_referred(res.weights, res.theta))
     time_all, event_all = np.concatenate(times), np.concatenate(events)
     extra: dict = {"federated_pooled_c_index": c_index(time_all, np.concatenate(risks), event_all),
                    "theta_exact_pooled": float(np.percentile(np.concatenate(calib), 100 * cfg.quantile))}
-    oracle = oracle_c_index(cohort / "truth.csv", [Path(p).name for p in paths], ids,
-                            time_all, event_all)
-    if oracle is not None:
-        extra["oracle"] = {"c_index": oracle, "note": "true risk from the generator's truth file"}
+    extra.update(oracle_figures(cohort, [Path(p).name for p in paths], ids, time_all, event_all,
+                                np.concatenate(referred)))
     t_pool = time.perf_counter()
     if pooled:
         print("[rmm] training the pooled reference (simulation only) ...")

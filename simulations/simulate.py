@@ -123,7 +123,15 @@ def print_summary(m: dict, out: Path) -> None:
     if "pooled_reference" in m:
         print(f"pooled reference C-index (sim only)  {f(m['pooled_reference']['c_index'])}")
     if "oracle" in m:
-        print(f"oracle C-index (true risk)           {f(m['oracle']['c_index'])}")
+        o = m["oracle"]
+        print(f"oracle C-index (true risk)           {f(o['c_index'])}"
+              + (f"  (E[risk | observed]: {f(o['c_index_observed'])})" if "c_index_observed" in o else ""))
+    if "cohort" in m:
+        r2 = ", ".join(f"{k} {v:.2f}" for k, v in m["cohort"]["cross_modal_r2"].items())
+        print(f"cross-modal R^2 of the cohort        {r2}")
+    rec = [h["train-rec"] for h in m.get("history", []) if "train-rec" in h]
+    if rec:
+        print(f"Tier 1 reconstruction loss, last rd  {rec[-1]:.3f}  (1.0 = predicting the mean)")
     c = m["calibration"]
     print(f"theta (q={c['quantile']})                    {c['theta']:.4g}  (exact pooled {c['theta_exact_pooled']:.4g})")
     print(f"masked-complete referral rate        {f(m['routing']['masked_complete_referral_rate'])}")

@@ -88,22 +88,31 @@ def test_some_patients_have_every_modality_missing(small, default):
         assert sum(v["all_missing"] for v in summary["sites"].values()) == all_missing.sum()
 
 
-def test_missingness_depends_on_patient_risk_at_mnar_centers(default):
-    cfg, root, _ = default
+def _risk_gap(root: Path, cfg: CohortConfig, site: str, m: str) -> float:
     df = _patients(root, cfg)
-    pres = _presence(root, cfg, df)
+    pres = _presence(root, cfg, df)[m].to_numpy()
     truth = pd.read_csv(root / "truth.csv")
-    assert list(truth.patient_id) == list(df.patient_id)
+    at = (df.site == site).to_numpy()
+    return truth.true_risk[at & ~pres].mean() - truth.true_risk[at & pres].mean()
+
+
+def test_sicker_patients_skip_exams_at_every_center_with_its_own_strength(default):
+    cfg, root, _ = default
+    assert set(cfg.mnar) == set(cfg.site_names)  # MNAR at every center
+    assert len({round(v["radiology"], 4) for v in cfg.mnar.values()}) == len(cfg.site_names)
     for site, mods in cfg.mnar.items():
-        for m in mods:
-            at = (df.site == site).to_numpy()
-            missing_risk = truth.true_risk[at & ~pres[m].to_numpy()].mean()
-            present_risk = truth.true_risk[at & pres[m].to_numpy()].mean()
-            assert missing_risk > present_risk + 0.3, (site, m)
-    at_a = (df.site == "A").to_numpy()  # a non-MNAR center: no such gap
-    gap = truth.true_risk[at_a & ~pres.radiology.to_numpy()].mean() - truth.true_risk[
-        at_a & pres.radiology.to_numpy()].mean()
-    assert abs(gap) < 0.3
+        for m, beta in mods.items():
+            if beta >= 0.75:
+                assert _risk_gap(root, cfg, site, m) > 0.3, (site, m)
+
+
+def test_mnar_strength_zero_makes_missingness_unrelated_to_risk(tmp_path):
+    cfg = CohortConfig(n_patients=1200, seed=2, mnar_strength=0.0, site_names=["A", "B"],
+                       site_fractions=[0.5, 0.5])
+    generate_cohort(cfg, tmp_path / "c")
+    for site in cfg.site_names:
+        for m in ("radiology", "report"):
+            assert abs(_risk_gap(tmp_path / "c", cfg, site, m)) < 0.3, (site, m)
 
 
 def test_truth_file_lists_every_patient_with_latent_risks(small):
@@ -111,7 +120,7 @@ def test_truth_file_lists_every_patient_with_latent_risks(small):
     truth = pd.read_csv(root / "truth.csv")
     df = _patients(root, cfg)
     assert list(truth.columns[:4]) == ["site", "patient_id", "true_risk", "shared_risk"]
-    assert {f"{m}_risk" for m in cfg.dims} <= set(truth.columns)
+    assert {f"{m}_risk" for m in cfg.dims} | {"observed_risk", "observed_risk_no_recovery"} <= set(truth.columns)
     assert sorted(truth.patient_id) == sorted(df.patient_id) and len(truth) == cfg.n_patients
     parts = truth[["shared_risk"] + [f"{m}_risk" for m in cfg.dims]].sum(axis=1)
     assert np.allclose(parts, truth.true_risk, atol=1e-5)
@@ -163,11 +172,11 @@ def test_splits_are_stratified_and_context_mostly_routine(default):
 
 def test_oracle_c_index_is_high_and_each_modality_carries_shared_signal(default):
     cfg, root, summary = default
-    assert 0.75 < summary["oracle_c_index_test"] < 0.9
+    assert 0.75 < summary["oracle_c_index_all"] < 0.9
     df = _patients(root, cfg)
     truth = pd.read_csv(root / "truth.csv")
     at_a = df.index[df.site == "A"]
-    for m in cfg.dims:  # the shared factor is linearly readable from every modality alone
+    for m in cfg.dims:  # the shared part of the risk is linearly readable from every modality alone
         rows = [(np.load(root / "site-A" / m / f"{p}.npy").mean(0), truth.shared_risk[i])
                 for i, p in zip(at_a, df.patient_id[at_a])
                 if (root / "site-A" / m / f"{p}.npy").exists()]
@@ -176,6 +185,29 @@ def test_oracle_c_index_is_high_and_each_modality_carries_shared_signal(default)
         x = x - x[:half].mean(0)
         coef = np.linalg.solve(x[:half].T @ x[:half] + 10 * np.eye(x.shape[1]), x[:half].T @ y[:half])
         assert np.corrcoef(x[half:] @ coef, y[half:])[0, 1] > 0.25, m  # ridge, held-out half
+
+
+def test_default_cohort_reports_cross_modal_r2_between_02_and_06_and_ordered_oracles(default):
+    cfg, root, summary = default
+    written = json.loads((root / "cohort.json").read_text())
+    assert written["cross_modal_r2"] == summary["cross_modal_r2"]
+    assert written["config"]["cross_modal_strength"] == cfg.cross_modal_strength
+    assert set(summary["cross_modal_r2"]) == set(cfg.dims)
+    for m, r2 in summary["cross_modal_r2"].items():
+        assert 0.2 <= r2 <= 0.6, (m, r2)
+    # every modality >= E[risk | observed] >= observed modalities alone (within rank noise)
+    assert summary["oracle_c_index_all"] > summary["oracle_c_index_observed"]
+    assert summary["oracle_c_index_observed"] >= summary["oracle_c_index_no_recovery"] - 0.002
+
+
+def test_null_setting_has_no_cross_modal_signal_and_nothing_to_recover(tmp_path):
+    cfg = CohortConfig(n_patients=900, seed=4, cross_modal_strength=0.0)
+    summary = generate_cohort(cfg, tmp_path / "null")
+    for m, r2 in summary["cross_modal_r2"].items():
+        assert r2 < 0.05, (m, r2)
+    truth = pd.read_csv(tmp_path / "null" / "truth.csv")
+    np.testing.assert_allclose(truth.observed_risk, truth.observed_risk_no_recovery, atol=1e-6)
+    assert summary["oracle_c_index_observed"] == pytest.approx(summary["oracle_c_index_no_recovery"])
 
 
 def test_refuses_non_empty_output_folder(tmp_path):
