@@ -358,6 +358,11 @@ def _write_cohort(cfg: CohortConfig, tmp: Path) -> dict:
         oracle_c_index_observed=c_index_or_nan(time[test], obs_risk[test], event[test]),
         oracle_c_index_no_recovery=c_index_or_nan(time[test], indep_risk[test], event[test]),
         complete_fraction=float(observed.all(axis=1).mean()))
+    part = test & observed.any(axis=1) & ~observed.all(axis=1)  # some modality absent, not all
+    summary["oracle_incomplete"] = {
+        "n": int(part.sum()), "all": c_index_or_nan(time[part], risk[part], event[part]),
+        "observed": c_index_or_nan(time[part], obs_risk[part], event[part]),
+        "no_recovery": c_index_or_nan(time[part], indep_risk[part], event[part])}
     (tmp / "cohort.json").write_text(json.dumps({**summary, "config": cfg.model_dump(mode="json")},
                                                 indent=2) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(_readme(cfg), encoding="utf-8")

@@ -10,6 +10,7 @@
 - ``oracle_c_index_observed``: C-index of E[true risk | latents of the observed modalities].
 - ``oracle_c_index_no_recovery``: the same with each absent modality at its prior mean.
   observed - no_recovery is the most cross-modal recovery can add; all - observed is lost for good.
+  ``oracle_incomplete`` gives the three on the test patients who lack some but not every modality.
 """
 
 from __future__ import annotations

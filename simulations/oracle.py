@@ -83,7 +83,7 @@ def oracle_figures(cohort: Path, site_names: list[str], test_ids: list[list[str]
     if meta.is_file():
         doc = json.loads(meta.read_text())
         out["cohort"] = {k: doc[k] for k in ("cross_modal_r2", "oracle_c_index_all", "oracle_c_index_observed",
-                                             "oracle_c_index_no_recovery", "complete_fraction") if k in doc}
+                                             "oracle_c_index_no_recovery", "oracle_incomplete", "complete_fraction") if k in doc}
         if "config" in doc:
             out["cohort"]["cross_modal_strength"] = doc["config"].get("cross_modal_strength")
     return out
