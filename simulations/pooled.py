@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..core.concordance import c_index
 from ..core.config import RunConfig
@@ -24,6 +23,7 @@ from ..core.tier1 import build_model
 from ..core.train import predict_risk, train_tier1
 from ..core.weights import get_weights, set_weights
 from ..core.site_session import site_seed
+from .optional_inputs import Truth
 
 
 def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: RunConfig) -> dict[str, float]:
@@ -51,19 +51,8 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
                     "selected on the pooled validation split like the federation selects its round"}
 
 
-def oracle_c_index(truth_file: Path, site_names: list[str], test_ids: list[list[str]],
-                   time: np.ndarray, event: np.ndarray) -> float | None:
-    """C-index of the generator's true risk on the pooled test split (None without a truth file)."""
-    if not truth_file.is_file():
-        return None
-    truth = pd.read_csv(truth_file, dtype={"patient_id": str, "site": str})
-    key = {(str(s), str(p)): float(r) for s, p, r in zip(truth["site"], truth["patient_id"], truth["true_risk"])}
-    risks = []
-    for site, ids in zip(site_names, test_ids):
-        short = site.removeprefix("site-")
-        for pid in ids:
-            r = key.get((site, pid), key.get((short, pid)))
-            if r is None:
-                return None
-            risks.append(r)
-    return c_index(time, np.asarray(risks), event)
+def oracle_c_index(truth: Truth, site_names: list[str], test_ids: list[list[str]],
+                   time: np.ndarray, event: np.ndarray) -> float:
+    """C-index of the generator's true risk on the pooled test split (``truth`` checked before training
+    by :func:`~rmmfed.simulations.optional_inputs.load_truth`, so every test patient has a row)."""
+    return c_index(time, truth.test_risks(site_names, test_ids), event)
