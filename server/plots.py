@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROUTE_COLORS = {"tier1": "#4c78a8", "tier2": "#f58518", "abstain": "#9d9d9d"}
@@ -27,6 +28,16 @@ class Figure:
     file: str  # PNG name inside the run folder
     title: str
     caption: str
+
+
+def _log_x(ax) -> None:
+    """A log x axis labelled at 1, 2 and 5 x 10^k in plain numbers (no overlapping minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, out: Path, name: str) -> str:
@@ -83,12 +94,12 @@ def uncertainty_vs_error(sigma2: np.ndarray, error: np.ndarray, site: np.ndarray
         ax.plot(xs, ys, color="k", marker="o", lw=2, label="mean error per sigma^2 decile")
     if np.isfinite(theta) and theta > 0:
         ax.axvline(theta, color="k", ls="--", lw=1.2, label=f"theta = {theta:.3g}")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("Tier 1 uncertainty sigma^2")
     ax.set_ylabel("actual recovery error (MSE, standardised features)")
     ax.set_title(f"Uncertainty vs actual error (Spearman rho = {rho:.2f})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, markerscale=2)
+    ax.legend(fontsize=8)
     name = _save(fig, out, "uncertainty_vs_error.png")
     above = ok & (s2 > theta)
     msg = (f"{int(ok.sum())} (patient, masking pattern) pairs of complete test cases; Spearman rho = {rho:.3f}. "
@@ -116,7 +127,7 @@ def summed_histogram(edges: np.ndarray, counts: np.ndarray, theta: float, quanti
             centers = np.sqrt(edges[lo:hi] * edges[lo + 1:hi + 1])
             ax.step(centers, c[lo:hi] / c.sum(), where="mid", lw=1.2, label=f"{name} (n={int(c.sum())})")
     ax.axvline(theta, color="k", ls="--", lw=1.5, label=f"theta = {theta:.3g} (q = {quantile})")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("Tier 1 uncertainty sigma^2 (masked complete validation cases)")
     ax.set_ylabel("share of values per bin")
     ax.set_title("Federated calibration histogram")
@@ -126,49 +137,66 @@ def summed_histogram(edges: np.ndarray, counts: np.ndarray, theta: float, quanti
     above = counts[np.searchsorted(edges, theta, side="right"):].sum() / total
     return Figure(name, "Uncertainty histogram and theta",
                   f"Summed site histograms ({int(total)} values); theta = {theta:.4g} at quantile {quantile}; "
-                  f"{above:.1%} of the histogrammed values lie in bins above theta's bin edge."
+                  f"{above:.1%} of the histogrammed values lie in bins above the one holding theta."
                   + (" Lines: each site's values (simulation only)." if per_site else ""))
 
 
 def routes_per_site(route_counts: dict[str, dict[str, int]], referral: dict[str, float | None], out: Path) -> Figure:
-    """Stacked bars of the test patients' routes per site, with the referral rate written on each bar."""
+    """Left: stacked shares of the test patients' routes per site. Right: referral and abstention
+    rates per site as bars with their values (the small shares the stack cannot show)."""
     sites = list(route_counts)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [1.1, 1]})
+    x = np.arange(len(sites))
     bottom = np.zeros(len(sites))
     totals = np.array([max(sum(route_counts[s].values()), 1) for s in sites], float)
     for route in ("tier1", "tier2", "abstain"):
         share = np.array([route_counts[s].get(route, 0) for s in sites], float) / totals
-        ax.bar(sites, share, bottom=bottom, color=ROUTE_COLORS[route], label=route)
+        ax.bar(x, share, bottom=bottom, color=ROUTE_COLORS[route], label=route)
         bottom += share
-    for i, s in enumerate(sites):
-        r = referral.get(s)
-        ax.text(i, 1.01, f"referral {r:.1%}" if r is not None else "referral n/a", ha="center", va="bottom", fontsize=9)
+    for i in range(len(sites)):
         ax.text(i, 0.5, f"n={int(totals[i])}", ha="center", va="center", color="white", fontsize=9)
-    ax.set_ylim(0, 1.1)
+    ax.set_xticks(x, sites)
+    ax.set_ylim(0, 1)
     ax.set_ylabel("share of test patients")
-    ax.set_title("Routes per site (Tier 1 / referred to Tier 2 / abstain)")
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax.set_title("Routes per site")
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ref = np.array([np.nan if referral.get(s) is None else referral[s] for s in sites], float)
+    abst = np.array([route_counts[s].get("abstain", 0) for s in sites], float) / totals
+    w = 0.38
+    for off, vals, label, color in ((-w / 2, ref, "referral (to Tier 2)", ROUTE_COLORS["tier2"]),
+                                    (w / 2, abst, "abstention", ROUTE_COLORS["abstain"])):
+        ax2.bar(x + off, np.nan_to_num(vals), width=w, color=color, label=label)
+        for xi, v in zip(x + off, vals):
+            ax2.text(xi, (0 if np.isnan(v) else v) + 0.003, "n/a" if np.isnan(v) else f"{v:.1%}", ha="center",
+                     va="bottom", fontsize=8)
+    top = np.nanmax(np.concatenate([ref, abst, [0.01]]))
+    ax2.set_ylim(0, top * 1.25)
+    ax2.set_xticks(x, sites)
+    ax2.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax2.set_title("Referral and abstention rate per site")
+    ax2.legend(fontsize=8)
+    ax2.grid(axis="y", alpha=0.3)
     name = _save(fig, out, "routes_per_site.png")
     return Figure(name, "Routes and referral per site",
                   "Share of each site's test patients per route; referral = routed to Tier 2 (uncertainty above "
-                  "theta or a high-risk context).")
+                  "theta or a high-risk context); abstention = no modality present, or Tier 2 too uncertain.")
 
 
 def cindex_by_pattern(labels: list[str], n: list[int], cindex: list[float], out: Path) -> Figure:
     """Horizontal bars: the C-index within each missingness pattern, with the patients per pattern."""
     order = [i for i in range(len(labels)) if np.isfinite(cindex[i])]
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.5 * len(order) + 1.5)))
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(order) + 1.5)))
     y = np.arange(len(order))
     vals = [cindex[i] for i in order]
     ax.barh(y, vals, color="#4c78a8")
     ax.set_yticks(y, [f"{labels[i]} (n={n[i]})" for i in order])
     for yi, v in zip(y, vals):
-        ax.text(min(v, 0.93) + 0.005, yi, f"{v:.3f}", va="center", fontsize=9)
+        ax.text(min(v, 0.93) + 0.005, yi, f"{v:.3f}", va="center", fontsize=9, family="sans-serif")
     ax.axvline(0.5, color="k", lw=0.8)
     ax.set_xlim(0.3, 1.0)
     ax.invert_yaxis()
-    ax.set_xlabel("Tier 1 C-index within the pattern (test split); labels: modalities present")
-    ax.set_title("C-index by missingness pattern")
+    ax.set_xlabel("Tier 1 C-index within the pattern (test split)")
+    ax.set_title("C-index by missingness pattern (modalities present)")
     ax.grid(axis="x", alpha=0.3)
     name = _save(fig, out, "cindex_by_pattern.png")
     left = [labels[i] for i in range(len(labels)) if i not in order]

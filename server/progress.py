@@ -55,7 +55,6 @@ class Progress:
 
     def rounds_start(self, phase: str, total: int, done: int = 0) -> None:
         """A training phase of ``total`` rounds starts (``done`` already completed before a resume)."""
-        self.total = total
 
     def round_end(self, phase: str, rnd: int, total: int, info: dict) -> None:
         """Round ``rnd`` ended (after its validation, when there is one)."""

@@ -111,13 +111,17 @@ def step_pooled_reference(st: Study) -> None:
     st.extra.setdefault("timing_s", {})["pooled_reference"] = time.perf_counter() - t
 
 
+FIGURE_ORDER = ["km_risk_groups.png", "uncertainty_vs_error.png", "uncertainty_histogram.png", "routes_per_site.png",
+                "cindex_by_pattern.png"]
+
+
 def step_report(st: Study) -> None:
     metrics = update_metrics(st.out, st.res, st.extra)
-    figs = server_figures(metrics, st.out, per_site_hist=None)
+    figs = server_figures(metrics, st.out, per_site_hist=None)  # calibration histogram, routes per site
     if st.test is not None:
-        figs += simulation_figures(st.test, st.res, st.out)
-    st.figures = figs
-    write_report(st.out, metrics, figs)
+        figs += simulation_figures(st.test, st.res, st.out)  # KM, uncertainty vs error, C-index by pattern
+    st.figures = sorted(figs, key=lambda f: FIGURE_ORDER.index(f.file) if f.file in FIGURE_ORDER else len(FIGURE_ORDER))
+    write_report(st.out, metrics, st.figures)
 
 
 Step = tuple[str, Callable[[Study], None], str]  # name, function, what the progress line says

@@ -138,3 +138,19 @@ def test_a_cohort_section_in_metrics_is_shown_and_its_absence_is_silent():
     text = "\n".join(summary_lines(with_cohort, Path("o")))
     assert "cross-modal R^2: pathology 0.12, report 0.31" in text and "observed modalities: 0.800" in text
     assert "## Cohort" in report_markdown(with_cohort, [])
+
+
+def test_the_uncertainty_plot_uses_the_values_behind_the_sites_spearman(cohort, tmp_path, no_flower):
+    from scipy.stats import spearmanr
+
+    from rmmfed.simulations.simulate import build_config, parse_args, validate_cohort
+
+    out = tmp_path / "out"
+    cfg = build_config(parse_args(["--data", str(cohort), *SMALL]))
+    paths, sites, dims = validate_cohort(cohort)
+    st = run_mod.run_study(cfg, cohort, paths, sites, dims, out, pooled=False)
+    per_site = st.metrics["two_tier"]["uncertainty_error_spearman_per_site"]
+    for site, rho in per_site.items():
+        sel = st.test.masked_site == site
+        assert float(spearmanr(st.test.masked_sigma2[sel], st.test.masked_error[sel]).statistic) == pytest.approx(rho)
+    assert st.metrics["federated"]["c_index"] == pytest.approx(st.test.c_index())
