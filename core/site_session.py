@@ -20,7 +20,7 @@ from .baseline_hazard import local_hazard_sums
 from .histogram import HistogramGrid
 from .private_histogram import privatize_counts, suppress_small_bins
 from .risk_groups import risk_counts
-from .routing import ABSTAIN, TIER2, route_all, route_counts
+from .routing import ABSTAIN, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
 from .tier1 import Tier1Model, build_model
@@ -28,7 +28,7 @@ from .train import TrainResult, predict_risk, train_tier1
 from .tier2 import Tier2Model, build_tier2
 from .tier2_train import predict_tier2, train_tier2
 from .two_tier import RiskScale, predict_two_tier, recovery_errors
-from .uncertainty import calibration_uncertainties, masking_patterns, risk_and_uncertainty
+from .uncertainty import calibration_uncertainties, masking_patterns
 from .weights import get_weights, set_weights
 
 
@@ -140,15 +140,6 @@ class SiteSession:
         risk = predict_risk(self.model(weights), test)
         ids = [self.data.patient_ids[i] for i in self.data.indices("test")]
         return risk, test.time.cpu().numpy(), test.event.cpu().numpy(), ids
-
-    def test_referred(self, weights: dict[str, np.ndarray], theta: float) -> np.ndarray:
-        """Which test patients Tier 1's routing sends to Tier 2 (uncertainty or high-risk context).
-        Never sent: simulation-only oracle figures on the referred patients."""
-        assert self.cfg is not None
-        test = self._split("test")
-        _, sigma2 = risk_and_uncertainty(self.model(weights), test, seed=self.cfg.seed)
-        routes = route_all(sigma2, test.context, test.present.any(dim=1).cpu().numpy(), theta, self.cfg.high_risk)
-        return np.array([r.route == TIER2 for r in routes], dtype=bool)
 
     # ---- Tier 2 (Tier 1 frozen, kept locally) ------------------------------------------
     def _tier1(self) -> Tier1Model:

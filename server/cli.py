@@ -28,11 +28,13 @@ from ..client.processes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, flower_env, req
 from ..core.errors import RmmError
 from .consortium import load_consortium
 from .pki import Pki, PkiError, fingerprint, init_ca, server_sans
+from .run_console import StreamConsole
+from .summary import summary_lines
 
 DEFAULT_PORT = 9092
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
-OUTPUT_FILES = ("metrics.json", "calibration.json", "run_config.json", "model.pt", "report.md")
+OUTPUT_FILES = ("metrics.json", "calibration.json", "run_config.json", "model.pt", "report.md", "report.html")
 
 
 class ServerCliError(RmmError):
@@ -257,13 +259,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[rmm-server] run config: {' '.join(pairs)}", flush=True)
     run_ids: list[str] = []
     t0 = time.time()
+    console = StreamConsole(out / "flower.log", verbose=args.verbose)
+    print(f"[rmm-server] Flower's log lines go to {out / 'flower.log'}" + (" and the console" if args.verbose else
+                                                                         " (--verbose shows them)"), flush=True)
 
     def on_line(line: str) -> None:
-        print(line, flush=True)
+        console.line(line)
         if not run_ids and (m := _RUN_ID.search(line)):
             run_ids.append(m.group(1))
+            if not args.verbose:
+                print(f"[rmm-server] run {run_ids[0]} submitted; following it", flush=True)
 
-    code = run_supervised(cmd, flower_env(), on_line=on_line, grace=5.0)
+    try:
+        code = run_supervised(cmd, flower_env(), on_line=on_line, grace=5.0)
+    finally:
+        console.close()
     wall = time.time() - t0
     if not run_ids:
         print(f"rmm-server run: error: the run was not submitted (flwr run exit code {code}). Fix: see the "
@@ -287,7 +297,13 @@ def cmd_run(args: argparse.Namespace) -> int:
               "Fix: run rmm-server on the machine that runs the SuperLink (the ServerApp writes there)",
               file=sys.stderr)
         return EXIT_FAILED
-    print(f"[rmm-server] outputs: {', '.join(str(out / n) for n in OUTPUT_FILES)}")
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        print("\n".join(summary_lines(metrics, out, sorted(p.name for p in out.glob("*.png")))))
+    except (OSError, ValueError, KeyError) as err:
+        print(f"rmm-server run: error: {out / 'metrics.json'} cannot be summarised ({type(err).__name__}: {err})",
+              file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -333,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--app", type=Path, help="rmm project folder to ship (default: the installed checkout)")
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT/checkpoint.pt (same consortium config)")
+    s.add_argument("--verbose", action="store_true",
+                   help="print every line Flower streams (default: OUT/flower.log; the console gets phases and bars)")
     _connection_args(s)
     s.set_defaults(func=cmd_run)
     return p

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from logging import ERROR, INFO, WARNING
+from logging import ERROR, WARNING
 
 import numpy as np
 from pathlib import Path
@@ -33,6 +33,7 @@ from ..core.tier2 import build_tier2
 from ..core.two_tier import RiskScale
 from .checkpoint import Checkpoint, restore_strategy_state, strategy_state
 from .handshake import Handshake, SiteInfo, agree
+from .progress import Progress
 from .strategies import make_strategy
 
 
@@ -107,17 +108,19 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 
 
 def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: dict[str, int] | None = None,
-                   progress=None, checkpoint: str | Path | None = None, resume: bool = False,
+                   progress: Progress | None = None, checkpoint: str | Path | None = None, resume: bool = False,
                    expected_sites: frozenset[str] | None = None) -> FederationResult:
     """Run every phase; ``n_sites`` is how many sites the run waits for before the handshake.
 
     With ``checkpoint`` set, the state is saved after every round; with ``resume``, a run continues from
     the last completed round of the phase it was in (handshake, statistics and setup are always redone:
-    they are cheap, deterministic, and re-arm sites that restarted too).
+    they are cheap, deterministic, and re-arm sites that restarted too). ``progress`` hears one line per
+    phase and every round (default: Flower log records).
     """
     timing: dict[str, float] = {}
     t_all = time.perf_counter()
-    say = progress or (lambda text: log(INFO, "%s", text))
+    progress = progress or Progress()
+    say = progress.phase
 
     # 1. schema handshake
     t = time.perf_counter()
@@ -173,19 +176,13 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
 
     # 4. Tier 1 rounds
     t = time.perf_counter()
-    def on_round(rnd: int, info: dict) -> None:
-        say(f"tier1 round {rnd}/{cfg.rounds}: loss {info.get('train-loss', float('nan')):.4f} "
-            f"(cox {info.get('train-task', float('nan')):.4f}, rec {info.get('train-rec', float('nan')):.4f}) "
-            f"sites {info['sites']}{' failed ' + str(info['failed']) if info['failed'] else ''} "
-            f"{info['seconds']:.2f}s")
-
     ckpt = Checkpoint(checkpoint)
     state = ckpt.load(cfg.to_flat()) if resume else None
     base = {"config": cfg.to_flat(), "dims": hs.dims}
     weights, history, best_round, strategy = _run_phase(
         grid, cfg, accepted, phase="tier1", rounds=cfg.rounds, select_best=cfg.select_best, train_type=P.TRAIN,
-        initial=ArrayRecord(build_model(hs.dims, cfg.model, cfg.seed).state_dict()), on_round=on_round,
-        state=state, ckpt=ckpt, base=base, say=say)
+        initial=ArrayRecord(build_model(hs.dims, cfg.model, cfg.seed).state_dict()),
+        state=state, ckpt=ckpt, base=base, progress=progress)
     base["tier1"] = {"weights": weights, "history": history, "best_round": best_round}
     ckpt.save({**base, "phase": "tier1-done"})
     timing["tier1"] = time.perf_counter() - t
@@ -220,16 +217,10 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     bound, scale, tier2_history = float("inf"), RiskScale(), []
     if cfg.tier2_rounds > 0:
         t = time.perf_counter()
-
-        def on_round2(rnd: int, info: dict) -> None:
-            say(f"tier2 round {rnd}/{cfg.tier2_rounds}: loss {info.get('tier2-loss', float('nan')):.4f} "
-                f"(ddpm {info.get('tier2-ddpm', float('nan')):.4f}, cox {info.get('tier2-task', float('nan')):.4f}) "
-                f"sites {info['sites']} {info['seconds']:.2f}s")
-
         tier2_weights, tier2_history, _, _ = _run_phase(
             grid, cfg, accepted, phase="tier2", rounds=cfg.tier2_rounds, select_best=False, train_type=P.TRAIN_TIER2,
-            initial=ArrayRecord(build_tier2(hs.dims, cfg.tier2, cfg.seed).state_dict()), on_round=on_round2,
-            state=state, ckpt=ckpt, base=base, say=say)
+            initial=ArrayRecord(build_tier2(hs.dims, cfg.tier2, cfg.seed).state_dict()),
+            state=state, ckpt=ckpt, base=base, progress=progress)
         ckpt.save({**base, "phase": "tier2-done", "tier2": {"weights": tier2_weights, "history": tier2_history}})
         timing["tier2"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -287,15 +278,16 @@ def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, 
 
 
 def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, rounds: int, select_best: bool,
-               train_type: str, initial: ArrayRecord, on_round, state: dict | None, ckpt: Checkpoint, base: dict,
-               say) -> tuple[dict[str, np.ndarray], list[dict], int, object]:
+               train_type: str, initial: ArrayRecord, state: dict | None, ckpt: Checkpoint, base: dict,
+               progress: Progress) -> tuple[dict[str, np.ndarray], list[dict], int, object]:
     """One federated training phase (Tier 1 or Tier 2) with per-round checkpoints and resume."""
+    say = progress.phase
     done = (state or {}).get(phase) if state and state.get("phase") != phase else None
     if done is not None:  # the phase had finished before the restart
         say(f"resume: {phase} already complete, reusing its weights")
         return done["weights"], done["history"], done.get("best_round", rounds), None
     offset = 0
-    runner = make_strategy(cfg, len(accepted), set(accepted), on_round, train_type=train_type,
+    runner = make_strategy(cfg, len(accepted), set(accepted), lambda rnd, info: None, train_type=train_type,
                            select_best=select_best)
     strategy = getattr(runner, "strategy", runner)  # central DP wraps the strategy that keeps the books
     if state and state.get("phase") == phase:
@@ -317,12 +309,17 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
                    "best_weights": ({k: v.numpy() for k, v in strat.best_arrays.to_torch_state_dict().items()}
                                     if strat.best_arrays is not None else None),
                    "strategy": strategy_state(strat)})
+        progress.round_end(phase, rnd, rounds, strat.history[-1] if strat.history else {})  # after validation
 
     strategy.checkpoint_fn = save
     final = initial
     if rounds - offset > 0:
-        result = runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
-                                timeout=cfg.round_timeout_s, evaluate_config=ConfigRecord({"split": "val"}))
+        progress.rounds_start(phase, rounds, offset)
+        try:
+            result = runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
+                                  timeout=cfg.round_timeout_s, evaluate_config=ConfigRecord({"split": "val"}))
+        finally:
+            progress.rounds_end(phase)
         final = result.arrays
     best_round = rounds
     if select_best and strategy.best_arrays is not None:

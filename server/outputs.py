@@ -1,7 +1,9 @@
 """Run outputs: metrics.json, calibration.json, run_config.json, weights, report.md.
 
-Written only after every phase succeeded, each file through a temporary name and an atomic
-rename, so a failed run never leaves a half-written file that looks complete.
+Written as soon as the federation's phases all succeeded, each file through a temporary name and an
+atomic rename, so a failed run never leaves a half-written file that looks complete. Later steps of
+a simulation (pooled test split, oracle, pooled reference) add their sections with
+:func:`update_metrics`, so a failure there keeps what the federation produced.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
                      for s, m in ps.items()},
     }
     doc: dict[str, Any] = {"rmm_version": __version__, "federated": federated}
-    for key in ("pooled_reference", "oracle", "cohort"):
+    for key in ("pooled_reference", "oracle", "cohort", "failed_steps"):
         if key in extra:
             doc[key] = extra[key]
     doc["calibration"] = {"quantile": res.config.quantile, "theta": res.theta,
@@ -126,12 +128,7 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
     tmp.mkdir()
     metrics = build_metrics(res, extra)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    edges = res.grid.edges()
-    calib = {"quantile": res.config.quantile, "theta": res.theta,
-             "theta_exact_pooled": (extra or {}).get("theta_exact_pooled"),
-             "grid": res.grid.to_config(), "bin_edges": [e if np.isfinite(e) else "inf" for e in edges.tolist()],
-             "counts": res.counts.astype(int).tolist()}
-    (tmp / "calibration.json").write_text(json.dumps(_clean(calib)))
+    (tmp / "calibration.json").write_text(json.dumps(_calibration_doc(res, extra)))
     (tmp / "run_config.json").write_text(json.dumps(
         {"config": res.config.to_flat(), "modalities": res.handshake.dims, "rmm_version": __version__}, indent=2))
     torch.save({"tier1": {k: torch.from_numpy(np.asarray(v)) for k, v in res.weights.items()},
@@ -150,6 +147,25 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
         f.replace(out / f.name)
     tmp.rmdir()
     return out
+
+
+def _calibration_doc(res: FederationResult, extra: dict[str, Any] | None) -> dict[str, Any]:
+    edges = res.grid.edges()
+    return _clean({"quantile": res.config.quantile, "theta": res.theta,
+                   "theta_exact_pooled": (extra or {}).get("theta_exact_pooled"),
+                   "grid": res.grid.to_config(), "bin_edges": [e if np.isfinite(e) else "inf" for e in edges.tolist()],
+                   "counts": res.counts.astype(int).tolist()})
+
+
+def update_metrics(out_dir: str | Path, res: FederationResult, extra: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite metrics.json and calibration.json with ``extra`` (atomic renames); returns the metrics."""
+    out = Path(out_dir)
+    metrics = build_metrics(res, extra)
+    for name, doc, indent in (("metrics.json", metrics, 2), ("calibration.json", _calibration_doc(res, extra), None)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(json.dumps(doc, indent=indent))
+        tmp.replace(out / name)
+    return metrics
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -172,7 +188,6 @@ def render_report(m: dict[str, Any]) -> str:
         lines.append(f"| oracle (true risk, simulation only) | {_f(o['c_index'])} |")
         if "c_index_observed" in o:
             lines.append(f"| oracle E[risk given the observed modalities] (simulation only) | {_f(o['c_index_observed'])} |")
-    lines += _cohort_lines(m)
     lines += ["", "## Per site", "", "| site | n test | events | C-index | referral rate | routes tier1/tier2/abstain | masked-complete referral |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     r = m["routing"]
@@ -202,21 +217,6 @@ def render_report(m: dict[str, Any]) -> str:
     lines += _participation_lines(m)
     lines += [f"Wall time: {m['timing_s'].get('total', float('nan')):.1f} s.", ""]
     return "\n".join(lines)
-
-
-def _cohort_lines(m: dict[str, Any]) -> list[str]:
-    """What the generator measured on a synthetic cohort (cross-modal R^2, oracles on referred patients)."""
-    co, o = m.get("cohort"), m.get("oracle", {})
-    if not co:
-        return []
-    r2 = ", ".join(f"{k} {_f(v)}" for k, v in co.get("cross_modal_r2", {}).items())
-    lines = ["", "## Cohort (synthetic, from the generator)", "",
-             f"Cross-modal strength {co.get('cross_modal_strength', 'n/a')}; held-out within-site ridge R^2 of each "
-             f"modality's mean-pooled features from the others: {r2}."]
-    if o.get("referred_n"):
-        lines.append(f"Oracle C-index on the {o['referred_n']} referred test patients: true risk "
-                     f"{_f(o.get('c_index_referred'))}, E[risk given observed] {_f(o.get('c_index_observed_referred'))}.")
-    return lines
 
 
 def _participation_lines(m: dict[str, Any]) -> list[str]:

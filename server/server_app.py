@@ -16,14 +16,18 @@ from flwr.serverapp import Grid, ServerApp
 from ..client.flower_tuning import tune_grid_polling
 from ..core.config import RunConfig
 from .federation import FederationResult, run_federation
-from .outputs import write_outputs
+from .outputs import build_metrics, write_outputs
+from .progress import Progress
+from .run_report import DEPLOYMENT_NOTE, server_figures, write_report
 
 APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites", "ledger-dir")  # app-level keys, not part of RunConfig
 
 
 def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
                     sink: Callable[[FederationResult], None] | None = None, out_dir: str | None = None,
-                    resume: bool | None = None) -> ServerApp:
+                    resume: bool | None = None, progress: Progress | None = None) -> ServerApp:
+    """The ServerApp; with ``sink`` it hands the result over instead of writing outputs (rmm-simulate),
+    ``progress`` hears the phases and rounds (default: Flower log records, streamed by ``flwr run``)."""
     app = ServerApp()
 
     @app.main()
@@ -36,11 +40,18 @@ def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
         again = bool(rc.get("resume", False)) if resume is None else resume
         names = frozenset(x.strip() for x in str(rc.get("expected-sites", "")).split(",") if x.strip()) or None
         result = run_federation(grid, run_cfg, n_sites=sites, checkpoint=out / "checkpoint.pt", resume=again,
-                                expected_sites=names)
+                                expected_sites=names, progress=progress)
         if sink is not None:
             sink(result)
-        else:
-            write_outputs(out, result)
+            return
+        write_outputs(out, result)
+        say = (progress or Progress()).phase
+        say(f"outputs written to {out}")
+        metrics = build_metrics(result)
+        figures = server_figures(metrics, out)
+        write_report(out, metrics, figures, notes=[DEPLOYMENT_NOTE])
+        say(f"report: {out / 'report.md'} and report.html with {len(figures)} figures "
+            "(summed histograms and per-site counts only: the server has no patient rows)")
 
     return app
 

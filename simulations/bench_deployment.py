@@ -194,7 +194,7 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
                           f'"round-timeout-s" = 300.0\n')
         t_submit = time.monotonic()
         run = procs.start("run", [server, "run", "--config", str(config), "--connection", "bench", "--insecure",
-                                  "--superlink", f"127.0.0.1:{port}", "--out", str(base / "out"),
+                                  "--superlink", f"127.0.0.1:{port}", "--out", str(base / "out"), "--verbose",
                                   "--app", str(_app_folder(base))], env)
         try:
             code = run.wait(timeout=args.timeout)

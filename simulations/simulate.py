@@ -8,6 +8,7 @@ simulation engine on one machine, plus simulation-only references (pooled model,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -17,8 +18,6 @@ from pathlib import Path
 # No phoning home: set before Flower is imported anywhere in this process (Ray workers inherit it).
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-
-import numpy as np  # noqa: E402
 
 from ..core.config import RunConfig  # noqa: E402
 from ..core.errors import RmmError  # noqa: E402
@@ -45,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (same config and --data) after an interrupted run")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu: reproducible)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Flower's and Ray's own log lines on the console (default: OUT/flower.log)")
     return p.parse_args(argv)
 
 
@@ -78,6 +79,10 @@ def validate_cohort(cohort: Path):
     return paths, [load_site(p, expected=dims) for p in paths], dims
 
 
+def _warn(text: str, stream=None) -> None:
+    print(f"[rmm] warning: {text}", file=stream or sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -94,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[rmm] generating the FUSCC-style cohort ({args.patients} patients, seed {args.seed}) in {cohort}")
             generate_cohort(CohortConfig(n_patients=args.patients, seed=args.seed), cohort)
         paths, sites, dims = validate_cohort(cohort)
+        from .optional_inputs import check_optional_inputs
+
+        optional = check_optional_inputs(cohort, sites, cfg.high_risk, args.out)
     except (RmmError, FileNotFoundError) as err:
         print(f"rmm-simulate: error: {err}", file=sys.stderr)
         return 2
@@ -102,41 +110,38 @@ def main(argv: list[str] | None = None) -> int:
         mods = ", ".join(f"{m} {v['present']}/{sm['patients']}" for m, v in sm["modalities"].items())
         print(f"[rmm] {s.site}: {sm['patients']} patients, {sm['events']} events; present: {mods}; "
               f"no modality: {sm['no_modality']}")
-    from .run import run_study
+    for text in optional.warnings:
+        _warn(text)
+    from ..server.flower_log import QuietRun
+    from ..server.progress import BarProgress, Progress
+    from ..server.summary import summary_lines
+    from .run import StudyStepError, run_study
 
-    metrics = run_study(cfg, cohort, paths, sites, dims, args.out, pooled=not args.no_pooled, t0=t0, resume=args.resume,
-                        fault=(args.faulty_site, args.fault) if args.faulty_site else None)
-    print_summary(metrics, args.out)
-    return 0
-
-
-def print_summary(m: dict, out: Path) -> None:
-    def f(x):
-        return "  n/a" if x is None else f"{x:.3f}"
-
-    fed = m["federated"]
-    print("\n=== rmm summary ===")
-    print(f"{'site':<10}{'n test':>8}{'C-index':>9}{'referral':>10}")
-    for s, v in fed["per_site"].items():
-        print(f"{s:<10}{v['n_test']:>8}{f(v['c_index']):>9}{f(m['routing']['referral_rate_per_site'][s]):>10}")
-    print(f"federated C-index (pooled test)      {f(fed['c_index'])}")
-    if "pooled_reference" in m:
-        print(f"pooled reference C-index (sim only)  {f(m['pooled_reference']['c_index'])}")
-    if "oracle" in m:
-        o = m["oracle"]
-        print(f"oracle C-index (true risk)           {f(o['c_index'])}"
-              + (f"  (E[risk | observed]: {f(o['c_index_observed'])})" if "c_index_observed" in o else ""))
-    if "cohort" in m:
-        r2 = ", ".join(f"{k} {v:.2f}" for k, v in m["cohort"]["cross_modal_r2"].items())
-        print(f"cross-modal R^2 of the cohort        {r2}")
-    rec = [h["train-rec"] for h in m.get("history", []) if "train-rec" in h]
-    if rec:
-        print(f"Tier 1 reconstruction loss, last rd  {rec[-1]:.3f}  (1.0 = predicting the mean)")
-    c = m["calibration"]
-    print(f"theta (q={c['quantile']})                    {c['theta']:.4g}  (exact pooled {c['theta_exact_pooled']:.4g})")
-    print(f"masked-complete referral rate        {f(m['routing']['masked_complete_referral_rate'])}")
-    print(f"wall time                            {m['timing_s']['total']:.1f} s")
-    print(f"outputs: {out}/metrics.json calibration.json run_config.json model.pt report.md")
+    log = args.out / "flower.log"
+    if not args.resume:
+        log.unlink(missing_ok=True)
+    print(f"[rmm] federating {len(sites)} sites on Flower's simulation engine "
+          f"({cfg.rounds} Tier 1 + {cfg.tier2_rounds} Tier 2 rounds); Flower and Ray logs: "
+          f"{'console (--verbose)' if args.verbose else log}", flush=True)
+    code, study, failure = 0, None, None
+    with QuietRun(log, verbose=args.verbose) as quiet:
+        progress = Progress() if args.verbose else BarProgress(stream=quiet.err, out=quiet.out)
+        try:
+            study = run_study(cfg, cohort, paths, sites, dims, args.out, pooled=not args.no_pooled, t0=t0,
+                              resume=args.resume, fault=(args.faulty_site, args.fault) if args.faulty_site else None,
+                              truth=optional.truth, progress=progress, quiet=quiet)
+        except StudyStepError as err:
+            code, failure = 1, err
+        except RmmError as err:  # the federation refused to go on (no site accepted, ...): nothing written
+            code, failure = 1, err
+    if study is None and isinstance(failure, StudyStepError):
+        metrics = json.loads((args.out / "metrics.json").read_text())
+        print("\n".join(summary_lines(metrics, args.out)))
+    elif study is not None:
+        print("\n".join(summary_lines(study.metrics, args.out, [f.file for f in study.figures])))
+    if failure is not None:
+        print(f"rmm-simulate: error: {failure}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ command must not connect, and ``run_supervised`` by a recorder where the command
 
 from __future__ import annotations
 
+import json
+
 import stat
 import subprocess
 import sys
@@ -311,6 +313,8 @@ def test_run_exit_code_follows_run_status(tmp_path, monkeypatch, capsys, status,
             out.mkdir(exist_ok=True)
             for name in server_cli.OUTPUT_FILES:
                 (out / name).write_text("x")
+            (out / "metrics.json").write_text(json.dumps(
+                {"federated": {"c_index": 0.75, "per_site": {"A": {"n_test": 4, "c_index": 0.7}}}}))
         return 0
     monkeypatch.setattr(server_cli, "run_supervised", fake_run)
     monkeypatch.setattr(server_cli, "require_executable", lambda name: name)
@@ -318,6 +322,8 @@ def test_run_exit_code_follows_run_status(tmp_path, monkeypatch, capsys, status,
     code = server_cli.main(["run", "--config", str(tmp_path / "c.toml"), "--connection", "rmm",
                             "--dir", str(tmp_path / "c"), "--out", str(out)])
     assert code == expected
+    if expected == 0:  # the end summary, read from metrics.json
+        assert "federated 0.750" in capsys.readouterr().out
     cmd = seen["cmd"]
     assert cmd[:2] == ["flwr", "run"] and cmd[3] == "rmm" and "--stream" in cmd
     assert cmd.count("--run-config") == 1

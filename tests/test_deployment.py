@@ -180,7 +180,7 @@ def test_two_sites_two_rounds_over_tls(consortium):
                       '[run]\n"model.mc-samples" = 4\n' + short_tier2)
     t0 = time.monotonic()
     proc = c["procs"].start("run", [c["server"], "run", "--config", str(config), "--connection", "rmm",
-                                    "--out", str(out)], pipe=True)
+                                    "--out", str(out), "--verbose"], pipe=True)  # every Flower line: timings below
     timer = threading.Timer(240, lambda: proc.poll() is None and proc.send_signal(signal.SIGTERM))
     timer.start()
     lines: list[tuple[float, str]] = []

@@ -172,7 +172,7 @@ class Consortium:
 
     def run(self, name: str, config: Path, out: Path, *extra: str) -> Followed:
         return Followed(self.procs, name, [self.server, "run", "--config", str(config), "--connection", "rmm",
-                                           "--out", str(out), *extra], self.logs / f"{name}.log")
+                                           "--out", str(out), "--verbose", *extra], self.logs / f"{name}.log")
 
     def close(self) -> list[str]:
         return self.procs.stop_all()

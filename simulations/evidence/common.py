@@ -3,7 +3,6 @@ tables (Markdown + CSV), mean +- sd."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -50,35 +49,22 @@ def load_cohort(cohort: Path) -> tuple[list[Path], list[SiteData], dict[str, int
 
 def run_cached(cohort: Path, out: Path, overrides: dict[str, Any], *, quiet: bool = True) -> dict:
     """One study through Flower (``run_study``, pooled reference off) into ``out``; metrics.json is the
-    cache key: an existing one is returned without rerunning (delete the folder to redo)."""
+    cache key: an existing one is returned without rerunning (delete the folder to redo). Flower's and
+    Ray's output goes to ``out/flower.log`` (``quiet=False``: to the console)."""
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
+    from ...server.flower_log import QuietRun
+    from ..optional_inputs import load_truth
     from ..run import run_study
 
     cfg = RunConfig().with_overrides({"device": "cpu", **overrides})
     paths, sites, dims = load_cohort(cohort)
+    truth, _ = load_truth(cohort / "truth.csv", sites)  # oracle C-index when the cohort has a usable one
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with quiet_output(out / "run.log") if quiet else contextlib.nullcontext():
-        metrics = run_study(cfg, cohort, paths, sites, dims, out, pooled=False, t0=t0)
-    return metrics
-
-
-@contextlib.contextmanager
-def quiet_output(log: Path):
-    """Send this process's stdout/stderr and Flower's log lines to ``log`` (progress bars write to
-    ``sys.__stderr__`` and stay visible)."""
-    import logging
-
-    flwr_logger = logging.getLogger("flwr")
-    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        handler = logging.StreamHandler(fh)
-        old = list(flwr_logger.handlers)
-        flwr_logger.handlers = [handler]
-        try:
-            yield
-        finally:
-            flwr_logger.handlers = old
+    with QuietRun(out / "flower.log", verbose=not quiet) as q:
+        study = run_study(cfg, cohort, paths, sites, dims, out, pooled=False, t0=t0, truth=truth, quiet=q)
+    return study.metrics
 
 
 def progress(iterable, **kw):

@@ -1,0 +1,117 @@
+"""The end-of-run summary a researcher reads on the console, from metrics.json alone.
+
+Federated / pooled reference / oracle C-index, two-tier vs Tier 1 on referred patients, uncertainty
+quality, referral per site, calibration, the cohort's own numbers when metrics.json carries them,
+wall time and where the outputs are. Sections whose keys a run does not have are left out (a
+deployment has no pooled reference or oracle; older runs have no ``cohort`` or ``uncertainty``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def f3(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def n_referred(m: dict[str, Any]) -> int:
+    """Test patients sent to Tier 2 (referral rate x test patients, summed over sites)."""
+    rates, per_site = m.get("routing", {}).get("referral_rate_per_site", {}), m["federated"]["per_site"]
+    return int(round(sum((rates.get(s) or 0.0) * v["n_test"] for s, v in per_site.items())))
+
+
+def uncertainty_quality(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) pairs on how well Tier 1's uncertainty tracks its error, from what metrics.json holds."""
+    out: list[tuple[str, str]] = []
+    unc = m.get("uncertainty")
+    if isinstance(unc, dict):
+        for k, v in unc.items():
+            if isinstance(v, (int, float)) or v is None:
+                out.append((k.replace("_", " "), f3(v)))
+    tt = m.get("two_tier", {})
+    rho = tt.get("uncertainty_error_spearman_per_site")
+    if rho:
+        out.append(("Spearman(sigma^2, recovery error) per site", ", ".join(f"{s} {f3(v, 2)}" for s, v in rho.items())))
+    rec = tt.get("recovery_mse")
+    if rec:
+        out.append(("recovery MSE on masked complete cases", f"Tier 1 {f3(rec.get('tier1'))}, Tier 2 {f3(rec.get('tier2'))}"))
+    r, c = m.get("routing", {}), m.get("calibration", {})
+    if "masked_complete_referral_rate" in r and "quantile" in c:
+        out.append(("referral on masked complete cases", f"{f3(r['masked_complete_referral_rate'])} "
+                                                          f"(target {1 - c['quantile']:.2f})"))
+    return out
+
+
+def cohort_facts(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The generator's own numbers, when metrics.json has a ``cohort`` section."""
+    co = m.get("cohort")
+    if not isinstance(co, dict):
+        return []
+    out = []
+    r2 = co.get("cross_modal_r2")
+    if isinstance(r2, dict) and r2:
+        out.append(("cross-modal R^2", ", ".join(f"{k} {f3(v, 2)}" for k, v in r2.items())))
+    oracles = [(label, co[key]) for key, label in (("oracle_c_index_all", "every modality"),
+                                                      ("oracle_c_index_observed", "E[risk | observed]"),
+                                                      ("oracle_c_index_no_recovery", "observed alone"))
+               if key in co]
+    if oracles:
+        out.append(("oracle C-index (test)", "; ".join(f"{label} {f3(v)}" for label, v in oracles)))
+    o = m.get("oracle", {})
+    if o.get("referred_n"):
+        out.append((f"oracle on the {o['referred_n']} referred", f"true risk {f3(o.get('c_index_referred'))}; "
+                                                                 f"E[risk | observed] {f3(o.get('c_index_observed_referred'))}"))
+    rec = [h["train-rec"] for h in m.get("history") or [] if "train-rec" in h]
+    if rec:
+        out.append(("Tier 1 reconstruction loss, last round", f"{f3(rec[-1])} (1.0 = predicting the mean)"))
+    return out
+
+
+def summary_lines(m: dict[str, Any], out: Path, files: list[str] | None = None) -> list[str]:
+    fed = m["federated"]
+    r = m.get("routing", {})
+    lines = ["", "=== rmm summary ===",
+             f"{'site':<10}{'n test':>7}{'C-index':>9}{'referral':>10}  routes tier1/tier2/abstain"]
+    for s, v in fed["per_site"].items():
+        rc = r.get("route_counts_per_site", {}).get(s, {})
+        lines.append(f"{s:<10}{v['n_test']:>7}{f3(v['c_index']):>9}{f3(r.get('referral_rate_per_site', {}).get(s)):>10}"
+                     f"  {rc.get('tier1', '?')}/{rc.get('tier2', '?')}/{rc.get('abstain', '?')}")
+    parts = [f"federated {f3(fed['c_index'])}"]
+    if "pooled_reference" in m:
+        parts.append(f"pooled reference {f3(m['pooled_reference'].get('c_index'))} (simulation only)")
+    if "oracle" in m:
+        parts.append(f"oracle {f3(m['oracle'].get('c_index'))} (true risk)")
+    lines.append(f"C-index, test split:  {'; '.join(parts)}")
+    if fed.get("c_index_method", "").startswith("pooled"):
+        lines.append(f"  (federated = pooled test split, simulation only; per-site pair-weighted "
+                     f"{f3(fed.get('c_index_combined_pairs'))})")
+    tt = m.get("two_tier", {})
+    if tt.get("enabled"):
+        c = tt["c_index"]
+        lines.append(f"two-tier vs Tier 1:   referred patients (n={n_referred(m)}) Tier 2 {f3(c['tier2_referred'])} vs "
+                     f"Tier 1 {f3(c['tier1_referred'])}; not abstained: two-tier {f3(c['two_tier_covered'])} vs "
+                     f"Tier 1 {f3(c['tier1_covered'])}")
+    for label, value in uncertainty_quality(m):
+        lines.append(f"uncertainty:          {label}: {value}")
+    cal = m.get("calibration", {})
+    if "theta" in cal:
+        exact = cal.get("theta_exact_pooled")
+        lines.append(f"calibration:          theta {cal['theta']:.4g} (q={cal['quantile']}"
+                     + (f"; exact pooled {exact:.4g}, simulation only" if exact else "") + ")")
+    for label, value in cohort_facts(m):
+        lines.append(f"cohort:               {label}: {value}")
+    t = m.get("timing_s", {})
+    shown = [f"{k.replace('_', ' ')} {t[k]:.1f} s" for k in ("federation", "pooled_reference") if t.get(k)]
+    lines.append(f"wall time:            {t.get('total', float('nan')):.1f} s" + (f" ({', '.join(shown)})" if shown else ""))
+    for step, why in (m.get("failed_steps") or {}).items():
+        lines.append(f"FAILED step:          {step}: {why}")
+    lines.append(f"outputs:              {out}/  report.md report.html metrics.json model.pt calibration.json")
+    if files:
+        lines.append(f"figures:              {' '.join(files)}")
+    lines.append(f"Flower and Ray logs:  {out / 'flower.log'}")
+    return lines
