@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from ..core.site_policy import refused_key
+
 try:  # POSIX: serialise writers of several ClientApp processes
     import fcntl
 except ImportError:  # pragma: no cover
@@ -74,7 +76,9 @@ def ledger_entry(request: Message, reply: Message | None, *, blocked: str | None
     if blocked is not None:
         return {**entry, "status": "blocked", "blocked": blocked}
     if reply.has_error():
-        return {**entry, "status": "error", "error_code": int(reply.error.code)}
+        key = refused_key(reply.error.reason)  # a site-policy refusal names its key (never values)
+        return {**entry, "status": "refused" if key else "error", "error_code": int(reply.error.code),
+                **({"policy_key": key} if key else {})}
     records, total = [], 0
     for name in sorted(reply.content):
         record = reply.content[name]

@@ -18,8 +18,11 @@ from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
 from .baseline_hazard import local_hazard_sums
 from .histogram import HistogramGrid
-from .private_histogram import privatize_counts, suppress_small_bins
-from .risk_groups import risk_counts
+from .merged_hazard import MergedHazard, merge_intervals
+from .merged_histogram import MergedBins, merge_bins
+from .private_histogram import privatize_counts
+from .risk_groups import RISK_GRID, risk_counts
+from .site_policy import PolicyViolation
 from .routing import ABSTAIN, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
@@ -108,16 +111,68 @@ class SiteSession:
         self.dp_state = {**accountant.to_arrays(), "dp-baseline": result.baseline}
         return result.weights, result
 
-    def release_counts(self, counts: np.ndarray) -> np.ndarray:
-        """The calibration counts this site sends: with dp.histogram-epsilon > 0, unclipped noisy counts
-        (sensitivity = masking patterns per patient; the server sums, then monotone_counts); else with
-        dp.histogram-min-count > 1, small bins merged toward the median; else the exact counts."""
+    # ---- releases that respect the site's floor (core/merged_histogram.py, core/merged_hazard.py) ----
+    def merged_release(self, grid: HistogramGrid, values: np.ndarray, patients: np.ndarray, k: int,
+                       what: str) -> MergedBins:
+        """Bins merged until each non-empty one holds values of >= k patients; with dp.histogram-epsilon
+        > 0, noise is then added to the merged counts (unclipped; the server clips after summing)."""
         assert self.cfg is not None
-        dp = self.cfg.dp
-        if dp.histogram_epsilon > 0:
-            return privatize_counts(counts, dp.histogram_epsilon, np.random.default_rng(),  # OS entropy, never seeded
-                                    sensitivity=len(masking_patterns(len(self.dims))), clip=False)
-        return suppress_small_bins(counts, dp.histogram_min_count) if dp.histogram_min_count > 1 else counts
+        merged = merge_bins(grid, values, patients, k)
+        if merged is None:
+            raise PolicyViolation("min-patients", f"the {what} would come from {len(np.unique(patients))} patient(s), "
+                                  f"fewer than this site's floor of {k}", "nothing to do: the run goes on with "
+                                  "the other sites (a hospital may lower min-patients in its policy file)")
+        eps = self.cfg.dp.histogram_epsilon
+        if eps > 0:
+            noisy = privatize_counts(merged.counts, eps, np.random.default_rng(),  # OS entropy, never seeded
+                                     sensitivity=len(masking_patterns(len(self.dims))), clip=False)
+            merged = MergedBins(merged.first, merged.last, noisy, merged.n_bins)
+        return merged
+
+    def calibration_release(self, weights: dict[str, np.ndarray], grid: HistogramGrid, k: int) -> tuple[MergedBins, int]:
+        """Tier 1 calibration (fixes Tier 1 at this site, like :meth:`histogram`), merged to the floor."""
+        self.tier1_frozen = weights
+        values = self.calibration_values(weights)
+        return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
+                                   "calibration histogram"), int(len(values))
+
+    def tier2_release(self, weights: dict[str, np.ndarray], grid: HistogramGrid, k: int
+                      ) -> tuple[MergedBins, dict[str, float]]:
+        """:meth:`tier2_calibration` with the histogram merged to the floor (and the same risk sums,
+        over every training patient: refused when they are fewer than k)."""
+        n_train = len(self.data.indices("train"))
+        if n_train < k:
+            raise PolicyViolation("min-patients", f"the risk sums would cover {n_train} training patients, fewer "
+                                  f"than this site's floor of {k}", "nothing to do: the run goes on without this site")
+        values, sums = self._tier2_values(weights)
+        return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
+                                   "Tier 2 calibration histogram"), sums
+
+    def risk_group_release(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
+                           scale: RiskScale, k: int) -> MergedBins:
+        assert self.cfg is not None
+        tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
+        risk = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
+                                scale=scale, seed=self.cfg.seed).system_risk
+        keep = np.isfinite(risk)
+        return self.merged_release(RISK_GRID, np.exp(np.clip(risk[keep], -50.0, 50.0)), np.flatnonzero(keep), k,
+                                   "risk-group histogram")
+
+    def followup_release(self, grid: HistogramGrid, k: int) -> MergedBins:
+        t = self.data.time[self.data.indices("train")]
+        return self.merged_release(grid, t, np.arange(len(t)), k, "follow-up histogram")
+
+    def hazard_release(self, grid: np.ndarray, k: int) -> MergedHazard:
+        """Breslow sums on ``grid`` with intervals merged to >= k events and >= k patients leaving."""
+        train = self._split("train")
+        keep = train.present.any(dim=1).cpu().numpy()
+        risk = predict_risk(self._tier1(), train)[keep]
+        merged = merge_intervals(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid, k)
+        if merged is None:
+            raise PolicyViolation("min-patients", f"the Breslow sums would have fewer than {k} events or patients in "
+                                  "some interval even with every interval merged", "nothing to do: the run goes on "
+                                  "with the other sites")
+        return merged
 
     # ---- phase 4: calibration ----------------------------------------------------------
     def histogram(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, int]:
@@ -167,6 +222,10 @@ class SiteSession:
     def tier2_calibration(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, dict[str, float]]:
         """Histogram of Tier 2 uncertainty on held-out complete cases (masked), plus the sums that put
         both heads' risks on one scale (n, sum and sum of squares of each head's training risk)."""
+        values, sums = self._tier2_values(weights)
+        return grid.counts(values), sums
+
+    def _tier2_values(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
         assert self.cfg is not None
         tier1, tier2 = self._tier1(), self.tier2_model(weights)
         values = recovery_errors(tier1, tier2, self._split("val"), self.cfg, seed=self.cfg.seed)["unc2"]
@@ -175,7 +234,7 @@ class SiteSession:
         r2, _, _ = predict_tier2(tier2, tier1, train, self.cfg.tier2, seed=self.cfg.seed, mc_samples=self.cfg.model.mc_samples)
         sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
                 "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
-        return grid.counts(values), sums
+        return values, sums
 
     def risk_group_counts(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
                           scale: RiskScale) -> np.ndarray:
@@ -242,6 +301,13 @@ class SiteSession:
                     "recovery-sse-tier2": float(rec["err2"].sum()) if len(rec["err2"]) else float("nan"),
                     "uncertainty-error-spearman": _spearman(rec["sigma2"], rec["err1"])})
         return out
+
+
+def _pattern_patients(values: np.ndarray, n_modalities: int) -> np.ndarray:
+    """Patient label of each calibration value: they come pattern by pattern over the same complete
+    cases (core/uncertainty.calibration_uncertainties, two_tier.recovery_errors)."""
+    patterns = len(masking_patterns(n_modalities))
+    return np.tile(np.arange(len(values) // patterns), patterns) if len(values) else np.zeros(0, dtype=int)
 
 
 def _counts(prefix: str, c) -> dict[str, float]:

@@ -22,7 +22,7 @@ from .pooled import oracle_c_index, train_pooled_reference
 
 
 def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = False,
-               fault: tuple[str, str] | None = None) -> FederationResult:
+               fault: tuple[str, str] | None = None, policy: Path | None = None) -> FederationResult:
     """Run the ServerApp and one ClientApp per site on Flower's simulation engine (in-process)."""
     from flwr.simulation import run_simulation
 
@@ -34,7 +34,8 @@ def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = Fals
                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False}}
     run_simulation(server_app=make_server_app(cfg, n_sites=len(paths), sink=holder.append, out_dir=str(out),
                                               resume=resume),
-                   client_app=make_client_app(sites, ledger_dir=str(out / "ledger"), extra_mods=mods),
+                   client_app=make_client_app(sites, ledger_dir=str(out / "ledger"), extra_mods=mods,
+                                              policy=str(policy.resolve()) if policy else None),
                    num_supernodes=len(paths), backend_config=backend)
     if not holder:
         raise RuntimeError("the Flower simulation ended without a result; see the log above")
@@ -43,9 +44,9 @@ def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = Fals
 
 def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteData], dims: dict[str, int],
               out: Path, *, pooled: bool = True, t0: float | None = None, resume: bool = False,
-              fault: tuple[str, str] | None = None) -> dict:
+              fault: tuple[str, str] | None = None, policy: Path | None = None) -> dict:
     t0 = time.perf_counter() if t0 is None else t0
-    res = run_flower(cfg, paths, out, resume, fault)
+    res = run_flower(cfg, paths, out, resume, fault, policy)
     t_fed = time.perf_counter()
 
     # Simulation-only: the federated model's pooled test C-index and the exact calibration percentile.
