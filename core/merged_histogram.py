@@ -14,12 +14,17 @@ first fine bin and the upper edge of its last; and, through its first and last b
 lowest and highest of those values lie to within one fine bin (order statistics, never which
 patient). The site policy's ``max-bins`` and ``min-bin-ratio`` bound that resolution.
 
-Server side (:func:`spread`, :func:`merged_quantile`). The server spreads each merged count evenly
-over the fine bins it spans and adds the sites: a histogram on the common grid with fractional
-counts, whose quantile keeps its meaning (the q-quantile of the pooled values). The error is
+Server side (:func:`pooled_counts`, :func:`merged_quantile`). The server turns the sites' merged
+bins into one histogram on the common grid with fractional counts, whose quantile keeps its meaning
+(the q-quantile of the pooled values). A merged count is an interval-censored observation: its
+values lie somewhere in its span. The pooled counts are their nonparametric maximum-likelihood
+estimate (Turnbull's self-consistency iteration): start from every merged count spread evenly over
+its span, then repeatedly share each merged count out over its span in proportion to the current
+pooled counts, so that one site's narrow bins shape where another site's wide bin puts its mass.
+Without merging nothing is spread and the result is the plain summed histogram. The error is
 bounded: putting every merged count at its first fine bin, and then at its last, gives the lowest
 and highest place the exact pooled quantile can be; :func:`merged_quantile` returns that bracket
-with the estimate. Without merging the bracket is the one-bin bound of the plain histogram.
+with the estimate.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 from .errors import HistogramError
 from .histogram import HistogramGrid, quantile_from_counts
 
-__all__ = ["MergedBins", "merge_bins", "spread", "merged_quantile", "QuantileBracket"]
+__all__ = ["MergedBins", "merge_bins", "spread", "pooled_counts", "merged_quantile", "QuantileBracket"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,28 @@ def spread(parts: list[MergedBins], n_bins: int, where: str = "even") -> np.ndar
     return out
 
 
+def pooled_counts(parts: list[MergedBins], n_bins: int, iterations: int = 200) -> np.ndarray:
+    """Fractional pooled counts on the fine grid: Turnbull's self-consistency iteration (module docstring)."""
+    pooled = np.clip(spread(parts, n_bins, "even"), 0.0, None)
+    spans = [(int(a), int(b) + 1, max(float(c), 0.0)) for p in parts for a, b, c in zip(p.first, p.last, p.counts)
+             if b > a]
+    fixed = np.zeros(n_bins)  # merged bins of one fine bin are exact
+    for p in parts:
+        for a, b, c in zip(p.first, p.last, p.counts):
+            if a == b:
+                fixed[a] += max(float(c), 0.0)
+    for _ in range(iterations if spans else 0):
+        new = fixed.copy()
+        for a, b, c in spans:
+            w = pooled[a:b]
+            total = w.sum()
+            new[a:b] += c * w / total if total > 0 else c / (b - a)
+        if np.abs(new - pooled).max() < 1e-9:
+            return new
+        pooled = new
+    return pooled
+
+
 @dataclass(frozen=True)
 class QuantileBracket:
     estimate: float  # quantile of the evenly spread counts
@@ -130,7 +157,7 @@ def _rank_bin(counts: np.ndarray, rank: int) -> int:
 
 def merged_quantile(grid: HistogramGrid, parts: list[MergedBins], q: float) -> QuantileBracket:
     """q-quantile of the pooled values from the sites' merged bins, with the bracket it must lie in."""
-    even = np.clip(spread(parts, grid.n_bins, "even"), 0.0, None)
+    even = pooled_counts(parts, grid.n_bins)
     estimate = quantile_from_counts(grid, even, q, fractional=True)
     at_first, at_last = (np.clip(spread(parts, grid.n_bins, w), 0, None).round() for w in ("first", "last"))
     n = int(round(even.sum()))

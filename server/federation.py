@@ -28,7 +28,7 @@ from ..core.feature_stats import FeatureStats, add_sums
 from ..core.baseline_hazard import add_hazard_sums, baseline_from_sums, time_grid
 from ..core.histogram import HistogramGrid
 from ..core.merged_hazard import MergedHazard, fine_sums
-from ..core.merged_histogram import MergedBins, QuantileBracket, merged_quantile, spread
+from ..core.merged_histogram import MergedBins, QuantileBracket, merged_quantile, pooled_counts, spread
 from ..core.site_policy import refused_key
 from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
 from ..core.tier1 import build_model
@@ -207,7 +207,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                    config=ConfigRecord(grid_h.to_config()))
     answered("calibration", replies)
     parts = _merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
-    counts = spread(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
+    counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
     if counts.sum() <= 0:
         raise FederationError("no site has held-out complete cases to calibrate theta on; "
                               "give each site a 'val' split with some patients who have every modality "
@@ -216,7 +216,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     theta = bracket.estimate
     release_error = {"theta": _bracket_doc(bracket, parts)}
     timing["calibration"] = time.perf_counter() - t
-    say(f"calibration: {int(counts.sum())} uncertainty values from {len(replies)} site(s); "
+    say(f"calibration: {round(float(counts.sum()))} uncertainty values from {len(replies)} site(s); "
         f"theta (q={cfg.quantile}) = {theta:.4g}")
 
     # 5b. baseline hazard of the frozen Tier 1 (Breslow on a federated time grid), for survival curves
@@ -249,7 +249,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                        config=ConfigRecord({**grid_h.to_config(), "tier": 2}))
         answered("tier2_calibration", replies)
         parts2 = _merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
-        counts2 = spread(parts2, grid_h.n_bins) if parts2 else np.zeros(grid_h.n_bins)
+        counts2 = pooled_counts(parts2, grid_h.n_bins) if parts2 else np.zeros(grid_h.n_bins)
         sums = {k: sum(float(r.content[P.METRICS][k]) for r in replies.values())
                 for k in ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")}
         scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
@@ -260,7 +260,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
             release_error["tier2_bound"] = _bracket_doc(bracket2, parts2)
         timing["tier2_calibration"] = time.perf_counter() - t
         say(f"tier2 calibration: abstain when Tier 2 uncertainty > {bound:.4g} (q={cfg.tier2_abstain_quantile}, "
-            f"{int(counts2.sum())} values)")
+            f"{round(float(counts2.sum()))} values)")
 
     scale_conf = {f"scale-{k.replace('_', '-')}": v for k, v in vars(scale).items()}
 
@@ -271,7 +271,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                                         "bound": bound, **scale_conf}))
     answered("risk_groups", replies)
     risk_parts = _merged_parts(replies, RISK_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
-    risk_counts = spread(risk_parts, RISK_GRID.n_bins) if risk_parts else np.zeros(RISK_GRID.n_bins)
+    risk_counts = pooled_counts(risk_parts, RISK_GRID.n_bins) if risk_parts else np.zeros(RISK_GRID.n_bins)
     cutpoints = cutpoints_from_counts(risk_counts)
     if cutpoints is not None:
         release_error["risk_cutpoints"] = {
@@ -281,7 +281,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                          for b in (merged_quantile(RISK_GRID, risk_parts, q) for q in (1 / 3, 2 / 3))]}
     timing["risk_groups"] = time.perf_counter() - t
     say(f"risk groups: tertile cut points of the training system risk "
-        f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({int(risk_counts.sum())} values)")
+        f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({round(float(risk_counts.sum()))} values)")
 
     # 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel)
     t = time.perf_counter()
