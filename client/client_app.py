@@ -29,7 +29,6 @@ from ..core.site_data import discover_sites
 from ..core.site_policy import PolicyViolation
 from ..core.site_session import SiteSession
 from ..core.two_tier import RiskScale
-from ..core.weights import get_weights
 from .packing import packing_mod
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
@@ -80,17 +79,11 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     def shapes(arrays: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
         return {k: tuple(np.shape(v)) for k, v in arrays.items()}
 
-    def model_shapes(s: SiteSession, which: str) -> dict[str, tuple[int, ...]]:
-        cache = s.__dict__.setdefault("_policy_shapes", {})
-        if which not in cache:
-            cache[which] = shapes(get_weights(s.model() if which == "tier1" else s.tier2_model()))
-        return cache[which]
-
     def check_weights(s: SiteSession, arrays: dict[str, np.ndarray], which: str, what: str,
                       optional: bool = False) -> None:
         if optional and not arrays:
             return
-        RequestPolicy.check_weights(shapes(arrays), model_shapes(s, which), what)
+        RequestPolicy.check_weights(shapes(arrays), s.weight_shapes(which), what)
 
     def pinned(context: Context, rp: RequestPolicy, kind: str, grid_key: str, msg: Message) -> None:
         """Pin (grid, everything else the request carries) for this kind; refused if it differs."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import numpy as np
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
 from ..core import protocol as P
@@ -81,8 +83,6 @@ def _check_arrays(request: Message, name: str, record: ArrayRecord) -> None:
 
 def _check_ranges(first, last, size: int) -> None:
     """Merged bins or intervals: integer indices into the server's grid, ordered, never overlapping."""
-    import numpy as np
-
     f = np.asarray(first)
     ok = f.dtype.kind in "iu" and (f.size == 0 or (f.min() >= 0 and f.max() < size))
     if last is None:

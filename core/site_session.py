@@ -16,12 +16,11 @@ from .concordance import concordance_counts
 from .config import RunConfig
 from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
-from .baseline_hazard import local_hazard_sums
 from .histogram import HistogramGrid
 from .merged_hazard import MergedHazard, merge_intervals
 from .merged_histogram import MergedBins, merge_bins
 from .private_histogram import privatize_counts
-from .risk_groups import RISK_GRID, risk_counts
+from .risk_groups import RISK_GRID
 from .site_policy import PolicyViolation
 from .routing import ABSTAIN, TIER2, route_counts
 from .site_data import SiteData, load_site
@@ -110,6 +109,15 @@ class SiteSession:
                                    rounds_before=server_round - 1)
         self.dp_state = {**accountant.to_arrays(), "dp-baseline": result.baseline}
         return result.weights, result
+
+    def weight_shapes(self, which: str) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the run's Tier 1 (``tier1``) or Tier 2 (``tier2``) state dict: the only
+        arrays a request may carry (core/request_policy.check_weights)."""
+        cache = self.__dict__.setdefault("_weight_shapes", {})
+        if which not in cache:
+            model = self.model() if which == "tier1" else self.tier2_model()
+            cache[which] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return cache[which]
 
     # ---- releases that respect the site's floor (core/merged_histogram.py, core/merged_hazard.py) ----
     def merged_release(self, grid: HistogramGrid, values: np.ndarray, patients: np.ndarray, k: int,
@@ -235,30 +243,6 @@ class SiteSession:
         sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
                 "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
         return values, sums
-
-    def risk_group_counts(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
-                          scale: RiskScale) -> np.ndarray:
-        """Histogram (``risk_groups.RISK_GRID``) of the two-tier system risk of the training patients,
-        for the federated tertile cut points of rmm-predict's risk groups."""
-        assert self.cfg is not None
-        tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
-        pred = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
-                                scale=scale, seed=self.cfg.seed)
-        return risk_counts(pred.system_risk)
-
-    # ---- baseline hazard (for survival curves in rmm-predict) ---------------------------
-    def followup_counts(self, grid: HistogramGrid) -> np.ndarray:
-        """Histogram of training follow-up times on the server's grid (to place the hazard grid)."""
-        return grid.counts(self.data.time[self.data.indices("train")])
-
-    def hazard_sums(self, grid: np.ndarray) -> dict[str, np.ndarray]:
-        """Per interval of ``grid``: events, and the sum of exp(Tier 1 risk) over the training patients
-        at risk at its start (Breslow, federated: sums over patients, never a patient's time)."""
-        train = self._split("train")
-        keep = train.present.any(dim=1).cpu().numpy()
-        risk = predict_risk(self._tier1(), train)[keep]
-        events, risk_sum = local_hazard_sums(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid)
-        return {"hazard.events": np.asarray(events, dtype=np.float64), "hazard.risk-sum": np.asarray(risk_sum, dtype=np.float64)}
 
     # ---- per-round validation (model selection) ----------------------------------------
     def validate(self, weights: dict[str, np.ndarray]) -> dict[str, float]:

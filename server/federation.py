@@ -214,7 +214,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                               "(at least its policy's min-patients of them)")
     bracket = merged_quantile(grid_h, parts, cfg.quantile)
     theta = bracket.estimate
-    release_error = {"theta": _bracket_doc(bracket, parts)}
+    release_error = {"theta": {**_bracket_doc(bracket, parts), "per_site": _per_site(replies, parts, site_of)}}
     timing["calibration"] = time.perf_counter() - t
     say(f"calibration: {round(float(counts.sum()))} uncertainty values from {len(replies)} site(s); "
         f"theta (q={cfg.quantile}) = {theta:.4g}")
@@ -392,6 +392,14 @@ def _merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list
         nz = np.flatnonzero(fine)
         return [MergedBins(nz, nz, fine[nz], n_bins)] if nz.size else []
     return parts
+
+
+def _per_site(replies: dict[int, Message], parts: list[MergedBins], site_of: dict[int, str]) -> dict:
+    """Per site: values binned, merged bins sent, widest merged bin (fine bins). Exact parts only."""
+    if len(parts) != len(replies):  # noisy counts were pooled into one part
+        return {}
+    return {site_of[n]: {"values": int(np.asarray(p.counts).sum()), "merged_bins": int(p.first.size),
+                         "widest_merged_bin": p.widest()} for n, p in zip(replies, parts)}
 
 
 def _bracket_doc(b: QuantileBracket, parts: list[MergedBins]) -> dict:

@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.client.client_app import make_client_app
+from rmmfed.client.ledger import format_summary, read_ledger, summarize
 from rmmfed.client.policy_mod import POLICY_REFUSED
 from rmmfed.client.records import from_record, to_record
 from rmmfed.core import protocol as P
@@ -115,6 +116,9 @@ def test_a_200000_bin_followup_grid_is_refused_naming_max_bins_in_reply_and_ledg
     assert "max-bins" in reason
     line = site.last_ledger_line()
     assert line["status"] == "refused" and line["policy_key"] == "max-bins" and "records" not in line
+    summary = summarize(read_ledger(site.ledger))
+    assert summary["refused"] == {"query.hazard [max-bins]": 1}
+    assert "query.hazard [max-bins]" in format_summary(summary)
 
 
 def test_a_narrow_grid_within_max_bins_is_refused_naming_min_bin_ratio(site):
