@@ -235,14 +235,18 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         k = floor_of(context, s)
         if str(conf.get("split", "test")) == "val":  # per-round model selection
             rp.check_phase("tier1")
+            rnd = int(conf.get("server-round", 0)) + int(conf.get("round-offset", 0))
+            rp.check_round(rnd)
             check_weights(s, weights, "tier1", "Tier 1 weights")
             enough(len(s.data.indices("val")), k, "validation pair counts")
+            pinned(context, rp, f"validation-{rnd}", "", msg)
             metrics = s.validate(weights)
             return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-val"]), **metrics}))
         rp.check_phase("evaluation")
         has_tier2 = bool(conf["has-tier2"])
         check_weights(s, weights, "tier2", "Tier 2 weights", optional=not has_tier2)
         enough(len(s.data.indices("test")), k, "test metrics")
+        pinned(context, rp, "evaluation", "", msg)
         metrics = s.evaluate(weights if has_tier2 else None, float(conf["theta"]), float(conf["bound"]),
                              _risk_scale(conf))
         return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))

@@ -8,7 +8,10 @@ in Flower's per-run ``context.state`` (they never leave the site).
 
 One grid per kind: the first request of a kind pins (grid, weights digest). The same request again
 is answered (same data, same answer: nothing new leaks, and the server may retry a lost reply);
-any other grid or weights for that kind is refused under ``one-grid-per-kind``.
+any other grid or weights for that kind is refused under ``one-grid-per-kind``. The final test
+evaluation (its theta, bound, scales and Tier 2 weights) and each round's validation (its weights)
+are pinned the same way: a coordinator cannot difference route or pair counts of the same patients
+by asking again with another threshold or other weights for the same round.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from .config import RunConfig
 from .histogram import HistogramGrid
 from .site_policy import DEFAULT_POLICY, PolicyViolation, SitePolicy
 
-HISTOGRAM_KINDS = ("calibration", "tier2-calibration", "risk-groups", "followup", "hazard")
+PINNED_KINDS = ("calibration", "tier2-calibration", "risk-groups", "followup", "hazard", "evaluation")
+ROUND_KIND = "validation-"  # + the round number: one set of weights scored per validation round
 
 
 def digest(*arrays: dict[str, np.ndarray] | np.ndarray | str) -> str:
@@ -115,8 +119,8 @@ class RequestPolicy:
 
     def pin(self, kind: str, grid_key: str, weights_key: str = "") -> None:
         """The first request of ``kind`` pins (grid, weights); a different one is refused afterwards."""
-        if kind not in HISTOGRAM_KINDS:
-            raise ValueError(f"unknown histogram kind {kind!r}; known: {HISTOGRAM_KINDS}")
+        if kind not in PINNED_KINDS and not (kind.startswith(ROUND_KIND) and kind[len(ROUND_KIND):].isdigit()):
+            raise ValueError(f"unknown pinned kind {kind!r}; known: {PINNED_KINDS} and {ROUND_KIND}<round>")
         value = f"{grid_key}#{weights_key}"
         old = self.pins.get(kind)
         if old is None or not self.policy.one_grid_per_kind:
@@ -124,7 +128,7 @@ class RequestPolicy:
             return
         if old != value:
             what = "grid" if old.split("#")[0] != grid_key else "weights"
-            raise PolicyViolation("one-grid-per-kind", f"this site already answered a '{kind}' histogram this run "
-                                  f"and this request has another {what}",
+            raise PolicyViolation("one-grid-per-kind", f"this site already answered a '{kind}' request this run "
+                                  f"and this one has another {what}",
                                   "the coordinator asks each histogram kind once per run, with one grid "
                                   "(the same request again is answered)")

@@ -301,3 +301,26 @@ def test_a_policy_refusal_is_not_retried_and_the_other_sites_are_kept():
     replies = _ask(grid, [1, 2], P.HAZARD, timeout=30.0)
     assert sorted(replies) == [1]
     assert grid.calls == [[1, 2]]
+
+
+# ---- repeated evaluation and validation queries ------------------------------------------------
+def test_a_second_validation_of_the_same_round_with_other_weights_is_refused(site):
+    w = site.weights()
+    first = site.ask(P.EVALUATE, arrays=to_record(w), config=ConfigRecord({"split": "val", "server-round": 1}))
+    assert not first.has_error()
+    again = site.ask(P.EVALUATE, arrays=to_record(w), config=ConfigRecord({"split": "val", "server-round": 1}))
+    assert dict(again.content[P.METRICS]) == dict(first.content[P.METRICS])
+    other = {k: v * 1.5 for k, v in w.items()}
+    reply = site.ask(P.EVALUATE, arrays=to_record(other), config=ConfigRecord({"split": "val", "server-round": 1}))
+    assert "one-grid-per-kind" in site.refusal(reply)
+    assert not site.ask(P.EVALUATE, arrays=to_record(other),
+                        config=ConfigRecord({"split": "val", "server-round": 2})).has_error()
+
+
+def test_the_test_evaluation_cannot_be_asked_again_with_another_theta(site):
+    site.calibrate()
+    conf = {"split": "test", "has-tier2": False, "bound": float("inf"), "scale-tier1-mean": 0.0,
+            "scale-tier1-std": 1.0, "scale-tier2-mean": 0.0, "scale-tier2-std": 1.0}
+    assert not site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 1e-3})).has_error()
+    reply = site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 2e-3}))
+    assert "one-grid-per-kind" in site.refusal(reply)
