@@ -41,6 +41,8 @@ def compare(before: Path, after: Path, horizons: tuple[float, ...] = (12.0, 36.0
         "theta_exact_pooled": m1["calibration"].get("theta_exact_pooled"),
         "theta_shift_bins": abs(math.log(m1["calibration"]["theta"] / m0["calibration"]["theta"])) / math.log(ratio),
         "abstain_bound": [m0["two_tier"]["abstain_bound"], m1["two_tier"]["abstain_bound"]],
+        "two_tier_covered_c_index": [m0["two_tier"]["c_index"]["two_tier_covered"],
+                                     m1["two_tier"]["c_index"]["two_tier_covered"]],
         "masked_complete_referral_rate": [m0["routing"]["masked_complete_referral_rate"],
                                           m1["routing"]["masked_complete_referral_rate"]],
     }
