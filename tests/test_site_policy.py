@@ -119,3 +119,44 @@ def test_client_refuses_a_bad_policy_before_anything_connects(site_factory, tmp_
     assert client_main(["--site", "A", "--data", str(site), "--check", "--policy", str(f)]) == 2
     err = capsys.readouterr().err
     assert "min-patients" in err and str(f) in err and "Fix:" in err
+
+
+# ---- rmm-simulate --policy and rmm-client's node config ------------------------------------------
+def test_simulate_refuses_a_bad_policy_file_before_anything_runs(tmp_path, capsys):
+    from rmmfed.simulations.cohort import CohortConfig, generate_cohort
+    from rmmfed.simulations.simulate import main as simulate_main
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(CohortConfig(n_patients=60, seed=1), cohort)
+    bad = tmp_path / "policy.toml"
+    bad.write_text("max-bin = 64\n")
+    out = tmp_path / "out"
+    assert simulate_main(["--data", str(cohort), "--out", str(out), "--policy", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "'max-bin'" in err and "Fix:" in err
+    assert not out.exists()
+
+
+def test_a_site_folders_own_policy_wins_over_the_simulation_wide_one(tmp_path):
+    from rmmfed.simulations.cohort import CohortConfig, generate_cohort
+    from rmmfed.simulations.simulate import check_policies
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(CohortConfig(n_patients=60, seed=1), cohort)
+    (cohort / "site-B" / "policy.toml").write_text("min-patients = 30\n")
+    wide = tmp_path / "all.toml"
+    wide.write_text("min-patients = 12\n")
+    got = check_policies(sorted(p for p in cohort.iterdir() if p.is_dir()), wide)
+    assert got["site-B"][1].min_patients == 30 and got["site-A"][1].min_patients == 12
+
+
+def test_rmm_client_hands_its_policy_to_the_supernode_node_config(tmp_path):
+    from rmmfed.client.cli import parse_args, supernode_command
+
+    f = tmp_path / "p.toml"
+    f.write_text("min-patients = 12\n")
+    args = parse_args(["--site", "A", "--data", str(tmp_path), "--superlink", "127.0.0.1:9092", "--insecure",
+                       "--policy", str(f)])
+    cmd = supernode_command(args, tmp_path, 9400)  # builds the command line, starts nothing
+    node = cmd[cmd.index("--node-config") + 1]
+    assert f"policy='{f.resolve()}'" in node
