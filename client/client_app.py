@@ -199,7 +199,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         k = floor_of(context, s)
         if kind == "risk-groups":  # training system risk, for rmm-predict's risk groups
             merged = s.risk_group_release(arrays or None, float(conf["theta"]), float(conf["bound"]),
-                                          _risk_scale(conf), k)
+                                          _risk_scale(conf), k, grid)
             return reply(msg, counts=to_record(merged.to_arrays()))
         if kind == "tier2-calibration":
             merged, sums = s.tier2_release(arrays, grid, k)

@@ -157,13 +157,15 @@ class SiteSession:
                                    "Tier 2 calibration histogram"), sums
 
     def risk_group_release(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
-                           scale: RiskScale, k: int) -> MergedBins:
+                           scale: RiskScale, k: int, grid: HistogramGrid = RISK_GRID) -> MergedBins:
+        """exp(two-tier system risk) of the training patients on ``grid`` (the server's, normally
+        ``risk_groups.RISK_GRID``), merged to the floor: for the federated tertiles of the risk groups."""
         assert self.cfg is not None
         tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
         risk = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
                                 scale=scale, seed=self.cfg.seed).system_risk
         keep = np.isfinite(risk)
-        return self.merged_release(RISK_GRID, np.exp(np.clip(risk[keep], -50.0, 50.0)), np.flatnonzero(keep), k,
+        return self.merged_release(grid, np.exp(np.clip(risk[keep], -50.0, 50.0)), np.flatnonzero(keep), k,
                                    "risk-group histogram")
 
     def followup_release(self, grid: HistogramGrid, k: int) -> MergedBins:

@@ -324,3 +324,14 @@ def test_the_test_evaluation_cannot_be_asked_again_with_another_theta(site):
     assert not site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 1e-3})).has_error()
     reply = site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 2e-3}))
     assert "one-grid-per-kind" in site.refusal(reply)
+
+
+def test_the_risk_group_histogram_merges_bins_to_k_training_patients(site):
+    site.calibrate()
+    conf = {**RISK_GRID.to_config(), "what": "risk-groups", "theta": 1e-3, "bound": float("inf"),
+            "scale-tier1-mean": 0.0, "scale-tier1-std": 1.0, "scale-tier2-mean": 0.0, "scale-tier2-std": 1.0}
+    reply = site.ask(P.HISTOGRAM, arrays=ArrayRecord(), config=ConfigRecord(conf))
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    got = from_record(reply.content[P.COUNTS])
+    assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(site))
+    assert len(got["counts"]) < RISK_GRID.n_bins / K
