@@ -248,7 +248,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         enough(len(s.data.indices("test")), k, "test metrics")
         pinned(context, rp, "evaluation", "", msg)
         metrics = s.evaluate(weights if has_tier2 else None, float(conf["theta"]), float(conf["bound"]),
-                             _risk_scale(conf))
+                             _risk_scale(conf), k)
         return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
 
     return app

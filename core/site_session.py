@@ -256,9 +256,13 @@ class SiteSession:
 
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
-                 scale: RiskScale | None = None) -> dict[str, float]:
+                 scale: RiskScale | None = None, k: int = 1) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
-        covered, referred), routes, recovery errors of both tiers, and per-patient cost of each tier."""
+        covered, referred), routes, recovery errors of both tiers, and per-patient cost of each tier.
+
+        Floor ``k`` (the site policy's min-patients): a subgroup (covered, referred, masked complete
+        cases) of fewer than k patients sends zero counts and sums (NaN C-index / correlation), as
+        if it were empty, so no pair count or error sum stands for fewer than k patients."""
         assert self.cfg is not None
         tier1 = self._tier1()
         tier2 = self.tier2_model(tier2_weights) if tier2_weights is not None else None
@@ -270,10 +274,10 @@ class SiteSession:
         covered, referred = names != ABSTAIN, np.isfinite(pred.tier2_risk)
         out: dict[str, float] = {"n-test": float(len(test)), "n-events-test": float(event.sum())}
         out.update(_counts("", concordance_counts(time, pred.tier1_risk, event)))
-        out.update(_counts("tier1-covered-", concordance_counts(time[covered], pred.tier1_risk[covered], event[covered])))
-        out.update(_counts("system-covered-", concordance_counts(time[covered], pred.system_risk[covered], event[covered])))
-        out.update(_counts("tier1-referred-", concordance_counts(time[referred], pred.tier1_risk[referred], event[referred])))
-        out.update(_counts("tier2-referred-", concordance_counts(time[referred], pred.tier2_risk[referred], event[referred])))
+        for prefix, risk, group in (("tier1-covered-", pred.tier1_risk, covered), ("system-covered-", pred.system_risk, covered),
+                                    ("tier1-referred-", pred.tier1_risk, referred), ("tier2-referred-", pred.tier2_risk, referred)):
+            shown = group if group.sum() >= k else np.zeros_like(group)
+            out.update(_counts(prefix, concordance_counts(time[shown], risk[shown], event[shown])))
         rc = route_counts(pred.routes)
         n = len(test)
         out.update({"routed-tier1": float(rc["tier1"]), "routed-tier2": float(rc[TIER2]),
@@ -281,6 +285,8 @@ class SiteSession:
                     "referral-rate": float(referred.sum()) / n if n else float("nan"),
                     "tier1-seconds": pred.tier1_seconds, "tier2-seconds": pred.tier2_seconds})
         rec = recovery_errors(tier1, tier2, test, self.cfg, seed=self.cfg.seed + 1)
+        if len(rec["sigma2"]) // max(len(masking_patterns(len(self.dims))), 1) < k:  # complete test cases
+            rec = {key: np.zeros(0) for key in rec}
         m = len(rec["sigma2"])
         out.update({"masked-complete-n": float(m), "masked-complete-referred": float((rec["sigma2"] > theta).sum()),
                     "recovery-n": float(m), "recovery-sse-tier1": float(rec["err1"].sum()),

@@ -335,3 +335,14 @@ def test_the_risk_group_histogram_merges_bins_to_k_training_patients(site):
     got = from_record(reply.content[P.COUNTS])
     assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(site))
     assert len(got["counts"]) < RISK_GRID.n_bins / K
+
+
+def test_test_metrics_of_a_subgroup_below_the_floor_are_sent_as_empty(site):
+    s = site.session()
+    s.tier1_frozen = site.weights()
+    full = s.evaluate(None, theta=1e-3, k=1)
+    floored = s.evaluate(None, theta=1e-3, k=int(full["n-test"]) + 1)  # every subgroup smaller than k
+    assert full["tier1-covered-pairs-comparable"] > 0 and full["recovery-n"] > 0
+    assert floored["pairs-comparable"] == full["pairs-comparable"]  # the split itself: the ClientApp checks it
+    assert floored["tier1-covered-pairs-comparable"] == 0 and floored["system-covered-pairs-comparable"] == 0
+    assert floored["recovery-n"] == 0 and floored["recovery-sse-tier1"] == 0 and floored["masked-complete-n"] == 0
