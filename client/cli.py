@@ -2,6 +2,7 @@
 
     rmm-client keygen --site A --dir keys/            # once: key pair; hand over keys/site-A.pub only
     rmm-client --site A --data /secure/site-A --check # validate the folder, print a summary, connect nothing
+    rmm-client --site A --data /secure/site-A --check --policy site-policy.toml  # ... and the effective policy
     rmm-client --site A --data /secure/site-A --superlink fl.example.org:9092 \\
                --root-cert ca.crt --key keys/site-A   # join the federation (TLS + node authentication)
 
@@ -82,6 +83,19 @@ def validate_site(data: str | Path):
     return load_site(data)
 
 
+def effective_policy(data: str | Path, policy: str | Path | None):
+    """(where it comes from, the SitePolicy) as the ClientApp will resolve it (client/policy_mod.py)."""
+    from ..core.site_policy import load_policy
+    from .policy_mod import SITE_POLICY_FILE
+
+    if policy:
+        return str(policy), load_policy(policy)
+    local = Path(data) / SITE_POLICY_FILE
+    if local.is_file():
+        return str(local), load_policy(local)
+    return "defaults (no --policy, no policy.toml in the site folder)", load_policy(None)
+
+
 # ---- joining the federation ----------------------------------------------------------------------
 def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -> list[str]:
     """The ``flower-supernode`` command line for these arguments (no process started).
@@ -99,9 +113,10 @@ def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -
             "--max-retries", str(args.max_retries), "--max-wait-time", str(args.max_wait)]
     if getattr(args, "isolation", "subprocess") == "process":
         cmd += ["--isolation", "process"]
-    cmd += [
-            "--node-config", " ".join(flower_kv({"data-dir": str(data.resolve()), "device": args.device,
-                                                 "site": args.site}))]
+    node = {"data-dir": str(data.resolve()), "device": args.device, "site": args.site}
+    if getattr(args, "policy", None):
+        node["policy"] = str(Path(args.policy).resolve())  # the hospital's own floor, read by the ClientApp
+    cmd += ["--node-config", " ".join(flower_kv(node))]
     return cmd
 
 
@@ -170,7 +185,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--key", help="this site's private key from 'rmm-client keygen' (keys/site-A)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default auto)")
     p.add_argument("--insecure", action="store_true", help="no TLS, no node authentication: local trials ONLY")
-    p.add_argument("--check", action="store_true", help="validate the site folder, print a summary, connect nothing")
+    p.add_argument("--check", action="store_true", help="validate the site folder, print a summary and the "
+                   "effective site policy, connect nothing")
+    p.add_argument("--policy", type=Path, help="this hospital's site policy (TOML or JSON): the privacy floor every "
+                   "request is checked against (default: the folder's policy.toml, else safe defaults; docs/privacy.md)")
     p.add_argument("--runtime-port", type=int, default=0,
                    help="local port of the SuperNode's Runtime API (default: a free port, so several nodes can share a host)")
     p.add_argument("--max-retries", type=int, default=60, help="connection attempts before giving up (default 60)")
@@ -236,8 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RmmError, OSError) as err:
         print(f"rmm-client: site folder is not valid: {err}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        source, policy = effective_policy(args.data, args.policy)
+    except RmmError as err:
+        print(f"rmm-client: site policy is not valid: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if args.check:
         print(format_summary(site.summary(), args.data))
+        print(f"\nsite policy  {source}\n" + "\n".join("  " + line for line in policy.describe().splitlines()))
         try:
             print(f"device       {check_device(args.device)}")
         except RmmError as err:

@@ -3,8 +3,10 @@
 Allowed (anything else makes the reply an error and nothing is sent):
 - ``arrays``: model weights with exactly the names and shapes of the weights the server sent;
 - ``sums``: feature sums ``<modality>.<all|complete>.<n|sum|sumsq>``, each of shape [1] or [dim];
-- ``counts``: one histogram of shape [hist-bins] (the grid the server fixed);
-- ``hazard``: per-interval event counts and risk-set sums on the server's time grid (Breslow);
+- ``counts``: one histogram with bins merged to the site's floor: ``counts``, ``first``, ``last``,
+  each [m] with m <= hist-bins, ``first``/``last`` ordered fine-bin ranges of the server's grid;
+- ``hazard``: Breslow sums with intervals merged to the floor: ``hazard.first``, ``hazard.events``,
+  ``hazard.risk-sum`` each [m] with m <= the server's grid points, ``hazard.risk-after`` [1];
 - ``metrics``: scalar metrics only; ``config``: the schema reply's scalar fields only.
 No reply can carry an array indexed by patient.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+
+import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
@@ -58,15 +62,37 @@ def _check_arrays(request: Message, name: str, record: ArrayRecord) -> None:
                 raise EgressViolation(f"feature-sum array '{k}' of shape {s} is not allowed")
     elif name == P.HAZARD_RECORD:
         sent = request.content.array_records.get(P.HAZARD_RECORD)
-        points = tuple(sent["grid"].shape) if sent is not None and "grid" in sent else None
-        if set(shapes) != {"hazard.events", "hazard.risk-sum"} or any(s != points for s in shapes.values()):
-            raise EgressViolation(f"hazard reply must be per-interval sums on the server's grid {points}, got {shapes}")
+        points = int(sent["grid"].shape[0]) if sent is not None and "grid" in sent else 0
+        keys = {"hazard.first", "hazard.events", "hazard.risk-sum", "hazard.risk-after"}
+        m = shapes.get("hazard.first", (0,))
+        if set(shapes) != keys or shapes["hazard.risk-after"] != (1,) or len(m) != 1 or not 1 <= m[0] <= points \
+                or any(shapes[k] != m for k in ("hazard.events", "hazard.risk-sum")):
+            raise EgressViolation(f"hazard reply must be merged Breslow sums on the server's grid of {points} points, "
+                                  f"got {shapes}")
+        _check_ranges(record["hazard.first"].numpy(), None, points)
     elif name == P.COUNTS:
         bins = int(request.content.config_records[P.CONFIG]["hist-bins"])
-        if set(shapes) != {"counts"} or shapes["counts"] != (bins,):
-            raise EgressViolation(f"histogram reply must be one 'counts' array of shape ({bins},), got {shapes}")
+        m = shapes.get("counts", (0,))
+        if set(shapes) != {"counts", "first", "last"} or len(m) != 1 or m[0] > bins \
+                or shapes["first"] != m or shapes["last"] != m:
+            raise EgressViolation(f"histogram reply must be merged bins (counts, first, last; at most {bins}), got {shapes}")
+        _check_ranges(record["first"].numpy(), record["last"].numpy(), bins)
     else:
         raise EgressViolation(f"array record '{name}' is not allowed")
+
+
+def _check_ranges(first, last, size: int) -> None:
+    """Merged bins or intervals: integer indices into the server's grid, ordered, never overlapping."""
+    f = np.asarray(first)
+    ok = f.dtype.kind in "iu" and (f.size == 0 or (f.min() >= 0 and f.max() < size))
+    if last is None:
+        ok = ok and f.size > 0 and f[0] == 0 and bool((np.diff(f) > 0).all())
+    else:
+        l = np.asarray(last)
+        ok = ok and l.dtype.kind in "iu" and bool((l >= f).all()) and (l.size == 0 or l.max() < size) \
+            and bool((f[1:] > l[:-1]).all())
+    if not ok:
+        raise EgressViolation("merged bins must be ordered, non-overlapping index ranges of the server's grid")
 
 
 def egress_guard(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:

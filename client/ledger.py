@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from ..core.site_policy import refused_key
+
 try:  # POSIX: serialise writers of several ClientApp processes
     import fcntl
 except ImportError:  # pragma: no cover
@@ -74,7 +76,9 @@ def ledger_entry(request: Message, reply: Message | None, *, blocked: str | None
     if blocked is not None:
         return {**entry, "status": "blocked", "blocked": blocked}
     if reply.has_error():
-        return {**entry, "status": "error", "error_code": int(reply.error.code)}
+        key = refused_key(reply.error.reason)  # a site-policy refusal names its key (never values)
+        return {**entry, "status": "refused" if key else "error", "error_code": int(reply.error.code),
+                **({"policy_key": key} if key else {})}
     records, total = [], 0
     for name in sorted(reply.content):
         record = reply.content[name]
@@ -162,14 +166,20 @@ def summarize(entries: list[dict]) -> dict:
             if "keys" in r:
                 keys[r["name"]].update(r["keys"])
     times = sorted(e["time"] for e in entries)
+    refused = Counter(f"{e['message_type']} [{e['policy_key']}]" for e in entries if e.get("policy_key"))
     return {"entries": len(entries), "first": times[0] if times else None, "last": times[-1] if times else None,
-            "status": dict(status), "per_type": {k: dict(v) for k, v in sorted(per_type.items())},
+            "status": dict(status), "refused": dict(sorted(refused.items())),
+            "per_type": {k: dict(v) for k, v in sorted(per_type.items())},
             "arrays": dict(sorted(arrays.items())), "keys": {k: sorted(v) for k, v in sorted(keys.items())}}
 
 
 def format_summary(s: dict) -> str:
     lines = [f"{s['entries']} replies from {s['first']} to {s['last']}",
-             "status: " + ", ".join(f"{k}={v}" for k, v in sorted(s["status"].items())), "", "per message type:"]
+             "status: " + ", ".join(f"{k}={v}" for k, v in sorted(s["status"].items()))]
+    if s.get("refused"):
+        lines += ["", "refused by this site's policy (request [policy key]):"]
+        lines += [f"  {what:<40} {n:>6}" for what, n in s["refused"].items()]
+    lines += ["", "per message type:"]
     lines += [f"  {t:<18} {v['messages']:>6} messages {v['bytes']:>14,} bytes" for t, v in s["per_type"].items()]
     lines += ["", f"arrays sent ({len(s['arrays'])} distinct):"]
     lines += [f"  {name:<40} shape={list(shape)} dtype={dt}" for name, (shape, dt) in s["arrays"].items()]

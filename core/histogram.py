@@ -91,25 +91,25 @@ class HistogramGrid:
 DEFAULT_GRID = HistogramGrid()
 
 
-def _validate_counts(grid: HistogramGrid, counts) -> np.ndarray:
+def _validate_counts(grid: HistogramGrid, counts, fractional: bool = False) -> np.ndarray:
     c = np.asarray(counts, dtype=np.float64).ravel()
     if c.shape[0] != grid.n_bins:
         raise HistogramError(f"got {c.shape[0]} counts for a grid of {grid.n_bins} bins. Fix: "
                              "bin with the same HistogramGrid the server sent (hist-bins).")
-    if not np.isfinite(c).all() or (c < 0).any() or (c != np.round(c)).any():
+    if not np.isfinite(c).all() or (c < 0).any() or (not fractional and (c != np.round(c)).any()):
         raise HistogramError("counts must be finite non-negative integers. Fix: send "
                              "HistogramGrid.counts(values) unchanged, summed over sites.")
     if c.sum() == 0:
         raise HistogramError("all counts are zero, so no quantile exists. Fix: make sure at "
                              "least one site binned at least one value.")
-    return c.astype(np.int64)
+    return c if fractional else c.astype(np.int64)
 
 
 def _order_stat(grid: HistogramGrid, edges: np.ndarray, cum: np.ndarray, c: np.ndarray,
                 k: int) -> float:
     """Estimated k-th (0-based) smallest value (see the module docstring)."""
-    b = int(np.searchsorted(cum, k, side="right"))          # first bin with cum[b] > k
-    f = (k - (cum[b] - c[b]) + 0.5) / c[b]
+    b = min(int(np.searchsorted(cum, k, side="right")), len(c) - 1)  # first bin with cum[b] > k
+    f = min(1.0, (k - (cum[b] - c[b]) + 0.5) / c[b])  # < 1 already for integer counts
     if b == 0:
         return f * grid.low
     if b == grid.n_bins - 1:
@@ -118,8 +118,11 @@ def _order_stat(grid: HistogramGrid, edges: np.ndarray, cum: np.ndarray, c: np.n
     return float(lo * (hi / lo) ** f)
 
 
-def quantile_from_counts(grid: HistogramGrid, counts, q: float) -> float:
+def quantile_from_counts(grid: HistogramGrid, counts, q: float, *, fractional: bool = False) -> float:
     """Estimate the q-quantile (0 < q < 1) of the binned values, numpy 'linear' convention.
+
+    ``fractional=True`` accepts non-integer counts (merged bins spread over the grid by the server,
+    :mod:`rmmfed.core.merged_histogram`); N is then the rounded total.
 
     Accuracy: within one bin of ``np.percentile(values, 100 q)`` (relative error < ratio - 1
     inside [low, high)); returns ``high`` when the rank falls in the overflow bin.
@@ -127,9 +130,9 @@ def quantile_from_counts(grid: HistogramGrid, counts, q: float) -> float:
     if not (isinstance(q, (int, float, np.floating)) and 0.0 < float(q) < 1.0):
         raise HistogramError(f"q={q!r} must lie strictly between 0 and 1. Fix: pass e.g. 0.95 "
                              "for the 95th percentile.")
-    c = _validate_counts(grid, counts)
+    c = _validate_counts(grid, counts, fractional)
     cum = np.cumsum(c)
-    n = int(cum[-1])
+    n = int(round(cum[-1]))
     pos = float(q) * (n - 1)
     k = int(math.floor(pos))
     frac = pos - k

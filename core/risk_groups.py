@@ -34,5 +34,6 @@ def cutpoints_from_counts(counts: np.ndarray, grid: HistogramGrid = RISK_GRID,
     counts = np.asarray(counts)
     if counts.sum() < 3:
         return None
-    cuts = [math.log(quantile_from_counts(grid, counts, q)) for q in quantiles]
+    frac = bool((counts != np.round(counts)).any())  # merged bins spread by the server (merged_histogram)
+    cuts = [math.log(quantile_from_counts(grid, counts, q, fractional=frac)) for q in quantiles]
     return cuts if all(a < b for a, b in zip(cuts, cuts[1:])) else None

@@ -16,10 +16,12 @@ from .concordance import concordance_counts
 from .config import RunConfig
 from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
-from .baseline_hazard import local_hazard_sums
 from .histogram import HistogramGrid
-from .private_histogram import privatize_counts, suppress_small_bins
-from .risk_groups import risk_counts
+from .merged_hazard import MergedHazard, merge_intervals
+from .merged_histogram import MergedBins, merge_bins
+from .private_histogram import privatize_counts
+from .risk_groups import RISK_GRID
+from .site_policy import PolicyViolation
 from .routing import ABSTAIN, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
@@ -108,16 +110,79 @@ class SiteSession:
         self.dp_state = {**accountant.to_arrays(), "dp-baseline": result.baseline}
         return result.weights, result
 
-    def release_counts(self, counts: np.ndarray) -> np.ndarray:
-        """The calibration counts this site sends: with dp.histogram-epsilon > 0, unclipped noisy counts
-        (sensitivity = masking patterns per patient; the server sums, then monotone_counts); else with
-        dp.histogram-min-count > 1, small bins merged toward the median; else the exact counts."""
+    def weight_shapes(self, which: str) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the run's Tier 1 (``tier1``) or Tier 2 (``tier2``) state dict: the only
+        arrays a request may carry (core/request_policy.check_weights)."""
+        cache = self.__dict__.setdefault("_weight_shapes", {})
+        if which not in cache:
+            model = self.model() if which == "tier1" else self.tier2_model()
+            cache[which] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return cache[which]
+
+    # ---- releases that respect the site's floor (core/merged_histogram.py, core/merged_hazard.py) ----
+    def merged_release(self, grid: HistogramGrid, values: np.ndarray, patients: np.ndarray, k: int,
+                       what: str) -> MergedBins:
+        """Bins merged until each non-empty one holds values of >= k patients; with dp.histogram-epsilon
+        > 0, noise is then added to the merged counts (unclipped; the server clips after summing)."""
         assert self.cfg is not None
-        dp = self.cfg.dp
-        if dp.histogram_epsilon > 0:
-            return privatize_counts(counts, dp.histogram_epsilon, np.random.default_rng(),  # OS entropy, never seeded
-                                    sensitivity=len(masking_patterns(len(self.dims))), clip=False)
-        return suppress_small_bins(counts, dp.histogram_min_count) if dp.histogram_min_count > 1 else counts
+        merged = merge_bins(grid, values, patients, k)
+        if merged is None:
+            raise PolicyViolation("min-patients", f"the {what} would come from {len(np.unique(patients))} patient(s), "
+                                  f"fewer than this site's floor of {k}", "nothing to do: the run goes on with "
+                                  "the other sites (a hospital may lower min-patients in its policy file)")
+        eps = self.cfg.dp.histogram_epsilon
+        if eps > 0:
+            noisy = privatize_counts(merged.counts, eps, np.random.default_rng(),  # OS entropy, never seeded
+                                     sensitivity=len(masking_patterns(len(self.dims))), clip=False)
+            merged = MergedBins(merged.first, merged.last, noisy, merged.n_bins)
+        return merged
+
+    def calibration_release(self, weights: dict[str, np.ndarray], grid: HistogramGrid, k: int) -> tuple[MergedBins, int]:
+        """Tier 1 calibration (fixes Tier 1 at this site, like :meth:`histogram`), merged to the floor."""
+        self.tier1_frozen = weights
+        values = self.calibration_values(weights)
+        return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
+                                   "calibration histogram"), int(len(values))
+
+    def tier2_release(self, weights: dict[str, np.ndarray], grid: HistogramGrid, k: int
+                      ) -> tuple[MergedBins, dict[str, float]]:
+        """:meth:`tier2_calibration` with the histogram merged to the floor (and the same risk sums,
+        over every training patient: refused when they are fewer than k)."""
+        n_train = len(self.data.indices("train"))
+        if n_train < k:
+            raise PolicyViolation("min-patients", f"the risk sums would cover {n_train} training patients, fewer "
+                                  f"than this site's floor of {k}", "nothing to do: the run goes on without this site")
+        values, sums = self._tier2_values(weights)
+        return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
+                                   "Tier 2 calibration histogram"), sums
+
+    def risk_group_release(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
+                           scale: RiskScale, k: int, grid: HistogramGrid = RISK_GRID) -> MergedBins:
+        """exp(two-tier system risk) of the training patients on ``grid`` (the server's, normally
+        ``risk_groups.RISK_GRID``), merged to the floor: for the federated tertiles of the risk groups."""
+        assert self.cfg is not None
+        tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
+        risk = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
+                                scale=scale, seed=self.cfg.seed).system_risk
+        keep = np.isfinite(risk)
+        return self.merged_release(grid, np.exp(np.clip(risk[keep], -50.0, 50.0)), np.flatnonzero(keep), k,
+                                   "risk-group histogram")
+
+    def followup_release(self, grid: HistogramGrid, k: int) -> MergedBins:
+        t = self.data.time[self.data.indices("train")]
+        return self.merged_release(grid, t, np.arange(len(t)), k, "follow-up histogram")
+
+    def hazard_release(self, grid: np.ndarray, k: int) -> MergedHazard:
+        """Breslow sums on ``grid`` with intervals merged to >= k events and >= k patients leaving."""
+        train = self._split("train")
+        keep = train.present.any(dim=1).cpu().numpy()
+        risk = predict_risk(self._tier1(), train)[keep]
+        merged = merge_intervals(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid, k)
+        if merged is None:
+            raise PolicyViolation("min-patients", f"the Breslow sums would have fewer than {k} events or patients in "
+                                  "some interval even with every interval merged", "nothing to do: the run goes on "
+                                  "with the other sites")
+        return merged
 
     # ---- phase 4: calibration ----------------------------------------------------------
     def histogram(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, int]:
@@ -167,6 +232,10 @@ class SiteSession:
     def tier2_calibration(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, dict[str, float]]:
         """Histogram of Tier 2 uncertainty on held-out complete cases (masked), plus the sums that put
         both heads' risks on one scale (n, sum and sum of squares of each head's training risk)."""
+        values, sums = self._tier2_values(weights)
+        return grid.counts(values), sums
+
+    def _tier2_values(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
         assert self.cfg is not None
         tier1, tier2 = self._tier1(), self.tier2_model(weights)
         values = recovery_errors(tier1, tier2, self._split("val"), self.cfg, seed=self.cfg.seed)["unc2"]
@@ -175,31 +244,7 @@ class SiteSession:
         r2, _, _ = predict_tier2(tier2, tier1, train, self.cfg.tier2, seed=self.cfg.seed, mc_samples=self.cfg.model.mc_samples)
         sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
                 "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
-        return grid.counts(values), sums
-
-    def risk_group_counts(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
-                          scale: RiskScale) -> np.ndarray:
-        """Histogram (``risk_groups.RISK_GRID``) of the two-tier system risk of the training patients,
-        for the federated tertile cut points of rmm-predict's risk groups."""
-        assert self.cfg is not None
-        tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
-        pred = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
-                                scale=scale, seed=self.cfg.seed)
-        return risk_counts(pred.system_risk)
-
-    # ---- baseline hazard (for survival curves in rmm-predict) ---------------------------
-    def followup_counts(self, grid: HistogramGrid) -> np.ndarray:
-        """Histogram of training follow-up times on the server's grid (to place the hazard grid)."""
-        return grid.counts(self.data.time[self.data.indices("train")])
-
-    def hazard_sums(self, grid: np.ndarray) -> dict[str, np.ndarray]:
-        """Per interval of ``grid``: events, and the sum of exp(Tier 1 risk) over the training patients
-        at risk at its start (Breslow, federated: sums over patients, never a patient's time)."""
-        train = self._split("train")
-        keep = train.present.any(dim=1).cpu().numpy()
-        risk = predict_risk(self._tier1(), train)[keep]
-        events, risk_sum = local_hazard_sums(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid)
-        return {"hazard.events": np.asarray(events, dtype=np.float64), "hazard.risk-sum": np.asarray(risk_sum, dtype=np.float64)}
+        return values, sums
 
     # ---- per-round validation (model selection) ----------------------------------------
     def validate(self, weights: dict[str, np.ndarray]) -> dict[str, float]:
@@ -211,9 +256,13 @@ class SiteSession:
 
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
-                 scale: RiskScale | None = None) -> dict[str, float]:
+                 scale: RiskScale | None = None, k: int = 1) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
-        covered, referred), routes, recovery errors of both tiers, and per-patient cost of each tier."""
+        covered, referred), routes, recovery errors of both tiers, and per-patient cost of each tier.
+
+        Floor ``k`` (the site policy's min-patients): a subgroup (covered, referred, masked complete
+        cases) of fewer than k patients sends zero counts and sums (NaN C-index / correlation), as
+        if it were empty, so no pair count or error sum stands for fewer than k patients."""
         assert self.cfg is not None
         tier1 = self._tier1()
         tier2 = self.tier2_model(tier2_weights) if tier2_weights is not None else None
@@ -225,10 +274,10 @@ class SiteSession:
         covered, referred = names != ABSTAIN, np.isfinite(pred.tier2_risk)
         out: dict[str, float] = {"n-test": float(len(test)), "n-events-test": float(event.sum())}
         out.update(_counts("", concordance_counts(time, pred.tier1_risk, event)))
-        out.update(_counts("tier1-covered-", concordance_counts(time[covered], pred.tier1_risk[covered], event[covered])))
-        out.update(_counts("system-covered-", concordance_counts(time[covered], pred.system_risk[covered], event[covered])))
-        out.update(_counts("tier1-referred-", concordance_counts(time[referred], pred.tier1_risk[referred], event[referred])))
-        out.update(_counts("tier2-referred-", concordance_counts(time[referred], pred.tier2_risk[referred], event[referred])))
+        for prefix, risk, group in (("tier1-covered-", pred.tier1_risk, covered), ("system-covered-", pred.system_risk, covered),
+                                    ("tier1-referred-", pred.tier1_risk, referred), ("tier2-referred-", pred.tier2_risk, referred)):
+            shown = group if group.sum() >= k else np.zeros_like(group)
+            out.update(_counts(prefix, concordance_counts(time[shown], risk[shown], event[shown])))
         rc = route_counts(pred.routes)
         n = len(test)
         out.update({"routed-tier1": float(rc["tier1"]), "routed-tier2": float(rc[TIER2]),
@@ -236,12 +285,21 @@ class SiteSession:
                     "referral-rate": float(referred.sum()) / n if n else float("nan"),
                     "tier1-seconds": pred.tier1_seconds, "tier2-seconds": pred.tier2_seconds})
         rec = recovery_errors(tier1, tier2, test, self.cfg, seed=self.cfg.seed + 1)
+        if len(rec["sigma2"]) // max(len(masking_patterns(len(self.dims))), 1) < k:  # complete test cases
+            rec = {key: np.zeros(0) for key in rec}
         m = len(rec["sigma2"])
         out.update({"masked-complete-n": float(m), "masked-complete-referred": float((rec["sigma2"] > theta).sum()),
                     "recovery-n": float(m), "recovery-sse-tier1": float(rec["err1"].sum()),
                     "recovery-sse-tier2": float(rec["err2"].sum()) if len(rec["err2"]) else float("nan"),
                     "uncertainty-error-spearman": _spearman(rec["sigma2"], rec["err1"])})
         return out
+
+
+def _pattern_patients(values: np.ndarray, n_modalities: int) -> np.ndarray:
+    """Patient label of each calibration value: they come pattern by pattern over the same complete
+    cases (core/uncertainty.calibration_uncertainties, two_tier.recovery_errors)."""
+    patterns = len(masking_patterns(n_modalities))
+    return np.tile(np.arange(len(values) // patterns), patterns) if len(values) else np.zeros(0, dtype=int)
 
 
 def _counts(prefix: str, c) -> dict[str, float]:

@@ -6,6 +6,7 @@ evaluation. Only weights, feature sums, histogram counts and scalar metrics come
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from logging import ERROR, WARNING
@@ -25,8 +26,10 @@ from ..core.config import RunConfig
 from ..core.errors import RmmError
 from ..core.feature_stats import FeatureStats, add_sums
 from ..core.baseline_hazard import add_hazard_sums, baseline_from_sums, time_grid
-from ..core.histogram import HistogramGrid, quantile_from_counts
-from ..core.private_histogram import monotone_counts
+from ..core.histogram import HistogramGrid
+from ..core.merged_hazard import MergedHazard, fine_sums
+from ..core.merged_histogram import MergedBins, QuantileBracket, merged_quantile, pooled_counts, spread
+from ..core.site_policy import refused_key
 from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
@@ -62,6 +65,7 @@ class FederationResult:
     participation: dict[str, list[str]] = field(default_factory=dict)  # phase -> sites that answered
     risk_cutpoints: list[float] | None = None  # tertiles of the training system risk (rmm-predict's groups)
     risk_cutpoint_values: int = 0  # how many training risks the cut points come from
+    release_error: dict = field(default_factory=dict)  # what the sites' privacy floors cost (merged bins)
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(m["pairs-concordant"], m["pairs-tied-risk"], m["pairs-comparable"])
@@ -75,10 +79,12 @@ def _ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, ret
     Every message sent this way is a query a site can answer twice with the same result (schema,
     statistics, setup, histograms, hazard sums, evaluation), so a node that answered with an error
     (e.g. a ClientApp task lost while its SuperNode reconnected) is asked again, up to ``retries``
-    times, within the same ``timeout``. A node that does not answer at all uses up the timeout.
+    times, within the same ``timeout``. A node that does not answer at all uses up the timeout. A node
+    whose site policy refused the request (its reason names the policy key) is not asked again.
     """
     deadline = time.monotonic() + timeout
     out: dict[int, Message] = {}
+    refused: set[int] = set()
     pending = list(nodes)
     for attempt in range(retries + 1):
         left = deadline - time.monotonic()
@@ -90,11 +96,15 @@ def _ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, ret
         msgs = [Message(RecordDict(dict(records)), dst_node_id=n, message_type=message_type) for n in pending]
         for rep in grid.send_and_receive(msgs, timeout=left):
             nid = rep.metadata.src_node_id
-            if rep.has_error():
+            if rep.has_error() and refused_key(rep.error.reason):
+                # The site's own policy refused: the same request would be refused again.
+                log(WARNING, "%s: node %s refused by its site policy: %s", message_type, nid, rep.error.reason)
+                refused.add(nid)
+            elif rep.has_error():
                 log(ERROR, "%s: node %s replied with an error: %s", message_type, nid, rep.error.reason)
             else:
                 out[nid] = rep
-        pending = [n for n in pending if n not in out]
+        pending = [n for n in pending if n not in out and n not in refused]
     return out
 
 
@@ -193,20 +203,22 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(weights),
                    config=ConfigRecord(grid_h.to_config()))
     answered("calibration", replies)
-    counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
-    if cfg.dp.histogram_epsilon > 0:  # sites sent unclipped noisy counts: make the summed CDF monotone
-        counts = monotone_counts(counts)
-    if counts.sum() == 0:
+    parts = _merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
+    counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
+    if counts.sum() <= 0:
         raise FederationError("no site has held-out complete cases to calibrate theta on; "
-                              "give each site a 'val' split with some patients who have every modality")
-    theta = quantile_from_counts(grid_h, counts, cfg.quantile)
+                              "give each site a 'val' split with some patients who have every modality "
+                              "(at least its policy's min-patients of them)")
+    bracket = merged_quantile(grid_h, parts, cfg.quantile)
+    theta = bracket.estimate
+    release_error = {"theta": {**_bracket_doc(bracket, parts), "per_site": _per_site(replies, parts, site_of)}}
     timing["calibration"] = time.perf_counter() - t
-    say(f"calibration: {int(counts.sum())} uncertainty values from {len(replies)} site(s); "
+    say(f"calibration: {round(float(counts.sum()))} uncertainty values from {len(replies)} site(s); "
         f"theta (q={cfg.quantile}) = {theta:.4g}")
 
     # 5b. baseline hazard of the frozen Tier 1 (Breslow on a federated time grid), for survival curves
     t = time.perf_counter()
-    hazard = _baseline_hazard(grid, cfg, accepted, answered)
+    hazard = _baseline_hazard(grid, cfg, accepted, answered, release_error)
     timing["baseline_hazard"] = time.perf_counter() - t
     if hazard is not None:
         say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
@@ -227,17 +239,19 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
         replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights),
                        config=ConfigRecord({**grid_h.to_config(), "tier": 2}))
         answered("tier2_calibration", replies)
-        counts2 = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
-        counts2 = monotone_counts(counts2) if cfg.dp.histogram_epsilon > 0 else counts2
+        parts2 = _merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
+        counts2 = pooled_counts(parts2, grid_h.n_bins) if parts2 else np.zeros(grid_h.n_bins)
         sums = {k: sum(float(r.content[P.METRICS][k]) for r in replies.values())
                 for k in ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")}
         scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
                                     sums["risk2-sumsq"])
         if counts2.sum() > 0:
-            bound = quantile_from_counts(grid_h, counts2, cfg.tier2_abstain_quantile)
+            bracket2 = merged_quantile(grid_h, parts2, cfg.tier2_abstain_quantile)
+            bound = bracket2.estimate
+            release_error["tier2_bound"] = _bracket_doc(bracket2, parts2)
         timing["tier2_calibration"] = time.perf_counter() - t
         say(f"tier2 calibration: abstain when Tier 2 uncertainty > {bound:.4g} (q={cfg.tier2_abstain_quantile}, "
-            f"{int(counts2.sum())} values)")
+            f"{round(float(counts2.sum()))} values)")
 
     scale_conf = {f"scale-{k.replace('_', '-')}": v for k, v in vars(scale).items()}
 
@@ -247,13 +261,18 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                    config=ConfigRecord({**RISK_GRID.to_config(), "what": "risk-groups", "theta": theta,
                                         "bound": bound, **scale_conf}))
     answered("risk_groups", replies)
-    risk_counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0) \
-        if replies else np.zeros(RISK_GRID.n_bins)
-    risk_counts = monotone_counts(risk_counts) if cfg.dp.histogram_epsilon > 0 else risk_counts
+    risk_parts = _merged_parts(replies, RISK_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
+    risk_counts = pooled_counts(risk_parts, RISK_GRID.n_bins) if risk_parts else np.zeros(RISK_GRID.n_bins)
     cutpoints = cutpoints_from_counts(risk_counts)
+    if cutpoints is not None:
+        release_error["risk_cutpoints"] = {
+            "widest_merged_bin_risk_units": max(p.widest() for p in risk_parts) * math.log(RISK_GRID.ratio),
+            "bin_risk_units": math.log(RISK_GRID.ratio),
+            "brackets": [[math.log(max(b.low, 1e-300)), math.log(b.high) if math.isfinite(b.high) else None]
+                         for b in (merged_quantile(RISK_GRID, risk_parts, q) for q in (1 / 3, 2 / 3))]}
     timing["risk_groups"] = time.perf_counter() - t
     say(f"risk groups: tertile cut points of the training system risk "
-        f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({int(risk_counts.sum())} values)")
+        f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({round(float(risk_counts.sum()))} values)")
 
     # 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel)
     t = time.perf_counter()
@@ -269,7 +288,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                             timing_s=timing, best_round=best_round,
                             tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history,
                             baseline_hazard=hazard, participation=participation, risk_cutpoints=cutpoints,
-                            risk_cutpoint_values=int(risk_counts.sum()))
+                            risk_cutpoint_values=int(round(risk_counts.sum())), release_error=release_error)
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:
@@ -331,23 +350,57 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
 FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
 
 
-def _baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int],
-                     answered=lambda phase, replies: None) -> tuple[np.ndarray, np.ndarray] | None:
+def _baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambda phase, replies: None,
+                     release_error: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes."""
     t_max = cfg.hazard_max_time
+    errors = release_error if release_error is not None else {}
     if t_max <= 0:
         replies = _ask(grid, nodes, P.HAZARD, cfg.round_timeout_s,
                        config=ConfigRecord({**FOLLOWUP_GRID.to_config(), "step": "followup"}))
-        counts = np.sum([from_record(r.content[P.COUNTS])["counts"] for r in replies.values()], axis=0)
-        if not replies or counts.sum() == 0:
+        parts = _merged_parts(replies, FOLLOWUP_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
+        if not parts or spread(parts, FOLLOWUP_GRID.n_bins).sum() <= 0:
             return None
-        t_max = quantile_from_counts(FOLLOWUP_GRID, counts, 0.95)
+        bracket = merged_quantile(FOLLOWUP_GRID, parts, 0.95)
+        t_max = bracket.estimate
+        errors["hazard_max_time"] = _bracket_doc(bracket, parts)
     points = time_grid(t_max, cfg.hazard_points)
     replies = _ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, config=ConfigRecord({"step": "sums"}),
                    **{P.HAZARD_RECORD: to_record({"grid": points})})
     answered("baseline_hazard", replies)
     if not replies:
         return None
-    parts = [from_record(r.content[P.HAZARD_RECORD]) for r in replies.values()]
-    events, risk_sums = add_hazard_sums([(p["hazard.events"], p["hazard.risk-sum"]) for p in parts])
+    parts = [MergedHazard.from_arrays(from_record(r.content[P.HAZARD_RECORD]), len(points)) for r in replies.values()]
+    events, risk_sums = fine_sums(parts, len(points))
+    widest = max(p.widest() for p in parts)
+    errors["baseline_hazard"] = {"grid_points": len(points), "widest_merged_intervals": widest,
+                                 "widest_merged_time": float(widest * points[0]),
+                                 "groups_per_site": sorted(int(p.first.size) for p in parts)}
     return points, baseline_from_sums(points, events, risk_sums)
+
+
+def _merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list[MergedBins]:
+    """The sites' merged histograms (core/merged_histogram.py); noisy counts are clipped after summing."""
+    parts = [MergedBins.from_arrays(from_record(r.content[P.COUNTS]), n_bins) for r in replies.values()]
+    if noisy and parts:  # unclipped noisy counts: spread, sum, then a monotone CDF, as one exact part
+        total = spread(parts, n_bins)
+        cdf = np.maximum.accumulate(np.clip(np.cumsum(total), 0, None))
+        fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)
+        nz = np.flatnonzero(fine)
+        return [MergedBins(nz, nz, fine[nz], n_bins)] if nz.size else []
+    return parts
+
+
+def _per_site(replies: dict[int, Message], parts: list[MergedBins], site_of: dict[int, str]) -> dict:
+    """Per site: values binned, merged bins sent, widest merged bin (fine bins). Exact parts only."""
+    if len(parts) != len(replies):  # noisy counts were pooled into one part
+        return {}
+    return {site_of[n]: {"values": int(np.asarray(p.counts).sum()), "merged_bins": int(p.first.size),
+                         "widest_merged_bin": p.widest()} for n, p in zip(replies, parts)}
+
+
+def _bracket_doc(b: QuantileBracket, parts: list[MergedBins]) -> dict:
+    """What a merged release leaves open about a quantile: where the exact pooled value must lie."""
+    return {"estimate": b.estimate, "low": b.low, "high": b.high if math.isfinite(b.high) else None,
+            "bracket_ratio": b.ratio if math.isfinite(b.ratio) else None,
+            "widest_merged_bin": max((p.widest() for p in parts), default=0)}

@@ -56,7 +56,8 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
             doc[key] = extra[key]
     doc["calibration"] = {"quantile": res.config.quantile, "theta": res.theta,
                           "theta_exact_pooled": extra.get("theta_exact_pooled"),
-                          "n_values": int(res.counts.sum())}
+                          "n_values": int(round(float(res.counts.sum())))}
+    doc["privacy_floor"] = res.release_error  # what the sites' merged releases leave open
     doc["routing"] = {
         "referral_rate_per_site": {s: m["referral-rate"] for s, m in ps.items()},
         "route_counts_per_site": {s: {TIER1: int(m["routed-tier1"]), TIER2: int(m["routed-tier2"]),
@@ -154,7 +155,8 @@ def _calibration_doc(res: FederationResult, extra: dict[str, Any] | None) -> dic
     return _clean({"quantile": res.config.quantile, "theta": res.theta,
                    "theta_exact_pooled": (extra or {}).get("theta_exact_pooled"),
                    "grid": res.grid.to_config(), "bin_edges": [e if np.isfinite(e) else "inf" for e in edges.tolist()],
-                   "counts": res.counts.astype(int).tolist()})
+                   "theta_bracket": res.release_error.get("theta"),
+                   "counts": [round(float(c), 3) for c in res.counts]})  # merged bins spread over the grid
 
 
 def update_metrics(out_dir: str | Path, res: FederationResult, extra: dict[str, Any]) -> dict[str, Any]:

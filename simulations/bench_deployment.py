@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if not cohort.is_dir():
         generate_cohort(CohortConfig(n_patients=args.patients, site_names=sites,
                                      site_fractions=[1 / len(sites)] * len(sites), seed=args.seed), cohort)
+        from rmmfed.simulations.toy_policy import lower_floor
+
+        lower_floor(cohort, 2, "speed benchmark with small sites")  # measures time, not privacy
     print(f"benchmark: {args.sites} sites, {args.patients} patients, rounds={args.rounds}, "
           f"tier2-rounds={args.tier2_rounds}, model.mc-samples={args.mc_samples}; {os.cpu_count()} CPU(s); "
           f"loopback, no TLS; logs in {out}", flush=True)

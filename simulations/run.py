@@ -50,7 +50,7 @@ class StudyStepError(RmmError):
 
 def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = False,
                fault: tuple[str, str] | None = None, *, progress: Progress | None = None,
-               ray_init: dict | None = None) -> FederationResult:
+               ray_init: dict | None = None, policy: Path | None = None) -> FederationResult:
     """Run the ServerApp and one ClientApp per site on Flower's simulation engine (in-process).
 
     ``flwr.simulation.run_simulation`` is deprecated in Flower 1.41 but is its only in-process entry
@@ -65,7 +65,8 @@ def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = Fals
                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, **(ray_init or {})}}
     run_simulation(server_app=make_server_app(cfg, n_sites=len(paths), sink=holder.append, out_dir=str(out),
                                               resume=resume, progress=progress),
-                   client_app=make_client_app(sites, ledger_dir=str(out / "ledger"), extra_mods=mods),
+                   client_app=make_client_app(sites, ledger_dir=str(out / "ledger"), extra_mods=mods,
+                                              policy=str(policy.resolve()) if policy else None),
                    num_supernodes=len(paths), backend_config=backend)
     if not holder:
         raise RuntimeError(f"the Flower simulation ended without a result; see {out / 'flower.log'}")
@@ -141,12 +142,13 @@ def _line(template: str, extra: dict) -> str:
 def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteData], dims: dict[str, int],
               out: Path, *, pooled: bool = True, t0: float | None = None, resume: bool = False,
               fault: tuple[str, str] | None = None, truth: Truth | None = None, progress: Progress | None = None,
-              quiet: QuietRun | None = None, steps: list[Step] | None = None) -> Study:
+              quiet: QuietRun | None = None, steps: list[Step] | None = None,
+              policy: Path | None = None) -> Study:
     """The whole study; raises :class:`StudyStepError` after writing everything if a later step failed."""
     t0 = time.perf_counter() if t0 is None else t0
     progress = progress or Progress()
     res = run_flower(cfg, paths, out, resume, fault, progress=progress,
-                     ray_init=quiet.ray_init_args() if quiet else None)
+                     ray_init=quiet.ray_init_args() if quiet else None, policy=policy)
     st = Study(cfg, res, sites, dims, paths, out, truth)
     cohort_meta = cohort_figures(cohort)  # the generator's own measurements (synthetic cohorts only)
     if cohort_meta:

@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu: reproducible)")
     p.add_argument("--verbose", action="store_true",
                    help="show Flower's and Ray's own log lines on the console (default: OUT/flower.log)")
+    p.add_argument("--policy", type=Path, help="site policy file (TOML/JSON) for every site without its own "
+                   "policy.toml in its folder (default: the safe defaults; docs/privacy.md)")
     return p.parse_args(argv)
 
 
@@ -83,6 +85,19 @@ def _warn(text: str, stream=None) -> None:
     print(f"[rmm] warning: {text}", file=stream or sys.stderr, flush=True)
 
 
+def check_policies(paths: list[Path], default: Path | None) -> dict:
+    """Each site's policy (its folder's policy.toml, else ``default``, else the defaults), loaded now so
+    that a bad file stops the run before anything starts (PolicyFileError names file, key and fix)."""
+    from ..client.policy_mod import SITE_POLICY_FILE
+    from ..core.site_policy import load_policy
+
+    out = {}
+    for p in paths:
+        source = p / SITE_POLICY_FILE if (p / SITE_POLICY_FILE).is_file() else default
+        out[p.name] = (str(source) if source else "defaults", load_policy(source))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[rmm] generating the FUSCC-style cohort ({args.patients} patients, seed {args.seed}) in {cohort}")
             generate_cohort(CohortConfig(n_patients=args.patients, seed=args.seed), cohort)
         paths, sites, dims = validate_cohort(cohort)
+        policies = check_policies(paths, args.policy)
         from .optional_inputs import check_optional_inputs
 
         optional = check_optional_inputs(cohort, sites, cfg.high_risk, args.out)
@@ -110,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         mods = ", ".join(f"{m} {v['present']}/{sm['patients']}" for m, v in sm["modalities"].items())
         print(f"[rmm] {s.site}: {sm['patients']} patients, {sm['events']} events; present: {mods}; "
               f"no modality: {sm['no_modality']}")
+    for site, (source, policy) in policies.items():
+        print(f"[rmm] {site}: site policy {source}: min-patients {policy.min_patients}, max-bins {policy.max_bins}, "
+              f"phases {len(policy.phases)}/7, dp.required {str(policy.dp.required).lower()}")
     for text in optional.warnings:
         _warn(text)
     from ..server.flower_log import QuietRun
@@ -129,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             study = run_study(cfg, cohort, paths, sites, dims, args.out, pooled=not args.no_pooled, t0=t0,
                               resume=args.resume, fault=(args.faulty_site, args.fault) if args.faulty_site else None,
-                              truth=optional.truth, progress=progress, quiet=quiet)
+                              truth=optional.truth, progress=progress, quiet=quiet, policy=args.policy)
         except StudyStepError as err:
             code, failure = 1, err
         except RmmError as err:  # the federation refused to go on (no site accepted, ...): nothing written

@@ -28,6 +28,8 @@ from rmmfed.client.processes import ProcessTree, free_port, wait_for_port
 from rmmfed.core.config import RunConfig
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 
+from conftest import toy_policy
+
 pytestmark = pytest.mark.slow
 
 FLOWER = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr", "flwr-clientapp", "flwr-serverapp")
@@ -125,6 +127,7 @@ def consortium(tmp_path_factory):
     logs.mkdir()
     generate_cohort(CohortConfig(n_patients=120, site_names=["A", "B"], site_fractions=[0.5, 0.5], seed=1),
                     base / "cohort")
+    toy_policy(base / "cohort")  # each site's own policy.toml, read by its ClientApp
     server, client = _exe("rmm-server"), _exe("rmm-client")
     done = _run([server, "init-ca", "--dir", str(base / "consortium")], env)
     assert done.returncode == 0, done.stderr

@@ -29,6 +29,8 @@ import pytest
 
 from rmmfed.client.processes import free_port, wait_for_port
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
+
+from conftest import toy_policy
 from test_deployment import FLOWER, RMM, Processes, _exe, _run
 
 pytestmark = pytest.mark.slow
@@ -100,6 +102,7 @@ class Consortium:
         self.logs.mkdir(parents=True)
         generate_cohort(CohortConfig(n_patients=n_patients, site_names=sites,
                                      site_fractions=[1 / len(sites)] * len(sites), seed=seed), base / "cohort")
+        toy_policy(base / "cohort")  # each site's own policy.toml, read by its ClientApp
         self.server, self.client = _exe("rmm-server"), _exe("rmm-client")
         done = _run([self.server, "init-ca", "--dir", str(base / "consortium")], self.env)
         assert done.returncode == 0, done.stderr

@@ -52,11 +52,33 @@ def test_metric_lists_are_blocked():
         check_reply(req, _reply(req, metrics=MetricRecord({"risks": [0.1, 0.2, 0.3]})))
 
 
-def test_histogram_must_have_the_server_grid_length():
+def _merged(counts, first, last) -> ArrayRecord:
+    return _arrays(counts=np.asarray(counts, dtype=np.int64), first=np.asarray(first, dtype=np.int64),
+                   last=np.asarray(last, dtype=np.int64))
+
+
+def test_histogram_must_be_merged_bins_inside_the_server_grid():
     req = _msg("query.histogram", config=ConfigRecord({"hist-bins": 8}), arrays=_arrays(w=np.zeros(2)))
-    check_reply(req, _reply(req, counts=_arrays(counts=np.zeros(8, dtype=np.int64))))
-    with pytest.raises(EgressViolation, match="histogram"):
-        check_reply(req, _reply(req, counts=_arrays(counts=np.zeros(9, dtype=np.int64))))
+    check_reply(req, _reply(req, counts=_merged([12, 10], [0, 3], [2, 7])))
+    with pytest.raises(EgressViolation, match="histogram"):  # the old per-bin layout
+        check_reply(req, _reply(req, counts=_arrays(counts=np.zeros(8, dtype=np.int64))))
+    with pytest.raises(EgressViolation, match="histogram"):  # more merged bins than the grid has
+        check_reply(req, _reply(req, counts=_merged(np.ones(9), np.arange(9), np.arange(9))))
+    with pytest.raises(EgressViolation, match="ordered"):  # overlapping ranges
+        check_reply(req, _reply(req, counts=_merged([12, 10], [0, 2], [2, 7])))
+    with pytest.raises(EgressViolation, match="ordered"):  # outside the grid
+        check_reply(req, _reply(req, counts=_merged([12], [0], [8])))
+
+
+def test_hazard_reply_must_be_merged_groups_on_the_server_grid():
+    req = _msg("query.hazard", config=ConfigRecord({"step": "sums"}), hazard=_arrays(grid=np.linspace(1, 6, 6)))
+    ok = {"hazard.first": np.array([0, 3]), "hazard.events": np.array([10.0, 11.0]),
+          "hazard.risk-sum": np.array([40.0, 20.0]), "hazard.risk-after": np.array([0.0])}
+    check_reply(req, _reply(req, hazard=_arrays(**ok)))
+    with pytest.raises(EgressViolation, match="hazard"):  # a per-patient array
+        check_reply(req, _reply(req, hazard=_arrays(**ok, **{"hazard.risk-each": np.ones(40)})))
+    with pytest.raises(EgressViolation, match="ordered"):  # groups must start at 0 and increase
+        check_reply(req, _reply(req, hazard=_arrays(**{**ok, "hazard.first": np.array([1, 3])})))
 
 
 def test_feature_sums_are_one_dimensional_aggregates():

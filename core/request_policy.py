@@ -1,0 +1,134 @@
+"""Every request checked against the site policy before anything is computed.
+
+:class:`RequestPolicy` holds the site's :class:`~rmmfed.core.site_policy.SitePolicy` and the run's
+pins: for each histogram kind, the grid and the weights the site answered first. Each ``check_*``
+raises :class:`~rmmfed.core.site_policy.PolicyViolation` naming the policy key; the ClientApp turns
+it into an error reply and a ledger line. Pins are plain strings so that the ClientApp can keep them
+in Flower's per-run ``context.state`` (they never leave the site).
+
+One grid per kind: the first request of a kind pins (grid, weights digest). The same request again
+is answered (same data, same answer: nothing new leaks, and the server may retry a lost reply);
+any other grid or weights for that kind is refused under ``one-grid-per-kind``. The final test
+evaluation (its theta, bound, scales and Tier 2 weights) and each round's validation (its weights)
+are pinned the same way: a coordinator cannot difference route or pair counts of the same patients
+by asking again with another threshold or other weights for the same round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from .config import RunConfig
+from .histogram import HistogramGrid
+from .site_policy import DEFAULT_POLICY, PolicyViolation, SitePolicy
+
+PINNED_KINDS = ("calibration", "tier2-calibration", "risk-groups", "followup", "hazard", "evaluation")
+ROUND_KIND = "validation-"  # + the round number: one set of weights scored per validation round
+
+
+def digest(*arrays: dict[str, np.ndarray] | np.ndarray | str) -> str:
+    """A short SHA-256 of names, shapes and bytes (what a pin compares)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if isinstance(a, dict):
+            for k in sorted(a):
+                v = np.ascontiguousarray(a[k])
+                h.update(f"{k}|{v.dtype}|{v.shape}".encode())
+                h.update(v.tobytes())
+        elif isinstance(a, str):
+            h.update(a.encode())
+        else:
+            v = np.ascontiguousarray(a)
+            h.update(f"{v.dtype}|{v.shape}".encode())
+            h.update(v.tobytes())
+    return h.hexdigest()[:32]
+
+
+class RequestPolicy:
+    def __init__(self, policy: SitePolicy = DEFAULT_POLICY, pins: dict[str, str] | None = None) -> None:
+        self.policy = policy
+        self.pins: dict[str, str] = dict(pins or {})
+
+    # ---- which phases, how many rounds, which DP --------------------------------------------
+    def check_phase(self, phase: str) -> None:
+        if phase not in self.policy.phases:
+            raise PolicyViolation("phases", f"this site does not take part in phase '{phase}'",
+                                  "the coordinator runs the phase with the other sites; the hospital adds it to "
+                                  "'phases' in its policy file to take part")
+
+    def check_setup(self, cfg: RunConfig) -> None:
+        """The run config as sent at setup: DP requirements and planned rounds."""
+        p = self.policy
+        if p.dp.required and not cfg.dp.enabled:
+            raise PolicyViolation("dp.required", "this site trains only with DP-SGD and the run has dp.enabled = false",
+                                  "the coordinator sets dp.enabled = true (and dp.time-cuts) for the run")
+        if cfg.dp.enabled and p.dp.max_epsilon is not None and cfg.dp.target_epsilon > p.dp.max_epsilon:
+            raise PolicyViolation("dp.max-epsilon", f"the run's dp.target-epsilon {cfg.dp.target_epsilon:g} is above "
+                                  f"this site's maximum {p.dp.max_epsilon:g}",
+                                  f"the coordinator sets dp.target-epsilon <= {p.dp.max_epsilon:g}")
+        for name, rounds in (("rounds", cfg.rounds), ("tier2-rounds", cfg.tier2_rounds)):
+            if rounds > p.max_rounds:
+                raise PolicyViolation("max-rounds", f"the run plans {name} = {rounds}, above this site's "
+                                      f"{p.max_rounds}", f"the coordinator sets {name} <= {p.max_rounds}")
+
+    def check_round(self, rnd: int, dp_enabled: bool | None = None) -> None:
+        if rnd > self.policy.max_rounds:
+            raise PolicyViolation("max-rounds", f"round {rnd} is past this site's {self.policy.max_rounds}",
+                                  "the run ends its training phase within max-rounds")
+        if dp_enabled is False and self.policy.dp.required:
+            raise PolicyViolation("dp.required", "a Tier 1 round without DP-SGD was asked for",
+                                  "the coordinator sets dp.enabled = true for the run")
+
+    # ---- floors ----------------------------------------------------------------------------------
+    def floor(self, requested: int = 0) -> int:
+        """Patients behind every released number: the site's floor, or the coordinator's if stricter."""
+        return max(self.policy.min_patients, int(requested))
+
+    # ---- weights the server sends ------------------------------------------------------------------
+    @staticmethod
+    def check_weights(sent: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str) -> None:
+        """A request's arrays must be exactly the model's state dict (names and shapes): an extra array
+        or an odd shape would come back in the reply, a channel for data."""
+        if sent == expected:
+            return
+        extra = sorted(set(sent) - set(expected))[:3]
+        missing = sorted(set(expected) - set(sent))[:3]
+        odd = sorted(k for k in set(sent) & set(expected) if tuple(sent[k]) != tuple(expected[k]))[:3]
+        raise PolicyViolation("weights", f"the {what} sent do not match the run's model (unexpected {extra}, "
+                              f"missing {missing}, other shape {odd})",
+                              "the coordinator sends exactly the state dict of the model the run config builds")
+
+    # ---- grids -------------------------------------------------------------------------------------
+    def check_grid(self, grid: HistogramGrid) -> None:
+        p = self.policy
+        if grid.n_bins > p.max_bins:
+            raise PolicyViolation("max-bins", f"a histogram of {grid.n_bins} bins was asked for; this site sends at "
+                                  f"most {p.max_bins}", f"the coordinator uses hist-bins <= {p.max_bins}")
+        if grid.ratio < p.min_bin_ratio:
+            raise PolicyViolation("min-bin-ratio", f"the grid's bins are {grid.ratio:.6g} wide (upper / lower edge), "
+                                  f"narrower than this site's {p.min_bin_ratio:g}",
+                                  "the coordinator widens the range (hist-low, hist-high) or uses fewer bins")
+
+    def check_time_grid(self, points: np.ndarray) -> None:
+        if len(points) > self.policy.max_bins:
+            raise PolicyViolation("max-bins", f"a Breslow grid of {len(points)} points was asked for; this site sends "
+                                  f"at most {self.policy.max_bins}", f"the coordinator uses hazard-points <= "
+                                  f"{self.policy.max_bins}")
+
+    def pin(self, kind: str, grid_key: str, weights_key: str = "") -> None:
+        """The first request of ``kind`` pins (grid, weights); a different one is refused afterwards."""
+        if kind not in PINNED_KINDS and not (kind.startswith(ROUND_KIND) and kind[len(ROUND_KIND):].isdigit()):
+            raise ValueError(f"unknown pinned kind {kind!r}; known: {PINNED_KINDS} and {ROUND_KIND}<round>")
+        value = f"{grid_key}#{weights_key}"
+        old = self.pins.get(kind)
+        if old is None or not self.policy.one_grid_per_kind:
+            self.pins.setdefault(kind, value)
+            return
+        if old != value:
+            what = "grid" if old.split("#")[0] != grid_key else "weights"
+            raise PolicyViolation("one-grid-per-kind", f"this site already answered a '{kind}' request this run "
+                                  f"and this one has another {what}",
+                                  "the coordinator asks each histogram kind once per run, with one grid "
+                                  "(the same request again is answered)")

@@ -1,0 +1,156 @@
+"""A hospital's own privacy floor: the site policy, loaded from a file the hospital controls.
+
+The coordinator's run config says what the federation would like; the site policy says what this
+site will release. Every request is checked against it before anything is computed
+(:mod:`rmmfed.core.request_policy`), and every release respects its floor by construction
+(:mod:`rmmfed.core.release_floor`). The coordinator can ask for a stricter floor, never a looser one.
+
+File (TOML, or JSON with the same keys), every key optional::
+
+    min-patients = 10          # patients behind every released number (sums, bins, Breslow intervals)
+    max-bins = 512             # bins of any histogram, points of the Breslow time grid
+    min-bin-ratio = 1.02       # narrowest log-spaced histogram bin (upper / lower edge)
+    one-grid-per-kind = true   # the first grid (and weights) answered per histogram kind is the only one
+    max-rounds = 100           # federated rounds per training phase
+    phases = ["statistics", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation"]
+
+    [dp]
+    required = false           # true: refuse a run whose Tier 1 rounds are not DP-SGD
+    max-epsilon = 8.0          # refuse DP-SGD with a larger target epsilon (absent: no cap)
+
+No file: :data:`DEFAULT_POLICY` (the values above, no epsilon cap). The schema handshake and the
+run setup are not phases: they release no patient values and always run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RmmError
+
+PHASES = ("statistics", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation")
+_REASON = re.compile(r"site policy \[([a-z.\-]+)\]")
+
+
+class PolicyFileError(RmmError):
+    """A site policy file cannot be used: it names the file, the key and the fix."""
+
+    def __init__(self, file: str | Path, key: str, problem: str, fix: str) -> None:
+        self.file, self.key, self.problem, self.fix = str(file), key, problem, fix
+        super().__init__(f"{self.file}: key '{key}': {problem}. Fix: {fix}")
+
+
+class PolicyViolation(RmmError):
+    """A request breaks this site's policy: the site refuses it and computes nothing."""
+
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        self.key, self.problem, self.fix = key, problem, fix
+        super().__init__(f"site policy [{key}] refuses this request: {problem}. Fix: {fix}")
+
+
+def refused_key(reason: str) -> str | None:
+    """The policy key named by a refusal's message (an error reply's reason), else None."""
+    m = _REASON.search(reason or "")
+    return m.group(1) if m else None
+
+
+class _Kebab(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              alias_generator=lambda name: name.replace("_", "-"))
+
+
+class DPPolicy(_Kebab):
+    required: bool = Field(False, description="Tier 1 rounds must use DP-SGD (dp.enabled in the run config)")
+    max_epsilon: float | None = Field(None, gt=0.0, description="largest DP-SGD target epsilon accepted")
+
+    @field_validator("max_epsilon")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number (leave the key out for no cap)")
+        return v
+
+
+class SitePolicy(_Kebab):
+    min_patients: int = Field(10, ge=2, description="patients behind every released number")
+    max_bins: int = Field(512, ge=3, le=100_000, description="bins per histogram and Breslow grid points")
+    min_bin_ratio: float = Field(1.02, gt=1.0, description="narrowest log-spaced bin accepted (upper / lower edge)")
+    one_grid_per_kind: bool = Field(True, description="answer one grid (and one set of weights) per histogram kind")
+    max_rounds: int = Field(100, ge=1, description="federated rounds per training phase")
+    phases: tuple[str, ...] = Field(PHASES, description="phases this site takes part in")
+    dp: DPPolicy = Field(default_factory=DPPolicy)
+
+    @field_validator("phases")
+    @classmethod
+    def _known_phases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [p for p in v if p not in PHASES]
+        if unknown:
+            raise ValueError(f"unknown phase(s) {unknown}; known: {list(PHASES)}")
+        return tuple(dict.fromkeys(v))
+
+    def describe(self) -> str:
+        """The effective policy, one key per line (what ``rmm-client --check`` prints)."""
+        eps = "none (no cap)" if self.dp.max_epsilon is None else f"{self.dp.max_epsilon:g}"
+        return "\n".join([
+            f"min-patients       {self.min_patients}   (patients behind every released number)",
+            f"max-bins           {self.max_bins}   (bins per histogram, points of the Breslow grid)",
+            f"min-bin-ratio      {self.min_bin_ratio:g}   (narrowest log bin: upper / lower edge)",
+            f"one-grid-per-kind  {str(self.one_grid_per_kind).lower()}",
+            f"max-rounds         {self.max_rounds}   (per training phase)",
+            f"phases             {', '.join(self.phases) or 'none'}",
+            f"dp.required        {str(self.dp.required).lower()}",
+            f"dp.max-epsilon     {eps}",
+        ])
+
+
+DEFAULT_POLICY = SitePolicy()
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PolicyFileError(path, "-", f"cannot be read ({err.strerror or err})",
+                              "pass the path of a readable TOML or JSON policy file") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise PolicyFileError(path, "-", f"is not valid {kind} ({err})",
+                              f"correct the syntax (a {kind} file; see docs/privacy.md for an example)") from None
+    if not isinstance(data, dict):
+        raise PolicyFileError(path, "-", "holds no key/value table", "write keys such as min-patients = 10")
+    return data
+
+
+def load_policy(path: str | Path | None) -> SitePolicy:
+    """The policy in ``path`` (TOML, or JSON for a .json file); the safe defaults for None or ''."""
+    if path is None or str(path) == "":
+        return DEFAULT_POLICY
+    p = Path(path)
+    data = _read(p)
+    try:
+        return SitePolicy.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(x) for x in e["loc"] if not isinstance(x, int)) or "-"
+        if e["type"] == "extra_forbidden":
+            known = sorted(f.alias or n for n, f in SitePolicy.model_fields.items()) + ["dp.required", "dp.max-epsilon"]
+            raise PolicyFileError(p, key, "is not a policy key", f"remove it or use one of {known}") from None
+        default = _default_of(key)
+        raise PolicyFileError(p, key, f"{e['msg']} (got {e.get('input')!r})",
+                              f"set a valid value (default {default}) or remove the key") from None
+
+
+def _default_of(key: str) -> str:
+    node: Any = DEFAULT_POLICY
+    for part in key.split("."):
+        node = getattr(node, part.replace("-", "_"), None)
+    return "none" if node is None else repr(list(node) if isinstance(node, tuple) else node)

@@ -1,0 +1,348 @@
+"""A curious coordinator, through a site's real ClientApp (mods, egress guard, ledger), with
+well-formed messages: every attack is refused (an error naming the policy key, a ledger line) or
+releases nothing below the site's floor of k patients."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from rmmfed.client.client_app import make_client_app
+from rmmfed.client.ledger import format_summary, read_ledger, summarize
+from rmmfed.client.policy_mod import POLICY_REFUSED
+from rmmfed.client.records import from_record, to_record
+from rmmfed.core import protocol as P
+from rmmfed.core.baseline_hazard import time_grid
+from rmmfed.core.config import RunConfig
+from rmmfed.core.feature_stats import FeatureStats, add_sums
+from rmmfed.core.histogram import HistogramGrid
+from rmmfed.core.risk_groups import RISK_GRID
+from rmmfed.core.site_session import SiteSession, _pattern_patients
+from rmmfed.core.tier1 import build_model
+from rmmfed.core.weights import get_weights
+from rmmfed.server.federation import FOLLOWUP_GRID, _ask
+
+from conftest import DIMS, write_site
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+K = 10  # the default policy's min-patients
+TINY = {"model.embed-dim": 8, "model.prompt-dim": 3, "model.attn-dim": 4, "model.hidden-dim": 16,
+        "model.mc-samples": 4, "model.max-instances": 6, "model.anat-partitions": 2, "batch-size": 16,
+        "rounds": 3, "tier2-rounds": 0, "hist-bins": 128}
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+class Site:
+    """One hospital: a site folder, its ClientApp, its Flower context and its ledger."""
+
+    def __init__(self, root: Path, *, n: int = 200, policy: str | None = None, **overrides) -> None:
+        self.path = write_site(root, n=n, seed=5, absent_rate=0.3)
+        self.ledger = root / "ledger.jsonl"
+        node = {"data-dir": str(self.path), "ledger": str(self.ledger)}
+        if policy is not None:
+            (root / "policy.toml").write_text(policy)
+            node["policy"] = str(root / "policy.toml")
+        self.app = make_client_app()
+        self.context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+        self.cfg = RunConfig().with_overrides({**TINY, **overrides})
+
+    def ask(self, mtype: str, **records) -> Message:
+        return self.app(Message(RecordDict(records), dst_node_id=7, message_type=mtype), self.context)
+
+    def refusal(self, reply: Message) -> str:
+        assert reply.has_error(), "the request should have been refused"
+        assert reply.error.code == POLICY_REFUSED
+        return reply.error.reason
+
+    def last_ledger_line(self) -> dict:
+        return json.loads(self.ledger.read_text().splitlines()[-1])
+
+    def join(self, min_stat_count: int = 5) -> None:
+        """Statistics and setup, as an honest run starts."""
+        schema = P.encode_schema(DIMS)
+        sums = from_record(self.ask(P.STATS, config=ConfigRecord({"schema": schema, "min-stat-count": min_stat_count}))
+                           .content[P.SUMS])
+        stats = FeatureStats.from_sums(add_sums([sums]), DIMS, self.cfg.model.anat_partitions)
+        reply = self.ask(P.SETUP, config=ConfigRecord({**self.cfg.to_flat(), "schema": schema}),
+                         **{P.STATS_RECORD: to_record(stats.to_arrays())})
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        self.stats = stats
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return get_weights(build_model(DIMS, self.cfg.model, self.cfg.seed))
+
+    def calibrate(self, grid: HistogramGrid | None = None) -> Message:
+        grid = grid or HistogramGrid(self.cfg.hist_low, self.cfg.hist_high, self.cfg.hist_bins)
+        return self.ask(P.HISTOGRAM, arrays=to_record(self.weights()), config=ConfigRecord(grid.to_config()))
+
+    def session(self) -> SiteSession:
+        s = SiteSession(self.path, device="cpu")
+        s.bind_schema(DIMS)
+        s.setup(self.cfg, FeatureStats.from_arrays(self.stats.to_arrays(), self.cfg.model.anat_partitions))
+        return s
+
+
+@pytest.fixture
+def site(tmp_path) -> Site:
+    s = Site(tmp_path)
+    s.join()
+    return s
+
+
+def _followup(grid: HistogramGrid) -> dict:
+    return {"config": ConfigRecord({**grid.to_config(), "step": "followup"})}
+
+
+def _train_times(s: Site) -> np.ndarray:
+    d = s.session().data
+    return d.time[d.indices("train")]
+
+
+# ---- fine grids --------------------------------------------------------------------------------
+def test_a_200000_bin_followup_grid_is_refused_naming_max_bins_in_reply_and_ledger(site):
+    t = _train_times(site)
+    fine = HistogramGrid(float(t.min()) * 0.99, float(t.max()) * 1.01, 200_000)
+    reason = site.refusal(site.ask(P.HAZARD, **_followup(fine)))
+    assert "max-bins" in reason
+    line = site.last_ledger_line()
+    assert line["status"] == "refused" and line["policy_key"] == "max-bins" and "records" not in line
+    summary = summarize(read_ledger(site.ledger))
+    assert summary["refused"] == {"query.hazard [max-bins]": 1}
+    assert "query.hazard [max-bins]" in format_summary(summary)
+
+
+def test_a_narrow_grid_within_max_bins_is_refused_naming_min_bin_ratio(site):
+    t = np.sort(_train_times(site))
+    narrow = HistogramGrid(float(t[50]) * 0.999, float(t[50]) * 1.001, 500)
+    assert "min-bin-ratio" in site.refusal(site.ask(P.HAZARD, **_followup(narrow)))
+
+
+def test_the_followup_histogram_merges_bins_until_each_holds_k_patients(site):
+    reply = site.ask(P.HAZARD, **_followup(FOLLOWUP_GRID))
+    assert not reply.has_error()
+    got = from_record(reply.content[P.COUNTS])
+    assert set(got) == {"counts", "first", "last"}
+    assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(site))
+    fine = FOLLOWUP_GRID.counts(_train_times(site))  # never released: what the site would have sent before
+    assert (fine[fine > 0] < K).any()  # the plain histogram had bins below the floor
+    for a, b, c in zip(got["first"], got["last"], got["counts"]):
+        assert fine[a] > 0 and fine[b] > 0 and fine[a:b + 1].sum() == c
+
+
+# ---- shifted grids and repeated queries ----------------------------------------------------------
+def test_a_second_followup_query_with_a_shifted_grid_is_refused(site):
+    first = site.ask(P.HAZARD, **_followup(FOLLOWUP_GRID))
+    shifted = HistogramGrid(FOLLOWUP_GRID.low * 1.02, FOLLOWUP_GRID.high * 1.02, FOLLOWUP_GRID.n_bins)
+    assert "one-grid-per-kind" in site.refusal(site.ask(P.HAZARD, **_followup(shifted)))
+    again = site.ask(P.HAZARD, **_followup(FOLLOWUP_GRID))  # the same request: the same answer, nothing new
+    assert {k: v.tolist() for k, v in from_record(again.content[P.COUNTS]).items()} == \
+        {k: v.tolist() for k, v in from_record(first.content[P.COUNTS]).items()}
+
+
+def test_calibration_with_other_weights_after_the_first_is_refused(site):
+    assert not site.calibrate().has_error()
+    other = {k: v + 0.01 for k, v in site.weights().items()}
+    grid = HistogramGrid(site.cfg.hist_low, site.cfg.hist_high, site.cfg.hist_bins)
+    reply = site.ask(P.HISTOGRAM, arrays=to_record(other), config=ConfigRecord(grid.to_config()))
+    assert "one-grid-per-kind" in site.refusal(reply)
+
+
+def test_every_calibration_bin_holds_values_of_at_least_k_distinct_patients(site):
+    reply = site.calibrate()
+    got = from_record(reply.content[P.COUNTS])
+    values = site.session().calibration_values(site.weights())
+    who = _pattern_patients(values, len(DIMS))
+    grid = HistogramGrid(site.cfg.hist_low, site.cfg.hist_high, site.cfg.hist_bins)
+    fine = np.minimum(np.searchsorted(grid.edges(), values, side="right") - 1, grid.n_bins - 1)
+    assert got["counts"].sum() == len(values) > 0
+    for a, b in zip(got["first"], got["last"]):
+        assert len(np.unique(who[(fine >= a) & (fine <= b)])) >= K
+
+
+# ---- Breslow sums on a grid with one point per training time -------------------------------------
+def test_breslow_sums_on_a_grid_of_every_training_time_release_groups_of_k_events_and_k_leavers(site):
+    site.calibrate()  # fixes Tier 1 at the site
+    t = np.unique(_train_times(site))
+    grid = t + 1e-9  # one point per patient: each interval would hold one patient
+    reply = site.ask(P.HAZARD, config=ConfigRecord({"step": "sums"}), **{P.HAZARD_RECORD: to_record({"grid": grid})})
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    got = from_record(reply.content[P.HAZARD_RECORD])
+    train = site.session()._split("train")  # the tensors the site computes on (float32 times)
+    keep = train.present.any(dim=1).numpy()
+    time, event = train.time.numpy()[keep], train.event.numpy()[keep]
+    j = np.searchsorted(grid, time, side="left")
+    starts = got["hazard.first"]
+    ends = np.append(starts[1:], len(grid))
+    assert len(starts) < len(grid) / K + 1
+    for a, b, events in zip(starts, ends, got["hazard.events"]):
+        leaving = (j >= a) & (j < b)
+        assert events >= K and leaving.sum() >= K and events == event[leaving].sum()
+    tail = (j >= len(grid)).sum()
+    assert got["hazard.risk-after"][0] == 0.0 or tail >= K
+
+
+def test_a_breslow_grid_above_max_bins_is_refused(site):
+    site.calibrate()
+    grid = time_grid(100.0, 600)
+    reply = site.ask(P.HAZARD, config=ConfigRecord({"step": "sums"}), **{P.HAZARD_RECORD: to_record({"grid": grid})})
+    assert "max-bins" in site.refusal(reply)
+
+
+# ---- floors the coordinator tries to lower -------------------------------------------------------
+def test_min_stat_count_1_from_the_coordinator_still_gets_sums_over_k_patients_only(tmp_path):
+    s = Site(tmp_path, n=60)  # 36 training patients: some blocks and gaps fall below 10
+    sums = from_record(s.ask(P.STATS, config=ConfigRecord({"schema": P.encode_schema(DIMS), "min-stat-count": 1}))
+                       .content[P.SUMS])
+    ns = {k: float(v[0]) for k, v in sums.items() if k.endswith(".n")}
+    assert all(n == 0 or n >= K for n in ns.values())
+    assert any(n == 0 for n in ns.values())  # a block below the floor was withheld
+    for m in DIMS:
+        gap = ns[f"{m}.all.n"] - ns[f"{m}.complete.n"]
+        assert ns[f"{m}.complete.n"] == 0 or gap == 0 or gap >= K
+    for k, v in sums.items():
+        if ns[k.rsplit(".", 1)[0] + ".n"] == 0:
+            assert not v.any()
+
+
+def test_a_tiny_site_refuses_a_calibration_histogram_below_the_floor(tmp_path):
+    s = Site(tmp_path, n=40)  # 8 validation patients: too few for any merged bin
+    s.join()
+    reason = s.refusal(s.calibrate())
+    assert "min-patients" in reason
+    assert s.last_ledger_line()["policy_key"] == "min-patients"
+
+
+def test_the_coordinators_histogram_min_count_can_only_raise_the_floor(tmp_path):
+    s = Site(tmp_path, **{"dp.histogram-min-count": 30})
+    s.join()
+    got = from_record(s.ask(P.HAZARD, **_followup(FOLLOWUP_GRID)).content[P.COUNTS])
+    assert (got["counts"] >= 30).all()
+
+
+# ---- DP and rounds the coordinator switches off ------------------------------------------------
+DP_POLICY = "[dp]\nrequired = true\nmax-epsilon = 4.0\n"
+
+
+def test_dp_switched_off_by_the_coordinator_is_refused_at_setup(tmp_path):
+    s = Site(tmp_path, policy=DP_POLICY)
+    schema = P.encode_schema(DIMS)
+    reply = s.ask(P.SETUP, config=ConfigRecord({**s.cfg.to_flat(), "schema": schema}),
+                  **{P.STATS_RECORD: ArrayRecord()})
+    assert "dp.required" in s.refusal(reply)
+    assert s.last_ledger_line()["policy_key"] == "dp.required"
+
+
+def test_a_target_epsilon_above_the_sites_maximum_is_refused(tmp_path):
+    s = Site(tmp_path, policy=DP_POLICY, **{"dp.enabled": True, "dp.target-epsilon": 8.0, "dp.time-cuts": "5,10,20"})
+    reply = s.ask(P.SETUP, config=ConfigRecord({**s.cfg.to_flat(), "schema": P.encode_schema(DIMS)}),
+                  **{P.STATS_RECORD: ArrayRecord()})
+    assert "dp.max-epsilon" in s.refusal(reply)
+
+
+def test_a_training_round_past_max_rounds_is_refused(site):
+    reply = site.ask(P.TRAIN, arrays=to_record(site.weights()), config=ConfigRecord({"server-round": 101}))
+    assert "max-rounds" in site.refusal(reply)
+
+
+def test_a_phase_the_site_left_out_is_refused(tmp_path):
+    s = Site(tmp_path, policy='phases = ["statistics", "tier1", "calibration", "evaluation"]\n')
+    s.join()
+    assert "phases" in s.refusal(s.ask(P.HAZARD, **_followup(FOLLOWUP_GRID)))
+    assert not s.calibrate().has_error()
+
+
+# ---- weights named or shaped to carry data -------------------------------------------------------
+@pytest.mark.parametrize("change", ["extra-array-per-patient", "array-not-in-the-model", "reshaped-array"])
+def test_weights_named_or_shaped_to_carry_data_are_refused(site, change):
+    w = site.weights()
+    n_train = len(site.session().data.indices("train"))
+    if change == "extra-array-per-patient":
+        w["head.risk_per_patient"] = np.zeros(n_train, dtype=np.float32)
+    elif change == "array-not-in-the-model":
+        w["exfiltrate"] = np.zeros(3, dtype=np.float32)
+    else:
+        name = next(iter(w))
+        w[name] = np.zeros((n_train, 4), dtype=np.float32)
+    for mtype, conf in ((P.TRAIN, {"server-round": 1}), (P.EVALUATE, {"split": "val"})):
+        reason = site.refusal(site.ask(mtype, arrays=to_record(w), config=ConfigRecord(conf)))
+        assert "[weights]" in reason
+    assert "weights" in site.refusal(site.ask(P.HISTOGRAM, arrays=to_record(w),
+                                              config=ConfigRecord(RISK_GRID.to_config())))
+
+
+# ---- the server goes on without a refusing site, and does not ask it again ---------------------
+class _Grid:
+    def __init__(self, reason: str) -> None:
+        self.reason, self.calls = reason, []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from types import SimpleNamespace
+
+        self.calls.append([m.metadata.dst_node_id for m in messages])
+        for m in messages:
+            node = m.metadata.dst_node_id
+            err = node == 2
+            yield SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda e=err: e,
+                                  error=SimpleNamespace(reason=self.reason, code=POLICY_REFUSED))
+
+
+def test_a_policy_refusal_is_not_retried_and_the_other_sites_are_kept():
+    grid = _Grid("site policy [max-bins] refuses this request: too many bins. Fix: fewer")
+    replies = _ask(grid, [1, 2], P.HAZARD, timeout=30.0)
+    assert sorted(replies) == [1]
+    assert grid.calls == [[1, 2]]
+
+
+# ---- repeated evaluation and validation queries ------------------------------------------------
+def test_a_second_validation_of_the_same_round_with_other_weights_is_refused(site):
+    w = site.weights()
+    first = site.ask(P.EVALUATE, arrays=to_record(w), config=ConfigRecord({"split": "val", "server-round": 1}))
+    assert not first.has_error()
+    again = site.ask(P.EVALUATE, arrays=to_record(w), config=ConfigRecord({"split": "val", "server-round": 1}))
+    assert dict(again.content[P.METRICS]) == dict(first.content[P.METRICS])
+    other = {k: v * 1.5 for k, v in w.items()}
+    reply = site.ask(P.EVALUATE, arrays=to_record(other), config=ConfigRecord({"split": "val", "server-round": 1}))
+    assert "one-grid-per-kind" in site.refusal(reply)
+    assert not site.ask(P.EVALUATE, arrays=to_record(other),
+                        config=ConfigRecord({"split": "val", "server-round": 2})).has_error()
+
+
+def test_the_test_evaluation_cannot_be_asked_again_with_another_theta(site):
+    site.calibrate()
+    conf = {"split": "test", "has-tier2": False, "bound": float("inf"), "scale-tier1-mean": 0.0,
+            "scale-tier1-std": 1.0, "scale-tier2-mean": 0.0, "scale-tier2-std": 1.0}
+    assert not site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 1e-3})).has_error()
+    reply = site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 2e-3}))
+    assert "one-grid-per-kind" in site.refusal(reply)
+
+
+def test_the_risk_group_histogram_merges_bins_to_k_training_patients(site):
+    site.calibrate()
+    conf = {**RISK_GRID.to_config(), "what": "risk-groups", "theta": 1e-3, "bound": float("inf"),
+            "scale-tier1-mean": 0.0, "scale-tier1-std": 1.0, "scale-tier2-mean": 0.0, "scale-tier2-std": 1.0}
+    reply = site.ask(P.HISTOGRAM, arrays=ArrayRecord(), config=ConfigRecord(conf))
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    got = from_record(reply.content[P.COUNTS])
+    assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(site))
+    assert len(got["counts"]) < RISK_GRID.n_bins / K
+
+
+def test_test_metrics_of_a_subgroup_below_the_floor_are_sent_as_empty(site):
+    s = site.session()
+    s.tier1_frozen = site.weights()
+    full = s.evaluate(None, theta=1e-3, k=1)
+    floored = s.evaluate(None, theta=1e-3, k=int(full["n-test"]) + 1)  # every subgroup smaller than k
+    assert full["tier1-covered-pairs-comparable"] > 0 and full["recovery-n"] > 0
+    assert floored["pairs-comparable"] == full["pairs-comparable"]  # the split itself: the ClientApp checks it
+    assert floored["tier1-covered-pairs-comparable"] == 0 and floored["system-covered-pairs-comparable"] == 0
+    assert floored["recovery-n"] == 0 and floored["recovery-sse-tier1"] == 0 and floored["masked-complete-n"] == 0
