@@ -328,8 +328,11 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
                    "best_weights": ({k: v.numpy() for k, v in strat.best_arrays.to_torch_state_dict().items()}
                                     if strat.best_arrays is not None else None),
                    "strategy": strategy_state(strat)})
-        progress.round_end(phase, rnd, rounds, strat.history[-1] if strat.history else {})  # after validation
+        if rnd not in reported:  # a phase without validation ends its round twice (train, empty evaluate)
+            reported.add(rnd)
+            progress.round_end(phase, rnd, rounds, strat.history[-1] if strat.history else {})
 
+    reported: set[int] = set()
     strategy.checkpoint_fn = save
     final = initial
     if rounds - offset > 0:

@@ -81,8 +81,8 @@ def validate_cohort(cohort: Path):
     return paths, [load_site(p, expected=dims) for p in paths], dims
 
 
-def _warn(text: str, stream=None) -> None:
-    print(f"[rmm] warning: {text}", file=stream or sys.stderr, flush=True)
+def _warn(text: str) -> None:
+    print(f"[rmm] warning: {text}", file=sys.stderr, flush=True)
 
 
 def check_policies(paths: list[Path], default: Path | None) -> dict:

@@ -173,9 +173,11 @@ class Consortium:
                         f'"tier2-rounds" = {tier2_rounds}\n"round-timeout-s" = {timeout_s}\n')
         return path
 
-    def run(self, name: str, config: Path, out: Path, *extra: str) -> Followed:
+    def run(self, name: str, config: Path, out: Path, *extra: str, verbose: bool = True) -> Followed:
+        """``rmm-server run``; verbose (every Flower line) by default: the tests wait for round lines."""
         return Followed(self.procs, name, [self.server, "run", "--config", str(config), "--connection", "rmm",
-                                           "--out", str(out), "--verbose", *extra], self.logs / f"{name}.log")
+                                           "--out", str(out), *(["--verbose"] if verbose else []), *extra],
+                        self.logs / f"{name}.log")
 
     def close(self) -> list[str]:
         return self.procs.stop_all()
@@ -326,9 +328,13 @@ def test_site_started_before_the_server_waits_and_joins(make_consortium):
     wait_for_port(c.port, link)
     t_up = time.monotonic() - t0
     out = c.base / "out"
-    run = c.run("run", c.config("early-site", rounds=2, min_sites=2, tier2_rounds=0), out)
+    run = c.run("run", c.config("early-site", rounds=2, min_sites=2, tier2_rounds=0), out, verbose=False)
     metrics = _assert_completed(run, run.wait(), out, c)
     assert set(metrics["federated"]["per_site"]) == {"A", "B"}
+    # the quiet console: phases and the summary; Flower's own lines only in OUT/flower.log
+    assert "[rmm] handshake: 2 site(s) accepted" in run.text() and "=== rmm summary ===" in run.text()
+    assert "configure_train" not in run.text() and "configure_train" in (out / "flower.log").read_text()
+    assert (out / "report.html").is_file() and len(list(out.glob("*.png"))) == 2  # what a server can draw
     log = (c.logs / "site-A.log").read_text()
     assert "retrying in" in log  # Flower's bounded retry loop ran while the server was down
     print(f"\nearly site: server up {t_up:.0f} s after the sites; run {time.monotonic() - t0 - t_up:.0f} s")
