@@ -243,8 +243,11 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
         counts2 = pooled_counts(parts2, grid_h.n_bins) if parts2 else np.zeros(grid_h.n_bins)
         sums = {k: sum(float(r.content[P.METRICS][k]) for r in replies.values())
                 for k in ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")}
-        scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
-                                    sums["risk2-sumsq"])
+        if sums["risk-n"] > 0:
+            scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
+                                        sums["risk2-sumsq"])
+        else:  # no site answered (timeouts, or every site's policy refused): both heads keep the raw scale
+            log(WARNING, "tier2 calibration: no site sent risk sums; the risk scales stay at their defaults")
         if counts2.sum() > 0:
             bracket2 = merged_quantile(grid_h, parts2, cfg.tier2_abstain_quantile)
             bound = bracket2.estimate
