@@ -59,7 +59,7 @@ def federation_without_flower(cfg: RunConfig, paths: list[Path]) -> FederationRe
 
 @pytest.fixture
 def no_flower(monkeypatch):
-    def fake(cfg, paths, out, resume=False, fault=None, *, progress=None, ray_init=None):
+    def fake(cfg, paths, out, resume=False, fault=None, *, progress=None, ray_init=None, policy=None):
         progress.phase("handshake: (test) federation computed without Flower")
         return federation_without_flower(cfg, paths)
 
@@ -75,7 +75,7 @@ def test_a_failing_oracle_step_keeps_metrics_and_model_and_exits_nonzero_with_on
     def broken(*args, **kwargs):
         raise KeyError("true_risk")
 
-    monkeypatch.setattr(run_mod, "oracle_c_index", broken)
+    monkeypatch.setattr(run_mod, "oracle_figures", broken)
     out = tmp_path / "out"
     code = main(["--data", str(cohort), "--out", str(out), *SMALL])
     captured = capfd.readouterr()
@@ -136,7 +136,7 @@ def test_a_cohort_section_in_metrics_is_shown_and_its_absence_is_silent():
     with_cohort = {**base, "cohort": {"cross_modal_r2": {"pathology": 0.12, "report": 0.31},
                                       "oracle_c_index_all": 0.84, "oracle_c_index_observed": 0.8}}
     text = "\n".join(summary_lines(with_cohort, Path("o")))
-    assert "cross-modal R^2: pathology 0.12, report 0.31" in text and "observed modalities: 0.800" in text
+    assert "cross-modal R^2: pathology 0.12, report 0.31" in text and "E[risk | observed] 0.800" in text
     assert "## Cohort" in report_markdown(with_cohort, [])
 
 
