@@ -322,7 +322,12 @@ def test_site_started_before_the_server_waits_and_joins(make_consortium):
     t0 = time.monotonic()
     for site in c.sites:
         c.start_site(site, "--max-retries", "30", "--max-wait", "120")
-    time.sleep(7)
+    # start the server only once a site has tried to connect and is retrying (a fixed sleep is not
+    # enough on a loaded machine, where the sites may still be starting up when the server comes)
+    deadline = time.monotonic() + 180
+    while "retrying in" not in (c.logs / "site-A.log").read_text() and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in c.site_procs.values()), c.tails("site-A", "site-B")
+        time.sleep(1)
     assert all(p.poll() is None for p in c.site_procs.values()), c.tails("site-A", "site-B")
     link = c.start_server()
     wait_for_port(c.port, link)
