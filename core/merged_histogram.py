@@ -118,7 +118,12 @@ def spread(parts: list[MergedBins], n_bins: int, where: str = "even") -> np.ndar
 
 
 def pooled_counts(parts: list[MergedBins], n_bins: int, iterations: int = 200) -> np.ndarray:
-    """Fractional pooled counts on the fine grid: Turnbull's self-consistency iteration (module docstring)."""
+    """Fractional pooled counts on the fine grid: Turnbull's self-consistency iteration (module docstring).
+
+    The sites' parts are put in a canonical order first, so the float sums (and theta) do not depend on
+    the order in which the sites happened to answer."""
+    parts = sorted(parts, key=lambda p: (np.asarray(p.first).tobytes(), np.asarray(p.last).tobytes(),
+                                         np.asarray(p.counts, dtype=float).tobytes()))
     pooled = np.clip(spread(parts, n_bins, "even"), 0.0, None)
     spans = [(int(a), int(b) + 1, max(float(c), 0.0)) for p in parts for a, b, c in zip(p.first, p.last, p.counts)
              if b > a]
