@@ -49,7 +49,7 @@ from rmmfed.core.errors import ConfigError
 
 from .cohort_features import draw_bag, make_map
 from .cohort_latent import LatentModel, draw_latents, expected_risk, risk_parts
-from .cohort_measure import c_index_or_nan, cross_modal_r2
+from .cohort_measure import cross_modal_r2, oracle_c_indices
 
 _FUSCC_FRACTIONS = [700 / 1679, 450 / 1679, 330 / 1679, 199 / 1679]  # the paper's centers
 _RATE_TABLE = [  # default missing rate per site (row) and modality
@@ -350,19 +350,9 @@ def _write_cohort(cfg: CohortConfig, tmp: Path) -> dict:
         truth_rows.append(pd.DataFrame(truth))
     pd.concat(truth_rows).to_csv(tmp / "truth.csv", index=False, float_format="%.6f",
                                  lineterminator="\n")
-    test = split_all == "test"
-    summary.update(
-        n_patients=cfg.n_patients, event_rate=float(event.mean()),
-        cross_modal_r2=cross_modal_r2(site_feats, site_present, site_split),
-        oracle_c_index_all=c_index_or_nan(time[test], risk[test], event[test]),
-        oracle_c_index_observed=c_index_or_nan(time[test], obs_risk[test], event[test]),
-        oracle_c_index_no_recovery=c_index_or_nan(time[test], indep_risk[test], event[test]),
-        complete_fraction=float(observed.all(axis=1).mean()))
-    part = test & observed.any(axis=1) & ~observed.all(axis=1)  # some modality absent, not all
-    summary["oracle_incomplete"] = {
-        "n": int(part.sum()), "all": c_index_or_nan(time[part], risk[part], event[part]),
-        "observed": c_index_or_nan(time[part], obs_risk[part], event[part]),
-        "no_recovery": c_index_or_nan(time[part], indep_risk[part], event[part])}
+    summary.update(n_patients=cfg.n_patients, event_rate=float(event.mean()),
+                   cross_modal_r2=cross_modal_r2(site_feats, site_present, site_split),
+                   **oracle_c_indices(time, event, split_all == "test", observed, risk, obs_risk, indep_risk))
     (tmp / "cohort.json").write_text(json.dumps({**summary, "config": cfg.model_dump(mode="json")},
                                                 indent=2) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(_readme(cfg), encoding="utf-8")

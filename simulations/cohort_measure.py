@@ -84,3 +84,17 @@ def c_index_or_nan(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> flo
         return float(concordance_index(time, -np.asarray(risk, dtype=float), event))
     except ZeroDivisionError:
         return float("nan")
+
+
+def oracle_c_indices(time: np.ndarray, event: np.ndarray, test: np.ndarray, observed: np.ndarray, risk: np.ndarray,
+                     observed_risk: np.ndarray, no_recovery_risk: np.ndarray) -> dict:
+    """The oracle figures of the module docstring on the ``test`` patients (and on those among them who
+    lack some but not every modality, ``oracle_incomplete``); ``observed`` is the bool [n, K] mask."""
+    part = test & observed.any(axis=1) & ~observed.all(axis=1)
+    return {"oracle_c_index_all": c_index_or_nan(time[test], risk[test], event[test]),
+            "oracle_c_index_observed": c_index_or_nan(time[test], observed_risk[test], event[test]),
+            "oracle_c_index_no_recovery": c_index_or_nan(time[test], no_recovery_risk[test], event[test]),
+            "complete_fraction": float(observed.all(axis=1).mean()),
+            "oracle_incomplete": {"n": int(part.sum()), "all": c_index_or_nan(time[part], risk[part], event[part]),
+                                  "observed": c_index_or_nan(time[part], observed_risk[part], event[part]),
+                                  "no_recovery": c_index_or_nan(time[part], no_recovery_risk[part], event[part])}}
