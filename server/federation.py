@@ -15,6 +15,7 @@ import numpy as np
 from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -73,26 +74,28 @@ class FederationResult:
 
 
 def _ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, retries: int = 1,
-         **records) -> dict[int, Message]:
+         reconnect_pause_s: float = 2.0, **records) -> dict[int, Message]:
     """Send the same records to each node; return the successful replies by node (errors logged).
 
     Every message sent this way is a query a site can answer twice with the same result (schema,
     statistics, setup, histograms, hazard sums, evaluation), so a node that answered with an error
     (e.g. a ClientApp task lost while its SuperNode reconnected) is asked again, up to ``retries``
-    times, within the same ``timeout``. A node that does not answer at all uses up the timeout. A node
-    whose site policy refused the request (its reason names the policy key) is not asked again.
+    times, within the same ``timeout``. A node the SuperLink reports unavailable (its SuperNode missed
+    its heartbeats: it is reconnecting after a restart, with a back-off of up to tens of seconds) is
+    asked again every ``reconnect_pause_s`` until the timeout, without using up ``retries``. A node
+    that does not answer at all uses up the timeout. A node whose site policy refused the request (its
+    reason names the policy key) is not asked again.
     """
     deadline = time.monotonic() + timeout
     out: dict[int, Message] = {}
     refused: set[int] = set()
     pending = list(nodes)
-    for attempt in range(retries + 1):
+    attempt = 0
+    while pending and attempt <= retries:
         left = deadline - time.monotonic()
-        if not pending or left <= 0:
+        if left <= 0:
             break
-        if attempt:
-            log(WARNING, "%s: asking node(s) %s again (attempt %d of %d)", message_type,
-                ", ".join(map(str, pending)), attempt + 1, retries + 1)
+        unavailable: set[int] = set()
         msgs = [Message(RecordDict(dict(records)), dst_node_id=n, message_type=message_type) for n in pending]
         for rep in grid.send_and_receive(msgs, timeout=left):
             nid = rep.metadata.src_node_id
@@ -100,11 +103,30 @@ def _ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, ret
                 # The site's own policy refused: the same request would be refused again.
                 log(WARNING, "%s: node %s refused by its site policy: %s", message_type, nid, rep.error.reason)
                 refused.add(nid)
+            elif rep.has_error() and rep.error.code == ErrorCode.NODE_UNAVAILABLE:
+                unavailable.add(nid)
             elif rep.has_error():
                 log(ERROR, "%s: node %s replied with an error: %s", message_type, nid, rep.error.reason)
             else:
                 out[nid] = rep
         pending = [n for n in pending if n not in out and n not in refused]
+        if not pending:
+            break
+        if unavailable and set(pending) <= unavailable:
+            # every node still missing is reconnecting: wait for it, this is not a failed attempt
+            left = deadline - time.monotonic()
+            if left <= reconnect_pause_s:
+                log(ERROR, "%s: node(s) %s still unavailable (not reconnected) when the timeout ran out",
+                    message_type, ", ".join(map(str, sorted(unavailable))))
+                break
+            log(WARNING, "%s: node(s) %s unavailable (reconnecting?); asking again in %.0f s", message_type,
+                ", ".join(map(str, sorted(unavailable))), reconnect_pause_s)
+            time.sleep(reconnect_pause_s)
+            continue
+        attempt += 1
+        if attempt <= retries:
+            log(WARNING, "%s: asking node(s) %s again (attempt %d of %d)", message_type,
+                ", ".join(map(str, pending)), attempt + 1, retries + 1)
     return out
 
 

@@ -6,6 +6,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.server.federation import _ask
@@ -17,14 +18,16 @@ def task_identity():
     yield
 
 
-def _reply(node: int, error: bool) -> SimpleNamespace:
-    """What _ask reads of a reply: the sender, whether it is an error, and the error's reason."""
-    return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: error,
-                           error=SimpleNamespace(reason="lost task"))
+def _reply(node: int, what: str) -> SimpleNamespace:
+    """What _ask reads of a reply: the sender, whether it is an error, the error's code and reason."""
+    error = {"error": SimpleNamespace(code=ErrorCode.CLIENT_APP_CRASHED, reason="lost task"),
+             "unavailable": SimpleNamespace(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable")}.get(what)
+    return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: error is not None,
+                           error=error)
 
 
 class ScriptedGrid:
-    """Answers each node per call from a script: "ok", "error" or "silent" (no reply)."""
+    """Answers each node per call from a script: "ok", "error", "unavailable" or "silent" (no reply)."""
 
     def __init__(self, script: dict[int, list[str]]) -> None:
         self.script = script
@@ -38,7 +41,7 @@ class ScriptedGrid:
             node = m.metadata.dst_node_id
             what = self.script[node].pop(0)
             if what != "silent":
-                yield _reply(node, what == "error")
+                yield _reply(node, what)
 
 
 def test_a_site_that_answered_with_an_error_is_asked_again():
@@ -60,3 +63,21 @@ def test_a_silent_site_uses_up_the_timeout_and_is_not_asked_again():
     replies = _ask(grid, [1, 2], "query.schema", timeout=0.2)
     assert sorted(replies) == [1]
     assert grid.calls == [[1, 2]]  # the timeout is spent: a dead site costs one timeout, not two
+
+
+def test_a_reconnecting_site_is_asked_until_it_is_back_without_using_up_the_retries():
+    # after a SuperLink restart a SuperNode reconnects with a back-off: the SuperLink answers for it with
+    # "Node Unavailable" until then (seen in CI: a resumed run's handshake lost a site this way)
+    grid = ScriptedGrid({1: ["ok"], 2: ["unavailable"] * 4 + ["error", "ok"]})
+    replies = _ask(grid, [1, 2], "query.schema", timeout=30.0, retries=1, reconnect_pause_s=0.01)
+    assert sorted(replies) == [1, 2]
+    assert grid.calls == [[1, 2], [2], [2], [2], [2], [2]]
+
+
+def test_a_site_that_never_reconnects_is_left_out_when_the_timeout_runs_out():
+    grid = ScriptedGrid({1: ["ok"], 2: ["unavailable"] * 1000})
+    t0 = time.monotonic()
+    replies = _ask(grid, [1, 2], "query.schema", timeout=0.3, reconnect_pause_s=0.05)
+    assert sorted(replies) == [1]
+    assert time.monotonic() - t0 < 2.0
+    assert 2 <= len(grid.calls) <= 8
