@@ -199,7 +199,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         k = floor_of(context, s)
         if kind == "risk-groups":  # training system risk, for rmm-predict's risk groups
             merged = s.risk_group_release(arrays or None, float(conf["theta"]), float(conf["bound"]),
-                                          _risk_scale(conf), k, grid)
+                                          _risk_scale(conf), k, grid, use_tier2=bool(conf.get("tier2-used", True)))
             return reply(msg, counts=to_record(merged.to_arrays()))
         if kind == "tier2-calibration":
             merged, sums = s.tier2_release(arrays, grid, k)
@@ -233,6 +233,15 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         rp = rules(context)
         s = session(context)
         k = floor_of(context, s)
+        if str(conf.get("split", "test")) == "val" and int(conf.get("tier", 1)) == 2:  # Tier 2 round selection
+            rp.check_phase("tier2")
+            rnd = int(conf.get("server-round", 0)) + int(conf.get("round-offset", 0))
+            rp.check_round(rnd)
+            check_weights(s, weights, "tier2", "Tier 2 weights")
+            pinned(context, rp, f"validation-tier2-{rnd}", "", msg)
+            metrics = s.tier2_validation(weights, k)
+            enough(int(metrics["tier2-val-cases"]), k, "Tier 2 validation sums (masked complete val cases)")
+            return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["tier2-val-cases"]), **metrics}))
         if str(conf.get("split", "test")) == "val":  # per-round model selection
             rp.check_phase("tier1")
             rnd = int(conf.get("server-round", 0)) + int(conf.get("round-offset", 0))
@@ -248,7 +257,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         enough(len(s.data.indices("test")), k, "test metrics")
         pinned(context, rp, "evaluation", "", msg)
         metrics = s.evaluate(weights if has_tier2 else None, float(conf["theta"]), float(conf["bound"]),
-                             _risk_scale(conf), k)
+                             _risk_scale(conf), k, use_tier2=bool(conf.get("tier2-used", True)))
         return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
 
     return app

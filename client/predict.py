@@ -17,7 +17,10 @@ one JSON object per line on stdout (or ``--out``), and a readable table on stder
 JSON keys (``null`` where not applicable):
 
 * ``patient_id``, ``site``, ``context``
-* ``route`` (tier1 | tier2 | abstain) and ``route_reason``
+* ``route`` (tier1 | tier2 | abstain), ``route_reason`` and ``route_flags``: ``high-risk-context`` (a
+  declared high-risk context: referred when something is missing, kept with Tier 1 when nothing is),
+  ``tier2-not-used`` (referred, but the run's gate found that Tier 2 did not beat Tier 1 on federated
+  masked validation, so the risk is Tier 1's; rmm-predict says so once on stderr)
 * ``risk``: the system risk on the common scale (z-score of the answering head's training risk,
   :class:`~rmmfed.core.two_tier.RiskScale`); ``null`` when abstained. ``tier1_risk`` (raw log-hazard),
   ``tier2_risk`` (raw, referred patients only)
@@ -65,7 +68,7 @@ from ..core.two_tier import predict_two_tier
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 NO_BASELINE = "no baseline hazard in this bundle"
 GROUPS = ("low", "intermediate", "high")
-RECORD_KEYS = ("patient_id", "site", "context", "route", "route_reason", "risk", "risk_group", "risk_group_basis",
+RECORD_KEYS = ("patient_id", "site", "context", "route", "route_reason", "route_flags", "risk", "risk_group", "risk_group_basis",
                "tier1_risk", "tier2_risk", "sigma2", "theta", "tier2_uncertainty", "abstain_bound",
                "modalities_present", "modalities_missing", "modalities_recovered", "recovered_by", "survival",
                "attributions", "attribution_baseline_risk", "top_instances")
@@ -123,8 +126,9 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
                                "Fix: pass patient_id values exactly as written in patients.csv")
         sel = np.array([index[p] for p in patient_ids], dtype=np.int64)
 
+    gate = bundle.gate
     pred = predict_two_tier(tier1, tier2, data, cfg, theta=bundle.theta, bound=bundle.abstain_bound,
-                            scale=bundle.risk_scale, seed=seed)
+                            scale=bundle.risk_scale, seed=seed, use_tier2=gate.open)
     names = pred.route_names
     system = pred.system_risk
     if bundle.risk_cutpoints is not None:
@@ -154,8 +158,11 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
         miss = [m for k, m in enumerate(mods) if not present[i, k]]
         if abstained:
             recovered, by = [], None
-        elif route == TIER2 and tier2 is not None:
+        elif route == TIER2 and tier2 is not None and gate.open:
             recovered, by = miss, "tier2 diffusion recovery"
+        elif route == TIER2 and tier2 is not None:
+            recovered = miss
+            by = "tier1 estimator (Tier 2 not used: it did not beat Tier 1 on the run's federated validation)"
         else:
             recovered = miss
             by = ("tier1 estimator" if cfg.model.estimator else "tier1 pseudo-embedding") if miss else None
@@ -168,7 +175,7 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
         referred = np.isfinite(pred.tier2_risk[i])
         rec: dict[str, Any] = {
             "patient_id": site.patient_ids[i], "site": site.site, "context": site.context[i] or None,
-            "route": route, "route_reason": pred.routes[i].reason,
+            "route": route, "route_reason": pred.routes[i].reason, "route_flags": list(pred.routes[i].flags),
             "risk": risk, "risk_group": group, "risk_group_basis": basis if group is not None else None,
             "tier1_risk": None if abstained else _num(pred.tier1_risk[i]),
             "tier2_risk": None if abstained or not referred else _num(pred.tier2_risk[i]),
@@ -307,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None:
             return EXIT_OK
         site = load_site_for(bundle, args.data)
+        if bundle.tier2 is not None and not bundle.gate.open:
+            print(f"rmm-predict: note: Tier 2 is not used for referred patients in this model: {bundle.gate.reason}",
+                  file=sys.stderr)
         records = predict_site(bundle, site, patient_ids=args.patient, horizons=horizons, top_k=args.top_k,
                                seed=args.seed, steps=args.steps)
     except RmmError as exc:

@@ -21,6 +21,8 @@ abstain_bound        bound on Tier 2 uncertainty (inf = never abstain for it)
 risk_scale           {"tier1_mean", "tier1_std", "tier2_mean", "tier2_std"}
 baseline_hazard      None or {"times": [G], "cumhaz": [G], "risk": "tier1"} (Breslow, federated)
 risk_cutpoints       None or [2] tertile cut points of the training system risk
+tier2_gate           None or the run's gate (core/tier2_gate.py): {"open", "reason", figures}; absent
+                     = open (bundles from before the gate)
 model_card           {"sites", "per_site", "c_index", "n_patients_test", "date", ...}
 ===================  ===========================================================================
 
@@ -49,6 +51,7 @@ from .errors import RmmError, SchemaMismatchError
 from .feature_stats import FeatureStats
 from .tier1 import Tier1Model, build_model
 from .tier2 import Tier2Model, build_tier2
+from .tier2_gate import Tier2Gate
 from .two_tier import RiskScale
 
 BUNDLE_FORMAT = "rmm-model-bundle"
@@ -110,6 +113,11 @@ class ModelBundle:
     baseline_hazard: BaselineHazard | None = None
     risk_cutpoints: list[float] | None = None  # tertile cut points of the TRAINING system risk, if known
     model_card: dict[str, Any] = field(default_factory=dict)
+    tier2_gate: dict[str, Any] | None = None  # core/tier2_gate.Tier2Gate.to_dict(); None = open (older bundles)
+
+    @property
+    def gate(self) -> Tier2Gate:
+        return Tier2Gate.from_dict(self.tier2_gate)
 
     # ---- views --------------------------------------------------------------------------
     @property
@@ -135,7 +143,7 @@ class ModelBundle:
         if self.tier2 is None:
             return None
         cfg = self.run_config
-        model = build_tier2(dict(self.modalities), cfg.tier2, cfg.seed)
+        model = build_tier2(dict(self.modalities), cfg.tier2, cfg.seed, tier1=cfg.model)
         _load_state(model, self.tier2, "tier2")
         return model.eval()
 
@@ -152,6 +160,7 @@ class ModelBundle:
             "baseline_hazard": None if self.baseline_hazard is None else self.baseline_hazard.to_plain(),
             "risk_cutpoints": None if self.risk_cutpoints is None else [float(c) for c in self.risk_cutpoints],
             "model_card": _plain(self.model_card),
+            "tier2_gate": None if self.tier2_gate is None else _plain(self.tier2_gate),
         }
 
 
@@ -188,8 +197,8 @@ def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what:
 def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, theta: float,
                 tier2: Tier2Model | None = None, abstain_bound: float = float("inf"),
                 risk_scale: RiskScale | None = None, baseline_hazard: BaselineHazard | None = None,
-                risk_cutpoints: list[float] | None = None, model_card: Mapping[str, Any] | None = None
-                ) -> ModelBundle:
+                risk_cutpoints: list[float] | None = None, model_card: Mapping[str, Any] | None = None,
+                tier2_gate: Mapping[str, Any] | None = None) -> ModelBundle:
     """A bundle from trained models and the run's statistics/config (what a server writes at the end)."""
     return ModelBundle(
         tier1={k: v.detach().cpu().clone() for k, v in tier1.state_dict().items()},
@@ -199,7 +208,7 @@ def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, theta
         theta=float(theta), abstain_bound=float(abstain_bound), risk_scale=risk_scale or RiskScale(),
         rmm_version=installed_version(), baseline_hazard=baseline_hazard,
         risk_cutpoints=None if risk_cutpoints is None else [float(c) for c in risk_cutpoints],
-        model_card=dict(model_card or {}))
+        model_card=dict(model_card or {}), tier2_gate=None if tier2_gate is None else dict(tier2_gate))
 
 
 # ---- model card ----------------------------------------------------------------------------
@@ -331,7 +340,8 @@ def _from_raw(raw: Mapping[str, Any], path: Path, *, model_card: dict, baseline:
         theta=float(raw["theta"]), abstain_bound=float(raw["abstain_bound"]), risk_scale=scale,
         rmm_version=str(raw["rmm_version"]),
         baseline_hazard=None if baseline is None else BaselineHazard.from_plain(baseline),
-        risk_cutpoints=cuts, model_card=dict(model_card))
+        risk_cutpoints=cuts, model_card=dict(model_card),
+        tier2_gate=None if raw.get("tier2_gate") is None else dict(raw["tier2_gate"]))
 
 
 def bundle_from_run_dir(run_dir: str | Path) -> ModelBundle:

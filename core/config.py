@@ -99,6 +99,10 @@ class RunConfig(_Strict):
     tier2_rounds: int = Field(10, ge=0, description="Tier 2 federated rounds (0 = Tier 1 only, no Tier 2 phase)")
     tier2_local_epochs: int = Field(2, ge=1)
     tier2_lr: float = Field(1e-3, gt=0.0)
+    tier2_gate: bool = Field(True, description="Tier 2 answers the referred only if it beat Tier 1 on federated "
+                             "masked validation (recovery MSE and C-index); false = always (research)")
+    tier2_select_best: bool = Field(True, description="keep the Tier 2 round with the lowest federated masked "
+                                    "validation recovery MSE (false = the last round)")
     tier2_abstain_quantile: float = Field(0.99, gt=0.0, lt=1.0,
                                           description="abstain bound = this quantile of Tier 2 uncertainty (calibrated like theta)")
     hazard_points: int = Field(64, ge=4, description="time grid of the federated Breslow baseline hazard")

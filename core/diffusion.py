@@ -77,25 +77,54 @@ class DDPMStep:
     t: torch.Tensor  # [B] the timesteps drawn
 
 
+def snr(schedule: LinearSchedule, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) of timesteps t [B]."""
+    a = schedule.alpha_bars.to(t.device)[t]
+    return a / (1.0 - a)
+
+
+WEIGHTINGS = ("eps", "min-snr")
+
+
 def ddpm_step(eps_model: Callable, x0: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor,
               generator: torch.Generator, *, schedule: LinearSchedule | None = None,
-              clip: float = 10.0) -> DDPMStep:
+              clip: float = 10.0, denoise: torch.Tensor | None = None, weighting: str = "eps",
+              snr_gamma: float = 5.0) -> DDPMStep:
     """One Monte-Carlo draw of eq. 6: t ~ U{0..T-1}, eps ~ N(0, I) from ``generator``.
 
-    ``mask`` [B, D] bool marks the coordinates to recover; the loss averages the squared error over
-    them only, and noise is drawn for every coordinate, so the value of ``x0`` outside the mask does
-    not change which t and noise are drawn. Also returns the one-step x0 estimate (used by L_cons).
+    ``mask`` [B, D] bool marks the coordinates the loss is taken on; ``denoise`` (default: ``mask``)
+    the coordinates that are noised with q_sample (they may include coordinates without a target,
+    e.g. a modality the patient never had, filled with a stand-in in ``x0``, so the model sees the
+    same kind of input there as at inference). Elsewhere the input is plain noise, which an
+    inpainting denoiser overwrites with observed values. Noise is drawn for every coordinate, so
+    ``x0`` outside the mask does not change which t and noise are drawn.
+
+    ``weighting``:
+    * ``"eps"``: eq. 6 verbatim, the eps-MSE. At large t eps is almost x_t itself, so about half of
+      the uniformly drawn steps of the linear schedule (SNR < 0.1) teach the model next to nothing.
+    * ``"min-snr"``: the x0-MSE weighted by min(SNR_t + 1, gamma) (Min-SNR-gamma, Hang et al. 2023,
+      in its v-prediction form: the +1 keeps weight ~1 on the noisiest steps, where predicting x0 is
+      a regression on the condition, and gamma caps the nearly noise-free steps, which would
+      otherwise dominate). The same per-step optimum as eq. 6, with a weighting that spends the
+      gradient on every t.
+    Also returns the one-step x0 estimate (used by L_cons).
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     sch = _schedule(eps_model, schedule)
     b = x0.shape[0]
     t = torch.randint(0, sch.timesteps, (b,), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    # Outside the mask x0 never reaches the model: the noised input is x_t on masked coordinates
-    # and plain noise elsewhere (an inpainting denoiser overwrites those with observed values).
-    x_t = torch.where(mask, q_sample(x0, t, noise, sch), noise)
+    noised = mask if denoise is None else (denoise | mask)
+    x_t = torch.where(noised, q_sample(x0, t, noise, sch), noise)
     eps = eps_model(x_t, t, cond)
     m = mask.to(x0.dtype)
-    loss = (((eps - noise) ** 2) * m).sum() / m.sum().clamp(min=1.0)
+    if weighting == "eps":
+        per = (eps - noise) ** 2
+    else:
+        w = torch.clamp(snr(sch, t) + 1.0, max=snr_gamma).unsqueeze(-1).to(x0.dtype)
+        per = w * (predict_x0(x_t, t, eps, sch, clip=None) - x0) ** 2
+    loss = (per * m).sum() / m.sum().clamp(min=1.0)
     return DDPMStep(loss, predict_x0(x_t, t, eps, sch, clip), t)
 
 
@@ -118,11 +147,13 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
 def ddim_sample(eps_model: Callable, cond: torch.Tensor, shape: tuple[int, ...] | torch.Size, steps: int,
                 generator: torch.Generator, *, schedule: LinearSchedule | None = None,
                 hidden: torch.Tensor | None = None, known: torch.Tensor | None = None,
-                clip: float = 10.0) -> torch.Tensor:
+                clip: float = 10.0, return_first_x0: bool = False):
     """Deterministic DDIM (eta = 0): x_T ~ N(0, I) from ``generator``, then ``steps`` updates.
 
     With ``hidden`` [B, D] bool and ``known`` [B, D], coordinates outside ``hidden`` are held at
-    ``known`` at every step (inpainting); only hidden coordinates are denoised.
+    ``known`` at every step (inpainting); only hidden coordinates are denoised. With
+    ``return_first_x0`` also returns the x0 estimate of the first (noisiest) step: there x_t is almost
+    pure noise, so a model trained to the x0-MSE predicts the posterior mean E[x0 | c] (Tweedie).
     """
     sch = _schedule(eps_model, schedule)
     x = torch.randn(tuple(shape), generator=generator, device=cond.device, dtype=cond.dtype)
@@ -130,14 +161,17 @@ def ddim_sample(eps_model: Callable, cond: torch.Tensor, shape: tuple[int, ...] 
         x = torch.where(hidden, x, known)
     abar = sch.alpha_bars.to(cond.device)
     taus = ddim_timesteps(sch.timesteps, steps)
+    first = None
     for i, t in enumerate(taus):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         eps = eps_model(x, tt, cond)
         a_t = abar[t]
         x0 = ((x - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
+        if first is None:
+            first = x0
         eps = (x - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()  # consistent with the clamped x0
         a_prev = abar[taus[i + 1]] if i + 1 < len(taus) else abar.new_tensor(1.0)
         x = a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps
         if hidden is not None and known is not None:
             x = torch.where(hidden, x, known)
-    return x
+    return (x, first) if return_first_x0 else x

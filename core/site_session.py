@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from .concordance import concordance_counts
+from .concordance import ConcordanceCounts, concordance_counts
 from .config import RunConfig
 from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
@@ -22,15 +22,16 @@ from .merged_histogram import MergedBins, merge_bins
 from .private_histogram import privatize_counts
 from .risk_groups import RISK_GRID
 from .site_policy import PolicyViolation
-from .routing import ABSTAIN, TIER2, route_counts
+from .routing import ABSTAIN, HIGH_RISK_CONTEXT, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
 from .tier1 import Tier1Model, build_model
 from .train import TrainResult, predict_risk, train_tier1
 from .tier2 import Tier2Model, build_tier2
 from .tier2_train import predict_tier2, train_tier2
+from .tier2_gate import VALIDATION_KEYS
 from .two_tier import RiskScale, predict_two_tier, recovery_errors
-from .uncertainty import calibration_uncertainties, masking_patterns
+from .uncertainty import calibration_uncertainties, complete_case_indices, masking_patterns
 from .weights import get_weights, set_weights
 
 
@@ -157,13 +158,14 @@ class SiteSession:
                                    "Tier 2 calibration histogram"), sums
 
     def risk_group_release(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
-                           scale: RiskScale, k: int, grid: HistogramGrid = RISK_GRID) -> MergedBins:
+                           scale: RiskScale, k: int, grid: HistogramGrid = RISK_GRID, use_tier2: bool = True
+                           ) -> MergedBins:
         """exp(two-tier system risk) of the training patients on ``grid`` (the server's, normally
         ``risk_groups.RISK_GRID``), merged to the floor: for the federated tertiles of the risk groups."""
         assert self.cfg is not None
         tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
         risk = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
-                                scale=scale, seed=self.cfg.seed).system_risk
+                                scale=scale, seed=self.cfg.seed, use_tier2=use_tier2).system_risk
         keep = np.isfinite(risk)
         return self.merged_release(grid, np.exp(np.clip(risk[keep], -50.0, 50.0)), np.flatnonzero(keep), k,
                                    "risk-group histogram")
@@ -214,7 +216,7 @@ class SiteSession:
 
     def tier2_model(self, weights: dict[str, np.ndarray] | None = None) -> Tier2Model:
         assert self.cfg is not None
-        m = build_tier2(self.dims, self.cfg.tier2, self.cfg.seed)
+        m = build_tier2(self.dims, self.cfg.tier2, self.cfg.seed, tier1=self.cfg.model)
         if weights is not None:
             set_weights(m, weights)
         return m.to(self.device)
@@ -241,10 +243,43 @@ class SiteSession:
         values = recovery_errors(tier1, tier2, self._split("val"), self.cfg, seed=self.cfg.seed)["unc2"]
         train = self._split("train")
         r1 = predict_risk(tier1, train)
-        r2, _, _ = predict_tier2(tier2, tier1, train, self.cfg.tier2, seed=self.cfg.seed, mc_samples=self.cfg.model.mc_samples)
+        if self.cfg.tier2.uses_branches:
+            r2 = predict_tier2(tier2, tier1, train, self.cfg.tier2, seed=self.cfg.seed,
+                               mc_samples=self.cfg.model.mc_samples).risk
+        else:  # Tier 2 is scored through Tier 1's head: one head, one scale
+            r2 = r1
         sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
                 "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
         return values, sums
+
+    def tier2_validation(self, weights: dict[str, np.ndarray], k: int = 1) -> dict[str, float]:
+        """Sums that compare this Tier 2 with the frozen Tier 1 on the val complete cases under every
+        masking pattern (core/tier2_gate.py): rows, both tiers' recovery SSE, and both tiers' pair
+        counts (pairs within one pattern). Below the floor ``k`` of complete cases: all zero."""
+        assert self.cfg is not None
+        val = self._split("val")
+        rec = recovery_errors(self._tier1(), self.tier2_model(weights), val, self.cfg, seed=self.cfg.seed + 2,
+                              point_only=True)
+        n_cases = len(np.unique(rec["patient"])) if len(rec["patient"]) else 0
+        out = {key: 0.0 for key in VALIDATION_KEYS}
+        out["tier2-val-cases"] = float(n_cases if n_cases >= k else 0)
+        if n_cases < k or len(rec["err2"]) == 0:
+            return out
+        idx = complete_case_indices(val)
+        t, e = val.time.cpu().numpy()[idx], val.event.cpu().numpy()[idx]
+        out.update({"tier2-val-n": float(len(rec["err1"])), "tier2-val-sse-tier1": float(rec["err1"].sum()),
+                    "tier2-val-sse-tier2": float(rec["err2"].sum())})
+        for tier in ("tier1", "tier2"):
+            total = ConcordanceCounts()
+            for p in np.unique(rec["pattern"]):
+                rows = rec["pattern"] == p
+                c = concordance_counts(t[rec["patient"][rows]], rec["risk" + tier[-1]][rows], e[rec["patient"][rows]])
+                total = ConcordanceCounts(total.concordant + c.concordant, total.tied_risk + c.tied_risk,
+                                          total.comparable + c.comparable)
+            out.update({f"tier2-val-{tier}-pairs-concordant": total.concordant,
+                        f"tier2-val-{tier}-pairs-tied-risk": total.tied_risk,
+                        f"tier2-val-{tier}-pairs-comparable": total.comparable})
+        return out
 
     # ---- per-round validation (model selection) ----------------------------------------
     def validate(self, weights: dict[str, np.ndarray]) -> dict[str, float]:
@@ -256,7 +291,7 @@ class SiteSession:
 
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
-                 scale: RiskScale | None = None, k: int = 1) -> dict[str, float]:
+                 scale: RiskScale | None = None, k: int = 1, use_tier2: bool = True) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
         covered, referred), routes, recovery errors of both tiers, and per-patient cost of each tier.
 
@@ -269,13 +304,14 @@ class SiteSession:
         test = self._split("test")
         time, event = test.time.cpu().numpy(), test.event.cpu().numpy()
         pred = predict_two_tier(tier1, tier2, test, self.cfg, theta=theta, bound=bound, scale=scale or RiskScale(),
-                                seed=self.cfg.seed)
+                                seed=self.cfg.seed, use_tier2=use_tier2)
         names = pred.route_names
         covered, referred = names != ABSTAIN, np.isfinite(pred.tier2_risk)
         out: dict[str, float] = {"n-test": float(len(test)), "n-events-test": float(event.sum())}
         out.update(_counts("", concordance_counts(time, pred.tier1_risk, event)))
         for prefix, risk, group in (("tier1-covered-", pred.tier1_risk, covered), ("system-covered-", pred.system_risk, covered),
-                                    ("tier1-referred-", pred.tier1_risk, referred), ("tier2-referred-", pred.tier2_risk, referred)):
+                                    ("tier1-referred-", pred.tier1_risk, referred), ("tier2-referred-", pred.tier2_risk, referred),
+                                    ("system-referred-", pred.system_risk, referred & covered)):
             shown = group if group.sum() >= k else np.zeros_like(group)
             out.update(_counts(prefix, concordance_counts(time[shown], risk[shown], event[shown])))
         rc = route_counts(pred.routes)
@@ -283,7 +319,10 @@ class SiteSession:
         out.update({"routed-tier1": float(rc["tier1"]), "routed-tier2": float(rc[TIER2]),
                     "routed-abstain": float(rc[ABSTAIN]), "referred": float(referred.sum()),
                     "referral-rate": float(referred.sum()) / n if n else float("nan"),
-                    "tier1-seconds": pred.tier1_seconds, "tier2-seconds": pred.tier2_seconds})
+                    "tier1-seconds": pred.tier1_seconds, "tier2-seconds": pred.tier2_seconds,
+                    "tier2-used": float(pred.tier2_used),
+                    "high-risk-context-kept-tier1": float(sum(1 for r in pred.routes
+                                                              if HIGH_RISK_CONTEXT in r.flags and r.route == "tier1"))})
         rec = recovery_errors(tier1, tier2, test, self.cfg, seed=self.cfg.seed + 1)
         if len(rec["sigma2"]) // max(len(masking_patterns(len(self.dims))), 1) < k:  # complete test cases
             rec = {key: np.zeros(0) for key in rec}

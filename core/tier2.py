@@ -9,10 +9,12 @@ for all modalities at once, over the concatenated vector x = [x_1; ...; x_K] (le
   i.e. the paper's c = [x_avail, z_hat, sigma^2] plus the mask. It is an inpainting denoiser: on
   observed coordinates the noised input is replaced by the observed values, so only hidden
   coordinates are denoised. Sinusoidal time embedding, MLP with pre-LayerNorm residual blocks (SiLU).
-  The MLP outputs a velocity v (Salimans & Ho 2022) and eps_psi = sqrt(1 - a_t) x_t + sqrt(a_t) v
-  (a = alpha_bar): the objective is still eq. 6's eps-MSE, but the identity part of eps at large t
-  is built in, so DDIM's x0 estimate sqrt(a_t) x_t - sqrt(1 - a_t) v stays bounded instead of
-  amplifying the network's error by 1/sqrt(a_t) (about 160 at t = 999 of the default schedule).
+  ``parametrisation``: "x0-residual" (default) reads the MLP's output r as a correction of Tier 1's
+  estimate, x0 = x_hat + r, and eps_psi = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t) (a = alpha_bar): an
+  untrained Tier 2 recovers exactly what Tier 1 estimated, and training can only move it where the
+  data say so. "v" reads it as a velocity v (Salimans & Ho 2022), eps_psi = sqrt(1 - a_t) x_t +
+  sqrt(a_t) v. Both keep DDIM's x0 estimate bounded (no 1/sqrt(a_t) amplification of the error,
+  about 160 at t = 999 of the default schedule).
 * :meth:`Tier2Model.recover` draws S DDIM samples per patient (one batched sampler call), averages
   them on hidden coordinates, copies observed ones through, and reports Tier 2's own uncertainty
   per modality, (1/S) sum_s ||x^s_k - mean_k||^2 / D_k on hidden modalities (0 on observed ones).
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .branches import MultiBranchHead
+from .config import Tier1Config
 from .diffusion import LinearSchedule, ddim_sample
 from .tier2_config import Tier2Config
 from .uncertainty import patient_uncertainty
@@ -52,11 +55,22 @@ def coord_mask(mask: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
 
 
 def make_condition(x_obs: torch.Tensor, observed: torch.Tensor, x_hat: torch.Tensor, sigma2: torch.Tensor,
-                   dims: Sequence[int]) -> torch.Tensor:
-    """c = [x_avail ; x_hat ; log1p(sigma^2) ; observed] -> [B, 2 sum D_k + 2K] (x_obs zeroed where hidden)."""
+                   dims: Sequence[int], enc: torch.Tensor | None = None) -> torch.Tensor:
+    """c = [x_avail ; x_hat ; log1p(sigma^2) ; observed (; enc)] -> [B, 2 sum D_k + 2K (+ E)].
+
+    x_obs is zeroed where hidden; ``enc`` [B, E] is Tier 1's view of the observed bags (its eq. 2
+    slots, :func:`rmmfed.core.tier2_context.tier1_slots`), appended last when given."""
     obs = observed.bool()
     x_avail = x_obs * coord_mask(obs, dims).to(x_obs.dtype)
-    return torch.cat([x_avail, x_hat, torch.log1p(sigma2.clamp(min=0)).to(x_obs.dtype), obs.to(x_obs.dtype)], dim=1)
+    parts = [x_avail, x_hat, torch.log1p(sigma2.clamp(min=0)).to(x_obs.dtype), obs.to(x_obs.dtype)]
+    if enc is not None:
+        parts.append(enc.to(x_obs.dtype))
+    return torch.cat(parts, dim=1)
+
+
+def encoding_dim(tier1: Tier1Config, k: int) -> int:
+    """Width of Tier 1's eq. 2 slots for K modalities: K (d + d_p + 1)."""
+    return k * (tier1.embed_dim + tier1.prompt_dim + 1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -84,12 +98,17 @@ class ConditionalDenoiser(nn.Module):
     """eps_psi(x_t, t, c) over the concatenated features (eq. 6); see the module docstring."""
 
     def __init__(self, dims: Sequence[int], *, hidden_dim: int = 256, time_dim: int = 32,
-                 timesteps: int = 1000, blocks: int = 3) -> None:
+                 timesteps: int = 1000, blocks: int = 3, enc_dim: int = 0,
+                 parametrisation: str = "x0-residual") -> None:
         super().__init__()
+        if parametrisation not in ("x0-residual", "v"):
+            raise ValueError(f"parametrisation must be x0-residual or v, got {parametrisation!r}")
+        self.parametrisation = parametrisation
         self.dims = tuple(int(d) for d in dims)
         self.total = sum(self.dims)
         k = len(self.dims)
-        self.cond_dim = 2 * self.total + 2 * k
+        self.enc_dim = int(enc_dim)
+        self.cond_dim = 2 * self.total + 2 * k + self.enc_dim
         self.time_dim = time_dim
         self.schedule = LinearSchedule(timesteps)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
@@ -101,7 +120,7 @@ class ConditionalDenoiser(nn.Module):
     def observed_part(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_avail [B, sum D], observed coordinates [B, sum D] bool) read back from c."""
         k = len(self.dims)
-        observed = c[:, 2 * self.total + k:] > 0.5
+        observed = c[:, 2 * self.total + k: 2 * self.total + 2 * k] > 0.5
         return c[:, : self.total], coord_mask(observed, self.dims)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -111,22 +130,30 @@ class ConditionalDenoiser(nn.Module):
         h = self.inp(torch.cat([x_in, c], dim=1)) + temb
         for block in self.blocks:
             h = block(h, temb)
-        v = self.outp(F.silu(self.norm(h)))
+        out = self.outp(F.silu(self.norm(h)))
         a = self.schedule.alpha_bars[t].unsqueeze(-1).to(x_t.dtype)
-        return (1.0 - a).sqrt() * x_in + a.sqrt() * v  # eps through the velocity head (docstring)
+        if self.parametrisation == "v":
+            return (1.0 - a).sqrt() * x_in + a.sqrt() * out  # eps through the velocity head (docstring)
+        x0 = c[:, self.total: 2 * self.total] + out  # Tier 1's estimate x_hat plus a learned correction
+        return (x_in - a.sqrt() * x0) / (1.0 - a).sqrt()
 
 
 class Tier2Model(nn.Module):
-    """Denoiser eps_psi + multi-branch head; ``dims`` maps modality name -> D_k (the run's order)."""
+    """Denoiser eps_psi (+ the multi-branch head when ``cfg.risk_head`` is "branches").
 
-    def __init__(self, dims: Mapping[str, int], cfg: Tier2Config) -> None:
+    ``dims`` maps modality name -> D_k (the run's order); ``enc_dim`` > 0 conditions the denoiser on
+    Tier 1's encodings of the observed bags as well (:func:`encoding_dim`)."""
+
+    def __init__(self, dims: Mapping[str, int], cfg: Tier2Config, enc_dim: int = 0) -> None:
         super().__init__()
         self.modalities = tuple(dims)
         self.dims = tuple(int(d) for d in dims.values())
         self.cfg = cfg
+        self.enc_dim = int(enc_dim)
         self.denoiser = ConditionalDenoiser(self.dims, hidden_dim=cfg.hidden_dim, time_dim=cfg.time_dim,
-                                            timesteps=cfg.timesteps)
-        self.head = MultiBranchHead(self.dims, cfg.branch_dim, cfg.n_branches)
+                                            timesteps=cfg.timesteps, enc_dim=self.enc_dim,
+                                            parametrisation=cfg.parametrisation)
+        self.head = MultiBranchHead(self.dims, cfg.branch_dim, cfg.n_branches) if cfg.uses_branches else None
 
     # ---- helpers -------------------------------------------------------------------------
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -139,30 +166,44 @@ class Tier2Model(nn.Module):
         return coord_mask(mask.bool(), self.dims)
 
     def condition(self, x_obs: torch.Tensor, observed: torch.Tensor, x_hat: torch.Tensor,
-                  sigma2: torch.Tensor) -> torch.Tensor:
-        return make_condition(x_obs, observed, x_hat, sigma2, self.dims)
+                  sigma2: torch.Tensor, enc: torch.Tensor | None = None) -> torch.Tensor:
+        if self.enc_dim and (enc is None or enc.shape[1] != self.enc_dim):
+            raise ValueError(f"this Tier 2 is conditioned on Tier 1 encodings of width {self.enc_dim}; "
+                             f"got {None if enc is None else enc.shape[1]}")
+        return make_condition(x_obs, observed, x_hat, sigma2, self.dims, enc if self.enc_dim else None)
 
     # ---- eq. 6 inference -----------------------------------------------------------------------
     @torch.no_grad()
     def recover(self, x_obs: torch.Tensor, observed: torch.Tensor, x_hat: torch.Tensor, sigma2: torch.Tensor,
-                *, samples: int, steps: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recover the unobserved modalities: (x_rec [B, sum D], Tier 2 uncertainty per modality [B, K]).
+                *, samples: int, steps: int, generator: torch.Generator, enc: torch.Tensor | None = None,
+                return_draws: bool = False):
+        """Recover the unobserved modalities: (x_rec [B, sum D], Tier 2 uncertainty per modality [B, K])
+        (and the draws [S, B, sum D], observed coordinates copied through, with ``return_draws``).
 
-        S = ``samples`` DDIM runs per patient in one batched call (rows repeated sample-major);
-        x_rec is the sample mean on hidden coordinates and ``x_obs`` on observed ones.
+        S = ``samples`` DDIM runs per patient in one batched call (rows repeated sample-major). x_rec,
+        the point recovery, is the posterior-mean estimate E[x | c]: the x0 prediction of the first,
+        noisiest step, averaged over the S runs (with the x0-MSE objective this is the model's
+        regression of the hidden features on the condition; the mean of S finished draws would add
+        their spread / S to the error). The draws themselves carry the uncertainty: (1/S) sum_s
+        ||x^s_k - mean_k||^2 / D_k on hidden modalities (0 on observed ones), and their risks.
+        Observed coordinates are copied from ``x_obs``.
         """
         b, s = x_obs.shape[0], max(1, int(samples))
         obs = observed.bool()
-        cond = self.condition(x_obs, obs, x_hat, sigma2)
+        cond = self.condition(x_obs, obs, x_hat, sigma2, enc)
         hidden = ~self.coord_mask(obs)
         known = torch.where(hidden, torch.zeros_like(x_obs), x_obs)
-        draws = ddim_sample(self.denoiser, cond.repeat(s, 1), (s * b, x_obs.shape[1]), steps, generator,
-                            hidden=hidden.repeat(s, 1), known=known.repeat(s, 1)).view(s, b, -1)
+        draws, first = ddim_sample(self.denoiser, cond.repeat(s, 1), (s * b, x_obs.shape[1]), steps, generator,
+                                   hidden=hidden.repeat(s, 1), known=known.repeat(s, 1), return_first_x0=True)
+        draws, first = draws.view(s, b, -1), first.view(s, b, -1)
         mean = draws.mean(dim=0)
-        x_rec = torch.where(hidden, mean, x_obs)
+        x_rec = torch.where(hidden, first.mean(dim=0), x_obs)
         var = torch.stack([((d - m) ** 2).sum(dim=2).mean(dim=0) / d.shape[2]
                            for d, m in zip(torch.split(draws, list(self.dims), dim=2), self.split(mean))], dim=1)
-        return x_rec, torch.where(obs, torch.zeros_like(var), var)
+        var = torch.where(obs, torch.zeros_like(var), var)
+        if return_draws:
+            return x_rec, var, torch.where(hidden, draws, x_obs)
+        return x_rec, var
 
     @staticmethod
     def patient_uncertainty(var_k: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -173,6 +214,9 @@ class Tier2Model(nn.Module):
     def head_outputs(self, x: torch.Tensor, available: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(risk [B], branch outputs [B, M, d], attention [B, M, K]) of the head on x [B, sum D]."""
+        if self.head is None:
+            raise ValueError("this Tier 2 has no multi-branch head (risk-head = tier1): score it through Tier 1's "
+                             "head (rmmfed.core.tier2_scoring)")
         return self.head(self.split(x), available.bool())
 
     def risk(self, x: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
@@ -180,8 +224,13 @@ class Tier2Model(nn.Module):
         return self.head_outputs(x, available)[0]
 
 
-def build_tier2(dims: Mapping[str, int], cfg: Tier2Config, seed: int) -> Tier2Model:
-    """A freshly initialised Tier 2 model; the seed fixes the weights without touching global RNG."""
+def build_tier2(dims: Mapping[str, int], cfg: Tier2Config, seed: int, *, tier1: Tier1Config | None = None
+                ) -> Tier2Model:
+    """A freshly initialised Tier 2 model; the seed fixes the weights without touching global RNG.
+
+    ``tier1`` (the run's Tier 1 config) sizes the encoding part of the condition when
+    ``cfg.condition_on_encodings`` is on; without it the denoiser is conditioned on features only."""
+    enc = encoding_dim(tier1, len(dims)) if (tier1 is not None and cfg.condition_on_encodings) else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Tier2Model(dims, cfg)
+        return Tier2Model(dims, cfg, enc)

@@ -2,11 +2,15 @@
 
 Fields are snake_case; a RunConfig that nests this model flattens them as ``tier2.<field-with-dashes>``
 (e.g. ``tier2.sample-steps``). Optimisation knobs (epochs, lr, batch size) are passed by the caller.
-Ablation rows of the paper are configs: ``diversity=False`` is "w/o diversity loss",
+Defaults were chosen from the method's needs, not tuned on a cohort: Tier 2 must see at least what
+Tier 1 sees (its head and its encodings), train on the masks it will meet, and spend its gradient on
+every diffusion step. Ablation rows of the paper are configs: ``diversity=False`` is "w/o diversity loss",
 ``single_branch=True`` is "single-branch" (one attention branch and hence no diversity term).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,6 +30,24 @@ class Tier2Config(BaseModel):
     lambda_task: float = Field(1.0, ge=0.0, description="weight of the Cox task loss (eq. 8)")
     diversity: bool = Field(True, description="off = 'w/o diversity loss' ablation")
     single_branch: bool = Field(False, description="'single-branch' ablation: M = 1, no diversity loss")
+    risk_head: Literal["tier1", "branches"] = Field(
+        "tier1", description="tier1: score recovered features through the frozen Tier 1 survival head (observed "
+        "modalities from their bags); branches: the multi-branch head of eq. 7 on mean-pooled features")
+    condition_on_encodings: bool = Field(True, description="add Tier 1's encodings of the observed bags (eq. 2 "
+                                         "slots) to the denoiser's condition")
+    masking: Literal["all-patterns", "one"] = Field(
+        "all-patterns", description="training masks: a random observed subset per patient from every pattern its "
+        "modalities allow (all-patterns), or hide one present modality (one)")
+    loss_weighting: Literal["min-snr", "eps"] = Field("min-snr", description="min-snr: x0-MSE weighted by "
+                                                      "min(SNR+1, gamma); eps: eq. 6's eps-MSE verbatim")
+    parametrisation: Literal["x0-residual", "v"] = Field(
+        "x0-residual", description="x0-residual: the denoiser predicts a correction of Tier 1's estimate "
+        "(x0 = x_hat + r); v: a velocity")
+    snr_gamma: float = Field(5.0, gt=0.0, description="gamma of the min-snr weighting")
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA of the local Tier 2 weights, sent instead "
+                             "of the last step's (0 = off)")
+    local_steps: int = Field(150, ge=1, description="minimum optimiser steps per site and round (epochs are "
+                             "repeated until reached)")
 
     @model_validator(mode="after")
     def _check(self) -> "Tier2Config":
@@ -34,6 +56,11 @@ class Tier2Config(BaseModel):
         if self.time_dim % 2:
             raise ValueError("time-dim must be even (sin and cos halves)")
         return self
+
+    @property
+    def uses_branches(self) -> bool:
+        """Whether the multi-branch head of eq. 7 is built and trained (risk_head = branches)."""
+        return self.risk_head == "branches"
 
     @property
     def n_branches(self) -> int:

@@ -3,12 +3,14 @@
 For each patient: Tier 1 risk and sigma^2; the route (abstain when nothing is present; Tier 2 when
 sigma^2 > theta or the context is high-risk; Tier 1 otherwise); for the referred, Tier 2 recovers
 what is missing, gives its own risk and uncertainty, and the patient abstains when that uncertainty
-exceeds the calibrated bound. Every prediction carries its route and the reason.
+exceeds the calibrated bound. Every prediction carries its route, the reason and its flags. When the
+run's gate (:mod:`rmmfed.core.tier2_gate`) found that Tier 2 does not beat Tier 1 on federated masked
+validation, the referred keep Tier 1's risk, flagged.
 
-The two heads have unrelated risk scales, so the system risk puts each on a common scale with the
-federated mean and standard deviation of that head's risk on the training split (``RiskScale``):
-ranking within a head is unchanged, and a referred patient's Tier 2 risk is comparable to a routine
-patient's Tier 1 risk.
+The system risk is a z-score with the federated mean and standard deviation of the answering head's
+risk on the training split (``RiskScale``). By default Tier 2 is scored through Tier 1's own head
+(:mod:`rmmfed.core.tier2_scoring`), so both tiers share Tier 1's scale; with the multi-branch head
+(``tier2.risk-head = branches``) each head has its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .routing import ABSTAIN, TIER2, Route, route_all
+from .routing import ABSTAIN, TIER2, TIER2_NOT_USED, Route, route_all
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model
@@ -57,6 +59,7 @@ class TwoTierPrediction:
     routes: list[Route]
     tier1_seconds: float
     tier2_seconds: float
+    tier2_used: bool = True  # False: the gate kept Tier 1's risk for the referred (core/tier2_gate.py)
 
     @property
     def route_names(self) -> np.ndarray:
@@ -64,12 +67,18 @@ class TwoTierPrediction:
 
 
 def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *,
-                     theta: float, bound: float, scale: RiskScale, seed: int) -> TwoTierPrediction:
+                     theta: float, bound: float, scale: RiskScale, seed: int, use_tier2: bool = True
+                     ) -> TwoTierPrediction:
+    """The two-tier answer for ``data``. ``use_tier2`` False (the run's gate found that Tier 2 does not
+    beat Tier 1 on federated masked validation) still routes and runs Tier 2 (its figures are
+    measured), but the referred keep Tier 1's risk, flagged ``tier2-not-used``, and are not abstained
+    on Tier 2's uncertainty."""
     t0 = time.perf_counter()
     r1, s2 = risk_and_uncertainty(tier1, data, seed=seed)
     t1 = time.perf_counter() - t0
     any_present = data.present.any(dim=1).cpu().numpy()
-    routes = route_all(s2, data.context, any_present, theta, cfg.high_risk)
+    all_present = data.present.all(dim=1).cpu().numpy()
+    routes = route_all(s2, data.context, any_present, theta, cfg.high_risk, all_present)
     n = len(data)
     r2, u2 = np.full(n, np.nan), np.full(n, np.nan)
     referred = np.array([r.route == TIER2 for r in routes], dtype=bool)
@@ -77,36 +86,52 @@ def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTens
     if tier2 is not None and referred.any():
         t0 = time.perf_counter()
         sub = data.subset(np.flatnonzero(referred))
-        risk2, unc2, _ = predict_tier2(tier2, tier1, sub, cfg.tier2, seed=seed, mc_samples=cfg.model.mc_samples)
+        pred2 = predict_tier2(tier2, tier1, sub, cfg.tier2, seed=seed, mc_samples=cfg.model.mc_samples)
         t2 = time.perf_counter() - t0
-        r2[referred], u2[referred] = risk2, unc2
-        for i, u in zip(np.flatnonzero(referred), unc2):
-            if u > bound:
-                routes[i] = Route(ABSTAIN, f"Tier 2 uncertainty {u:.3g} > bound {bound:.3g} ({routes[i].reason})")
+        r2[referred], u2[referred] = pred2.risk, pred2.uncertainty
+        for i, u in zip(np.flatnonzero(referred), pred2.uncertainty):
+            r = routes[i]
+            if not use_tier2:
+                routes[i] = Route(r.route, f"{r.reason}; Tier 2 did not beat Tier 1 on federated validation: "
+                                  "Tier 1's risk", r.flags + (TIER2_NOT_USED,))
+            elif u > bound:
+                routes[i] = Route(ABSTAIN, f"Tier 2 uncertainty {u:.3g} > bound {bound:.3g} ({r.reason})", r.flags)
     system = (r1 - scale.tier1_mean) / scale.tier1_std
-    if tier2 is not None:
+    if tier2 is not None and use_tier2:
         system = np.where(referred, (r2 - scale.tier2_mean) / scale.tier2_std, system)
     system = np.where(np.array([r.route == ABSTAIN for r in routes]), np.nan, system)
-    return TwoTierPrediction(r1, s2, r2, u2, system, routes, t1, t2)
+    return TwoTierPrediction(r1, s2, r2, u2, system, routes, t1, t2, tier2_used=use_tier2 or tier2 is None)
 
 
 @torch.no_grad()
-def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *, seed: int
-                    ) -> dict[str, np.ndarray]:
-    """On complete cases under every masking pattern, per (patient, pattern): Tier 1 sigma^2, the Tier 1
+def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *, seed: int,
+                    point_only: bool = False) -> dict[str, np.ndarray]:
+    """On complete cases under every masking pattern, per (patient, pattern) row: Tier 1 sigma^2, the Tier 1
     and Tier 2 squared recovery errors per dimension of the hidden modalities against the real
-    features, and Tier 2's own uncertainty (``unc2``, what its abstention bound is calibrated on)."""
+    features, Tier 2's own uncertainty (``unc2``, what its abstention bound is calibrated on), both
+    tiers' risks under the mask (``risk1``: Tier 1's deterministic risk; ``risk2``: Tier 2's, as
+    :func:`~rmmfed.core.tier2_train.predict_tier2` scores it), and the row's ``patient`` (index among
+    the complete cases) and ``pattern`` (index into :func:`masking_patterns`).
+
+    ``point_only``: Tier 2 runs only the first DDIM step (its point recovery, the posterior-mean
+    estimate, :meth:`Tier2Model.recover`), so ``unc2`` is left empty: the cheap per-round validation."""
+    from .tier2_context import bag_encodings, tier1_slots
+    from .tier2_scoring import tier2_risk
     from .tier2_train import tier2_inputs
     from .uncertainty import complete_case_indices, masking_patterns, modality_variance, patient_uncertainty
 
     idx = complete_case_indices(data)
-    out = {"sigma2": [], "err1": [], "err2": [], "unc2": []}
+    keys = ("sigma2", "err1", "err2", "unc2", "risk1", "risk2", "patient", "pattern")
+    out: dict[str, list] = {k: [] for k in keys}
     if len(idx) == 0:
         return {k: np.zeros(0) for k in out}
     sub = data.subset(idx)
     dims = [t.shape[1] for t in sub.target]
     real = torch.cat(list(sub.target), dim=1)
     gen = torch.Generator(device=sub.present.device).manual_seed(seed)
+    was = tier1.training
+    tier1.eval()
+    zs = bag_encodings(tier1, sub)
     for p_i, pattern in enumerate(masking_patterns(len(dims))):
         obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
         x_obs, x_hat, var_k = tier2_inputs(tier1, sub, obs, seed=seed + p_i, mc_samples=cfg.model.mc_samples)
@@ -114,9 +139,16 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
         width = hidden.sum(dim=1)
         out["sigma2"].append(patient_uncertainty(var_k, obs).cpu().numpy())
         out["err1"].append((((x_hat - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
+        out["risk1"].append(tier1(list(sub.x), list(sub.inst_mask), obs).risk.cpu().numpy())
+        out["patient"].append(np.arange(len(sub)))
+        out["pattern"].append(np.full(len(sub), p_i))
         if tier2 is not None:
+            enc = tier1_slots(tier1, zs, obs) if tier2.enc_dim else None
             x_rec, var2 = tier2.recover(x_obs, obs, x_hat, var_k, samples=cfg.tier2.samples,
-                                        steps=cfg.tier2.sample_steps, generator=gen)
-            out["unc2"].append(tier2.patient_uncertainty(var2, obs).cpu().numpy())
+                                        steps=1 if point_only else cfg.tier2.sample_steps, generator=gen, enc=enc)
+            if not point_only:
+                out["unc2"].append(tier2.patient_uncertainty(var2, obs).cpu().numpy())
             out["err2"].append((((x_rec - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
+            out["risk2"].append(tier2_risk(tier2, tier1, zs, obs, x_rec).cpu().numpy())
+    tier1.train(was)
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}

@@ -35,6 +35,7 @@ from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
 from ..core.two_tier import RiskScale
+from ..core.tier2_gate import Tier2Gate, decide
 from .checkpoint import Checkpoint, restore_strategy_state, strategy_state
 from .handshake import Handshake, SiteInfo, agree
 from .progress import Progress
@@ -67,6 +68,8 @@ class FederationResult:
     risk_cutpoints: list[float] | None = None  # tertiles of the training system risk (rmm-predict's groups)
     risk_cutpoint_values: int = 0  # how many training risks the cut points come from
     release_error: dict = field(default_factory=dict)  # what the sites' privacy floors cost (merged bins)
+    tier2_gate: Tier2Gate | None = None  # None: no Tier 2 phase
+    tier2_round: int = 0  # the Tier 2 round kept (selected on masked validation, or the last)
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(m["pairs-concordant"], m["pairs-tied-risk"], m["pairs-comparable"])
@@ -249,13 +252,19 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     # 6. Tier 2 rounds (Tier 1 frozen at the sites), then its abstention bound and the risk scales
     tier2_weights: dict[str, np.ndarray] | None = None
     bound, scale, tier2_history = float("inf"), RiskScale(), []
+    gate, tier2_round = None, 0
     if cfg.tier2_rounds > 0:
         t = time.perf_counter()
-        tier2_weights, tier2_history, _, _ = _run_phase(
-            grid, cfg, accepted, phase="tier2", rounds=cfg.tier2_rounds, select_best=False, train_type=P.TRAIN_TIER2,
-            initial=ArrayRecord(build_tier2(hs.dims, cfg.tier2, cfg.seed).state_dict()),
+        tier2_weights, tier2_history, tier2_round, _ = _run_phase(
+            grid, cfg, accepted, phase="tier2", rounds=cfg.tier2_rounds,
+            select_best=cfg.tier2_select_best or cfg.tier2_gate, keep_best=cfg.tier2_select_best,
+            train_type=P.TRAIN_TIER2, evaluate_config={"split": "val", "tier": 2},
+            initial=ArrayRecord(build_tier2(hs.dims, cfg.tier2, cfg.seed, tier1=cfg.model).state_dict()),
             state=state, ckpt=ckpt, base=base, progress=progress)
-        ckpt.save({**base, "phase": "tier2-done", "tier2": {"weights": tier2_weights, "history": tier2_history}})
+        ckpt.save({**base, "phase": "tier2-done", "tier2": {"weights": tier2_weights, "history": tier2_history,
+                                                             "best_round": tier2_round}})
+        gate = _tier2_gate(cfg, tier2_history, tier2_round)
+        say(f"tier2 gate: {'open' if gate.open else 'closed'}: {gate.reason}")
         timing["tier2"] = time.perf_counter() - t
         t = time.perf_counter()
         replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights),
@@ -282,9 +291,10 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
 
     # 6b. risk groups: tertile cut points of the training system risk, from summed histograms
     t = time.perf_counter()
+    used = {"tier2-used": bool(gate.open) if gate is not None else True}
     replies = _ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
                    config=ConfigRecord({**RISK_GRID.to_config(), "what": "risk-groups", "theta": theta,
-                                        "bound": bound, **scale_conf}))
+                                        "bound": bound, **scale_conf, **used}))
     answered("risk_groups", replies)
     risk_parts = _merged_parts(replies, RISK_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
     risk_counts = pooled_counts(risk_parts, RISK_GRID.n_bins) if risk_parts else np.zeros(RISK_GRID.n_bins)
@@ -301,7 +311,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
 
     # 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel)
     t = time.perf_counter()
-    conf = {"theta": theta, "bound": bound, "split": "test", "has-tier2": tier2_weights is not None, **scale_conf}
+    conf = {"theta": theta, "bound": bound, "split": "test", "has-tier2": tier2_weights is not None, **scale_conf,
+            **used}
     replies = _ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
                    config=ConfigRecord(conf))
     answered("evaluation", replies)
@@ -313,7 +324,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                             timing_s=timing, best_round=best_round,
                             tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history,
                             baseline_hazard=hazard, participation=participation, risk_cutpoints=cutpoints,
-                            risk_cutpoint_values=int(round(risk_counts.sum())), release_error=release_error)
+                            risk_cutpoint_values=int(round(risk_counts.sum())), release_error=release_error,
+                            tier2_gate=gate, tier2_round=tier2_round)
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:
@@ -321,15 +333,31 @@ def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, 
     return {m: "complete cases" if float(sums[f"{m}.complete.n"][0]) > 0 else "all present cases" for m in dims}
 
 
+def _tier2_gate(cfg: RunConfig, history: list[dict], kept_round: int) -> Tier2Gate:
+    """The gate (core/tier2_gate.py) from the kept round's federated masked validation sums."""
+    if not cfg.tier2_gate:
+        return Tier2Gate.always_open()
+    entry = next((h for h in history if h.get("round") == kept_round and "val-sums" in h), None)
+    if entry is None:
+        return Tier2Gate(False, f"no federated masked validation of Tier 2 round {kept_round} was received: "
+                         "Tier 1 answers the referred")
+    return decide(entry["val-sums"], int(entry.get("val-sites", 0)))
+
+
 def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, rounds: int, select_best: bool,
                train_type: str, initial: ArrayRecord, state: dict | None, ckpt: Checkpoint, base: dict,
-               progress: Progress) -> tuple[dict[str, np.ndarray], list[dict], int, object]:
-    """One federated training phase (Tier 1 or Tier 2) with per-round checkpoints and resume."""
+               progress: Progress, keep_best: bool | None = None, evaluate_config: dict | None = None
+               ) -> tuple[dict[str, np.ndarray], list[dict], int, object]:
+    """One federated training phase (Tier 1 or Tier 2) with per-round checkpoints and resume.
+
+    ``select_best`` validates every round; ``keep_best`` (default: ``select_best``) then keeps the best
+    round's weights instead of the last round's."""
+    keep_best = select_best if keep_best is None else keep_best
     say = progress.phase
     done = (state or {}).get(phase) if state and state.get("phase") != phase else None
     if done is not None:  # the phase had finished before the restart
         say(f"resume: {phase} already complete, reusing its weights")
-        return done["weights"], done["history"], done.get("best_round", rounds), None
+        return done["weights"], done["history"], done.get("best_round") or rounds, None
     offset = 0
     runner = make_strategy(cfg, len(accepted), set(accepted), lambda rnd, info: None, train_type=train_type,
                            select_best=select_best)
@@ -364,14 +392,20 @@ def _run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, r
         progress.rounds_start(phase, rounds, offset)
         try:
             result = runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
-                                  timeout=cfg.round_timeout_s, evaluate_config=ConfigRecord({"split": "val"}))
+                                  timeout=cfg.round_timeout_s,
+                                  evaluate_config=ConfigRecord(evaluate_config or {"split": "val"}))
         finally:
             progress.rounds_end(phase)
         final = result.arrays
     best_round = rounds
-    if select_best and strategy.best_arrays is not None:
+    if keep_best and strategy.best_arrays is not None:
         final, best_round = strategy.best_arrays, strategy.best_round
-        say(f"model selection: round {best_round} has the best federated validation C-index ({strategy.best_score:.4f})")
+        if phase == "tier1":
+            say(f"model selection: round {best_round} has the best federated validation C-index "
+                f"({strategy.best_score:.4f})")
+        else:
+            say(f"model selection: {phase} round {best_round} has the lowest federated masked validation "
+                f"recovery MSE ({-strategy.best_score:.4f})")
     return {k: v.numpy() for k, v in final.to_torch_state_dict().items()}, strategy.history, best_round, strategy
 
 

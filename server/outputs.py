@@ -103,7 +103,11 @@ def two_tier_metrics(res: FederationResult) -> dict[str, Any]:
             "two_tier_covered": _combined(ps, "system-covered-"),
             "tier1_referred": _combined(ps, "tier1-referred-"),
             "tier2_referred": _combined(ps, "tier2-referred-"),
-            "method": "comparable-pair-weighted combination of per-site counts; covered = not abstained",
+            "two_tier_referred": _combined(ps, "system-referred-") if all("system-referred-pairs-comparable" in m
+                                                                         for m in ps.values()) else float("nan"),
+            "method": "comparable-pair-weighted combination of per-site counts; covered = not abstained; "
+                      "tier2_referred = Tier 2's own risk on the referred (measured even when the gate keeps "
+                      "Tier 1's), two_tier_referred = what the system answered them (covered)",
         },
         "recovery_mse": {
             "tier1": sum(m["recovery-sse-tier1"] for m in ps.values()) / n_rec if n_rec else float("nan"),
@@ -117,6 +121,10 @@ def two_tier_metrics(res: FederationResult) -> dict[str, Any]:
     }
     if res.tier2_history:
         out["history"] = res.tier2_history
+    if res.tier2_gate is not None:
+        out["gate"] = res.tier2_gate.to_dict()
+        out["selected_round"] = res.tier2_round
+        out["high_risk_context_kept_tier1"] = int(sum(m.get("high-risk-context-kept-tier1", 0) for m in ps.values()))
     return out
 
 
@@ -142,7 +150,8 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
                                      "risk": "tier1"}),
                 "feature_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in res.stats.to_arrays().items()},
                 "modalities": res.handshake.dims, "config": res.config.to_flat(), "theta": res.theta,
-                "risk_cutpoints": res.risk_cutpoints, "rmm_version": __version__}, tmp / "model.pt")
+                "risk_cutpoints": res.risk_cutpoints, "rmm_version": __version__,
+                "tier2_gate": res.tier2_gate.to_dict() if res.tier2_gate is not None else None}, tmp / "model.pt")
     (tmp / "report.md").write_text(report or render_report(metrics))
     for f in tmp.iterdir():
         f.replace(out / f.name)

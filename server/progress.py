@@ -28,10 +28,13 @@ def round_line(phase: str, rnd: int, total: int, info: dict) -> str:
                 f"rec {info.get('train-rec', float('nan')):.4f})")
     else:
         loss = (f"loss {info.get('tier2-loss', float('nan')):.4f} (ddpm {info.get('tier2-ddpm', float('nan')):.4f}, "
-                f"cox {info.get('tier2-task', float('nan')):.4f})")
+                f"cons {info.get('tier2-cons', float('nan')):.4f})")
     val = info.get("val-c-index")
     shown = "" if val is None else f" val C-index {'n/a' if val != val else f'{val:.4f}'}"
     failed = f" failed {info['failed']}" if info.get("failed") else ""
+    if info.get("val-recovery-mse") is not None:  # Tier 2: masked validation, Tier 1's figure beside it
+        shown = (f" val recovery MSE {info['val-recovery-mse']:.4f} (Tier 1 {info['val-recovery-mse-tier1']:.4f})"
+                 f"{shown} (Tier 1 {info.get('val-c-index-tier1', float('nan')):.4f})")
     return (f"{TAG} {phase} round {rnd}/{total}: {loss} sites {info.get('sites', '?')}{failed}"
             f" {info.get('seconds', float('nan')):.2f}s{shown}")
 

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
+from ..core.tier2_gate import add_validation, decide
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 
 
@@ -53,27 +54,41 @@ def _restricted(base: type) -> type:
                     if m.metadata.dst_node_id in self.accepted]
 
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-            """Validation C-index from the sites' comparable-pair counts; keeps the best round's weights.
+            """Validation score from the sites' sums; keeps the best round's weights.
 
-            The history records how many sites' validation counts entered the score ("val-sites"): a
-            site missing from a validation round changes the score, hence possibly the selected round."""
+            Tier 1 rounds: the C-index from comparable-pair counts. Tier 2 rounds (replies carrying
+            ``tier2-val-*`` sums, core/tier2_gate.py): minus the masked recovery MSE, and the history
+            keeps the sums the gate compares. The history records how many sites' validation counts
+            entered the score ("val-sites"): a site missing from a validation round changes the score,
+            hence possibly the selected round."""
             replies = list(replies)
-            counts = [ConcordanceCounts(float(r.content["metrics"]["pairs-concordant"]),
-                                        float(r.content["metrics"]["pairs-tied-risk"]),
-                                        float(r.content["metrics"]["pairs-comparable"]))
-                      for r in replies if not r.has_error()]
-            score = combined_c_index(counts) if counts else float("nan")
-            if len(counts) < len(replies):
-                log(WARNING, "validation round %d: %d of %d site(s) failed; the score uses the others",
-                    server_round + self.round_offset, len(replies) - len(counts), len(replies))
+            good = [dict(r.content["metrics"]) for r in replies if not r.has_error()]
             rnd = server_round + self.round_offset
+            extra: dict = {}
+            if good and "tier2-val-n" in good[0]:
+                sums = add_validation(good)
+                n = sums["tier2-val-n"]
+                score = -sums["tier2-val-sse-tier2"] / n if n > 0 else float("nan")
+                gate = decide(sums, len(good))
+                extra = {"val-recovery-mse-tier1": gate.mse_tier1, "val-recovery-mse": gate.mse_tier2,
+                         "val-c-index-tier1": gate.c_index_tier1, "val-c-index": gate.c_index_tier2,
+                         "val-sums": sums}
+            else:
+                counts = [ConcordanceCounts(float(m["pairs-concordant"]), float(m["pairs-tied-risk"]),
+                                            float(m["pairs-comparable"])) for m in good]
+                score = combined_c_index(counts) if counts else float("nan")
+                extra = {"val-c-index": score}
+            if len(good) < len(replies):
+                log(WARNING, "validation round %d: %d of %d site(s) failed; the score uses the others",
+                    rnd, len(replies) - len(good), len(replies))
             if score == score and score > self.best_score:
                 self.best_score, self.best_round, self.best_arrays = score, rnd, self._candidate
             if self.history and self.history[-1]["round"] == rnd:
-                self.history[-1].update({"val-c-index": score, "val-sites": len(counts),
-                                         "val-failed": len(replies) - len(counts)})
+                self.history[-1].update({**extra, "val-sites": len(good), "val-failed": len(replies) - len(good)})
             self.on_evaluated(rnd)
-            return MetricRecord({"val-c-index": score}) if score == score else None
+            if score != score:
+                return None
+            return MetricRecord({"val-recovery-mse": -score} if "val-sums" in extra else {"val-c-index": score})
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             # Replies arrive in completion order; sort them by content so that the float sums of the

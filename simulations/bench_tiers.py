@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
            "tier1_patients_per_s": n / t1, "tier1_ms_per_patient": 1000 * t1 / n,
            "referral_rate": len(referred) / n}
     if bundle.get("tier2") is not None:
-        tier2 = build_tier2(dims, cfg.tier2, 0)
+        tier2 = build_tier2(dims, cfg.tier2, 0, tier1=cfg.model)
         tier2.load_state_dict(bundle["tier2"])
         sub = data.subset(gaps)  # Tier 2 cost per patient with something to recover
         t2 = best_of(lambda: predict_tier2(tier2, tier1, sub, cfg.tier2, seed=0, mc_samples=cfg.model.mc_samples),

@@ -36,7 +36,7 @@ def tiny_bundle(site_dir: Path, tier1_cfg, *, tier2: bool = True, **kw) -> Model
     cfg = RunConfig(model=tier1_cfg, tier2=TINY_T2)
     stats = FeatureStats.from_sums(local_feature_sums(site, site.indices("train"), 1), dims, tier1_cfg.anat_partitions)
     t1 = build_model(dims, cfg.model, cfg.seed)
-    t2 = build_tier2(dims, cfg.tier2, cfg.seed) if tier2 else None
+    t2 = build_tier2(dims, cfg.tier2, cfg.seed, tier1=cfg.model) if tier2 else None
     kw.setdefault("theta", 0.05)
     return make_bundle(t1, stats, cfg, tier2=t2, **kw)
 

@@ -37,7 +37,7 @@ def _bundle_file(site: Path, tier1_cfg, out: Path, **kw) -> Path:
     stats = FeatureStats.from_sums(local_feature_sums(data, data.indices("train"), 1), dims, tier1_cfg.anat_partitions)
     kw.setdefault("theta", 1e-3)
     b = make_bundle(build_model(dims, cfg.model, cfg.seed), stats, cfg,
-                    tier2=build_tier2(dims, cfg.tier2, cfg.seed), **kw)
+                    tier2=build_tier2(dims, cfg.tier2, cfg.seed, tier1=cfg.model), **kw)
     return save_bundle(b, out)
 
 

@@ -319,7 +319,7 @@ def test_site_session_runs_the_tier2_phases_with_tier1_kept_frozen(site_factory,
     tier1, _ = session.train(get_weights(build_model(dims, cfg.model, cfg.seed)), server_round=1)
     session.histogram(tier1, grid)
 
-    tier2, losses = session.train_tier2(get_weights(build_tier2(dims, t2, 0)), server_round=1)
+    tier2, losses = session.train_tier2(get_weights(build_tier2(dims, t2, 0, tier1=cfg.model)), server_round=1)
     counts, sums = session.tier2_calibration(tier2, grid)
     metrics = session.evaluate(tier2, theta=0.0, bound=float("inf"), scale=RiskScale())
 

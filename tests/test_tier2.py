@@ -159,11 +159,12 @@ def test_diversity_loss_matches_eq7_by_hand_and_is_zero_for_one_branch():
 
 
 def test_single_branch_config_builds_one_branch(dims):
-    model = build_tier2(dims, Tier2Config(single_branch=True, **TINY), seed=0)
+    model = build_tier2(dims, Tier2Config(single_branch=True, risk_head="branches", **TINY), seed=0)
     x = torch.randn(4, sum(dims.values()))
     risk, o, attn = model.head_outputs(x, torch.ones(4, 3, dtype=torch.bool))
     assert model.head.branches == 1 and o.shape == (4, 1, 8) and attn.shape == (4, 1, 3) and risk.shape == (4,)
-    assert build_tier2(dims, Tier2Config(**TINY), seed=0).head.branches == 3
+    assert build_tier2(dims, Tier2Config(risk_head="branches", **TINY), seed=0).head.branches == 3
+    assert build_tier2(dims, Tier2Config(**TINY), seed=0).head is None  # default: scored through Tier 1's head
 
 
 def test_head_masks_absent_tokens(dims):
@@ -196,7 +197,8 @@ def test_train_tier2_leaves_tier1_untouched_and_global_rng_alone(dims, tier1_cfg
 
     out = train_tier2(tier2, tier1, data, Tier2Config(timesteps=50, **TINY), epochs=2, lr=1e-3, batch_size=16, seed=0)
 
-    assert set(out) == {"loss", "ddpm", "cons", "div", "task"} and all(map(math.isfinite, out.values()))
+    assert set(out) == {"loss", "ddpm", "cons", "div", "task", "steps"} and all(map(math.isfinite, out.values()))
+    assert out["steps"] >= Tier2Config().local_steps
     assert all(torch.equal(before[k], v) for k, v in tier1.state_dict().items())
     assert all(p.grad is None for p in tier1.parameters())
     assert all(p.requires_grad for p in tier1.parameters()) and tier1.training  # restored afterwards
@@ -207,7 +209,7 @@ def test_train_tier2_leaves_tier1_untouched_and_global_rng_alone(dims, tier1_cfg
 def test_train_tier2_is_seeded_and_single_branch_has_no_diversity(dims, tier1_cfg):
     data = make_site(dims, 32, seed=1)
     tier1 = build_model(dims, tier1_cfg, seed=0)
-    cfg = Tier2Config(timesteps=50, single_branch=True, **TINY)
+    cfg = Tier2Config(timesteps=50, single_branch=True, risk_head="branches", **TINY)
     runs = []
     for _ in range(2):
         model = build_tier2(dims, cfg, seed=3)
@@ -228,8 +230,9 @@ def test_tier2_inputs_and_predict_tier2(dims, tier1_cfg):
     assert torch.equal(x_hat, again[1]) and torch.equal(s2, again[2]) and torch.equal(rng, torch.get_rng_state())
     assert torch.equal(x_obs, concat_modalities(data.target)) and s2.shape == (12, 3) and torch.all(s2 >= 0)
 
-    risk, unc, x_rec = predict_tier2(tier2, tier1, data, cfg, seed=0, batch=5)
-    risk2, unc2, _ = predict_tier2(tier2, tier1, data, cfg, seed=0, batch=5)
+    risk, unc, x_rec, draws = predict_tier2(tier2, tier1, data, cfg, seed=0, batch=5)
+    risk2, unc2, _, _ = predict_tier2(tier2, tier1, data, cfg, seed=0, batch=5)
+    assert draws.shape == (12, cfg.samples)
     assert risk.shape == (12,) and unc.shape == (12,) and (risk == risk2).all() and (unc == unc2).all()
     complete = present.all(dim=1).numpy()
     assert (unc[complete] == 0).all() and (unc[~complete] > 0).all()

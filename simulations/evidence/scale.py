@@ -78,7 +78,7 @@ def param_count(dims: dict[str, int], flat_cfg: dict) -> tuple[int, int]:
 
     cfg = RunConfig.from_flat(flat_cfg)
     n1 = sum(p.numel() for p in build_model(dims, cfg.model, 0).parameters())
-    n2 = sum(p.numel() for p in build_tier2(dims, cfg.tier2, 0).parameters())
+    n2 = sum(p.numel() for p in build_tier2(dims, cfg.tier2, 0, tier1=cfg.model).parameters())
     return n1, n2
 
 

@@ -1,0 +1,75 @@
+"""The honest gate: Tier 2 answers the referred only where it beat Tier 1 on federated validation.
+
+After the Tier 2 rounds, every site scores the selected Tier 2 round and the frozen Tier 1 on its
+held-out (val) complete cases under every masking pattern (:meth:`SiteSession.tier2_validation`) and
+sends sums: the squared recovery errors of both tiers and, per pattern, the comparable-pair counts of
+both tiers' risks. The server adds them up and opens the gate only when Tier 2 wins on both:
+
+* recovery MSE strictly below Tier 1's, and
+* masked C-index at least Tier 1's.
+
+A closed gate is not a failure of the run: referred patients keep Tier 1's risk with the referral
+flag (``tier2-not-used``), and the run summary, the model bundle and rmm-predict say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .concordance import ConcordanceCounts
+
+VALIDATION_KEYS = ("tier2-val-n", "tier2-val-sse-tier1", "tier2-val-sse-tier2",
+                   "tier2-val-tier1-pairs-concordant", "tier2-val-tier1-pairs-tied-risk",
+                   "tier2-val-tier1-pairs-comparable", "tier2-val-tier2-pairs-concordant",
+                   "tier2-val-tier2-pairs-tied-risk", "tier2-val-tier2-pairs-comparable")
+
+
+@dataclass(frozen=True)
+class Tier2Gate:
+    open: bool
+    reason: str
+    n: float = 0.0  # (patient, pattern) rows behind the comparison
+    mse_tier1: float = float("nan")
+    mse_tier2: float = float("nan")
+    c_index_tier1: float = float("nan")
+    c_index_tier2: float = float("nan")
+    sites: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict | None) -> "Tier2Gate":
+        """A bundle or metrics entry; absent (a run before the gate existed) = open, as it behaved."""
+        if not d:
+            return Tier2Gate(True, "no gate recorded (a run before 0.3): Tier 2 answers the referred")
+        return Tier2Gate(**{k: d[k] for k in Tier2Gate.__dataclass_fields__ if k in d})
+
+    @staticmethod
+    def always_open(reason: str = "the gate is off (tier2-gate = false)") -> "Tier2Gate":
+        return Tier2Gate(True, reason)
+
+
+def add_validation(site_metrics: list[dict]) -> dict[str, float]:
+    """Sum the sites' validation sums (missing keys count as 0)."""
+    return {k: sum(float(m.get(k, 0.0)) for m in site_metrics) for k in VALIDATION_KEYS}
+
+
+def decide(sums: dict[str, float], sites: int) -> Tier2Gate:
+    """Open the gate iff Tier 2's recovery MSE < Tier 1's and its masked C-index >= Tier 1's."""
+    n = float(sums.get("tier2-val-n", 0.0))
+    if n <= 0:
+        return Tier2Gate(False, "no site had held-out complete cases to compare the tiers on: Tier 1 answers "
+                         "the referred", sites=sites)
+    mse1, mse2 = sums["tier2-val-sse-tier1"] / n, sums["tier2-val-sse-tier2"] / n
+    c1 = ConcordanceCounts(sums["tier2-val-tier1-pairs-concordant"], sums["tier2-val-tier1-pairs-tied-risk"],
+                           sums["tier2-val-tier1-pairs-comparable"]).c_index()
+    c2 = ConcordanceCounts(sums["tier2-val-tier2-pairs-concordant"], sums["tier2-val-tier2-pairs-tied-risk"],
+                           sums["tier2-val-tier2-pairs-comparable"]).c_index()
+    figures = (f"recovery MSE {mse2:.4f} vs Tier 1's {mse1:.4f}, masked C-index {c2:.4f} vs {c1:.4f} "
+               f"({int(n)} masked validation cases, {sites} site(s))")
+    wins = mse2 < mse1 and c2 >= c1
+    if wins:
+        return Tier2Gate(True, f"Tier 2 beat Tier 1 on federated validation: {figures}", n, mse1, mse2, c1, c2, sites)
+    return Tier2Gate(False, f"Tier 2 did not beat Tier 1 on federated validation ({figures}): the referred keep "
+                     "Tier 1's risk", n, mse1, mse2, c1, c2, sites)
