@@ -220,7 +220,7 @@ def test_per_sample_gradients_match_single_patient_autograd(dp_setup, dims, tier
     data, stats, cfg, cuts = dp_setup
     model = build_model(dims, tier1_cfg.model_copy(update={"dropout": 0.0}), 0)
     net = PerSampleTier1Loss(model, DiscreteTimeBaseline(len(cuts) + 1), cuts, stats, 2.0, separate_rec_view=False)
-    w = torch.tensor([1.0, 0.1, 1.0])
+    w = torch.tensor([1.0, 0.1, 1.0, 1.0])  # rec, anat, task, nll (the variance head's weights too)
     b = data.subset(np.arange(5))
     obs = b.present.clone()
     obs[:, 0] = False  # hide modality a where present
