@@ -93,19 +93,24 @@ def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTens
 @torch.no_grad()
 def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *, seed: int
                     ) -> dict[str, np.ndarray]:
-    """On complete cases under every masking pattern, per (patient, pattern): Tier 1 sigma^2, the Tier 1
-    and Tier 2 squared recovery errors per dimension of the hidden modalities against the real
-    features, and Tier 2's own uncertainty (``unc2``, what its abstention bound is calibrated on)."""
+    """On complete cases under every masking pattern, per (patient, pattern), pattern-major: Tier 1
+    sigma^2, the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
+    against the real features, Tier 2's own uncertainty (``unc2``, what its abstention bound is
+    calibrated on), ``risk_gap`` = |Tier 1 risk with the pattern's modalities hidden - Tier 1 risk with
+    every modality seen| (deterministic risks), and ``patient`` = the row's complete case (0..n-1), so
+    statistics can resample patients rather than rows."""
+    from .train import predict_risk
     from .tier2_train import tier2_inputs
-    from .uncertainty import complete_case_indices, masking_patterns, modality_variance, patient_uncertainty
+    from .uncertainty import complete_case_indices, masking_patterns, patient_uncertainty
 
     idx = complete_case_indices(data)
-    out = {"sigma2": [], "err1": [], "err2": [], "unc2": []}
+    out = {"sigma2": [], "err1": [], "err2": [], "unc2": [], "risk_gap": [], "patient": []}
     if len(idx) == 0:
-        return {k: np.zeros(0) for k in out}
+        return {k: np.zeros(0, dtype=int if k == "patient" else float) for k in out}
     sub = data.subset(idx)
     dims = [t.shape[1] for t in sub.target]
     real = torch.cat(list(sub.target), dim=1)
+    risk_full = predict_risk(tier1, sub)
     gen = torch.Generator(device=sub.present.device).manual_seed(seed)
     for p_i, pattern in enumerate(masking_patterns(len(dims))):
         obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
@@ -114,6 +119,8 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
         width = hidden.sum(dim=1)
         out["sigma2"].append(patient_uncertainty(var_k, obs).cpu().numpy())
         out["err1"].append((((x_hat - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
+        out["risk_gap"].append(np.abs(predict_risk(tier1, sub, obs) - risk_full))
+        out["patient"].append(np.arange(len(sub)))
         if tier2 is not None:
             x_rec, var2 = tier2.recover(x_obs, obs, x_hat, var_k, samples=cfg.tier2.samples,
                                         steps=cfg.tier2.sample_steps, generator=gen)
