@@ -21,7 +21,7 @@ from .plots import Figure, routes_per_site, summed_histogram, uncertainty_qualit
 from .summary import QUALITY_TARGETS, cohort_facts, rho_ci, uncertainty_quality
 
 DEPLOYMENT_NOTE = ("This is a deployment: the server holds no patient rows, so it draws only what it has "
-                   "(summed histograms, per-site counts and rates). Kaplan-Meier curves, uncertainty against "
+                   "(summed histograms, per-site counts, rates and correlations). Kaplan-Meier curves, uncertainty against "
                    "actual error and the C-index by missingness pattern need patient-level predictions, which "
                    "stay at the sites (a simulation, `rmm-simulate`, draws them).")
 
