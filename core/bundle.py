@@ -322,8 +322,12 @@ def _from_raw(raw: Mapping[str, Any], path: Path, *, model_card: dict, baseline:
     modalities = {str(k): int(v) for k, v in dict(raw["modalities"]).items()}
     stats = {str(k): _np(v) for k, v in dict(raw["feature_stats"]).items()}
     _check_schema_consistency(modalities, stats, path)
+    config = dict(raw["config"])
+    # A model saved before Tier 1 had a variance head has no such key and no est_logvar weights: its
+    # sigma^2 was eq. 3's MC-dropout variance, which is model.uncertainty = "epistemic".
+    config.setdefault("model.uncertainty", "epistemic")
     try:
-        RunConfig.from_flat(raw["config"])
+        RunConfig.from_flat(config)
     except RmmError as exc:
         raise BundleError(f"{path}: the stored run config is not valid for rmm {installed_version()} ({exc})") from None
     rs = raw["risk_scale"]
@@ -336,7 +340,7 @@ def _from_raw(raw: Mapping[str, Any], path: Path, *, model_card: dict, baseline:
     return ModelBundle(
         tier1={k: torch.as_tensor(v) for k, v in dict(raw["tier1"]).items()},
         tier2=None if raw.get("tier2") is None else {k: torch.as_tensor(v) for k, v in dict(raw["tier2"]).items()},
-        feature_stats=stats, modalities=modalities, config=dict(raw["config"]),
+        feature_stats=stats, modalities=modalities, config=config,
         theta=float(raw["theta"]), abstain_bound=float(raw["abstain_bound"]), risk_scale=scale,
         rmm_version=str(raw["rmm_version"]),
         baseline_hazard=None if baseline is None else BaselineHazard.from_plain(baseline),

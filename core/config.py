@@ -29,6 +29,9 @@ class Tier1Config(_Strict):
     hidden_dim: int = Field(128, ge=4, description="width of f_phi and the survival head")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout of f_phi, used for MC dropout")
     mc_samples: int = Field(20, ge=2, description="T: MC-dropout passes (batched)")
+    uncertainty: Literal["total", "epistemic", "aleatoric"] = Field(
+        "total", description="sigma^2 for routing: epistemic (MC-dropout variance, eq. 3) + aleatoric "
+        "(f_phi's predicted variance); 'epistemic' = eq. 3 alone, no variance head (the model before issue 13)")
     max_instances: int = Field(64, ge=1, description="bags longer than this are subsampled (seeded)")
     gated_attention: bool = Field(True, description="gate the attention scorer (off = eq. 1 verbatim)")
     modality_prompts: bool = True

@@ -7,7 +7,8 @@ pseudo-embeddings), so per-sample gradients come from ``torch.func`` (``vmap(gra
 :class:`PerSampleTier1Loss`, a wrapper whose forward takes flat batch tensors) and reach Opacus
 through ``grad_sample_mode="no_op"``. Per-patient loss: L_rec + lambda_a L_anat (averaged over the
 patient's hidden modalities) + lambda_t x discrete-time NLL (:mod:`rmmfed.core.discrete_time`,
-replacing Cox, whose risk sets couple patients).
+replacing Cox, whose risk sets couple patients), + L_nll of the variance head when the model has one
+(core/tier1_loss.variance_nll, per patient; its weights are clipped and noised like every other).
 
 Accounting: sigma is calibrated once for the run's planned epochs (``total_epochs_budget`` = rounds
 x local epochs), so epsilon grows round by round up to ``target_epsilon`` at the end of the plan.
@@ -37,6 +38,7 @@ from .errors import RmmError
 from .feature_stats import FeatureStats, partition_slices
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
+from .tier1_loss import gaussian_nll
 from .train import TrainResult
 
 
@@ -121,7 +123,7 @@ def unwrap_state_dict(sd: dict) -> dict[str, np.ndarray]:
 
 class PerSampleTier1Loss(nn.Module):
     """forward(x_1..x_K, mask_1..mask_K, target_1..target_K, observed, rec_observed, present, time, event)
-    -> per-patient [B, 3] loss components (rec, anat, task)."""
+    -> per-patient [B, 4] loss components (rec, anat, task, nll); nll = 0 without the variance head."""
 
     def __init__(self, tier1: Tier1Model, baseline: DiscreteTimeBaseline, cuts: torch.Tensor,
                  stats: FeatureStats, kappa: float, *, separate_rec_view: bool) -> None:
@@ -137,19 +139,23 @@ class PerSampleTier1Loss(nn.Module):
         x, masks, target = list(t[:k]), list(t[k:2 * k]), t[2 * k:3 * k]
         observed, rec_obs, present, time, event = t[3 * k:]
         out = self.tier1(x, masks, observed)
-        x_hat = self.tier1(x, masks, rec_obs).x_hat if self.separate else out.x_hat
+        rec_out = self.tier1(x, masks, rec_obs) if self.separate else out
+        x_hat, logvar = rec_out.x_hat, rec_out.logvar
         hidden = (present & ~rec_obs).to(out.risk.dtype)                        # [B, K]
         n_hidden = hidden.sum(dim=1).clamp(min=1.0)
         rec = sum(hidden[:, j] * ((x_hat[j] - target[j]) ** 2).mean(dim=1) for j in range(k)) / n_hidden
+        nll = (torch.zeros_like(rec) if logvar is None else  # the estimate detached: L_nll trains the variance
+               sum(hidden[:, j] * gaussian_nll(((x_hat[j].detach() - target[j]) ** 2).mean(dim=1), logvar[:, j])
+                   for j in range(k)) / n_hidden)
         anat = sum(hidden[:, j] * sum(torch.relu(torch.linalg.vector_norm(x_hat[j][:, sl] - mu[sl].to(x_hat[j]), dim=1)
                                                   - self.kappa * sigma[r]) for r, sl in enumerate(slices))
                    for j, (mu, sigma, slices) in enumerate(self.anat))
         task = discrete_time_nll(out.risk, time, event, self.cuts, self.baseline)
-        return torch.stack([rec, anat / n_hidden, task], dim=1)
+        return torch.stack([rec, anat / n_hidden, task, nll], dim=1)
 
 
 def per_sample_fn(net: PerSampleTier1Loss, weights: torch.Tensor):
-    """``f(params, *batch) -> ({name: [B, *shape] gradient}, [B, 3] components)``: the gradient of each
+    """``f(params, *batch) -> ({name: [B, *shape] gradient}, [B, 4] components)``: the gradient of each
     patient's own loss ``weights . components``, by ``vmap(grad(...))`` (dropout differs per patient)."""
 
     def loss_one(p, *sample):
@@ -192,8 +198,10 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
             f"this round would raise epsilon to {after:.3f} > target {dp.target_epsilon:g} (spent so far: "
             f"{accountant.epsilon(dp.target_delta):.3f}). Fix: stop training at this site, or plan a larger "
             "dp.target-epsilon or total epoch budget for the run.")
-    engine, weights = PrivacyEngine(accountant="rdp"), torch.tensor([1.0, mc.lambda_anat, mc.lambda_task], device=device)
-    sums, steps, params = np.zeros(4), 0, dict(net.named_parameters())
+    with_nll = model.est_logvar is not None
+    engine = PrivacyEngine(accountant="rdp")
+    weights = torch.tensor([1.0, mc.lambda_anat, mc.lambda_task, 1.0 if with_nll else 0.0], device=device)
+    sums, steps, params = np.zeros(5), 0, dict(net.named_parameters())
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed + 2)  # Poisson sampling and dropout
         private, opt, loader = engine.make_private(
@@ -217,11 +225,13 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
                     for name, p in params.items():
                         p.grad_sample = grads[name].detach()
                     c = comp.detach().mean(dim=0)
-                    sums, steps = sums + [float((c * weights).sum()), *c[[2, 0, 1]].tolist()], steps + 1
+                    sums, steps = sums + [float((c * weights).sum()), *c[[2, 0, 1, 3]].tolist()], steps + 1
                 opt.step()
     accountant.history = [(float(s), float(r), int(k)) for s, r, k in engine.accountant.history]
     total = accountant.epsilon(dp.target_delta)
-    result = DPTrainResult(TrainResult(n, *map(float, sums / max(steps, 1))), SiteAccountant([this_round]).epsilon(
+    avg = sums / max(steps, 1)
+    train = TrainResult(n, *map(float, avg[:4]), nll=float(avg[4]) if with_nll else None)
+    result = DPTrainResult(train, SiteAccountant([this_round]).epsilon(
         dp.target_delta), total, dp.target_delta, sigma, q, this_round[2], baseline.logit.detach().cpu().numpy().copy(),
         unwrap_state_dict(private.state_dict()))
     return result, total

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+
 from .concordance import ConcordanceCounts, concordance_counts
 from .config import RunConfig
 from .device import resolve_device
@@ -32,6 +32,7 @@ from .tier2_train import predict_tier2, train_tier2
 from .tier2_gate import VALIDATION_KEYS
 from .two_tier import RiskScale, predict_two_tier, recovery_errors
 from .uncertainty import calibration_uncertainties, complete_case_indices, masking_patterns
+from .uncertainty_quality import site_quality
 from .weights import get_weights, set_weights
 
 
@@ -293,7 +294,9 @@ class SiteSession:
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
                  scale: RiskScale | None = None, k: int = 1, use_tier2: bool = True) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
-        covered, referred), routes, recovery errors of both tiers, and per-patient cost of each tier.
+        covered, referred), routes, recovery errors of both tiers, per-patient cost of each tier, and
+        the quality of Tier 1's sigma^2 on masked complete cases (core/uncertainty_quality.site_quality:
+        Spearman with the recovery error and with the risk gap, patient-bootstrap intervals, counts).
 
         Floor ``k`` (the site policy's min-patients): a subgroup (covered, referred, masked complete
         cases) of fewer than k patients sends zero counts and sums (NaN C-index / correlation), as
@@ -329,8 +332,8 @@ class SiteSession:
         m = len(rec["sigma2"])
         out.update({"masked-complete-n": float(m), "masked-complete-referred": float((rec["sigma2"] > theta).sum()),
                     "recovery-n": float(m), "recovery-sse-tier1": float(rec["err1"].sum()),
-                    "recovery-sse-tier2": float(rec["err2"].sum()) if len(rec["err2"]) else float("nan"),
-                    "uncertainty-error-spearman": _spearman(rec["sigma2"], rec["err1"])})
+                    "recovery-sse-tier2": float(rec["err2"].sum()) if len(rec["err2"]) else float("nan")})
+        out.update(site_quality(rec, seed=self.cfg.seed))  # includes uncertainty-error-spearman
         return out
 
 
@@ -346,8 +349,3 @@ def _counts(prefix: str, c) -> dict[str, float]:
     return {f"{key}c-index": c.c_index(), f"{key}pairs-concordant": c.concordant,
             f"{key}pairs-tied-risk": c.tied_risk, f"{key}pairs-comparable": c.comparable}
 
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)

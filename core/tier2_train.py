@@ -47,7 +47,7 @@ from .tier2 import Tier2Model, concat_modalities, coord_mask
 from .tier2_context import PatternBank, bag_encodings, tier1_slots
 from .tier2_scoring import risk_of_draws, tier1_head_risk, tier2_risk
 from .tier2_config import Tier2Config
-from .uncertainty import modality_variance
+from .uncertainty import estimate_and_sigma2
 
 LOSS_KEYS = ("loss", "ddpm", "cons", "div", "task")
 
@@ -63,8 +63,8 @@ def tier2_inputs(tier1: Tier1Model, data: SiteTensors, observed: torch.Tensor, *
     """Tier 2's condition inputs for ``data`` under the ``observed`` mask [N, K].
 
     Returns (x_obs [N, sum D] = real targets on observed modalities, 0 elsewhere;
-    x_hat [N, sum D] = mean of Tier 1's T MC-dropout estimates; sigma^2 [N, K] = their per-modality
-    variance, :func:`~rmmfed.core.uncertainty.modality_variance`). ``mc_samples`` None = Tier 1's T.
+    x_hat [N, sum D] = mean of Tier 1's T MC-dropout estimates; sigma^2 [N, K] = Tier 1's per-modality
+    uncertainty, :func:`~rmmfed.core.uncertainty.modality_sigma2`). ``mc_samples`` None = Tier 1's T.
     """
     device = data.present.device
     observed = observed.bool()
@@ -78,10 +78,10 @@ def tier2_inputs(tier1: Tier1Model, data: SiteTensors, observed: torch.Tensor, *
             torch.manual_seed(seed)
             for s in range(0, len(data), batch):
                 sl = slice(s, s + batch)
-                mc = tier1.mc_estimates([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], observed[sl],
-                                        samples=mc_samples)
-                x_hat.append(torch.cat([e.mean(dim=0) for e in mc], dim=1))
-                var.append(modality_variance(mc))
+                mean, var_k = estimate_and_sigma2(tier1, [x[sl] for x in data.x], [m[sl] for m in data.inst_mask],
+                                                  observed[sl], samples=mc_samples)
+                x_hat.append(torch.cat(mean, dim=1))
+                var.append(var_k)
     finally:
         tier1.train(was_training)
     if not x_hat:

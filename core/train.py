@@ -12,7 +12,7 @@ from .config import RunConfig
 from .feature_stats import FeatureStats
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
-from .tier1_loss import anatomical_loss, reconstruction_loss, task_loss
+from .tier1_loss import anatomical_loss, reconstruction_loss, task_loss, variance_nll
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,15 @@ class TrainResult:
     n_examples: int
     loss: float
     task: float
-    rec: float
+    rec: float  # L_rec: MSE of the hidden modalities (the same quantity with or without the variance head)
     anat: float
+    nll: float | None = None  # L_nll of the variance head; None when the model has none
 
     def metrics(self) -> dict[str, float]:
-        return {"train-loss": self.loss, "train-task": self.task, "train-rec": self.rec, "train-anat": self.anat}
+        out = {"train-loss": self.loss, "train-task": self.task, "train-rec": self.rec, "train-anat": self.anat}
+        if self.nll is not None:
+            out["train-nll"] = self.nll
+        return out
 
 
 def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: RunConfig, *, epochs: int,
@@ -33,8 +37,9 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
 
     Each batch builds two views: the task view (modality dropout with p when on) feeds L_task; the
     reconstruction view hides one present modality per patient, so f_phi learns to recover it
-    (L_rec, L_anat) whether or not augmentation is on. With ``proximal_mu`` > 0 (FedProx) the
-    proximal term mu/2 ||w - w_global||^2 is added.
+    (L_rec, L_anat) whether or not augmentation is on. With the variance head (``model.uncertainty``
+    not "epistemic") L_nll of the same view is added (core/tier1_loss.variance_nll). With
+    ``proximal_mu`` > 0 (FedProx) the proximal term mu/2 ||w - w_global||^2 is added.
     """
     device = data.present.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -44,7 +49,8 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     n = len(data)
-    sums = np.zeros(4)
+    with_nll = model.est_logvar is not None
+    sums = np.zeros(5)
     steps = 0
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed + 2)  # dropout inside the model
@@ -60,22 +66,27 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
                 out = model(x, masks, observed)
                 l_task = task_loss(out.risk, b.time, b.event)
                 if mc.modality_dropout > 0:
-                    hidden, x_hat = b.present & ~observed, out.x_hat
+                    hidden, rec = b.present & ~observed, out
                 else:
                     rec_obs = hide_one(b.present, dgen)
-                    hidden, x_hat = b.present & ~rec_obs, model(x, masks, rec_obs).x_hat
+                    hidden, rec = b.present & ~rec_obs, model(x, masks, rec_obs)
+                x_hat = rec.x_hat
                 l_rec = reconstruction_loss(x_hat, b.target, hidden)
                 l_anat = anatomical_loss(x_hat, hidden, stats, model.modalities, mc.anat_kappa)
                 loss = l_rec + mc.lambda_anat * l_anat + mc.lambda_task * l_task
+                l_nll = variance_nll(x_hat, rec.logvar, b.target, hidden) if with_nll else None
+                if l_nll is not None:
+                    loss = loss + l_nll
                 if anchor is not None:
                     loss = loss + 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums += [loss.item(), l_task.item(), l_rec.item(), l_anat.item()]
+                sums += [loss.item(), l_task.item(), l_rec.item(), l_anat.item(),
+                         l_nll.item() if l_nll is not None else 0.0]
                 steps += 1
     avg = sums / max(steps, 1)
-    return TrainResult(n, *map(float, avg))
+    return TrainResult(n, *map(float, avg[:4]), nll=float(avg[4]) if with_nll else None)
 
 
 @torch.no_grad()

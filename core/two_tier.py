@@ -106,28 +106,32 @@ def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTens
 @torch.no_grad()
 def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *, seed: int,
                     point_only: bool = False) -> dict[str, np.ndarray]:
-    """On complete cases under every masking pattern, per (patient, pattern) row: Tier 1 sigma^2, the Tier 1
-    and Tier 2 squared recovery errors per dimension of the hidden modalities against the real
-    features, Tier 2's own uncertainty (``unc2``, what its abstention bound is calibrated on), both
-    tiers' risks under the mask (``risk1``: Tier 1's deterministic risk; ``risk2``: Tier 2's, as
-    :func:`~rmmfed.core.tier2_train.predict_tier2` scores it), and the row's ``patient`` (index among
-    the complete cases) and ``pattern`` (index into :func:`masking_patterns`).
+    """On complete cases under every masking pattern, per (patient, pattern) row, pattern-major: Tier 1
+    sigma^2, the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
+    against the real features, Tier 2's own uncertainty (``unc2``, what its abstention bound is
+    calibrated on), both tiers' risks under the mask (``risk1``: Tier 1's deterministic risk;
+    ``risk2``: Tier 2's, as :func:`~rmmfed.core.tier2_train.predict_tier2` scores it), ``risk_gap`` =
+    |risk1 - Tier 1's risk with every modality seen|, and the row's ``patient`` (its complete case,
+    0..n-1, so statistics can resample patients rather than rows) and ``pattern`` (index into
+    :func:`masking_patterns`).
 
     ``point_only``: Tier 2 runs only the first DDIM step (its point recovery, the posterior-mean
     estimate, :meth:`Tier2Model.recover`), so ``unc2`` is left empty: the cheap per-round validation."""
     from .tier2_context import bag_encodings, tier1_slots
     from .tier2_scoring import tier2_risk
+    from .train import predict_risk
     from .tier2_train import tier2_inputs
-    from .uncertainty import complete_case_indices, masking_patterns, modality_variance, patient_uncertainty
+    from .uncertainty import complete_case_indices, masking_patterns, patient_uncertainty
 
     idx = complete_case_indices(data)
-    keys = ("sigma2", "err1", "err2", "unc2", "risk1", "risk2", "patient", "pattern")
+    keys = ("sigma2", "err1", "err2", "unc2", "risk1", "risk2", "risk_gap", "patient", "pattern")
     out: dict[str, list] = {k: [] for k in keys}
     if len(idx) == 0:
-        return {k: np.zeros(0) for k in out}
+        return {k: np.zeros(0, dtype=int if k in ("patient", "pattern") else float) for k in out}
     sub = data.subset(idx)
     dims = [t.shape[1] for t in sub.target]
     real = torch.cat(list(sub.target), dim=1)
+    risk_full = predict_risk(tier1, sub)
     gen = torch.Generator(device=sub.present.device).manual_seed(seed)
     was = tier1.training
     tier1.eval()
@@ -139,7 +143,9 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
         width = hidden.sum(dim=1)
         out["sigma2"].append(patient_uncertainty(var_k, obs).cpu().numpy())
         out["err1"].append((((x_hat - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
-        out["risk1"].append(tier1(list(sub.x), list(sub.inst_mask), obs).risk.cpu().numpy())
+        risk1 = predict_risk(tier1, sub, obs)
+        out["risk1"].append(risk1)
+        out["risk_gap"].append(np.abs(risk1 - risk_full))
         out["patient"].append(np.arange(len(sub)))
         out["pattern"].append(np.full(len(sub), p_i))
         if tier2 is not None:

@@ -1,11 +1,19 @@
-"""Tier 1 uncertainty sigma^2 (seed 000 eq. 3) and the masking protocol used to calibrate it.
+"""Tier 1 uncertainty sigma^2 (seed 000 eq. 3, plus an aleatoric part) and the masking protocol used to
+calibrate it.
 
 Choices (one function each, used everywhere):
-- Per modality, sigma^2_k = (1/T) sum_t ||x_hat^(k,t) - mean_t x_hat^(k,t)||^2 / D_k: eq. 3 divided by
-  the modality's width, so modalities of different widths are comparable.
-- Per patient, sigma^2 = the MEAN of sigma^2_k over the modalities the model could not see. A patient
-  with nothing missing has sigma^2 = 0 (nothing was estimated). The mean, not the sum, keeps a patient
-  with three missing modalities on the scale that calibration measured.
+- Per modality, :func:`modality_sigma2` is THE definition, from the T MC-dropout passes of f_phi:
+  * epistemic_k = (1/T) sum_t ||x_hat^(k,t) - mean_t x_hat^(k,t)||^2 / D_k (:func:`modality_variance`):
+    eq. 3 divided by the modality's width, so modalities of different widths are comparable;
+  * aleatoric_k = (1/T) sum_t exp(logvar^(k,t)) (:func:`aleatoric_variance`): f_phi's predicted
+    per-dimension variance (one per modality, see core/tier1.py), averaged over the passes;
+  * ``Tier1Config.uncertainty``: "total" (default) = epistemic + aleatoric, the per-dimension variance
+    of the MC-dropout predictive mixture (law of total variance); "epistemic" = eq. 3 alone (the
+    sigma^2 of rmm before the aleatoric head, bit for bit); "aleatoric" = the predicted variance alone.
+- Per patient, :func:`patient_uncertainty`: sigma^2 = the MEAN of sigma^2_k over the modalities the
+  model could not see. A patient with nothing missing has sigma^2 = 0 (nothing was estimated). The
+  mean, not the sum, keeps a patient with three missing modalities on the scale that calibration
+  measured.
 - Calibration: every held-out complete case is evaluated under every masking pattern that leaves at
   least one modality observed and hides at least one (2^K - 2 patterns), so theta is the quantile of
   the uncertainty Tier 1 shows when it has to estimate something.
@@ -18,17 +26,51 @@ import itertools
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .tensors import SiteTensors
-from .tier1 import Tier1Model
+from .tier1 import McPasses, Tier1Model
+
+DEFINITIONS = ("total", "epistemic", "aleatoric")
 
 
 def modality_variance(mc: list[torch.Tensor]) -> torch.Tensor:
-    """[T, B, D_k] per modality -> [B, K] per-dimension MC-dropout variance."""
+    """[T, B, D_k] per modality -> [B, K] per-dimension MC-dropout variance (the epistemic part)."""
     return torch.stack([((e - e.mean(dim=0)) ** 2).sum(dim=2).mean(dim=0) / e.shape[2] for e in mc], dim=1)
 
 
+def aleatoric_variance(logvar: torch.Tensor) -> torch.Tensor:
+    """[T, B, K] predicted log-variances -> [B, K] predicted variance averaged over the passes."""
+    return logvar.exp().mean(dim=0)
+
+
+def modality_sigma2(passes: McPasses, definition: str) -> torch.Tensor:
+    """sigma^2_k [B, K] of the T passes under ``definition`` ("total", "epistemic" or "aleatoric")."""
+    if definition not in DEFINITIONS:
+        raise ConfigError(f"uncertainty definition {definition!r} is not one of {', '.join(DEFINITIONS)}. "
+                          "Fix: set model.uncertainty to one of them")
+    if definition == "epistemic":
+        return modality_variance(passes.x_hat)
+    if passes.logvar is None:
+        raise ConfigError(f"sigma^2 '{definition}' needs f_phi's variance head, and this Tier 1 model has none "
+                          "(it was built with model.uncertainty = 'epistemic'). Fix: use the run's own config "
+                          "for the model, or model.uncertainty = 'epistemic'")
+    aleatoric = aleatoric_variance(passes.logvar).to(passes.x_hat[0].dtype)
+    return aleatoric if definition == "aleatoric" else modality_variance(passes.x_hat) + aleatoric
+
+
+@torch.no_grad()
+def estimate_and_sigma2(model: Tier1Model, x: list[torch.Tensor], inst_mask: list[torch.Tensor],
+                        observed: torch.Tensor, samples: int | None = None
+                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One batched MC forward: (MC mean estimate per modality [B, D_k], sigma^2_k [B, K] under the
+    model's own ``cfg.uncertainty``). Tier 2's inputs come from here (core/tier2_train.tier2_inputs)."""
+    passes = model.mc_passes(x, inst_mask, observed, samples=samples)
+    return passes.mean(), modality_sigma2(passes, model.cfg.uncertainty)
+
+
 def patient_uncertainty(var_k: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-    """Mean of sigma^2_k over unobserved modalities; 0 when every modality is observed."""
+    """Per patient: mean of sigma^2_k [B, K] over the unobserved modalities; 0 when every modality is
+    observed (the per-patient reduction of :func:`modality_sigma2` that routing and calibration use)."""
     missing = (~observed).to(var_k.dtype)
     n = missing.sum(dim=1)
     return torch.where(n > 0, (var_k * missing).sum(dim=1) / n.clamp(min=1), torch.zeros_like(n))
@@ -51,8 +93,8 @@ def uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.Tensor | N
         for s in range(0, len(data), batch):
             sl = slice(s, s + batch)
             obs = observed[sl]
-            mc = model.mc_estimates([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
-            out.append(patient_uncertainty(modality_variance(mc), obs).cpu())
+            _, var_k = estimate_and_sigma2(model, [x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
+            out.append(patient_uncertainty(var_k, obs).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -85,9 +127,9 @@ def risk_and_uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.T
         for s in range(0, len(data), batch):
             sl = slice(s, s + batch)
             obs = observed[sl]
-            risk, mc = model.infer([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
+            risk, passes = model.infer([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
             risks.append(risk.cpu())
-            sig.append(patient_uncertainty(modality_variance(mc), obs).cpu())
+            sig.append(patient_uncertainty(modality_sigma2(passes, model.cfg.uncertainty), obs).cpu())
     if not risks:
         return np.zeros(0), np.zeros(0)
     return torch.cat(risks).numpy(), torch.cat(sig).numpy()

@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.routing import ABSTAIN, TIER1, TIER2
+from ..core.uncertainty_quality import quality_document
 from .federation import FederationResult
 
 
@@ -69,6 +70,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
         "high_risk_contexts": sorted(res.config.high_risk),
     }
     doc["two_tier"] = two_tier_metrics(res)
+    doc["uncertainty"] = quality_document(ps, res.config.model.uncertainty)  # sites' scalars, meta-analysed
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims}
     doc["risk_groups"] = {"cutpoints": res.risk_cutpoints, "n_values": res.risk_cutpoint_values,

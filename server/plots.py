@@ -203,3 +203,49 @@ def cindex_by_pattern(labels: list[str], n: list[int], cindex: list[float], out:
     return Figure(name, "C-index by missingness pattern",
                   "Patterns with under 5 patients or no comparable pair are left out"
                   + (f" ({', '.join(left)})" if left else "") + "; small groups are noisy.")
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def uncertainty_quality_forest(unc: dict, out: Path) -> Figure:
+    """Forest plot from metrics.json's ``uncertainty`` section (scalars only, so any run can draw it):
+    each site's Spearman rho of sigma^2 with the recovery error and with the risk gap, its patient
+    bootstrap interval, and the fixed-effect Fisher-z combination over sites as a diamond."""
+    targets = (("spearman_error", "recovery error"), ("spearman_risk_error", "|risk hidden - risk seen|"))
+    per_site = unc.get("per_site") or {}
+    sites = list(per_site)
+    fig, axes = plt.subplots(1, 2, figsize=(10, max(2.8, 0.45 * (len(sites) + 1) + 1.6)), sharey=True)
+    y_comb = len(sites)
+    for ax, (key, label) in zip(axes, targets):
+        for i, s in enumerate(sites):
+            d = per_site[s].get(key, {})
+            rho, lo, hi = _num(d.get("rho")), _num(d.get("ci_low")), _num(d.get("ci_high"))
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.plot([lo, hi], [i, i], color="#4c78a8", lw=2)
+            if np.isfinite(rho):
+                ax.plot([rho], [i], "s", color="#4c78a8", ms=7)
+            else:
+                ax.text(0, i, "n/a", ha="center", va="center", fontsize=8)
+        c = unc.get(key) or {}
+        rho, lo, hi = _num(c.get("rho")), _num(c.get("ci_low")), _num(c.get("ci_high"))
+        if np.isfinite(rho) and np.isfinite(lo) and np.isfinite(hi):
+            ax.fill([lo, rho, hi, rho], [y_comb, y_comb - 0.25, y_comb, y_comb + 0.25], color="k")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlim(-1, 1)
+        ax.set_xlabel("Spearman rho (95% interval)")
+        ax.set_title(f"sigma^2 vs {label}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    comb = unc.get("spearman_error") or {}
+    labels = [f"{s} (n={per_site[s].get('n_patients', '?')})" for s in sites]
+    labels.append(f"combined ({comb.get('n_sites', 0)} sites)")
+    axes[0].set_yticks(np.arange(len(labels)), labels)
+    axes[0].set_ylim(len(labels) - 0.4, -0.6)  # sites top to bottom, the combination last
+    name = _save(fig, out, "uncertainty_quality.png")
+    return Figure(name, "Uncertainty quality per site",
+                  f"Spearman rho of Tier 1's sigma^2 ({unc.get('definition', '?')}) with its recovery error (left) and "
+                  "with |risk with the modalities hidden - risk with them seen| (right), on masked complete test "
+                  "cases; bars: 95% bootstrap intervals over each site's patients (n = patients). Diamond: "
+                  "fixed-effect Fisher-z combination of the sites' rho weighted by n - 3 (a meta-analysis of "
+                  "per-site correlations, not the Spearman of pooled data).")

@@ -17,11 +17,11 @@ import numpy as np
 
 from .markdown_html import markdown_to_html
 from .outputs import render_report
-from .plots import Figure, routes_per_site, summed_histogram
-from .summary import cohort_facts, uncertainty_quality
+from .plots import Figure, routes_per_site, summed_histogram, uncertainty_quality_forest
+from .summary import QUALITY_TARGETS, cohort_facts, rho_ci, uncertainty_quality
 
 DEPLOYMENT_NOTE = ("This is a deployment: the server holds no patient rows, so it draws only what it has "
-                   "(summed histograms, per-site counts and rates). Kaplan-Meier curves, uncertainty against "
+                   "(summed histograms, per-site counts, rates and correlations). Kaplan-Meier curves, uncertainty against "
                    "actual error and the C-index by missingness pattern need patient-level predictions, which "
                    "stay at the sites (a simulation, `rmm-simulate`, draws them).")
 
@@ -40,7 +40,26 @@ def server_figures(metrics: dict[str, Any], out: Path, *, per_site_hist: dict[st
     figs = [summed_histogram(edges, counts, theta, q, out, per_site=per_site_hist)]
     r = metrics["routing"]
     figs.append(routes_per_site(r["route_counts_per_site"], r["referral_rate_per_site"], out))
+    unc = metrics.get("uncertainty")
+    if isinstance(unc, dict) and unc.get("per_site"):
+        figs.append(uncertainty_quality_forest(unc, out))
     return figs
+
+
+def quality_table(metrics: dict[str, Any]) -> list[str]:
+    """Per-site Spearman of sigma^2 with each target, with intervals and counts (markdown lines)."""
+    unc = metrics.get("uncertainty")
+    if not isinstance(unc, dict) or not unc.get("per_site"):
+        return []
+    lines = ["| site | patients | rows | " + " | ".join(f"vs {label} [95% CI]" for _, label in QUALITY_TARGETS) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in QUALITY_TARGETS) + " |"]
+    for s, v in unc["per_site"].items():
+        lines.append(f"| {s} | {v.get('n_patients')} | {v.get('n_rows')} | "
+                     + " | ".join(rho_ci(v.get(key, {})) for key, _ in QUALITY_TARGETS) + " |")
+    comb = [unc.get(key) or {} for key, _ in QUALITY_TARGETS]
+    lines.append(f"| combined ({comb[0].get('n_sites', 0)} sites) | {comb[0].get('n_patients', 0)} | | "
+                 + " | ".join(rho_ci(c) for c in comb) + " |")
+    return lines + ["", f"Method: {unc.get('method', 'n/a')}.", ""]
 
 
 def report_markdown(metrics: dict[str, Any], figures: list[Figure], notes: list[str] | None = None) -> str:
@@ -48,6 +67,7 @@ def report_markdown(metrics: dict[str, Any], figures: list[Figure], notes: list[
     quality = uncertainty_quality(metrics)
     if quality:
         lines += ["## Uncertainty quality", ""] + [f"- {label}: {value}" for label, value in quality] + [""]
+        lines += quality_table(metrics)
     facts = cohort_facts(metrics)
     if facts:
         lines += ["## Cohort", ""] + [f"- {label}: {value}" for label, value in facts] + [""]

@@ -25,17 +25,34 @@ def n_referred(m: dict[str, Any]) -> int:
     return int(round(sum((rates.get(s) or 0.0) * v["n_test"] for s, v in per_site.items())))
 
 
+QUALITY_TARGETS = (("spearman_error", "recovery error"), ("spearman_risk_error", "|risk hidden - risk seen|"))
+
+
+def rho_ci(d: dict[str, Any]) -> str:
+    """'0.31 [0.12, 0.48]' from {rho, ci_low, ci_high} (n/a for what is missing)."""
+    return f"{f3(d.get('rho'), 2)} [{f3(d.get('ci_low'), 2)}, {f3(d.get('ci_high'), 2)}]"
+
+
 def uncertainty_quality(m: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs on how well Tier 1's uncertainty tracks its error, from what metrics.json holds."""
     out: list[tuple[str, str]] = []
     unc = m.get("uncertainty")
-    if isinstance(unc, dict):
-        for k, v in unc.items():
-            if isinstance(v, (int, float)) or v is None:
-                out.append((k.replace("_", " "), f3(v)))
     tt = m.get("two_tier", {})
-    rho = tt.get("uncertainty_error_spearman_per_site")
-    if rho:
+    if isinstance(unc, dict):
+        definition = unc.get("definition", "?")
+        for key, label in QUALITY_TARGETS:
+            c = unc.get(key)
+            if isinstance(c, dict):
+                out.append((f"sigma^2 ({definition}) vs {label}",
+                            f"Spearman {rho_ci(c)} (combined over {c.get('n_sites', 0)} site(s), "
+                            f"{c.get('n_patients', 0)} patients; 95% CI)"))
+        per_site = unc.get("per_site") or {}
+        if per_site:
+            out.append(("per site, vs recovery error / vs risk gap", "; ".join(
+                f"{s} {rho_ci(v.get('spearman_error', {}))} / {rho_ci(v.get('spearman_risk_error', {}))}"
+                for s, v in per_site.items())))
+    elif tt.get("uncertainty_error_spearman_per_site"):  # metrics.json of a run before the uncertainty section
+        rho = tt["uncertainty_error_spearman_per_site"]
         out.append(("Spearman(sigma^2, recovery error) per site", ", ".join(f"{s} {f3(v, 2)}" for s, v in rho.items())))
     rec = tt.get("recovery_mse")
     if rec:

@@ -111,8 +111,8 @@ def step_pooled_reference(st: Study) -> None:
     st.extra.setdefault("timing_s", {})["pooled_reference"] = time.perf_counter() - t
 
 
-FIGURE_ORDER = ["km_risk_groups.png", "uncertainty_vs_error.png", "uncertainty_histogram.png", "routes_per_site.png",
-                "cindex_by_pattern.png"]
+FIGURE_ORDER = ["km_risk_groups.png", "uncertainty_vs_error.png", "uncertainty_quality.png", "uncertainty_histogram.png",
+                "routes_per_site.png", "cindex_by_pattern.png"]
 
 
 def step_report(st: Study) -> None:

@@ -79,6 +79,18 @@ def test_bundle_loads_with_weights_only(bundle, tmp_path):
     assert raw["format"] == "rmm-model-bundle" and raw["format_version"] == 1
 
 
+def test_a_bundle_saved_before_the_variance_head_loads_with_eq3_sigma2(site_factory, tier1_cfg, tmp_path):
+    old = tiny_bundle(site_factory(n=30), tier1_cfg.model_copy(update={"uncertainty": "epistemic"}), tier2=False)
+    raw = old.to_plain()
+    del raw["config"]["model.uncertainty"]  # what a bundle written before issue 13 holds
+    torch.save(raw, tmp_path / "old.rmm")
+
+    loaded = load_bundle(tmp_path / "old.rmm")
+
+    assert loaded.run_config.model.uncertainty == "epistemic"
+    assert loaded.build_tier1().est_logvar is None
+
+
 def test_tier1_only_bundle_round_trips(site_factory, tier1_cfg, tmp_path):
     b = tiny_bundle(site_factory(n=20), tier1_cfg, tier2=False)
     loaded = load_bundle(save_bundle(b, tmp_path / "t1.rmm"))

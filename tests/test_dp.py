@@ -220,7 +220,7 @@ def test_per_sample_gradients_match_single_patient_autograd(dp_setup, dims, tier
     data, stats, cfg, cuts = dp_setup
     model = build_model(dims, tier1_cfg.model_copy(update={"dropout": 0.0}), 0)
     net = PerSampleTier1Loss(model, DiscreteTimeBaseline(len(cuts) + 1), cuts, stats, 2.0, separate_rec_view=False)
-    w = torch.tensor([1.0, 0.1, 1.0])
+    w = torch.tensor([1.0, 0.1, 1.0, 1.0])  # rec, anat, task, nll (the variance head's weights too)
     b = data.subset(np.arange(5))
     obs = b.present.clone()
     obs[:, 0] = False  # hide modality a where present
@@ -332,3 +332,27 @@ def test_theta_error_grows_as_epsilon_shrinks():
 def test_bad_privacy_parameters_say_the_fix(kwargs, match):
     with pytest.raises(HistogramError, match=match):
         privatize_counts(np.ones(4), rng=np.random.default_rng(0), **kwargs)
+
+
+@pytest.mark.parametrize("definition", ["total", "epistemic"])
+def test_dp_sgd_gives_the_variance_head_per_patient_gradients_when_there_is_one(dp_setup, dims, definition):
+    data, stats, cfg, cuts = dp_setup
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"uncertainty": definition})})
+    model = build_model(dims, cfg.model, 0)
+    net = PerSampleTier1Loss(model, DiscreteTimeBaseline(len(cuts) + 1), cuts, stats, 2.0, separate_rec_view=False)
+    b = data.subset(np.arange(6))
+    obs = b.present.clone()
+    obs[:, 0] = False  # hide modality a where present
+    grads, comp = per_sample_fn(net, torch.tensor([1.0, 0.1, 1.0, 1.0]))(
+        dict(net.named_parameters()), *b.x, *b.inst_mask, *b.target, obs, obs, b.present, b.time, b.event)
+
+    _, out = _train((data, stats, cfg, cuts), dims, SiteAccountant(), model=model)
+
+    head = [k for k in grads if ".est_logvar." in k]
+    hid_a = b.present[:, 0]
+    if definition == "epistemic":
+        assert not head and "train-nll" not in out[0][0].metrics() and torch.equal(comp[:, 3], torch.zeros(6))
+    else:
+        assert len(head) == 2 * len(dims) and math.isfinite(out[0][0].metrics()["train-nll"])
+        bias_a = grads["tier1.est_logvar.0.bias"].reshape(6)
+        assert (bias_a[hid_a] != 0).all() and (bias_a[~hid_a] == 0).all()  # only where a was hidden

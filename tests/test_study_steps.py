@@ -150,7 +150,14 @@ def test_the_uncertainty_plot_uses_the_values_behind_the_sites_spearman(cohort, 
     paths, sites, dims = validate_cohort(cohort)
     st = run_mod.run_study(cfg, cohort, paths, sites, dims, out, pooled=False)
     per_site = st.metrics["two_tier"]["uncertainty_error_spearman_per_site"]
+    unc = st.metrics["uncertainty"]
     for site, rho in per_site.items():
         sel = st.test.masked_site == site
         assert float(spearmanr(st.test.masked_sigma2[sel], st.test.masked_error[sel]).statistic) == pytest.approx(rho)
+        assert unc["per_site"][site]["spearman_error"]["rho"] == pytest.approx(rho)
+        assert unc["per_site"][site]["n_rows"] == sel.sum()
+    assert unc["definition"] == cfg.model.uncertainty
+    weighted = [v["n_patients"] for v in unc["per_site"].values() if v["n_patients"] > 3]  # n - 3 > 0
+    assert (unc["spearman_error"]["n_sites"], unc["spearman_error"]["n_patients"]) == (len(weighted), sum(weighted))
+    assert unc["spearman_error"]["ci_low"] <= unc["spearman_error"]["rho"] <= unc["spearman_error"]["ci_high"]
     assert st.metrics["federated"]["c_index"] == pytest.approx(st.test.c_index())

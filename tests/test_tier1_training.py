@@ -219,7 +219,7 @@ def test_train_tier1_lowers_cox_loss_and_learns_the_signal(train_setup, dims):
     assert c > 0.6
     assert result.n_examples == len(data)
     assert all(math.isfinite(v) for v in result.metrics().values())
-    assert set(result.metrics()) == {"train-loss", "train-task", "train-rec", "train-anat"}
+    assert set(result.metrics()) == {"train-loss", "train-task", "train-rec", "train-anat", "train-nll"}
 
 
 @pytest.mark.parametrize("modality_dropout", [0.3, 0.0])
