@@ -26,6 +26,7 @@ from .site_policy import DEFAULT_POLICY, PolicyViolation, SitePolicy
 
 PINNED_KINDS = ("calibration", "tier2-calibration", "risk-groups", "followup", "hazard", "evaluation")
 ROUND_KIND = "validation-"  # + the round number: one set of weights scored per validation round
+ROUND_KINDS = (ROUND_KIND, "validation-tier2-")  # Tier 1 and Tier 2 validation rounds
 
 
 def digest(*arrays: dict[str, np.ndarray] | np.ndarray | str) -> str:
@@ -119,8 +120,9 @@ class RequestPolicy:
 
     def pin(self, kind: str, grid_key: str, weights_key: str = "") -> None:
         """The first request of ``kind`` pins (grid, weights); a different one is refused afterwards."""
-        if kind not in PINNED_KINDS and not (kind.startswith(ROUND_KIND) and kind[len(ROUND_KIND):].isdigit()):
-            raise ValueError(f"unknown pinned kind {kind!r}; known: {PINNED_KINDS} and {ROUND_KIND}<round>")
+        if kind not in PINNED_KINDS and not any(kind.startswith(p) and kind[len(p):].isdigit() for p in ROUND_KINDS):
+            raise ValueError(f"unknown pinned kind {kind!r}; known: {PINNED_KINDS} and "
+                             f"{', '.join(p + '<round>' for p in ROUND_KINDS)}")
         value = f"{grid_key}#{weights_key}"
         old = self.pins.get(kind)
         if old is None or not self.policy.one_grid_per_kind:

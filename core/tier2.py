@@ -116,6 +116,9 @@ class ConditionalDenoiser(nn.Module):
         self.blocks = nn.ModuleList(_ResBlock(hidden_dim) for _ in range(blocks))
         self.norm = nn.LayerNorm(hidden_dim)
         self.outp = nn.Linear(hidden_dim, self.total)
+        if parametrisation == "x0-residual":  # start as Tier 1's estimate exactly (the correction is 0)
+            nn.init.zeros_(self.outp.weight)
+            nn.init.zeros_(self.outp.bias)
 
     def observed_part(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_avail [B, sum D], observed coordinates [B, sum D] bool) read back from c."""

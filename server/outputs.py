@@ -64,12 +64,15 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
         "route_counts_per_site": {s: {TIER1: int(m["routed-tier1"]), TIER2: int(m["routed-tier2"]),
                                       ABSTAIN: int(m["routed-abstain"])} for s, m in ps.items()},
         "masked_complete_referral_rate": masked_ref / masked_n if masked_n else float("nan"),
+        "masked_complete_n_per_site": {s: int(m["masked-complete-n"]) for s, m in ps.items()},
         "masked_complete_referral_rate_per_site": {
             s: (m["masked-complete-referred"] / m["masked-complete-n"] if m["masked-complete-n"] else float("nan"))
             for s, m in ps.items()},
         "high_risk_contexts": sorted(res.config.high_risk),
     }
     doc["two_tier"] = two_tier_metrics(res)
+    if extra.get("pooled_referred"):
+        doc["two_tier"]["referred_pooled"] = extra["pooled_referred"]  # simulation only
     doc["uncertainty"] = quality_document(ps, res.config.model.uncertainty)  # sites' scalars, meta-analysed
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims}

@@ -110,9 +110,21 @@ def summary_lines(m: dict[str, Any], out: Path, files: list[str] | None = None) 
     tt = m.get("two_tier", {})
     if tt.get("enabled"):
         c = tt["c_index"]
-        lines.append(f"two-tier vs Tier 1:   referred patients (n={n_referred(m)}) Tier 2 {f3(c['tier2_referred'])} vs "
-                     f"Tier 1 {f3(c['tier1_referred'])}; not abstained: two-tier {f3(c['two_tier_covered'])} vs "
-                     f"Tier 1 {f3(c['tier1_covered'])}")
+        pooled = tt.get("referred_pooled") or {}
+        if pooled.get("n"):  # per-site referred counts fall below the sites' floors; the simulation pools them
+            lines.append(f"two-tier vs Tier 1:   referred patients (n={pooled['n']}, pooled test split, simulation "
+                         f"only) Tier 2 {f3(pooled.get('tier2'))} vs Tier 1 {f3(pooled.get('tier1'))}; answered "
+                         f"(n={pooled.get('n_covered')}): two-tier {f3(pooled.get('two_tier_covered'))} vs Tier 1 "
+                         f"{f3(pooled.get('tier1_covered'))}")
+        else:
+            lines.append(f"two-tier vs Tier 1:   referred patients (n={n_referred(m)}) Tier 2 {f3(c['tier2_referred'])} "
+                         f"vs Tier 1 {f3(c['tier1_referred'])}")
+        lines.append(f"two-tier vs Tier 1:   not abstained: two-tier {f3(c['two_tier_covered'])} vs Tier 1 "
+                     f"{f3(c['tier1_covered'])}")
+        gate = tt.get("gate")
+        if gate:
+            lines.append(f"tier 2 gate:          {'open' if gate['open'] else 'CLOSED'} (round {tt.get('selected_round')}): "
+                         f"{gate['reason']}")
     for label, value in uncertainty_quality(m):
         lines.append(f"uncertainty:          {label}: {value}")
     cal = m.get("calibration", {})

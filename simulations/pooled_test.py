@@ -40,6 +40,25 @@ class PooledTest:
     masked_error: np.ndarray  # Tier 1 recovery MSE of the hidden modalities, same rows
     masked_site: np.ndarray
     calibration_values: np.ndarray  # the validation values behind theta
+    tier2_risk: np.ndarray | None = None  # [N] Tier 2's own risk, NaN where it did not run
+
+    def referred_figures(self) -> dict:
+        """C-index on the referred test patients pooled over sites (simulation only: a deployment
+        sees per-site counts, suppressed below each site's floor): Tier 1, Tier 2's own risk, and
+        what the two-tier system answered (the referred it did not abstain on)."""
+        if self.tier2_risk is None:
+            return {}
+        ref = np.isfinite(self.tier2_risk)
+        covered = ref & np.isfinite(self.system_risk)
+
+        def c(mask, risk):
+            try:
+                return c_index(self.time[mask], risk[mask], self.event[mask])
+            except Exception:  # no comparable pair in a tiny group
+                return None
+        return {"n": int(ref.sum()), "n_covered": int(covered.sum()), "tier1": c(ref, self.tier1_risk),
+                "tier2": c(ref, self.tier2_risk), "tier1_covered": c(covered, self.tier1_risk),
+                "two_tier_covered": c(covered, self.system_risk), "method": "pooled test split (simulation only)"}
 
     def c_index(self) -> float:
         return c_index(self.time, self.tier1_risk, self.event)
@@ -50,7 +69,7 @@ class PooledTest:
 
 def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) -> PooledTest:
     """Recompute every site's test split with the federation's final weights (no training)."""
-    parts: dict[str, list] = {k: [] for k in ("site", "time", "event", "r1", "sys", "route", "present",
+    parts: dict[str, list] = {k: [] for k in ("site", "time", "event", "r1", "r2", "sys", "route", "present",
                                               "s2", "err", "msite", "calib")}
     ids = []
     for p in paths:
@@ -68,6 +87,7 @@ def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) 
         parts["site"].append(np.full(n, s.data.site, dtype=object))
         parts["time"].append(time), parts["event"].append(event), parts["r1"].append(risk)
         parts["sys"].append(pred.system_risk), parts["route"].append(pred.route_names)
+        parts["r2"].append(pred.tier2_risk)
         parts["present"].append(test.present.cpu().numpy().astype(bool))
         parts["s2"].append(rec["sigma2"]), parts["err"].append(rec["err1"])
         parts["msite"].append(np.full(len(rec["sigma2"]), s.data.site, dtype=object))
@@ -76,4 +96,4 @@ def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) 
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return PooledTest(list(res.handshake.dims), cat["site"], ids, cat["time"].astype(float), cat["event"].astype(int),
                       cat["r1"], cat["sys"].astype(float), cat["route"], cat["present"], cat["s2"], cat["err"],
-                      cat["msite"], cat["calib"])
+                      cat["msite"], cat["calib"], cat["r2"].astype(float))

@@ -95,6 +95,7 @@ def step_pooled_test(st: Study) -> None:
     st.test = pooled_test_split(st.res, st.paths, st.cfg)
     st.extra["federated_pooled_c_index"] = st.test.c_index()
     st.extra["theta_exact_pooled"] = st.test.theta_exact(st.cfg.quantile)
+    st.extra["pooled_referred"] = st.test.referred_figures()
 
 
 def step_oracle(st: Study) -> None:

@@ -117,7 +117,8 @@ def test_recover_preserves_observed_coordinates_exactly(dims):
 
 
 def test_tier2_uncertainty_positive_with_samples_and_zero_when_nothing_hidden(dims):
-    model = build_tier2(dims, Tier2Config(timesteps=50, **TINY), seed=0)
+    # the v head: an untrained x0-residual Tier 2 returns Tier 1's estimate on every draw (zero spread)
+    model = build_tier2(dims, Tier2Config(timesteps=50, parametrisation="v", **TINY), seed=0)
     x_obs, observed, x_hat, s2 = _inputs(model)
     _, var = model.recover(x_obs, observed, x_hat, s2, samples=4, steps=5, generator=torch.Generator().manual_seed(0))
     patient = model.patient_uncertainty(var, observed)
@@ -222,7 +223,7 @@ def test_tier2_inputs_and_predict_tier2(dims, tier1_cfg):
     present = torch.tensor([[True, True, True], [True, False, True], [False, True, False], [True, True, False]] * 3)
     data = make_site(dims, 12, seed=2, present=present)
     tier1 = build_model(dims, tier1_cfg, seed=0)
-    cfg = Tier2Config(timesteps=50, **TINY)
+    cfg = Tier2Config(timesteps=50, parametrisation="v", **TINY)  # draws that spread before any training
     tier2 = build_tier2(dims, cfg, seed=0)
     rng = torch.get_rng_state()
     x_obs, x_hat, s2 = tier2_inputs(tier1, data, present, seed=4)
