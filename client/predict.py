@@ -24,6 +24,11 @@ JSON keys (``null`` where not applicable):
 * ``risk``: the system risk on the common scale (z-score of the answering head's training risk,
   :class:`~rmmfed.core.two_tier.RiskScale`); ``null`` when abstained. ``tier1_risk`` (raw log-hazard),
   ``tier2_risk`` (raw, referred patients only)
+* ``risk_interval`` [low, high] on the same scale and ``risk_interval_basis``: the central 95% of the
+  answering tier's risks across its own draws of the missing features (Tier 1's MC-dropout estimates,
+  or Tier 2's diffusion draws; zero width when nothing is missing; for a referred patient whose risk
+  the gate kept with Tier 1, the hull of both, i.e. wider), :mod:`rmmfed.core.risk_interval`. It
+  covers missing-modality uncertainty only; ``null`` when abstained
 * ``risk_group``: low | intermediate | high by tertiles of the TRAINING system risk when the bundle
   carries them (``risk_cutpoints``: every run since 0.2.0 computes them from the sites' histograms,
   :mod:`rmmfed.core.risk_groups`), otherwise of this site's own non-abstained patients (all splits);
@@ -68,7 +73,8 @@ from ..core.two_tier import predict_two_tier
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 NO_BASELINE = "no baseline hazard in this bundle"
 GROUPS = ("low", "intermediate", "high")
-RECORD_KEYS = ("patient_id", "site", "context", "route", "route_reason", "route_flags", "risk", "risk_group", "risk_group_basis",
+RECORD_KEYS = ("patient_id", "site", "context", "route", "route_reason", "route_flags", "risk", "risk_interval",
+               "risk_interval_basis", "risk_group", "risk_group_basis",
                "tier1_risk", "tier2_risk", "sigma2", "theta", "tier2_uncertainty", "abstain_bound",
                "modalities_present", "modalities_missing", "modalities_recovered", "recovered_by", "survival",
                "attributions", "attribution_baseline_risk", "top_instances")
@@ -128,7 +134,7 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
 
     gate = bundle.gate
     pred = predict_two_tier(tier1, tier2, data, cfg, theta=bundle.theta, bound=bundle.abstain_bound,
-                            scale=bundle.risk_scale, seed=seed, use_tier2=gate.open)
+                            scale=bundle.risk_scale, seed=seed, use_tier2=gate.open, with_interval=True)
     names = pred.route_names
     system = pred.system_risk
     if bundle.risk_cutpoints is not None:
@@ -176,7 +182,9 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
         rec: dict[str, Any] = {
             "patient_id": site.patient_ids[i], "site": site.site, "context": site.context[i] or None,
             "route": route, "route_reason": pred.routes[i].reason, "route_flags": list(pred.routes[i].flags),
-            "risk": risk, "risk_group": group, "risk_group_basis": basis if group is not None else None,
+            "risk": risk,
+            "risk_interval": None if abstained else [_num(pred.risk_low[i]), _num(pred.risk_high[i])],
+            "risk_interval_basis": pred.interval_basis[i], "risk_group": group, "risk_group_basis": basis if group is not None else None,
             "tier1_risk": None if abstained else _num(pred.tier1_risk[i]),
             "tier2_risk": None if abstained or not referred else _num(pred.tier2_risk[i]),
             "sigma2": _num(pred.sigma2[i]), "theta": _num(bundle.theta),

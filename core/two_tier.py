@@ -60,6 +60,9 @@ class TwoTierPrediction:
     tier1_seconds: float
     tier2_seconds: float
     tier2_used: bool = True  # False: the gate kept Tier 1's risk for the referred (core/tier2_gate.py)
+    risk_low: np.ndarray | None = None  # [N] system-scale interval (core/risk_interval.py), with_interval only
+    risk_high: np.ndarray | None = None
+    interval_basis: list[str] | None = None
 
     @property
     def route_names(self) -> np.ndarray:
@@ -67,12 +70,13 @@ class TwoTierPrediction:
 
 
 def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *,
-                     theta: float, bound: float, scale: RiskScale, seed: int, use_tier2: bool = True
-                     ) -> TwoTierPrediction:
+                     theta: float, bound: float, scale: RiskScale, seed: int, use_tier2: bool = True,
+                     with_interval: bool = False) -> TwoTierPrediction:
     """The two-tier answer for ``data``. ``use_tier2`` False (the run's gate found that Tier 2 does not
     beat Tier 1 on federated masked validation) still routes and runs Tier 2 (its figures are
     measured), but the referred keep Tier 1's risk, flagged ``tier2-not-used``, and are not abstained
-    on Tier 2's uncertainty."""
+    on Tier 2's uncertainty. ``with_interval`` adds each answer's risk interval (core/risk_interval.py,
+    on the system scale)."""
     t0 = time.perf_counter()
     r1, s2 = risk_and_uncertainty(tier1, data, seed=seed)
     t1 = time.perf_counter() - t0
@@ -83,12 +87,14 @@ def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTens
     r2, u2 = np.full(n, np.nan), np.full(n, np.nan)
     referred = np.array([r.route == TIER2 for r in routes], dtype=bool)
     t2 = 0.0
+    draws2 = None
     if tier2 is not None and referred.any():
         t0 = time.perf_counter()
         sub = data.subset(np.flatnonzero(referred))
         pred2 = predict_tier2(tier2, tier1, sub, cfg.tier2, seed=seed, mc_samples=cfg.model.mc_samples)
         t2 = time.perf_counter() - t0
         r2[referred], u2[referred] = pred2.risk, pred2.uncertainty
+        draws2 = pred2.risk_draws
         for i, u in zip(np.flatnonzero(referred), pred2.uncertainty):
             r = routes[i]
             if not use_tier2:
@@ -99,8 +105,36 @@ def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTens
     system = (r1 - scale.tier1_mean) / scale.tier1_std
     if tier2 is not None and use_tier2:
         system = np.where(referred, (r2 - scale.tier2_mean) / scale.tier2_std, system)
-    system = np.where(np.array([r.route == ABSTAIN for r in routes]), np.nan, system)
-    return TwoTierPrediction(r1, s2, r2, u2, system, routes, t1, t2, tier2_used=use_tier2 or tier2 is None)
+    abstained = np.array([r.route == ABSTAIN for r in routes], dtype=bool)
+    system = np.where(abstained, np.nan, system)
+    out = TwoTierPrediction(r1, s2, r2, u2, system, routes, t1, t2, tier2_used=use_tier2 or tier2 is None)
+    if with_interval:
+        _add_intervals(out, tier1, data, scale, seed, referred, abstained, draws2, use_tier2 and tier2 is not None)
+    return out
+
+
+def _add_intervals(pred: TwoTierPrediction, tier1: Tier1Model, data: SiteTensors, scale: RiskScale, seed: int,
+                   referred: np.ndarray, abstained: np.ndarray, draws2: np.ndarray | None, used: bool) -> None:
+    """Risk intervals on the system scale and their basis (core/risk_interval.py)."""
+    from .risk_interval import BASIS_COMPLETE, BASIS_HULL, BASIS_TIER1, BASIS_TIER2, central, tier1_risk_draws
+
+    lo1, hi1 = central(tier1_risk_draws(tier1, data, seed=seed + 7))
+    lo, hi = (lo1 - scale.tier1_mean) / scale.tier1_std, (hi1 - scale.tier1_mean) / scale.tier1_std
+    complete = data.present.all(dim=1).cpu().numpy()
+    basis = [BASIS_COMPLETE if c else BASIS_TIER1 for c in complete]
+    if draws2 is not None:
+        lo2, hi2 = central(draws2)
+        lo2, hi2 = (lo2 - scale.tier2_mean) / scale.tier2_std, (hi2 - scale.tier2_mean) / scale.tier2_std
+        rows = np.flatnonzero(referred)
+        if used:
+            lo[rows], hi[rows] = lo2, hi2
+        else:
+            lo[rows], hi[rows] = np.minimum(lo[rows], lo2), np.maximum(hi[rows], hi2)
+        for i in rows:
+            basis[i] = BASIS_TIER2 if used else BASIS_HULL
+    pred.risk_low = np.where(abstained, np.nan, lo)
+    pred.risk_high = np.where(abstained, np.nan, hi)
+    pred.interval_basis = [None if a else b for a, b in zip(abstained, basis)]
 
 
 @torch.no_grad()

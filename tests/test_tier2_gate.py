@@ -144,3 +144,29 @@ def test_predict_tier2_is_deterministic_and_scores_through_tier1(dims, tier1_cfg
     with torch.no_grad():  # nothing to recover: Tier 2's risk is Tier 1's
         r1 = tier1.eval()(list(data.x), list(data.inst_mask), present).risk.numpy()
     assert np.allclose(a.risk[complete], r1[complete], atol=1e-6)
+
+
+# ---- risk intervals ----------------------------------------------------------------------------------
+def test_risk_intervals_are_zero_width_when_complete_and_widest_when_the_gate_keeps_tier1(dims, tier1_cfg):
+    from rmmfed.core.risk_interval import BASIS_COMPLETE, BASIS_HULL, BASIS_TIER1, BASIS_TIER2
+
+    present = torch.tensor([[True, True, True], [True, False, True], [False, True, False], [True, True, False]] * 3)
+    data = make_site(dims, 12, seed=2, present=present)
+    tier1 = build_model(dims, tier1_cfg, seed=0)
+    cfg = RunConfig(model=tier1_cfg, tier2=Tier2Config(timesteps=50, parametrisation="v", **TINY))
+    tier2 = build_tier2(dims, cfg.tier2, seed=0, tier1=tier1_cfg)
+    kw = dict(bound=float("inf"), scale=RiskScale(), seed=0, with_interval=True)
+    routine = predict_two_tier(tier1, tier2, data, cfg, theta=1e9, **kw)  # nobody referred
+    used = predict_two_tier(tier1, tier2, data, cfg, theta=0.0, **kw)
+    kept = predict_two_tier(tier1, tier2, data, cfg, theta=0.0, use_tier2=False, **kw)
+    complete = present.all(dim=1).numpy()
+    assert np.allclose(routine.risk_low[complete], routine.system_risk[complete], atol=1e-6)
+    assert np.allclose(routine.risk_high[complete], routine.system_risk[complete], atol=1e-6)
+    assert all(b == BASIS_COMPLETE for b, c in zip(routine.interval_basis, complete) if c)
+    assert all(b == BASIS_TIER1 for b, c in zip(routine.interval_basis, complete) if not c)
+    assert (routine.risk_high[~complete] > routine.risk_low[~complete]).all()  # MC dropout moves the risk
+    ref = np.isfinite(used.tier2_risk)
+    assert all(used.interval_basis[i] == BASIS_TIER2 and kept.interval_basis[i] == BASIS_HULL for i in np.flatnonzero(ref))
+    width = lambda p: p.risk_high[ref] - p.risk_low[ref]  # noqa: E731
+    assert (width(kept) >= width(used) - 1e-9).all() and (width(kept) >= width(routine) - 1e-9).all()
+    assert (kept.risk_low[ref] <= kept.system_risk[ref] + 1e-6).all()  # Tier 1's answer lies inside its own hull

@@ -1,0 +1,58 @@
+"""How far a patient's risk could move with what is missing: the risk interval of a prediction.
+
+The interval covers the uncertainty that comes from missing modalities only (not the model's own
+estimation error, nor the patient's outcome): the central 95% of the risks the answering tier gives
+across its own draws of the missing features.
+
+* Tier 1 answered: the T MC-dropout estimates of f_phi, each read through Tier 1's head (observed
+  modalities from their bags). A patient with nothing missing gets a zero-width interval.
+* Tier 2 answered: its S diffusion draws, each read through the same head (core/tier2_scoring.py).
+* Referred but the gate kept Tier 1's risk (core/tier2_gate.py): the hull of both intervals. Neither
+  tier was shown to be better for this patient, so the interval is the wider of what either says.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .tensors import SiteTensors
+from .tier1 import Tier1Model
+from .tier2_context import bag_encodings
+from .tier2_scoring import risk_of_draws
+
+LEVEL = 0.95
+BASIS_TIER1, BASIS_TIER2, BASIS_HULL, BASIS_COMPLETE = (
+    "tier1 MC-dropout estimates", "tier2 diffusion draws",
+    "hull of tier1 MC-dropout estimates and tier2 draws (Tier 2 not used)", "nothing missing")
+
+
+def central(draws: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``draws`` [N, S]: the central ``level`` range (quantiles (1 -+ level) / 2)."""
+    if draws.size == 0:
+        return np.zeros(len(draws)), np.zeros(len(draws))
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=1)
+    return lo, hi
+
+
+@torch.no_grad()
+def tier1_risk_draws(tier1: Tier1Model, data: SiteTensors, *, seed: int, samples: int | None = None,
+                     batch: int = 4096) -> np.ndarray:
+    """[N, T] Tier 1's risk under each of its T MC-dropout estimates of the missing modalities (seeded;
+    every column is the deterministic risk for a patient with nothing missing)."""
+    was = tier1.training
+    tier1.eval()
+    out = []
+    try:
+        with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
+            torch.manual_seed(seed)
+            for s in range(0, len(data), batch):
+                sub = data.subset(torch.arange(s, min(s + batch, len(data))))
+                obs = sub.present.bool()
+                passes = tier1.mc_passes(list(sub.x), list(sub.inst_mask), obs, samples=samples)
+                draws = torch.cat(list(passes.x_hat), dim=2)  # [T, B, sum D]
+                dims = [e.shape[2] for e in passes.x_hat]
+                out.append(risk_of_draws(tier1, bag_encodings(tier1, sub), obs, draws, dims).T.cpu())
+    finally:
+        tier1.train(was)
+    return torch.cat(out).numpy() if out else np.zeros((0, samples or tier1.cfg.mc_samples))
