@@ -9,7 +9,7 @@ import pytest
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.server.federation import _ask
+from rmmfed.server.queries import ask as _ask
 
 
 @pytest.fixture(autouse=True)

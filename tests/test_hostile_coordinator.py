@@ -25,7 +25,8 @@ from rmmfed.core.risk_groups import RISK_GRID
 from rmmfed.core.site_session import SiteSession, _pattern_patients
 from rmmfed.core.tier1 import build_model
 from rmmfed.core.weights import get_weights
-from rmmfed.server.federation import FOLLOWUP_GRID, _ask
+from rmmfed.server.phases import FOLLOWUP_GRID
+from rmmfed.server.queries import ask as _ask
 
 from conftest import DIMS, write_site
 

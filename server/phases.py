@@ -1,0 +1,129 @@
+"""One federated training phase (Tier 1 or Tier 2 rounds) with per-round checkpoints and resume, the
+Tier 2 gate read from its validation, and the federated Breslow baseline hazard."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from ..client.records import from_record, to_record
+from ..core import protocol as P
+from ..core.baseline_hazard import time_grid, baseline_from_sums
+from ..core.config import RunConfig
+from ..core.histogram import HistogramGrid
+from ..core.merged_hazard import MergedHazard, fine_sums
+from ..core.merged_histogram import merged_quantile, spread
+from ..core.tier2_gate import Tier2Gate, decide
+from .checkpoint import Checkpoint, restore_strategy_state, strategy_state
+from .progress import Progress
+from .queries import ask, bracket_doc, merged_parts
+from .strategies import make_strategy
+
+
+def tier2_gate(cfg: RunConfig, history: list[dict], kept_round: int) -> Tier2Gate:
+    """The gate (core/tier2_gate.py) from the kept round's federated masked validation sums."""
+    if not cfg.tier2_gate:
+        return Tier2Gate.always_open()
+    entry = next((h for h in history if h.get("round") == kept_round and "val-sums" in h), None)
+    if entry is None:
+        return Tier2Gate(False, f"no federated masked validation of Tier 2 round {kept_round} was received: "
+                         "Tier 1 answers the referred")
+    return decide(entry["val-sums"], int(entry.get("val-sites", 0)))
+
+
+def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, rounds: int, select_best: bool,
+               train_type: str, initial: ArrayRecord, state: dict | None, ckpt: Checkpoint, base: dict,
+               progress: Progress, keep_best: bool | None = None, evaluate_config: dict | None = None
+               ) -> tuple[dict[str, np.ndarray], list[dict], int, object]:
+    """One federated training phase (Tier 1 or Tier 2) with per-round checkpoints and resume.
+
+    ``select_best`` validates every round; ``keep_best`` (default: ``select_best``) then keeps the best
+    round's weights instead of the last round's."""
+    keep_best = select_best if keep_best is None else keep_best
+    say = progress.phase
+    done = (state or {}).get(phase) if state and state.get("phase") != phase else None
+    if done is not None:  # the phase had finished before the restart
+        say(f"resume: {phase} already complete, reusing its weights")
+        return done["weights"], done["history"], done.get("best_round") or rounds, None
+    offset = 0
+    runner = make_strategy(cfg, len(accepted), set(accepted), lambda rnd, info: None, train_type=train_type,
+                           select_best=select_best)
+    strategy = getattr(runner, "strategy", runner)  # central DP wraps the strategy that keeps the books
+    if state and state.get("phase") == phase:
+        offset = int(state["round"])
+        initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state["weights"].items()})
+        strategy.round_offset = offset
+        strategy.history = state["history"]
+        strategy.best_score, strategy.best_round = state["best_score"], state["best_round"]
+        if state.get("best_weights") is not None:
+            strategy.best_arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state["best_weights"].items()})
+        restore_strategy_state(strategy, state.get("strategy", {}))
+        say(f"resume: {phase} continues after round {offset}/{rounds}")
+
+    def save(strat, rnd: int) -> None:
+        arrays = strat.last_arrays
+        ckpt.save({**base, "phase": phase, "round": rnd,
+                   "weights": {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()},
+                   "history": strat.history, "best_score": strat.best_score, "best_round": strat.best_round,
+                   "best_weights": ({k: v.numpy() for k, v in strat.best_arrays.to_torch_state_dict().items()}
+                                    if strat.best_arrays is not None else None),
+                   "strategy": strategy_state(strat)})
+        if rnd not in reported:  # a phase without validation ends its round twice (train, empty evaluate)
+            reported.add(rnd)
+            progress.round_end(phase, rnd, rounds, strat.history[-1] if strat.history else {})
+
+    reported: set[int] = set()
+    strategy.checkpoint_fn = save
+    final = initial
+    if rounds - offset > 0:
+        progress.rounds_start(phase, rounds, offset)
+        try:
+            result = runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
+                                  timeout=cfg.round_timeout_s,
+                                  evaluate_config=ConfigRecord(evaluate_config or {"split": "val"}))
+        finally:
+            progress.rounds_end(phase)
+        final = result.arrays
+    best_round = rounds
+    if keep_best and strategy.best_arrays is not None:
+        final, best_round = strategy.best_arrays, strategy.best_round
+        if phase == "tier1":
+            say(f"model selection: round {best_round} has the best federated validation C-index "
+                f"({strategy.best_score:.4f})")
+        else:
+            say(f"model selection: {phase} round {best_round} has the lowest federated masked validation "
+                f"recovery MSE ({-strategy.best_score:.4f})")
+    return {k: v.numpy() for k, v in final.to_torch_state_dict().items()}, strategy.history, best_round, strategy
+
+
+FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
+
+
+def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambda phase, replies: None,
+                     release_error: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes."""
+    t_max = cfg.hazard_max_time
+    errors = release_error if release_error is not None else {}
+    if t_max <= 0:
+        replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s,
+                       config=ConfigRecord({**FOLLOWUP_GRID.to_config(), "step": "followup"}))
+        parts = merged_parts(replies, FOLLOWUP_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
+        if not parts or spread(parts, FOLLOWUP_GRID.n_bins).sum() <= 0:
+            return None
+        bracket = merged_quantile(FOLLOWUP_GRID, parts, 0.95)
+        t_max = bracket.estimate
+        errors["hazard_max_time"] = bracket_doc(bracket, parts)
+    points = time_grid(t_max, cfg.hazard_points)
+    replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, config=ConfigRecord({"step": "sums"}),
+                   **{P.HAZARD_RECORD: to_record({"grid": points})})
+    answered("baseline_hazard", replies)
+    if not replies:
+        return None
+    parts = [MergedHazard.from_arrays(from_record(r.content[P.HAZARD_RECORD]), len(points)) for r in replies.values()]
+    events, risk_sums = fine_sums(parts, len(points))
+    widest = max(p.widest() for p in parts)
+    errors["baseline_hazard"] = {"grid_points": len(points), "widest_merged_intervals": widest,
+                                 "widest_merged_time": float(widest * points[0]),
+                                 "groups_per_site": sorted(int(p.first.size) for p in parts)}
+    return points, baseline_from_sums(points, events, risk_sums)

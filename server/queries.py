@@ -1,0 +1,114 @@
+"""How the ServerApp talks to sites: one query to many nodes with retries, and reading merged releases.
+
+Plain helpers over a Flower Grid; every phase of :mod:`rmmfed.server.federation` goes through them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from logging import ERROR, WARNING
+
+import numpy as np
+from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from ..client.records import from_record
+from ..core import protocol as P
+from ..core.merged_histogram import MergedBins, QuantileBracket, spread
+from ..core.site_policy import refused_key
+
+
+def ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, retries: int = 1,
+         reconnect_pause_s: float = 2.0, **records) -> dict[int, Message]:
+    """Send the same records to each node; return the successful replies by node (errors logged).
+
+    Every message sent this way is a query a site can answer twice with the same result (schema,
+    statistics, setup, histograms, hazard sums, evaluation), so a node that answered with an error
+    (e.g. a ClientApp task lost while its SuperNode reconnected) is asked again, up to ``retries``
+    times, within the same ``timeout``. A node the SuperLink reports unavailable (its SuperNode missed
+    its heartbeats: it is reconnecting after a restart, with a back-off of up to tens of seconds) is
+    asked again every ``reconnect_pause_s`` until the timeout, without using up ``retries``. A node
+    that does not answer at all uses up the timeout. A node whose site policy refused the request (its
+    reason names the policy key) is not asked again.
+    """
+    deadline = time.monotonic() + timeout
+    out: dict[int, Message] = {}
+    refused: set[int] = set()
+    pending = list(nodes)
+    attempt = 0
+    while pending and attempt <= retries:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        unavailable: set[int] = set()
+        msgs = [Message(RecordDict(dict(records)), dst_node_id=n, message_type=message_type) for n in pending]
+        for rep in grid.send_and_receive(msgs, timeout=left):
+            nid = rep.metadata.src_node_id
+            if rep.has_error() and refused_key(rep.error.reason):
+                # The site's own policy refused: the same request would be refused again.
+                log(WARNING, "%s: node %s refused by its site policy: %s", message_type, nid, rep.error.reason)
+                refused.add(nid)
+            elif rep.has_error() and rep.error.code == ErrorCode.NODE_UNAVAILABLE:
+                unavailable.add(nid)
+            elif rep.has_error():
+                log(ERROR, "%s: node %s replied with an error: %s", message_type, nid, rep.error.reason)
+            else:
+                out[nid] = rep
+        pending = [n for n in pending if n not in out and n not in refused]
+        if not pending:
+            break
+        if unavailable and set(pending) <= unavailable:
+            # every node still missing is reconnecting: wait for it, this is not a failed attempt
+            left = deadline - time.monotonic()
+            if left <= reconnect_pause_s:
+                log(ERROR, "%s: node(s) %s still unavailable (not reconnected) when the timeout ran out",
+                    message_type, ", ".join(map(str, sorted(unavailable))))
+                break
+            log(WARNING, "%s: node(s) %s unavailable (reconnecting?); asking again in %.0f s", message_type,
+                ", ".join(map(str, sorted(unavailable))), reconnect_pause_s)
+            time.sleep(reconnect_pause_s)
+            continue
+        attempt += 1
+        if attempt <= retries:
+            log(WARNING, "%s: asking node(s) %s again (attempt %d of %d)", message_type,
+                ", ".join(map(str, pending)), attempt + 1, retries + 1)
+    return out
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    t0 = time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n or time.monotonic() - t0 > timeout:
+            return nodes
+        time.sleep(0.5)
+
+
+def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list[MergedBins]:
+    """The sites' merged histograms (core/merged_histogram.py); noisy counts are clipped after summing."""
+    parts = [MergedBins.from_arrays(from_record(r.content[P.COUNTS]), n_bins) for r in replies.values()]
+    if noisy and parts:  # unclipped noisy counts: spread, sum, then a monotone CDF, as one exact part
+        total = spread(parts, n_bins)
+        cdf = np.maximum.accumulate(np.clip(np.cumsum(total), 0, None))
+        fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)
+        nz = np.flatnonzero(fine)
+        return [MergedBins(nz, nz, fine[nz], n_bins)] if nz.size else []
+    return parts
+
+
+def per_site(replies: dict[int, Message], parts: list[MergedBins], site_of: dict[int, str]) -> dict:
+    """Per site: values binned, merged bins sent, widest merged bin (fine bins). Exact parts only."""
+    if len(parts) != len(replies):  # noisy counts were pooled into one part
+        return {}
+    return {site_of[n]: {"values": int(np.asarray(p.counts).sum()), "merged_bins": int(p.first.size),
+                         "widest_merged_bin": p.widest()} for n, p in zip(replies, parts)}
+
+
+def bracket_doc(b: QuantileBracket, parts: list[MergedBins]) -> dict:
+    """What a merged release leaves open about a quantile: where the exact pooled value must lie."""
+    return {"estimate": b.estimate, "low": b.low, "high": b.high if math.isfinite(b.high) else None,
+            "bracket_ratio": b.ratio if math.isfinite(b.ratio) else None,
+            "widest_merged_bin": max((p.widest() for p in parts), default=0)}
