@@ -33,7 +33,6 @@ model_card           {"sites", "per_site", "c_index", "n_patients_test", "date",
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import tempfile
@@ -51,6 +50,7 @@ from .errors import RmmError, SchemaMismatchError
 from .feature_stats import FeatureStats
 from .tier1 import Tier1Model, build_model
 from .tier2 import Tier2Model, build_tier2
+from .model_card import model_card_from_metrics, plain
 from .tier2_gate import Tier2Gate
 from .two_tier import RiskScale
 
@@ -159,30 +159,13 @@ class ModelBundle:
             "risk_scale": {k: float(v) for k, v in vars(self.risk_scale).items()},
             "baseline_hazard": None if self.baseline_hazard is None else self.baseline_hazard.to_plain(),
             "risk_cutpoints": None if self.risk_cutpoints is None else [float(c) for c in self.risk_cutpoints],
-            "model_card": _plain(self.model_card),
-            "tier2_gate": None if self.tier2_gate is None else _plain(self.tier2_gate),
+            "model_card": plain(self.model_card),
+            "tier2_gate": None if self.tier2_gate is None else plain(self.tier2_gate),
         }
 
 
 def _np(v: Any) -> np.ndarray:
     return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-
-
-def _plain(x: Any) -> Any:
-    """JSON-like plain containers (what weights_only loading accepts); NaN/Inf -> None."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if x is None or isinstance(x, str):
-        return x
-    return str(x)
 
 
 def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -209,42 +192,6 @@ def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, theta
         rmm_version=installed_version(), baseline_hazard=baseline_hazard,
         risk_cutpoints=None if risk_cutpoints is None else [float(c) for c in risk_cutpoints],
         model_card=dict(model_card or {}), tier2_gate=None if tier2_gate is None else dict(tier2_gate))
-
-
-# ---- model card ----------------------------------------------------------------------------
-def model_card_from_metrics(metrics: Mapping[str, Any], *, date: str | None = None) -> dict[str, Any]:
-    """What the model was trained and evaluated on, from a run's metrics.json document."""
-    fed = metrics.get("federated", {}) or {}
-    per_site_c = fed.get("per_site", {}) or {}
-    routing = metrics.get("routing", {}) or {}
-    rates = routing.get("referral_rate_per_site", {}) or {}
-    routes = routing.get("route_counts_per_site", {}) or {}
-    sites_doc = metrics.get("sites", {}) or {}
-    sites = list(sites_doc.get("accepted", [])) or sorted(per_site_c)
-    per_site = {}
-    for s in sorted(set(sites) | set(per_site_c)):
-        c = per_site_c.get(s, {})
-        per_site[s] = {"c_index": c.get("c_index"), "n_test": c.get("n_test"), "n_events_test": c.get("n_events_test"),
-                       "referral_rate": rates.get(s), "route_counts": routes.get(s)}
-    n_test = sum(int(v["n_test"] or 0) for v in per_site.values())
-    n_ev = sum(int(v["n_events_test"] or 0) for v in per_site.values())
-    tt = metrics.get("two_tier", {}) or {}
-    return _plain({
-        "date": date or datetime.now(timezone.utc).date().isoformat(),
-        "rmm_version": metrics.get("rmm_version"),
-        "sites": sites,
-        "sites_refused": sites_doc.get("refused", {}),
-        "modalities": sites_doc.get("modalities"),
-        "c_index": fed.get("c_index"),
-        "c_index_method": fed.get("c_index_method"),
-        "per_site": per_site,
-        "n_patients_test": n_test,
-        "n_events_test": n_ev,
-        "theta": (metrics.get("calibration") or {}).get("theta"),
-        "quantile": (metrics.get("calibration") or {}).get("quantile"),
-        "two_tier": bool(tt.get("enabled", False)),
-        "selected_round": metrics.get("selected_round"),
-    })
 
 
 # ---- save / load ---------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from rmmfed.core.baseline_hazard import (add_hazard_sums, baseline_from_sums, br
                                          local_hazard_sums, median_survival, survival_at, survival_curve, time_grid)
 from rmmfed.core.bundle import (BaselineHazard, BundleError, BundleVersionError, ModelBundle, bundle_from_run_dir,
                                 check_site_schema, installed_version, load_bundle, load_model, make_bundle,
-                                model_card_from_metrics, save_bundle)
+                                save_bundle)
 from rmmfed.core.config import RunConfig
+from rmmfed.core.model_card import model_card_from_metrics
 from rmmfed.core.errors import RmmError, SchemaMismatchError, SurvivalInputError
 from rmmfed.core.feature_stats import FeatureStats, local_feature_sums
 from rmmfed.core.site_data import load_site
