@@ -105,6 +105,8 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         path = site_dir(context, site_dirs)
         key = (context.run_id, path)
         if key not in _SESSIONS:
+            for other in [k for k in _SESSIONS if k[1] == path]:  # an earlier run at this site has ended
+                del _SESSIONS[other]
             _SESSIONS[key] = SiteSession(path, device=str(context.node_config.get("device", "auto")))
         s = _SESSIONS[key]
         st = context.state
@@ -258,6 +260,9 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         pinned(context, rp, "evaluation", "", msg)
         metrics = s.evaluate(weights if has_tier2 else None, float(conf["theta"]), float(conf["bound"]),
                              _risk_scale(conf), k, use_tier2=bool(conf.get("tier2-used", True)))
+        # the run's last message: release the site's data and models (a retried evaluation rebuilds the
+        # session from the Flower state, which keeps the config, the statistics and the frozen Tier 1)
+        _SESSIONS.pop((context.run_id, site_dir(context, site_dirs)), None)
         return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
 
     return app

@@ -15,6 +15,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from rmmfed.client import client_app
 from rmmfed.client.client_app import make_client_app
 from rmmfed.core.config import RunConfig
 from rmmfed.server.federation import run_federation
@@ -87,3 +88,15 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(grid):
     for m in res.per_site.values():
         assert m["n-test"] > 0 and "uncertainty-error-spearman" in m and "tier2-used" in m
     assert all(sites == ["site-A", "site-B"] for sites in res.participation.values()), res.participation
+    assert not [k for k in client_app._SESSIONS if k[0] == 1]  # sessions are released when the run ends
+
+
+def test_a_new_run_at_a_site_releases_the_session_of_the_previous_one(tmp_path):
+    path = write_site(tmp_path / "site-A", name="site-A", n=40, seed=3)
+    app = make_client_app()
+    for run_id in (11, 12):
+        context = Context(run_id=run_id, node_id=1, node_config={"data-dir": str(path), "device": "cpu"},
+                          state=RecordDict(), run_config={})
+        reply = app(Message(RecordDict(), dst_node_id=1, message_type="query.schema"), context)
+        assert not reply.has_error()
+    assert [k[0] for k in client_app._SESSIONS if k[1] == str(path)] == [12]
