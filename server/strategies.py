@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
+from ..core.site_policy import refused_key
 from ..core.tier2_gate import add_validation, decide
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 
@@ -79,8 +80,12 @@ def _restricted(base: type) -> type:
                 score = combined_c_index(counts) if counts else float("nan")
                 extra = {"val-c-index": score}
             if len(good) < len(replies):
-                log(WARNING, "validation round %d: %d of %d site(s) failed; the score uses the others",
-                    rnd, len(replies) - len(good), len(replies))
+                refused = sum(1 for r in replies if r.has_error() and refused_key(r.error.reason))
+                failed = len(replies) - len(good) - refused
+                what = ", ".join(p for p in (f"{failed} failed" if failed else "",
+                                             f"{refused} refused by their site policy" if refused else "") if p)
+                log(WARNING, "validation round %d: %s of %d site(s); the score uses the others", rnd, what,
+                    len(replies))
             if score == score and score > self.best_score:
                 self.best_score, self.best_round, self.best_arrays = score, rnd, self._candidate
             if self.history and self.history[-1]["round"] == rnd:
