@@ -29,6 +29,7 @@ Prints a Markdown table (mean +- sd over seeds) and writes OUT/two_tier_goals.md
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from scipy.stats import binom
@@ -82,12 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, default=Path("runs/goals"))
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = leave as is)")
+    p.add_argument("--cached-only", action="store_true", help="tabulate the finished runs under OUT only "
+                   "(a cohort/seed without metrics.json is listed as not run)")
     args = p.parse_args(argv)
     if args.threads > 0:
         set_threads(args.threads)
-    records, skipped = [], []
+    records, skipped, not_run = [], [], []
     jobs = [(c, s) for c in args.cohorts for s in args.seeds]
     for cohort, seed in progress(jobs, desc="two-tier goals"):
+        run_dir = args.out / cohort / f"seed-{seed}"
+        if args.cached_only:
+            if not (run_dir / "metrics.json").is_file():
+                not_run.append(f"{cohort}/seed-{seed}")
+                continue
+            records.append(collect(json.loads((run_dir / "metrics.json").read_text()), cohort, seed))
+            continue
         if cohort == "default":
             data = cohort_for_seed(args.out, seed)
         else:
@@ -95,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             if not data.is_dir():
                 skipped.append(cohort)
                 continue
-        m = run_cached(data, args.out / cohort / f"seed-{seed}", {"seed": seed})
+        m = run_cached(data, run_dir, {"seed": seed})
         records.append(collect(m, cohort, seed))
     rows = []
     for cohort in dict.fromkeys(r["cohort"] for r in records):
@@ -120,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
              "masked validation (core/tier2_gate.py).")
     if skipped:
         notes += f" Skipped (no folder under {args.data_root}): {', '.join(sorted(set(skipped)))}."
+    if not_run:
+        notes += f" Not run (no metrics.json): {', '.join(not_run)}."
     text = write_results(args.out, "two_tier_goals", rows, "Two-tier goals (issue 13)", notes, raw=records)
     print(text)
     return 0
