@@ -332,7 +332,7 @@ class SiteSession:
         m = len(rec["sigma2"])
         out.update({"masked-complete-n": float(m), "masked-complete-referred": float((rec["sigma2"] > theta).sum()),
                     "recovery-n": float(m), "recovery-sse-tier1": float(rec["err1"].sum()),
-                    "recovery-sse-tier2": float(rec["err2"].sum()) if len(rec["err2"]) else float("nan")})
+                    "recovery-sse-tier2": float(rec["err2"].sum()) if tier2 is not None else float("nan")})
         out.update(site_quality(rec, seed=self.cfg.seed))  # includes uncertainty-error-spearman
         return out
 
