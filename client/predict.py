@@ -236,7 +236,7 @@ def _f(x: Any, fmt: str = ".3f") -> str:
 
 def render_table(records: list[dict[str, Any]], horizons: Sequence[float]) -> str:
     with_surv = any((r["survival"] or {}).get("available") for r in records)
-    head = ["patient", "route", "risk", "group", "sigma2", "present", "recovered"]
+    head = ["patient", "route", "risk", "95% range", "group", "sigma2", "present", "recovered"]
     if with_surv:
         head += ["median"] + [f"S({_hkey(h)})" for h in horizons]
     rows = []
@@ -244,7 +244,10 @@ def render_table(records: list[dict[str, Any]], horizons: Sequence[float]) -> st
         s = r["survival"] or {}
         surv = ([_f(s.get("median"), ".1f") if s.get("median_reached") else ("n.r." if s.get("available") else "-")]
                 + [_f((s.get("at") or {}).get(_hkey(h)), ".2f") for h in horizons]) if with_surv else []
-        rows.append([r["patient_id"], r["route"], _f(r["risk"], "+.2f"), r["risk_group"] or "-", _f(r["sigma2"], ".2g"),
+        band = r.get("risk_interval") or [None, None]
+        span = "-" if band[0] is None else f"{band[0]:+.2f}..{band[1]:+.2f}"
+        rows.append([r["patient_id"], r["route"], _f(r["risk"], "+.2f"), span, r["risk_group"] or "-",
+                     _f(r["sigma2"], ".2g"),
                      ",".join(r["modalities_present"]) or "-", _recovered(r)] + surv)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -252,7 +255,8 @@ def render_table(records: list[dict[str, Any]], horizons: Sequence[float]) -> st
     notes = set()
     for r, cells in zip(records, rows):
         out.append(line(cells))
-        out.append(f"    reason: {r['route_reason']}")
+        flags = f" [{', '.join(r['route_flags'])}]" if r.get("route_flags") else ""
+        out.append(f"    reason: {r['route_reason']}{flags}")
         if r["attributions"] is not None:
             parts = []
             for m, v in sorted(r["attributions"].items(), key=lambda kv: -abs(kv[1])):

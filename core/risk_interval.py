@@ -2,7 +2,8 @@
 
 The interval covers the uncertainty that comes from missing modalities only (not the model's own
 estimation error, nor the patient's outcome): the central 95% of the risks the answering tier gives
-across its own draws of the missing features.
+across its own draws of the missing features, widened where needed to contain the reported risk
+(which is read at a point estimate: Tier 1 with dropout off, Tier 2 at its posterior mean).
 
 * Tier 1 answered: the T MC-dropout estimates of f_phi, each read through Tier 1's head (observed
   modalities from their bags). A patient with nothing missing gets a zero-width interval.

@@ -132,6 +132,9 @@ def _add_intervals(pred: TwoTierPrediction, tier1: Tier1Model, data: SiteTensors
             lo[rows], hi[rows] = np.minimum(lo[rows], lo2), np.maximum(hi[rows], hi2)
         for i in rows:
             basis[i] = BASIS_TIER2 if used else BASIS_HULL
+    # the reported risk is read at a point estimate (dropout off, or Tier 2's posterior mean), which
+    # need not fall inside the draws' central range: the interval is widened to contain it
+    lo, hi = np.minimum(lo, pred.system_risk), np.maximum(hi, pred.system_risk)
     pred.risk_low = np.where(abstained, np.nan, lo)
     pred.risk_high = np.where(abstained, np.nan, hi)
     pred.interval_basis = [None if a else b for a, b in zip(abstained, basis)]
