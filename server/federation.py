@@ -20,7 +20,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from .. import __version__
-from ..client.records import from_record, to_record
+from .records import from_record, to_record
 from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig

@@ -7,7 +7,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from ..client.records import from_record, to_record
+from .records import from_record, to_record
 from ..core import protocol as P
 from ..core.baseline_hazard import time_grid, baseline_from_sums
 from ..core.config import RunConfig

@@ -15,7 +15,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ..client.records import from_record
+from .records import from_record
 from ..core import protocol as P
 from ..core.merged_histogram import MergedBins, QuantileBracket, spread
 from ..core.site_policy import refused_key

@@ -23,12 +23,7 @@ from test_tier2 import TINY, make_site
 HIGH_RISK = frozenset({"oncology-staging"})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny models on one thread
 
 
 def _sums(n=100.0, sse1=70.0, sse2=65.0, c1=(60.0, 0.0, 100.0), c2=(62.0, 0.0, 100.0)) -> dict[str, float]:
