@@ -141,7 +141,10 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         s = session(context)
         s.bind_schema({k: int(v) for k, v in P.decode_schema(str(cfg["schema"])).items()})
         # The site's floor, or the coordinator's min-stat-count when it is stricter.
-        return reply(msg, sums=to_record(s.feature_sums(rp.floor(int(cfg.get("min-stat-count", 0))))))
+        return reply(msg, sums=to_record(s.feature_sums(rp.floor(int(cfg.get("min-stat-count", 0))),
+                                                        reduce_above=int(cfg.get("reduce-above", 0)),
+                                                        reduce_dim=int(cfg.get("reduce-dim", 0)),
+                                                        second_moments=rp.policy.second_moments)))
 
     @app.query("setup")
     def setup(msg: Message, context: Context) -> Message:

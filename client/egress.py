@@ -2,7 +2,8 @@
 
 Allowed (anything else makes the reply an error and nothing is sent):
 - ``arrays``: model weights with exactly the names and shapes of the weights the server sent;
-- ``sums``: feature sums ``<modality>.<all|complete>.<n|sum|sumsq>``, each of shape [1] or [dim];
+- ``sums``: feature sums ``<modality>.<all|complete>.<n|sum|sumsq>``, each of shape [1] or [dim], and
+  ``<modality>.pca.<n|sum|outer>`` [1], [dim], [dim, dim] (second moments for the federated PCA);
 - ``counts``: one histogram with bins merged to the site's floor: ``counts``, ``first``, ``last``,
   each [m] with m <= hist-bins, ``first``/``last`` ordered fine-bin ranges of the server's grid;
 - ``hazard``: Breslow sums with intervals merged to the floor: ``hazard.first``, ``hazard.events``,
@@ -24,7 +25,8 @@ from ..core import protocol as P
 from ..core.errors import RmmError
 
 SCHEMA_KEYS = {"site", "schema", "rmm-version", "n-patients", "n-events", "n-train", "n-val", "n-test"}
-_SUM_KEY = re.compile(r"^.+\.(all|complete)\.(n|sum|sumsq)$")
+_SUM_KEY = re.compile(r"^.+\.(all|complete|pca)\.(n|sum|sumsq)$")
+_OUTER_KEY = re.compile(r"^.+\.pca\.outer$")
 
 
 class EgressViolation(RmmError):
@@ -58,6 +60,12 @@ def _check_arrays(request: Message, name: str, record: ArrayRecord) -> None:
             raise EgressViolation("weights reply does not match the weights the server sent (names/shapes)")
     elif name == P.SUMS:
         for k, s in shapes.items():
+            if _OUTER_KEY.match(k):  # [D, D] beside the same block's sum [D]: a second moment, never rows
+                d = shapes.get(k[: -len("outer")] + "sum")
+                if d is None or len(s) != 2 or s != (d[0], d[0]):
+                    raise EgressViolation(f"feature-sum array '{k}' of shape {s} is not a [dim, dim] sum of "
+                                          "outer products beside its block's sum")
+                continue
             if not _SUM_KEY.match(k) or len(s) != 1:
                 raise EgressViolation(f"feature-sum array '{k}' of shape {s} is not allowed")
     elif name == P.HAZARD_RECORD:

@@ -13,7 +13,9 @@ own pieces (``_with_prompts``, ``estimate``, ``encoders``, ``head``):
 * estimator input: h_k(a) = [z_k(a) ; phi_mod^(k) ; flag_k(a)], flag = p_k(a) (0 if missing
   prompts are off), for every k (absent modalities sit at their baseline);
 * head input: [p_k(a) z_k(a) + (1 - p_k(a)) g_k(x_hat_k(a)) ; phi_mod^(k) ; flag_k(a)], i.e. the
-  observed slot at p = 1 and the estimator-recovered slot at p = 0 (estimator off: h_k(a)).
+  observed slot at p = 1 and the estimator-recovered slot at p = 0 (estimator off: h_k(a));
+* linear path (``linear_path``): the bag's instance mean m_k is a third part of the input (baseline
+  0) and enters as p_k(a) m_k(a) + (1 - p_k(a)) x_hat_k(a) with the flag p_k(a).
 
 At a = 1 this is exactly ``Tier1Model.forward`` on the patient; at a = 0 it is the forward with
 every modality unobserved. The attribution of modality k is the sum over its token's dims (z
@@ -41,7 +43,7 @@ import torch
 
 from .site_data import SiteData
 from .tensors import SiteTensors
-from .tier1 import Tier1Model
+from .tier1 import Tier1Model, bag_means
 
 
 @dataclass
@@ -66,21 +68,24 @@ def _fill(model: Tier1Model, j: int, like: torch.Tensor) -> torch.Tensor:
     return model.pseudo[j].detach().expand(b, -1) if model.cfg.pseudo_embeddings else torch.zeros_like(like)
 
 
-def path_risk(model: Tier1Model, z: list[torch.Tensor], p: list[torch.Tensor]) -> torch.Tensor:
+def path_risk(model: Tier1Model, z: list[torch.Tensor], p: list[torch.Tensor],
+              m: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Tier 1 risk from per-modality tokens: z[k] [N, d] pooled representation, p[k] [N, 1] in [0, 1]
-    the observed indicator (1 = observed, 0 = absent; values between on an IG path). See the module
+    the observed indicator (1 = observed, 0 = absent; values between on an IG path), m[k] [N, D_k] the
+    bag's instance mean (the linear path's input; needed only with ``linear_path``). See the module
     docstring; at p in {0, 1} with z = pooled bag (p = 1) or the pseudo-embedding (p = 0), this equals
     ``model(x, inst_mask, observed).risk``."""
     slots = [model._with_prompts(z[j], j, p[j]) for j in range(len(z))]
     H = torch.cat(slots, dim=1)
+    x_hat = model.estimate(H) if model.cfg.estimator or model.linear is not None else None
+    lin = model.linear_input(m, torch.cat(p, dim=1), x_hat) if model.linear is not None else None
     if not model.cfg.estimator:
-        return model.head(H).squeeze(-1)
-    x_hat = model.estimate(H)
+        return model.risk_from(slots, lin)
     parts = []
     for j in range(len(z)):
         z_hat = model.encoders[j](x_hat[j])
         parts.append(model._with_prompts(p[j] * z[j] + (1.0 - p[j]) * z_hat, j, p[j]))
-    return model.head(torch.cat(parts, dim=1)).squeeze(-1)
+    return model.risk_from(parts, lin)
 
 
 def integrated_gradients(model: Tier1Model, x: list[torch.Tensor], inst_mask: list[torch.Tensor],
@@ -104,25 +109,31 @@ def integrated_gradients(model: Tier1Model, x: list[torch.Tensor], inst_mask: li
             obs = present[sl].bool()
             n = obs.shape[0]
             with torch.no_grad():
-                zs, att = model.encode([t[sl] for t in x], [m[sl] for m in inst_mask])
+                xs, ms = [t[sl] for t in x], [m[sl] for m in inst_mask]
+                zs, att = model.encode(xs, ms)
                 z_in = [torch.where(obs[:, j : j + 1], zs[j], _fill(model, j, zs[j])) for j in range(k)]
                 z_0 = [_fill(model, j, zs[j]) for j in range(k)]
                 p_in = [obs[:, j : j + 1].to(zs[j].dtype) for j in range(k)]
-                ends = path_risk(model, z_in, p_in)
-                starts = path_risk(model, z_0, [torch.zeros_like(q) for q in p_in])
+                m_in = [mean * obs[:, j : j + 1].to(mean.dtype) for j, mean in enumerate(bag_means(xs, ms))]
+                ends = path_risk(model, z_in, p_in, m_in)
+                starts = path_risk(model, z_0, [torch.zeros_like(q) for q in p_in], [torch.zeros_like(v) for v in m_in])
             a = alphas.to(zs[0].device).view(steps, 1, 1)
             with torch.enable_grad():
                 z_path = [(z_0[j] + a * (z_in[j] - z_0[j])).reshape(steps * n, -1).requires_grad_(True)
                           for j in range(k)]
                 p_path = [(a * p_in[j]).reshape(steps * n, 1).requires_grad_(True) for j in range(k)]
-                out = path_risk(model, z_path, p_path)
-                grads = torch.autograd.grad(out.sum(), z_path + p_path)
-            gz, gp = grads[:k], grads[k:]
+                m_path = [(a * m_in[j]).reshape(steps * n, -1).requires_grad_(True) for j in range(k)]
+                out = path_risk(model, z_path, p_path, m_path)
+                grads = torch.autograd.grad(out.sum(), z_path + p_path + m_path, allow_unused=True)
+            gz, gp, gm = grads[:k], grads[k:2 * k], grads[2 * k:]
             ig = []
             for j in range(k):
                 mz = gz[j].view(steps, n, -1).mean(dim=0)
                 mp = gp[j].view(steps, n, 1).mean(dim=0)
-                ig.append(((z_in[j] - z_0[j]) * mz).sum(dim=1) + (p_in[j] * mp).sum(dim=1))
+                term = ((z_in[j] - z_0[j]) * mz).sum(dim=1) + (p_in[j] * mp).sum(dim=1)
+                if gm[j] is not None:
+                    term = term + (m_in[j] * gm[j].view(steps, n, -1).mean(dim=0)).sum(dim=1)
+                ig.append(term)
             values.append(torch.stack(ig, dim=1).detach().cpu())
             risks.append(ends.cpu())
             base.append(starts.cpu())

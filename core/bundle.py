@@ -131,11 +131,17 @@ class ModelBundle:
         return FeatureStats({m: a[f"{m}.mean"] for m in names}, {m: a[f"{m}.std"] for m in names},
                             {m: a.get(f"{m}.anat-mu", np.zeros(0)) for m in names},
                             {m: a.get(f"{m}.anat-sigma", np.zeros(0)) for m in names},
-                            self.run_config.model.anat_partitions, {m: "transported" for m in names})
+                            self.run_config.model.anat_partitions, {m: "transported" for m in names},
+                            {m: np.asarray(a[f"{m}.basis"]) for m in names if f"{m}.basis" in a})
+
+    @property
+    def model_dims(self) -> dict[str, int]:
+        """The widths the models see: ``modalities`` (the schema on disk) reduced where a basis exists."""
+        return self.stats().model_dims(dict(self.modalities))
 
     def build_tier1(self) -> Tier1Model:
         cfg = self.run_config
-        model = build_model(dict(self.modalities), cfg.model, cfg.seed)
+        model = build_model(self.model_dims, cfg.model, cfg.seed)
         _load_state(model, self.tier1, "tier1")
         return model.eval()
 
@@ -143,7 +149,7 @@ class ModelBundle:
         if self.tier2 is None:
             return None
         cfg = self.run_config
-        model = build_tier2(dict(self.modalities), cfg.tier2, cfg.seed, tier1=cfg.model)
+        model = build_tier2(self.model_dims, cfg.tier2, cfg.seed, tier1=cfg.model)
         _load_state(model, self.tier2, "tier2")
         return model.eval()
 
@@ -187,7 +193,7 @@ def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, theta
         tier1={k: v.detach().cpu().clone() for k, v in tier1.state_dict().items()},
         tier2=None if tier2 is None else {k: v.detach().cpu().clone() for k, v in tier2.state_dict().items()},
         feature_stats={k: np.asarray(v) for k, v in stats.to_arrays().items()},
-        modalities=dict(zip(tier1.modalities, (int(d) for d in tier1.dims))), config=cfg.to_flat(),
+        modalities=stats.input_dims(), config=cfg.to_flat(),
         theta=float(theta), abstain_bound=float(abstain_bound), risk_scale=risk_scale or RiskScale(),
         rmm_version=installed_version(), baseline_hazard=baseline_hazard,
         risk_cutpoints=None if risk_cutpoints is None else [float(c) for c in risk_cutpoints],

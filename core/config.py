@@ -43,6 +43,18 @@ class Tier1Config(_Strict):
     lambda_task: float = Field(1.0, ge=0.0)
     anat_partitions: int = Field(4, ge=1, description="|R|: contiguous feature partitions per modality")
     anat_kappa: float = Field(2.0, gt=0.0, description="kappa: hinge tolerance in sigma_r units")
+    reduce_dim: int = Field(16, ge=0, description="wide modalities are reduced to this many federated principal "
+                            "components (core/feature_reduction.py); 0 = off")
+    reduce_above: int = Field(64, ge=1, description="a modality is wide when it has more columns than this")
+    input_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the (reduced) instance features "
+                                 "while training; 0 = off")
+    linear_path: bool = Field(True, description="add a linear Cox term on each modality's mean-pooled features "
+                              "(estimate when absent) and missing flags to the neural head")
+    linear_l2: float = Field(0.1, ge=0.0, description="ridge penalty (1/2 l2 ||beta||^2) on the linear path, the "
+                             "scale of lifelines' penalizer")
+    fusion: Literal["concat", "attention"] = Field(
+        "attention", description="how the head reads the slots: 'concat' = [h_1; ...; h_K] (the first release), "
+        "'attention' = shared-weight attention across the modality tokens (core/fusion.py)")
 
 
 class DPConfig(_Strict):
@@ -76,9 +88,20 @@ class RunConfig(_Strict):
     seed: int = 0
     rounds: int = Field(30, ge=1, description="Tier 1 federated rounds")
     local_epochs: int = Field(1, ge=1)
+    min_local_steps: int = Field(10, ge=0, description="Tier 1: a site runs as many epochs as it takes to make at "
+                                 "least this many mini-batch steps per round (small sites: 1 step per epoch); "
+                                 "0 = local-epochs exactly (the first release)")
     batch_size: int = Field(64, ge=2)
     lr: float = Field(2e-3, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0, description="Tier 1's weight decay (the first release: 1e-4 with adam)")
+    optimizer: Literal["adam", "adamw"] = Field("adamw", description="Tier 1's local optimiser; weight-decay is "
+                                                "decoupled with adamw, an L2 term with adam (the first release)")
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="Tier 1's learning rate over the rounds: "
+                                                       "cosine from lr to lr-min-ratio x lr, or constant")
+    lr_min_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    select_metric: Literal["c-index", "partial-likelihood"] = Field(
+        "partial-likelihood", description="criterion of select-best: the federated validation C-index, or the "
+        "site-stratified validation Cox partial log-likelihood per event (less noisy on small splits)")
     strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx mu (strategy = fedprox)")
     server_lr: float = Field(0.01, gt=0.0, description="FedAdam eta (strategy = fedadam)")

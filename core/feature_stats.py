@@ -11,14 +11,20 @@ the sums and derives:
 A site with fewer than ``min_count`` patients in a block sends zeros for that block, and withholds the
 complete-case block when the patients it leaves out of the other block are fewer than ``min_count``,
 so neither a block nor the difference of two blocks reveals a handful of patients.
+
+For wide modalities (core/feature_reduction.py) a third block, ``pca``, carries the count, sum and sum
+of outer products of the same patients (zeros below the floor, or when the site's policy withholds
+second moments); the server derives the federated PCA basis from it, and the L_anat statistics are
+then given in the reduced space.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .feature_reduction import OUTER, is_wide, outer_sum, project, whitened_basis
 from .site_data import SiteData
 
 BLOCKS = ("all", "complete")
@@ -36,8 +42,11 @@ def pooled_features(site: SiteData, modality: str) -> tuple[np.ndarray, np.ndarr
     return out, present
 
 
-def local_feature_sums(site: SiteData, indices: np.ndarray, min_count: int) -> dict[str, np.ndarray]:
-    """Per-modality sums over the given patients; keys ``<modality>.<block>.{n,sum,sumsq}``."""
+def local_feature_sums(site: SiteData, indices: np.ndarray, min_count: int, *, reduce_above: int = 0,
+                       reduce_dim: int = 0, second_moments: bool = True) -> dict[str, np.ndarray]:
+    """Per-modality sums over the given patients; keys ``<modality>.<block>.{n,sum,sumsq}``, plus
+    ``<modality>.pca.{n,sum,outer}`` ([1], [D], [D, D]) for the modalities :func:`is_wide` reduces
+    (zeros when ``second_moments`` is False: the site's policy withholds them)."""
     indices = np.asarray(indices, dtype=int)
     complete = np.ones(len(site.patient_ids), dtype=bool)
     for m in site.modalities:
@@ -58,11 +67,17 @@ def local_feature_sums(site: SiteData, indices: np.ndarray, min_count: int) -> d
                 out[f"{m}.{block}.n"] = np.zeros(1)
                 out[f"{m}.{block}.sum"] = np.zeros(d)
                 out[f"{m}.{block}.sumsq"] = np.zeros(d)
+                x = None
             else:
                 x = feats[rows]
                 out[f"{m}.{block}.n"] = np.array([float(n)])
                 out[f"{m}.{block}.sum"] = x.sum(axis=0)
                 out[f"{m}.{block}.sumsq"] = (x * x).sum(axis=0)
+            if block == "all" and is_wide(dim, reduce_above, reduce_dim):
+                send = x is not None and second_moments
+                out[f"{m}.pca.n"] = np.array([float(n)]) if send else np.zeros(1)
+                out[f"{m}.pca.sum"] = x.sum(axis=0) if send else np.zeros(d)
+                out[f"{m}.pca.{OUTER}"] = outer_sum(x) if send else np.zeros((d, d))
     return out
 
 
@@ -87,10 +102,29 @@ class FeatureStats:
     anat_sigma: dict[str, np.ndarray]  # [P] one scalar per partition (norm units)
     partitions: int
     anat_source: dict[str, str]  # "complete" or "all" (fallback when no complete cases)
+    basis: dict[str, np.ndarray] = field(default_factory=dict)  # [D, k] federated PCA of wide modalities
+
+    def model_dims(self, dims: dict[str, int]) -> dict[str, int]:
+        """The widths the models see: k for a reduced modality, its own dim otherwise."""
+        return {m: int(self.basis[m].shape[1]) if m in self.basis else int(d) for m, d in dims.items()}
+
+    def input_dims(self) -> dict[str, int]:
+        """The modalities' widths on disk (the schema), in the run's order."""
+        return {m: int(len(v)) for m, v in self.mean.items()}
+
+    def transform(self, m: str, x: np.ndarray) -> np.ndarray:
+        """Raw features [..., D] of modality ``m`` -> what the models see (standardised, then reduced)."""
+        return project((x - self.mean[m]) / self.std[m], self.basis.get(m))
 
     @classmethod
-    def from_sums(cls, sums: dict[str, np.ndarray], dims: dict[str, int], partitions: int) -> "FeatureStats":
-        mean, std, mu, sigma, source = {}, {}, {}, {}, {}
+    def from_sums(cls, sums: dict[str, np.ndarray], dims: dict[str, int], partitions: int,
+                  reduce_dim: int = 0) -> "FeatureStats":
+        """Standardisation, L_anat statistics and (where the sums carry outer products and
+        ``reduce_dim`` > 0) the federated PCA basis (from the ``pca`` blocks the sites sent). In a reduced modality L_anat's mu is the complete
+        cases' mean score and each partition's sigma is sqrt(its width): the scores have unit variance
+        over the training patients having the modality (the complete block's second moments are not
+        sent, so the "all" block stands in for them)."""
+        mean, std, mu, sigma, source, basis = {}, {}, {}, {}, {}, {}
         for m, d in dims.items():
             n = float(sums[f"{m}.all.n"][0])
             if n > 0:
@@ -108,15 +142,24 @@ class FeatureStats:
             mu_std = (ex - mean[m]) / std[m]
             exx_std = (exx - 2 * mean[m] * ex + mean[m] ** 2) / std[m] ** 2
             var_std = np.maximum(exx_std - mu_std**2, 0.0)
+            outer, n_pca = sums.get(f"{m}.pca.{OUTER}"), float(sums.get(f"{m}.pca.n", np.zeros(1))[0])
+            if reduce_dim > 0 and outer is not None and n_pca >= 2:
+                basis[m] = whitened_basis(n_pca, sums[f"{m}.pca.sum"], outer, mean[m], std[m], reduce_dim)
+                k = basis[m].shape[1]
+                mu[m] = mu_std @ basis[m]
+                sigma[m] = np.array([np.sqrt(float(c.stop - c.start)) for c in partition_slices(k, partitions)])
+                continue
             mu[m] = mu_std
             sigma[m] = np.array([np.sqrt(var_std[c].sum()) for c in partition_slices(d, partitions)])
-        return cls(mean, std, mu, sigma, partitions, source)
+        return cls(mean, std, mu, sigma, partitions, source, basis)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}
         for m in self.mean:
             out[f"{m}.mean"], out[f"{m}.std"] = self.mean[m], self.std[m]
             out[f"{m}.anat-mu"], out[f"{m}.anat-sigma"] = self.anat_mu[m], self.anat_sigma[m]
+            if m in self.basis:
+                out[f"{m}.basis"] = self.basis[m]
         return out
 
     @classmethod
@@ -129,6 +172,7 @@ class FeatureStats:
             {m: arrays[f"{m}.anat-sigma"] for m in names},
             partitions,
             {m: "transported" for m in names},
+            {m: arrays[f"{m}.basis"] for m in names if f"{m}.basis" in arrays},
         )
 
 

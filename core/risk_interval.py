@@ -19,7 +19,7 @@ import torch
 
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
-from .tier2_context import bag_encodings
+from .tier2_context import bag_encodings, data_means
 from .tier2_scoring import risk_of_draws
 
 LEVEL = 0.95
@@ -53,7 +53,7 @@ def tier1_risk_draws(tier1: Tier1Model, data: SiteTensors, *, seed: int, samples
                 passes = tier1.mc_passes(list(sub.x), list(sub.inst_mask), obs, samples=samples)
                 draws = torch.cat(list(passes.x_hat), dim=2)  # [T, B, sum D]
                 dims = [e.shape[2] for e in passes.x_hat]
-                out.append(risk_of_draws(tier1, bag_encodings(tier1, sub), obs, draws, dims).T.cpu())
+                out.append(risk_of_draws(tier1, bag_encodings(tier1, sub), obs, draws, dims, data_means(sub)).T.cpu())
     finally:
         tier1.train(was)
     return torch.cat(out).numpy() if out else np.zeros((0, samples or tier1.cfg.mc_samples))

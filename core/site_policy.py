@@ -11,6 +11,7 @@ File (TOML, or JSON with the same keys), every key optional::
     max-bins = 512             # bins of any histogram, points of the Breslow time grid
     min-bin-ratio = 1.02       # narrowest log-spaced histogram bin (upper / lower edge)
     one-grid-per-kind = true   # the first grid (and weights) answered per histogram kind is the only one
+    second-moments = true      # send sums of outer products of wide modalities (federated PCA)
     max-rounds = 100           # federated rounds per training phase
     phases = ["statistics", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation"]
 
@@ -84,6 +85,8 @@ class SitePolicy(_Kebab):
     min_bin_ratio: float = Field(1.02, gt=1.0, description="narrowest log-spaced bin accepted (upper / lower edge)")
     one_grid_per_kind: bool = Field(True, description="answer one grid (and one set of weights) per histogram kind")
     max_rounds: int = Field(100, ge=1, description="federated rounds per training phase")
+    second_moments: bool = Field(True, description="send sums of outer products x x^T of wide modalities' "
+                                 "features over >= min-patients patients (the federated PCA); false = zeros")
     phases: tuple[str, ...] = Field(PHASES, description="phases this site takes part in")
     dp: DPPolicy = Field(default_factory=DPPolicy)
 
@@ -104,6 +107,7 @@ class SitePolicy(_Kebab):
             f"min-bin-ratio      {self.min_bin_ratio:g}   (narrowest log bin: upper / lower edge)",
             f"one-grid-per-kind  {str(self.one_grid_per_kind).lower()}",
             f"max-rounds         {self.max_rounds}   (per training phase)",
+            f"second-moments     {str(self.second_moments).lower()}   (sums of outer products for the federated PCA)",
             f"phases             {', '.join(self.phases) or 'none'}",
             f"dp.required        {str(self.dp.required).lower()}",
             f"dp.max-epsilon     {eps}",

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .concordance import ConcordanceCounts, concordance_counts
+from .cox import cox_partial_log_likelihood
 from .config import RunConfig
 from .device import resolve_device
 from .feature_stats import FeatureStats, local_feature_sums
@@ -26,7 +27,7 @@ from .routing import ABSTAIN, HIGH_RISK_CONTEXT, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
 from .tier1 import Tier1Model, build_model
-from .train import TrainResult, predict_risk, train_tier1
+from .train import TrainResult, predict_risk, round_lr, train_tier1
 from .tier2 import Tier2Model, build_tier2
 from .tier2_train import predict_tier2, train_tier2
 from .tier2_gate import VALIDATION_KEYS
@@ -60,11 +61,20 @@ class SiteSession:
         self.dims = dict(dims)
 
     # ---- phase 2: federated feature statistics -----------------------------------------
-    def feature_sums(self, min_count: int) -> dict[str, np.ndarray]:
-        return local_feature_sums(self.data, self.data.indices("train"), min_count)
+    def feature_sums(self, min_count: int, *, reduce_above: int = 0, reduce_dim: int = 0,
+                     second_moments: bool = True) -> dict[str, np.ndarray]:
+        """Training-split sums; second moments too for the modalities the run reduces (federated PCA)."""
+        return local_feature_sums(self.data, self.data.indices("train"), min_count, reduce_above=reduce_above,
+                                  reduce_dim=reduce_dim, second_moments=second_moments)
+
+    @property
+    def model_dims(self) -> dict[str, int]:
+        """The widths the models see (reduced where the run's statistics carry a basis)."""
+        return self.stats.model_dims(self.dims) if self.stats is not None else dict(self.dims)
 
     def setup(self, cfg: RunConfig, stats: FeatureStats) -> None:
         self.cfg, self.stats = cfg, stats
+        self.__dict__.pop("_weight_shapes", None)
         self.tensors = build_tensors(self.data, stats, max_instances=cfg.model.max_instances,
                                      seed=site_seed(cfg.seed, self.data.site)).to(self.device)
 
@@ -74,7 +84,7 @@ class SiteSession:
 
     def model(self, weights: dict[str, np.ndarray] | None = None) -> Tier1Model:
         assert self.cfg is not None
-        m = build_model(self.dims, self.cfg.model, self.cfg.seed)
+        m = build_model(self.model_dims, self.cfg.model, self.cfg.seed)
         if weights is not None:
             set_weights(m, weights)
         return m.to(self.device)
@@ -88,7 +98,7 @@ class SiteSession:
         if self.cfg.dp.enabled:
             return self._train_dp(model, seed, proximal_mu, server_round)
         result = train_tier1(model, self._split("train"), self.stats, self.cfg, epochs=self.cfg.local_epochs,
-                             seed=seed, proximal_mu=proximal_mu)
+                             seed=seed, proximal_mu=proximal_mu, lr=round_lr(self.cfg, server_round))
         return get_weights(model), result
 
     def _train_dp(self, model: Tier1Model, seed: int, proximal_mu: float, server_round: int):
@@ -217,7 +227,7 @@ class SiteSession:
 
     def tier2_model(self, weights: dict[str, np.ndarray] | None = None) -> Tier2Model:
         assert self.cfg is not None
-        m = build_tier2(self.dims, self.cfg.tier2, self.cfg.seed, tier1=self.cfg.model)
+        m = build_tier2(self.model_dims, self.cfg.tier2, self.cfg.seed, tier1=self.cfg.model)
         if weights is not None:
             set_weights(m, weights)
         return m.to(self.device)
@@ -286,9 +296,13 @@ class SiteSession:
     def validate(self, weights: dict[str, np.ndarray]) -> dict[str, float]:
         """Comparable-pair counts of the validation split (the server combines them across sites)."""
         val = self._split("val")
-        counts = concordance_counts(val.time.cpu().numpy(), predict_risk(self.model(weights), val), val.event.cpu().numpy())
+        risk = predict_risk(self.model(weights), val)
+        counts = concordance_counts(val.time.cpu().numpy(), risk, val.event.cpu().numpy())
+        pll = cox_partial_log_likelihood(torch.as_tensor(risk, dtype=torch.float64), val.time.cpu().double(),
+                                         val.event.cpu().double())
         return {"n-val": float(len(val)), "pairs-concordant": counts.concordant,
-                "pairs-tied-risk": counts.tied_risk, "pairs-comparable": counts.comparable}
+                "pairs-tied-risk": counts.tied_risk, "pairs-comparable": counts.comparable,
+                "val-pll": float(pll), "val-events": float(val.event.sum())}
 
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),

@@ -22,7 +22,7 @@ class SiteTensors:
     modalities: tuple[str, ...]
     x: tuple[torch.Tensor, ...]
     inst_mask: tuple[torch.Tensor, ...]
-    target: tuple[torch.Tensor, ...]  # standardised mean-pooled features [N, D_k] (0 where absent)
+    target: tuple[torch.Tensor, ...]  # standardised (reduced) mean-pooled features [N, D_k] (0 where absent)
     present: torch.Tensor
     time: torch.Tensor
     event: torch.Tensor
@@ -85,28 +85,33 @@ def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def build_tensors(site: SiteData, stats: FeatureStats, *, max_instances: int, seed: int) -> SiteTensors:
-    """Pad, cap (seeded subsample of instances beyond ``max_instances``) and standardise a site."""
+    """Pad, cap (seeded subsample of instances beyond ``max_instances``), standardise and (for a
+    modality with a federated PCA basis) reduce a site."""
     rng = np.random.default_rng(seed)
     modalities = tuple(stats.mean)
     xs, masks, targets = [], [], []
     present = np.zeros((len(site.patient_ids), len(modalities)), dtype=bool)
     for k, m in enumerate(modalities):
         mean, std = stats.mean[m].astype(np.float32), stats.std[m].astype(np.float32)
+        basis = stats.basis.get(m)
+        basis = None if basis is None else basis.astype(np.float32)
+        width = len(mean) if basis is None else basis.shape[1]
         bags = site.bags.get(m, [None] * len(site.patient_ids))
         lengths = [0 if b is None else min(len(b), max_instances) for b in bags]
         length = max(1, max(lengths, default=1))
-        x = np.zeros((len(bags), length, len(mean)), dtype=np.float32)
+        x = np.zeros((len(bags), length, width), dtype=np.float32)
         mask = np.zeros((len(bags), length), dtype=bool)
         for i, bag in enumerate(bags):
             if bag is None:
                 continue
             if len(bag) > max_instances:
                 bag = bag[np.sort(rng.choice(len(bag), max_instances, replace=False))]
-            x[i, : len(bag)] = (bag - mean) / std
+            z = (bag - mean) / std
+            x[i, : len(bag)] = z if basis is None else z @ basis
             mask[i, : len(bag)] = True
             present[i, k] = True
         feats, _ = pooled_features(site, m) if m in site.bags else (np.zeros((len(bags), len(mean))), None)
-        target = np.where(present[:, k : k + 1], (feats - stats.mean[m]) / stats.std[m], 0.0)
+        target = np.where(present[:, k : k + 1], stats.transform(m, feats), 0.0)
         xs.append(torch.from_numpy(x))
         masks.append(torch.from_numpy(mask))
         targets.append(torch.from_numpy(target.astype(np.float32)))

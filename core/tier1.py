@@ -15,6 +15,15 @@ For each modality k (bags standardised by the federated feature statistics):
    parts make sigma^2 is core/uncertainty.py (:func:`~rmmfed.core.uncertainty.modality_sigma2`).
 4. The survival head reads [z~_k ; phi_mod^(k) ; flag_k] for all k, where z~_k = z_k when observed
    and g_k(x_hat_k) (a one-instance bag) when absent; with ``estimator`` off, the slot of eq. 2.
+   ``fusion`` "concat" reads the slots concatenated; "attention" mixes them as tokens by shared-weight
+   attention first (core/fusion.py), so the prompts and pseudo-embeddings act beyond a bias.
+5. With ``linear_path`` the risk adds a linear Cox term beta^T [m~_1; flag_1; ...; m~_K; flag_K], where
+   m~_k is the mean of the bag's (standardised, reduced) instances when observed and x_hat_k when absent
+   (0 with the estimator off), under a ridge penalty (``linear_l2``): the model contains the penalised
+   linear Cox model, so it need not lose to it on additive signal. Its weights start at zero.
+
+Inputs are the federated standardised features, reduced to federated principal components for wide
+modalities (core/feature_reduction.py); ``input_dropout`` drops instance features while training.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from torch import nn
 
 from .attention import GatedAttentionPool
 from .config import Tier1Config
+from .fusion import TokenFusion
 
 # Bounds of f_phi's log-variance (standardised features): exp(-10) = 4.5e-5 to exp(5) = 148, inside
 # the calibration histogram's default grid (hist-low 1e-8, hist-high 1e3) with room for the epistemic part.
@@ -85,8 +95,14 @@ class Tier1Model(nn.Module):
         self.est_in = nn.Linear(k * slot, cfg.hidden_dim)
         self.est_mid = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
         self.est_out = nn.ModuleList(nn.Linear(cfg.hidden_dim, D) for D in self.dims)
-        self.head = nn.Sequential(nn.Linear(k * slot, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+        head_in = k * slot if cfg.fusion == "concat" else d
+        self.head = nn.Sequential(nn.Linear(head_in, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.hidden_dim, 1))
+        self.fusion = TokenFusion(slot, d) if cfg.fusion == "attention" else None
+        self.linear: nn.Linear | None = None
+        if cfg.linear_path:  # one weight per feature and one per missing flag (0 input when the flags are off)
+            self.linear = nn.Linear(sum(self.dims) + k, 1, bias=False)
+            nn.init.zeros_(self.linear.weight)
         # Created last, so every other weight is initialised as in a model without it (same seed).
         self.est_logvar = (nn.ModuleList(nn.Linear(cfg.hidden_dim, 1) for _ in self.dims)
                            if cfg.uncertainty != "epistemic" else None)
@@ -134,25 +150,61 @@ class Tier1Model(nn.Module):
             return x_hat, None
         return x_hat, bounded_logvar(torch.cat([lv(h) for lv in self.est_logvar], dim=1))
 
-    def head_input(self, zs: list[torch.Tensor], observed: torch.Tensor, x_hat: list[torch.Tensor] | None,
-                   slots: list[torch.Tensor]) -> torch.Tensor:
+    def head_slots(self, zs: list[torch.Tensor], observed: torch.Tensor, x_hat: list[torch.Tensor] | None,
+                   slots: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The slots the head reads: observed encodings, and g_k(x_hat_k) for the absent (estimator on)."""
         if not self.cfg.estimator or x_hat is None:
-            return torch.cat(slots, dim=1)
+            return slots
         parts = []
         for j, z in enumerate(zs):
             obs = observed[:, j : j + 1]
             z_hat = self.encoders[j](x_hat[j])  # a one-instance bag pools to itself
             parts.append(self._with_prompts(torch.where(obs, z, z_hat), j, obs))
-        return torch.cat(parts, dim=1)
+        return parts
+
+    def linear_input(self, means: list[torch.Tensor], p: torch.Tensor, x_hat: list[torch.Tensor] | None, *,
+                     fill_always: bool = False) -> torch.Tensor | None:
+        """The linear path's input [B, sum D_k (+ K)]: p_k m_k + (1 - p_k) x_hat_k and the flag p_k per
+        modality. ``p`` [B, K] is the observed indicator (bool, or values in [0, 1] on an IG path).
+        ``x_hat`` fills the absent modalities with the estimator on, or always with ``fill_always``
+        (Tier 2's recovery); otherwise they enter as 0 (mean imputation)."""
+        if self.linear is None:
+            return None
+        p = p.to(means[0].dtype)
+        cols = []
+        for j, m in enumerate(means):
+            pj = p[:, j : j + 1]
+            use = x_hat is not None and (self.cfg.estimator or fill_always)
+            fill = x_hat[j] if use else torch.zeros_like(m)
+            cols.append(pj * m + (1.0 - pj) * fill)
+            cols.append(pj if self.cfg.missing_prompts else torch.zeros_like(pj))
+        return torch.cat(cols, dim=1)
+
+    def risk_from(self, parts: list[torch.Tensor], lin: torch.Tensor | None) -> torch.Tensor:
+        """The survival head on its slots (fused as configured) plus the linear path: risk [B]."""
+        fused = torch.cat(parts, dim=1) if self.fusion is None else self.fusion(parts)
+        risk = self.head(fused).squeeze(-1)
+        if self.linear is not None:
+            risk = risk + self.linear(lin).squeeze(-1)
+        return risk
+
+    def linear_penalty(self) -> torch.Tensor | float:
+        """linear_l2 / 2 ||beta||^2 of the linear path (0 without it)."""
+        if self.linear is None or self.cfg.linear_l2 == 0:
+            return 0.0
+        return 0.5 * self.cfg.linear_l2 * (self.linear.weight ** 2).sum()
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x: list[torch.Tensor], inst_mask: list[torch.Tensor], observed: torch.Tensor) -> Tier1Output:
         """observed [B, K] bool: the modalities the model may look at (present, minus any masked)."""
+        if self.training and self.cfg.input_dropout > 0:
+            x = [F.dropout(t, self.cfg.input_dropout, True) for t in x]
         zs, attns = self.encode(x, inst_mask)
         slots = self._slots(zs, observed)
         H = torch.cat(slots, dim=1)
         x_hat, logvar = self.estimate_with_logvar(H)
-        risk = self.head(self.head_input(zs, observed, x_hat, slots)).squeeze(-1)
+        lin = self.linear_input(bag_means(x, inst_mask), observed, x_hat) if self.linear is not None else None
+        risk = self.risk_from(self.head_slots(zs, observed, x_hat, slots), lin)
         return Tier1Output(risk, x_hat, attns, logvar)
 
     @torch.no_grad()
@@ -166,7 +218,8 @@ class Tier1Model(nn.Module):
         slots = self._slots(zs, observed)
         H = torch.cat(slots, dim=1)
         x_hat = self.estimate(H)
-        risk = self.head(self.head_input(zs, observed, x_hat, slots)).squeeze(-1)
+        lin = self.linear_input(bag_means(x, inst_mask), observed, x_hat) if self.linear is not None else None
+        risk = self.risk_from(self.head_slots(zs, observed, x_hat, slots), lin)
         return risk, self._mc(H, samples)
 
     @torch.no_grad()
@@ -186,6 +239,15 @@ class Tier1Model(nn.Module):
         t, b = samples or self.cfg.mc_samples, H.shape[0]
         est, logvar = self.estimate_with_logvar(H.repeat(t, 1), mc=True)  # rows sample-major
         return McPasses([e.view(t, b, -1) for e in est], None if logvar is None else logvar.view(t, b, -1))
+
+
+def bag_means(x: list[torch.Tensor], inst_mask: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Mean of each bag's instances per modality [B, D_k] (0 for an empty bag): the linear path's input."""
+    out = []
+    for t, m in zip(x, inst_mask):
+        w = m.to(t.dtype).unsqueeze(-1)
+        out.append((t * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0))
+    return out
 
 
 def build_model(dims: dict[str, int], cfg: Tier1Config, seed: int) -> Tier1Model:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .tensors import SiteTensors
-from .tier1 import Tier1Model
+from .tier1 import Tier1Model, bag_means
 
 
 def observed_patterns(k: int) -> list[tuple[bool, ...]]:
@@ -47,6 +47,11 @@ def bag_encodings(tier1: Tier1Model, data: SiteTensors, batch: int = 4096) -> li
     return [torch.cat([p[j] for p in parts]) for j in range(k)]
 
 
+def data_means(data: SiteTensors) -> list[torch.Tensor]:
+    """Each bag's instance mean per modality [N, D_k]: what Tier 1's linear path reads of an observed bag."""
+    return bag_means(list(data.x), list(data.inst_mask))
+
+
 def tier1_slots(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Tensor) -> torch.Tensor:
     """Tier 1's eq. 2 slots H = [h_1; ...; h_K] [N, K (d + d_p + 1)] under ``observed``: the encodings
     of the observed bags, pseudo-embeddings elsewhere, with the prompts."""
@@ -59,6 +64,7 @@ class PatternBank:
 
     present: torch.Tensor  # [N, K] bool
     zs: list[torch.Tensor]  # per modality [N, d]
+    means: list[torch.Tensor]  # per modality [N, D_k]: the bags' instance means (Tier 1's linear path)
     patterns: torch.Tensor  # [P, K] bool
     x_hat: torch.Tensor  # [P, N, sum D]
     sigma2: torch.Tensor  # [P, N, K]
@@ -87,8 +93,9 @@ class PatternBank:
         full = [i for i, p in enumerate(patterns) if bool(p.all())][0]
         dims = [t.shape[1] for t in data.target]
         tier1.eval()
-        risk_full = tier1_head_risk(tier1, zs, present, list(torch.split(x_hats[full], dims, dim=1)))
-        return PatternBank(present, zs, patterns, torch.stack(x_hats), torch.stack(sig), valid, risk_full)
+        means = data_means(data)
+        risk_full = tier1_head_risk(tier1, zs, present, list(torch.split(x_hats[full], dims, dim=1)), means)
+        return PatternBank(present, zs, means, patterns, torch.stack(x_hats), torch.stack(sig), valid, risk_full)
 
     def trainable(self) -> torch.Tensor:
         """Indices of the patients with at least one valid pattern (>= 2 modalities present)."""

@@ -20,8 +20,9 @@ from .tier1 import Tier1Model
 
 
 def tier1_head_risk(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Tensor,
-                    fill: list[torch.Tensor]) -> torch.Tensor:
-    """Tier 1's head on observed encodings ``zs`` and g_k(``fill``_k) for the unobserved modalities [B].
+                    fill: list[torch.Tensor], means: list[torch.Tensor]) -> torch.Tensor:
+    """Tier 1's head on observed encodings ``zs`` and g_k(``fill``_k) for the unobserved modalities [B];
+    its linear path (if any) reads the observed bags' means ``means`` and ``fill`` for the rest.
 
     Differentiable in ``fill`` (L_cons trains Tier 2 through it); call with Tier 1 in eval mode."""
     parts = []
@@ -30,23 +31,25 @@ def tier1_head_risk(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.T
         obs = obs_all[:, j : j + 1]
         z_hat = tier1.encoders[j](fill[j])
         parts.append(tier1._with_prompts(torch.where(obs, z, z_hat), j, obs))
-    return tier1.head(torch.cat(parts, dim=1)).squeeze(-1)
+    lin = tier1.linear_input(means, obs_all, fill, fill_always=True)
+    return tier1.risk_from(parts, lin)
 
 
 @torch.no_grad()
 def risk_of_draws(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Tensor, draws: torch.Tensor,
-                  dims: list[int] | tuple[int, ...]) -> torch.Tensor:
+                  dims: list[int] | tuple[int, ...], means: list[torch.Tensor]) -> torch.Tensor:
     """Risk of each of S recovered draws [S, B, sum D] through Tier 1's head -> [S, B] (one batched pass)."""
     s, b = draws.shape[0], draws.shape[1]
     zs_rep = [z.repeat(s, 1) for z in zs]
+    means_rep = [m.repeat(s, 1) for m in means]
     fill = list(torch.split(draws.reshape(s * b, -1), list(dims), dim=1))
-    return tier1_head_risk(tier1, zs_rep, observed.repeat(s, 1), fill).view(s, b)
+    return tier1_head_risk(tier1, zs_rep, observed.repeat(s, 1), fill, means_rep).view(s, b)
 
 
 def tier2_risk(tier2, tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Tensor,
-               x_rec: torch.Tensor) -> torch.Tensor:
+               x_rec: torch.Tensor, means: list[torch.Tensor]) -> torch.Tensor:
     """Tier 2's risk [B] at its point recovery ``x_rec`` [B, sum D]: through Tier 1's head (risk-head =
     tier1) or the multi-branch head on every modality (risk-head = branches)."""
     if tier2.cfg.uses_branches:
         return tier2.risk(x_rec, torch.ones_like(observed, dtype=torch.bool))
-    return tier1_head_risk(tier1, zs, observed, tier2.split(x_rec))
+    return tier1_head_risk(tier1, zs, observed, tier2.split(x_rec), means)

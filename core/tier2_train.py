@@ -44,7 +44,7 @@ from .diffusion import ddpm_step
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model, concat_modalities, coord_mask
-from .tier2_context import PatternBank, bag_encodings, tier1_slots
+from .tier2_context import PatternBank, bag_encodings, data_means, tier1_slots
 from .tier2_scoring import risk_of_draws, tier1_head_risk, tier2_risk
 from .tier2_config import Tier2Config
 from .uncertainty import estimate_and_sigma2
@@ -141,6 +141,7 @@ def train_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: Ti
             x_obs = x0 * obs_c.to(x0.dtype)
             x0_in = torch.where(coord_mask(present, dims), x0, x_hat)  # a modality never had: Tier 1's stand-in
             zs = [z[idx] for z in bank.zs]
+            means = [m[idx] for m in bank.means]
             enc = tier1_slots(tier1, zs, observed) if tier2.enc_dim else None
             cond = tier2.condition(x_obs, observed, x_hat, sigma2, enc)
             step = ddpm_step(tier2.denoiser, x0_in, hid_c, cond, dgen, denoise=~obs_c,
@@ -153,7 +154,7 @@ def train_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: Ti
                 l_cons = F.mse_loss(tier2.risk(x_cons, present), risk_real.detach())
                 l_div = diversity_loss(o) if cfg.use_diversity else zero
             else:  # one head for both tiers: consistency of Tier 1's risk on recovered vs real features
-                r_cons = tier1_head_risk(tier1, zs, observed, list(torch.split(x_cons, dims, dim=1)))
+                r_cons = tier1_head_risk(tier1, zs, observed, list(torch.split(x_cons, dims, dim=1)), means)
                 l_cons = F.mse_loss(r_cons, bank.risk_full[idx])
                 l_task = l_div = zero
             loss = step.loss + cfg.alpha_cons * l_cons + cfg.beta_div * l_div + cfg.lambda_task * l_task
@@ -212,7 +213,7 @@ def predict_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: 
         sub = data.subset(torch.arange(s, min(s + batch, len(data))))
         obs = sub.present.bool()
         x_obs, x_hat, sigma2 = tier2_inputs(tier1, sub, obs, seed=seed + 1 + i, mc_samples=mc_samples)
-        zs = bag_encodings(tier1, sub)
+        zs, means = bag_encodings(tier1, sub), data_means(sub)
         enc = tier1_slots(tier1, zs, obs) if tier2.enc_dim else None
         x_rec, var_k, draws = tier2.recover(x_obs, obs, x_hat, sigma2, samples=cfg.samples, steps=cfg.sample_steps,
                                             generator=gen, enc=enc, return_draws=True)
@@ -220,8 +221,8 @@ def predict_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: 
             everything = torch.ones_like(obs)
             r = torch.stack([tier2.risk(d, everything) for d in draws])
         else:
-            r = risk_of_draws(tier1, zs, obs, draws, dims)
-        risks.append(tier2_risk(tier2, tier1, zs, obs, x_rec).cpu())
+            r = risk_of_draws(tier1, zs, obs, draws, dims, means)
+        risks.append(tier2_risk(tier2, tier1, zs, obs, x_rec, means).cpu())
         draws_r.append(r.T.cpu())
         uncs.append(tier2.patient_uncertainty(var_k, obs).cpu())
         recs.append(x_rec.cpu())

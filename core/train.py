@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 
@@ -31,24 +33,52 @@ class TrainResult:
         return out
 
 
+def round_lr(cfg: RunConfig, server_round: int) -> float:
+    """Tier 1's learning rate in round ``server_round`` (1-based) of ``cfg.rounds``: constant, or cosine
+    from lr (round 1) to lr-min-ratio x lr (the last round)."""
+    if cfg.lr_schedule == "constant" or cfg.rounds <= 1:
+        return cfg.lr
+    t = min(max(server_round - 1, 0), cfg.rounds - 1) / (cfg.rounds - 1)
+    low = cfg.lr * cfg.lr_min_ratio
+    return low + 0.5 * (cfg.lr - low) * (1.0 + math.cos(math.pi * t))
+
+
+def local_epoch_count(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """``epochs``, raised until an epoch of ``n`` patients in batches of ``batch_size`` (a last batch of
+    one patient is skipped) gives at least ``min_steps`` steps in all."""
+    per_epoch = n // batch_size + (1 if n % batch_size >= 2 else 0)
+    if min_steps <= 0 or per_epoch == 0:
+        return epochs
+    return max(epochs, math.ceil(min_steps / per_epoch))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (L2 weight decay, the first release), per ``cfg.optimizer``."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+
+
 def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: RunConfig, *, epochs: int,
-                seed: int, proximal_mu: float = 0.0) -> TrainResult:
-    """Mini-batch Adam on L_Tier1 over ``data`` (already on the model's device), seeded.
+                seed: int, proximal_mu: float = 0.0, lr: float | None = None) -> TrainResult:
+    """Mini-batch Adam(W) on L_Tier1 over ``data`` (already on the model's device), seeded, at ``lr``
+    (default ``cfg.lr``; a federated round passes :func:`round_lr`).
 
     Each batch builds two views: the task view (modality dropout with p when on) feeds L_task; the
     reconstruction view hides one present modality per patient, so f_phi learns to recover it
     (L_rec, L_anat) whether or not augmentation is on. With the variance head (``model.uncertainty``
     not "epistemic") L_nll of the same view is added (core/tier1_loss.variance_nll). With
-    ``proximal_mu`` > 0 (FedProx) the proximal term mu/2 ||w - w_global||^2 is added.
+    ``proximal_mu`` > 0 (FedProx) the proximal term mu/2 ||w - w_global||^2 is added, and with the
+    linear path its ridge penalty (``model.linear-l2``).
     """
     device = data.present.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     dgen = torch.Generator(device=device).manual_seed(seed + 1)
     mc = cfg.model
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg, cfg.lr if lr is None else lr)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     n = len(data)
+    epochs = local_epoch_count(n, cfg.batch_size, epochs, cfg.min_local_steps)
     with_nll = model.est_logvar is not None
     sums = np.zeros(5)
     steps = 0
@@ -73,7 +103,7 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
                 x_hat = rec.x_hat
                 l_rec = reconstruction_loss(x_hat, b.target, hidden)
                 l_anat = anatomical_loss(x_hat, hidden, stats, model.modalities, mc.anat_kappa)
-                loss = l_rec + mc.lambda_anat * l_anat + mc.lambda_task * l_task
+                loss = l_rec + mc.lambda_anat * l_anat + mc.lambda_task * l_task + model.linear_penalty()
                 l_nll = variance_nll(x_hat, rec.logvar, b.target, hidden) if with_nll else None
                 if l_nll is not None:
                     loss = loss + l_nll

@@ -154,7 +154,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
 
     ``point_only``: Tier 2 runs only the first DDIM step (its point recovery, the posterior-mean
     estimate, :meth:`Tier2Model.recover`), so ``unc2`` is left empty: the cheap per-round validation."""
-    from .tier2_context import bag_encodings, tier1_slots
+    from .tier2_context import bag_encodings, data_means, tier1_slots
     from .tier2_scoring import tier2_risk
     from .train import predict_risk
     from .tier2_train import tier2_inputs
@@ -172,7 +172,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     gen = torch.Generator(device=sub.present.device).manual_seed(seed)
     was = tier1.training
     tier1.eval()
-    zs = bag_encodings(tier1, sub)
+    zs, means = bag_encodings(tier1, sub), data_means(sub)
     for p_i, pattern in enumerate(masking_patterns(len(dims))):
         obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
         x_obs, x_hat, var_k = tier2_inputs(tier1, sub, obs, seed=seed + p_i, mc_samples=cfg.model.mc_samples)
@@ -192,6 +192,6 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
             if not point_only:
                 out["unc2"].append(tier2.patient_uncertainty(var2, obs).cpu().numpy())
             out["err2"].append((((x_rec - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
-            out["risk2"].append(tier2_risk(tier2, tier1, zs, obs, x_rec).cpu().numpy())
+            out["risk2"].append(tier2_risk(tier2, tier1, zs, obs, x_rec, means).cpu().numpy())
     tier1.train(was)
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}

@@ -124,14 +124,16 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
 
     # 2. federated feature statistics (counts, sums, sums of squares)
     t = time.perf_counter()
-    conf = ConfigRecord({"schema": P.encode_schema(hs.dims), "min-stat-count": cfg.min_stat_count})
+    conf = ConfigRecord({"schema": P.encode_schema(hs.dims), "min-stat-count": cfg.min_stat_count,
+                         "reduce-above": cfg.model.reduce_above, "reduce-dim": cfg.model.reduce_dim})
     replies = ask(grid, accepted, P.STATS, cfg.round_timeout_s, config=conf)
     answered("statistics", replies)
     accepted = [n for n in accepted if n in replies]
     if not accepted:
         raise FederationError("no site returned feature statistics")
     sums = add_sums([from_record(replies[n].content[P.SUMS]) for n in accepted])
-    stats = FeatureStats.from_sums(sums, hs.dims, cfg.model.anat_partitions)
+    stats = FeatureStats.from_sums(sums, hs.dims, cfg.model.anat_partitions, cfg.model.reduce_dim)
+    model_dims = stats.model_dims(hs.dims)
 
     # 3. setup: every site gets the run config and the statistics once
     replies = ask(grid, accepted, P.SETUP, cfg.round_timeout_s, config=ConfigRecord({**cfg.to_flat(), "schema": P.encode_schema(hs.dims)}),
@@ -140,7 +142,9 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     accepted = [n for n in accepted if n in replies]
     timing["statistics"] = time.perf_counter() - t
     say(f"statistics: feature sums from {len(accepted)} site(s); L_anat on "
-        + ", ".join(f"{m}:{src}" for m, src in sums_source(sums, hs.dims).items()))
+        + ", ".join(f"{m}:{src}" for m, src in sums_source(sums, hs.dims).items())
+        + ("; federated PCA " + ", ".join(f"{m} {hs.dims[m]}->{model_dims[m]}" for m in stats.basis)
+           if stats.basis else ""))
 
     # 4. Tier 1 rounds
     t = time.perf_counter()
@@ -149,7 +153,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     base = {"config": cfg.to_flat(), "dims": hs.dims}
     weights, history, best_round, strategy = run_phase(
         grid, cfg, accepted, phase="tier1", rounds=cfg.rounds, select_best=cfg.select_best, train_type=P.TRAIN,
-        initial=ArrayRecord(build_model(hs.dims, cfg.model, cfg.seed).state_dict()),
+        initial=ArrayRecord(build_model(model_dims, cfg.model, cfg.seed).state_dict()),
         state=state, ckpt=ckpt, base=base, progress=progress)
     base["tier1"] = {"weights": weights, "history": history, "best_round": best_round}
     ckpt.save({**base, "phase": "tier1-done"})
@@ -192,7 +196,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
             grid, cfg, accepted, phase="tier2", rounds=cfg.tier2_rounds,
             select_best=cfg.tier2_select_best or cfg.tier2_gate, keep_best=cfg.tier2_select_best,
             train_type=P.TRAIN_TIER2, evaluate_config={"split": "val", "tier": 2},
-            initial=ArrayRecord(build_tier2(hs.dims, cfg.tier2, cfg.seed, tier1=cfg.model).state_dict()),
+            initial=ArrayRecord(build_tier2(model_dims, cfg.tier2, cfg.seed, tier1=cfg.model).state_dict()),
             state=state, ckpt=ckpt, base=base, progress=progress)
         ckpt.save({**base, "phase": "tier2-done", "tier2": {"weights": tier2_weights, "history": tier2_history,
                                                              "best_round": tier2_round}})

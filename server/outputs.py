@@ -235,18 +235,24 @@ def render_report(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _criterion(m: dict[str, Any]) -> str:
+    metric = (m.get("config") or {}).get("select-metric", "c-index")
+    return ("site-stratified validation partial log-likelihood per event" if metric == "partial-likelihood"
+            else "federated validation C-index")
+
+
 def _participation_lines(m: dict[str, Any]) -> list[str]:
     """Tier 1 rounds (sites trained / failed / validated) and any phase a site did not answer."""
     history = m.get("history") or []
     if not history:
         return []
     lines = ["## Rounds and participation", "",
-             f"Selected round (best federated validation C-index): {m.get('selected_round', 'n/a')}.", "",
-             "| round | sites trained | failed | sites validated | validation C-index | seconds |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"Selected round (best {_criterion(m)}): {m.get('selected_round', 'n/a')}.", "",
+             "| round | sites trained | failed | sites validated | validation C-index | validation log-PL per event | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for h in history:
         lines.append(f"| {h['round']} | {h.get('sites', 'n/a')} | {h.get('failed', 0)} | {h.get('val-sites', 'n/a')} | "
-                     f"{_f(h.get('val-c-index'))} | {_f(h.get('seconds'), 1)} |")
+                     f"{_f(h.get('val-c-index'))} | {_f(h.get('val-pll'))} | {_f(h.get('seconds'), 1)} |")
     accepted = set(m.get("sites", {}).get("accepted", []))
     missing = {phase: sorted(accepted - set(sites)) for phase, sites in (m.get("participation") or {}).items()}
     missing = {phase: sites for phase, sites in missing.items() if sites}

@@ -89,8 +89,9 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, ro
     if keep_best and strategy.best_arrays is not None:
         final, best_round = strategy.best_arrays, strategy.best_round
         if phase == "tier1":
-            say(f"model selection: round {best_round} has the best federated validation C-index "
-                f"({strategy.best_score:.4f})")
+            what = ("site-stratified validation partial log-likelihood per event"
+                    if cfg.select_metric == "partial-likelihood" else "federated validation C-index")
+            say(f"model selection: round {best_round} has the best {what} ({strategy.best_score:.4f})")
         else:
             say(f"model selection: {phase} round {best_round} has the lowest federated masked validation "
                 f"recovery MSE ({-strategy.best_score:.4f})")

@@ -24,9 +24,11 @@ def _restricted(base: type) -> type:
         """Sends only to accepted nodes; records per-round metrics and timing for the report."""
 
         def __init__(self, *args, accepted: set[int], on_round: Callable[[int, dict], None],
-                     train_type: str = "train", round_offset: int = 0, **kwargs) -> None:
+                     train_type: str = "train", round_offset: int = 0, select_metric: str = "c-index",
+                     **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.train_type = train_type
+            self.select_metric = select_metric  # Tier 1 rounds: "c-index" or "partial-likelihood"
             self.round_offset = round_offset  # rounds completed before a resume
             self.accepted = accepted
             self.on_round = on_round
@@ -57,7 +59,9 @@ def _restricted(base: type) -> type:
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
             """Validation score from the sites' sums; keeps the best round's weights.
 
-            Tier 1 rounds: the C-index from comparable-pair counts. Tier 2 rounds (replies carrying
+            Tier 1 rounds: the C-index from comparable-pair counts, or (select-metric =
+            partial-likelihood) the site-stratified validation Cox partial log-likelihood per event,
+            sum of the sites' log-likelihoods over the sum of their events; both are recorded. Tier 2 rounds (replies carrying
             ``tier2-val-*`` sums, core/tier2_gate.py): minus the masked recovery MSE, and the history
             keeps the sums the gate compares. The history records how many sites' validation counts
             entered the score ("val-sites"): a site missing from a validation round changes the score,
@@ -77,8 +81,11 @@ def _restricted(base: type) -> type:
             else:
                 counts = [ConcordanceCounts(float(m["pairs-concordant"]), float(m["pairs-tied-risk"]),
                                             float(m["pairs-comparable"])) for m in good]
-                score = combined_c_index(counts) if counts else float("nan")
-                extra = {"val-c-index": score}
+                c = combined_c_index(counts) if counts else float("nan")
+                events = sum(float(m.get("val-events", 0.0)) for m in good)
+                pll = sum(float(m.get("val-pll", 0.0)) for m in good) / events if events > 0 else float("nan")
+                extra = {"val-c-index": c, "val-pll": pll}
+                score = pll if self.select_metric == "partial-likelihood" else c
             if len(good) < len(replies):
                 refused = sum(1 for r in replies if r.has_error() and refused_key(r.error.reason))
                 failed = len(replies) - len(good) - refused
@@ -93,7 +100,9 @@ def _restricted(base: type) -> type:
             self.on_evaluated(rnd)
             if score != score:
                 return None
-            return MetricRecord({"val-recovery-mse": -score} if "val-sums" in extra else {"val-c-index": score})
+            if "val-sums" in extra:
+                return MetricRecord({"val-recovery-mse": -score})
+            return MetricRecord({k: v for k, v in extra.items() if v == v})
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             # Replies arrive in completion order; sort them by content so that the float sums of the
@@ -133,7 +142,7 @@ def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Ca
     select = cfg.select_best if select_best is None else select_best
     common = dict(fraction_train=1.0, fraction_evaluate=1.0 if select else 0.0, min_train_nodes=need,
                   min_evaluate_nodes=need, min_available_nodes=need, accepted=accepted, on_round=on_round,
-                  train_type=train_type, round_offset=round_offset)
+                  train_type=train_type, round_offset=round_offset, select_metric=cfg.select_metric)
     common.update(max_update_norm=cfg.max_update_norm, norm_action=cfg.norm_action)  # DefendedAggregation
     if cfg.strategy == "fedprox":
         strategy = _restricted(defended(FedProx))(proximal_mu=cfg.proximal_mu, **common)

@@ -10,31 +10,51 @@ A real federation cannot compute any of these; they are labelled as simulation-o
 
 from __future__ import annotations
 
+import torch
+
 from ..core.concordance import c_index
+from ..core.cox import cox_partial_log_likelihood
 from ..core.config import RunConfig
 from ..core.feature_stats import FeatureStats, add_sums, local_feature_sums
 from ..core.site_data import SiteData
 from ..core.tensors import SiteTensors, build_tensors
 from ..core.tier1 import build_model
-from ..core.train import predict_risk, train_tier1
+from ..core.train import predict_risk, round_lr, train_tier1
 from ..core.weights import get_weights, set_weights
 from ..core.site_session import site_seed
 
 
+def stratified_pll(model, parts: list[SiteTensors]) -> float:
+    """The federation's selection criterion on pooled data: the sites' validation Cox partial
+    log-likelihoods summed, per event (risk sets within each site)."""
+    total, events = 0.0, 0.0
+    for part in parts:
+        risk = torch.as_tensor(predict_risk(model, part), dtype=torch.float64)
+        total += float(cox_partial_log_likelihood(risk, part.time.double(), part.event.double()))
+        events += float(part.event.sum())
+    return total / events if events > 0 else float("nan")
+
+
 def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: RunConfig) -> dict[str, float]:
     """Train centrally for rounds x local-epochs epochs on the pooled train splits; C-index on pooled test."""
-    sums = add_sums([local_feature_sums(s, s.indices("train"), 1) for s in sites])
-    stats = FeatureStats.from_sums(sums, dims, cfg.model.anat_partitions)
+    mc = cfg.model
+    sums = add_sums([local_feature_sums(s, s.indices("train"), 1, reduce_above=mc.reduce_above,
+                                        reduce_dim=mc.reduce_dim) for s in sites])
+    stats = FeatureStats.from_sums(sums, dims, mc.anat_partitions, mc.reduce_dim)
     tensors = [build_tensors(s, stats, max_instances=cfg.model.max_instances, seed=site_seed(cfg.seed, s.site))
                for s in sites]
-    train, val, test = (SiteTensors.concat([t.subset(s.indices(split)) for t, s in zip(tensors, sites)])
-                        for split in ("train", "val", "test"))
-    model = build_model(dims, cfg.model, cfg.seed)
+    train, test = (SiteTensors.concat([t.subset(s.indices(split)) for t, s in zip(tensors, sites)])
+                   for split in ("train", "test"))
+    vals = [t.subset(s.indices("val")) for t, s in zip(tensors, sites)]
+    val = SiteTensors.concat(vals)
+    model = build_model(stats.model_dims(dims), cfg.model, cfg.seed)
     best, best_score, best_epoch = get_weights(model), float("-inf"), 0
     for epoch in range(1, cfg.rounds + 1):  # one pooled pass per federated round
-        train_tier1(model, train, stats, cfg, epochs=cfg.local_epochs, seed=site_seed(cfg.seed, "pooled", epoch))
+        train_tier1(model, train, stats, cfg, epochs=cfg.local_epochs, seed=site_seed(cfg.seed, "pooled", epoch),
+                    lr=round_lr(cfg, epoch))
         if cfg.select_best:
-            score = c_index(val.time.numpy(), predict_risk(model, val), val.event.numpy())
+            score = (stratified_pll(model, vals) if cfg.select_metric == "partial-likelihood"
+                     else c_index(val.time.numpy(), predict_risk(model, val), val.event.numpy()))
             if score > best_score:
                 best, best_score, best_epoch = get_weights(model), score, epoch
     if cfg.select_best:
@@ -43,4 +63,4 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
     return {"c_index": c_index(test.time.numpy(), risk, test.event.numpy()),
             "selected_epoch": best_epoch if cfg.select_best else cfg.rounds,
             "note": "simulation only: the same model and loop trained centrally on the pooled training splits, "
-                    "selected on the pooled validation split like the federation selects its round"}
+                    "selected on the validation splits by the federation's criterion (select-metric)"}

@@ -218,7 +218,7 @@ def test_dp_training_is_reproducible_for_a_seed(dp_setup, dims):
 
 def test_per_sample_gradients_match_single_patient_autograd(dp_setup, dims, tier1_cfg):
     data, stats, cfg, cuts = dp_setup
-    model = build_model(dims, tier1_cfg.model_copy(update={"dropout": 0.0}), 0)
+    model = build_model(dims, tier1_cfg.model_copy(update={"dropout": 0.0, "input_dropout": 0.0}), 0)
     net = PerSampleTier1Loss(model, DiscreteTimeBaseline(len(cuts) + 1), cuts, stats, 2.0, separate_rec_view=False)
     w = torch.tensor([1.0, 0.1, 1.0, 1.0])  # rec, anat, task, nll (the variance head's weights too)
     b = data.subset(np.arange(5))

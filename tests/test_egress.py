@@ -88,6 +88,16 @@ def test_feature_sums_are_one_dimensional_aggregates():
         check_reply(req, _reply(req, sums=_arrays(**{"a.all.rows": np.ones((30, 2))})))
 
 
+def test_outer_product_sums_must_be_square_beside_their_blocks_sum():
+    req = _msg("query.stats", config=ConfigRecord({"schema": "a:3", "min-stat-count": 5}))
+    ok = {"a.pca.n": np.ones(1), "a.pca.sum": np.ones(3), "a.pca.outer": np.ones((3, 3))}
+    check_reply(req, _reply(req, sums=_arrays(**ok)))
+    for bad in ({**ok, "a.pca.outer": np.ones((40, 3))}, {"a.pca.n": np.ones(1), "a.pca.outer": np.ones((3, 3))},
+                {**ok, "a.all.outer": np.ones((3, 3))}):
+        with pytest.raises(EgressViolation, match="feature-sum"):
+            check_reply(req, _reply(req, sums=_arrays(**bad)))
+
+
 def test_config_replies_are_only_allowed_for_the_schema_handshake():
     req = _msg("evaluate", arrays=_arrays(w=np.zeros(2)))
     with pytest.raises(EgressViolation, match="config"):

@@ -14,7 +14,7 @@ def _metrics(participation: dict[str, list[str]]) -> dict:
 def test_a_site_lost_mid_run_shows_in_the_rounds_and_the_phases_it_missed():
     text = "\n".join(_participation_lines(_metrics({"handshake": ["A", "B", "C"], "calibration": ["A", "B"],
                                                      "evaluation": ["A", "B"]})))
-    assert "| 2 | 2 | 1 | 2 | 0.640 | 60.4 |" in text
+    assert "| 2 | 2 | 1 | 2 | 0.640 | n/a | 60.4 |" in text
     assert "Selected round (best federated validation C-index): 2." in text
     assert "- calibration: no answer from C" in text and "- evaluation: no answer from C" in text
     assert "handshake: no answer" not in text

@@ -102,7 +102,7 @@ def test_uncertainty_does_not_depend_on_batching(dims, tier1_cfg, batch_factory)
     whole = uncertainty(model, data, observed, seed=0)
     chunked = uncertainty(model, data, observed, seed=0, batch=3)
 
-    np.testing.assert_allclose(whole, chunked, atol=1e-7)
+    np.testing.assert_allclose(whole, chunked, rtol=1e-6, atol=1e-7)  # float32 batched matmuls round differently
 
 
 def test_uncertainty_is_zero_for_patients_with_everything_observed(dims, tier1_cfg, batch_factory):

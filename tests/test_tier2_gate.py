@@ -12,7 +12,7 @@ from rmmfed.core.routing import HIGH_RISK_CONTEXT, TIER1, TIER2, TIER2_NOT_USED,
 from rmmfed.core.tier1 import build_model
 from rmmfed.core.tier2 import build_tier2
 from rmmfed.core.tier2_config import Tier2Config
-from rmmfed.core.tier2_context import PatternBank, bag_encodings, observed_patterns
+from rmmfed.core.tier2_context import PatternBank, bag_encodings, data_means, observed_patterns
 from rmmfed.core.tier2_gate import VALIDATION_KEYS, Tier2Gate, decide
 from rmmfed.core.tier2_scoring import tier1_head_risk
 from rmmfed.core.tier2_train import predict_tier2, tier2_inputs
@@ -85,10 +85,12 @@ def test_tier2_fed_tier1s_own_estimate_gives_tier1s_risk(dims, tier1_cfg):
     present = torch.tensor([[True, False, True], [True, True, False], [False, True, True]] * 3)
     data = make_site(dims, 9, seed=3, present=present)
     tier1 = build_model(dims, tier1_cfg, seed=0).eval()
+    with torch.no_grad():
+        tier1.linear.weight.normal_(generator=torch.Generator().manual_seed(1))  # the linear path counts too
     zs = bag_encodings(tier1, data)
     with torch.no_grad():
         x_hat = tier1(list(data.x), list(data.inst_mask), present).x_hat
-        risk = tier1_head_risk(tier1, zs, present, x_hat)
+        risk = tier1_head_risk(tier1, zs, present, x_hat, data_means(data))
         expected = tier1(list(data.x), list(data.inst_mask), present).risk
     assert torch.allclose(risk, expected, atol=1e-6)
 

@@ -87,7 +87,7 @@ class LoadedRun:
         self.dims: dict[str, int] = dict(bundle["modalities"])
         self.stats = FeatureStats.from_arrays({k: v.numpy() for k, v in bundle["feature_stats"].items()},
                                               self.cfg.model.anat_partitions)
-        self.model: Tier1Model = build_model(self.dims, self.cfg.model, self.cfg.seed)
+        self.model: Tier1Model = build_model(self.stats.model_dims(self.dims), self.cfg.model, self.cfg.seed)
         self.model.load_state_dict(bundle["tier1"])
         self.model.eval()
         self.theta = float(bundle["theta"])

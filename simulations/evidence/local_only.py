@@ -20,14 +20,16 @@ def train_local(path: Path, dims: dict[str, int], cfg: RunConfig) -> dict[str, S
     """Train Tier 1 on one site; returns its risks on the site's train and test splits."""
     s = SiteSession(path, device="cpu")
     s.bind_schema(dims)
-    sums = s.feature_sums(cfg.min_stat_count)
-    s.setup(cfg, FeatureStats.from_sums(sums, dims, cfg.model.anat_partitions))
+    sums = s.feature_sums(cfg.min_stat_count, reduce_above=cfg.model.reduce_above, reduce_dim=cfg.model.reduce_dim)
+    s.setup(cfg, FeatureStats.from_sums(sums, dims, cfg.model.anat_partitions, cfg.model.reduce_dim))
     weights = get_weights(s.model())
     best, best_score = weights, float("-inf")
     for rnd in range(1, cfg.rounds + 1):
         weights, _ = s.train(weights, rnd)
         v = s.validate(weights)
-        score = ConcordanceCounts(v["pairs-concordant"], v["pairs-tied-risk"], v["pairs-comparable"]).c_index()
+        score = (v["val-pll"] / v["val-events"] if v["val-events"] > 0 else float("nan")) \
+            if cfg.select_metric == "partial-likelihood" else \
+            ConcordanceCounts(v["pairs-concordant"], v["pairs-tied-risk"], v["pairs-comparable"]).c_index()
         if not cfg.select_best or (np.isfinite(score) and score > best_score):
             best, best_score = weights, score if np.isfinite(score) else best_score
     model = s.model(best)
