@@ -51,6 +51,7 @@ def model_card_from_metrics(metrics: Mapping[str, Any], *, date: str | None = No
         "sites": sites,
         "sites_refused": sites_doc.get("refused", {}),
         "modalities": sites_doc.get("modalities"),
+        "model_dims": sites_doc.get("model_dims"),  # the widths after the federated PCA
         "c_index": fed.get("c_index"),
         "c_index_method": fed.get("c_index_method"),
         "per_site": per_site,

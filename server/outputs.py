@@ -75,7 +75,9 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
         doc["two_tier"]["referred_pooled"] = extra["pooled_referred"]  # simulation only
     doc["uncertainty"] = quality_document(ps, res.config.model.uncertainty)  # sites' scalars, meta-analysed
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
-                    "modalities": res.handshake.dims}
+                    "modalities": res.handshake.dims,
+                    "model_dims": res.stats.model_dims(res.handshake.dims),  # after the federated PCA
+                    "reduced": sorted(res.stats.basis)}
     doc["risk_groups"] = {"cutpoints": res.risk_cutpoints, "n_values": res.risk_cutpoint_values,
                           "basis": "tertiles of the two-tier system risk of the training patients (federated histograms)"}
     doc["participation"] = res.participation  # phase -> sites that answered (a dead site shows here)

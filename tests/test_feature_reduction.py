@@ -101,3 +101,24 @@ def test_tensors_and_targets_live_in_the_reduced_space_and_the_basis_travels(sit
     model = build_model(back.model_dims(WIDE), tier1_cfg, 0).eval()
     with torch.no_grad():
         assert model(list(data.x), list(data.inst_mask), data.present).risk.shape == (len(site.patient_ids),)
+
+
+def test_a_bundle_with_a_reduced_modality_predicts_from_the_raw_files(sites, site_factory, tier1_cfg, tmp_path):
+    from rmmfed.client.predict import load_site_for, predict_site
+    from rmmfed.core.bundle import load_bundle, make_bundle, save_bundle
+    from rmmfed.core.config import RunConfig
+    from rmmfed.core.tier2 import build_tier2
+    from rmmfed.core.tier2_config import Tier2Config
+
+    _, stats = _federated(sites)
+    cfg = RunConfig(model=tier1_cfg, tier2=Tier2Config(timesteps=20, sample_steps=4, samples=2, hidden_dim=16,
+                                                       time_dim=4, branches=2, branch_dim=4))
+    dims = stats.model_dims(WIDE)
+    bundle = make_bundle(build_model(dims, cfg.model, 0), stats, cfg, theta=0.05,
+                         tier2=build_tier2(dims, cfg.tier2, 0, tier1=cfg.model))
+    assert bundle.modalities == WIDE  # the schema on disk, not the model's widths
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "model.rmm"))
+    assert loaded.model_dims == dims and loaded.build_tier1().dims == (3, 4, 3)
+    new = load_site_for(loaded, site_factory(name="site-N", n=8, seed=9, dims=WIDE))
+    records = predict_site(loaded, new)
+    assert len(records) == 8 and all(np.isfinite(r["risk"]) for r in records)
