@@ -139,8 +139,18 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
+        """Cross-field checks, so that the coordinator finds them before round 1 (not a site in round 1)."""
         if self.hist_high <= self.hist_low:
             raise ValueError("hist-high must be greater than hist-low")
+        if self.dp.enabled:
+            self.dp.cuts()  # raises with the fix when dp.time-cuts is not a list of increasing times
+            if self.strategy == "fedprox":
+                raise ValueError("dp.enabled with strategy 'fedprox': FedProx's proximal term is not part of the "
+                                 "DP-SGD loss. Fix: use strategy 'fedavg' (or a robust strategy) with dp.enabled")
+        if self.model.reduce_dim and self.model.reduce_dim > self.model.reduce_above:
+            raise ValueError(f"model.reduce-dim={self.model.reduce_dim} is above model.reduce-above="
+                             f"{self.model.reduce_above}: a reduced modality would be wider than one left as it is. "
+                             "Fix: keep reduce-dim <= reduce-above")
         return self
 
     @property

@@ -98,3 +98,15 @@ def test_small_sites_run_enough_epochs_for_the_minimum_local_steps():
     assert local_epoch_count(250, 64, 5, 10) == 5  # local-epochs already enough
     assert local_epoch_count(65, 64, 1, 10) == 10  # a last batch of one patient is skipped
     assert local_epoch_count(56, 64, 2, 0) == 2  # 0 = the first release
+
+
+@pytest.mark.parametrize("flat, fix", [
+    ({"dp.enabled": True, "dp.time-cuts": ""}, "dp.time-cuts"),
+    ({"dp.enabled": True, "dp.time-cuts": "5,10", "strategy": "fedprox"}, "use strategy 'fedavg'"),
+    ({"model.reduce-dim": 80, "model.reduce-above": 64}, "reduce-dim <= reduce-above"),
+])
+def test_cross_field_config_errors_are_found_before_round_one(flat, fix):
+    from rmmfed.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fix):
+        RunConfig().with_overrides(flat)
