@@ -12,8 +12,9 @@ own pieces (``_with_prompts``, ``estimate``, ``encoders``, ``head``):
 
 * estimator input: h_k(a) = [z_k(a) ; phi_mod^(k) ; flag_k(a)], flag = p_k(a) (0 if missing
   prompts are off), for every k (absent modalities sit at their baseline);
-* head input: [p_k(a) z_k(a) + (1 - p_k(a)) g_k(x_hat_k(a)) ; phi_mod^(k) ; flag_k(a)], i.e. the
-  observed slot at p = 1 and the estimator-recovered slot at p = 0 (estimator off: h_k(a));
+* head input: [p_k(a) z_k(a) + (1 - p_k(a)) g~_k(x_hat_k(a)) ; phi_mod^(k) ; flag_k(a)], i.e. the
+  observed slot at p = 1 and the estimator-recovered slot at p = 0 (g~_k = ``absent_encoding``: g_k, plus the
+  pseudo-embedding with token fusion; estimator off: h_k(a));
 * linear path (``linear_path``): the bag's instance mean m_k is a third part of the input (baseline
   0) and enters as p_k(a) m_k(a) + (1 - p_k(a)) x_hat_k(a) with the flag p_k(a).
 
@@ -83,7 +84,7 @@ def path_risk(model: Tier1Model, z: list[torch.Tensor], p: list[torch.Tensor],
         return model.risk_from(slots, lin)
     parts = []
     for j in range(len(z)):
-        z_hat = model.encoders[j](x_hat[j])
+        z_hat = model.absent_encoding(j, x_hat[j])
         parts.append(model._with_prompts(p[j] * z[j] + (1.0 - p[j]) * z_hat, j, p[j]))
     return model.risk_from(parts, lin)
 

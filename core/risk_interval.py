@@ -8,8 +8,9 @@ across its own draws of the missing features, widened where needed to contain th
 * Tier 1 answered: the T MC-dropout estimates of f_phi, each read through Tier 1's head (observed
   modalities from their bags). A patient with nothing missing gets a zero-width interval.
 * Tier 2 answered: its S diffusion draws, each read through the same head (core/tier2_scoring.py).
-* Referred but the gate kept Tier 1's risk (core/tier2_gate.py): the hull of both intervals. Neither
-  tier was shown to be better for this patient, so the interval is the wider of what either says.
+* Referred but the gate kept Tier 1's risk (core/tier2_gate.py): the hull of both intervals and of
+  Tier 2's own answer. Neither tier was shown to be better for this patient, so the interval covers
+  what either says.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ For each modality k (bags standardised by the federated feature statistics):
    (``est_logvar``, trained by a Gaussian NLL, core/tier1_loss.py): the aleatoric part. How the two
    parts make sigma^2 is core/uncertainty.py (:func:`~rmmfed.core.uncertainty.modality_sigma2`).
 4. The survival head reads [z~_k ; phi_mod^(k) ; flag_k] for all k, where z~_k = z_k when observed
-   and g_k(x_hat_k) (a one-instance bag) when absent; with ``estimator`` off, the slot of eq. 2.
+   and g_k(x_hat_k) (a one-instance bag) when absent (plus e_pseudo^(k) with token fusion); with
+   ``estimator`` off, the slot of eq. 2.
    ``fusion`` "concat" reads the slots concatenated; "attention" mixes them as tokens by shared-weight
    attention first (core/fusion.py), so the prompts and pseudo-embeddings act beyond a bias.
 5. With ``linear_path`` the risk adds a linear Cox term beta^T [m~_1; flag_1; ...; m~_K; flag_K], where
@@ -158,9 +159,20 @@ class Tier1Model(nn.Module):
         parts = []
         for j, z in enumerate(zs):
             obs = observed[:, j : j + 1]
-            z_hat = self.encoders[j](x_hat[j])  # a one-instance bag pools to itself
+            z_hat = self.absent_encoding(j, x_hat[j])
             parts.append(self._with_prompts(torch.where(obs, z, z_hat), j, obs))
         return parts
+
+    def absent_encoding(self, j: int, x_hat_j: torch.Tensor) -> torch.Tensor:
+        """The head's encoding of an absent modality j from its estimate (or recovery): g_k(x_hat_k), a
+        one-instance bag pooling to itself, plus the pseudo-embedding with token fusion and
+        ``pseudo_embeddings`` on. There the offset changes the attention between the tokens, so the
+        pseudo-embedding acts in the head even with the estimator on (with concatenation it would be a
+        constant per missingness pattern, i.e. a bias, so it is left out)."""
+        z_hat = self.encoders[j](x_hat_j)
+        if self.fusion is not None and self.cfg.pseudo_embeddings:
+            z_hat = z_hat + self.pseudo[j]
+        return z_hat
 
     def linear_input(self, means: list[torch.Tensor], p: torch.Tensor, x_hat: list[torch.Tensor] | None, *,
                      fill_always: bool = False) -> torch.Tensor | None:

@@ -128,8 +128,10 @@ def _add_intervals(pred: TwoTierPrediction, tier1: Tier1Model, data: SiteTensors
         rows = np.flatnonzero(referred)
         if used:
             lo[rows], hi[rows] = lo2, hi2
-        else:
-            lo[rows], hi[rows] = np.minimum(lo[rows], lo2), np.maximum(hi[rows], hi2)
+        else:  # the hull of both tiers: their draws and Tier 2's own answer, so never narrower than Tier 2's
+            t2 = (pred.tier2_risk[rows] - scale.tier2_mean) / scale.tier2_std
+            lo[rows] = np.minimum(np.minimum(lo[rows], lo2), t2)
+            hi[rows] = np.maximum(np.maximum(hi[rows], hi2), t2)
         for i in rows:
             basis[i] = BASIS_TIER2 if used else BASIS_HULL
     # the reported risk is read at a point estimate (dropout off, or Tier 2's posterior mean), which
