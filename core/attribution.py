@@ -14,7 +14,7 @@ own pieces (``_with_prompts``, ``estimate``, ``encoders``, ``head``):
   prompts are off), for every k (absent modalities sit at their baseline);
 * head input: [p_k(a) z_k(a) + (1 - p_k(a)) g~_k(x_hat_k(a)) ; phi_mod^(k) ; flag_k(a)], i.e. the
   observed slot at p = 1 and the estimator-recovered slot at p = 0 (g~_k = ``absent_encoding``: g_k, plus the
-  pseudo-embedding with token fusion; estimator off: h_k(a));
+  pseudo-embedding with ``pseudo_in_head``; estimator off: h_k(a));
 * linear path (``linear_path``): the bag's instance mean m_k is a third part of the input (baseline
   0) and enters as p_k(a) m_k(a) + (1 - p_k(a)) x_hat_k(a) with the flag p_k(a).
 

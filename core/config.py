@@ -52,6 +52,9 @@ class Tier1Config(_Strict):
                               "(estimate when absent) and missing flags to the neural head")
     linear_l2: float = Field(0.1, ge=0.0, description="ridge penalty (1/2 l2 ||beta||^2) on the linear path, the "
                              "scale of lifelines' penalizer")
+    pseudo_in_head: bool = Field(False, description="with token fusion, also add the pseudo-embedding to an absent "
+                                 "modality's estimated encoding in the head (measured in evidence.tier1_ablation: "
+                                 "it lost 0.03-0.04 C-index on two TCGA cohorts, so it is off)")
     fusion: Literal["concat", "attention"] = Field(
         "attention", description="how the head reads the slots: 'concat' = [h_1; ...; h_K] (the first release), "
         "'attention' = shared-weight attention across the modality tokens (core/fusion.py)")

@@ -14,7 +14,7 @@ For each modality k (bags standardised by the federated feature statistics):
    (``est_logvar``, trained by a Gaussian NLL, core/tier1_loss.py): the aleatoric part. How the two
    parts make sigma^2 is core/uncertainty.py (:func:`~rmmfed.core.uncertainty.modality_sigma2`).
 4. The survival head reads [z~_k ; phi_mod^(k) ; flag_k] for all k, where z~_k = z_k when observed
-   and g_k(x_hat_k) (a one-instance bag) when absent (plus e_pseudo^(k) with token fusion); with
+   and g_k(x_hat_k) (a one-instance bag) when absent (plus e_pseudo^(k) with ``pseudo_in_head``); with
    ``estimator`` off, the slot of eq. 2.
    ``fusion`` "concat" reads the slots concatenated; "attention" mixes them as tokens by shared-weight
    attention first (core/fusion.py), so the prompts and pseudo-embeddings act beyond a bias.
@@ -165,12 +165,13 @@ class Tier1Model(nn.Module):
 
     def absent_encoding(self, j: int, x_hat_j: torch.Tensor) -> torch.Tensor:
         """The head's encoding of an absent modality j from its estimate (or recovery): g_k(x_hat_k), a
-        one-instance bag pooling to itself, plus the pseudo-embedding with token fusion and
-        ``pseudo_embeddings`` on. There the offset changes the attention between the tokens, so the
+        one-instance bag pooling to itself; with ``pseudo_in_head`` (token fusion, pseudo-embeddings on)
+        plus the pseudo-embedding. There the offset changes the attention between the tokens, so the
         pseudo-embedding acts in the head even with the estimator on (with concatenation it would be a
-        constant per missingness pattern, i.e. a bias, so it is left out)."""
+        constant per missingness pattern, i.e. a bias, so it is never added). Off by default: on the
+        real cohorts it lost C-index (evidence.tier1_ablation)."""
         z_hat = self.encoders[j](x_hat_j)
-        if self.fusion is not None and self.cfg.pseudo_embeddings:
+        if self.fusion is not None and self.cfg.pseudo_embeddings and self.cfg.pseudo_in_head:
             z_hat = z_hat + self.pseudo[j]
         return z_hat
 

@@ -112,12 +112,14 @@ def test_cross_field_config_errors_are_found_before_round_one(flat, fix):
         RunConfig().with_overrides(flat)
 
 
-def test_with_token_fusion_the_pseudo_embedding_reaches_the_head_beside_the_estimate(dims, tier1_cfg):
+def test_with_pseudo_in_head_the_pseudo_embedding_reaches_the_fused_head_beside_the_estimate(dims, tier1_cfg):
     x_hat = torch.randn(4, dims["b"], generator=torch.Generator().manual_seed(0))
-    attention = build_model(dims, tier1_cfg, 0)
-    concat = build_model(dims, tier1_cfg.model_copy(update={"fusion": "concat"}), 0)
-    zero_fill = build_model(dims, tier1_cfg.model_copy(update={"pseudo_embeddings": False}), 0)
+    attention = build_model(dims, tier1_cfg.model_copy(update={"pseudo_in_head": True}), 0)
+    concat = build_model(dims, tier1_cfg.model_copy(update={"fusion": "concat", "pseudo_in_head": True}), 0)
+    zero_fill = build_model(dims, tier1_cfg.model_copy(update={"pseudo_embeddings": False, "pseudo_in_head": True}), 0)
+    default = build_model(dims, tier1_cfg, 0)
     with torch.no_grad():
         torch.testing.assert_close(attention.absent_encoding(1, x_hat), attention.encoders[1](x_hat) + attention.pseudo[1])
         torch.testing.assert_close(concat.absent_encoding(1, x_hat), concat.encoders[1](x_hat))
         torch.testing.assert_close(zero_fill.absent_encoding(1, x_hat), zero_fill.encoders[1](x_hat))
+        torch.testing.assert_close(default.absent_encoding(1, x_hat), default.encoders[1](x_hat))

@@ -32,6 +32,7 @@ ROWS: list[tuple[str, str, dict]] = [  # key, label, overrides
     ("no-pseudo", "w/o learnable pseudo-embeddings (zero-fill)", {"model.pseudo-embeddings": False}),
     ("no-estimator", "w/o estimator f_phi in the head", {"model.estimator": False}),
     ("concat", "concatenation instead of token fusion", {"model.fusion": "concat"}),
+    ("pseudo-in-head", "(variant) pseudo-embedding also added in the head", {"model.pseudo-in-head": True}),
     ("no-linear", "w/o linear Cox path", {"model.linear-path": False}),
     ("no-reduction", "w/o federated PCA (raw wide modalities)", {"model.reduce-dim": 0}),
     ("first-release-training", "first release's training (Adam 1e-4, constant lr, 1 epoch, C-index selection)",
