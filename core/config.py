@@ -53,11 +53,12 @@ class Tier1Config(_Strict):
     linear_l2: float = Field(0.1, ge=0.0, description="ridge penalty (1/2 l2 ||beta||^2) on the linear path, the "
                              "scale of lifelines' penalizer")
     pseudo_in_head: bool = Field(False, description="with token fusion, also add the pseudo-embedding to an absent "
-                                 "modality's estimated encoding in the head (measured in evidence.tier1_ablation: "
-                                 "it lost 0.03-0.04 C-index on two TCGA cohorts, so it is off)")
+                                 "modality's estimated encoding in the head (evidence.tier1_ablation: no gain)")
     fusion: Literal["concat", "attention"] = Field(
-        "attention", description="how the head reads the slots: 'concat' = [h_1; ...; h_K] (the first release), "
-        "'attention' = shared-weight attention across the modality tokens (core/fusion.py)")
+        "concat", description="how the head reads the slots: 'concat' = [h_1; ...; h_K], 'attention' = "
+        "shared-weight attention across the modality tokens (core/fusion.py), where the prompts and "
+        "pseudo-embeddings can act beyond a bias; concat is the default because attention was not better "
+        "on any cohort (evidence.tier1_ablation)")
 
 
 class DPConfig(_Strict):

@@ -152,3 +152,14 @@ def test_attribute_and_masked_risk_on_site_tensors(site_factory, dims, tier1_cfg
 
     np.testing.assert_allclose(att.risk, masked_risk(model, data, data.present), atol=1e-6)
     assert att.values.shape == (12, 3)
+
+
+def test_completeness_holds_with_token_fusion_and_the_linear_path(dims, tier1_cfg, batch_factory):
+    model = _model(dims, tier1_cfg, seed=3, sharp=True, fusion="attention")
+    with torch.no_grad():
+        model.linear.weight.normal_(generator=torch.Generator().manual_seed(4))
+    x, mask, present = batch_factory(dims, 16, 5, seed=2)
+    att = integrated_gradients(model, x, mask, present, steps=1024)
+    delta = att.risk - att.baseline_risk
+    assert np.abs(delta).max() > 0.5
+    np.testing.assert_allclose(att.values.sum(axis=1), delta, atol=1e-3 + 0.02 * np.abs(delta).max())

@@ -114,7 +114,7 @@ def test_cross_field_config_errors_are_found_before_round_one(flat, fix):
 
 def test_with_pseudo_in_head_the_pseudo_embedding_reaches_the_fused_head_beside_the_estimate(dims, tier1_cfg):
     x_hat = torch.randn(4, dims["b"], generator=torch.Generator().manual_seed(0))
-    attention = build_model(dims, tier1_cfg.model_copy(update={"pseudo_in_head": True}), 0)
+    attention = build_model(dims, tier1_cfg.model_copy(update={"fusion": "attention", "pseudo_in_head": True}), 0)
     concat = build_model(dims, tier1_cfg.model_copy(update={"fusion": "concat", "pseudo_in_head": True}), 0)
     zero_fill = build_model(dims, tier1_cfg.model_copy(update={"pseudo_embeddings": False, "pseudo_in_head": True}), 0)
     default = build_model(dims, tier1_cfg, 0)

@@ -25,14 +25,18 @@ from .common import cohort_for_seed, mean_sd, progress, set_threads, write_resul
 from .tier1_cohorts import DEFAULT_COHORTS, centralised_rmm
 
 ROWS: list[tuple[str, str, dict]] = [  # key, label, overrides
-    ("full", "Full Tier 1 (issue-12 defaults)", {}),
+    ("full", "Full Tier 1 (issue-12 defaults: concatenation)", {}),
     ("no-augmentation", "w/o modality augmentation", {"model.modality-dropout": 0.0}),
     ("no-modality-prompts", "w/o modality-aware prompts", {"model.modality-prompts": False}),
     ("no-missing-prompts", "w/o missing-aware prompts", {"model.missing-prompts": False}),
     ("no-pseudo", "w/o learnable pseudo-embeddings (zero-fill)", {"model.pseudo-embeddings": False}),
     ("no-estimator", "w/o estimator f_phi in the head", {"model.estimator": False}),
-    ("concat", "concatenation instead of token fusion", {"model.fusion": "concat"}),
-    ("pseudo-in-head", "(variant) pseudo-embedding also added in the head", {"model.pseudo-in-head": True}),
+    ("attention", "token fusion instead of concatenation", {"model.fusion": "attention"}),
+    ("pseudo-in-head", "token fusion, pseudo-embedding also added in the head",
+     {"model.fusion": "attention", "model.pseudo-in-head": True}),
+    ("attention-no-pseudo", "token fusion, zero-fill", {"model.fusion": "attention", "model.pseudo-embeddings": False}),
+    ("attention-no-prompts", "token fusion, w/o modality-aware prompts",
+     {"model.fusion": "attention", "model.modality-prompts": False}),
     ("no-linear", "w/o linear Cox path", {"model.linear-path": False}),
     ("no-reduction", "w/o federated PCA (raw wide modalities)", {"model.reduce-dim": 0}),
     ("first-release-training", "first release's training (Adam 1e-4, constant lr, 1 epoch, C-index selection)",
