@@ -54,11 +54,25 @@ class Tier1Config(_Strict):
                              "scale of lifelines' penalizer")
     pseudo_in_head: bool = Field(False, description="with token fusion, also add the pseudo-embedding to an absent "
                                  "modality's estimated encoding in the head (evidence.tier1_ablation: no gain)")
+    widths: Literal["fixed", "auto"] = Field("fixed", description="'auto': embed-, hidden- and attn-dim follow "
+                                             "the federation's training patients (scaled_widths), resolved by "
+                                             "the server before round 1; 'fixed': as set")
     fusion: Literal["concat", "attention"] = Field(
         "concat", description="how the head reads the slots: 'concat' = [h_1; ...; h_K], 'attention' = "
         "shared-weight attention across the modality tokens (core/fusion.py), where the prompts and "
         "pseudo-embeddings can act beyond a bias; concat is the default because attention was not better "
         "on any cohort (evidence.tier1_ablation)")
+
+
+def scaled_widths(n_train: int) -> dict[str, Any]:
+    """Tier 1 widths for ``n_train`` training patients in all: hidden = the power of two nearest to
+    4 sqrt(n_train), clipped to 32..128; embed = hidden / 2, attention = embed / 2. About 1,000 patients
+    give the fixed defaults (128 / 64 / 32); 220-340 (a TCGA cohort) give 64 / 32 / 16."""
+    import math
+
+    h = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n_train, 1)), 1.0)))
+    h = min(128, max(32, h))
+    return {"model.hidden-dim": h, "model.embed-dim": h // 2, "model.attn-dim": h // 4, "model.widths": "fixed"}
 
 
 class DPConfig(_Strict):
@@ -186,6 +200,10 @@ class RunConfig(_Strict):
             )
             raise ConfigError(f"invalid run configuration: {problems}. Fix the key(s) named above "
                               "(see [tool.flwr.app.config] in pyproject.toml for every key and default).") from None
+
+    def resolve_widths(self, n_train: int) -> "RunConfig":
+        """With ``model.widths = auto``, the config with the widths for ``n_train`` patients (else itself)."""
+        return self.with_overrides(scaled_widths(n_train)) if self.model.widths == "auto" else self
 
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
         flat = self.to_flat()

@@ -105,6 +105,10 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     if not hs.accepted:
         raise FederationError("no site passed the schema handshake; see the refusals above")
     accepted = [s.node_id for s in hs.accepted]
+    if cfg.model.widths == "auto":  # resolved once, before round 1: every site receives the same widths
+        cfg = cfg.resolve_widths(sum(s.counts["n-train"] for s in hs.accepted))
+        say(f"widths: hidden {cfg.model.hidden_dim}, embed {cfg.model.embed_dim}, attention {cfg.model.attn_dim} "
+            f"(model.widths = auto)")
     need = min(cfg.min_sites, n_sites) if cfg.min_sites else n_sites // 2 + 1
     if len(accepted) < need:
         raise FederationError(f"only {len(accepted)} of {n_sites} site(s) passed the handshake; this run needs "

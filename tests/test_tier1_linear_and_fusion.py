@@ -123,3 +123,15 @@ def test_with_pseudo_in_head_the_pseudo_embedding_reaches_the_fused_head_beside_
         torch.testing.assert_close(concat.absent_encoding(1, x_hat), concat.encoders[1](x_hat))
         torch.testing.assert_close(zero_fill.absent_encoding(1, x_hat), zero_fill.encoders[1](x_hat))
         torch.testing.assert_close(default.absent_encoding(1, x_hat), default.encoders[1](x_hat))
+
+
+def test_auto_widths_follow_the_training_patients_and_are_resolved_to_numbers():
+    from rmmfed.core.config import scaled_widths
+
+    assert scaled_widths(1000)["model.hidden-dim"] == 128  # the default cohort: the fixed defaults
+    assert {k: scaled_widths(250)[k] for k in ("model.hidden-dim", "model.embed-dim", "model.attn-dim")} == \
+        {"model.hidden-dim": 64, "model.embed-dim": 32, "model.attn-dim": 16}
+    assert scaled_widths(10)["model.hidden-dim"] == 32 and scaled_widths(10**6)["model.hidden-dim"] == 128
+    cfg = RunConfig().with_overrides({"model.widths": "auto"}).resolve_widths(250)
+    assert (cfg.model.widths, cfg.model.hidden_dim, cfg.model.embed_dim) == ("fixed", 64, 32)
+    assert RunConfig().resolve_widths(250) == RunConfig()  # fixed: untouched

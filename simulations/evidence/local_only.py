@@ -20,6 +20,7 @@ def train_local(path: Path, dims: dict[str, int], cfg: RunConfig) -> dict[str, S
     """Train Tier 1 on one site; returns its risks on the site's train and test splits."""
     s = SiteSession(path, device="cpu")
     s.bind_schema(dims)
+    cfg = cfg.resolve_widths(len(s.data.indices("train")))
     sums = s.feature_sums(cfg.min_stat_count, reduce_above=cfg.model.reduce_above, reduce_dim=cfg.model.reduce_dim)
     s.setup(cfg, FeatureStats.from_sums(sums, dims, cfg.model.anat_partitions, cfg.model.reduce_dim))
     weights = get_weights(s.model())

@@ -39,6 +39,7 @@ ROWS: list[tuple[str, str, dict]] = [  # key, label, overrides
      {"model.fusion": "attention", "model.modality-prompts": False}),
     ("no-linear", "w/o linear Cox path", {"model.linear-path": False}),
     ("no-reduction", "w/o federated PCA (raw wide modalities)", {"model.reduce-dim": 0}),
+    ("auto-widths", "(variant) widths scaled to the training patients", {"model.widths": "auto"}),
     ("first-release-training", "first release's training (Adam 1e-4, constant lr, 1 epoch, C-index selection)",
      {"optimizer": "adam", "weight-decay": 1e-4, "lr-schedule": "constant", "min-local-steps": 0,
       "select-metric": "c-index", "model.input-dropout": 0.0}),
