@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .bag_file import bag_mean
 from .feature_reduction import OUTER, is_wide, outer_sum, project, whitened_basis
 from .site_data import SiteData
 
@@ -31,15 +32,22 @@ BLOCKS = ("all", "complete")
 
 
 def pooled_features(site: SiteData, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over instances of each patient's bag: ([N, D] float64 with zeros where absent, present [N])."""
+    """Mean over instances of each patient's bag: ([N, D] float64 with zeros where absent, present [N]).
+
+    Bags on disk are streamed (one chunk in memory at a time); the result is cached on the site, so a
+    site's bags are read once for all the phases that need their means."""
+    cached = site.pooled_cache.get(modality)
+    if cached is not None:
+        return cached[0].copy(), cached[1].copy()
     dim = site.modalities[modality]
     bags = site.bags[modality]
     present = np.array([b is not None for b in bags], dtype=bool)
     out = np.zeros((len(bags), dim or 0), dtype=np.float64)
     for i, bag in enumerate(bags):
         if bag is not None:
-            out[i] = bag.astype(np.float64).mean(axis=0)
-    return out, present
+            out[i] = bag_mean(bag)
+    site.pooled_cache[modality] = (out, present)
+    return out.copy(), present.copy()
 
 
 def local_feature_sums(site: SiteData, indices: np.ndarray, min_count: int, *, reduce_above: int = 0,

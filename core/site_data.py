@@ -1,14 +1,17 @@
 """Load and validate one hospital's site folder (docs: site data format).
 
 ``load_site`` either returns a fully valid `SiteData` or raises `SiteDataError` /
-`SchemaMismatchError`; it never writes anything. A missing modality file is normal.
+`SchemaMismatchError`; it never writes anything. A missing modality file is normal. Every bag is
+validated in full (header, dtype, shape, every value) but streamed: the returned bags are
+:class:`~rmmfed.core.bag_file.BagFile` references, read row by row when the model needs them, so a
+site of whole-slide bags is checked in bounded memory.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from .bag_file import BagFile, open_bag
 from .errors import SchemaMismatchError, SiteDataError
 from .schema import SPLITS, PatientRow, SiteSchema
 
@@ -43,7 +47,8 @@ class SiteData:
     split: np.ndarray
     context: list[str]
     modalities: dict[str, int | None]
-    bags: dict[str, list[np.ndarray | None]]
+    bags: dict[str, list[BagFile | np.ndarray | None]]  # BagFile: validated, still on disk
+    pooled_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.patient_ids)
@@ -187,48 +192,12 @@ def seeded_split(patient_ids: list[str], event: np.ndarray, seed: int) -> np.nda
     return split
 
 
-def _load_bag(file: Path, modality: str) -> np.ndarray:
-    """Read one ``.npy`` bag as float32 [n_instances, dim] or raise SiteDataError."""
-    field = f"{modality} features"
-    with open(file, "rb") as handle:
-        magic = handle.read(6)
-    if magic != b"\x93NUMPY":
-        kind = "an .npz/zip archive" if magic.startswith(b"PK") else "missing the .npy header"
-        raise SiteDataError(file, field, f"is not a .npy array file ({kind})",
-                            "re-export it with numpy.save(path, float_array)")
-    try:
-        array = np.load(file, allow_pickle=False)
-    except Exception as exc:  # corrupt header, truncated data, object arrays, ...
-        raise SiteDataError(file, field, f"cannot be read as a .npy array ({exc})",
-                            "re-export it with numpy.save(path, float_array)") from exc
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number) \
-            or np.issubdtype(array.dtype, np.complexfloating):
-        raise SiteDataError(file, field, f"has dtype {array.dtype}, not a float/int numeric array",
-                            "save the features as a float32 array")
-    if array.ndim == 1:
-        array = array.reshape(1, -1)
-    if array.ndim != 2:
-        raise SiteDataError(file, field, f"has shape {array.shape}; expected 2-D "
-                            "[n_instances, dim] or 1-D [dim]",
-                            "save one row per instance: an array of shape [n_instances, dim]")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise SiteDataError(file, field, f"is empty (shape {array.shape})",
-                            "delete the file (a missing modality is fine) or add its features")
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as Inf below
-        bag = np.ascontiguousarray(array, dtype=np.float32)
-    bad = int(bag.size - np.isfinite(bag).sum())
-    if bad:
-        raise SiteDataError(file, field, f"contains {bad} NaN/Inf values (or values too large "
-                            "for float32)", "re-extract the features or impute them; "
-                            "or delete the file to treat the modality as missing")
-    return bag
-
-
 def _load_modality(folder: Path, modality: str, site: str, row_of: dict[str, int],
-                   expected_dim: int | None) -> tuple[int | None, list[np.ndarray | None]]:
-    """Load every bag of one modality folder; returns (dim, per-patient bags)."""
-    bags: list[np.ndarray | None] = [None] * len(row_of)
-    files: list[tuple[Path, np.ndarray]] = []
+                   expected_dim: int | None) -> tuple[int | None, list[BagFile | None]]:
+    """Validate every bag of one modality folder (streamed, see core/bag_file.py); returns (dim,
+    per-patient bags left on disk)."""
+    bags: list[BagFile | None] = [None] * len(row_of)
+    files: list[tuple[Path, BagFile]] = []
     for entry in _visible(folder):
         if not entry.is_file() or not entry.name.endswith(".npy"):
             raise SiteDataError(entry, f"{modality} folder", "is not a .npy file",
@@ -239,7 +208,7 @@ def _load_modality(folder: Path, modality: str, site: str, row_of: dict[str, int
             raise SiteDataError(entry, "patient_id", f"orphan file: no patient {stem!r} in "
                                 f"{PATIENTS_CSV}", f"add patient {stem!r} to {PATIENTS_CSV}, "
                                 "rename the file to an existing patient_id, or delete it")
-        bag = _load_bag(entry, modality)
+        bag = open_bag(entry, modality)
         files.append((entry, bag))
         bags[row_of[stem]] = bag
     if not files:
@@ -262,7 +231,7 @@ def _load_modality(folder: Path, modality: str, site: str, row_of: dict[str, int
 
 def load_site(path: str | Path, *, expected: dict[str, int] | None = None,
               split_seed: int = 0) -> SiteData:
-    """Validate and load a site folder completely; never writes anything.
+    """Validate a site folder completely (bags stay on disk as BagFile); never writes anything.
 
     With ``expected`` (the run's modality -> dim map), ``modalities`` equals ``expected``
     (sorted), modalities absent at the site have all-None bags, and any other modality folder
@@ -295,7 +264,7 @@ def load_site(path: str | Path, *, expected: dict[str, int] | None = None,
     names = sorted(expected) if expected is not None else sorted(folders)
     row_of = {pid: i for i, pid in enumerate(ids)}
     modalities: dict[str, int | None] = {}
-    bags: dict[str, list[np.ndarray | None]] = {}
+    bags: dict[str, list[BagFile | None]] = {}
     for name in names:
         want = expected[name] if expected is not None else None
         if name in folders:

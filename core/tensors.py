@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from .bag_file import bag_rows
 from .feature_stats import FeatureStats, pooled_features
 from .site_data import SiteData
 
@@ -104,8 +105,9 @@ def build_tensors(site: SiteData, stats: FeatureStats, *, max_instances: int, se
         for i, bag in enumerate(bags):
             if bag is None:
                 continue
-            if len(bag) > max_instances:
-                bag = bag[np.sort(rng.choice(len(bag), max_instances, replace=False))]
+            rows = (np.sort(rng.choice(len(bag), max_instances, replace=False)) if len(bag) > max_instances
+                    else slice(None))
+            bag = bag_rows(bag, rows)  # only the kept rows are read from disk
             z = (bag - mean) / std
             x[i, : len(bag)] = z if basis is None else z @ basis
             mask[i, : len(bag)] = True

@@ -28,7 +28,7 @@ def _pooled_numpy(sites, m, block="all"):
             if block == "complete" and any(v is None for v in bags.values()):
                 continue
             if bags[m] is not None:
-                rows.append(bags[m].astype(np.float64).mean(axis=0))
+                rows.append(np.asarray(bags[m], dtype=np.float64).mean(axis=0))
     return np.array(rows)
 
 
@@ -47,7 +47,7 @@ def test_pooled_features_are_bag_means_with_zeros_where_absent(two_sites):
             assert not present[i] and np.all(feats[i] == 0)
         else:
             assert present[i]
-            np.testing.assert_allclose(feats[i], bag.astype(np.float64).mean(axis=0))
+            np.testing.assert_allclose(feats[i], bag.read().astype(np.float64).mean(axis=0))
 
 
 def test_summed_site_sums_give_pooled_mean_and_std(two_sites, dims):

@@ -92,7 +92,7 @@ def test_integer_array_is_accepted_and_converted_to_float32(tmp_path):
     # Execute
     bag = load_site(site).bags["pathology"][0]
     # Assert
-    assert bag.dtype == np.float32 and bag.sum() == 8
+    assert bag.dtype == np.float32 and bag.read().dtype == np.float32 and bag.read().sum() == 8
 
 
 def test_zero_padded_patient_ids_stay_strings(tmp_path):
