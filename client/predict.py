@@ -120,8 +120,8 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
     site = conform_site(bundle, site) if list(site.modalities) != list(bundle.modalities) else site
     mods = tuple(bundle.modalities)
     tseed = site_seed(cfg.seed, site.site)  # the bag subsample the site used in training/evaluation
-    data = build_tensors(site, bundle.stats(), max_instances=cfg.model.max_instances, seed=tseed)
-    rows = bag_row_indices(site, mods, max_instances=cfg.model.max_instances, seed=tseed)
+    data = build_tensors(site, bundle.stats(), seed=tseed)
+    rows = bag_row_indices(site, mods, seed=tseed)
     if patient_ids is None:
         sel = np.arange(len(site.patient_ids))
     else:

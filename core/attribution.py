@@ -30,9 +30,9 @@ Absent modalities get exactly 0 (input = baseline). Attributions explain TIER 1'
 routed to Tier 2 gets Tier 2's risk, whose attributions are not computed here.
 
 Top instances: the gated-attention weights of each present modality's bag (``Tier1Output.attention``),
-largest first, as indices into the patient's ``.npy`` file rows (bags longer than ``max_instances``
-are subsampled by ``build_tensors``; :func:`bag_row_indices` replays that seeded subsample so the
-indices still point at file rows).
+largest first, as indices into the patient's ``.npy`` file rows (``build_tensors`` keeps every
+instance; where it was asked to subsample, :func:`bag_row_indices` replays that seeded subsample so
+the indices still point at file rows).
 """
 
 from __future__ import annotations
@@ -188,10 +188,11 @@ def top_instances(attention: np.ndarray, mask: np.ndarray, k: int, rows: np.ndar
     return [(int(i), float(att[o])) for i, o in zip(idx, order)]
 
 
-def bag_row_indices(site: SiteData, modalities: tuple[str, ...] | list[str], *, max_instances: int, seed: int
-                    ) -> dict[str, list[np.ndarray | None]]:
+def bag_row_indices(site: SiteData, modalities: tuple[str, ...] | list[str], *, max_instances: int | None = None,
+                    seed: int = 0) -> dict[str, list[np.ndarray | None]]:
     """Per modality and patient, the file rows that :func:`~rmmfed.core.tensors.build_tensors` kept
-    (in bag order), replaying its seeded subsample of bags longer than ``max_instances``.
+    (in bag order): all of them by default, else replaying its seeded subsample of bags longer than
+    ``max_instances``.
 
     Must be called with the same site, modality order, ``max_instances`` and ``seed`` as build_tensors.
     """
@@ -203,7 +204,7 @@ def bag_row_indices(site: SiteData, modalities: tuple[str, ...] | list[str], *, 
         for bag in bags:
             if bag is None:
                 rows.append(None)
-            elif len(bag) > max_instances:
+            elif max_instances and len(bag) > max_instances:
                 rows.append(np.sort(rng.choice(len(bag), max_instances, replace=False)))
             else:
                 rows.append(np.arange(len(bag)))

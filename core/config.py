@@ -32,7 +32,8 @@ class Tier1Config(_Strict):
     uncertainty: Literal["total", "epistemic", "aleatoric"] = Field(
         "total", description="sigma^2 for routing: epistemic (MC-dropout variance, eq. 3) + aleatoric "
         "(f_phi's predicted variance); 'epistemic' = eq. 3 alone, no variance head (the model before issue 13)")
-    max_instances: int = Field(64, ge=1, description="bags longer than this are subsampled (seeded)")
+    max_instances: int = Field(64, ge=1, description="training draws a fresh subsample of at most this many "
+                               "instances per bag each epoch; inference, calibration and attribution read all")
     gated_attention: bool = Field(True, description="gate the attention scorer (off = eq. 1 verbatim)")
     modality_prompts: bool = True
     missing_prompts: bool = True

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .tensors import SiteTensors
+from .tensors import SiteTensors, patients_per_batch
 from .tier1 import Tier1Model
 from .tier2_context import bag_encodings, data_means
 from .tier2_scoring import risk_of_draws
@@ -45,6 +45,7 @@ def tier1_risk_draws(tier1: Tier1Model, data: SiteTensors, *, seed: int, samples
     was = tier1.training
     tier1.eval()
     out = []
+    batch = patients_per_batch(data, batch)
     try:
         with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
             torch.manual_seed(seed)

@@ -75,8 +75,7 @@ class SiteSession:
     def setup(self, cfg: RunConfig, stats: FeatureStats) -> None:
         self.cfg, self.stats = cfg, stats
         self.__dict__.pop("_weight_shapes", None)
-        self.tensors = build_tensors(self.data, stats, max_instances=cfg.model.max_instances,
-                                     seed=site_seed(cfg.seed, self.data.site)).to(self.device)
+        self.tensors = build_tensors(self.data, stats, seed=site_seed(cfg.seed, self.data.site)).to(self.device)
 
     def _split(self, name: str) -> SiteTensors:
         assert self.tensors is not None, "setup() must run before training"
@@ -115,7 +114,10 @@ class SiteSession:
         if "dp-baseline" in self.dp_state:
             baseline.logit.data.copy_(torch.as_tensor(self.dp_state["dp-baseline"], dtype=torch.float32))
         accountant = SiteAccountant.from_arrays(self.dp_state)
-        result, _ = train_tier1_dp(model, self._split("train"), self.stats, cfg, cfg.dp, accountant=accountant,
+        # DP-SGD's per-sample gradients: one fresh instance subsample per round (not per epoch)
+        gen = torch.Generator(device="cpu").manual_seed(seed + 3)
+        train = self._split("train").sample_instances(cfg.model.max_instances, gen)
+        result, _ = train_tier1_dp(model, train, self.stats, cfg, cfg.dp, accountant=accountant,
                                    epochs=cfg.local_epochs, seed=seed, cuts=cuts, baseline=baseline,
                                    total_epochs_budget=cfg.rounds * cfg.local_epochs,
                                    rounds_before=server_round - 1)

@@ -1,12 +1,18 @@
 """A site's patients as padded tensors: variable-length bags with instance masks.
 
-Built once per site (bags standardised with the federated :class:`FeatureStats`), then sliced by
-index for mini-batches, so no Python work happens per batch.
+Built once per site (bags standardised, and reduced where the run has a federated PCA basis, with the
+federated :class:`FeatureStats`), then sliced by index for mini-batches, so no Python work happens
+per batch. Every instance of every bag is kept (inference, calibration and attribution read all of
+them); training draws a fresh subsample of at most ``model.max-instances`` per bag each epoch
+(:meth:`SiteTensors.sample_instances`), and the inference loops cut a site into batches whose padded
+instances stay under ``INSTANCE_BUDGET`` (:func:`patients_per_batch`), so memory follows the batch,
+not the cohort. Bags are read from disk (core/bag_file.py) one at a time while building.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Optional
 
 import numpy as np
 import torch
@@ -56,6 +62,22 @@ class SiteTensors:
                 moved[f.name] = tuple(t.to(device) for t in v)
         return replace(self, **moved)
 
+    def sample_instances(self, k: int, generator: torch.Generator) -> "SiteTensors":
+        """At most ``k`` instances per bag, drawn afresh from ``generator`` (CPU), kept in bag order; a bag
+        of <= k instances is kept whole, and when every bag is that short ``self`` is returned as is."""
+        if all(x.shape[1] <= k for x in self.x):
+            return self
+        xs, masks = [], []
+        for x, mask in zip(self.x, self.inst_mask):
+            if x.shape[1] <= k:
+                xs.append(x), masks.append(mask)
+                continue
+            keys = torch.rand(mask.shape, generator=generator).to(mask.device) + mask.float()  # real ones first
+            idx = keys.topk(k, dim=1).indices.sort(dim=1).values
+            xs.append(torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2])))
+            masks.append(torch.gather(mask, 1, idx))
+        return replace(self, x=tuple(xs), inst_mask=tuple(masks))
+
     @staticmethod
     def concat(parts: list["SiteTensors"]) -> "SiteTensors":
         """Stack several sites (pads bags to the longest); used only by the pooled reference."""
@@ -85,10 +107,21 @@ def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([t, torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=1)
 
 
-def build_tensors(site: SiteData, stats: FeatureStats, *, max_instances: int, seed: int) -> SiteTensors:
-    """Pad, cap (seeded subsample of instances beyond ``max_instances``), standardise and (for a
-    modality with a federated PCA basis) reduce a site."""
+INSTANCE_BUDGET = 1 << 19  # padded instances (all modalities together) in one inference batch
+
+
+def patients_per_batch(data: SiteTensors, batch: int) -> int:
+    """``batch``, lowered so one batch of ``data`` holds at most INSTANCE_BUDGET padded instances."""
+    width = sum(int(x.shape[1]) for x in data.x)
+    return max(1, min(batch, INSTANCE_BUDGET // max(width, 1)))
+
+
+def build_tensors(site: SiteData, stats: FeatureStats, *, max_instances: Optional[int] = None,
+                  seed: int = 0) -> SiteTensors:
+    """Pad, standardise and (for a modality with a federated PCA basis) reduce a site. Every instance is
+    kept unless ``max_instances`` is given: then a bag longer than that keeps a seeded subsample."""
     rng = np.random.default_rng(seed)
+    max_instances = max_instances or None
     modalities = tuple(stats.mean)
     xs, masks, targets = [], [], []
     present = np.zeros((len(site.patient_ids), len(modalities)), dtype=bool)
@@ -98,15 +131,15 @@ def build_tensors(site: SiteData, stats: FeatureStats, *, max_instances: int, se
         basis = None if basis is None else basis.astype(np.float32)
         width = len(mean) if basis is None else basis.shape[1]
         bags = site.bags.get(m, [None] * len(site.patient_ids))
-        lengths = [0 if b is None else min(len(b), max_instances) for b in bags]
+        lengths = [0 if b is None else min(len(b), max_instances or len(b)) for b in bags]
         length = max(1, max(lengths, default=1))
         x = np.zeros((len(bags), length, width), dtype=np.float32)
         mask = np.zeros((len(bags), length), dtype=bool)
         for i, bag in enumerate(bags):
             if bag is None:
                 continue
-            rows = (np.sort(rng.choice(len(bag), max_instances, replace=False)) if len(bag) > max_instances
-                    else slice(None))
+            rows = (np.sort(rng.choice(len(bag), max_instances, replace=False))
+                    if max_instances and len(bag) > max_instances else slice(None))
             bag = bag_rows(bag, rows)  # only the kept rows are read from disk
             z = (bag - mean) / std
             x[i, : len(bag)] = z if basis is None else z @ basis

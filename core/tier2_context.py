@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tensors import SiteTensors
+from .tensors import SiteTensors, patients_per_batch
 from .tier1 import Tier1Model, bag_means
 
 
@@ -36,6 +36,7 @@ def bag_encodings(tier1: Tier1Model, data: SiteTensors, batch: int = 4096) -> li
     never read, the slots replace it)."""
     was = tier1.training
     tier1.eval()
+    batch = patients_per_batch(data, batch)
     try:
         parts = [tier1.encode([x[s:s + batch] for x in data.x], [m[s:s + batch] for m in data.inst_mask])[0]
                  for s in range(0, len(data), batch)]

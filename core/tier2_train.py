@@ -41,7 +41,7 @@ from .augment import hide_one
 from .branches import diversity_loss
 from .cox import cox_loss
 from .diffusion import ddpm_step
-from .tensors import SiteTensors
+from .tensors import SiteTensors, patients_per_batch
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model, concat_modalities, coord_mask
 from .tier2_context import PatternBank, bag_encodings, data_means, tier1_slots
@@ -73,6 +73,7 @@ def tier2_inputs(tier1: Tier1Model, data: SiteTensors, observed: torch.Tensor, *
     was_training = tier1.training
     tier1.eval()
     x_hat, var = [], []
+    batch = patients_per_batch(data, batch)
     try:
         with torch.random.fork_rng(devices=_rng_devices(device)):
             torch.manual_seed(seed)
@@ -209,6 +210,7 @@ def predict_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: 
     gen = torch.Generator(device=device).manual_seed(seed)
     risks, uncs, recs, draws_r = [], [], [], []
     dims = list(tier2.dims)
+    batch = patients_per_batch(data, batch)
     for i, s in enumerate(range(0, len(data), batch)):
         sub = data.subset(torch.arange(s, min(s + batch, len(data))))
         obs = sub.present.bool()

@@ -12,7 +12,7 @@ import torch
 from .augment import hide_one, modality_dropout
 from .config import RunConfig
 from .feature_stats import FeatureStats
-from .tensors import SiteTensors
+from .tensors import SiteTensors, patients_per_batch
 from .tier1 import Tier1Model
 from .tier1_loss import anatomical_loss, reconstruction_loss, task_loss, variance_nll
 
@@ -63,7 +63,8 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
     """Mini-batch Adam(W) on L_Tier1 over ``data`` (already on the model's device), seeded, at ``lr``
     (default ``cfg.lr``; a federated round passes :func:`round_lr`).
 
-    Each batch builds two views: the task view (modality dropout with p when on) feeds L_task; the
+    Each epoch draws a fresh subsample of at most ``model.max-instances`` instances per bag
+    (:meth:`SiteTensors.sample_instances`; bags that short are used whole). Each batch builds two views: the task view (modality dropout with p when on) feeds L_task; the
     reconstruction view hides one present modality per patient, so f_phi learns to recover it
     (L_rec, L_anat) whether or not augmentation is on. With the variance head (``model.uncertainty``
     not "epistemic") L_nll of the same view is added (core/tier1_loss.variance_nll). With
@@ -72,6 +73,7 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
     """
     device = data.present.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    igen = torch.Generator(device="cpu").manual_seed(seed + 3)  # each epoch's instance subsample
     dgen = torch.Generator(device=device).manual_seed(seed + 1)
     mc = cfg.model
     model.train()
@@ -86,11 +88,12 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
         torch.manual_seed(seed + 2)  # dropout inside the model
         for _ in range(epochs):
             order = torch.randperm(n, generator=gen)
+            epoch_data = data.sample_instances(mc.max_instances, igen)  # fresh per epoch (no-op for short bags)
             for s in range(0, n, cfg.batch_size):
                 idx = order[s : s + cfg.batch_size]
                 if len(idx) < 2:
                     continue
-                b = data.subset(idx)
+                b = epoch_data.subset(idx)
                 x, masks = list(b.x), list(b.inst_mask)
                 observed = modality_dropout(b.present, mc.modality_dropout, dgen)
                 out = model(x, masks, observed)
@@ -126,6 +129,7 @@ def predict_risk(model: Tier1Model, data: SiteTensors, observed: torch.Tensor | 
     model.eval()
     observed = data.present if observed is None else observed
     out = []
+    batch = patients_per_batch(data, batch)
     for s in range(0, len(data), batch):
         sl = slice(s, s + batch)
         out.append(model([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], observed[sl]).risk.cpu())

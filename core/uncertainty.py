@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .tensors import SiteTensors
+from .tensors import SiteTensors, patients_per_batch
 from .tier1 import McPasses, Tier1Model
 
 DEFINITIONS = ("total", "epistemic", "aleatoric")
@@ -88,6 +88,7 @@ def uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.Tensor | N
     model.eval()
     observed = data.present if observed is None else observed
     out = []
+    batch = patients_per_batch(data, batch)
     with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
         torch.manual_seed(seed)
         for s in range(0, len(data), batch):
@@ -122,6 +123,7 @@ def risk_and_uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.T
     model.eval()
     observed = data.present if observed is None else observed
     risks, sig = [], []
+    batch = patients_per_batch(data, batch)
     with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
         torch.manual_seed(seed)
         for s in range(0, len(data), batch):

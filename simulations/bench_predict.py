@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     n = sum(len(s) for s in sites)
     stats = bundle.stats()
-    tensors = [build_tensors(s, stats, max_instances=cfg.model.max_instances, seed=site_seed(cfg.seed, s.site))
+    tensors = [build_tensors(s, stats, seed=site_seed(cfg.seed, s.site))
                for s in sites]
 
     def full() -> None:

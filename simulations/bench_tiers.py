@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     tier1 = build_model(dims, cfg.model, 0)
     tier1.load_state_dict(bundle["tier1"])
     cohort = args.data or args.run / "cohort"
-    data = SiteTensors.concat([build_tensors(load_site(s, expected=dims), stats, max_instances=cfg.model.max_instances, seed=0)
+    data = SiteTensors.concat([build_tensors(load_site(s, expected=dims), stats, seed=0)
                                for s in discover_sites(cohort)])
     n = len(data)
     t1 = best_of(lambda: risk_and_uncertainty(tier1, data, seed=0), args.repeats)

@@ -45,8 +45,7 @@ def site_faithfulness(bundle: ModelBundle, site_dir: Path, *, split: str = "test
     cfg = bundle.run_config
     tier1 = tier1 if tier1 is not None else bundle.build_tier1()
     site = load_site_for(bundle, site_dir)
-    data = build_tensors(site, bundle.stats(), max_instances=cfg.model.max_instances,
-                         seed=site_seed(cfg.seed, site.site))
+    data = build_tensors(site, bundle.stats(), seed=site_seed(cfg.seed, site.site))
     idx = site.indices(split) if split != "all" else np.arange(len(site))
     sub = data.subset(idx)
     keep = np.flatnonzero(sub.present.sum(dim=1).cpu().numpy() >= 2)

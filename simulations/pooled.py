@@ -41,7 +41,7 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
     sums = add_sums([local_feature_sums(s, s.indices("train"), 1, reduce_above=mc.reduce_above,
                                         reduce_dim=mc.reduce_dim) for s in sites])
     stats = FeatureStats.from_sums(sums, dims, mc.anat_partitions, mc.reduce_dim)
-    tensors = [build_tensors(s, stats, max_instances=cfg.model.max_instances, seed=site_seed(cfg.seed, s.site))
+    tensors = [build_tensors(s, stats, seed=site_seed(cfg.seed, s.site))
                for s in sites]
     cfg = cfg.resolve_widths(sum(len(s.indices("train")) for s in sites))
     train, test = (SiteTensors.concat([t.subset(s.indices(split)) for t, s in zip(tensors, sites)])

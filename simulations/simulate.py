@@ -3,6 +3,7 @@ simulation engine on one machine, plus simulation-only references (pooled model,
 
     rmm-simulate                       # generate the default cohort, run it, write runs/default/
     rmm-simulate --data DIR --out OUT  # DIR's sub-folders are sites (their split column is honoured)
+    rmm-simulate --preset wsi --patients 200  # whole-slide-scale bags (simulations/cohort_presets.py)
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"])
     p.add_argument("--quantile", type=float, help="theta quantile (default 0.95)")
     p.add_argument("--patients", type=int, default=1679, help="cohort size when generating (default 1679)")
+    p.add_argument("--preset", default="default", choices=["default", "wsi"],
+                   help="synthetic cohort to generate: default (compact widths) or wsi (pathology 1,024-d x "
+                        "500-4,000 patches, radiology 512-d, report 768-d; about 9 MB per patient on disk)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set model.modality-dropout=0 (repeatable)")
     p.add_argument("--no-pooled", action="store_true", help="skip the pooled (centralised) reference")
@@ -103,16 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         cfg = build_config(args)
+        if args.data is not None and args.preset != "default":
+            raise RmmError("--preset chooses the cohort to generate, but --data gives one. Fix: drop --preset, "
+                           "or drop --data to generate the preset cohort")
         cohort = args.data
         if cohort is None and args.resume and (args.out / "cohort").is_dir():
             cohort = args.out / "cohort"  # resume on the cohort the interrupted run generated
         if cohort is None:
-            from .cohort import CohortConfig, generate_cohort
+            from .cohort import generate_cohort
+            from .cohort_presets import preset_config
 
             cohort = args.out / "cohort"
             shutil.rmtree(cohort, ignore_errors=True)
-            print(f"[rmm] generating the FUSCC-style cohort ({args.patients} patients, seed {args.seed}) in {cohort}")
-            generate_cohort(CohortConfig(n_patients=args.patients, seed=args.seed), cohort)
+            preset = "" if args.preset == "default" else f", preset {args.preset}"
+            print(f"[rmm] generating the FUSCC-style cohort ({args.patients} patients, seed {args.seed}{preset}) "
+                  f"in {cohort}")
+            generate_cohort(preset_config(args.preset, n_patients=args.patients, seed=args.seed), cohort)
         paths, sites, dims = validate_cohort(cohort)
         policies = check_policies(paths, args.policy)
         from .optional_inputs import check_optional_inputs

@@ -94,8 +94,7 @@ class LoadedRun:
 
     def tensors(self, site: SiteData) -> SiteTensors:
         """A site's tensors built with the run's federated statistics (seeded like the run)."""
-        return build_tensors(site, self.stats, max_instances=self.cfg.model.max_instances,
-                             seed=site_seed(self.cfg.seed, site.site))
+        return build_tensors(site, self.stats, seed=site_seed(self.cfg.seed, site.site))
 
     def load_sites(self, cohort: Path) -> list[SiteData]:
         return [load_site(p, expected=self.dims) for p in discover_sites(cohort)]
