@@ -132,8 +132,11 @@ def _header(handle, file: Path, field: str) -> tuple[tuple[int, ...], bool, np.d
     return tuple(shape), bool(fortran), np.dtype(dtype)
 
 
-def open_bag(file: str | Path, modality: str) -> BagFile:
-    """Validate one ``.npy`` bag without holding it in memory; raise SiteDataError naming the fix."""
+def open_bag(file: str | Path, modality: str, *, scan: bool = True) -> BagFile:
+    """Validate one ``.npy`` bag without holding it in memory; raise SiteDataError naming the fix.
+
+    ``scan=False`` checks the header, dtype, shape and size only (for a file whose values were
+    scanned moments ago in the same process, e.g. re-binding a site to the run's schema)."""
     file = Path(file)
     field = f"{modality} features"
     with open(file, "rb") as handle:
@@ -158,7 +161,7 @@ def open_bag(file: str | Path, modality: str) -> BagFile:
                             f"the header promises {need})", _REEXPORT)
     bag = BagFile(path=file, n=int(shape[0]), dim=int(shape[1]), stored=dtype, offset=offset, fortran=fortran)
     bad = 0
-    for block in bag.chunks():
+    for block in bag.chunks() if scan else ():
         bad += int(block.size - np.count_nonzero(np.isfinite(block)))
     if bad:
         raise SiteDataError(file, field, f"contains {bad} NaN/Inf values (or values too large "

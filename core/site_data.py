@@ -193,7 +193,7 @@ def seeded_split(patient_ids: list[str], event: np.ndarray, seed: int) -> np.nda
 
 
 def _load_modality(folder: Path, modality: str, site: str, row_of: dict[str, int],
-                   expected_dim: int | None) -> tuple[int | None, list[BagFile | None]]:
+                   expected_dim: int | None, scan: bool = True) -> tuple[int | None, list[BagFile | None]]:
     """Validate every bag of one modality folder (streamed, see core/bag_file.py); returns (dim,
     per-patient bags left on disk)."""
     bags: list[BagFile | None] = [None] * len(row_of)
@@ -208,7 +208,7 @@ def _load_modality(folder: Path, modality: str, site: str, row_of: dict[str, int
             raise SiteDataError(entry, "patient_id", f"orphan file: no patient {stem!r} in "
                                 f"{PATIENTS_CSV}", f"add patient {stem!r} to {PATIENTS_CSV}, "
                                 "rename the file to an existing patient_id, or delete it")
-        bag = open_bag(entry, modality)
+        bag = open_bag(entry, modality, scan=scan)
         files.append((entry, bag))
         bags[row_of[stem]] = bag
     if not files:
@@ -230,13 +230,15 @@ def _load_modality(folder: Path, modality: str, site: str, row_of: dict[str, int
 
 
 def load_site(path: str | Path, *, expected: dict[str, int] | None = None,
-              split_seed: int = 0) -> SiteData:
+              split_seed: int = 0, scan_values: bool = True) -> SiteData:
     """Validate a site folder completely (bags stay on disk as BagFile); never writes anything.
 
     With ``expected`` (the run's modality -> dim map), ``modalities`` equals ``expected``
     (sorted), modalities absent at the site have all-None bags, and any other modality folder
     or dim raises SchemaMismatchError. Without it, modalities are the site's sub-folders and a
-    folder without files has dim None.
+    folder without files has dim None. ``scan_values=False`` skips the NaN/Inf scan of the values
+    (headers, shapes and sizes are still checked): for re-loading a folder this process has just
+    validated in full.
     """
     root = Path(path)
     if not root.is_dir():
@@ -269,7 +271,7 @@ def load_site(path: str | Path, *, expected: dict[str, int] | None = None,
         want = expected[name] if expected is not None else None
         if name in folders:
             modalities[name], bags[name] = _load_modality(folders[name], name, root.name,
-                                                          row_of, want)
+                                                          row_of, want, scan_values)
         else:
             modalities[name], bags[name] = want, [None] * len(ids)
     return SiteData(site=root.name, root=root, patient_ids=ids, time=time, event=event,

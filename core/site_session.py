@@ -57,7 +57,7 @@ class SiteSession:
     # ---- phase 1: schema ---------------------------------------------------------------
     def bind_schema(self, dims: dict[str, int]) -> None:
         """Re-validate the site against the run's modality dims (raises SchemaMismatchError)."""
-        self.data = load_site(self.path, expected=dims)
+        self.data = load_site(self.path, expected=dims, scan_values=False)  # values scanned in __init__
         self.dims = dict(dims)
 
     # ---- phase 2: federated feature statistics -----------------------------------------

@@ -378,15 +378,20 @@ def _readme(cfg: CohortConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m rmmfed.simulations.cohort --out DIR [--seed S] [--patients N] [--cross-modal C]``."""
+    """CLI: ``python -m rmmfed.simulations.cohort --out DIR [--seed S] [--patients N] [--cross-modal C] [--preset P]``."""
+    from .cohort_presets import PRESETS, preset_config
+
     ap = argparse.ArgumentParser(description="Generate the synthetic FUSCC-style cohort.")
     ap.add_argument("--out", required=True, help="empty or new output folder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--patients", type=int, default=1679)
-    ap.add_argument("--cross-modal", type=float, help="cross_modal_strength in [0, 1] (default 0.5)")
+    ap.add_argument("--cross-modal", type=float, help="cross_modal_strength in [0, 1] (default 0.75)")
+    ap.add_argument("--preset", default="default", choices=list(PRESETS), help="default or wsi (real widths)")
+    ap.add_argument("--sites", nargs="+", help="site names (default A B C D)")
     args = ap.parse_args(argv)
     extra = {} if args.cross_modal is None else {"cross_modal_strength": args.cross_modal}
-    summary = generate_cohort(CohortConfig(n_patients=args.patients, seed=args.seed, **extra), args.out)
+    extra.update({"site_names": args.sites} if args.sites else {})
+    summary = generate_cohort(preset_config(args.preset, n_patients=args.patients, seed=args.seed, **extra), args.out)
     print(json.dumps(summary, indent=2))
     return 0
 

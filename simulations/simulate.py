@@ -82,7 +82,7 @@ def validate_cohort(cohort: Path):
     paths = discover_sites(cohort)
     first = [load_site(p) for p in paths]
     dims = merge_schemas([s.schema() for s in first])
-    return paths, [load_site(p, expected=dims) for p in paths], dims
+    return paths, [load_site(p, expected=dims, scan_values=False) for p in paths], dims  # values scanned above
 
 
 def _warn(text: str) -> None:

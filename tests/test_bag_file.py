@@ -78,3 +78,16 @@ def test_helpers_accept_in_memory_arrays_and_bag_files_alike(tmp_path):
     np.testing.assert_allclose(bag_rows(bag, rows), bag_rows(array, rows), rtol=1e-6)
     np.testing.assert_allclose(bag_array(bag), bag_array(array), rtol=1e-6)
     np.testing.assert_allclose(bag_mean(bag), bag_mean(array.astype(np.float32)), rtol=1e-6)
+
+
+def test_reloading_without_the_value_scan_still_checks_header_and_size(tmp_path):
+    array = np.ones((4, 3))
+    array[2, 1] = np.inf
+    path = _save(tmp_path, array)
+
+    assert open_bag(path, "pathology", scan=False).shape == (4, 3)  # values were scanned by an earlier load
+    with pytest.raises(SiteDataError, match="NaN/Inf"):
+        open_bag(path, "pathology")
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(SiteDataError, match="truncated"):
+        open_bag(path, "pathology", scan=False)
