@@ -42,3 +42,7 @@ class NoComparablePairsError(SurvivalInputError):
 
 class HistogramError(RmmError):
     """Values or counts handed to the federated histogram are invalid."""
+
+
+class InstanceBudgetError(RmmError):
+    """A site's bags, kept whole at the width the model reads, would not fit the memory budget."""

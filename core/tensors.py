@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .bag_file import bag_rows
+from .errors import InstanceBudgetError
 from .feature_stats import FeatureStats, pooled_features
 from .site_data import SiteData
 
@@ -108,6 +109,7 @@ def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
 
 
 INSTANCE_BUDGET = 1 << 19  # padded instances (all modalities together) in one inference batch
+TENSOR_BUDGET_BYTES = 8 << 30  # one modality of one site, every instance kept, at the model's width
 
 
 def patients_per_batch(data: SiteTensors, batch: int) -> int:
@@ -133,6 +135,13 @@ def build_tensors(site: SiteData, stats: FeatureStats, *, max_instances: Optiona
         bags = site.bags.get(m, [None] * len(site.patient_ids))
         lengths = [0 if b is None else min(len(b), max_instances or len(b)) for b in bags]
         length = max(1, max(lengths, default=1))
+        need = len(bags) * length * width * 4
+        if need > TENSOR_BUDGET_BYTES:
+            raise InstanceBudgetError(
+                f"site '{site.site}', modality '{m}': {len(bags)} bags of up to {length} instances at width {width} "
+                f"need {need / 2**30:.1f} GiB in memory (budget {TENSOR_BUDGET_BYTES / 2**30:.0f} GiB). Fix: keep "
+                f"the federated PCA on for wide modalities (model.reduce-dim > 0, model.reduce-above below {width}), "
+                "or split the slide's patches into fewer, mean-pooled regions before export")
         x = np.zeros((len(bags), length, width), dtype=np.float32)
         mask = np.zeros((len(bags), length), dtype=bool)
         for i, bag in enumerate(bags):

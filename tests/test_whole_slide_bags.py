@@ -9,7 +9,7 @@ import torch
 
 from rmmfed.core import tensors as tensors_mod
 from rmmfed.core.config import RunConfig
-from rmmfed.core.errors import ConfigError
+from rmmfed.core.errors import ConfigError, InstanceBudgetError
 from rmmfed.core.feature_stats import FeatureStats, add_sums, local_feature_sums
 from rmmfed.core.site_data import load_site
 from rmmfed.core.tensors import build_tensors, patients_per_batch
@@ -117,3 +117,11 @@ def test_unknown_preset_and_preset_with_data_are_refused(tmp_path, capsys):
         preset_config("huge")
     assert simulate_main(["--preset", "wsi", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "--preset chooses the cohort to generate, but --data gives one" in capsys.readouterr().err
+
+
+def test_bags_too_large_to_keep_whole_are_refused_with_the_fix(long_site, monkeypatch):
+    site, stats = long_site
+    monkeypatch.setattr(tensors_mod, "TENSOR_BUDGET_BYTES", 1000)
+
+    with pytest.raises(InstanceBudgetError, match=r"site 'site-A', modality 'a'.*Fix: keep the federated PCA on"):
+        build_tensors(site, stats)
