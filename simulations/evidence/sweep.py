@@ -50,7 +50,8 @@ def _last_rec(m: dict) -> float:
 def collect(m: dict, cohort: dict, strength: float, seed: int, row: str) -> dict:
     """One run's figures (and its cohort's) as a flat record."""
     c = m["two_tier"]["c_index"]
-    rec = {"strength": strength, "seed": seed, "row": row, "tier1": m["federated"]["c_index"],
+    rec = {"strength": strength, "seed": seed, "row": row, "rmm_version": m.get("rmm_version", ""),
+           "tier1": m["federated"]["c_index"],
            "rec_last": _last_rec(m), "r2_mean": sum(cohort["cross_modal_r2"].values()) / len(cohort["cross_modal_r2"]),
            "oracle_all": cohort["oracle_c_index_all"], "oracle_observed": cohort["oracle_c_index_observed"],
            "oracle_no_recovery": cohort["oracle_c_index_no_recovery"], "wall_s": m["timing_s"]["total"]}
@@ -92,6 +93,30 @@ def summarise(raw: list[dict], strengths: list[float]) -> list[dict]:
     return table
 
 
+def _reusable(path: Path | None) -> dict[tuple[float, int, str], dict]:
+    """Rows of an earlier raw CSV measured with the installed rmm version, keyed by (strength, seed, row)."""
+    if path is None or not path.is_file():
+        return {}
+    import pandas as pd
+
+    from ... import __version__
+
+    frame = pd.read_csv(path)
+    if "rmm_version" not in frame:
+        return {}
+    out = {}
+    for rec in frame.to_dict("records"):
+        if str(rec["rmm_version"]) == __version__:
+            rec = {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
+            out[(float(rec["strength"]), int(rec["seed"]), str(rec["row"]))] = rec
+    return out
+
+
+def _counts(raw: list[dict], strengths: list[float]) -> str:
+    return ", ".join(f"c = {s:g}: {sum(1 for r in raw if r['strength'] == s and r['row'] == 'full')} full"
+                     for s in strengths)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
@@ -100,20 +125,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/sweep"))
     p.add_argument("--patients", type=int, default=1679)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reuse", type=Path, help="a raw CSV this command wrote before (e.g. docs/evidence/sweep_raw.csv): "
+                   "its rows of the installed rmm version are taken instead of rerunning those runs")
+    p.add_argument("--cached-only", action="store_true",
+                   help="run nothing: tabulate the runs found under OUT and in --reuse")
     args = p.parse_args(argv)
     set_threads(args.threads)
     rows = [r for r in ROWS if not args.rows or r[0] in args.rows]
+    reuse = _reusable(args.reuse)
     raw = []
     jobs = [(c, s, r) for s in args.seeds for c in args.strengths for r in rows]
     for strength, seed, (key, _, over) in progress(jobs, desc="sweep runs", unit="run"):
+        if (strength, seed, key) in reuse:
+            raw.append(reuse[(strength, seed, key)])
+            continue
+        run_dir = args.out / "sweep" / f"c-{strength:g}" / f"seed-{seed}" / key
+        if args.cached_only and not (run_dir / "metrics.json").is_file():
+            continue
         folder = cohort_for(args.out, strength, seed, args.patients)
         cohort = json.loads((folder / "cohort.json").read_text())
         extra = {} if key == "full" else TIER1_ONLY
-        m = run_cached(folder, args.out / "sweep" / f"c-{strength:g}" / f"seed-{seed}" / key,
-                       {"seed": seed, **extra, **over})
+        m = run_cached(folder, run_dir, {"seed": seed, **extra, **over})
         raw.append(collect(m, cohort, strength, seed, key))
     table = summarise(raw, args.strengths)
-    notes = (f"Seeds {' '.join(map(str, args.seeds))}; default FUSCC-style synthetic cohort ({args.patients} "
+    seeds = sorted({r["seed"] for r in raw})
+    notes = (f"Seeds {' '.join(map(str, seeds))} (runs per column: {_counts(raw, args.strengths)}); default FUSCC-style synthetic cohort ({args.patients} "
              "patients, 4 sites) generated per (strength, seed) with only `cross_modal_strength` changed. "
              "C-index on the pooled test split (about 337 patients); 'non-abstained' and 'referred' are "
              "pair-weighted per-site combinations from the full run (`two_tier.c_index`). Deltas are mean +- sd "
