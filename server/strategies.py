@@ -36,11 +36,13 @@ def _restricted(base: type) -> type:
             self.best_score, self.best_round, self.best_arrays = float("-inf"), 0, None
             self._candidate = None
             self.last_arrays = None
+            self._sent = None
             self.checkpoint_fn: Callable | None = None
             self._t0 = time.perf_counter()
 
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
             self._t0 = time.perf_counter()
+            self._sent = arrays  # what this round started from: kept when no update arrives
             config["round-offset"] = self.round_offset
             return [m for m in super().configure_train(server_round, arrays, config, grid)
                     if m.metadata.dst_node_id in self.accepted]
@@ -110,7 +112,12 @@ def _restricted(base: type) -> type:
             replies = sorted(replies, key=_content_key)
             arrays, metrics = super().aggregate_train(server_round, replies)
             ok = sum(1 for r in replies if not r.has_error())
-            self.last_arrays = arrays
+            if arrays is None:  # no usable update before the round timeout: Flower keeps the weights it sent
+                log(WARNING, "round %d: no site's update arrived in time (%d repl%s, %d failed); the weights stay "
+                    "those sent this round. Fix: raise round-timeout-s if the sites are slow",
+                    server_round + self.round_offset, len(replies), "y" if len(replies) == 1 else "ies",
+                    len(replies) - ok)
+            self.last_arrays = arrays if arrays is not None else self._sent
             info = {"round": server_round + self.round_offset, "sites": ok, "failed": len(replies) - ok,
                     "seconds": time.perf_counter() - self._t0, **(dict(metrics) if metrics else {})}
             self.history.append(info)

@@ -159,3 +159,15 @@ def test_update_helpers_measure_from_the_global_weights():
 def test_misconfigured_defences_say_the_fix(make, match):
     with pytest.raises(DefenceError, match=match):
         make()
+
+
+def test_a_round_without_any_update_keeps_the_weights_it_sent_for_the_checkpoint():
+    rounds = []
+    strategy = _restricted(FedAvg)(accepted={1, 2}, on_round=lambda r, info: rounds.append(info), **COMMON)
+    sent = _record(GLOBAL)
+    strategy._sent = sent  # what configure_train records before the messages go out
+
+    arrays, _ = strategy.aggregate_train(1, [])  # every site timed out
+
+    assert arrays is None  # Flower keeps its own copy of the weights
+    assert strategy.last_arrays is sent and rounds[0]["sites"] == 0
