@@ -237,9 +237,12 @@ class Tier1Model(nn.Module):
 
     @torch.no_grad()
     def mc_passes(self, x: list[torch.Tensor], inst_mask: list[torch.Tensor], observed: torch.Tensor,
-                  samples: int | None = None) -> McPasses:
-        """T MC-dropout passes (estimates and, with the head, log-variances) in ONE batched forward."""
-        zs, _ = self.encode(x, inst_mask)
+                  samples: int | None = None, zs: list[torch.Tensor] | None = None) -> McPasses:
+        """T MC-dropout passes (estimates and, with the head, log-variances) in ONE batched forward.
+        ``zs``: the bags' encodings when the caller already has them (eval mode: encoding is
+        deterministic, so reusing them gives the same passes without re-reading every instance)."""
+        if zs is None:
+            zs, _ = self.encode(x, inst_mask)
         return self._mc(torch.cat(self._slots(zs, observed), dim=1), samples)
 
     @torch.no_grad()

@@ -85,7 +85,7 @@ class PatternBank:
         zs = bag_encodings(tier1, data)
         x_hats, sig = [], []
         for i, p in enumerate(patterns):
-            _, x_hat, s2 = tier2_inputs(tier1, data, present & p, seed=seed + i, mc_samples=mc_samples)
+            _, x_hat, s2 = tier2_inputs(tier1, data, present & p, seed=seed + i, mc_samples=mc_samples, zs=zs)
             x_hats.append(x_hat)
             sig.append(s2)
         obs = present.unsqueeze(1) & patterns.unsqueeze(0)  # [N, P, K]

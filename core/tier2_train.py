@@ -58,13 +58,15 @@ def _rng_devices(device: torch.device) -> list:
 
 @torch.no_grad()
 def tier2_inputs(tier1: Tier1Model, data: SiteTensors, observed: torch.Tensor, *, seed: int,
-                 mc_samples: int | None = None, batch: int = 4096
+                 mc_samples: int | None = None, batch: int = 4096, zs: list[torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tier 2's condition inputs for ``data`` under the ``observed`` mask [N, K].
 
     Returns (x_obs [N, sum D] = real targets on observed modalities, 0 elsewhere;
     x_hat [N, sum D] = mean of Tier 1's T MC-dropout estimates; sigma^2 [N, K] = Tier 1's per-modality
     uncertainty, :func:`~rmmfed.core.uncertainty.modality_sigma2`). ``mc_samples`` None = Tier 1's T.
+    ``zs``: Tier 1's bag encodings of ``data`` (:func:`~rmmfed.core.tier2_context.bag_encodings`) when
+    the caller has them: the same result without encoding every instance again.
     """
     device = data.present.device
     observed = observed.bool()
@@ -80,7 +82,8 @@ def tier2_inputs(tier1: Tier1Model, data: SiteTensors, observed: torch.Tensor, *
             for s in range(0, len(data), batch):
                 sl = slice(s, s + batch)
                 mean, var_k = estimate_and_sigma2(tier1, [x[sl] for x in data.x], [m[sl] for m in data.inst_mask],
-                                                  observed[sl], samples=mc_samples)
+                                                  observed[sl], samples=mc_samples,
+                                                  zs=None if zs is None else [z[sl] for z in zs])
                 x_hat.append(torch.cat(mean, dim=1))
                 var.append(var_k)
     finally:
@@ -214,8 +217,8 @@ def predict_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: 
     for i, s in enumerate(range(0, len(data), batch)):
         sub = data.subset(torch.arange(s, min(s + batch, len(data))))
         obs = sub.present.bool()
-        x_obs, x_hat, sigma2 = tier2_inputs(tier1, sub, obs, seed=seed + 1 + i, mc_samples=mc_samples)
         zs, means = bag_encodings(tier1, sub), data_means(sub)
+        x_obs, x_hat, sigma2 = tier2_inputs(tier1, sub, obs, seed=seed + 1 + i, mc_samples=mc_samples, zs=zs)
         enc = tier1_slots(tier1, zs, obs) if tier2.enc_dim else None
         x_rec, var_k, draws = tier2.recover(x_obs, obs, x_hat, sigma2, samples=cfg.samples, steps=cfg.sample_steps,
                                             generator=gen, enc=enc, return_draws=True)

@@ -177,7 +177,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     zs, means = bag_encodings(tier1, sub), data_means(sub)
     for p_i, pattern in enumerate(masking_patterns(len(dims))):
         obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
-        x_obs, x_hat, var_k = tier2_inputs(tier1, sub, obs, seed=seed + p_i, mc_samples=cfg.model.mc_samples)
+        x_obs, x_hat, var_k = tier2_inputs(tier1, sub, obs, seed=seed + p_i, mc_samples=cfg.model.mc_samples, zs=zs)
         hidden = torch.cat([(~obs[:, k : k + 1]).expand(-1, d) for k, d in enumerate(dims)], dim=1).float()
         width = hidden.sum(dim=1)
         out["sigma2"].append(patient_uncertainty(var_k, obs).cpu().numpy())

@@ -125,3 +125,19 @@ def test_bags_too_large_to_keep_whole_are_refused_with_the_fix(long_site, monkey
 
     with pytest.raises(InstanceBudgetError, match=r"site 'site-A', modality 'a'.*Fix: keep the federated PCA on"):
         build_tensors(site, stats)
+
+
+def test_tier2_inputs_from_cached_encodings_equal_a_fresh_encoding(long_site, tier1_cfg):
+    from rmmfed.core.tier2_context import bag_encodings
+    from rmmfed.core.tier2_train import tier2_inputs
+
+    site, stats = long_site
+    data = build_tensors(site, stats)
+    model = build_model(DIMS, tier1_cfg, seed=1)
+    observed = data.present & torch.tensor([True, False, True])
+
+    fresh = tier2_inputs(model, data, observed, seed=4)
+    cached = tier2_inputs(model, data, observed, seed=4, zs=bag_encodings(model, data))
+
+    for a, b in zip(fresh, cached):
+        assert torch.equal(a, b)
