@@ -56,8 +56,12 @@ def collect(m: dict, cohort: dict, strength: float, seed: int, row: str) -> dict
            "oracle_all": cohort["oracle_c_index_all"], "oracle_observed": cohort["oracle_c_index_observed"],
            "oracle_no_recovery": cohort["oracle_c_index_no_recovery"], "wall_s": m["timing_s"]["total"]}
     if row == "full":
+        gate, pooled = m["two_tier"].get("gate") or {}, m["two_tier"].get("referred_pooled") or {}
         rec.update(tier1_covered=c["tier1_covered"], two_tier=c["two_tier_covered"],
-                   tier1_referred=c.get("tier1_referred"), tier2_referred=c.get("tier2_referred"))
+                   tier1_referred=c.get("tier1_referred"), tier2_referred=c.get("tier2_referred"),
+                   gate_open=float(bool(gate.get("open"))) if gate else None,
+                   val_mse_tier1=gate.get("mse_tier1"), val_mse_tier2=gate.get("mse_tier2"),
+                   referred_n=pooled.get("n"), referred_tier1=pooled.get("tier1"), referred_tier2=pooled.get("tier2"))
     return rec
 
 
@@ -90,6 +94,12 @@ def summarise(raw: list[dict], strengths: list[float]) -> list[dict]:
     add("  delta two-tier vs Tier 1", lambda s: mean_sd(r["two_tier"] - r["tier1_covered"] for r in rows_at(s, "full")))
     add("Tier 1 on referred", lambda s: col(rows_at(s, "full"), "tier1_referred"))
     add("Tier 2 on referred", lambda s: col(rows_at(s, "full"), "tier2_referred"))
+    add("Tier 2 gate open (share of full runs)", lambda s: col(rows_at(s, "full"), "gate_open"))
+    add("masked validation recovery MSE, Tier 1", lambda s: col(rows_at(s, "full"), "val_mse_tier1"))
+    add("masked validation recovery MSE, Tier 2", lambda s: col(rows_at(s, "full"), "val_mse_tier2"))
+    add("referred test patients (pooled, simulation only)", lambda s: col(rows_at(s, "full"), "referred_n"))
+    add("  Tier 1 on them (pooled)", lambda s: col(rows_at(s, "full"), "referred_tier1"))
+    add("  Tier 2's own risk on them (pooled)", lambda s: col(rows_at(s, "full"), "referred_tier2"))
     return table
 
 
