@@ -14,12 +14,13 @@ Flower child included.
 
 This module is the command line only; the work is done in:
 
-- :mod:`rmmfed.client.processes`: Flower child processes, supervised (shared with ``rmm-server``);
-- :mod:`rmmfed.client.flower_tuning`: Flower's shortened polls (``rmm-client _flower``) and the
-  ServerApp's Grid tuning; see docs/deployment-performance.md;
+- :mod:`rmmfed.core.processes`: Flower child processes, supervised (shared with ``rmm-server``);
+- :mod:`rmmfed.client.flower_internals`: every use of Flower's non-public modules at the site (shortened
+  SuperNode polls, ``rmm-client _flower``; the worker's Runtime API names), for Flower 1.41 only;
+  see docs/deployment-performance.md;
 - :mod:`rmmfed.client.worker`: the long-lived ClientApp worker (``rmm-client _worker``);
-- :mod:`rmmfed.client.flower_args`: Flower ``key=value`` strings and site names;
-- :mod:`rmmfed.client.keys`: ``rmm-client keygen``'s key pair and fingerprint.
+- :mod:`rmmfed.core.flower_args`: Flower ``key=value`` strings and site names (shared with ``rmm-server``);
+- :mod:`rmmfed.client.keys`: ``rmm-client keygen``'s key pair (its fingerprint: :mod:`rmmfed.core.key_fingerprint`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from pathlib import Path
 
 from ..core.errors import RmmError
 from .errors import ClientCliError
-from .flower_args import check_site_name, flower_kv
-from .flower_tuning import SUPERNODE_IDLE_POLL_S, flower_launcher, launch_flower
-from .keys import keygen, ssh_fingerprint
-from .processes import EXIT_OK, EXIT_USAGE, flower_env, free_port, require_executable, run_supervised, warn
+from ..core.flower_args import check_site_name, flower_kv
+from .flower_internals import SUPERNODE_IDLE_POLL_S, flower_launcher, launch_flower, require_tested_flower
+from ..core.key_fingerprint import ssh_fingerprint
+from .keys import keygen
+from ..core.processes import EXIT_OK, EXIT_USAGE, flower_env, free_port, require_executable, run_supervised, warn
 from .worker import WORKER_POLL_S, run_worker
 
 
@@ -201,6 +203,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--poll-interval", type=float, default=SUPERNODE_IDLE_POLL_S,
                    help=f"seconds between the SuperNode's polls of the server when idle (default "
                         f"{SUPERNODE_IDLE_POLL_S}; Flower's own is 3)")
+    p.add_argument("--no-flower-tuning", action="store_true",
+                   help="run Flower's own flower-supernode, without rmm's shorter polls (client/flower_internals.py); "
+                        "with --isolation subprocess nothing of Flower is patched")
     args = p.parse_args(list(argv))
     if args.max_retries < 1 or args.max_wait <= 0:
         p.error("--max-retries must be >= 1 and --max-wait > 0 (retries are bounded on purpose)")
@@ -277,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "and anyone can pose as the server. Use this only for local trials with synthetic data.")
             if args.key or args.root_cert:
                 warn("--insecure ignores --key and --root-cert")
+        if args.isolation == "process" or not args.no_flower_tuning:  # they patch Flower 1.41's internals
+            require_tested_flower("rmm-client's long-lived ClientApp worker and tuned SuperNode polls")
         port = args.runtime_port or free_port()
         cmd = supernode_command(args, args.data, port)
     except RmmError as err:
@@ -306,8 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd += ["--superexec-auth-secret-file", str(secret)]
         companions["ClientApp worker"] = worker_command(args, port, secret)
     try:
-        code = run_supervised(cmd, flower_env(), on_line=relay, launcher=flower_launcher(args.poll_interval),
-                              companions=companions)
+        launcher = () if args.no_flower_tuning else flower_launcher(args.poll_interval)
+        code = run_supervised(cmd, flower_env(), on_line=relay, launcher=launcher, companions=companions)
     finally:
         if secrets_dir is not None:
             shutil.rmtree(secrets_dir, ignore_errors=True)

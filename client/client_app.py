@@ -1,50 +1,49 @@
-"""The Flower ClientApp: what a hospital does for each message, as a thin adapter over SiteSession.
+"""The Flower ClientApp: for each phase of core/protocol.py, decode the request, check it against the
+site policy, ask the SiteSession, encode the reply. Nothing else.
 
 Which folder is the site:
 - deployment: ``--node-config "data-dir='/secure/site-A'"`` (node_config ``data-dir``), optional ``device``;
 - simulation: the run's cohort folder (run_config ``data-dir``, or the list given to
   :func:`make_client_app`) and the node's ``partition-id``: sorted site sub-folders, one per node.
 
-Sessions are cached per run and site in the (long-lived) ClientApp process, so data is loaded and
-validated once per process, not per message. What a site learned from the server (the run's schema,
-config and feature statistics) is kept in ``context.state``, which Flower hands to whichever
-process serves the next message, so a fresh process rebuilds the session from it.
+Sessions live in the ClientApp's :class:`~rmmfed.client.sessions.SessionRegistry`, one per run and
+site, so data is loaded and validated once per process, not per message; the run's evaluation
+releases it. What a site learned from the server (the run's schema, config, feature statistics and
+frozen Tier 1) is kept in ``context.state``, which Flower hands to whichever process serves the next
+message, so a fresh process rebuilds the session from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from .. import __version__
 from ..core import protocol as P
 from ..core.config import RunConfig
 from ..core.feature_stats import FeatureStats
-from ..core.histogram import HistogramGrid
 from ..core.request_policy import RequestPolicy, digest
 from ..core.site_data import discover_sites
 from ..core.site_policy import PolicyViolation
 from ..core.site_session import SiteSession
 from ..core.two_tier import RiskScale
-from .packing import packing_mod
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
+from .packing import packing_mod
 from .policy_mod import policy_mod, policy_path, request_policy, save_pins, site_policy
-from .records import from_record, to_record
+from .records import from_record, records_of, to_content, to_record
+from .sessions import SessionRegistry
 
-_SESSIONS: dict[tuple[int, str], SiteSession] = {}
 _STATE_CONFIG = "rmm-run"  # context.state keys (stay on the site)
 _STATE_STATS = "rmm-feature-stats"
 _STATE_TIER1 = "rmm-tier1-frozen"
 _STATE_DP = "rmm-dp"  # DP-SGD accountant history and baseline hazards (stay on the site)
 
-
-def _risk_scale(conf: ConfigRecord) -> RiskScale:
-    """The federated risk scales the server sends as ``scale-<head>-<mean|std>``."""
-    return RiskScale(*(float(conf[f"scale-{k}"]) for k in ("tier1-mean", "tier1-std", "tier2-mean", "tier2-std")))
+Handler = Callable[[P.Records, Context, RequestPolicy, SiteSession], object]
 
 
 def site_dir(context: Context, site_dirs: list[str] | None) -> str:
@@ -60,6 +59,16 @@ def site_dir(context: Context, site_dirs: list[str] | None) -> str:
     return site_dirs[pid]
 
 
+def _scale(r: P.Routing) -> RiskScale:
+    return RiskScale(*r.scale)
+
+
+def _enough(n: int, k: int, what: str) -> None:
+    if n < k:
+        raise PolicyViolation("min-patients", f"the {what} would cover {n} patient(s), fewer than this site's "
+                              f"floor of {k}", "nothing to do: the run goes on with the other sites")
+
+
 def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | None = None,
                     extra_mods: list | None = None, policy: str | Path | None = None) -> ClientApp:
     """``site_dirs``: simulation's site folders by partition; ``ledger_dir``: one egress ledger per site there;
@@ -72,201 +81,184 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     # The ledger records what the guard let out; extra mods (simulated faults) act before both.
     # Policy refusals become error replies inside the guard, so the ledger logs them with the key.
     app = ClientApp(mods=[packing_mod, ledger, egress_guard, policy_mod, *(extra_mods or [])])
+    sessions = SessionRegistry()
+    app.rmm_sessions = sessions  # type: ignore[attr-defined]  (tests look at it)
 
     def rules(context: Context) -> RequestPolicy:
         return request_policy(context, site_policy(policy_path(context, site_dir(context, site_dirs), policy)))
 
-    def shapes(arrays: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(np.shape(v)) for k, v in arrays.items()}
+    def check_weights(s: SiteSession, arrays: dict[str, np.ndarray], which: str, what: str) -> None:
+        RequestPolicy.check_weights({k: tuple(np.shape(v)) for k, v in arrays.items()}, s.weight_shapes(which), what)
 
-    def check_weights(s: SiteSession, arrays: dict[str, np.ndarray], which: str, what: str,
-                      optional: bool = False) -> None:
-        if optional and not arrays:
-            return
-        RequestPolicy.check_weights(shapes(arrays), s.weight_shapes(which), what)
-
-    def pinned(context: Context, rp: RequestPolicy, kind: str, grid_key: str, msg: Message) -> None:
+    def pin(context: Context, rp: RequestPolicy, kind: str, key: str, records: P.Records) -> None:
         """Pin (grid, everything else the request carries) for this kind; refused if it differs."""
-        conf = {k: v for k, v in msg.content[P.CONFIG].items() if k not in ("hist-low", "hist-high", "hist-bins")}
-        arrays = {f"{name}/{k}": v for name, rec in msg.content.array_records.items()
-                  for k, v in from_record(rec).items() if name != P.HAZARD_RECORD}
-        rp.pin(kind, grid_key, digest(arrays, repr(sorted(conf.items()))))
+        conf = {k: v for k, v in (records.get(P.CONFIG) or {}).items() if k not in ("hist-low", "hist-high", "hist-bins")}
+        arrays = {f"{name}/{k}": v for name, rec in records.items() if name not in (P.CONFIG, P.HAZARD_RECORD)
+                  for k, v in rec.items()}
+        rp.pin(kind, key, digest(arrays, repr(sorted(conf.items()))))
         save_pins(context, rp)
 
-    def floor_of(context: Context, s: SiteSession) -> int:
-        return rules(context).floor(s.cfg.dp.histogram_min_count if s.cfg is not None else 0)
-
-    def enough(n: int, k: int, what: str) -> None:
-        if n < k:
-            raise PolicyViolation("min-patients", f"the {what} would cover {n} patient(s), fewer than this site's "
-                                  f"floor of {k}", "nothing to do: the run goes on with the other sites")
+    def floor_of(rp: RequestPolicy, s: SiteSession) -> int:
+        return rp.floor(s.cfg.dp.histogram_min_count if s.cfg is not None else 0)
 
     def session(context: Context) -> SiteSession:
         path = site_dir(context, site_dirs)
-        key = (context.run_id, path)
-        if key not in _SESSIONS:
-            for other in [k for k in _SESSIONS if k[1] == path]:  # an earlier run at this site has ended
-                del _SESSIONS[other]
-            _SESSIONS[key] = SiteSession(path, device=str(context.node_config.get("device", "auto")))
-        s = _SESSIONS[key]
+        s = sessions.get(context.run_id, path,
+                         lambda: SiteSession(path, device=str(context.node_config.get("device", "auto"))))
         st = context.state
         if s.cfg is None and _STATE_CONFIG in st:
-            conf = st[_STATE_CONFIG]
-            s.bind_schema({k: int(v) for k, v in P.decode_schema(str(conf["schema"])).items()})
-            cfg = RunConfig.from_flat({k: v for k, v in conf.items() if k != "schema"})
+            req = P.SetupRequest.from_records({P.CONFIG: dict(st[_STATE_CONFIG]), P.STATS_RECORD: {}})
+            s.bind_schema(req.dims)
+            cfg = RunConfig.from_flat(req.config)
             s.setup(cfg, FeatureStats.from_arrays(from_record(st[_STATE_STATS]), cfg.model.anat_partitions))
         if s.tier1_frozen is None and _STATE_TIER1 in st:
             s.tier1_frozen = from_record(st[_STATE_TIER1])
         return s
 
-    def reply(msg: Message, **records) -> Message:
-        return Message(RecordDict(records), reply_to=msg)
+    def serve(phase: P.Phase) -> Callable[[Handler], Handler]:
+        """Register ``fn`` as the handler of ``phase``: policy phase check, decode, call, encode."""
+        def register(fn: Handler) -> Handler:
+            def handler(msg: Message, context: Context) -> Message:
+                rp = rules(context)
+                if phase.policy_phase is not None:
+                    rp.check_phase(phase.policy_phase)
+                reply = fn(records_of(msg.content), context, rp, session(context))
+                return Message(to_content(reply.to_records()), reply_to=msg)
+            getattr(app, phase.category)(phase.action or "default")(handler)
+            return fn
+        return register
 
-    @app.query("schema")
-    def schema(msg: Message, context: Context) -> Message:
-        s = session(context)
+    @serve(P.SCHEMA)
+    def schema(r, context, rp, s):
         d = s.data
-        return reply(msg, config=ConfigRecord({
-            "site": str(context.node_config.get("site", d.site)), "schema": P.encode_schema(d.modalities),
-            "rmm-version": __version__,
-            "n-patients": len(d.patient_ids), "n-events": int(d.event.sum()),
-            "n-train": len(d.indices("train")), "n-val": len(d.indices("val")), "n-test": len(d.indices("test")),
-        }))
+        return P.SchemaReply(str(context.node_config.get("site", d.site)), d.modalities, __version__,
+                             len(d.patient_ids), int(d.event.sum()), len(d.indices("train")), len(d.indices("val")),
+                             len(d.indices("test")))
 
-    @app.query("stats")
-    def stats(msg: Message, context: Context) -> Message:
-        cfg = msg.content[P.CONFIG]
-        rp = rules(context)
-        rp.check_phase("statistics")
-        s = session(context)
-        s.bind_schema({k: int(v) for k, v in P.decode_schema(str(cfg["schema"])).items()})
+    @serve(P.STATISTICS)
+    def stats(r, context, rp, s):
+        req = P.StatsRequest.from_records(r)
+        s.bind_schema(req.dims)
         # The site's floor, or the coordinator's min-stat-count when it is stricter.
-        return reply(msg, sums=to_record(s.feature_sums(rp.floor(int(cfg.get("min-stat-count", 0))),
-                                                        reduce_above=int(cfg.get("reduce-above", 0)),
-                                                        reduce_dim=int(cfg.get("reduce-dim", 0)),
-                                                        second_moments=rp.policy.second_moments)))
+        return P.SumsReply(s.feature_sums(rp.floor(req.min_stat_count), reduce_above=req.reduce_above,
+                                          reduce_dim=req.reduce_dim, second_moments=rp.policy.second_moments))
 
-    @app.query("setup")
-    def setup(msg: Message, context: Context) -> Message:
-        conf = msg.content[P.CONFIG]
-        rules(context).check_setup(RunConfig.from_flat({k: v for k, v in conf.items() if k != "schema"}))
-        context.state[_STATE_CONFIG] = conf
-        context.state[_STATE_STATS] = msg.content[P.STATS_RECORD]
-        s = session(context)
+    @serve(P.SETUP)
+    def setup(r, context, rp, s):
+        req = P.SetupRequest.from_records(r)
+        rp.check_setup(RunConfig.from_flat(req.config))
+        context.state[_STATE_CONFIG] = ConfigRecord(dict(r[P.CONFIG]))
+        context.state[_STATE_STATS] = to_record(req.stats)
         s.cfg = None  # (re)apply this run's setup even if the process saw an earlier one
         session(context)
-        return reply(msg, metrics=MetricRecord({"ready": 1}))
+        return P.MetricsReply({"ready": 1.0})
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        cfg = msg.content[P.CONFIG]
-        rnd = int(cfg["server-round"]) + int(cfg.get("round-offset", 0))  # the run's round, across resumes
-        rp = rules(context)
-        rp.check_phase("tier1")
-        s = session(context)
-        rp.check_round(rnd, s.cfg.dp.enabled if s.cfg is not None else None)
-        check_weights(s, from_record(msg.content[P.ARRAYS]), "tier1", "Tier 1 weights")
+    def round_request(r: P.Records, rp: RequestPolicy, s: SiteSession, which: str, what: str,
+                      training: bool = False) -> P.RoundRequest:
+        req = P.RoundRequest.from_records(r)
+        dp = s.cfg.dp.enabled if training and which == "tier1" and s.cfg is not None else None
+        rp.check_round(req.run_round, dp)
+        check_weights(s, req.weights, which, what)
+        return req
+
+    @serve(P.TIER1_ROUND)
+    def train(r, context, rp, s):
+        req = round_request(r, rp, s, "tier1", "Tier 1 weights", training=True)
         if _STATE_DP in context.state:  # epsilon accumulates across rounds and ClientApp processes
             s.dp_state = from_record(context.state[_STATE_DP])
-        weights, result = s.train(from_record(msg.content[P.ARRAYS]), rnd, float(cfg.get("proximal-mu", 0.0)))
+        weights, result = s.train(req.weights, req.run_round, req.proximal_mu)
         if s.dp_state:
             context.state[_STATE_DP] = to_record(s.dp_state)
-        metrics = {"num-examples": result.n_examples, **result.metrics()}
-        return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
+        return P.RoundReply(weights, {"num-examples": result.n_examples, **result.metrics()})
 
-    @app.train("tier2")
-    def train_tier2(msg: Message, context: Context) -> Message:
-        cfg = msg.content[P.CONFIG]
-        rnd = int(cfg["server-round"]) + int(cfg.get("round-offset", 0))
-        rp = rules(context)
-        rp.check_phase("tier2")
-        rp.check_round(rnd)
-        s = session(context)
-        check_weights(s, from_record(msg.content[P.ARRAYS]), "tier2", "Tier 2 weights")
-        weights, metrics = s.train_tier2(from_record(msg.content[P.ARRAYS]), rnd)
-        return reply(msg, arrays=to_record(weights), metrics=MetricRecord(metrics))
+    @serve(P.TIER1_VALIDATION)
+    def validate_tier1(r, context, rp, s):
+        req = round_request(r, rp, s, "tier1", "Tier 1 weights")
+        _enough(len(s.data.indices("val")), floor_of(rp, s), "validation pair counts")
+        pin(context, rp, f"validation-{req.run_round}", "", r)
+        metrics = s.validate(req.weights)
+        return P.MetricsReply({"num-examples": metrics["n-val"], **metrics})
 
-    @app.query("histogram")
-    def histogram(msg: Message, context: Context) -> Message:
-        conf = msg.content[P.CONFIG]
-        grid = HistogramGrid.from_config(dict(conf))
-        rp = rules(context)
-        s = session(context)
-        arrays = from_record(msg.content[P.ARRAYS]) if P.ARRAYS in msg.content.array_records else {}
-        what = str(conf.get("what", ""))
-        kind, phase = (("risk-groups", "risk-groups") if what == "risk-groups" else
-                       ("tier2-calibration", "tier2") if int(conf.get("tier", 1)) == 2 else ("calibration", "calibration"))
-        rp.check_phase(phase)
-        rp.check_grid(grid)
-        check_weights(s, arrays, "tier1" if kind == "calibration" else "tier2", f"{kind} weights",
-                      optional=kind == "risk-groups")
-        pinned(context, rp, kind, repr(grid), msg)
-        k = floor_of(context, s)
-        if kind == "risk-groups":  # training system risk, for rmm-predict's risk groups
-            merged = s.risk_group_release(arrays or None, float(conf["theta"]), float(conf["bound"]),
-                                          _risk_scale(conf), k, grid, use_tier2=bool(conf.get("tier2-used", True)))
-            return reply(msg, counts=to_record(merged.to_arrays()))
-        if kind == "tier2-calibration":
-            merged, sums = s.tier2_release(arrays, grid, k)
-            return reply(msg, counts=to_record(merged.to_arrays()), metrics=MetricRecord(sums))
-        # Tier 1 calibration fixes Tier 1: the site keeps these weights (frozen) in its own state.
-        context.state[_STATE_TIER1] = msg.content[P.ARRAYS]
-        merged, n = s.calibration_release(arrays, grid, k)
-        return reply(msg, counts=to_record(merged.to_arrays()), metrics=MetricRecord({"n-values": n}))
+    @serve(P.FREEZE_TIER1)
+    def freeze(r, context, rp, s):
+        req = P.FreezeRequest.from_records(r)
+        check_weights(s, req.weights, "tier1", "frozen Tier 1 weights")
+        pin(context, rp, "freeze-tier1", "", r)  # one final Tier 1 per run
+        context.state[_STATE_TIER1] = to_record(req.weights)
+        s.freeze(req.weights)
+        return P.MetricsReply({"frozen": 1.0})
 
-    @app.query("hazard")
-    def hazard(msg: Message, context: Context) -> Message:
-        conf = msg.content[P.CONFIG]
-        rp = rules(context)
-        rp.check_phase("baseline-hazard")
-        s = session(context)
-        k = floor_of(context, s)
-        if str(conf["step"]) == "followup":
-            grid = HistogramGrid.from_config(dict(conf))
-            rp.check_grid(grid)
-            pinned(context, rp, "followup", repr(grid), msg)
-            return reply(msg, counts=to_record(s.followup_release(grid, k).to_arrays()))
-        grid = np.asarray(msg.content[P.HAZARD_RECORD]["grid"].numpy(), dtype=np.float64)
-        rp.check_time_grid(grid)
-        pinned(context, rp, "hazard", digest(grid), msg)
-        return reply(msg, hazard=to_record(s.hazard_release(grid, k).to_arrays()))
+    @serve(P.CALIBRATION)
+    def calibration(r, context, rp, s):
+        req = P.GridRequest.from_records(r)
+        rp.check_grid(req.grid)
+        pin(context, rp, "calibration", repr(req.grid), r)
+        merged, n = s.calibration_release(req.grid, floor_of(rp, s))
+        return P.HistogramReply(merged.to_arrays(), {"n-values": float(n)})
 
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        conf = msg.content[P.CONFIG]
-        weights = from_record(msg.content[P.ARRAYS])
-        rp = rules(context)
-        s = session(context)
-        k = floor_of(context, s)
-        if str(conf.get("split", "test")) == "val" and int(conf.get("tier", 1)) == 2:  # Tier 2 round selection
-            rp.check_phase("tier2")
-            rnd = int(conf.get("server-round", 0)) + int(conf.get("round-offset", 0))
-            rp.check_round(rnd)
-            check_weights(s, weights, "tier2", "Tier 2 weights")
-            pinned(context, rp, f"validation-tier2-{rnd}", "", msg)
-            metrics = s.tier2_validation(weights, k)
-            enough(int(metrics["tier2-val-cases"]), k, "Tier 2 validation sums (masked complete val cases)")
-            return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["tier2-val-cases"]), **metrics}))
-        if str(conf.get("split", "test")) == "val":  # per-round model selection
-            rp.check_phase("tier1")
-            rnd = int(conf.get("server-round", 0)) + int(conf.get("round-offset", 0))
-            rp.check_round(rnd)
-            check_weights(s, weights, "tier1", "Tier 1 weights")
-            enough(len(s.data.indices("val")), k, "validation pair counts")
-            pinned(context, rp, f"validation-{rnd}", "", msg)
-            metrics = s.validate(weights)
-            return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-val"]), **metrics}))
-        rp.check_phase("evaluation")
-        has_tier2 = bool(conf["has-tier2"])
-        check_weights(s, weights, "tier2", "Tier 2 weights", optional=not has_tier2)
-        enough(len(s.data.indices("test")), k, "test metrics")
-        pinned(context, rp, "evaluation", "", msg)
-        metrics = s.evaluate(weights if has_tier2 else None, float(conf["theta"]), float(conf["bound"]),
-                             _risk_scale(conf), k, use_tier2=bool(conf.get("tier2-used", True)))
+    @serve(P.FOLLOWUP)
+    def followup(r, context, rp, s):
+        req = P.GridRequest.from_records(r)
+        rp.check_grid(req.grid)
+        pin(context, rp, "followup", repr(req.grid), r)
+        return P.HistogramReply(s.followup_release(req.grid, floor_of(rp, s)).to_arrays())
+
+    @serve(P.HAZARD)
+    def hazard(r, context, rp, s):
+        req = P.HazardRequest.from_records(r)
+        rp.check_time_grid(req.grid)
+        pin(context, rp, "hazard", digest(req.grid), r)
+        return P.HazardReply(s.hazard_release(req.grid, floor_of(rp, s)).to_arrays())
+
+    @serve(P.TIER2_ROUND)
+    def train_tier2(r, context, rp, s):
+        req = round_request(r, rp, s, "tier2", "Tier 2 weights")
+        weights, metrics = s.train_tier2(req.weights, req.run_round)
+        return P.RoundReply(weights, metrics)
+
+    @serve(P.TIER2_VALIDATION)
+    def validate_tier2(r, context, rp, s):
+        req = round_request(r, rp, s, "tier2", "Tier 2 weights")
+        pin(context, rp, f"validation-tier2-{req.run_round}", "", r)
+        k = floor_of(rp, s)
+        metrics = s.tier2_validation(req.weights, k)
+        _enough(int(metrics["tier2-val-cases"]), k, "Tier 2 validation sums (masked complete val cases)")
+        return P.MetricsReply({"num-examples": metrics["tier2-val-cases"], **metrics})
+
+    @serve(P.TIER2_CALIBRATION)
+    def tier2_calibration(r, context, rp, s):
+        req = P.Tier2CalibrationRequest.from_records(r)
+        rp.check_grid(req.grid)
+        check_weights(s, req.weights, "tier2", "tier2-calibration weights")
+        pin(context, rp, "tier2-calibration", repr(req.grid), r)
+        merged, sums = s.tier2_release(req.weights, req.grid, floor_of(rp, s))
+        return P.HistogramReply(merged.to_arrays(), sums)
+
+    @serve(P.RISK_GROUPS)
+    def risk_groups(r, context, rp, s):
+        req = P.RiskGroupsRequest.from_records(r)
+        rp.check_grid(req.grid)
+        if req.tier2_weights:
+            check_weights(s, req.tier2_weights, "tier2", "risk-groups weights")
+        pin(context, rp, "risk-groups", repr(req.grid), r)
+        merged = s.risk_group_release(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing),
+                                      floor_of(rp, s), req.grid, use_tier2=req.routing.tier2_used)
+        return P.HistogramReply(merged.to_arrays())
+
+    @serve(P.EVALUATION)
+    def evaluate(r, context, rp, s):
+        req = P.EvaluateRequest.from_records(r)
+        if req.tier2_weights is not None:
+            check_weights(s, req.tier2_weights, "tier2", "Tier 2 weights")
+        k = floor_of(rp, s)
+        _enough(len(s.data.indices("test")), k, "test metrics")
+        pin(context, rp, "evaluation", "", r)
+        metrics = s.evaluate(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing), k,
+                             use_tier2=req.routing.tier2_used)
         # the run's last message: release the site's data and models (a retried evaluation rebuilds the
         # session from the Flower state, which keeps the config, the statistics and the frozen Tier 1)
-        _SESSIONS.pop((context.run_id, site_dir(context, site_dirs)), None)
-        return reply(msg, metrics=MetricRecord({"num-examples": int(metrics["n-test"]), **metrics}))
+        sessions.release(context.run_id, site_dir(context, site_dirs))
+        return P.MetricsReply({"num-examples": metrics["n-test"], **metrics})
 
     return app
 

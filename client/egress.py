@@ -1,6 +1,8 @@
 """Egress guard: a ClientApp mod that checks every reply before it leaves the site.
 
-Allowed (anything else makes the reply an error and nothing is sent):
+The request's message type names its phase (core/protocol.py); the reply may carry only the records
+that phase's definition lists, each of the kind the protocol gives it. Then, per record (anything
+else makes the reply an error and nothing is sent):
 - ``arrays``: model weights with exactly the names and shapes of the weights the server sent;
 - ``sums``: feature sums ``<modality>.<all|complete>.<n|sum|sumsq>``, each of shape [1] or [dim], and
   ``<modality>.pca.<n|sum|outer>`` [1], [dim], [dim, dim] (second moments for the federated PCA);
@@ -24,7 +26,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from ..core import protocol as P
 from ..core.errors import RmmError
 
-SCHEMA_KEYS = {"site", "schema", "rmm-version", "n-patients", "n-events", "n-train", "n-val", "n-test"}
 _SUM_KEY = re.compile(r"^.+\.(all|complete|pca)\.(n|sum|sumsq)$")
 _OUTER_KEY = re.compile(r"^.+\.pca\.outer$")
 
@@ -34,18 +35,27 @@ class EgressViolation(RmmError):
 
 
 def check_reply(request: Message, reply: Message) -> None:
-    content = reply.content
-    for name, record in content.items():
+    mtype = request.metadata.message_type
+    phase = P.phase_of(mtype)
+    if phase is None:
+        raise EgressViolation(f"message type '{mtype}' is not a phase of the rmm protocol: nothing is sent")
+    for name, record in reply.content.items():
+        if name not in phase.reply:
+            raise EgressViolation(f"a {phase.name} reply may carry only {', '.join(phase.reply)}, not '{name}'")
         if isinstance(record, MetricRecord):
             bad = [k for k, v in record.items() if isinstance(v, list)]
             if name != P.METRICS or bad:
                 raise EgressViolation(f"metric record '{name}' with list values {bad} is not allowed")
+            unknown = sorted(set(record) - set(phase.metrics))
+            if unknown:
+                raise EgressViolation(f"a {phase.name} reply carries metric(s) {unknown} that core/protocol.py does "
+                                      f"not list for it")
         elif isinstance(record, ConfigRecord):
-            if name != P.CONFIG or request.metadata.message_type != P.SCHEMA or set(record) - SCHEMA_KEYS:
+            if name != P.CONFIG or set(record) - P.SCHEMA_KEYS:
                 raise EgressViolation(f"config record '{name}' with keys {sorted(record)} is not allowed here")
             if any(isinstance(v, (list, bytes)) for v in record.values()):
                 raise EgressViolation("config replies carry scalars only")
-        elif isinstance(record, ArrayRecord):
+        elif isinstance(record, ArrayRecord) and name not in P.SCALAR_RECORDS:
             _check_arrays(request, name, record)
         else:
             raise EgressViolation(f"record '{name}' of type {type(record).__name__} is not allowed")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..core.errors import RmmError
+from ..core.errors import UsageError
 
 
-class ClientCliError(RmmError):
+class ClientCliError(UsageError):
     """A command-line value or a local file is unusable; the message says how to fix it."""

@@ -1,30 +1,14 @@
-"""A site's key pair for SuperNode authentication (``rmm-client keygen``) and its fingerprint."""
+"""A site's key pair for SuperNode authentication (``rmm-client keygen``); its fingerprint: core/key_fingerprint.py."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from ..core.flower_args import check_site_name
 from .errors import ClientCliError
-from .flower_args import check_site_name
-
-
-def ssh_fingerprint(pub_path: str | Path) -> str:
-    """``SHA256:...`` of an OpenSSH public key line, as ``ssh-keygen -l`` prints it."""
-    parts = Path(pub_path).read_text(encoding="ascii", errors="replace").split()
-    if len(parts) < 2:
-        raise ClientCliError(f"{pub_path}: not an OpenSSH public key line. Fix: use the .pub file "
-                             "that 'rmm-client keygen' wrote")
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except ValueError:
-        raise ClientCliError(f"{pub_path}: the key data is not valid base64. Fix: use the .pub file "
-                             "exactly as 'rmm-client keygen' wrote it") from None
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def keygen(site: str, directory: str | Path, *, force: bool = False) -> tuple[Path, Path]:

@@ -1,86 +1,40 @@
-"""Packed weights: all arrays of a message as one array (fewer requests per round in deployment).
+"""Packed weights at the site: the ClientApp mod and the Flower adapters of core/packed_arrays.py.
 
-A ClientApp mod and helpers; the bytes of every array are unchanged and the header is checked on
-arrival. Used by every ClientApp (client_app.py) and by the deployment ServerApp grid (flower_tuning.tune_grid_polling).
+A server that packs its requests (deployment: server/packing.py) gets packed replies; one that does
+not (simulation) gets plain ones. The bytes of every array are unchanged.
 """
 
 from __future__ import annotations
 
-import re
+from flwr.app import Array, ArrayRecord, RecordDict
 
-PACKED_KEY = "rmm.packed"         # the one array of a packed ArrayRecord
-PACKED_STYPE = "rmm.packed.v1"
-_PACK_MAGIC = b"RMMPACK1"
-_PACK_DTYPES = re.compile(r"^(float(16|32|64)|u?int(8|16|32|64)|bool)$")
+from ..core.packed_arrays import PACKED_KEY, PACKED_STYPE, PackedEntry, pack, unpack
 
 
-def pack_record(record):
-    """An ArrayRecord of several arrays -> one ArrayRecord holding a single array (same bytes, one object).
-
-    Flower sends every array (and every 5 MB chunk of it) as a separate object, each its own HTTP
-    request per hop; rmm's Tier 1 weights are 31 arrays. Packed, a message is a handful of objects.
-    Records with fewer than two arrays are returned as they are.
-    """
-    import json as _json
-
-    from flwr.app import Array, ArrayRecord
-
+def pack_record(record: ArrayRecord) -> ArrayRecord:
+    """Several arrays -> one array of the same bytes; records with fewer than two arrays are returned as they are."""
     if len(record) < 2:
         return record
-    header, chunks = [], []
-    for key, arr in record.items():
-        header.append({"k": key, "d": arr.dtype, "s": list(arr.shape), "t": arr.stype, "n": len(arr.data)})
-        chunks.append(arr.data)
-    head = _json.dumps(header, separators=(",", ":")).encode()
-    blob = b"".join([_PACK_MAGIC, len(head).to_bytes(4, "little"), head, *chunks])
+    blob = pack([PackedEntry(k, a.dtype, tuple(a.shape), a.stype, a.data) for k, a in record.items()])
     return ArrayRecord({PACKED_KEY: Array(dtype="uint8", shape=(len(blob),), stype=PACKED_STYPE, data=blob)})
 
 
-def unpack_record(record):
-    """Inverse of :func:`pack_record`; anything that is not a packed record is returned as it is.
-
-    A malformed packed record raises ValueError (the header is checked: sizes, numeric dtypes,
-    NumPy serialisation only, so nothing in it is executed or unpickled).
-    """
-    import json as _json
-
-    from flwr.app import Array, ArrayRecord
-
+def unpack_record(record: ArrayRecord) -> ArrayRecord:
+    """Inverse of :func:`pack_record`; anything that is not packed is returned as it is."""
     if list(record.keys()) != [PACKED_KEY] or record[PACKED_KEY].stype != PACKED_STYPE:
         return record
-    blob = record[PACKED_KEY].data
-    if blob[:8] != _PACK_MAGIC:
-        raise ValueError("packed ArrayRecord: bad magic")
-    size = int.from_bytes(blob[8:12], "little")
-    header = _json.loads(blob[12:12 + size])
-    offset, arrays = 12 + size, {}
-    for item in header:
-        key, dtype, shape, stype, n = item["k"], item["d"], item["s"], item["t"], int(item["n"])
-        if (not isinstance(key, str) or key in arrays or not _PACK_DTYPES.match(str(dtype))
-                or stype != "numpy.ndarray" or n < 0 or offset + n > len(blob)
-                or not all(isinstance(x, int) and x >= 0 for x in shape)):
-            raise ValueError(f"packed ArrayRecord: bad entry {str(item)[:200]}")
-        arrays[key] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=blob[offset:offset + n])
-        offset += n
-    if offset != len(blob):
-        raise ValueError("packed ArrayRecord: trailing bytes")
-    return ArrayRecord(arrays)
+    return ArrayRecord({e.key: Array(dtype=e.dtype, shape=e.shape, stype=e.stype, data=e.data)
+                        for e in unpack(record[PACKED_KEY].data)})
 
 
-def pack_content(content):
+def pack_content(content: RecordDict) -> RecordDict | None:
     """A RecordDict with every multi-array ArrayRecord packed; None when nothing needed packing."""
-    from flwr.app import ArrayRecord, RecordDict
-
     packed = {k: pack_record(v) if isinstance(v, ArrayRecord) else v for k, v in content.items()}
-    if all(packed[k] is v for k, v in content.items()):
-        return None
-    return RecordDict(packed)
+    return None if all(packed[k] is v for k, v in content.items()) else RecordDict(packed)
 
 
-def unpack_content(content):
+def unpack_content(content: RecordDict) -> tuple[RecordDict, bool]:
     """(RecordDict with packed ArrayRecords restored, whether any was packed)."""
-    from flwr.app import ArrayRecord, RecordDict
-
     restored = {k: unpack_record(v) if isinstance(v, ArrayRecord) else v for k, v in content.items()}
     if all(restored[k] is v for k, v in content.items()):
         return content, False
@@ -90,8 +44,8 @@ def unpack_content(content):
 def packing_mod(msg, context, call_next):
     """ClientApp mod: unpack a packed request; pack the reply the same way (only when the request was).
 
-    Put it first in ``ClientApp(mods=[packing_mod, egress_guard])`` so that the egress guard checks
-    the plain reply. A server that does not pack (simulation) gets plain replies.
+    First in ``ClientApp(mods=[packing_mod, ledger, egress_guard, ...])``, so the egress guard and the
+    ledger see plain records.
     """
     packed = False
     if msg.has_content():

@@ -1,9 +1,12 @@
-"""Numpy dicts <-> Flower ArrayRecords (the only array payloads rmm sends)."""
+"""core/protocol.py record dicts <-> Flower records, the hospital's side (the coordinator's is server/records.py:
+written once per side, so neither package depends on the other)."""
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from ..core.protocol import CONFIG, METRICS, Records
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -12,3 +15,21 @@ def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
+
+
+def to_content(records: Records) -> RecordDict:
+    """A payload's record dicts as a Flower RecordDict (config and metrics as scalars, the rest as arrays)."""
+    out = {}
+    for name, items in records.items():
+        if name == CONFIG:
+            out[name] = ConfigRecord(dict(items))
+        elif name == METRICS:
+            out[name] = MetricRecord(dict(items))
+        else:
+            out[name] = to_record(items)
+    return RecordDict(out)
+
+
+def records_of(content: RecordDict) -> Records:
+    """A Flower RecordDict as record dicts (arrays as numpy)."""
+    return {name: from_record(rec) if isinstance(rec, ArrayRecord) else dict(rec) for name, rec in content.items()}

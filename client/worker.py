@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from .flower_tuning import tune_flower_pulls
+from .flower_internals import require_tested_flower, tune_flower_pulls
 
 WORKER_POLL_S = 0.1  # the warm worker asks the SuperNode for a task this often (SuperExec: 1 s)
 
@@ -58,6 +58,7 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
                     return
         threading.Thread(target=watch_parent, name="rmm-parent-watch", daemon=True).start()
 
+    require_tested_flower("rmm-client's long-lived ClientApp worker (--isolation process)")
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor

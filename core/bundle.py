@@ -26,8 +26,9 @@ tier2_gate           None or the run's gate (core/tier2_gate.py): {"open", "reas
 model_card           {"sites", "per_site", "c_index", "n_patients_test", "date", ...}
 ===================  ===========================================================================
 
-``bundle_from_run_dir`` builds the same object from a finished run's ``model.pt`` and
-``metrics.json``, so runs made before bundles existed work unchanged.
+A run writes its ``model.pt`` in this format (server/outputs.py); ``bundle_from_run_dir`` reads a
+run folder (its model card refreshed from ``metrics.json``), and also the ad-hoc ``model.pt`` that
+runs before rmm 0.4 wrote. Every reader goes through :func:`load_model`.
 """
 
 from __future__ import annotations
@@ -311,30 +312,37 @@ def bundle_from_run_dir(run_dir: str | Path) -> ModelBundle:
     raw = _torch_load(model_pt)
     if not isinstance(raw, dict):
         raise BundleError(f"{model_pt}: not an rmm run model. Fix: pass the folder of a finished rmm run")
-    if raw.get("format") == BUNDLE_FORMAT:
-        return load_bundle(model_pt)
+    metrics_path = d / "metrics.json"
+    if raw.get("format") == BUNDLE_FORMAT:  # what runs write since 0.4: the card follows metrics.json, which
+        bundle = load_bundle(model_pt)      # a simulation's later steps extend
+        bundle.model_card = {**(_card_from(metrics_path) or bundle.model_card), "source": str(d.resolve())}
+        return bundle
     if "rmm_version" in raw:
         _check_version(raw["rmm_version"], model_pt)
     missing = [k for k in RUN_MODEL_KEYS if k not in raw]
     if missing:
         raise BundleError(f"{model_pt}: missing key(s) {', '.join(missing)}. Fix: pass the folder of a run that "
                           "completed every phase (a partial run has no usable model.pt)")
-    metrics_path = d / "metrics.json"
-    card: dict[str, Any] = {}
-    if metrics_path.is_file():
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{metrics_path}: cannot be read as JSON ({exc}). Fix: restore the run's "
-                              "metrics.json or remove it (the model card will then be empty)") from None
-        date = datetime.fromtimestamp(metrics_path.stat().st_mtime, timezone.utc).date().isoformat()
-        card = model_card_from_metrics(metrics, date=date)
+    card = _card_from(metrics_path) or {}
     card["source"] = str(d.resolve())
     filled = dict(raw)
     filled.setdefault("abstain_bound", float("inf"))
     filled.setdefault("risk_scale", {})
     return _from_raw(filled, model_pt, model_card=card, baseline=raw.get("baseline_hazard"),
                      cutpoints=raw.get("risk_cutpoints"))
+
+
+def _card_from(metrics_path: Path) -> dict[str, Any] | None:
+    """The model card of a run folder's metrics.json (None when there is none)."""
+    if not metrics_path.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{metrics_path}: cannot be read as JSON ({exc}). Fix: restore the run's "
+                          "metrics.json or remove it (the model card will then be empty)") from None
+    date = datetime.fromtimestamp(metrics_path.stat().st_mtime, timezone.utc).date().isoformat()
+    return model_card_from_metrics(metrics, date=date)
 
 
 def load_model(path: str | Path) -> ModelBundle:

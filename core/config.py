@@ -134,6 +134,10 @@ class RunConfig(_Strict):
     select_best: bool = Field(True, description="keep the round with the best federated validation C-index")
     min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = a majority of the accepted sites")
     round_timeout_s: float = Field(600.0, gt=0.0)
+    flower_tuning: bool = Field(True, description="deployment: the coordinator's Grid polls for replies every 0.2 s "
+                                "instead of Flower's 3 s (server/flower_internals.py; Flower 1.41 only)")
+    pack_weights: bool = Field(True, description="deployment, with flower-tuning: every multi-array weight record "
+                               "travels as one packed array (core/packed_arrays.py)")
     min_stat_count: int = Field(5, ge=1, description="a site sends feature sums only over >= this many patients")
     quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")
     hist_low: float = Field(1e-8, gt=0.0)

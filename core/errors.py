@@ -28,6 +28,10 @@ class SchemaMismatchError(RmmError):
     """A site's modalities or dims disagree with the run's schema."""
 
 
+class UsageError(RmmError):
+    """A command-line value, a local file or a required program is unusable; the message says how to fix it."""
+
+
 class ConfigError(RmmError):
     """A run configuration value is invalid."""
 

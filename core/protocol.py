@@ -1,31 +1,112 @@
-"""What crosses the network: message types and record keys (the allowlist of issue #5 starts here).
+"""The rmm protocol, defined once: every phase's message type, the records its request and reply may
+carry, and typed payloads for them (plain numpy and scalars; no Flower).
 
-Only model weights, feature sums over >= min-stat-count patients, histogram counts and scalar metrics
-ever leave a site. Keys are fixed so an audit can check every reply against them.
+Only model weights, feature sums over >= min-stat-count patients, merged histogram counts, merged
+Breslow sums and scalar metrics ever leave a site. The ServerApp encodes requests and decodes
+replies with these classes (server/), the ClientApp decodes requests and encodes replies with them
+(client/client_app.py), and the egress guard (client/egress.py) checks every reply against its
+phase's definition here. A payload travels as *record dicts*: ``{record name: {key: value}}``, where
+the record named :data:`CONFIG` or :data:`METRICS` holds scalars and every other record holds numpy
+arrays; each side turns them into Flower records (client/records.py, server/records.py).
 """
 
 from __future__ import annotations
 
-SCHEMA = "query.schema"  # site -> server: modality names/dims, counts, rmm version
-STATS = "query.stats"  # site -> server: feature sums (counts, sums, sums of squares)
-SETUP = "query.setup"  # server -> site: run config + federated feature statistics (ack only back)
-TRAIN = "train"  # Tier 1 round: weights in, weights + scalar metrics out
-TRAIN_TIER2 = "train.tier2"  # Tier 2 round: Tier 2 weights only (Tier 1 stays frozen at the site)
-HISTOGRAM = "query.histogram"  # calibration (tier 1: theta; tier 2: abstain bound): histogram counts
-HAZARD = "query.hazard"  # baseline hazard: follow-up histogram, then per-interval event counts and risk-set sums
-EVALUATE = "evaluate"  # final evaluation: scalar metrics only
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
 
-ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
-SUMS = "sums"
-COUNTS = "counts"
-HAZARD_RECORD = "hazard"
-STATS_RECORD = "feature-stats"
+import numpy as np
+
+from .histogram import HistogramGrid
+from .tier2_gate import VALIDATION_KEYS
+from .tier2_train import LOSS_KEYS
+
+# ---- record names ---------------------------------------------------------------------------
+ARRAYS = "arrays"  # model weights (Tier 1 or Tier 2 state dict)
+CONFIG = "config"  # scalars: request settings; in a reply only the schema handshake's
+METRICS = "metrics"  # scalar metrics
+SUMS = "sums"  # feature sums
+COUNTS = "counts"  # one histogram, bins merged to the site's floor
+HAZARD_RECORD = "hazard"  # Breslow sums (reply) / the time grid (request)
+STATS_RECORD = "feature-stats"  # the federated feature statistics (setup request)
+SCALAR_RECORDS = (CONFIG, METRICS)
+
+Records = dict[str, dict[str, Any]]  # record name -> {key: scalar or np.ndarray}
 
 
-def encode_schema(modalities: dict[str, int | None]) -> str:
-    """``{"a": 3, "b": None}`` -> ``"a:3,b:-1"`` (flat string for a ConfigRecord)."""
+# ---- the scalar metrics each reply may carry ---------------------------------------------------
+def _pairs(prefix: str = "") -> tuple[str, ...]:
+    return tuple(f"{prefix}{k}" for k in ("c-index", "pairs-concordant", "pairs-tied-risk", "pairs-comparable"))
+
+
+TRAIN_METRICS = ("num-examples", "train-loss", "train-task", "train-rec", "train-anat", "train-nll",
+                 "dp-epsilon-round", "dp-epsilon", "dp-delta", "dp-noise-multiplier")
+VALIDATION_METRICS = ("num-examples", "n-val", *_pairs()[1:], "val-pll", "val-events")
+TIER2_TRAIN_METRICS = ("num-examples", *(f"tier2-{k}" for k in (*LOSS_KEYS, "steps")))
+TIER2_VALIDATION_METRICS = ("num-examples", "tier2-val-cases", *VALIDATION_KEYS)
+RISK_SUMS = ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")  # both heads' training risk
+EVALUATION_METRICS = (
+    "num-examples", "n-test", "n-events-test",
+    *(k for prefix in ("", "tier1-covered-", "system-covered-", "tier1-referred-", "tier2-referred-",
+                       "system-referred-") for k in _pairs(prefix)),
+    "routed-tier1", "routed-tier2", "routed-abstain", "referred", "referral-rate", "tier1-seconds", "tier2-seconds",
+    "tier2-used", "high-risk-context-kept-tier1", "masked-complete-n", "masked-complete-referred", "recovery-n",
+    "recovery-sse-tier1", "recovery-sse-tier2",
+    *(f"uncertainty-{t}-{k}" for t in ("error", "risk") for k in ("spearman", "ci-low", "ci-high")),
+    "uncertainty-n-patients", "uncertainty-n-rows")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One kind of message: its Flower message type, the site policy's switch for it, and its records."""
+
+    name: str  # as logs, the ledger summary and participation call it
+    message_type: str  # "<category>" or "<category>.<action>" (Flower: train / evaluate / query)
+    policy_phase: str | None  # the site policy's phase key (core/site_policy.py); None: always allowed
+    request: tuple[str, ...]  # record names a request carries
+    reply: tuple[str, ...]  # record names a reply may carry (nothing else passes the egress guard)
+    metrics: tuple[str, ...] = ()  # the scalar metrics its reply may carry (the egress guard's list)
+
+    @property
+    def category(self) -> str:
+        return self.message_type.partition(".")[0]
+
+    @property
+    def action(self) -> str | None:
+        return self.message_type.partition(".")[2] or None
+
+
+SCHEMA = Phase("handshake", "query.schema", None, (), (CONFIG,))
+STATISTICS = Phase("statistics", "query.stats", "statistics", (CONFIG,), (SUMS,))
+SETUP = Phase("setup", "query.setup", None, (CONFIG, STATS_RECORD), (METRICS,), ("ready",))
+TIER1_ROUND = Phase("tier1", "train", "tier1", (ARRAYS, CONFIG), (ARRAYS, METRICS), TRAIN_METRICS)
+TIER1_VALIDATION = Phase("tier1_validation", "evaluate.tier1_validation", "tier1", (ARRAYS, CONFIG), (METRICS,),
+                         VALIDATION_METRICS)
+FREEZE_TIER1 = Phase("freeze_tier1", "query.freeze_tier1", None, (ARRAYS,), (METRICS,), ("frozen",))
+CALIBRATION = Phase("calibration", "query.calibration", "calibration", (CONFIG,), (COUNTS, METRICS), ("n-values",))
+FOLLOWUP = Phase("followup", "query.followup", "baseline-hazard", (CONFIG,), (COUNTS,))
+HAZARD = Phase("baseline_hazard", "query.hazard", "baseline-hazard", (HAZARD_RECORD,), (HAZARD_RECORD,))
+TIER2_ROUND = Phase("tier2", "train.tier2", "tier2", (ARRAYS, CONFIG), (ARRAYS, METRICS), TIER2_TRAIN_METRICS)
+TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", "tier2", (ARRAYS, CONFIG), (METRICS,),
+                         TIER2_VALIDATION_METRICS)
+TIER2_CALIBRATION = Phase("tier2_calibration", "query.tier2_calibration", "tier2", (ARRAYS, CONFIG),
+                          (COUNTS, METRICS), ("n-values", *RISK_SUMS))
+RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS,))
+EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG), (METRICS,), EVALUATION_METRICS)
+
+PHASES = (SCHEMA, STATISTICS, SETUP, TIER1_ROUND, TIER1_VALIDATION, FREEZE_TIER1, CALIBRATION, FOLLOWUP, HAZARD,
+          TIER2_ROUND, TIER2_VALIDATION, TIER2_CALIBRATION, RISK_GROUPS, EVALUATION)
+BY_MESSAGE_TYPE = {p.message_type: p for p in PHASES}
+
+
+def phase_of(message_type: str) -> Phase | None:
+    return BY_MESSAGE_TYPE.get(message_type)
+
+
+# ---- schema strings -------------------------------------------------------------------------
+def encode_schema(modalities: Mapping[str, int | None]) -> str:
+    """``{"a": 3, "b": None}`` -> ``"a:3,b:-1"`` (flat string for a config record)."""
     return ",".join(f"{m}:{-1 if d is None else int(d)}" for m, d in modalities.items())
 
 
@@ -35,3 +116,280 @@ def decode_schema(text: str) -> dict[str, int | None]:
         name, _, dim = part.rpartition(":")
         out[name] = None if int(dim) < 0 else int(dim)
     return out
+
+
+def _dims(text: Any) -> dict[str, int]:
+    return {k: int(v) for k, v in decode_schema(str(text)).items() if v is not None}
+
+
+def _arrays(records: Records, name: str) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in (records.get(name) or {}).items()}
+
+
+def _grid(conf: Mapping[str, Any]) -> HistogramGrid:
+    return HistogramGrid.from_config(dict(conf))
+
+
+# ---- requests (server -> site) --------------------------------------------------------------
+@dataclass
+class StatsRequest:
+    dims: dict[str, int]
+    min_stat_count: int = 0
+    reduce_above: int = 0
+    reduce_dim: int = 0
+
+    def to_records(self) -> Records:
+        return {CONFIG: {"schema": encode_schema(self.dims), "min-stat-count": int(self.min_stat_count),
+                         "reduce-above": int(self.reduce_above), "reduce-dim": int(self.reduce_dim)}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "StatsRequest":
+        c = r[CONFIG]
+        return cls(_dims(c["schema"]), int(c.get("min-stat-count", 0)), int(c.get("reduce-above", 0)),
+                   int(c.get("reduce-dim", 0)))
+
+
+@dataclass
+class SetupRequest:
+    config: dict[str, Any]  # the flat run config (RunConfig.to_flat)
+    dims: dict[str, int]
+    stats: dict[str, np.ndarray]  # FeatureStats.to_arrays
+
+    def to_records(self) -> Records:
+        return {CONFIG: {**self.config, "schema": encode_schema(self.dims)}, STATS_RECORD: dict(self.stats)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "SetupRequest":
+        conf = dict(r[CONFIG])
+        dims = _dims(conf.pop("schema"))
+        return cls(conf, dims, _arrays(r, STATS_RECORD))
+
+
+@dataclass
+class RoundRequest:
+    """A training or validation round (Tier 1 or 2). Flower's strategy builds it (weights + its config)."""
+
+    weights: dict[str, np.ndarray]
+    server_round: int = 0  # Flower's round within this submission
+    round_offset: int = 0  # rounds completed before a resume
+    proximal_mu: float = 0.0  # FedProx
+
+    @property
+    def run_round(self) -> int:
+        """The run's round, across resumes."""
+        return self.server_round + self.round_offset
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.weights), CONFIG: {"server-round": self.server_round,
+                                                     "round-offset": self.round_offset,
+                                                     "proximal-mu": self.proximal_mu}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "RoundRequest":
+        c = r.get(CONFIG) or {}
+        return cls(_arrays(r, ARRAYS), int(c.get("server-round", 0)), int(c.get("round-offset", 0)),
+                   float(c.get("proximal-mu", 0.0)))
+
+
+@dataclass
+class FreezeRequest:
+    """The run's final Tier 1: the site keeps it (frozen) for calibration, Tier 2 and evaluation."""
+
+    weights: dict[str, np.ndarray]
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.weights)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "FreezeRequest":
+        return cls(_arrays(r, ARRAYS))
+
+
+@dataclass
+class GridRequest:
+    """A histogram on a grid the server fixes: Tier 1 calibration or the follow-up times."""
+
+    grid: HistogramGrid
+
+    def to_records(self) -> Records:
+        return {CONFIG: self.grid.to_config()}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "GridRequest":
+        return cls(_grid(r[CONFIG]))
+
+
+@dataclass
+class Tier2CalibrationRequest:
+    weights: dict[str, np.ndarray]  # Tier 2
+    grid: HistogramGrid
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.weights), CONFIG: self.grid.to_config()}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "Tier2CalibrationRequest":
+        return cls(_arrays(r, ARRAYS), _grid(r[CONFIG]))
+
+
+@dataclass
+class Routing:
+    """What a site needs to route patients: theta, the abstention bound, the risk scales, the gate."""
+
+    theta: float
+    bound: float = math.inf
+    scale: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # RiskScale: tier1 mean, std, tier2 mean, std
+    tier2_used: bool = True  # the gate: False keeps Tier 1's risk for the referred
+
+    _SCALE = ("scale-tier1-mean", "scale-tier1-std", "scale-tier2-mean", "scale-tier2-std")
+
+    def to_config(self) -> dict[str, Any]:
+        return {"theta": float(self.theta), "bound": float(self.bound), "tier2-used": bool(self.tier2_used),
+                **dict(zip(self._SCALE, map(float, self.scale)))}
+
+    @classmethod
+    def from_config(cls, c: Mapping[str, Any]) -> "Routing":
+        return cls(float(c["theta"]), float(c["bound"]), tuple(float(c[k]) for k in cls._SCALE),
+                   bool(c.get("tier2-used", True)))
+
+
+@dataclass
+class RiskGroupsRequest:
+    """The training patients' two-tier system risk on ``grid`` (for the risk groups' tertiles)."""
+
+    tier2_weights: dict[str, np.ndarray] | None
+    grid: HistogramGrid
+    routing: Routing
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.tier2_weights or {}), CONFIG: {**self.grid.to_config(), **self.routing.to_config()}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "RiskGroupsRequest":
+        return cls(_arrays(r, ARRAYS) or None, _grid(r[CONFIG]), Routing.from_config(r[CONFIG]))
+
+
+@dataclass
+class HazardRequest:
+    grid: np.ndarray  # time points of the Breslow sums
+
+    def to_records(self) -> Records:
+        return {HAZARD_RECORD: {"grid": np.asarray(self.grid, dtype=np.float64)}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "HazardRequest":
+        return cls(np.asarray(r[HAZARD_RECORD]["grid"], dtype=np.float64))
+
+
+@dataclass
+class EvaluateRequest:
+    tier2_weights: dict[str, np.ndarray] | None
+    routing: Routing
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.tier2_weights or {}),
+                CONFIG: {**self.routing.to_config(), "has-tier2": self.tier2_weights is not None}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "EvaluateRequest":
+        c = r[CONFIG]
+        return cls(_arrays(r, ARRAYS) if bool(c["has-tier2"]) else None, Routing.from_config(c))
+
+
+# ---- replies (site -> server) ---------------------------------------------------------------
+@dataclass
+class SchemaReply:
+    site: str
+    dims: dict[str, int | None]
+    rmm_version: str
+    n_patients: int
+    n_events: int
+    n_train: int
+    n_val: int
+    n_test: int
+    COUNTS: ClassVar[tuple[str, ...]] = ("n-patients", "n-events", "n-train", "n-val", "n-test")
+
+    def to_records(self) -> Records:
+        return {CONFIG: {"site": self.site, "schema": encode_schema(self.dims), "rmm-version": self.rmm_version,
+                         **dict(zip(self.COUNTS, (self.n_patients, self.n_events, self.n_train, self.n_val,
+                                                  self.n_test)))}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "SchemaReply":
+        c = r[CONFIG]
+        return cls(str(c["site"]), decode_schema(str(c["schema"])), str(c["rmm-version"]),
+                   *(int(c[k]) for k in cls.COUNTS))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(zip(self.COUNTS, (self.n_patients, self.n_events, self.n_train, self.n_val, self.n_test)))
+
+
+SCHEMA_KEYS = frozenset({"site", "schema", "rmm-version", *SchemaReply.COUNTS})  # the only config a reply carries
+
+
+@dataclass
+class SumsReply:
+    sums: dict[str, np.ndarray]
+
+    def to_records(self) -> Records:
+        return {SUMS: dict(self.sums)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "SumsReply":
+        return cls(_arrays(r, SUMS))
+
+
+@dataclass
+class HistogramReply:
+    """Merged bins (core/merged_histogram.MergedBins.to_arrays) and, for some phases, scalar sums."""
+
+    counts: dict[str, np.ndarray]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_records(self) -> Records:
+        return {COUNTS: dict(self.counts), **({METRICS: dict(self.metrics)} if self.metrics else {})}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "HistogramReply":
+        return cls(_arrays(r, COUNTS), {k: float(v) for k, v in (r.get(METRICS) or {}).items()})
+
+
+@dataclass
+class HazardReply:
+    sums: dict[str, np.ndarray]  # core/merged_hazard.MergedHazard.to_arrays
+
+    def to_records(self) -> Records:
+        return {HAZARD_RECORD: dict(self.sums)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "HazardReply":
+        return cls(_arrays(r, HAZARD_RECORD))
+
+
+@dataclass
+class MetricsReply:
+    """Scalar metrics only (setup, freeze, validation, evaluation)."""
+
+    metrics: dict[str, float]
+
+    def to_records(self) -> Records:
+        return {METRICS: dict(self.metrics)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "MetricsReply":
+        return cls({k: float(v) for k, v in (r.get(METRICS) or {}).items()})
+
+
+@dataclass
+class RoundReply:
+    weights: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.weights), METRICS: dict(self.metrics)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "RoundReply":
+        return cls(_arrays(r, ARRAYS), {k: float(v) for k, v in (r.get(METRICS) or {}).items()})
+

@@ -24,7 +24,7 @@ from .config import RunConfig
 from .histogram import HistogramGrid
 from .site_policy import DEFAULT_POLICY, PolicyViolation, SitePolicy
 
-PINNED_KINDS = ("calibration", "tier2-calibration", "risk-groups", "followup", "hazard", "evaluation")
+PINNED_KINDS = ("freeze-tier1", "calibration", "tier2-calibration", "risk-groups", "followup", "hazard", "evaluation")
 ROUND_KIND = "validation-"  # + the round number: one set of weights scored per validation round
 ROUND_KINDS = (ROUND_KIND, "validation-tier2-")  # Tier 1 and Tier 2 validation rounds
 

@@ -151,10 +151,9 @@ class SiteSession:
             merged = MergedBins(merged.first, merged.last, noisy, merged.n_bins)
         return merged
 
-    def calibration_release(self, weights: dict[str, np.ndarray], grid: HistogramGrid, k: int) -> tuple[MergedBins, int]:
-        """Tier 1 calibration (fixes Tier 1 at this site, like :meth:`histogram`), merged to the floor."""
-        self.tier1_frozen = weights
-        values = self.calibration_values(weights)
+    def calibration_release(self, grid: HistogramGrid, k: int) -> tuple[MergedBins, int]:
+        """Tier 1 calibration of the frozen Tier 1 (:attr:`tier1_frozen`), merged to the floor."""
+        values = self.calibration_values(self._frozen_weights())
         return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
                                    "calibration histogram"), int(len(values))
 
@@ -200,13 +199,10 @@ class SiteSession:
         return merged
 
     # ---- phase 4: calibration ----------------------------------------------------------
-    def histogram(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, int]:
-        """Counts of Tier 1 uncertainty over held-out (val) complete cases under every masking pattern.
-
-        These weights are the run's final Tier 1: the site keeps them (frozen) for Tier 2 and evaluation.
-        """
-        self.tier1_frozen = weights
-        values = self.calibration_values(weights)
+    def histogram(self, grid: HistogramGrid) -> tuple[np.ndarray, int]:
+        """Counts of the frozen Tier 1's uncertainty over held-out (val) complete cases under every
+        masking pattern (unmerged: for simulation-only checks)."""
+        values = self.calibration_values(self._frozen_weights())
         return grid.counts(values), int(len(values))
 
     def calibration_values(self, weights: dict[str, np.ndarray]) -> np.ndarray:
@@ -222,10 +218,18 @@ class SiteSession:
         return risk, test.time.cpu().numpy(), test.event.cpu().numpy(), ids
 
     # ---- Tier 2 (Tier 1 frozen, kept locally) ------------------------------------------
-    def _tier1(self) -> Tier1Model:
+    def freeze(self, weights: dict[str, np.ndarray]) -> None:
+        """Fix the run's final Tier 1 at this site (the freeze phase): calibration, Tier 2 and evaluation use it."""
+        self.tier1_frozen = weights
+
+    def _frozen_weights(self) -> dict[str, np.ndarray]:
         if self.tier1_frozen is None:
-            raise RuntimeError("Tier 1 is not fixed yet at this site: the calibration phase must run before Tier 2")
-        return self.model(self.tier1_frozen)
+            raise RuntimeError("Tier 1 is not fixed yet at this site: the server sends it (query.freeze_tier1) "
+                               "before calibration, Tier 2 and evaluation")
+        return self.tier1_frozen
+
+    def _tier1(self) -> Tier1Model:
+        return self.model(self._frozen_weights())
 
     def tier2_model(self, weights: dict[str, np.ndarray] | None = None) -> Tier2Model:
         assert self.cfg is not None

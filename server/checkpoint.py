@@ -4,7 +4,8 @@ Written after every aggregated round (atomically: temporary file, then rename) u
 folder. Holds the phase, the last completed round, the global weights, the model-selection state,
 the per-round history, the optimiser state of adaptive strategies (FedAdam's moments), and the
 Tier 1 weights once Tier 1 is done. Nothing in it comes from a patient row: it is what the server
-already holds.
+already holds. It is written as plain containers and tensors (numpy arrays become tensors) and read
+with ``torch.load(weights_only=True)``, so opening a checkpoint never runs pickled code.
 """
 
 from __future__ import annotations
@@ -13,11 +14,33 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..core.errors import RmmError
 
-STRATEGY_STATE = ("current_arrays", "m_t", "v_t")  # FedOpt family (FedAdam, FedYogi, FedAdagrad)
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _from_plain(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.numpy()
+    if isinstance(x, dict):
+        return {k: _from_plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_from_plain(v) for v in x]
+    return x
 
 
 class CheckpointMismatch(RmmError):
@@ -31,7 +54,7 @@ class Checkpoint:
     def load(self, config_flat: dict[str, Any]) -> dict[str, Any] | None:
         if self.path is None or not self.path.is_file():
             return None
-        state = torch.load(self.path, weights_only=False)
+        state = _from_plain(torch.load(self.path, weights_only=True))
         if state.get("config") != config_flat:
             raise CheckpointMismatch(
                 f"{self.path} was written by a run with another configuration. Fix: resume with the same "
@@ -43,14 +66,5 @@ class Checkpoint:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        torch.save(_to_plain(state), tmp)
         os.replace(tmp, self.path)
-
-
-def strategy_state(strategy: Any) -> dict[str, Any]:
-    return {k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None}
-
-
-def restore_strategy_state(strategy: Any, state: dict[str, Any]) -> None:
-    for k, v in state.items():
-        setattr(strategy, k, v)

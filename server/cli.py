@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..client.keys import ssh_fingerprint
-from ..client.processes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, flower_env, require_executable, run_supervised, warn
+from ..core.key_fingerprint import ssh_fingerprint
+from ..core.processes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, flower_env, require_executable, run_supervised, warn
 from ..core.errors import RmmError
 from .consortium import load_consortium
 from .pki import Pki, PkiError, fingerprint, init_ca, server_sans

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..client.flower_args import check_site_name, flower_kv
+from ..core.flower_args import check_site_name, flower_kv
 from ..core.config import RunConfig
 from ..core.errors import ConfigError, RmmError
 

@@ -1,8 +1,11 @@
-"""The phases of one rmm run, driven by the ServerApp over a Flower Grid (queries: server/queries.py;
-training rounds, the Tier 2 gate and the baseline hazard: server/phases.py).
+"""The phases of one rmm run, driven by the ServerApp over a Flower Grid: one function per phase over
+a small :class:`Run` (the Grid, the config, the accepted sites, and what the run has learned).
 
-schema handshake -> federated feature statistics -> setup -> Tier 1 rounds -> calibration ->
-evaluation. Only weights, feature sums, histogram counts and scalar metrics come back from sites.
+handshake -> feature statistics and setup -> Tier 1 rounds -> freeze Tier 1 -> calibration ->
+baseline hazard -> Tier 2 rounds and its calibration -> risk groups -> evaluation. Messages are
+core/protocol.py's phases; only weights, feature sums, merged histogram counts, merged Breslow sums
+and scalar metrics come back from sites. Queries: server/queries.py; training rounds, the Tier 2
+gate and the baseline hazard: server/phases.py.
 """
 
 from __future__ import annotations
@@ -11,16 +14,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from logging import WARNING
-
-import numpy as np
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord
+import numpy as np
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from .. import __version__
-from .records import from_record, to_record
 from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
@@ -31,13 +31,14 @@ from ..core.merged_histogram import merged_quantile, pooled_counts
 from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
-from ..core.two_tier import RiskScale
 from ..core.tier2_gate import Tier2Gate
+from ..core.two_tier import RiskScale
+from ..core.weights import get_weights
 from .checkpoint import Checkpoint
 from .handshake import Handshake, SiteInfo, agree
-from .progress import Progress
 from .phases import baseline_hazard, run_phase, tier2_gate
-from .queries import ask, bracket_doc, merged_parts, wait_for_nodes
+from .progress import Progress
+from .queries import ask, bracket_doc, decode, merged_parts, wait_for_nodes
 from .queries import per_site as per_site_release
 
 
@@ -75,100 +76,166 @@ class FederationResult:
                                 for m in self.per_site.values())
 
 
+@dataclass
+class Run:
+    """What every phase function works on; each phase adds what it learned."""
+
+    grid: Grid
+    cfg: RunConfig
+    progress: Progress
+    ckpt: Checkpoint
+    state: dict | None  # the checkpoint resumed from, if any
+    accepted: list[int] = field(default_factory=list)
+    site_of: dict[int, str] = field(default_factory=dict)
+    participation: dict[str, list[str]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    release_error: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)  # what every checkpoint holds
+
+    def say(self, text: str) -> None:
+        self.progress.phase(text)
+
+    def ask(self, phase: P.Phase, request=None, *, record: str | None = None) -> dict[int, object]:
+        """``phase`` to every accepted site; ``record`` names the participation entry (default: the phase's)."""
+        replies = ask(self.grid, self.accepted, phase, self.cfg.round_timeout_s, request)
+        self.answered(record or phase.name, replies)
+        return replies
+
+    def answered(self, phase: str, nodes) -> None:
+        self.participation[phase] = sorted(self.site_of[n] for n in nodes)
+        missing = sorted(set(self.site_of[n] for n in self.accepted) - set(self.participation[phase]))
+        if missing:
+            log(WARNING, "%s: no answer from %s", phase, ", ".join(missing))
+
+    def keep_answering(self, replies) -> None:
+        self.accepted = [n for n in self.accepted if n in replies]
+
+    def timed(self, name: str, t0: float) -> None:
+        self.timing[name] = time.perf_counter() - t0
+
+
 def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: dict[str, int] | None = None,
                    progress: Progress | None = None, checkpoint: str | Path | None = None, resume: bool = False,
                    expected_sites: frozenset[str] | None = None) -> FederationResult:
     """Run every phase; ``n_sites`` is how many sites the run waits for before the handshake.
 
     With ``checkpoint`` set, the state is saved after every round; with ``resume``, a run continues from
-    the last completed round of the phase it was in (handshake, statistics and setup are always redone:
-    they are cheap, deterministic, and re-arm sites that restarted too). ``progress`` hears one line per
-    phase and every round (default: Flower log records).
+    the last completed round of the phase it was in (handshake, statistics, setup, the freeze of Tier 1
+    and the queries are always redone: they are cheap, deterministic, and re-arm sites that restarted
+    too). ``progress`` hears one line per phase and every round (default: Flower log records).
     """
-    timing: dict[str, float] = {}
     t_all = time.perf_counter()
-    progress = progress or Progress()
-    say = progress.phase
-
-    # 1. schema handshake
+    ckpt = Checkpoint(checkpoint)
+    run = Run(grid, cfg, progress or Progress(), ckpt, None)
+    hs = handshake(run, n_sites, expected_dims, expected_sites)
+    run.state = ckpt.load(run.cfg.to_flat()) if resume else None
+    stats = statistics_and_setup(run, hs)
+    weights, history, best_round = tier1(run, hs, stats)
+    freeze_tier1(run, weights)
+    grid_h, counts, theta = calibration(run)
     t = time.perf_counter()
-    nodes = wait_for_nodes(grid, n_sites, cfg.round_timeout_s)
-    replies = ask(grid, nodes, P.SCHEMA, cfg.round_timeout_s)
+    hazard = baseline_hazard(run.grid, run.cfg, run.accepted, run.answered, run.release_error)
+    run.timed("baseline_hazard", t)
+    if hazard is not None:
+        run.say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
+                f"H0(end) = {hazard[1][-1]:.4g}")
+    t2 = tier2(run, stats, grid_h) if run.cfg.tier2_rounds > 0 else Tier2Outcome()
+    routing = P.Routing(theta, t2.bound, (t2.scale.tier1_mean, t2.scale.tier1_std, t2.scale.tier2_mean,
+                                          t2.scale.tier2_std), bool(t2.gate.open) if t2.gate is not None else True)
+    cutpoints, n_risk = risk_groups(run, t2.weights, routing)
+    per_site = evaluation(run, t2.weights, routing)
+    run.timing["total"] = time.perf_counter() - t_all
+    return FederationResult(run.cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
+                            timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights, bound=t2.bound,
+                            scale=t2.scale, tier2_history=t2.history, baseline_hazard=hazard,
+                            participation=run.participation, risk_cutpoints=cutpoints, risk_cutpoint_values=n_risk,
+                            release_error=run.release_error, tier2_gate=t2.gate, tier2_round=t2.round)
+
+
+# ---- 1. schema handshake ----------------------------------------------------------------------
+def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
+              expected_sites: frozenset[str] | None) -> Handshake:
+    t = time.perf_counter()
+    cfg = run.cfg
+    nodes = wait_for_nodes(run.grid, n_sites, cfg.round_timeout_s)
+    replies = ask(run.grid, nodes, P.SCHEMA, cfg.round_timeout_s)
     infos = []
     for nid, rep in sorted(replies.items()):
-        c = rep.content[P.CONFIG]
-        infos.append(SiteInfo(nid, str(c["site"]), P.decode_schema(str(c["schema"])), str(c["rmm-version"]),
-                              {k: int(c[k]) for k in ("n-patients", "n-events", "n-train", "n-val", "n-test")}))
+        r = decode(rep, P.SchemaReply)
+        infos.append(SiteInfo(nid, r.site, r.dims, r.rmm_version, r.counts))
     hs = agree(infos, __version__, expected_dims, expected_sites)
     for site, reason in hs.refused.items():
         log(WARNING, "site %s refused: %s", site, reason)
     if not hs.accepted:
         raise FederationError("no site passed the schema handshake; see the refusals above")
-    accepted = [s.node_id for s in hs.accepted]
     if cfg.model.widths == "auto":  # resolved once, before round 1: every site receives the same widths
-        cfg = cfg.resolve_widths(sum(s.counts["n-train"] for s in hs.accepted))
-        say(f"widths: hidden {cfg.model.hidden_dim}, embed {cfg.model.embed_dim}, attention {cfg.model.attn_dim} "
-            f"(model.widths = auto)")
+        run.cfg = cfg = cfg.resolve_widths(sum(s.counts["n-train"] for s in hs.accepted))
+        run.say(f"widths: hidden {cfg.model.hidden_dim}, embed {cfg.model.embed_dim}, attention {cfg.model.attn_dim} "
+                f"(model.widths = auto)")
     need = min(cfg.min_sites, n_sites) if cfg.min_sites else n_sites // 2 + 1
-    if len(accepted) < need:
-        raise FederationError(f"only {len(accepted)} of {n_sites} site(s) passed the handshake; this run needs "
+    if len(hs.accepted) < need:
+        raise FederationError(f"only {len(hs.accepted)} of {n_sites} site(s) passed the handshake; this run needs "
                               f"{need} (min-sites). Fix: check that the sites run rmm-client, then submit again "
                               "(with --resume to continue an interrupted run)")
-    site_of = {s.node_id: s.site for s in hs.accepted}
-    participation = {"handshake": sorted(site_of.values())}
+    run.accepted = [s.node_id for s in hs.accepted]
+    run.site_of = {s.node_id: s.site for s in hs.accepted}
+    run.participation["handshake"] = sorted(run.site_of.values())
+    run.say(f"handshake: {len(run.accepted)} site(s) accepted ({', '.join(run.site_of.values())}); "
+            f"modalities {', '.join(f'{m}:{d}' for m, d in hs.dims.items())}")
+    run.timed("handshake", t)
+    return hs
 
-    def answered(phase: str, nodes) -> None:
-        participation[phase] = sorted(site_of[n] for n in nodes)
-        missing = sorted(set(site_of[n] for n in accepted) - set(participation[phase]))
-        if missing:
-            log(WARNING, "%s: no answer from %s", phase, ", ".join(missing))
-    say(f"handshake: {len(accepted)} site(s) accepted ({', '.join(site_of.values())}); "
-        f"modalities {', '.join(f'{m}:{d}' for m, d in hs.dims.items())}")
-    timing["handshake"] = time.perf_counter() - t
 
-    # 2. federated feature statistics (counts, sums, sums of squares)
+# ---- 2. federated feature statistics, then the run's setup at every site ---------------------------
+def statistics_and_setup(run: Run, hs: Handshake) -> FeatureStats:
     t = time.perf_counter()
-    conf = ConfigRecord({"schema": P.encode_schema(hs.dims), "min-stat-count": cfg.min_stat_count,
-                         "reduce-above": cfg.model.reduce_above, "reduce-dim": cfg.model.reduce_dim})
-    replies = ask(grid, accepted, P.STATS, cfg.round_timeout_s, config=conf)
-    answered("statistics", replies)
-    accepted = [n for n in accepted if n in replies]
-    if not accepted:
+    cfg = run.cfg
+    replies = run.ask(P.STATISTICS, P.StatsRequest(hs.dims, cfg.min_stat_count, cfg.model.reduce_above,
+                                                   cfg.model.reduce_dim))
+    run.keep_answering(replies)
+    if not run.accepted:
         raise FederationError("no site returned feature statistics")
-    sums = add_sums([from_record(replies[n].content[P.SUMS]) for n in accepted])
+    sums = add_sums([decode(replies[n], P.SumsReply).sums for n in run.accepted])
     stats = FeatureStats.from_sums(sums, hs.dims, cfg.model.anat_partitions, cfg.model.reduce_dim)
     model_dims = stats.model_dims(hs.dims)
+    run.keep_answering(run.ask(P.SETUP, P.SetupRequest(cfg.to_flat(), hs.dims, stats.to_arrays())))
+    run.timed("statistics", t)
+    run.say(f"statistics: feature sums from {len(run.accepted)} site(s); L_anat on "
+            + ", ".join(f"{m}:{src}" for m, src in sums_source(sums, hs.dims).items())
+            + ("; federated PCA " + ", ".join(f"{m} {hs.dims[m]}->{model_dims[m]}" for m in stats.basis)
+               if stats.basis else ""))
+    run.base = {"config": cfg.to_flat(), "dims": hs.dims}
+    return stats
 
-    # 3. setup: every site gets the run config and the statistics once
-    replies = ask(grid, accepted, P.SETUP, cfg.round_timeout_s, config=ConfigRecord({**cfg.to_flat(), "schema": P.encode_schema(hs.dims)}),
-                   **{P.STATS_RECORD: to_record(stats.to_arrays())})
-    answered("setup", replies)
-    accepted = [n for n in accepted if n in replies]
-    timing["statistics"] = time.perf_counter() - t
-    say(f"statistics: feature sums from {len(accepted)} site(s); L_anat on "
-        + ", ".join(f"{m}:{src}" for m, src in sums_source(sums, hs.dims).items())
-        + ("; federated PCA " + ", ".join(f"{m} {hs.dims[m]}->{model_dims[m]}" for m in stats.basis)
-           if stats.basis else ""))
 
-    # 4. Tier 1 rounds
+# ---- 3. Tier 1 rounds, then the final Tier 1 frozen at every site ----------------------------------
+def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.ndarray], list[dict], int]:
     t = time.perf_counter()
-    ckpt = Checkpoint(checkpoint)
-    state = ckpt.load(cfg.to_flat()) if resume else None
-    base = {"config": cfg.to_flat(), "dims": hs.dims}
-    weights, history, best_round, strategy = run_phase(
-        grid, cfg, accepted, phase="tier1", rounds=cfg.rounds, select_best=cfg.select_best, train_type=P.TRAIN,
-        initial=ArrayRecord(build_model(model_dims, cfg.model, cfg.seed).state_dict()),
-        state=state, ckpt=ckpt, base=base, progress=progress)
-    base["tier1"] = {"weights": weights, "history": history, "best_round": best_round}
-    ckpt.save({**base, "phase": "tier1-done"})
-    timing["tier1"] = time.perf_counter() - t
+    cfg = run.cfg
+    initial = get_weights(build_model(stats.model_dims(hs.dims), cfg.model, cfg.seed))
+    weights, history, best_round = run_phase(
+        run.grid, cfg, run.accepted, train=P.TIER1_ROUND, evaluate=P.TIER1_VALIDATION, rounds=cfg.rounds,
+        select_best=cfg.select_best, initial=initial, state=run.state, ckpt=run.ckpt, base=run.base,
+        progress=run.progress)
+    run.base["tier1"] = {"weights": weights, "history": history, "best_round": best_round}
+    run.ckpt.save({**run.base, "phase": "tier1-done"})
+    run.timed("tier1", t)
+    return weights, history, best_round
 
-    # 5. calibration: histograms on a server-fixed grid -> theta
+
+def freeze_tier1(run: Run, weights: dict[str, np.ndarray]) -> None:
+    """Every site keeps the final Tier 1 (frozen) for calibration, Tier 2, the hazard and evaluation."""
+    run.keep_answering(run.ask(P.FREEZE_TIER1, P.FreezeRequest(weights)))
+    if not run.accepted:
+        raise FederationError("no site acknowledged the final Tier 1 weights")
+
+
+# ---- 4. calibration: histograms on a server-fixed grid -> theta -----------------------------------
+def calibration(run: Run) -> tuple[HistogramGrid, np.ndarray, float]:
     t = time.perf_counter()
+    cfg = run.cfg
     grid_h = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
-    replies = ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(weights),
-                   config=ConfigRecord(grid_h.to_config()))
-    answered("calibration", replies)
+    replies = run.ask(P.CALIBRATION, P.GridRequest(grid_h))
     parts = merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
     counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
     if counts.sum() <= 0:
@@ -176,101 +243,88 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                               "give each site a 'val' split with some patients who have every modality "
                               "(at least its policy's min-patients of them)")
     bracket = merged_quantile(grid_h, parts, cfg.quantile)
-    theta = bracket.estimate
-    release_error = {"theta": {**bracket_doc(bracket, parts), "per_site": per_site_release(replies, parts, site_of)}}
-    timing["calibration"] = time.perf_counter() - t
-    say(f"calibration: {round(float(counts.sum()))} uncertainty values from {len(replies)} site(s); "
-        f"theta (q={cfg.quantile}) = {theta:.4g}")
+    run.release_error["theta"] = {**bracket_doc(bracket, parts), "per_site": per_site_release(replies, parts, run.site_of)}
+    run.timed("calibration", t)
+    run.say(f"calibration: {round(float(counts.sum()))} uncertainty values from {len(replies)} site(s); "
+            f"theta (q={cfg.quantile}) = {bracket.estimate:.4g}")
+    return grid_h, counts, bracket.estimate
 
-    # 5b. baseline hazard of the frozen Tier 1 (Breslow on a federated time grid), for survival curves
+
+# ---- 5. Tier 2 rounds (Tier 1 frozen at the sites), its gate, abstention bound and risk scales ------
+@dataclass
+class Tier2Outcome:
+    weights: dict[str, np.ndarray] | None = None
+    history: list[dict] = field(default_factory=list)
+    round: int = 0
+    gate: Tier2Gate | None = None
+    bound: float = float("inf")
+    scale: RiskScale = field(default_factory=RiskScale)
+
+
+def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     t = time.perf_counter()
-    hazard = baseline_hazard(grid, cfg, accepted, answered, release_error)
-    timing["baseline_hazard"] = time.perf_counter() - t
-    if hazard is not None:
-        say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
-            f"H0(end) = {hazard[1][-1]:.4g}")
-
-    # 6. Tier 2 rounds (Tier 1 frozen at the sites), then its abstention bound and the risk scales
-    tier2_weights: dict[str, np.ndarray] | None = None
-    bound, scale, tier2_history = float("inf"), RiskScale(), []
-    gate, tier2_round = None, 0
-    if cfg.tier2_rounds > 0:
-        t = time.perf_counter()
-        tier2_weights, tier2_history, tier2_round, _ = run_phase(
-            grid, cfg, accepted, phase="tier2", rounds=cfg.tier2_rounds,
-            select_best=cfg.tier2_select_best or cfg.tier2_gate, keep_best=cfg.tier2_select_best,
-            train_type=P.TRAIN_TIER2, evaluate_config={"split": "val", "tier": 2},
-            initial=ArrayRecord(build_tier2(model_dims, cfg.tier2, cfg.seed, tier1=cfg.model).state_dict()),
-            state=state, ckpt=ckpt, base=base, progress=progress)
-        ckpt.save({**base, "phase": "tier2-done", "tier2": {"weights": tier2_weights, "history": tier2_history,
-                                                             "best_round": tier2_round}})
-        gate = tier2_gate(cfg, tier2_history, tier2_round)
-        say(f"tier2 gate: {'open' if gate.open else 'closed'}: {gate.reason}")
-        timing["tier2"] = time.perf_counter() - t
-        t = time.perf_counter()
-        replies = ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights),
-                       config=ConfigRecord({**grid_h.to_config(), "tier": 2}))
-        answered("tier2_calibration", replies)
-        parts2 = merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
-        counts2 = pooled_counts(parts2, grid_h.n_bins) if parts2 else np.zeros(grid_h.n_bins)
-        sums = {k: sum(float(r.content[P.METRICS][k]) for r in replies.values())
-                for k in ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")}
-        if sums["risk-n"] > 0:
-            scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
+    cfg = run.cfg
+    initial = get_weights(build_tier2(stats.model_dims(run.base["dims"]), cfg.tier2, cfg.seed, tier1=cfg.model))
+    weights, history, kept = run_phase(
+        run.grid, cfg, run.accepted, train=P.TIER2_ROUND, evaluate=P.TIER2_VALIDATION, rounds=cfg.tier2_rounds,
+        select_best=cfg.tier2_select_best or cfg.tier2_gate, keep_best=cfg.tier2_select_best, initial=initial,
+        state=run.state, ckpt=run.ckpt, base=run.base, progress=run.progress)
+    run.ckpt.save({**run.base, "phase": "tier2-done", "tier2": {"weights": weights, "history": history,
+                                                                 "best_round": kept}})
+    out = Tier2Outcome(weights, history, kept, tier2_gate(cfg, history, kept))
+    run.say(f"tier2 gate: {'open' if out.gate.open else 'closed'}: {out.gate.reason}")
+    run.timed("tier2", t)
+    t = time.perf_counter()
+    replies = run.ask(P.TIER2_CALIBRATION, P.Tier2CalibrationRequest(weights, grid_h))
+    parts = merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
+    counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
+    sums = {k: sum(decode(r, P.HistogramReply).metrics[k] for r in replies.values())
+            for k in P.RISK_SUMS}
+    if sums["risk-n"] > 0:
+        out.scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
                                         sums["risk2-sumsq"])
-        else:  # no site answered (timeouts, or every site's policy refused): both heads keep the raw scale
-            log(WARNING, "tier2 calibration: no site sent risk sums; the risk scales stay at their defaults")
-        if counts2.sum() > 0:
-            bracket2 = merged_quantile(grid_h, parts2, cfg.tier2_abstain_quantile)
-            bound = bracket2.estimate
-            release_error["tier2_bound"] = bracket_doc(bracket2, parts2)
-        timing["tier2_calibration"] = time.perf_counter() - t
-        say(f"tier2 calibration: abstain when Tier 2 uncertainty > {bound:.4g} (q={cfg.tier2_abstain_quantile}, "
-            f"{round(float(counts2.sum()))} values)")
+    else:  # no site answered (timeouts, or every site's policy refused): both heads keep the raw scale
+        log(WARNING, "tier2 calibration: no site sent risk sums; the risk scales stay at their defaults")
+    if counts.sum() > 0:
+        bracket = merged_quantile(grid_h, parts, cfg.tier2_abstain_quantile)
+        out.bound = bracket.estimate
+        run.release_error["tier2_bound"] = bracket_doc(bracket, parts)
+    run.timed("tier2_calibration", t)
+    run.say(f"tier2 calibration: abstain when Tier 2 uncertainty > {out.bound:.4g} (q={cfg.tier2_abstain_quantile}, "
+            f"{round(float(counts.sum()))} values)")
+    return out
 
-    scale_conf = {f"scale-{k.replace('_', '-')}": v for k, v in vars(scale).items()}
 
-    # 6b. risk groups: tertile cut points of the training system risk, from summed histograms
+# ---- 6. risk groups: tertile cut points of the training system risk, from summed histograms --------
+def risk_groups(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: P.Routing
+                ) -> tuple[list[float] | None, int]:
     t = time.perf_counter()
-    used = {"tier2-used": bool(gate.open) if gate is not None else True}
-    replies = ask(grid, accepted, P.HISTOGRAM, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
-                   config=ConfigRecord({**RISK_GRID.to_config(), "what": "risk-groups", "theta": theta,
-                                        "bound": bound, **scale_conf, **used}))
-    answered("risk_groups", replies)
-    risk_parts = merged_parts(replies, RISK_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
-    risk_counts = pooled_counts(risk_parts, RISK_GRID.n_bins) if risk_parts else np.zeros(RISK_GRID.n_bins)
-    cutpoints = cutpoints_from_counts(risk_counts)
+    replies = run.ask(P.RISK_GROUPS, P.RiskGroupsRequest(tier2_weights, RISK_GRID, routing))
+    parts = merged_parts(replies, RISK_GRID.n_bins, run.cfg.dp.histogram_epsilon > 0)
+    counts = pooled_counts(parts, RISK_GRID.n_bins) if parts else np.zeros(RISK_GRID.n_bins)
+    cutpoints = cutpoints_from_counts(counts)
     if cutpoints is not None:
-        release_error["risk_cutpoints"] = {
-            "widest_merged_bin_risk_units": max(p.widest() for p in risk_parts) * math.log(RISK_GRID.ratio),
+        run.release_error["risk_cutpoints"] = {
+            "widest_merged_bin_risk_units": max(p.widest() for p in parts) * math.log(RISK_GRID.ratio),
             "bin_risk_units": math.log(RISK_GRID.ratio),
             "brackets": [[math.log(max(b.low, 1e-300)), math.log(b.high) if math.isfinite(b.high) else None]
-                         for b in (merged_quantile(RISK_GRID, risk_parts, q) for q in (1 / 3, 2 / 3))]}
-    timing["risk_groups"] = time.perf_counter() - t
-    say(f"risk groups: tertile cut points of the training system risk "
-        f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({round(float(risk_counts.sum()))} values)")
+                         for b in (merged_quantile(RISK_GRID, parts, q) for q in (1 / 3, 2 / 3))]}
+    run.timed("risk_groups", t)
+    run.say(f"risk groups: tertile cut points of the training system risk "
+            f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({round(float(counts.sum()))} values)")
+    return cutpoints, int(round(counts.sum()))
 
-    # 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel)
+
+# ---- 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel) -----------------------
+def evaluation(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: P.Routing
+               ) -> dict[str, dict[str, float]]:
     t = time.perf_counter()
-    conf = {"theta": theta, "bound": bound, "split": "test", "has-tier2": tier2_weights is not None, **scale_conf,
-            **used}
-    replies = ask(grid, accepted, P.EVALUATE, cfg.round_timeout_s, arrays=to_record(tier2_weights or {}),
-                   config=ConfigRecord(conf))
-    answered("evaluation", replies)
-    per_site = dict(sorted((site_of[n], {k: float(v) for k, v in r.content[P.METRICS].items()})
-                           for n, r in replies.items()))
-    timing["evaluation"] = time.perf_counter() - t
-    timing["total"] = time.perf_counter() - t_all
-    return FederationResult(cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
-                            timing_s=timing, best_round=best_round,
-                            tier2_weights=tier2_weights, bound=bound, scale=scale, tier2_history=tier2_history,
-                            baseline_hazard=hazard, participation=participation, risk_cutpoints=cutpoints,
-                            risk_cutpoint_values=int(round(risk_counts.sum())), release_error=release_error,
-                            tier2_gate=gate, tier2_round=tier2_round)
+    replies = run.ask(P.EVALUATION, P.EvaluateRequest(tier2_weights, routing))
+    per_site = dict(sorted((run.site_of[n], decode(r, P.MetricsReply).metrics) for n, r in replies.items()))
+    run.timed("evaluation", t)
+    return per_site
 
 
 def sums_source(sums: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, str]:
     """Which block L_anat statistics came from, per modality (complete cases when any were shared)."""
     return {m: "complete cases" if float(sums[f"{m}.complete.n"][0]) > 0 else "all present cases" for m in dims}
-
-

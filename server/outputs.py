@@ -1,4 +1,5 @@
-"""Run outputs: metrics.json, calibration.json, run_config.json, weights, report.md.
+"""Run outputs: metrics.json, calibration.json, run_config.json, model.pt (the model bundle of
+core/bundle.py, which rmm-predict and every evaluation read with ``load_model``), report.md.
 
 Written as soon as the federation's phases all succeeded, each file through a temporary name and an
 atomic rename, so a failed run never leaves a half-written file that looks complete. Later steps of
@@ -18,7 +19,10 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..core.bundle import BaselineHazard, ModelBundle, save_bundle
 from ..core.concordance import ConcordanceCounts, combined_c_index
+from ..core.metrics_document import RunMetrics
+from ..core.model_card import model_card_from_metrics
 from ..core.routing import ABSTAIN, TIER1, TIER2
 from ..core.uncertainty_quality import quality_document
 from .federation import FederationResult
@@ -84,7 +88,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     doc["history"] = res.history
     doc["selected_round"] = res.best_round
     doc["timing_s"] = {**res.timing_s, **extra.get("timing_s", {})}
-    return _clean(doc)
+    return RunMetrics.model_validate(_clean(doc)).to_json()
 
 
 def _combined(ps: dict[str, dict[str, float]], prefix: str) -> float:
@@ -147,23 +151,28 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
     (tmp / "calibration.json").write_text(json.dumps(_calibration_doc(res, extra)))
     (tmp / "run_config.json").write_text(json.dumps(
         {"config": res.config.to_flat(), "modalities": res.handshake.dims, "rmm_version": __version__}, indent=2))
-    torch.save({"tier1": {k: torch.from_numpy(np.asarray(v)) for k, v in res.weights.items()},
-                "tier2": ({k: torch.from_numpy(np.asarray(v)) for k, v in res.tier2_weights.items()}
-                          if res.tier2_weights is not None else None),
-                "abstain_bound": res.bound, "risk_scale": vars(res.scale),
-                "baseline_hazard": (None if res.baseline_hazard is None else
-                                    {"times": torch.from_numpy(np.asarray(res.baseline_hazard[0], dtype=np.float64)),
-                                     "cumhaz": torch.from_numpy(np.asarray(res.baseline_hazard[1], dtype=np.float64)),
-                                     "risk": "tier1"}),
-                "feature_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in res.stats.to_arrays().items()},
-                "modalities": res.handshake.dims, "config": res.config.to_flat(), "theta": res.theta,
-                "risk_cutpoints": res.risk_cutpoints, "rmm_version": __version__,
-                "tier2_gate": res.tier2_gate.to_dict() if res.tier2_gate is not None else None}, tmp / "model.pt")
+    save_bundle(run_bundle(res, metrics), tmp / "model.pt")
     (tmp / "report.md").write_text(report or render_report(metrics))
     for f in tmp.iterdir():
         f.replace(out / f.name)
     tmp.rmdir()
     return out
+
+
+def run_bundle(res: FederationResult, metrics: dict[str, Any]) -> ModelBundle:
+    """The run's model as the one model file (core/bundle.py): both tiers, statistics, calibration,
+    baseline hazard, risk groups, gate and a model card from ``metrics``."""
+    hazard = None if res.baseline_hazard is None else BaselineHazard(*res.baseline_hazard, risk="tier1")
+    return ModelBundle(
+        tier1={k: torch.from_numpy(np.array(v)) for k, v in res.weights.items()},
+        tier2=(None if res.tier2_weights is None else
+               {k: torch.from_numpy(np.array(v)) for k, v in res.tier2_weights.items()}),
+        feature_stats={k: np.asarray(v) for k, v in res.stats.to_arrays().items()},
+        modalities=dict(res.handshake.dims), config=res.config.to_flat(), theta=float(res.theta),
+        abstain_bound=float(res.bound), risk_scale=res.scale, rmm_version=__version__, baseline_hazard=hazard,
+        risk_cutpoints=None if res.risk_cutpoints is None else [float(c) for c in res.risk_cutpoints],
+        model_card=model_card_from_metrics(metrics),
+        tier2_gate=res.tier2_gate.to_dict() if res.tier2_gate is not None else None)
 
 
 def _calibration_doc(res: FederationResult, extra: dict[str, Any] | None) -> dict[str, Any]:

@@ -4,10 +4,9 @@ Tier 2 gate read from its validation, and the federated Breslow baseline hazard.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from .records import from_record, to_record
+from .records import to_record as to_array_record
 from ..core import protocol as P
 from ..core.baseline_hazard import time_grid, baseline_from_sums
 from ..core.config import RunConfig
@@ -15,9 +14,9 @@ from ..core.histogram import HistogramGrid
 from ..core.merged_hazard import MergedHazard, fine_sums
 from ..core.merged_histogram import merged_quantile, spread
 from ..core.tier2_gate import Tier2Gate, decide
-from .checkpoint import Checkpoint, restore_strategy_state, strategy_state
+from .checkpoint import Checkpoint
 from .progress import Progress
-from .queries import ask, bracket_doc, merged_parts
+from .queries import ask, bracket_doc, decode, merged_parts
 from .strategies import make_strategy
 
 
@@ -32,62 +31,51 @@ def tier2_gate(cfg: RunConfig, history: list[dict], kept_round: int) -> Tier2Gat
     return decide(entry["val-sums"], int(entry.get("val-sites", 0)))
 
 
-def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, rounds: int, select_best: bool,
-               train_type: str, initial: ArrayRecord, state: dict | None, ckpt: Checkpoint, base: dict,
-               progress: Progress, keep_best: bool | None = None, evaluate_config: dict | None = None
-               ) -> tuple[dict[str, np.ndarray], list[dict], int, object]:
-    """One federated training phase (Tier 1 or Tier 2) with per-round checkpoints and resume.
+def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase, evaluate: P.Phase, rounds: int,
+              select_best: bool, initial: dict[str, np.ndarray], state: dict | None, ckpt: Checkpoint, base: dict,
+              progress: Progress, keep_best: bool | None = None) -> tuple[dict[str, np.ndarray], list[dict], int]:
+    """One federated training phase (``train``: Tier 1 or Tier 2 rounds, ``evaluate``: their validation)
+    with per-round checkpoints and resume; returns (weights, history, kept round).
 
     ``select_best`` validates every round; ``keep_best`` (default: ``select_best``) then keeps the best
     round's weights instead of the last round's."""
+    phase = train.name
     keep_best = select_best if keep_best is None else keep_best
     say = progress.phase
     done = (state or {}).get(phase) if state and state.get("phase") != phase else None
     if done is not None:  # the phase had finished before the restart
         say(f"resume: {phase} already complete, reusing its weights")
-        return done["weights"], done["history"], done.get("best_round") or rounds, None
-    offset = 0
-    runner = make_strategy(cfg, len(accepted), set(accepted), lambda rnd, info: None, train_type=train_type,
+        return done["weights"], done["history"], done.get("best_round") or rounds
+    runner = make_strategy(cfg, len(accepted), set(accepted), lambda rnd, info: None, train=train, evaluate=evaluate,
                            select_best=select_best)
     strategy = getattr(runner, "strategy", runner)  # central DP wraps the strategy that keeps the books
+    offset = 0
     if state and state.get("phase") == phase:
-        offset = int(state["round"])
-        initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state["weights"].items()})
-        strategy.round_offset = offset
-        strategy.history = state["history"]
-        strategy.best_score, strategy.best_round = state["best_score"], state["best_round"]
-        if state.get("best_weights") is not None:
-            strategy.best_arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state["best_weights"].items()})
-        restore_strategy_state(strategy, state.get("strategy", {}))
+        strategy.resume(state)
+        offset, initial = int(state["round"]), state["weights"]
         say(f"resume: {phase} continues after round {offset}/{rounds}")
+    reported: set[int] = set()
 
     def save(strat, rnd: int) -> None:
-        arrays = strat.last_arrays
-        ckpt.save({**base, "phase": phase, "round": rnd,
-                   "weights": {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()},
-                   "history": strat.history, "best_score": strat.best_score, "best_round": strat.best_round,
-                   "best_weights": ({k: v.numpy() for k, v in strat.best_arrays.to_torch_state_dict().items()}
-                                    if strat.best_arrays is not None else None),
-                   "strategy": strategy_state(strat)})
+        ckpt.save({**base, "phase": phase, "round": rnd, **strat.snapshot()})
         if rnd not in reported:  # a phase without validation ends its round twice (train, empty evaluate)
             reported.add(rnd)
             progress.round_end(phase, rnd, rounds, strat.history[-1] if strat.history else {})
 
-    reported: set[int] = set()
-    strategy.checkpoint_fn = save
+    strategy.on_round_end(save)
     final = initial
     if rounds - offset > 0:
         progress.rounds_start(phase, rounds, offset)
         try:
-            result = runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds - offset,
-                                  timeout=cfg.round_timeout_s,
-                                  evaluate_config=ConfigRecord(evaluate_config or {"split": "val"}))
+            result = runner.start(grid=grid, initial_arrays=to_array_record(initial), num_rounds=rounds - offset,
+                                  timeout=cfg.round_timeout_s)
         finally:
             progress.rounds_end(phase)
-        final = result.arrays
+        final = {k: v.numpy() for k, v in result.arrays.to_torch_state_dict().items()}
     best_round = rounds
     if keep_best and strategy.best_arrays is not None:
-        final, best_round = strategy.best_arrays, strategy.best_round
+        final = {k: v.numpy() for k, v in strategy.best_arrays.to_torch_state_dict().items()}
+        best_round = strategy.best_round
         if phase == "tier1":
             what = ("site-stratified validation partial log-likelihood per event"
                     if cfg.select_metric == "partial-likelihood" else "federated validation C-index")
@@ -95,7 +83,7 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, phase: str, ro
         else:
             say(f"model selection: {phase} round {best_round} has the lowest federated masked validation "
                 f"recovery MSE ({-strategy.best_score:.4f})")
-    return {k: v.numpy() for k, v in final.to_torch_state_dict().items()}, strategy.history, best_round, strategy
+    return final, strategy.history, best_round
 
 
 FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
@@ -107,8 +95,7 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     t_max = cfg.hazard_max_time
     errors = release_error if release_error is not None else {}
     if t_max <= 0:
-        replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s,
-                       config=ConfigRecord({**FOLLOWUP_GRID.to_config(), "step": "followup"}))
+        replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(FOLLOWUP_GRID))
         parts = merged_parts(replies, FOLLOWUP_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
         if not parts or spread(parts, FOLLOWUP_GRID.n_bins).sum() <= 0:
             return None
@@ -116,12 +103,11 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
         t_max = bracket.estimate
         errors["hazard_max_time"] = bracket_doc(bracket, parts)
     points = time_grid(t_max, cfg.hazard_points)
-    replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, config=ConfigRecord({"step": "sums"}),
-                   **{P.HAZARD_RECORD: to_record({"grid": points})})
+    replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, P.HazardRequest(points))
     answered("baseline_hazard", replies)
     if not replies:
         return None
-    parts = [MergedHazard.from_arrays(from_record(r.content[P.HAZARD_RECORD]), len(points)) for r in replies.values()]
+    parts = [MergedHazard.from_arrays(decode(r, P.HazardReply).sums, len(points)) for r in replies.values()]
     events, risk_sums = fine_sums(parts, len(points))
     widest = max(p.widest() for p in parts)
     errors["baseline_hazard"] = {"grid_points": len(points), "widest_merged_intervals": widest,

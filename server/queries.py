@@ -10,20 +10,21 @@ import time
 from logging import ERROR, WARNING
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from .records import from_record
+from .records import records_of, to_content
 from ..core import protocol as P
 from ..core.merged_histogram import MergedBins, QuantileBracket, spread
 from ..core.site_policy import refused_key
 
 
-def ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, retries: int = 1,
-         reconnect_pause_s: float = 2.0, **records) -> dict[int, Message]:
-    """Send the same records to each node; return the successful replies by node (errors logged).
+def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=None, *, retries: int = 1,
+        reconnect_pause_s: float = 2.0) -> dict[int, Message]:
+    """Send the same request (a core/protocol.py payload, or none) to each node as ``phase``'s message
+    type; return the successful replies by node (errors logged).
 
     Every message sent this way is a query a site can answer twice with the same result (schema,
     statistics, setup, histograms, hazard sums, evaluation), so a node that answered with an error
@@ -34,6 +35,8 @@ def ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, retr
     that does not answer at all uses up the timeout. A node whose site policy refused the request (its
     reason names the policy key) is not asked again.
     """
+    message_type = phase.message_type
+    records = request.to_records() if request is not None else {}
     deadline = time.monotonic() + timeout
     out: dict[int, Message] = {}
     refused: set[int] = set()
@@ -44,7 +47,7 @@ def ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, retr
         if left <= 0:
             break
         unavailable: set[int] = set()
-        msgs = [Message(RecordDict(dict(records)), dst_node_id=n, message_type=message_type) for n in pending]
+        msgs = [Message(to_content(records), dst_node_id=n, message_type=message_type) for n in pending]
         for rep in grid.send_and_receive(msgs, timeout=left):
             nid = rep.metadata.src_node_id
             if rep.has_error() and refused_key(rep.error.reason):
@@ -78,6 +81,11 @@ def ask(grid: Grid, nodes: list[int], message_type: str, timeout: float, *, retr
     return out
 
 
+def decode(reply: Message, payload):
+    """A reply's content as the protocol's ``payload`` class (core/protocol.py)."""
+    return payload.from_records(records_of(reply.content))
+
+
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
     t0 = time.monotonic()
     while True:
@@ -89,7 +97,7 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 
 def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list[MergedBins]:
     """The sites' merged histograms (core/merged_histogram.py); noisy counts are clipped after summing."""
-    parts = [MergedBins.from_arrays(from_record(r.content[P.COUNTS]), n_bins) for r in replies.values()]
+    parts = [MergedBins.from_arrays(decode(r, P.HistogramReply).counts, n_bins) for r in replies.values()]
     if noisy and parts:  # unclipped noisy counts: spread, sum, then a monotone CDF, as one exact part
         total = spread(parts, n_bins)
         cdf = np.maximum.accumulate(np.clip(np.cumsum(total), 0, None))

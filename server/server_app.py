@@ -13,9 +13,9 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..client.flower_tuning import tune_grid_polling
 from ..core.config import RunConfig
 from .federation import FederationResult, run_federation
+from .flower_internals import tune_grid
 from .outputs import build_metrics, write_outputs
 from .progress import Progress
 from .run_report import DEPLOYMENT_NOTE, server_figures, write_report
@@ -32,9 +32,10 @@ def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        grid = tune_grid_polling(grid)  # deployment: 0.2 s reply polls, packed weights; no-op in simulation
         rc = dict(context.run_config)
         run_cfg = cfg or RunConfig.from_flat(rc, ignore=APP_KEYS)
+        if run_cfg.flower_tuning:  # deployment: 0.2 s reply polls, packed weights; no-op in simulation
+            grid = tune_grid(grid, pack=run_cfg.pack_weights)
         sites = n_sites or int(rc.get("num-sites", 0)) or len(list(grid.get_node_ids())) or 1
         out = Path(out_dir or str(rc.get("out-dir", "runs/flwr")))
         again = bool(rc.get("resume", False)) if resume is None else resume

@@ -7,16 +7,21 @@ import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
+from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
 from ..core.site_policy import refused_key
 from ..core.tier2_gate import add_validation, decide
 from .defences import ROBUST_STRATEGIES, central_dp, defended
+from .queries import decode
+
+STRATEGY_STATE = ("current_arrays", "m_t", "v_t")  # FedOpt family (FedAdam, FedYogi, FedAdagrad)
 
 
 def _restricted(base: type) -> type:
@@ -24,10 +29,11 @@ def _restricted(base: type) -> type:
         """Sends only to accepted nodes; records per-round metrics and timing for the report."""
 
         def __init__(self, *args, accepted: set[int], on_round: Callable[[int, dict], None],
-                     train_type: str = "train", round_offset: int = 0, select_metric: str = "c-index",
-                     **kwargs) -> None:
+                     train_type: str = P.TIER1_ROUND.message_type,
+                     evaluate_type: str = P.TIER1_VALIDATION.message_type, round_offset: int = 0,
+                     select_metric: str = "c-index", **kwargs) -> None:
             super().__init__(*args, **kwargs)
-            self.train_type = train_type
+            self.train_type, self.evaluate_type = train_type, evaluate_type
             self.select_metric = select_metric  # Tier 1 rounds: "c-index" or "partial-likelihood"
             self.round_offset = round_offset  # rounds completed before a resume
             self.accepted = accepted
@@ -40,23 +46,45 @@ def _restricted(base: type) -> type:
             self.checkpoint_fn: Callable | None = None
             self._t0 = time.perf_counter()
 
+        # ---- state, for checkpoints and resume ------------------------------------------------
+        def resume(self, state: dict) -> None:
+            """Continue after ``state["round"]`` rounds (a checkpoint written by :meth:`snapshot`)."""
+            self.round_offset = int(state["round"])
+            self.history = list(state["history"])
+            self.best_score, self.best_round = state["best_score"], state["best_round"]
+            if state.get("best_weights") is not None:
+                self.best_arrays = _array_record(state["best_weights"])
+            for k, v in (state.get("strategy") or {}).items():  # FedOpt moments
+                if k in STRATEGY_STATE:
+                    setattr(self, k, v)
+
+        def snapshot(self) -> dict:
+            """What :meth:`resume` needs: the last round's weights, history, model selection, optimiser state."""
+            return {"weights": _numpy(self.last_arrays), "history": self.history, "best_score": self.best_score,
+                    "best_round": self.best_round,
+                    "best_weights": _numpy(self.best_arrays) if self.best_arrays is not None else None,
+                    "strategy": {k: getattr(self, k) for k in STRATEGY_STATE if getattr(self, k, None) is not None}}
+
+        def on_round_end(self, hook: Callable | None) -> None:
+            """``hook(strategy, run_round)`` after every round (after its validation when there is one)."""
+            self.checkpoint_fn = hook
+
+        # ---- Flower's round loop ---------------------------------------------------------------
+        def _typed(self, messages: Iterable[Message], message_type: str) -> list[Message]:
+            """The strategy's messages for the accepted sites, as this phase's message type (core/protocol.py)."""
+            return [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=message_type)
+                    for m in messages if m.metadata.dst_node_id in self.accepted]
+
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
             self._t0 = time.perf_counter()
             self._sent = arrays  # what this round started from: kept when no update arrives
             config["round-offset"] = self.round_offset
-            return [m for m in super().configure_train(server_round, arrays, config, grid)
-                    if m.metadata.dst_node_id in self.accepted]
-
-        def _construct_messages(self, record, node_ids, message_type):
-            """A phase other than Tier 1 (``train.tier2``) reuses the round loop with its own message type."""
-            if message_type == "train":
-                message_type = self.train_type
-            return super()._construct_messages(record, node_ids, message_type)
+            return self._typed(super().configure_train(server_round, arrays, config, grid), self.train_type)
 
         def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
             self._candidate = arrays  # the weights this validation round scores
-            return [m for m in super().configure_evaluate(server_round, arrays, config, grid)
-                    if m.metadata.dst_node_id in self.accepted]
+            config["round-offset"] = self.round_offset
+            return self._typed(super().configure_evaluate(server_round, arrays, config, grid), self.evaluate_type)
 
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
             """Validation score from the sites' sums; keeps the best round's weights.
@@ -69,7 +97,7 @@ def _restricted(base: type) -> type:
             entered the score ("val-sites"): a site missing from a validation round changes the score,
             hence possibly the selected round."""
             replies = list(replies)
-            good = [dict(r.content["metrics"]) for r in replies if not r.has_error()]
+            good = [decode(r, P.MetricsReply).metrics for r in replies if not r.has_error()]
             rnd = server_round + self.round_offset
             extra: dict = {}
             if good and "tier2-val-n" in good[0]:
@@ -135,6 +163,14 @@ def _restricted(base: type) -> type:
     return Restricted
 
 
+def _numpy(arrays: ArrayRecord) -> dict:
+    return {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()}
+
+
+def _array_record(weights: dict) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
 def _content_key(reply: Message) -> bytes:
     if reply.has_error() or not reply.content.array_records:
         return b""
@@ -143,13 +179,15 @@ def _content_key(reply: Message) -> bytes:
 
 
 def make_strategy(cfg: RunConfig, n_sites: int, accepted: set[int], on_round: Callable[[int, dict], None],
-                  *, train_type: str = "train", select_best: bool | None = None, round_offset: int = 0) -> FedAvg:
-    """The configured strategy for one phase; ``train_type`` names the phase's message type."""
+                  *, train: P.Phase = P.TIER1_ROUND, evaluate: P.Phase = P.TIER1_VALIDATION,
+                  select_best: bool | None = None, round_offset: int = 0) -> FedAvg:
+    """The configured strategy for one training phase: ``train`` and ``evaluate`` name its rounds' phases."""
     need = min(cfg.min_sites, n_sites) if cfg.min_sites else n_sites // 2 + 1  # a dead site must not stall the run
     select = cfg.select_best if select_best is None else select_best
     common = dict(fraction_train=1.0, fraction_evaluate=1.0 if select else 0.0, min_train_nodes=need,
                   min_evaluate_nodes=need, min_available_nodes=need, accepted=accepted, on_round=on_round,
-                  train_type=train_type, round_offset=round_offset, select_metric=cfg.select_metric)
+                  train_type=train.message_type, evaluate_type=evaluate.message_type, round_offset=round_offset,
+                  select_metric=cfg.select_metric)
     common.update(max_update_norm=cfg.max_update_norm, norm_action=cfg.norm_action)  # DefendedAggregation
     if cfg.strategy == "fedprox":
         strategy = _restricted(defended(FedProx))(proximal_mu=cfg.proximal_mu, **common)

@@ -15,16 +15,14 @@ same short run with ``rmm-server run`` and times it from the streamed logs:
 - ``warm``: ``rmm-client`` (``--isolation process``): the tuned polls plus one long-lived
   ClientApp worker per site, so PyTorch, the site's data and the model stay loaded;
 - ``warm-packed``: ``warm`` plus weights packed into one array per message (one object instead of
-  one per tensor: :func:`~rmmfed.client.packing.pack_record`).
+  one per tensor: core/packed_arrays.py).
 
 Per Tier 1 round it reports the ServerApp's own figure (``tier1 round k/N: ... <s>s``, configure
 -> aggregate of the train step), the whole round (train + validation: time between consecutive
 round lines) and the slowest site's time for its train message (warm: the ClientApp call in the
 worker; per-message processes: the SuperNode's ``Receiving`` -> ``Sending``, process start included).
-The app shipped here is rmm's own ServerApp and ClientApp, wrapped: the ServerApp's Grid goes
-through :func:`~rmmfed.client.flower_tuning.tune_grid_polling` (``RMM_FLOWER_TUNING=0`` turns all of it off,
-``RMM_PACK=0`` only the packing), the ClientApp through :func:`~rmmfed.client.packing.packing_mod`
-(a no-op unless the server packed).
+The app is rmm's own ServerApp and ClientApp; the run config's ``flower-tuning`` and ``pack-weights``
+switch the coordinator's Grid tuning (server/flower_internals.py), the client command the SuperNode's.
 """
 
 from __future__ import annotations
@@ -42,12 +40,8 @@ import threading
 import time
 from pathlib import Path
 
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
-
-from rmmfed.client.flower_tuning import tune_grid_polling
-from rmmfed.client.packing import packing_mod
-from rmmfed.client.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
+from rmmfed.core import protocol as P
+from rmmfed.core.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
 
 MODES = {
     "flower-defaults": {"client": "flower", "tuning": False, "pack": False, "superexec_poll": 1.0},
@@ -57,29 +51,6 @@ MODES = {
 }
 _ROUND = re.compile(r"tier1 round (\d+)/(\d+):.* ([0-9.]+)s")
 _WORKER = re.compile(r"\[rmm-worker[^\]]*\] (\S+): \S+ in ([0-9.]+) s \(ClientApp ([0-9.]+) s\)")
-
-# The apps this benchmark ships: rmm's, with the Grid tuned and the packing mod in front.
-server_app = ServerApp()
-
-
-@server_app.main()
-def _main(grid, context) -> None:
-    from rmmfed.server.server_app import app
-
-    app._main(tune_grid_polling(grid), context)  # noqa: SLF001 - rmm's own ServerApp main
-
-
-class _PackingClientApp(ClientApp):
-    """rmm's ClientApp behind :func:`packing_mod`."""
-
-    def __call__(self, message, context):
-        from rmmfed.client.client_app import app
-
-        return packing_mod(message, context, app)
-
-
-client_app = _PackingClientApp()
-
 
 class Procs:
     """Processes of one mode, each in its own session, output timestamped; all ended in :meth:`stop_all`."""
@@ -121,32 +92,17 @@ class Procs:
             reader.join(timeout=5)
 
 
-def _app_folder(base: Path) -> Path:
-    """A copy of rmm's pyproject whose apps are this module's wrappers (they resolve to installed rmm)."""
-    from rmmfed.server.cli import app_dir
-
-    text = (app_dir() / "pyproject.toml").read_text(encoding="utf-8")
-    text = text.replace('serverapp = "rmmfed.server.server_app:app"',
-                        'serverapp = "rmmfed.simulations.bench_deployment:server_app"')
-    text = text.replace('clientapp = "rmmfed.client.client_app:app"',
-                        'clientapp = "rmmfed.simulations.bench_deployment:client_app"')
-    folder = base / "app"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pyproject.toml").write_text(text, encoding="utf-8")
-    (folder / "README.md").write_text("rmm deployment benchmark app (ServerApp with tuned reply polling)\n")
-    return folder
-
-
 def _site_spans(lines: list[tuple[float, str]]) -> list[float]:
     """Per train message of one site: seconds of its ClientApp (worker) or Receiving -> Sending (SuperNode)."""
-    worker = [float(m.group(3)) for _, line in lines if (m := _WORKER.search(line)) and m.group(1) == "train"]
+    train = P.TIER1_ROUND.message_type
+    worker = [float(m.group(3)) for _, line in lines if (m := _WORKER.search(line)) and m.group(1) == train]
     if worker:
         return worker
     spans, start = [], None
     for t, line in lines:
-        if "Receiving: train message" in line:
+        if f"Receiving: {P.TIER1_ROUND.message_type} message" in line:
             start = t
-        elif "Sending: train message" in line and start is not None:
+        elif f"Sending: {P.TIER1_ROUND.message_type} message" in line and start is not None:
             spans.append(t - start)
             start = None
     return spans
@@ -158,8 +114,7 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
     logs = base / "logs"
     logs.mkdir(exist_ok=True)
     env = {**os.environ, "FLWR_HOME": str(base / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(spec["superexec_poll"]),
-           "RMM_FLOWER_TUNING": "1" if spec["tuning"] else "0", "RMM_PACK": "1" if spec["pack"] else "0"}
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(spec["superexec_poll"])}
     server, client = require_executable("rmm-server"), require_executable("rmm-client")
     port = free_port()
     t0 = time.monotonic()
@@ -191,11 +146,11 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
         config.write_text(f'name = "bench"\nsites = {json.dumps(sites)}\nrounds = {args.rounds}\n'
                           f'strategy = "fedavg"\nmin-sites = {len(sites)}\n[run]\nseed = {args.seed}\n'
                           f'"model.mc-samples" = {args.mc_samples}\n"tier2-rounds" = {args.tier2_rounds}\n'
-                          f'"round-timeout-s" = 300.0\n')
+                          f'"round-timeout-s" = 300.0\n"flower-tuning" = {str(spec["tuning"]).lower()}\n'
+                          f'"pack-weights" = {str(spec["pack"]).lower()}\n')
         t_submit = time.monotonic()
         run = procs.start("run", [server, "run", "--config", str(config), "--connection", "bench", "--insecure",
-                                  "--superlink", f"127.0.0.1:{port}", "--out", str(base / "out"), "--verbose",
-                                  "--app", str(_app_folder(base))], env)
+                                  "--superlink", f"127.0.0.1:{port}", "--out", str(base / "out"), "--verbose"], env)
         try:
             code = run.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:

@@ -20,12 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import RunConfig
-from ..core.feature_stats import FeatureStats
+from ..core.bundle import load_model
 from ..core.site_data import discover_sites, load_site
 from ..core.tensors import SiteTensors, build_tensors
-from ..core.tier1 import build_model
-from ..core.tier2 import build_tier2
 from ..core.tier2_train import predict_tier2
 from ..core.uncertainty import risk_and_uncertainty
 
@@ -48,26 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    bundle = torch.load(args.run / "model.pt", weights_only=False)
-    cfg = RunConfig.from_flat(bundle["config"])
-    dims = dict(bundle["modalities"])
-    stats = FeatureStats.from_arrays({k: v.numpy() for k, v in bundle["feature_stats"].items()}, cfg.model.anat_partitions)
-    tier1 = build_model(dims, cfg.model, 0)
-    tier1.load_state_dict(bundle["tier1"])
+    bundle = load_model(args.run)
+    cfg, dims, stats = bundle.run_config, dict(bundle.modalities), bundle.stats()
+    tier1 = bundle.build_tier1()
     cohort = args.data or args.run / "cohort"
     data = SiteTensors.concat([build_tensors(load_site(s, expected=dims), stats, seed=0)
                                for s in discover_sites(cohort)])
     n = len(data)
     t1 = best_of(lambda: risk_and_uncertainty(tier1, data, seed=0), args.repeats)
     _, sigma2 = risk_and_uncertainty(tier1, data, seed=0)
-    referred = np.flatnonzero(sigma2 > float(bundle["theta"]))
+    referred = np.flatnonzero(sigma2 > float(bundle.theta))
     gaps = np.flatnonzero(~data.present.all(dim=1).numpy() & data.present.any(dim=1).numpy())
     out = {"patients": n, "threads": args.threads, "mc_samples": cfg.model.mc_samples,
            "tier1_patients_per_s": n / t1, "tier1_ms_per_patient": 1000 * t1 / n,
            "referral_rate": len(referred) / n}
-    if bundle.get("tier2") is not None:
-        tier2 = build_tier2(dims, cfg.tier2, 0, tier1=cfg.model)
-        tier2.load_state_dict(bundle["tier2"])
+    tier2 = bundle.build_tier2()
+    if tier2 is not None:
         sub = data.subset(gaps)  # Tier 2 cost per patient with something to recover
         t2 = best_of(lambda: predict_tier2(tier2, tier1, sub, cfg.tier2, seed=0, mc_samples=cfg.model.mc_samples),
                    args.repeats)

@@ -17,17 +17,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..core.baseline_hazard import cumhaz_at
+from ..core.bundle import load_model
 from ..core.risk_groups import RISK_GRID
 
 
 def _load(run: Path) -> tuple[dict, dict, dict]:
     metrics = json.loads((run / "metrics.json").read_text())
     calib = json.loads((run / "calibration.json").read_text())
-    bundle = torch.load(run / "model.pt", weights_only=False)
-    return metrics, calib, bundle
+    return metrics, calib, load_model(run)
 
 
 def compare(before: Path, after: Path, horizons: tuple[float, ...] = (12.0, 36.0, 60.0)) -> dict:
@@ -51,11 +50,11 @@ def compare(before: Path, after: Path, horizons: tuple[float, ...] = (12.0, 36.0
         step = math.log(RISK_GRID.ratio)
         out["risk_cutpoints"] = [cuts0, cuts1]
         out["risk_cutpoint_shift_bins"] = [abs(a - b) / step for a, b in zip(cuts0, cuts1)]
-    h0, h1 = b0.get("baseline_hazard"), b1.get("baseline_hazard")
-    if h0 and h1:
-        t0, t1 = h0["times"].numpy(), h1["times"].numpy()
-        s0 = np.exp(-cumhaz_at(np.array(horizons), t0, h0["cumhaz"].numpy()))
-        s1 = np.exp(-cumhaz_at(np.array(horizons), t1, h1["cumhaz"].numpy()))
+    h0, h1 = b0.baseline_hazard, b1.baseline_hazard
+    if h0 is not None and h1 is not None:
+        t0, t1 = h0.times, h1.times
+        s0 = np.exp(-cumhaz_at(np.array(horizons), t0, h0.cumhaz))
+        s1 = np.exp(-cumhaz_at(np.array(horizons), t1, h1.cumhaz))
         out["hazard_grid_end"] = [float(t0[-1]), float(t1[-1])]
         out["baseline_survival"] = {str(h): [float(a), float(b)] for h, a, b in zip(horizons, s0, s1)}
     out["privacy_floor"] = m1.get("privacy_floor")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
+from ..core import protocol as P
+
 FAULTS = ("nan", "scale")
 
 
@@ -22,15 +24,15 @@ def fault_mod(site: str, fault: str, site_of: Callable[[Context], str]):
 
     def mod(msg: Message, context: Context, call_next):
         reply = call_next(msg, context)
-        if msg.metadata.message_type != "train" or reply.has_error() or Path(site_of(context)).name != site:
+        if msg.metadata.message_type != P.TIER1_ROUND.message_type or reply.has_error() or Path(site_of(context)).name != site:
             return reply
-        sent = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-        local = {k: a.numpy() for k, a in reply.content["arrays"].items()}
+        sent = {k: a.numpy() for k, a in msg.content[P.ARRAYS].items()}
+        local = {k: a.numpy() for k, a in reply.content[P.ARRAYS].items()}
         if fault == "nan":
             bad = {k: np.full_like(v, np.nan) for k, v in local.items()}
         else:  # the update (local - global) blown up a million times
             bad = {k: sent[k] + 1e6 * (v - sent[k]) for k, v in local.items()}
-        reply.content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
+        reply.content[P.ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
         return reply
 
     return mod

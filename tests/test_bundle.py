@@ -12,6 +12,7 @@ import torch
 
 from rmmfed.core.baseline_hazard import (add_hazard_sums, baseline_from_sums, breslow_baseline, cumhaz_at,
                                          local_hazard_sums, median_survival, survival_at, survival_curve, time_grid)
+from rmmfed.core.model_card import MetricsDocumentError
 from rmmfed.core.bundle import (BaselineHazard, BundleError, BundleVersionError, ModelBundle, bundle_from_run_dir,
                                 check_site_schema, installed_version, load_bundle, load_model, make_bundle,
                                 save_bundle)
@@ -152,8 +153,37 @@ def test_check_site_schema_names_modality_dims_and_fix(bundle):
         check_site_schema(bundle, {"a": 5, "genomics": 10})
 
 
+def _metrics_document(bundle) -> dict:
+    """A metrics.json of the RunMetrics layout (core/metrics_document.py) for two sites."""
+    return {"rmm_version": installed_version(),
+            "federated": {"c_index": 0.7, "c_index_method": "m", "c_index_combined_pairs": 0.7, "per_site": {
+                "site-A": {"c_index": 0.72, "n_test": 10, "n_events_test": 6},
+                "site-B": {"c_index": 0.68, "n_test": 8, "n_events_test": 3}}},
+            "calibration": {"theta": 0.05, "quantile": 0.95, "n_values": 100},
+            "routing": {"referral_rate_per_site": {"site-A": 0.1, "site-B": 0.2},
+                        "route_counts_per_site": {"site-A": {"tier1": 9, "tier2": 1, "abstain": 0}},
+                        "masked_complete_referral_rate": 0.05, "masked_complete_n_per_site": {"site-A": 6},
+                        "masked_complete_referral_rate_per_site": {"site-A": 0.05}, "high_risk_contexts": []},
+            "two_tier": {"enabled": True}, "uncertainty": {},
+            "sites": {"accepted": ["site-A", "site-B"], "refused": {}, "modalities": bundle.modalities,
+                      "model_dims": bundle.modalities, "reduced": []},
+            "risk_groups": {"cutpoints": None, "n_values": 0, "basis": "b"}, "participation": {},
+            "history": [], "selected_round": 3, "timing_s": {"total": 1.0}}
+
+
+def test_a_metrics_json_of_another_layout_is_refused_naming_the_section(bundle, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_bundle(bundle, run / "model.pt")
+    doc = _metrics_document(bundle)
+    del doc["calibration"]["n_values"]
+    (run / "metrics.json").write_text(json.dumps(doc))
+    with pytest.raises(MetricsDocumentError, match=r"'calibration.n_values'.*Fix"):
+        load_model(run)
+
+
 def test_bundle_from_run_dir_reads_model_pt_and_metrics(bundle, tmp_path):
-    """The layout server.outputs.write_outputs produces (model.pt + metrics.json)."""
+    """The model.pt that runs before the bundle format wrote (plain keys) + metrics.json: still read."""
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"tier1": bundle.tier1, "tier2": bundle.tier2, "abstain_bound": 0.7,
@@ -161,15 +191,7 @@ def test_bundle_from_run_dir_reads_model_pt_and_metrics(bundle, tmp_path):
                 "feature_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.feature_stats.items()},
                 "modalities": bundle.modalities, "config": bundle.config, "theta": 0.05,
                 "rmm_version": installed_version()}, run / "model.pt")
-    metrics = {"rmm_version": installed_version(),
-               "federated": {"c_index": 0.7, "c_index_method": "m", "per_site": {
-                   "site-A": {"c_index": 0.72, "n_test": 10, "n_events_test": 6},
-                   "site-B": {"c_index": 0.68, "n_test": 8, "n_events_test": 3}}},
-               "calibration": {"theta": 0.05, "quantile": 0.95},
-               "routing": {"referral_rate_per_site": {"site-A": 0.1, "site-B": 0.2},
-                           "route_counts_per_site": {"site-A": {"tier1": 9, "tier2": 1, "abstain": 0}}},
-               "sites": {"accepted": ["site-A", "site-B"], "refused": {}, "modalities": bundle.modalities},
-               "two_tier": {"enabled": True}, "selected_round": 3}
+    metrics = _metrics_document(bundle)
     (run / "metrics.json").write_text(json.dumps(metrics))
 
     b = load_model(run)
@@ -204,11 +226,6 @@ def test_run_dir_model_pt_may_carry_a_baseline_hazard_and_cutpoints(bundle, tmp_
 def test_run_dir_without_model_is_refused(tmp_path):
     with pytest.raises(BundleError, match="not a finished rmm run folder"):
         bundle_from_run_dir(tmp_path)
-
-
-def test_model_card_from_sparse_metrics():
-    card = model_card_from_metrics({}, date="2025-02-03")
-    assert card["sites"] == [] and card["n_patients_test"] == 0 and card["date"] == "2025-02-03"
 
 
 # ---- baseline hazard ---------------------------------------------------------------------------------

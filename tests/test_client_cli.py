@@ -19,8 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from rmmfed.client import cli as client_cli
-from rmmfed.client import flower_args, keys, processes
-from rmmfed.client.errors import ClientCliError
+from rmmfed.client import keys
+from rmmfed.core import flower_args, processes
+from rmmfed.core.errors import UsageError
 from rmmfed.server import cli as server_cli
 from rmmfed.server.consortium import Consortium, ConsortiumError, load_consortium
 from rmmfed.server.pki import PkiError, init_ca, parse_san
@@ -266,7 +267,7 @@ def test_flower_value_quoting():
 
     for value in ["plain", "with space", "it's", "/a/b c/d", "", 3, 0.5, 1e-8, True]:
         assert parse_config_args([f"k={flower_args.flower_value(value)}"]) == {"k": value}
-    with pytest.raises(ClientCliError):
+    with pytest.raises(UsageError):
         flower_args.flower_value("both ' and \"")
 
 

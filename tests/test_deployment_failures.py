@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from rmmfed.client.processes import free_port, wait_for_port
+from rmmfed.core.processes import free_port, wait_for_port
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 
 from conftest import toy_policy
@@ -219,7 +219,7 @@ def _checkpoint(path: Path) -> tuple[str, int] | None:
     import torch
 
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)  # the checkpoint is plain tensors and containers
     except (OSError, EOFError, RuntimeError):
         return None
     return str(state.get("phase")), int(state.get("round", -1))

@@ -58,7 +58,7 @@ def _merged(counts, first, last) -> ArrayRecord:
 
 
 def test_histogram_must_be_merged_bins_inside_the_server_grid():
-    req = _msg("query.histogram", config=ConfigRecord({"hist-bins": 8}), arrays=_arrays(w=np.zeros(2)))
+    req = _msg("query.calibration", config=ConfigRecord({"hist-bins": 8}))
     check_reply(req, _reply(req, counts=_merged([12, 10], [0, 3], [2, 7])))
     with pytest.raises(EgressViolation, match="histogram"):  # the old per-bin layout
         check_reply(req, _reply(req, counts=_arrays(counts=np.zeros(8, dtype=np.int64))))
@@ -71,7 +71,7 @@ def test_histogram_must_be_merged_bins_inside_the_server_grid():
 
 
 def test_hazard_reply_must_be_merged_groups_on_the_server_grid():
-    req = _msg("query.hazard", config=ConfigRecord({"step": "sums"}), hazard=_arrays(grid=np.linspace(1, 6, 6)))
+    req = _msg("query.hazard", hazard=_arrays(grid=np.linspace(1, 6, 6)))
     ok = {"hazard.first": np.array([0, 3]), "hazard.events": np.array([10.0, 11.0]),
           "hazard.risk-sum": np.array([40.0, 20.0]), "hazard.risk-after": np.array([0.0])}
     check_reply(req, _reply(req, hazard=_arrays(**ok)))
@@ -102,3 +102,18 @@ def test_config_replies_are_only_allowed_for_the_schema_handshake():
     req = _msg("evaluate", arrays=_arrays(w=np.zeros(2)))
     with pytest.raises(EgressViolation, match="config"):
         check_reply(req, _reply(req, config=ConfigRecord({"patient_id": "P001"})))
+
+
+def test_a_reply_may_carry_only_the_records_its_phase_defines():
+    req = _msg("train", arrays=_arrays(w=np.zeros((3, 2))))
+    with pytest.raises(EgressViolation, match="tier1 reply may carry only arrays, metrics, not 'counts'"):
+        check_reply(req, _reply(req, counts=_merged([12], [0], [2])))
+    cal = _msg("query.calibration", config=ConfigRecord({"hist-bins": 8}))
+    with pytest.raises(EgressViolation, match="not 'arrays'"):  # weights back from a histogram query
+        check_reply(cal, _reply(cal, arrays=_arrays(w=np.zeros(2)), counts=_merged([12], [0], [2])))
+
+
+def test_a_message_type_outside_the_protocol_gets_no_reply_out():
+    req = _msg("query.histogram", config=ConfigRecord({"hist-bins": 8}))  # the type before the protocol split
+    with pytest.raises(EgressViolation, match="not a phase of the rmm protocol"):
+        check_reply(req, _reply(req, counts=_merged([12], [0], [2])))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.client.client_app import make_client_app
 from rmmfed.client.ledger import format_summary, read_ledger, summarize
 from rmmfed.client.policy_mod import POLICY_REFUSED
-from rmmfed.client.records import from_record, to_record
+from rmmfed.client.records import from_record, to_content
 from rmmfed.core import protocol as P
 from rmmfed.core.baseline_hazard import time_grid
 from rmmfed.core.config import RunConfig
@@ -58,7 +58,13 @@ class Site:
         self.cfg = RunConfig().with_overrides({**TINY, **overrides})
 
     def ask(self, mtype: str, **records) -> Message:
+        """Any message, hand-built (for requests the protocol's payloads would not produce)."""
         return self.app(Message(RecordDict(records), dst_node_id=7, message_type=mtype), self.context)
+
+    def send(self, phase: P.Phase, request=None) -> Message:
+        """A well-formed request of ``phase`` (core/protocol.py payloads), as the server sends it."""
+        content = to_content(request.to_records()) if request is not None else RecordDict()
+        return self.app(Message(content, dst_node_id=7, message_type=phase.message_type), self.context)
 
     def refusal(self, reply: Message) -> str:
         assert reply.has_error(), "the request should have been refused"
@@ -70,21 +76,25 @@ class Site:
 
     def join(self, min_stat_count: int = 5) -> None:
         """Statistics and setup, as an honest run starts."""
-        schema = P.encode_schema(DIMS)
-        sums = from_record(self.ask(P.STATS, config=ConfigRecord({"schema": schema, "min-stat-count": min_stat_count}))
-                           .content[P.SUMS])
+        sums = from_record(self.send(P.STATISTICS, P.StatsRequest(dict(DIMS), min_stat_count)).content[P.SUMS])
         stats = FeatureStats.from_sums(add_sums([sums]), DIMS, self.cfg.model.anat_partitions)
-        reply = self.ask(P.SETUP, config=ConfigRecord({**self.cfg.to_flat(), "schema": schema}),
-                         **{P.STATS_RECORD: to_record(stats.to_arrays())})
+        reply = self.send(P.SETUP, P.SetupRequest(self.cfg.to_flat(), dict(DIMS), stats.to_arrays()))
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         self.stats = stats
 
     def weights(self) -> dict[str, np.ndarray]:
         return get_weights(build_model(DIMS, self.cfg.model, self.cfg.seed))
 
+    def freeze(self) -> Message:
+        """The final Tier 1 (this site's fixed test weights), as the server sends it after the Tier 1 rounds."""
+        reply = self.send(P.FREEZE_TIER1, P.FreezeRequest(self.weights()))
+        assert not reply.has_error(), reply.error.reason
+        return reply
+
     def calibrate(self, grid: HistogramGrid | None = None) -> Message:
+        self.freeze()
         grid = grid or HistogramGrid(self.cfg.hist_low, self.cfg.hist_high, self.cfg.hist_bins)
-        return self.ask(P.HISTOGRAM, arrays=to_record(self.weights()), config=ConfigRecord(grid.to_config()))
+        return self.send(P.CALIBRATION, P.GridRequest(grid))
 
     def session(self) -> SiteSession:
         s = SiteSession(self.path, device="cpu")
@@ -100,8 +110,8 @@ def site(tmp_path) -> Site:
     return s
 
 
-def _followup(grid: HistogramGrid) -> dict:
-    return {"config": ConfigRecord({**grid.to_config(), "step": "followup"})}
+def _followup(site: Site, grid: HistogramGrid) -> Message:
+    return site.send(P.FOLLOWUP, P.GridRequest(grid))
 
 
 def _train_times(s: Site) -> np.ndarray:
@@ -113,23 +123,23 @@ def _train_times(s: Site) -> np.ndarray:
 def test_a_200000_bin_followup_grid_is_refused_naming_max_bins_in_reply_and_ledger(site):
     t = _train_times(site)
     fine = HistogramGrid(float(t.min()) * 0.99, float(t.max()) * 1.01, 200_000)
-    reason = site.refusal(site.ask(P.HAZARD, **_followup(fine)))
+    reason = site.refusal(_followup(site, fine))
     assert "max-bins" in reason
     line = site.last_ledger_line()
     assert line["status"] == "refused" and line["policy_key"] == "max-bins" and "records" not in line
     summary = summarize(read_ledger(site.ledger))
-    assert summary["refused"] == {"query.hazard [max-bins]": 1}
-    assert "query.hazard [max-bins]" in format_summary(summary)
+    assert summary["refused"] == {"query.followup [max-bins]": 1}
+    assert "query.followup [max-bins]" in format_summary(summary)
 
 
 def test_a_narrow_grid_within_max_bins_is_refused_naming_min_bin_ratio(site):
     t = np.sort(_train_times(site))
     narrow = HistogramGrid(float(t[50]) * 0.999, float(t[50]) * 1.001, 500)
-    assert "min-bin-ratio" in site.refusal(site.ask(P.HAZARD, **_followup(narrow)))
+    assert "min-bin-ratio" in site.refusal(_followup(site, narrow))
 
 
 def test_the_followup_histogram_merges_bins_until_each_holds_k_patients(site):
-    reply = site.ask(P.HAZARD, **_followup(FOLLOWUP_GRID))
+    reply = _followup(site, FOLLOWUP_GRID)
     assert not reply.has_error()
     got = from_record(reply.content[P.COUNTS])
     assert set(got) == {"counts", "first", "last"}
@@ -142,19 +152,19 @@ def test_the_followup_histogram_merges_bins_until_each_holds_k_patients(site):
 
 # ---- shifted grids and repeated queries ----------------------------------------------------------
 def test_a_second_followup_query_with_a_shifted_grid_is_refused(site):
-    first = site.ask(P.HAZARD, **_followup(FOLLOWUP_GRID))
+    first = _followup(site, FOLLOWUP_GRID)
     shifted = HistogramGrid(FOLLOWUP_GRID.low * 1.02, FOLLOWUP_GRID.high * 1.02, FOLLOWUP_GRID.n_bins)
-    assert "one-grid-per-kind" in site.refusal(site.ask(P.HAZARD, **_followup(shifted)))
-    again = site.ask(P.HAZARD, **_followup(FOLLOWUP_GRID))  # the same request: the same answer, nothing new
+    assert "one-grid-per-kind" in site.refusal(_followup(site, shifted))
+    again = _followup(site, FOLLOWUP_GRID)  # the same request: the same answer, nothing new
     assert {k: v.tolist() for k, v in from_record(again.content[P.COUNTS]).items()} == \
         {k: v.tolist() for k, v in from_record(first.content[P.COUNTS]).items()}
 
 
-def test_calibration_with_other_weights_after_the_first_is_refused(site):
+def test_a_second_final_tier1_with_other_weights_is_refused(site):
     assert not site.calibrate().has_error()
+    assert not site.freeze().has_error()  # the same weights again: answered
     other = {k: v + 0.01 for k, v in site.weights().items()}
-    grid = HistogramGrid(site.cfg.hist_low, site.cfg.hist_high, site.cfg.hist_bins)
-    reply = site.ask(P.HISTOGRAM, arrays=to_record(other), config=ConfigRecord(grid.to_config()))
+    reply = site.send(P.FREEZE_TIER1, P.FreezeRequest(other))
     assert "one-grid-per-kind" in site.refusal(reply)
 
 
@@ -172,10 +182,10 @@ def test_every_calibration_bin_holds_values_of_at_least_k_distinct_patients(site
 
 # ---- Breslow sums on a grid with one point per training time -------------------------------------
 def test_breslow_sums_on_a_grid_of_every_training_time_release_groups_of_k_events_and_k_leavers(site):
-    site.calibrate()  # fixes Tier 1 at the site
+    site.freeze()  # fixes Tier 1 at the site
     t = np.unique(_train_times(site))
     grid = t + 1e-9  # one point per patient: each interval would hold one patient
-    reply = site.ask(P.HAZARD, config=ConfigRecord({"step": "sums"}), **{P.HAZARD_RECORD: to_record({"grid": grid})})
+    reply = site.send(P.HAZARD, P.HazardRequest(grid))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     got = from_record(reply.content[P.HAZARD_RECORD])
     train = site.session()._split("train")  # the tensors the site computes on (float32 times)
@@ -193,17 +203,16 @@ def test_breslow_sums_on_a_grid_of_every_training_time_release_groups_of_k_event
 
 
 def test_a_breslow_grid_above_max_bins_is_refused(site):
-    site.calibrate()
+    site.freeze()
     grid = time_grid(100.0, 600)
-    reply = site.ask(P.HAZARD, config=ConfigRecord({"step": "sums"}), **{P.HAZARD_RECORD: to_record({"grid": grid})})
+    reply = site.send(P.HAZARD, P.HazardRequest(grid))
     assert "max-bins" in site.refusal(reply)
 
 
 # ---- floors the coordinator tries to lower -------------------------------------------------------
 def test_min_stat_count_1_from_the_coordinator_still_gets_sums_over_k_patients_only(tmp_path):
     s = Site(tmp_path, n=60)  # 36 training patients: some blocks and gaps fall below 10
-    sums = from_record(s.ask(P.STATS, config=ConfigRecord({"schema": P.encode_schema(DIMS), "min-stat-count": 1}))
-                       .content[P.SUMS])
+    sums = from_record(s.send(P.STATISTICS, P.StatsRequest(dict(DIMS), 1)).content[P.SUMS])
     ns = {k: float(v[0]) for k, v in sums.items() if k.endswith(".n")}
     assert all(n == 0 or n >= K for n in ns.values())
     assert any(n == 0 for n in ns.values())  # a block below the floor was withheld
@@ -226,7 +235,7 @@ def test_a_tiny_site_refuses_a_calibration_histogram_below_the_floor(tmp_path):
 def test_the_coordinators_histogram_min_count_can_only_raise_the_floor(tmp_path):
     s = Site(tmp_path, **{"dp.histogram-min-count": 30})
     s.join()
-    got = from_record(s.ask(P.HAZARD, **_followup(FOLLOWUP_GRID)).content[P.COUNTS])
+    got = from_record(_followup(s, FOLLOWUP_GRID).content[P.COUNTS])
     assert (got["counts"] >= 30).all()
 
 
@@ -236,29 +245,26 @@ DP_POLICY = "[dp]\nrequired = true\nmax-epsilon = 4.0\n"
 
 def test_dp_switched_off_by_the_coordinator_is_refused_at_setup(tmp_path):
     s = Site(tmp_path, policy=DP_POLICY)
-    schema = P.encode_schema(DIMS)
-    reply = s.ask(P.SETUP, config=ConfigRecord({**s.cfg.to_flat(), "schema": schema}),
-                  **{P.STATS_RECORD: ArrayRecord()})
+    reply = s.send(P.SETUP, P.SetupRequest(s.cfg.to_flat(), dict(DIMS), {}))
     assert "dp.required" in s.refusal(reply)
     assert s.last_ledger_line()["policy_key"] == "dp.required"
 
 
 def test_a_target_epsilon_above_the_sites_maximum_is_refused(tmp_path):
     s = Site(tmp_path, policy=DP_POLICY, **{"dp.enabled": True, "dp.target-epsilon": 8.0, "dp.time-cuts": "5,10,20"})
-    reply = s.ask(P.SETUP, config=ConfigRecord({**s.cfg.to_flat(), "schema": P.encode_schema(DIMS)}),
-                  **{P.STATS_RECORD: ArrayRecord()})
+    reply = s.send(P.SETUP, P.SetupRequest(s.cfg.to_flat(), dict(DIMS), {}))
     assert "dp.max-epsilon" in s.refusal(reply)
 
 
 def test_a_training_round_past_max_rounds_is_refused(site):
-    reply = site.ask(P.TRAIN, arrays=to_record(site.weights()), config=ConfigRecord({"server-round": 101}))
+    reply = site.send(P.TIER1_ROUND, P.RoundRequest(site.weights(), 101))
     assert "max-rounds" in site.refusal(reply)
 
 
 def test_a_phase_the_site_left_out_is_refused(tmp_path):
     s = Site(tmp_path, policy='phases = ["statistics", "tier1", "calibration", "evaluation"]\n')
     s.join()
-    assert "phases" in s.refusal(s.ask(P.HAZARD, **_followup(FOLLOWUP_GRID)))
+    assert "phases" in s.refusal(_followup(s, FOLLOWUP_GRID))
     assert not s.calibrate().has_error()
 
 
@@ -274,11 +280,10 @@ def test_weights_named_or_shaped_to_carry_data_are_refused(site, change):
     else:
         name = next(iter(w))
         w[name] = np.zeros((n_train, 4), dtype=np.float32)
-    for mtype, conf in ((P.TRAIN, {"server-round": 1}), (P.EVALUATE, {"split": "val"})):
-        reason = site.refusal(site.ask(mtype, arrays=to_record(w), config=ConfigRecord(conf)))
-        assert "[weights]" in reason
-    assert "weights" in site.refusal(site.ask(P.HISTOGRAM, arrays=to_record(w),
-                                              config=ConfigRecord(RISK_GRID.to_config())))
+    for phase in (P.TIER1_ROUND, P.TIER1_VALIDATION, P.TIER2_ROUND, P.TIER2_VALIDATION):
+        assert "[weights]" in site.refusal(site.send(phase, P.RoundRequest(w, 1)))
+    assert "[weights]" in site.refusal(site.send(P.FREEZE_TIER1, P.FreezeRequest(w)))
+    assert "weights" in site.refusal(site.send(P.RISK_GROUPS, P.RiskGroupsRequest(w, RISK_GRID, P.Routing(1e-3))))
 
 
 # ---- the server goes on without a refusing site, and does not ask it again ---------------------
@@ -307,31 +312,25 @@ def test_a_policy_refusal_is_not_retried_and_the_other_sites_are_kept():
 # ---- repeated evaluation and validation queries ------------------------------------------------
 def test_a_second_validation_of_the_same_round_with_other_weights_is_refused(site):
     w = site.weights()
-    first = site.ask(P.EVALUATE, arrays=to_record(w), config=ConfigRecord({"split": "val", "server-round": 1}))
+    first = site.send(P.TIER1_VALIDATION, P.RoundRequest(w, 1))
     assert not first.has_error()
-    again = site.ask(P.EVALUATE, arrays=to_record(w), config=ConfigRecord({"split": "val", "server-round": 1}))
+    again = site.send(P.TIER1_VALIDATION, P.RoundRequest(w, 1))
     assert dict(again.content[P.METRICS]) == dict(first.content[P.METRICS])
     other = {k: v * 1.5 for k, v in w.items()}
-    reply = site.ask(P.EVALUATE, arrays=to_record(other), config=ConfigRecord({"split": "val", "server-round": 1}))
-    assert "one-grid-per-kind" in site.refusal(reply)
-    assert not site.ask(P.EVALUATE, arrays=to_record(other),
-                        config=ConfigRecord({"split": "val", "server-round": 2})).has_error()
+    assert "one-grid-per-kind" in site.refusal(site.send(P.TIER1_VALIDATION, P.RoundRequest(other, 1)))
+    assert not site.send(P.TIER1_VALIDATION, P.RoundRequest(other, 2)).has_error()
 
 
 def test_the_test_evaluation_cannot_be_asked_again_with_another_theta(site):
-    site.calibrate()
-    conf = {"split": "test", "has-tier2": False, "bound": float("inf"), "scale-tier1-mean": 0.0,
-            "scale-tier1-std": 1.0, "scale-tier2-mean": 0.0, "scale-tier2-std": 1.0}
-    assert not site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 1e-3})).has_error()
-    reply = site.ask(P.EVALUATE, arrays=ArrayRecord(), config=ConfigRecord({**conf, "theta": 2e-3}))
+    site.freeze()
+    assert not site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(1e-3))).has_error()
+    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(2e-3)))
     assert "one-grid-per-kind" in site.refusal(reply)
 
 
 def test_the_risk_group_histogram_merges_bins_to_k_training_patients(site):
-    site.calibrate()
-    conf = {**RISK_GRID.to_config(), "what": "risk-groups", "theta": 1e-3, "bound": float("inf"),
-            "scale-tier1-mean": 0.0, "scale-tier1-std": 1.0, "scale-tier2-mean": 0.0, "scale-tier2-std": 1.0}
-    reply = site.ask(P.HISTOGRAM, arrays=ArrayRecord(), config=ConfigRecord(conf))
+    site.freeze()
+    reply = site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.Routing(1e-3)))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     got = from_record(reply.content[P.COUNTS])
     assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(site))
@@ -340,7 +339,7 @@ def test_the_risk_group_histogram_merges_bins_to_k_training_patients(site):
 
 def test_test_metrics_of_a_subgroup_below_the_floor_are_sent_as_empty(site):
     s = site.session()
-    s.tier1_frozen = site.weights()
+    s.freeze(site.weights())
     full = s.evaluate(None, theta=1e-3, k=1)
     floored = s.evaluate(None, theta=1e-3, k=int(full["n-test"]) + 1)  # every subgroup smaller than k
     assert full["tier1-covered-pairs-comparable"] > 0 and full["recovery-n"] > 0

@@ -143,7 +143,7 @@ def test_the_configured_mod_takes_its_file_from_the_node(tmp_path):
 
 def _write_history(path):
     entries = [("2026-01-01T10:00:00+00:00", "query.schema", 50), ("2026-01-02T10:00:00+00:00", "train", 1000),
-               ("2026-01-03T10:00:00+00:00", "train", 1000), ("2026-01-04T10:00:00+00:00", "query.histogram", 64)]
+               ("2026-01-03T10:00:00+00:00", "train", 1000), ("2026-01-04T10:00:00+00:00", "query.calibration", 64)]
     with open(path, "w") as f:
         for t, mtype, n in entries:
             f.write(json.dumps({"time": t, "run_id": 1, "message_type": mtype, "status": "ok", "total_bytes": n,
@@ -161,7 +161,7 @@ def test_summary_is_readable_and_filters_by_time(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("2 replies from 2026-01-02T10:00:00+00:00 to 2026-01-03T10:00:00+00:00")
     assert "train" in out and "2,000 bytes" in out
-    assert "query.schema" not in out and "query.histogram" not in out
+    assert "query.schema" not in out and "query.calibration" not in out
     assert "arrays/w" in out and "shape=[250]" in out
     s = summarize(read_ledger(path))
     assert s["entries"] == 4 and s["per_type"]["train"] == {"messages": 2, "bytes": 2000}

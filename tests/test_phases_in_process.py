@@ -15,7 +15,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.client import client_app
+from rmmfed.core import protocol as P
 from rmmfed.client.client_app import make_client_app
 from rmmfed.core.config import RunConfig
 from rmmfed.server.federation import run_federation
@@ -77,8 +77,7 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(grid):
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
 
     assert [s.site for s in res.handshake.accepted] == ["site-A", "site-B"]
-    assert {"query.schema", "query.stats", "query.setup", "train", "evaluate", "train.tier2",
-            "query.histogram", "query.hazard"} <= set(grid.sent)
+    assert set(grid.sent) == {p.message_type for p in P.PHASES}  # every handler, each phase's own type
     assert len(res.history) == 2 and all(h["sites"] == 2 and h["failed"] == 0 for h in res.history)
     assert res.tier2_weights is not None and len(res.tier2_history) == 2
     assert all("val-sums" in h and h["val-sites"] == 2 for h in res.tier2_history)  # Tier 2 validation answered
@@ -89,7 +88,7 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(grid):
         assert m["n-test"] > 0 and "uncertainty-error-spearman" in m and "tier2-used" in m
     assert all(sites == ["site-A", "site-B"] for sites in res.participation.values()), res.participation
     paths = {str(ctx.node_config["data-dir"]) for _, ctx in grid.sites.values()}
-    assert not [k for k in client_app._SESSIONS if k[1] in paths]  # sessions are released when the run ends
+    assert not [k for _, (app, _) in grid.sites.items() for k in app.rmm_sessions.keys() if k[1] in paths]  # released
 
 
 def test_a_new_run_at_a_site_releases_the_session_of_the_previous_one(tmp_path):
@@ -100,4 +99,13 @@ def test_a_new_run_at_a_site_releases_the_session_of_the_previous_one(tmp_path):
                           state=RecordDict(), run_config={})
         reply = app(Message(RecordDict(), dst_node_id=1, message_type="query.schema"), context)
         assert not reply.has_error()
-    assert [k[0] for k in client_app._SESSIONS if k[1] == str(path)] == [12]
+    assert [k[0] for k in app.rmm_sessions.keys() if k[1] == str(path)] == [12]
+
+
+def test_a_dp_sgd_run_sends_only_what_the_protocol_lists(grid):
+    """DP-SGD rounds reply with extra metrics (epsilon, delta, noise): the egress guard must know them."""
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2-rounds": 0, "dp.enabled": True,
+                                      "dp.target-epsilon": 8.0, "dp.time-cuts": "5,10,20"})
+    res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
+    assert res.history[0]["sites"] == 2 and res.history[0]["failed"] == 0
+    assert 0 < res.history[0]["dp-epsilon"] <= 8.0 + 1e-6

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core.bundle import bundle_from_run_dir
+from rmmfed.core.bundle import bundle_from_run_dir, load_model
 from rmmfed.core.config import RunConfig
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 from rmmfed.simulations.simulate import main
@@ -48,8 +48,8 @@ def test_tiny_simulation_through_flower_writes_every_output(tiny_run):
     assert set(m["routing"]["referral_rate_per_site"]) == set(m["federated"]["per_site"])
     assert m["timing_s"]["total"] > 0
     assert len(m["history"]) == 3
-    hazard = torch.load(out / "model.pt", weights_only=False)["baseline_hazard"]
-    assert hazard["times"].shape == hazard["cumhaz"].shape and bool((hazard["cumhaz"].diff() >= 0).all())
+    hazard = load_model(out).baseline_hazard
+    assert hazard.times.shape == hazard.cumhaz.shape and bool((np.diff(hazard.cumhaz) >= 0).all())
     cuts = m["risk_groups"]["cutpoints"]  # federated tertiles of the training system risk
     assert len(cuts) == 2 and cuts[0] < cuts[1] and m["risk_groups"]["n_values"] > 0
     assert bundle_from_run_dir(out).risk_cutpoints == cuts  # rmm-predict's groups use them
@@ -128,7 +128,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
     monkeypatch.setattr(ck.Checkpoint, "save", crash_after_round_2)
     with pytest.raises(RuntimeError):
         main([*args, "--out", str(tmp_path / "cut")])
-    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)  # plain tensors and containers
     assert (saved["phase"], saved["round"]) == ("tier1", 2)
     monkeypatch.setattr(ck.Checkpoint, "save", real_save)
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
@@ -143,9 +143,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
 def test_every_reply_of_a_whole_run_holds_only_weights_sums_histograms_and_scalars(tiny_run):
     """Egress audit over the ledgers of the tiny run: no array is indexed by patient."""
     _, cohort, out = tiny_run
-    bundle = torch.load(out / "model.pt", weights_only=False)
-    shapes = {tuple(v.shape) for part in ("tier1", "tier2") for v in bundle[part].values()}
-    dims = set(bundle["modalities"].values())
+    bundle = load_model(out)
+    shapes = {tuple(v.shape) for part in (bundle.tier1, bundle.tier2) for v in part.values()}
+    dims = set(bundle.modalities.values())
     bins = json.loads((out / "calibration.json").read_text())["grid"]["hist-bins"]
     ledgers = sorted((out / "ledger").glob("*.jsonl"))
     assert [p.stem for p in ledgers] == ["site-A", "site-B", "site-C", "site-D"]
@@ -190,7 +190,7 @@ def test_a_broken_or_hostile_site_leaves_the_robust_model_sound(robustness_cohor
     clean = _c_index(robustness_cohort, tmp_path / "clean", "--strategy", "fedmedian")
     hit = _c_index(robustness_cohort, tmp_path / "hit", "--strategy", "fedmedian", "--faulty-site", "site-B",
                    "--fault", fault)
-    weights = torch.load(tmp_path / "hit" / "model.pt", weights_only=False)["tier1"]
+    weights = load_model(tmp_path / "hit").tier1
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert abs(hit - clean) <= 0.02, (clean, hit)
 
@@ -199,6 +199,6 @@ def test_a_broken_or_hostile_site_leaves_the_robust_model_sound(robustness_cohor
 def test_fedavg_drops_non_finite_updates(robustness_cohort, tmp_path):
     _c_index(robustness_cohort, tmp_path / "nan", "--faulty-site", "site-C", "--fault", "nan")
     m = json.loads((tmp_path / "nan" / "metrics.json").read_text())
-    weights = torch.load(tmp_path / "nan" / "model.pt", weights_only=False)["tier1"]
+    weights = load_model(tmp_path / "nan").tier1
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert 0.5 < m["federated"]["c_index"] <= 1.0

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rmmfed import __version__
+from rmmfed.core.bundle import load_bundle, load_model
 from rmmfed.core.config import RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums
 from rmmfed.core.schema import merge_schemas
@@ -49,7 +50,8 @@ def federation_without_flower(cfg: RunConfig, paths: list[Path]) -> FederationRe
     counts = 0
     for s in sessions:
         s.setup(cfg, stats)
-        counts = counts + s.histogram(weights, grid)[0]
+        s.freeze(weights)
+        counts = counts + s.histogram(grid)[0]
     theta = quantile_from_counts(grid, counts, cfg.quantile)
     per_site = {s.data.site: s.evaluate(None, theta) for s in sessions}
     infos = [SiteInfo(i, s.data.site, dict(dims), __version__, {}) for i, s in enumerate(sessions)]
@@ -87,6 +89,10 @@ def test_a_failing_oracle_step_keeps_metrics_and_model_and_exits_nonzero_with_on
     m = json.loads((out / "metrics.json").read_text())
     assert m["failed_steps"] == {"oracle": "KeyError: 'true_risk'"}
     assert m["federated"]["c_index_method"].startswith("pooled test split")  # the step before it ran
+    raw = load_bundle(out / "model.pt")  # the run's model file is the bundle (read with weights_only=True)
+    run = load_model(out)  # as a run folder, its card follows metrics.json, which later steps extended
+    assert raw.model_card["c_index_method"].startswith("comparable-pair")
+    assert run.model_card["c_index_method"].startswith("pooled test split") and run.model_card["source"]
     assert (out / "report.html").is_file() and "oracle: KeyError" in (out / "report.md").read_text()
     assert "KeyError: 'true_risk'" in (out / "flower.log").read_text()  # the traceback went to the log
 

@@ -283,7 +283,8 @@ def test_site_session_runs_every_phase_and_returns_only_scalars(site_factory, di
     start = get_weights(build_model(dims, cfg.model, cfg.seed))
     weights, result = session.train(start, server_round=1)
     weights_again, _ = session.train(start, server_round=1)
-    counts, n_values = session.histogram(weights, grid)
+    session.freeze(weights)
+    counts, n_values = session.histogram(grid)
     metrics = session.evaluate(None, theta=1e-3)  # Tier 1 only; its weights were fixed by histogram()
 
     assert all(isinstance(v, np.ndarray) for v in sums.values())
@@ -317,7 +318,8 @@ def test_site_session_runs_the_tier2_phases_with_tier1_kept_frozen(site_factory,
     stats = FeatureStats.from_sums(add_sums([session.feature_sums(cfg.min_stat_count)]), dims, cfg.model.anat_partitions)
     session.setup(cfg, stats)
     tier1, _ = session.train(get_weights(build_model(dims, cfg.model, cfg.seed)), server_round=1)
-    session.histogram(tier1, grid)
+    session.freeze(tier1)
+    session.histogram(grid)
 
     tier2, losses = session.train_tier2(get_weights(build_tier2(dims, t2, 0, tier1=cfg.model)), server_round=1)
     counts, sums = session.tier2_calibration(tier2, grid)

@@ -136,7 +136,8 @@ def evaluated_site(site_factory, dims, tier1_cfg):
     session.setup(cfg, FeatureStats.from_sums(add_sums([session.feature_sums(cfg.min_stat_count)]), dims,
                                               cfg.model.anat_partitions))
     weights, _ = session.train(get_weights(build_model(dims, cfg.model, cfg.seed)), server_round=1)
-    session.histogram(weights, HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins))
+    session.freeze(weights)
+    session.histogram(HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins))
     return session
 
 

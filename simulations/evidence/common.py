@@ -19,13 +19,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from ...core.bundle import load_model  # noqa: E402
 from ...core.concordance import c_index, combined_c_index, concordance_counts  # noqa: E402
 from ...core.config import RunConfig  # noqa: E402
-from ...core.feature_stats import FeatureStats  # noqa: E402
 from ...core.site_data import SiteData, discover_sites, load_site  # noqa: E402
 from ...core.site_session import site_seed  # noqa: E402
 from ...core.tensors import SiteTensors, build_tensors  # noqa: E402
-from ...core.tier1 import Tier1Model, build_model  # noqa: E402
+from ...core.tier1 import Tier1Model  # noqa: E402
 
 
 # ---- cohorts ----------------------------------------------------------------------------
@@ -81,16 +81,13 @@ class LoadedRun:
     """A finished run's Tier 1 model, config, dims and federated feature statistics (from model.pt)."""
 
     def __init__(self, run_dir: Path) -> None:
-        bundle = torch.load(Path(run_dir) / "model.pt", weights_only=False)
+        bundle = load_model(run_dir)
         self.bundle = bundle
-        self.cfg = RunConfig.from_flat(bundle["config"])
-        self.dims: dict[str, int] = dict(bundle["modalities"])
-        self.stats = FeatureStats.from_arrays({k: v.numpy() for k, v in bundle["feature_stats"].items()},
-                                              self.cfg.model.anat_partitions)
-        self.model: Tier1Model = build_model(self.stats.model_dims(self.dims), self.cfg.model, self.cfg.seed)
-        self.model.load_state_dict(bundle["tier1"])
-        self.model.eval()
-        self.theta = float(bundle["theta"])
+        self.cfg = bundle.run_config
+        self.dims: dict[str, int] = dict(bundle.modalities)
+        self.stats = bundle.stats()
+        self.model: Tier1Model = bundle.build_tier1()
+        self.theta = float(bundle.theta)
 
     def tensors(self, site: SiteData) -> SiteTensors:
         """A site's tensors built with the run's federated statistics (seeded like the run)."""

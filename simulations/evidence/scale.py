@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from ...core import protocol as P
 from .common import load_cohort, progress, run_cached, write_results
 
 
@@ -100,8 +101,8 @@ def ledger_figures(run_dir: Path, rounds: int, tier2_rounds: int) -> dict:
     sent = ledger_bytes(run_dir)
     if not sent:
         raise SystemExit(f"scale: no egress ledger in {run_dir / 'ledger'}; delete {run_dir} and run again")
-    return {"tier1_bytes_per_round": sent.get("train", {}).get("bytes", 0) / max(rounds, 1),
-            "tier2_bytes_per_round": sent.get("train.tier2", {}).get("bytes", 0) / max(tier2_rounds, 1),
+    return {"tier1_bytes_per_round": sent.get(P.TIER1_ROUND.message_type, {}).get("bytes", 0) / max(rounds, 1),
+            "tier2_bytes_per_round": sent.get(P.TIER2_ROUND.message_type, {}).get("bytes", 0) / max(tier2_rounds, 1),
             "bytes_sent_total": sum(v["bytes"] for v in sent.values()),
             "messages_total": sum(v["messages"] for v in sent.values()), "sent_per_type": sent}
 

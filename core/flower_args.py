@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .errors import ClientCliError
+from .errors import UsageError
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -18,15 +18,15 @@ def flower_value(value: bool | int | float | str) -> str:
         return repr(value) if isinstance(value, float) else str(value)
     if isinstance(value, str):
         if "\n" in value or "\r" in value:
-            raise ClientCliError(f"value {value!r} spans several lines; Flower's key=value config cannot carry it. "
+            raise UsageError(f"value {value!r} spans several lines; Flower's key=value config cannot carry it. "
                                  "Fix: use a single-line value")
         if "'" not in value:
             return f"'{value}'"
         if '"' not in value and "\\" not in value:
             return f'"{value}"'
-        raise ClientCliError(f"value {value!r} holds both quote characters (or a quote and a backslash); "
+        raise UsageError(f"value {value!r} holds both quote characters (or a quote and a backslash); "
                              "Flower's key=value config cannot carry it. Fix: rename the path or value")
-    raise ClientCliError(f"value {value!r} ({type(value).__name__}) is not a bool, int, float or str; "
+    raise UsageError(f"value {value!r} ({type(value).__name__}) is not a bool, int, float or str; "
                          "Flower's config is flat scalars. Fix: write lists as comma-separated text")
 
 
@@ -37,6 +37,6 @@ def flower_kv(items: Mapping[str, bool | int | float | str]) -> list[str]:
 
 def check_site_name(site: str) -> str:
     if not _SITE_NAME.match(site):
-        raise ClientCliError(f"site name {site!r} is not usable. Fix: use letters, digits, '-', '_' or '.', "
+        raise UsageError(f"site name {site!r} is not usable. Fix: use letters, digits, '-', '_' or '.', "
                              "starting with a letter or digit (e.g. A or st-marys)")
     return site

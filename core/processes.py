@@ -1,4 +1,4 @@
-"""Supervision of Flower child processes, shared by ``rmm-client`` and ``rmm-server``.
+"""Supervision of Flower child processes (no Flower import), shared by ``rmm-client`` and ``rmm-server``.
 
 A child runs in its own session with Flower's telemetry and update check off
 (:func:`flower_env`); :func:`run_supervised` passes SIGTERM/SIGINT on to it, keeps helper
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import ClientCliError
+from .errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 NO_PHONE_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -41,7 +41,7 @@ def require_executable(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise ClientCliError(f"'{name}' was not found. Fix: install rmm with its dependencies "
+        raise UsageError(f"'{name}' was not found. Fix: install rmm with its dependencies "
                              "(pip install rmmfed, which pulls flwr~=1.41.0) and activate that environment")
     return found
 
@@ -218,7 +218,7 @@ def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
     the child writes straight to this process's stdout/stderr. Its descendants are watched while it
     runs, and the group and every descendant are always ended (see :func:`end_group`).
 
-    ``launcher`` is put in front of ``cmd`` (rmm's tuned Flower launcher, :func:`~rmmfed.client.flower_tuning.flower_launcher`).
+    ``launcher`` is put in front of ``cmd`` (rmm's tuned Flower launcher, :func:`~rmmfed.client.flower_internals.flower_launcher`).
     ``companions`` (name -> command) are helper processes started after the child, each in its own
     session, restarted with backoff whenever they die while the child runs, and ended before it.
     """

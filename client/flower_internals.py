@@ -1,0 +1,142 @@
+"""Every use of Flower's non-public modules at the site, in one place, for Flower 1.41 only.
+
+- :func:`launch_flower` (``rmm-client _flower``, prefix :func:`flower_launcher`): the SuperNode's idle
+  and reply polls become shorter (its module's ``time`` is swapped for one whose 3 s / 0.5 s sleeps
+  are shorter);
+- :func:`tune_flower_pulls`: shorter waits for message objects still being uploaded (the keyword
+  defaults of Flower's pull helpers);
+- the long-lived ClientApp worker (client/worker.py) runs tasks through the SuperNode's Runtime API
+  with the names listed in :data:`WORKER_SURFACE`.
+
+Each patch needs the Flower it was written against: :func:`require_tested_flower` refuses any other
+major.minor with a message that names the fix, and tests/test_flower_internals.py checks, attribute
+by attribute, that the patched objects still look as the patches expect. The coordinator's side is
+server/flower_internals.py. Measured effect: docs/deployment-performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..core.errors import RmmError
+
+TESTED_FLOWER = (1, 41)  # major.minor these patches were written and measured against
+SUPERNODE_IDLE_POLL_S = 0.5   # Flower 1.41 sleeps 3 s between empty pulls from the SuperLink
+SUPERNODE_REPLY_POLL_S = 0.05  # ... and 0.5 s while it waits for the ClientApp's reply
+
+
+class FlowerVersionError(RmmError):
+    """The installed Flower is not the version rmm's Flower patches were written for."""
+
+
+def require_tested_flower(what: str = "rmm's Flower speed-ups") -> None:
+    """Raise :class:`FlowerVersionError` unless flwr's major.minor is :data:`TESTED_FLOWER`."""
+    import flwr
+
+    have = tuple(int(x) for x in flwr.__version__.split(".")[:2])
+    if have != TESTED_FLOWER:
+        want = ".".join(map(str, TESTED_FLOWER))
+        raise FlowerVersionError(
+            f"{what} patch non-public parts of Flower {want}, but flwr {flwr.__version__} is installed. Fix: "
+            f"install flwr~={want}.0 (the version rmmfed pins), or run rmm-client with --isolation subprocess "
+            "and --no-flower-tuning to use Flower exactly as it ships")
+
+
+# Non-public Flower names the long-lived worker (client/worker.py) uses: (module, attribute).
+WORKER_SURFACE = (
+    ("flwr.proto.runtime_pb2", "AcquireTaskRequest"), ("flwr.proto.runtime_pb2", "SendTaskHeartbeatRequest"),
+    ("flwr.supercore.constant", "TaskType"), ("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor"),
+    ("flwr.supercore.interceptors", "SuperExecAuthHttpInterceptor"),
+    ("flwr.supercore.interceptors", "RuntimeTokenHttpInterceptor"),
+    ("flwr.supercore.retry", "make_simple_http_retry_invoker"), ("flwr.supercore.runtime", "RuntimeHttpClient"),
+    ("flwr.supernode.runtime.run_clientapp", "pull_task_input"),
+    ("flwr.supernode.runtime.run_clientapp", "push_message"),
+    ("flwr.supernode.runtime.run_clientapp", "push_task_output"), ("flwr.supercore.heartbeat", "HeartbeatSender"),
+    ("flwr.cli.install", "install_from_fab"), ("flwr.clientapp.client_app", "LoadClientAppError"),
+    ("flwr.clientapp.utils", "get_load_client_app_fn"), ("flwr.common.constant", "SubStatus"),
+)
+
+
+class _TunedTime:
+    """Stands in for the ``time`` module inside one Flower module: its fixed sleeps become shorter."""
+
+    def __init__(self, module, sleeps: Mapping[float, float]) -> None:
+        self._module, self._sleeps = module, dict(sleeps)
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+    def sleep(self, seconds: float) -> None:
+        self._module.sleep(self._sleeps.get(seconds, seconds))
+
+
+PULL_BACKOFF_S = (0.05, 1.0)  # Flower 1.41: 1 s first wait for an object not yet uploaded, doubling up to 10 s
+
+
+PULL_HELPERS = ("pull_objects", "pull_and_inflate_object_from_tree")  # in flwr.supercore.inflatable.inflatable_utils
+
+
+def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACKOFF_S[1]) -> None:
+    """Shorten Flower's wait for message objects that are still being uploaded, in this process.
+
+    Every message is a tree of objects (one per array, one per 5 MB chunk...) that the receiver
+    pulls one by one; a receiver that sees the message before its sender finished uploading waits
+    1 s, then 2, 4 ... 10 s per missing object. On loopback that race happens at every hop and
+    costs about a second each time. Only the keyword defaults of Flower's pull helpers change (same
+    number of tries, same time limit); a Flower without them raises :class:`FlowerVersionError`.
+    """
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    for name in PULL_HELPERS:
+        defaults = getattr(getattr(iu, name, None), "__kwdefaults__", None) or {}
+        if "initial_backoff" not in defaults or "backoff_cap" not in defaults:
+            raise FlowerVersionError(f"flwr.supercore.inflatable.inflatable_utils.{name} has no initial_backoff/"
+                                     "backoff_cap defaults any more. Fix: install flwr~=1.41.0, or start "
+                                     "rmm-client with --isolation subprocess --no-flower-tuning")
+        defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
+
+
+def flower_launcher(poll_s: float = SUPERNODE_IDLE_POLL_S) -> list[str]:
+    """Command prefix that runs a Flower daemon through :func:`launch_flower` (tuned polls, parent watch)."""
+    return [sys.executable, "-m", "rmmfed.client.cli", "_flower", "--parent-pid", str(os.getpid()),
+            "--poll", str(poll_s), "--"]
+
+
+def launch_flower(argv: Sequence[str]) -> int:
+    """``rmm-client _flower [--parent-pid P] [--poll S] -- /path/flower-supernode ARGS``: run it in this process.
+
+    Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull and 0.5 s while it waits for a
+    reply; here those become ``--poll`` (default 0.5 s) and 0.05 s, and waits for message objects
+    still being uploaded start at 0.05 s instead of 1 s (:func:`tune_flower_pulls`). Everything else
+    is Flower's own ``flower-supernode``. With ``--parent-pid`` the SuperNode stops when that process is gone.
+    """
+    p = argparse.ArgumentParser(prog="rmm-client _flower")
+    p.add_argument("--parent-pid", type=int)
+    p.add_argument("--poll", type=float, default=SUPERNODE_IDLE_POLL_S)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    args = p.parse_args(list(argv))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command or Path(command[0]).name != "flower-supernode":
+        p.error("expected: -- /path/to/flower-supernode ARGS")
+    require_tested_flower("rmm-client's tuned SuperNode polls")
+    import flwr.supernode.start_client_internal as sci
+    from flwr.supernode.cli import flower_supernode
+
+    if getattr(sci, "time", None) is not time:
+        raise FlowerVersionError("flwr.supernode.start_client_internal no longer uses the time module as rmm "
+                                 "expects. Fix: install flwr~=1.41.0, or start rmm-client with --no-flower-tuning")
+    sci.time = _TunedTime(time, {3: max(0.05, args.poll), 0.5: SUPERNODE_REPLY_POLL_S})
+    tune_flower_pulls()
+    if args.parent_pid:
+        from flwr.supercore.app_utils import start_parent_process_monitor
+
+        start_parent_process_monitor(args.parent_pid)
+    sys.argv = list(command)
+    flower_supernode()
+    return 0
+

@@ -1,0 +1,36 @@
+"""Layout rules of the code base: small modules (no file over 400 lines outside tests) and the protocol's
+message types defined in one place."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rmmfed.core import protocol as P
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("core", "client", "server", "simulations")
+
+
+def test_no_module_is_longer_than_400_lines():
+    long = {str(p.relative_to(ROOT)): n for part in PARTS for p in (ROOT / part).rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert long == {}
+
+
+def test_message_types_are_written_only_in_the_protocol():
+    """Every other module names a phase through core/protocol.py, never by its string."""
+    types = sorted({p.message_type for p in P.PHASES if "." in p.message_type}, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(f'"{t}"') for t in types))
+    found = [f"{p.relative_to(ROOT)}:{i}" for part in PARTS for p in (ROOT / part).rglob("*.py")
+             if p != ROOT / "core" / "protocol.py"
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert found == []
+
+
+def test_every_phase_has_its_own_message_type_and_a_registered_handler():
+    from rmmfed.client.client_app import make_client_app
+
+    assert len({p.message_type for p in P.PHASES}) == len(P.PHASES)
+    registered = set(make_client_app()._registered_funcs)  # Flower's "<category>.<action>" table
+    assert {p.message_type if "." in p.message_type else f"{p.message_type}.default" for p in P.PHASES} == registered
