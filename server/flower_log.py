@@ -44,7 +44,7 @@ class OnceConsole(logging.Handler):
         self.seen: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        ours = str(record.pathname).startswith(OWN_DIRS)
+        ours = os.path.realpath(record.pathname).startswith(OWN_DIRS)  # symlinked checkouts too
         if _is_hidden(record) or not (ours or record.levelno >= logging.ERROR):
             return
         text = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""

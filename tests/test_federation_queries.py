@@ -9,6 +9,7 @@ import pytest
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
+from rmmfed.core import protocol as P
 from rmmfed.server.queries import ask as _ask
 
 
@@ -46,21 +47,21 @@ class ScriptedGrid:
 
 def test_a_site_that_answered_with_an_error_is_asked_again():
     grid = ScriptedGrid({1: ["ok"], 2: ["error", "ok"]})
-    replies = _ask(grid, [1, 2], "query.schema", timeout=30.0)
+    replies = _ask(grid, [1, 2], P.SCHEMA, timeout=30.0)
     assert sorted(replies) == [1, 2]
     assert grid.calls == [[1, 2], [2]]  # only the failed node is asked again
 
 
 def test_a_site_failing_every_attempt_is_left_out_after_the_retries():
     grid = ScriptedGrid({1: ["ok"], 2: ["error", "error", "error"]})
-    replies = _ask(grid, [1, 2], "query.schema", timeout=30.0, retries=2)
+    replies = _ask(grid, [1, 2], P.SCHEMA, timeout=30.0, retries=2)
     assert sorted(replies) == [1]
     assert grid.calls == [[1, 2], [2], [2]]
 
 
 def test_a_silent_site_uses_up_the_timeout_and_is_not_asked_again():
     grid = ScriptedGrid({1: ["ok"], 2: ["silent", "ok"]})
-    replies = _ask(grid, [1, 2], "query.schema", timeout=0.2)
+    replies = _ask(grid, [1, 2], P.SCHEMA, timeout=0.2)
     assert sorted(replies) == [1]
     assert grid.calls == [[1, 2]]  # the timeout is spent: a dead site costs one timeout, not two
 
@@ -69,7 +70,7 @@ def test_a_reconnecting_site_is_asked_until_it_is_back_without_using_up_the_retr
     # after a SuperLink restart a SuperNode reconnects with a back-off: the SuperLink answers for it with
     # "Node Unavailable" until then (seen in CI: a resumed run's handshake lost a site this way)
     grid = ScriptedGrid({1: ["ok"], 2: ["unavailable"] * 4 + ["error", "ok"]})
-    replies = _ask(grid, [1, 2], "query.schema", timeout=30.0, retries=1, reconnect_pause_s=0.01)
+    replies = _ask(grid, [1, 2], P.SCHEMA, timeout=30.0, retries=1, reconnect_pause_s=0.01)
     assert sorted(replies) == [1, 2]
     assert grid.calls == [[1, 2], [2], [2], [2], [2], [2]]
 
@@ -77,7 +78,7 @@ def test_a_reconnecting_site_is_asked_until_it_is_back_without_using_up_the_retr
 def test_a_site_that_never_reconnects_is_left_out_when_the_timeout_runs_out():
     grid = ScriptedGrid({1: ["ok"], 2: ["unavailable"] * 1000})
     t0 = time.monotonic()
-    replies = _ask(grid, [1, 2], "query.schema", timeout=0.3, reconnect_pause_s=0.05)
+    replies = _ask(grid, [1, 2], P.SCHEMA, timeout=0.3, reconnect_pause_s=0.05)
     assert sorted(replies) == [1]
     assert time.monotonic() - t0 < 2.0
     assert 2 <= len(grid.calls) <= 8
