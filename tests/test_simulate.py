@@ -161,7 +161,7 @@ def test_every_reply_of_a_whole_run_holds_only_weights_sums_histograms_and_scala
                         shape = tuple(a["shape"])
                         allowed = {"arrays": shape in shapes,  # merged bins: at most one per grid bin
                                    "counts": len(shape) == 1 and shape[0] <= max(bins, 512),
-                                   "hazard": len(shape) == 1 and shape[0] <= len(bundle["baseline_hazard"]["times"]),
+                                   "hazard": len(shape) == 1 and shape[0] <= len(bundle.baseline_hazard.times),
                                    "sums": len(shape) == 1 and (shape[0] in dims or shape == (1,))}[rec["name"]]
                         assert allowed, (path.stem, rec["name"], a)
                         assert n_patients not in shape or shape in shapes, (path.stem, a)
