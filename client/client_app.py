@@ -23,6 +23,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from .. import __version__
+from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.config import RunConfig
 from ..core.feature_stats import FeatureStats
@@ -151,7 +152,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         context.state[_STATE_STATS] = to_record(req.stats)
         s.cfg = None  # (re)apply this run's setup even if the process saw an earlier one
         session(context)
-        return P.MetricsReply({"ready": 1.0})
+        return P.MetricsReply({M.READY: 1.0})
 
     def round_request(r: P.Records, rp: RequestPolicy, s: SiteSession, which: str, what: str,
                       training: bool = False) -> P.RoundRequest:
@@ -169,7 +170,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         weights, result = s.train(req.weights, req.run_round, req.proximal_mu)
         if s.dp_state:
             context.state[_STATE_DP] = to_record(s.dp_state)
-        return P.RoundReply(weights, {"num-examples": result.n_examples, **result.metrics()})
+        return P.RoundReply(weights, {M.NUM_EXAMPLES: result.n_examples, **result.metrics()})
 
     @serve(P.TIER1_VALIDATION)
     def validate_tier1(r, context, rp, s):
@@ -177,7 +178,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         _enough(len(s.data.indices("val")), floor_of(rp, s), "validation pair counts")
         pin(context, rp, f"validation-{req.run_round}", "", r)
         metrics = s.validate(req.weights)
-        return P.MetricsReply({"num-examples": metrics["n-val"], **metrics})
+        return P.MetricsReply({M.NUM_EXAMPLES: metrics[M.N_VAL], **metrics})
 
     @serve(P.FREEZE_TIER1)
     def freeze(r, context, rp, s):
@@ -186,7 +187,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         pin(context, rp, "freeze-tier1", "", r)  # one final Tier 1 per run
         context.state[_STATE_TIER1] = to_record(req.weights)
         s.freeze(req.weights)
-        return P.MetricsReply({"frozen": 1.0})
+        return P.MetricsReply({M.FROZEN: 1.0})
 
     @serve(P.CALIBRATION)
     def calibration(r, context, rp, s):
@@ -194,7 +195,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         rp.check_grid(req.grid)
         pin(context, rp, "calibration", repr(req.grid), r)
         merged, n = s.calibration_release(req.grid, floor_of(rp, s))
-        return P.HistogramReply(merged.to_arrays(), {"n-values": float(n)})
+        return P.HistogramReply(merged.to_arrays(), {M.N_VALUES: float(n)})
 
     @serve(P.FOLLOWUP)
     def followup(r, context, rp, s):
@@ -222,8 +223,8 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         pin(context, rp, f"validation-tier2-{req.run_round}", "", r)
         k = floor_of(rp, s)
         metrics = s.tier2_validation(req.weights, k)
-        _enough(int(metrics["tier2-val-cases"]), k, "Tier 2 validation sums (masked complete val cases)")
-        return P.MetricsReply({"num-examples": metrics["tier2-val-cases"], **metrics})
+        _enough(int(metrics[M.TIER2_VAL_CASES]), k, "Tier 2 validation sums (masked complete val cases)")
+        return P.MetricsReply({M.NUM_EXAMPLES: metrics[M.TIER2_VAL_CASES], **metrics})
 
     @serve(P.TIER2_CALIBRATION)
     def tier2_calibration(r, context, rp, s):
@@ -258,7 +259,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         # the run's last message: release the site's data and models (a retried evaluation rebuilds the
         # session from the Flower state, which keeps the config, the statistics and the frozen Tier 1)
         sessions.release(context.run_id, site_dir(context, site_dirs))
-        return P.MetricsReply({"num-examples": metrics["n-test"], **metrics})
+        return P.MetricsReply({M.NUM_EXAMPLES: metrics[M.N_TEST], **metrics})
 
     return app
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import metric_names as M
 from .augment import hide_one, modality_dropout
 from .config import DPConfig, RunConfig
 from .discrete_time import DiscreteTimeBaseline, discrete_time_nll
@@ -110,8 +111,8 @@ class DPTrainResult:
     n_examples = property(lambda self: self.train.n_examples)
 
     def metrics(self) -> dict[str, float]:
-        return {**self.train.metrics(), "dp-epsilon-round": self.epsilon_round, "dp-epsilon": self.epsilon_total,
-                "dp-delta": self.delta, "dp-noise-multiplier": self.noise_multiplier}
+        return {**self.train.metrics(), M.DP_EPSILON_ROUND: self.epsilon_round, M.DP_EPSILON: self.epsilon_total,
+                M.DP_DELTA: self.delta, M.DP_NOISE_MULTIPLIER: self.noise_multiplier}
 
 
 def unwrap_state_dict(sd: dict) -> dict[str, np.ndarray]:

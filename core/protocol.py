@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from . import metric_names as M
 from .histogram import HistogramGrid
 from .tier2_gate import VALIDATION_KEYS
 from .tier2_train import LOSS_KEYS
@@ -35,26 +36,19 @@ SCALAR_RECORDS = (CONFIG, METRICS)
 Records = dict[str, dict[str, Any]]  # record name -> {key: scalar or np.ndarray}
 
 
-# ---- the scalar metrics each reply may carry ---------------------------------------------------
-def _pairs(prefix: str = "") -> tuple[str, ...]:
-    return tuple(f"{prefix}{k}" for k in ("c-index", "pairs-concordant", "pairs-tied-risk", "pairs-comparable"))
-
-
-TRAIN_METRICS = ("num-examples", "train-loss", "train-task", "train-rec", "train-anat", "train-nll",
-                 "dp-epsilon-round", "dp-epsilon", "dp-delta", "dp-noise-multiplier")
-VALIDATION_METRICS = ("num-examples", "n-val", *_pairs()[1:], "val-pll", "val-events")
-TIER2_TRAIN_METRICS = ("num-examples", *(f"tier2-{k}" for k in (*LOSS_KEYS, "steps")))
-TIER2_VALIDATION_METRICS = ("num-examples", "tier2-val-cases", *VALIDATION_KEYS)
-RISK_SUMS = ("risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq")  # both heads' training risk
+# ---- the scalar metrics each reply may carry (names: core/metric_names.py) -----------------------
+TRAIN_METRICS = (M.NUM_EXAMPLES, M.TRAIN_LOSS, M.TRAIN_TASK, M.TRAIN_REC, M.TRAIN_ANAT, M.TRAIN_NLL,
+                 M.DP_EPSILON_ROUND, M.DP_EPSILON, M.DP_DELTA, M.DP_NOISE_MULTIPLIER)
+VALIDATION_METRICS = (M.NUM_EXAMPLES, M.N_VAL, *M.PAIRS.counts, M.VAL_PLL, M.VAL_EVENTS)
+TIER2_TRAIN_METRICS = (M.NUM_EXAMPLES, *(f"{M.TIER2_PREFIX}{k}" for k in (*LOSS_KEYS, "steps")))
+TIER2_VALIDATION_METRICS = (M.NUM_EXAMPLES, M.TIER2_VAL_CASES, *VALIDATION_KEYS)
+RISK_SUMS = M.RISK_SUMS
 EVALUATION_METRICS = (
-    "num-examples", "n-test", "n-events-test",
-    *(k for prefix in ("", "tier1-covered-", "system-covered-", "tier1-referred-", "tier2-referred-",
-                       "system-referred-") for k in _pairs(prefix)),
-    "routed-tier1", "routed-tier2", "routed-abstain", "referred", "referral-rate", "tier1-seconds", "tier2-seconds",
-    "tier2-used", "high-risk-context-kept-tier1", "masked-complete-n", "masked-complete-referred", "recovery-n",
-    "recovery-sse-tier1", "recovery-sse-tier2",
-    *(f"uncertainty-{t}-{k}" for t in ("error", "risk") for k in ("spearman", "ci-low", "ci-high")),
-    "uncertainty-n-patients", "uncertainty-n-rows")
+    M.NUM_EXAMPLES, M.N_TEST, M.N_EVENTS_TEST, *(k for g in M.GROUPS for k in g.all), *M.ROUTED.values(),
+    M.REFERRED, M.REFERRAL_RATE, M.TIER1_SECONDS, M.TIER2_SECONDS, M.TIER2_USED, M.HIGH_RISK_KEPT_TIER1, M.MASKED_N,
+    M.MASKED_REFERRED, M.RECOVERY_N, M.RECOVERY_SSE_TIER1, M.RECOVERY_SSE_TIER2,
+    *(M.uncertainty(t, k) for t in M.UNCERTAINTY_TARGETS for k in M.UNCERTAINTY_STATS),
+    M.UNCERTAINTY_N_PATIENTS, M.UNCERTAINTY_N_ROWS)
 
 
 @dataclass(frozen=True)
@@ -79,19 +73,19 @@ class Phase:
 
 SCHEMA = Phase("handshake", "query.schema", None, (), (CONFIG,))
 STATISTICS = Phase("statistics", "query.stats", "statistics", (CONFIG,), (SUMS,))
-SETUP = Phase("setup", "query.setup", None, (CONFIG, STATS_RECORD), (METRICS,), ("ready",))
+SETUP = Phase("setup", "query.setup", None, (CONFIG, STATS_RECORD), (METRICS,), (M.READY,))
 TIER1_ROUND = Phase("tier1", "train", "tier1", (ARRAYS, CONFIG), (ARRAYS, METRICS), TRAIN_METRICS)
 TIER1_VALIDATION = Phase("tier1_validation", "evaluate.tier1_validation", "tier1", (ARRAYS, CONFIG), (METRICS,),
                          VALIDATION_METRICS)
-FREEZE_TIER1 = Phase("freeze_tier1", "query.freeze_tier1", None, (ARRAYS,), (METRICS,), ("frozen",))
-CALIBRATION = Phase("calibration", "query.calibration", "calibration", (CONFIG,), (COUNTS, METRICS), ("n-values",))
+FREEZE_TIER1 = Phase("freeze_tier1", "query.freeze_tier1", None, (ARRAYS,), (METRICS,), (M.FROZEN,))
+CALIBRATION = Phase("calibration", "query.calibration", "calibration", (CONFIG,), (COUNTS, METRICS), (M.N_VALUES,))
 FOLLOWUP = Phase("followup", "query.followup", "baseline-hazard", (CONFIG,), (COUNTS,))
 HAZARD = Phase("baseline_hazard", "query.hazard", "baseline-hazard", (HAZARD_RECORD,), (HAZARD_RECORD,))
 TIER2_ROUND = Phase("tier2", "train.tier2", "tier2", (ARRAYS, CONFIG), (ARRAYS, METRICS), TIER2_TRAIN_METRICS)
 TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", "tier2", (ARRAYS, CONFIG), (METRICS,),
                          TIER2_VALIDATION_METRICS)
 TIER2_CALIBRATION = Phase("tier2_calibration", "query.tier2_calibration", "tier2", (ARRAYS, CONFIG),
-                          (COUNTS, METRICS), ("n-values", *RISK_SUMS))
+                          (COUNTS, METRICS), (M.N_VALUES, *RISK_SUMS))
 RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS,))
 EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG), (METRICS,), EVALUATION_METRICS)
 
@@ -307,7 +301,7 @@ class SchemaReply:
     n_train: int
     n_val: int
     n_test: int
-    COUNTS: ClassVar[tuple[str, ...]] = ("n-patients", "n-events", "n-train", "n-val", "n-test")
+    COUNTS: ClassVar[tuple[str, ...]] = (M.N_PATIENTS, M.N_EVENTS, M.N_TRAIN, M.N_VAL, M.N_TEST)
 
     def to_records(self) -> Records:
         return {CONFIG: {"site": self.site, "schema": encode_schema(self.dims), "rmm-version": self.rmm_version,

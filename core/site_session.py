@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import metric_names as M
 from .concordance import ConcordanceCounts, concordance_counts
 from .cox import cox_partial_log_likelihood
 from .config import RunConfig
@@ -23,7 +24,7 @@ from .merged_histogram import MergedBins, merge_bins
 from .private_histogram import privatize_counts
 from .risk_groups import RISK_GRID
 from .site_policy import PolicyViolation
-from .routing import ABSTAIN, HIGH_RISK_CONTEXT, TIER2, route_counts
+from .routing import ABSTAIN, HIGH_RISK_CONTEXT, TIER1, TIER2, route_counts
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
 from .tier1 import Tier1Model, build_model
@@ -245,8 +246,8 @@ class SiteSession:
                              epochs=self.cfg.tier2_local_epochs, lr=self.cfg.tier2_lr, batch_size=self.cfg.batch_size,
                              seed=site_seed(self.cfg.seed, self.data.site, 10_000 + server_round),
                              weight_decay=self.cfg.weight_decay, mc_samples=self.cfg.model.mc_samples)
-        return get_weights(tier2), {"num-examples": float(len(self.data.indices("train"))),
-                                    **{f"tier2-{k}": v for k, v in losses.items()}}
+        return get_weights(tier2), {M.NUM_EXAMPLES: float(len(self.data.indices("train"))),
+                                    **{f"{M.TIER2_PREFIX}{k}": v for k, v in losses.items()}}
 
     def tier2_calibration(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, dict[str, float]]:
         """Histogram of Tier 2 uncertainty on held-out complete cases (masked), plus the sums that put
@@ -265,8 +266,8 @@ class SiteSession:
                                mc_samples=self.cfg.model.mc_samples).risk
         else:  # Tier 2 is scored through Tier 1's head: one head, one scale
             r2 = r1
-        sums = {"n-values": float(len(values)), "risk-n": float(len(r1)), "risk1-sum": float(r1.sum()),
-                "risk1-sumsq": float((r1**2).sum()), "risk2-sum": float(r2.sum()), "risk2-sumsq": float((r2**2).sum())}
+        sums = {M.N_VALUES: float(len(values)), **dict(zip(M.RISK_SUMS, map(float, (
+            len(r1), r1.sum(), (r1**2).sum(), r2.sum(), (r2**2).sum()))))}
         return values, sums
 
     def tier2_validation(self, weights: dict[str, np.ndarray], k: int = 1) -> dict[str, float]:
@@ -279,13 +280,13 @@ class SiteSession:
                               point_only=True)
         n_cases = len(np.unique(rec["patient"])) if len(rec["patient"]) else 0
         out = {key: 0.0 for key in VALIDATION_KEYS}
-        out["tier2-val-cases"] = float(n_cases if n_cases >= k else 0)
+        out[M.TIER2_VAL_CASES] = float(n_cases if n_cases >= k else 0)
         if n_cases < k or len(rec["err2"]) == 0:
             return out
         idx = complete_case_indices(val)
         t, e = val.time.cpu().numpy()[idx], val.event.cpu().numpy()[idx]
-        out.update({"tier2-val-n": float(len(rec["err1"])), "tier2-val-sse-tier1": float(rec["err1"].sum()),
-                    "tier2-val-sse-tier2": float(rec["err2"].sum())})
+        out.update({M.TIER2_VAL_N: float(len(rec["err1"])), M.TIER2_VAL_SSE_TIER1: float(rec["err1"].sum()),
+                    M.TIER2_VAL_SSE_TIER2: float(rec["err2"].sum())})
         for tier in ("tier1", "tier2"):
             total = ConcordanceCounts()
             for p in np.unique(rec["pattern"]):
@@ -293,9 +294,7 @@ class SiteSession:
                 c = concordance_counts(t[rec["patient"][rows]], rec["risk" + tier[-1]][rows], e[rec["patient"][rows]])
                 total = ConcordanceCounts(total.concordant + c.concordant, total.tied_risk + c.tied_risk,
                                           total.comparable + c.comparable)
-            out.update({f"tier2-val-{tier}-pairs-concordant": total.concordant,
-                        f"tier2-val-{tier}-pairs-tied-risk": total.tied_risk,
-                        f"tier2-val-{tier}-pairs-comparable": total.comparable})
+            out.update(dict(zip(M.TIER2_VAL_PAIRS[tier].counts, (total.concordant, total.tied_risk, total.comparable))))
         return out
 
     # ---- per-round validation (model selection) ----------------------------------------
@@ -306,9 +305,9 @@ class SiteSession:
         counts = concordance_counts(val.time.cpu().numpy(), risk, val.event.cpu().numpy())
         pll = cox_partial_log_likelihood(torch.as_tensor(risk, dtype=torch.float64), val.time.cpu().double(),
                                          val.event.cpu().double())
-        return {"n-val": float(len(val)), "pairs-concordant": counts.concordant,
-                "pairs-tied-risk": counts.tied_risk, "pairs-comparable": counts.comparable,
-                "val-pll": float(pll), "val-events": float(val.event.sum())}
+        return {M.N_VAL: float(len(val)), **dict(zip(M.PAIRS.counts, (counts.concordant, counts.tied_risk,
+                                                                     counts.comparable))),
+                M.VAL_PLL: float(pll), M.VAL_EVENTS: float(val.event.sum())}
 
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
@@ -330,29 +329,28 @@ class SiteSession:
                                 seed=self.cfg.seed, use_tier2=use_tier2)
         names = pred.route_names
         covered, referred = names != ABSTAIN, np.isfinite(pred.tier2_risk)
-        out: dict[str, float] = {"n-test": float(len(test)), "n-events-test": float(event.sum())}
-        out.update(_counts("", concordance_counts(time, pred.tier1_risk, event)))
-        for prefix, risk, group in (("tier1-covered-", pred.tier1_risk, covered), ("system-covered-", pred.system_risk, covered),
-                                    ("tier1-referred-", pred.tier1_risk, referred), ("tier2-referred-", pred.tier2_risk, referred),
-                                    ("system-referred-", pred.system_risk, referred & covered)):
+        out: dict[str, float] = {M.N_TEST: float(len(test)), M.N_EVENTS_TEST: float(event.sum())}
+        out.update(_counts(M.PAIRS, concordance_counts(time, pred.tier1_risk, event)))
+        for names, risk, group in ((M.TIER1_COVERED, pred.tier1_risk, covered), (M.SYSTEM_COVERED, pred.system_risk, covered),
+                                   (M.TIER1_REFERRED, pred.tier1_risk, referred), (M.TIER2_REFERRED, pred.tier2_risk, referred),
+                                   (M.SYSTEM_REFERRED, pred.system_risk, referred & covered)):
             shown = group if group.sum() >= k else np.zeros_like(group)
-            out.update(_counts(prefix, concordance_counts(time[shown], risk[shown], event[shown])))
+            out.update(_counts(names, concordance_counts(time[shown], risk[shown], event[shown])))
         rc = route_counts(pred.routes)
         n = len(test)
-        out.update({"routed-tier1": float(rc["tier1"]), "routed-tier2": float(rc[TIER2]),
-                    "routed-abstain": float(rc[ABSTAIN]), "referred": float(referred.sum()),
-                    "referral-rate": float(referred.sum()) / n if n else float("nan"),
-                    "tier1-seconds": pred.tier1_seconds, "tier2-seconds": pred.tier2_seconds,
-                    "tier2-used": float(pred.tier2_used),
-                    "high-risk-context-kept-tier1": float(sum(1 for r in pred.routes
+        out.update({**{M.ROUTED[r]: float(rc[r]) for r in (TIER1, TIER2, ABSTAIN)}, M.REFERRED: float(referred.sum()),
+                    M.REFERRAL_RATE: float(referred.sum()) / n if n else float("nan"),
+                    M.TIER1_SECONDS: pred.tier1_seconds, M.TIER2_SECONDS: pred.tier2_seconds,
+                    M.TIER2_USED: float(pred.tier2_used),
+                    M.HIGH_RISK_KEPT_TIER1: float(sum(1 for r in pred.routes
                                                               if HIGH_RISK_CONTEXT in r.flags and r.route == "tier1"))})
         rec = recovery_errors(tier1, tier2, test, self.cfg, seed=self.cfg.seed + 1)
         if len(rec["sigma2"]) // max(len(masking_patterns(len(self.dims))), 1) < k:  # complete test cases
             rec = {key: np.zeros(0) for key in rec}
         m = len(rec["sigma2"])
-        out.update({"masked-complete-n": float(m), "masked-complete-referred": float((rec["sigma2"] > theta).sum()),
-                    "recovery-n": float(m), "recovery-sse-tier1": float(rec["err1"].sum()),
-                    "recovery-sse-tier2": float(rec["err2"].sum()) if tier2 is not None else float("nan")})
+        out.update({M.MASKED_N: float(m), M.MASKED_REFERRED: float((rec["sigma2"] > theta).sum()),
+                    M.RECOVERY_N: float(m), M.RECOVERY_SSE_TIER1: float(rec["err1"].sum()),
+                    M.RECOVERY_SSE_TIER2: float(rec["err2"].sum()) if tier2 is not None else float("nan")})
         out.update(site_quality(rec, seed=self.cfg.seed))  # includes uncertainty-error-spearman
         return out
 
@@ -364,8 +362,6 @@ def _pattern_patients(values: np.ndarray, n_modalities: int) -> np.ndarray:
     return np.tile(np.arange(len(values) // patterns), patterns) if len(values) else np.zeros(0, dtype=int)
 
 
-def _counts(prefix: str, c) -> dict[str, float]:
-    key = prefix or ""
-    return {f"{key}c-index": c.c_index(), f"{key}pairs-concordant": c.concordant,
-            f"{key}pairs-tied-risk": c.tied_risk, f"{key}pairs-comparable": c.comparable}
+def _counts(names: M.Pairs, c) -> dict[str, float]:
+    return dict(zip(names.all, (c.c_index(), c.concordant, c.tied_risk, c.comparable)))
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from . import metric_names as M
 from .concordance import ConcordanceCounts
 
-VALIDATION_KEYS = ("tier2-val-n", "tier2-val-sse-tier1", "tier2-val-sse-tier2",
-                   "tier2-val-tier1-pairs-concordant", "tier2-val-tier1-pairs-tied-risk",
-                   "tier2-val-tier1-pairs-comparable", "tier2-val-tier2-pairs-concordant",
-                   "tier2-val-tier2-pairs-tied-risk", "tier2-val-tier2-pairs-comparable")
+VALIDATION_KEYS = (M.TIER2_VAL_N, M.TIER2_VAL_SSE_TIER1, M.TIER2_VAL_SSE_TIER2,
+                   *M.TIER2_VAL_PAIRS["tier1"].counts, *M.TIER2_VAL_PAIRS["tier2"].counts)
 
 
 @dataclass(frozen=True)
@@ -57,15 +56,12 @@ def add_validation(site_metrics: list[dict]) -> dict[str, float]:
 
 def decide(sums: dict[str, float], sites: int) -> Tier2Gate:
     """Open the gate iff Tier 2's recovery MSE < Tier 1's and its masked C-index >= Tier 1's."""
-    n = float(sums.get("tier2-val-n", 0.0))
+    n = float(sums.get(M.TIER2_VAL_N, 0.0))
     if n <= 0:
         return Tier2Gate(False, "no site had held-out complete cases to compare the tiers on: Tier 1 answers "
                          "the referred", sites=sites)
-    mse1, mse2 = sums["tier2-val-sse-tier1"] / n, sums["tier2-val-sse-tier2"] / n
-    c1 = ConcordanceCounts(sums["tier2-val-tier1-pairs-concordant"], sums["tier2-val-tier1-pairs-tied-risk"],
-                           sums["tier2-val-tier1-pairs-comparable"]).c_index()
-    c2 = ConcordanceCounts(sums["tier2-val-tier2-pairs-concordant"], sums["tier2-val-tier2-pairs-tied-risk"],
-                           sums["tier2-val-tier2-pairs-comparable"]).c_index()
+    mse1, mse2 = sums[M.TIER2_VAL_SSE_TIER1] / n, sums[M.TIER2_VAL_SSE_TIER2] / n
+    c1, c2 = (ConcordanceCounts(*(sums[k] for k in M.TIER2_VAL_PAIRS[t].counts)).c_index() for t in ("tier1", "tier2"))
     figures = (f"recovery MSE {mse2:.4f} vs Tier 1's {mse1:.4f}, masked C-index {c2:.4f} vs {c1:.4f} "
                f"({int(n)} masked validation cases, {sites} site(s))")
     wins = mse2 < mse1 and c2 >= c1

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from . import metric_names as M
 from .augment import hide_one, modality_dropout
 from .config import RunConfig
 from .feature_stats import FeatureStats
@@ -27,9 +28,9 @@ class TrainResult:
     nll: float | None = None  # L_nll of the variance head; None when the model has none
 
     def metrics(self) -> dict[str, float]:
-        out = {"train-loss": self.loss, "train-task": self.task, "train-rec": self.rec, "train-anat": self.anat}
+        out = {M.TRAIN_LOSS: self.loss, M.TRAIN_TASK: self.task, M.TRAIN_REC: self.rec, M.TRAIN_ANAT: self.anat}
         if self.nll is not None:
-            out["train-nll"] = self.nll
+            out[M.TRAIN_NLL] = self.nll
         return out
 
 

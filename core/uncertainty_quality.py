@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm, spearmanr
 
+from . import metric_names as M
+
 RESAMPLES = 200
 LEVEL = 0.95
 FIELLER_VARIANCE = 1.06  # var(atanh(Spearman rho)) ~ 1.06 / (n - 3)
-TARGETS = ("error", "risk")  # site metric key stem; metrics.json name below
+TARGETS = M.UNCERTAINTY_TARGETS  # site metric key stem; metrics.json name below
 JSON_NAMES = {"error": "spearman_error", "risk": "spearman_risk_error"}
 
 
@@ -97,12 +99,11 @@ def site_quality(rec: Mapping[str, np.ndarray], *, seed: int, resamples: int = R
     emptied by the caller when the site's floor forbids them: then everything is NaN, counts 0)."""
     out: dict[str, float] = {}
     n_patients, n_rows = 0, 0
-    for target, values in (("error", rec["err1"]), ("risk", rec["risk_gap"])):
+    for target, values in zip(M.UNCERTAINTY_TARGETS, (rec["err1"], rec["risk_gap"])):
         s = patient_bootstrap_spearman(rec["sigma2"], values, rec["patient"], seed=seed, resamples=resamples)
-        out.update({f"uncertainty-{target}-spearman": s.rho, f"uncertainty-{target}-ci-low": s.ci_low,
-                    f"uncertainty-{target}-ci-high": s.ci_high})
+        out.update(dict(zip((M.uncertainty(target, k) for k in M.UNCERTAINTY_STATS), (s.rho, s.ci_low, s.ci_high))))
         n_patients, n_rows = s.n_patients, s.n_rows
-    out.update({"uncertainty-n-patients": float(n_patients), "uncertainty-n-rows": float(n_rows)})
+    out.update({M.UNCERTAINTY_N_PATIENTS: float(n_patients), M.UNCERTAINTY_N_ROWS: float(n_rows)})
     return {k: float(v) for k, v in out.items()}
 
 
@@ -125,14 +126,15 @@ def combine_sites(rhos: Iterable[tuple[float, int]], *, level: float = LEVEL) ->
 
 def quality_document(per_site: Mapping[str, Mapping[str, float]], definition: str) -> dict:
     """metrics.json's ``uncertainty`` section from the sites' scalar evaluation metrics."""
-    sites = {s: m for s, m in per_site.items() if "uncertainty-n-patients" in m}
+    sites = {s: m for s, m in per_site.items() if M.UNCERTAINTY_N_PATIENTS in m}
     doc: dict = {"definition": definition}
     for target in TARGETS:
         doc[JSON_NAMES[target]] = combine_sites(
-            (m[f"uncertainty-{target}-spearman"], int(m["uncertainty-n-patients"])) for m in sites.values()).to_dict()
-    doc["per_site"] = {s: {**{JSON_NAMES[t]: {"rho": m[f"uncertainty-{t}-spearman"], "ci_low": m[f"uncertainty-{t}-ci-low"],
-                                              "ci_high": m[f"uncertainty-{t}-ci-high"]} for t in TARGETS},
-                           "n_patients": int(m["uncertainty-n-patients"]), "n_rows": int(m["uncertainty-n-rows"])}
+            (m[M.uncertainty(target, "spearman")], int(m[M.UNCERTAINTY_N_PATIENTS])) for m in sites.values()).to_dict()
+    doc["per_site"] = {s: {**{JSON_NAMES[t]: dict(zip(("rho", "ci_low", "ci_high"),
+                                                      (m[M.uncertainty(t, k)] for k in M.UNCERTAINTY_STATS)))
+                              for t in TARGETS},
+                           "n_patients": int(m[M.UNCERTAINTY_N_PATIENTS]), "n_rows": int(m[M.UNCERTAINTY_N_ROWS])}
                        for s, m in sites.items()}
     doc["population"] = "masked complete test cases: every complete test case under every masking pattern"
     doc["method"] = (f"per site: Spearman over (patient, pattern) rows, {LEVEL:.0%} percentile bootstrap over "

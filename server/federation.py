@@ -21,6 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from .. import __version__
+from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
@@ -72,8 +73,7 @@ class FederationResult:
     tier2_round: int = 0  # the Tier 2 round kept (selected on masked validation, or the last)
 
     def combined_c_index(self) -> float:
-        return combined_c_index(ConcordanceCounts(m["pairs-concordant"], m["pairs-tied-risk"], m["pairs-comparable"])
-                                for m in self.per_site.values())
+        return combined_c_index(ConcordanceCounts(*(m[k] for k in M.PAIRS.counts)) for m in self.per_site.values())
 
 
 @dataclass
@@ -169,7 +169,7 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     if not hs.accepted:
         raise FederationError("no site passed the schema handshake; see the refusals above")
     if cfg.model.widths == "auto":  # resolved once, before round 1: every site receives the same widths
-        run.cfg = cfg = cfg.resolve_widths(sum(s.counts["n-train"] for s in hs.accepted))
+        run.cfg = cfg = cfg.resolve_widths(sum(s.counts[M.N_TRAIN] for s in hs.accepted))
         run.say(f"widths: hidden {cfg.model.hidden_dim}, embed {cfg.model.embed_dim}, attention {cfg.model.attn_dim} "
                 f"(model.widths = auto)")
     need = min(cfg.min_sites, n_sites) if cfg.min_sites else n_sites // 2 + 1
@@ -280,9 +280,8 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
     sums = {k: sum(decode(r, P.HistogramReply).metrics[k] for r in replies.values())
             for k in P.RISK_SUMS}
-    if sums["risk-n"] > 0:
-        out.scale = RiskScale.from_sums(sums["risk-n"], sums["risk1-sum"], sums["risk1-sumsq"], sums["risk2-sum"],
-                                        sums["risk2-sumsq"])
+    if sums[M.RISK_N] > 0:
+        out.scale = RiskScale.from_sums(*(sums[k] for k in M.RISK_SUMS))
     else:  # no site answered (timeouts, or every site's policy refused): both heads keep the raw scale
         log(WARNING, "tier2 calibration: no site sent risk sums; the risk scales stay at their defaults")
     if counts.sum() > 0:

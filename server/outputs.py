@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..core import metric_names as M
 from ..core.bundle import BaselineHazard, ModelBundle, save_bundle
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.metrics_document import RunMetrics
@@ -44,15 +45,15 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     """The metrics.json document (federation part; ``extra`` adds simulation-only sections)."""
     extra = extra or {}
     ps = res.per_site
-    masked_n = sum(m["masked-complete-n"] for m in ps.values())
-    masked_ref = sum(m["masked-complete-referred"] for m in ps.values())
+    masked_n = sum(m[M.MASKED_N] for m in ps.values())
+    masked_ref = sum(m[M.MASKED_REFERRED] for m in ps.values())
     combined = res.combined_c_index()
     federated = {
         "c_index": extra.get("federated_pooled_c_index", combined),
         "c_index_method": "pooled test split (simulation only)" if "federated_pooled_c_index" in extra
         else "comparable-pair-weighted combination of per-site counts",
         "c_index_combined_pairs": combined,
-        "per_site": {s: {"c_index": m["c-index"], "n_test": int(m["n-test"]), "n_events_test": int(m["n-events-test"])}
+        "per_site": {s: {"c_index": m[M.PAIRS.c_index], "n_test": int(m[M.N_TEST]), "n_events_test": int(m[M.N_EVENTS_TEST])}
                      for s, m in ps.items()},
     }
     doc: dict[str, Any] = {"rmm_version": __version__, "federated": federated}
@@ -64,13 +65,12 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
                           "n_values": int(round(float(res.counts.sum())))}
     doc["privacy_floor"] = res.release_error  # what the sites' merged releases leave open
     doc["routing"] = {
-        "referral_rate_per_site": {s: m["referral-rate"] for s, m in ps.items()},
-        "route_counts_per_site": {s: {TIER1: int(m["routed-tier1"]), TIER2: int(m["routed-tier2"]),
-                                      ABSTAIN: int(m["routed-abstain"])} for s, m in ps.items()},
+        "referral_rate_per_site": {s: m[M.REFERRAL_RATE] for s, m in ps.items()},
+        "route_counts_per_site": {s: {r: int(m[M.ROUTED[r]]) for r in (TIER1, TIER2, ABSTAIN)} for s, m in ps.items()},
         "masked_complete_referral_rate": masked_ref / masked_n if masked_n else float("nan"),
-        "masked_complete_n_per_site": {s: int(m["masked-complete-n"]) for s, m in ps.items()},
+        "masked_complete_n_per_site": {s: int(m[M.MASKED_N]) for s, m in ps.items()},
         "masked_complete_referral_rate_per_site": {
-            s: (m["masked-complete-referred"] / m["masked-complete-n"] if m["masked-complete-n"] else float("nan"))
+            s: (m[M.MASKED_REFERRED] / m[M.MASKED_N] if m[M.MASKED_N] else float("nan"))
             for s, m in ps.items()},
         "high_risk_contexts": sorted(res.config.high_risk),
     }
@@ -91,41 +91,40 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     return RunMetrics.model_validate(_clean(doc)).to_json()
 
 
-def _combined(ps: dict[str, dict[str, float]], prefix: str) -> float:
-    return combined_c_index(ConcordanceCounts(m[f"{prefix}pairs-concordant"], m[f"{prefix}pairs-tied-risk"],
-                                              m[f"{prefix}pairs-comparable"]) for m in ps.values())
+def _combined(ps: dict[str, dict[str, float]], names: M.Pairs) -> float:
+    return combined_c_index(ConcordanceCounts(*(m[k] for k in names.counts)) for m in ps.values())
 
 
 def two_tier_metrics(res: FederationResult) -> dict[str, Any]:
     """Tier 1 alone vs the two-tier system, recovery quality, routing and compute (issue #4)."""
     ps = res.per_site
-    n_rec = sum(m["recovery-n"] for m in ps.values())
-    n_test = sum(m["n-test"] for m in ps.values())
-    referred = sum(m["referred"] for m in ps.values())
-    t1 = sum(m["tier1-seconds"] for m in ps.values())
-    t2 = sum(m["tier2-seconds"] for m in ps.values())
+    n_rec = sum(m[M.RECOVERY_N] for m in ps.values())
+    n_test = sum(m[M.N_TEST] for m in ps.values())
+    referred = sum(m[M.REFERRED] for m in ps.values())
+    t1 = sum(m[M.TIER1_SECONDS] for m in ps.values())
+    t2 = sum(m[M.TIER2_SECONDS] for m in ps.values())
     ms1 = 1000 * t1 / n_test if n_test else float("nan")
     ms2 = 1000 * t2 / referred if referred else float("nan")
     out: dict[str, Any] = {
         "enabled": res.tier2_weights is not None,
         "abstain_bound": res.bound,
         "c_index": {
-            "tier1_covered": _combined(ps, "tier1-covered-"),
-            "two_tier_covered": _combined(ps, "system-covered-"),
-            "tier1_referred": _combined(ps, "tier1-referred-"),
-            "tier2_referred": _combined(ps, "tier2-referred-"),
-            "two_tier_referred": _combined(ps, "system-referred-") if all("system-referred-pairs-comparable" in m
+            "tier1_covered": _combined(ps, M.TIER1_COVERED),
+            "two_tier_covered": _combined(ps, M.SYSTEM_COVERED),
+            "tier1_referred": _combined(ps, M.TIER1_REFERRED),
+            "tier2_referred": _combined(ps, M.TIER2_REFERRED),
+            "two_tier_referred": _combined(ps, M.SYSTEM_REFERRED) if all(M.SYSTEM_REFERRED.comparable in m
                                                                          for m in ps.values()) else float("nan"),
             "method": "comparable-pair-weighted combination of per-site counts; covered = not abstained; "
                       "tier2_referred = Tier 2's own risk on the referred (measured even when the gate keeps "
                       "Tier 1's), two_tier_referred = what the system answered them (covered)",
         },
         "recovery_mse": {
-            "tier1": sum(m["recovery-sse-tier1"] for m in ps.values()) / n_rec if n_rec else float("nan"),
-            "tier2": sum(m["recovery-sse-tier2"] for m in ps.values()) / n_rec if n_rec else float("nan"),
+            "tier1": sum(m[M.RECOVERY_SSE_TIER1] for m in ps.values()) / n_rec if n_rec else float("nan"),
+            "tier2": sum(m[M.RECOVERY_SSE_TIER2] for m in ps.values()) / n_rec if n_rec else float("nan"),
             "population": "held-out complete test cases under every masking pattern (standardised features)",
         },
-        "uncertainty_error_spearman_per_site": {s: m["uncertainty-error-spearman"] for s, m in ps.items()},
+        "uncertainty_error_spearman_per_site": {s: m[M.uncertainty("error", "spearman")] for s, m in ps.items()},
         "ms_per_patient": {"tier1": ms1, "tier2": ms2},
         "compute_share_vs_always_tier2": ((ms1 * n_test + ms2 * referred) / ((ms1 + ms2) * n_test)
                                           if referred and n_test else float("nan")),
@@ -135,7 +134,7 @@ def two_tier_metrics(res: FederationResult) -> dict[str, Any]:
     if res.tier2_gate is not None:
         out["gate"] = res.tier2_gate.to_dict()
         out["selected_round"] = res.tier2_round
-        out["high_risk_context_kept_tier1"] = int(sum(m.get("high-risk-context-kept-tier1", 0) for m in ps.values()))
+        out["high_risk_context_kept_tier1"] = int(sum(m.get(M.HIGH_RISK_KEPT_TIER1, 0) for m in ps.values()))
     return out
 
 

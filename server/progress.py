@@ -17,6 +17,8 @@ from typing import TextIO
 
 from flwr.common.logger import log
 
+from ..core import metric_names as M
+
 TAG = "[rmm]"  # marks rmm's own log lines among Flower's (rmm-server run filters on it)
 _ROUND = re.compile(r"\[rmm\] (?P<phase>\w+) round (?P<rnd>\d+)/(?P<total>\d+)(?:.*?val C-index (?P<val>[0-9.]+|n/a))?")
 
@@ -24,11 +26,11 @@ _ROUND = re.compile(r"\[rmm\] (?P<phase>\w+) round (?P<rnd>\d+)/(?P<total>\d+)(?
 def round_line(phase: str, rnd: int, total: int, info: dict) -> str:
     """One round as text: loss terms, sites, seconds and (Tier 1) the federated validation C-index."""
     if phase == "tier1":
-        loss = (f"loss {info.get('train-loss', float('nan')):.4f} (cox {info.get('train-task', float('nan')):.4f}, "
-                f"rec {info.get('train-rec', float('nan')):.4f})")
+        loss = (f"loss {info.get(M.TRAIN_LOSS, float('nan')):.4f} (cox {info.get(M.TRAIN_TASK, float('nan')):.4f}, "
+                f"rec {info.get(M.TRAIN_REC, float('nan')):.4f})")
     else:
-        loss = (f"loss {info.get('tier2-loss', float('nan')):.4f} (ddpm {info.get('tier2-ddpm', float('nan')):.4f}, "
-                f"cons {info.get('tier2-cons', float('nan')):.4f})")
+        t2 = {k: info.get(f"{M.TIER2_PREFIX}{k}", float("nan")) for k in ("loss", "ddpm", "cons")}
+        loss = f"loss {t2['loss']:.4f} (ddpm {t2['ddpm']:.4f}, cons {t2['cons']:.4f})"
     val = info.get("val-c-index")
     shown = "" if val is None else f" val C-index {'n/a' if val != val else f'{val:.4f}'}"
     failed = f" failed {info['failed']}" if info.get("failed") else ""
@@ -101,7 +103,7 @@ class BarProgress(Progress):
         post = {}
         if val is not None and val == val:
             post["val C-index"] = f"{val:.3f}"
-        loss = info.get("train-loss", info.get("tier2-loss"))
+        loss = info.get(M.TRAIN_LOSS, info.get(f"{M.TIER2_PREFIX}loss"))
         if loss is not None:
             post["loss"] = f"{loss:.3f}"
         if info.get("failed"):

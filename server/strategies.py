@@ -13,6 +13,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
+from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
@@ -100,20 +101,19 @@ def _restricted(base: type) -> type:
             good = [decode(r, P.MetricsReply).metrics for r in replies if not r.has_error()]
             rnd = server_round + self.round_offset
             extra: dict = {}
-            if good and "tier2-val-n" in good[0]:
+            if good and M.TIER2_VAL_N in good[0]:
                 sums = add_validation(good)
-                n = sums["tier2-val-n"]
-                score = -sums["tier2-val-sse-tier2"] / n if n > 0 else float("nan")
+                n = sums[M.TIER2_VAL_N]
+                score = -sums[M.TIER2_VAL_SSE_TIER2] / n if n > 0 else float("nan")
                 gate = decide(sums, len(good))
                 extra = {"val-recovery-mse-tier1": gate.mse_tier1, "val-recovery-mse": gate.mse_tier2,
                          "val-c-index-tier1": gate.c_index_tier1, "val-c-index": gate.c_index_tier2,
                          "val-sums": sums}
             else:
-                counts = [ConcordanceCounts(float(m["pairs-concordant"]), float(m["pairs-tied-risk"]),
-                                            float(m["pairs-comparable"])) for m in good]
+                counts = [ConcordanceCounts(*(float(m[k]) for k in M.PAIRS.counts)) for m in good]
                 c = combined_c_index(counts) if counts else float("nan")
-                events = sum(float(m.get("val-events", 0.0)) for m in good)
-                pll = sum(float(m.get("val-pll", 0.0)) for m in good) / events if events > 0 else float("nan")
+                events = sum(float(m.get(M.VAL_EVENTS, 0.0)) for m in good)
+                pll = sum(float(m.get(M.VAL_PLL, 0.0)) for m in good) / events if events > 0 else float("nan")
                 extra = {"val-c-index": c, "val-pll": pll}
                 score = pll if self.select_metric == "partial-likelihood" else c
             if len(good) < len(replies):

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..core import metric_names as M
+
 
 def f3(x: Any, nd: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -83,7 +85,7 @@ def cohort_facts(m: dict[str, Any]) -> list[tuple[str, str]]:
     if o.get("referred_n"):
         out.append((f"oracle on the {o['referred_n']} referred", f"true risk {f3(o.get('c_index_referred'))}; "
                                                                  f"E[risk | observed] {f3(o.get('c_index_observed_referred'))}"))
-    rec = [h["train-rec"] for h in m.get("history") or [] if "train-rec" in h]
+    rec = [h[M.TRAIN_REC] for h in m.get("history") or [] if M.TRAIN_REC in h]
     if rec:
         out.append(("Tier 1 reconstruction loss, last round", f"{f3(rec[-1])} (1.0 = predicting the mean)"))
     return out

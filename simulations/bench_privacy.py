@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import metric_names as M
 from ..core.histogram import HistogramGrid
 from ..core.private_histogram import theta_error
 from .simulate import main as simulate
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for eps in args.epsilons:
         m = _run(args.out / f"eps-{eps:g}", cohort, args.seed,
                  ["--set", "dp.enabled=true", "--set", f"dp.target-epsilon={eps}", "--set", f"dp.time-cuts={args.time_cuts}"])
-        spent = [h.get("dp-epsilon") for h in m["history"] if h.get("dp-epsilon") is not None]
+        spent = [h.get(M.DP_EPSILON) for h in m["history"] if h.get(M.DP_EPSILON) is not None]
         rows.append((f"epsilon {eps:g}", m["federated"]["c_index"], spent[-1] if spent else None))
     print("\n| Tier 1 training | C-index (pooled test) | epsilon spent (mean over sites, end) |\n|---|---|---|")
     for name, c, e in rows:

@@ -34,3 +34,18 @@ def test_every_phase_has_its_own_message_type_and_a_registered_handler():
     assert len({p.message_type for p in P.PHASES}) == len(P.PHASES)
     registered = set(make_client_app()._registered_funcs)  # Flower's "<category>.<action>" table
     assert {p.message_type if "." in p.message_type else f"{p.message_type}.default" for p in P.PHASES} == registered
+
+
+# Spelled elsewhere on purpose: "c-index" is also a value of the select-metric setting; the server's
+# round history names its per-event partial likelihood "val-pll" too (server/strategies.py).
+SAME_WORD_ELSEWHERE = {"c-index", "val-pll"}
+
+
+def test_reply_metric_names_are_written_only_in_metric_names():
+    """Sites write and the coordinator reads every reply metric through core/metric_names.py."""
+    names = {k for p in P.PHASES for k in p.metrics} - SAME_WORD_ELSEWHERE
+    found = [f"{p.relative_to(ROOT)}:{i}: {k}" for part in ("core", "client", "server")
+             for p in (ROOT / part).rglob("*.py") if p.name not in ("metric_names.py", "protocol.py")
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             for k in names if f'"{k}"' in line or f"'{k}'" in line]
+    assert found == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core import metric_names as M
 from ...core.concordance import ConcordanceCounts
 from ...core.config import RunConfig
 from ...core.feature_stats import FeatureStats
@@ -28,9 +29,9 @@ def train_local(path: Path, dims: dict[str, int], cfg: RunConfig) -> dict[str, S
     for rnd in range(1, cfg.rounds + 1):
         weights, _ = s.train(weights, rnd)
         v = s.validate(weights)
-        score = (v["val-pll"] / v["val-events"] if v["val-events"] > 0 else float("nan")) \
+        score = (v[M.VAL_PLL] / v[M.VAL_EVENTS] if v[M.VAL_EVENTS] > 0 else float("nan")) \
             if cfg.select_metric == "partial-likelihood" else \
-            ConcordanceCounts(v["pairs-concordant"], v["pairs-tied-risk"], v["pairs-comparable"]).c_index()
+            ConcordanceCounts(*(v[k] for k in M.PAIRS.counts)).c_index()
         if not cfg.select_best or (np.isfinite(score) and score > best_score):
             best, best_score = weights, score if np.isfinite(score) else best_score
     model = s.model(best)

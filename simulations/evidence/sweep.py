@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ...core import metric_names as M
 from .common import mean_sd, progress, run_cached, set_threads, write_results
 
 ROWS: list[tuple[str, str, dict]] = [  # key, label, run-config overrides
@@ -43,8 +44,8 @@ def cohort_for(out: Path, strength: float, seed: int, patients: int) -> Path:
 
 
 def _last_rec(m: dict) -> float:
-    hist = [h for h in m.get("history", []) if "train-rec" in h]
-    return float(hist[-1]["train-rec"]) if hist else float("nan")
+    hist = [h for h in m.get("history", []) if M.TRAIN_REC in h]
+    return float(hist[-1][M.TRAIN_REC]) if hist else float("nan")
 
 
 def collect(m: dict, cohort: dict, strength: float, seed: int, row: str) -> dict:
