@@ -7,7 +7,9 @@
    reports at the end.
 2. theta's error under histogram noise: the no-DP run's exact calibration counts privatised per
    site-sum with the geometric mechanism (sensitivity = masking patterns per patient, monotone
-   repair at the server), on the run's own grid and on a coarse 32-bin grid.
+   repair at the server), on the run's own grid and on a coarse 32-bin grid over the same range.
+
+A run folder under OUT that already holds metrics.json is reused (delete OUT to run everything again).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .simulate import main as simulate
 
 
 def _run(out: Path, cohort: Path | None, seed: int, extra: list[str]) -> dict:
+    if (out / "metrics.json").is_file() and (out / "calibration.json").is_file():  # a finished run: reused
+        return json.loads((out / "metrics.json").read_text())
     args = ["--out", str(out), "--seed", str(seed), "--no-pooled", "--set", "tier2-rounds=0", *extra]
     if cohort is not None:
         args += ["--data", str(cohort)]
@@ -57,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     grid = HistogramGrid.from_config(calib["grid"])
     counts = np.asarray(calib["counts"], dtype=np.int64)
     patterns = 6  # 2^3 - 2 masking patterns per patient for the default three modalities
-    coarse = HistogramGrid(1e-4, 1.0, 32)
+    coarse = HistogramGrid(grid.low, grid.high, 32)  # the run's range, 32 bins (fixed before any data is seen)
     edges = grid.edges()
     centres = np.sqrt(np.maximum(edges[:-1], 1e-12) * np.where(np.isfinite(edges[1:]), edges[1:], edges[-2]))
     coarse_counts = coarse.counts(np.repeat(centres, counts))
     print("\n| grid | histogram epsilon | theta relative error (mean of 200 draws) |\n|---|---|---|")
-    for name, g, c in (("run grid (512 bins)", grid, counts), ("coarse (32 bins, 1e-4..1)", coarse, coarse_counts)):
+    for name, g, c in (("run grid (512 bins)", grid, counts), (f"coarse (32 bins, {grid.low:g}..{grid.high:g})", coarse, coarse_counts)):
         for eps in (1.0, 0.1):
             err = theta_error(g, c, calib["quantile"], eps, sensitivity=patterns, trials=200, seed=args.seed,
                               postprocess="monotone")
