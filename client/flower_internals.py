@@ -23,28 +23,19 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..core.errors import RmmError
+from ..core.flower_version import (PULL_BACKOFF_S, PULL_HELPERS, TESTED_FLOWER,  # noqa: F401  (re-exported)
+                                   FlowerVersionError, check_flower_version, shorten_pull_backoff)
 
-TESTED_FLOWER = (1, 41)  # major.minor these patches were written and measured against
 SUPERNODE_IDLE_POLL_S = 0.5   # Flower 1.41 sleeps 3 s between empty pulls from the SuperLink
 SUPERNODE_REPLY_POLL_S = 0.05  # ... and 0.5 s while it waits for the ClientApp's reply
-
-
-class FlowerVersionError(RmmError):
-    """The installed Flower is not the version rmm's Flower patches were written for."""
+FIX = "start rmm-client with --isolation subprocess --no-flower-tuning (Flower as it ships)"
 
 
 def require_tested_flower(what: str = "rmm's Flower speed-ups") -> None:
     """Raise :class:`FlowerVersionError` unless flwr's major.minor is :data:`TESTED_FLOWER`."""
     import flwr
 
-    have = tuple(int(x) for x in flwr.__version__.split(".")[:2])
-    if have != TESTED_FLOWER:
-        want = ".".join(map(str, TESTED_FLOWER))
-        raise FlowerVersionError(
-            f"{what} patch non-public parts of Flower {want}, but flwr {flwr.__version__} is installed. Fix: "
-            f"install flwr~={want}.0 (the version rmmfed pins), or run rmm-client with --isolation subprocess "
-            "and --no-flower-tuning to use Flower exactly as it ships")
+    check_flower_version(flwr.__version__, what, FIX)
 
 
 # Non-public Flower names the long-lived worker (client/worker.py) uses: (module, attribute).
@@ -75,12 +66,6 @@ class _TunedTime:
         self._module.sleep(self._sleeps.get(seconds, seconds))
 
 
-PULL_BACKOFF_S = (0.05, 1.0)  # Flower 1.41: 1 s first wait for an object not yet uploaded, doubling up to 10 s
-
-
-PULL_HELPERS = ("pull_objects", "pull_and_inflate_object_from_tree")  # in flwr.supercore.inflatable.inflatable_utils
-
-
 def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACKOFF_S[1]) -> None:
     """Shorten Flower's wait for message objects that are still being uploaded, in this process.
 
@@ -90,15 +75,9 @@ def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACK
     costs about a second each time. Only the keyword defaults of Flower's pull helpers change (same
     number of tries, same time limit); a Flower without them raises :class:`FlowerVersionError`.
     """
-    from flwr.supercore.inflatable import inflatable_utils as iu
+    from flwr.supercore.inflatable import inflatable_utils
 
-    for name in PULL_HELPERS:
-        defaults = getattr(getattr(iu, name, None), "__kwdefaults__", None) or {}
-        if "initial_backoff" not in defaults or "backoff_cap" not in defaults:
-            raise FlowerVersionError(f"flwr.supercore.inflatable.inflatable_utils.{name} has no initial_backoff/"
-                                     "backoff_cap defaults any more. Fix: install flwr~=1.41.0, or start "
-                                     "rmm-client with --isolation subprocess --no-flower-tuning")
-        defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
+    shorten_pull_backoff(inflatable_utils, FIX, initial, cap)
 
 
 def flower_launcher(poll_s: float = SUPERNODE_IDLE_POLL_S) -> list[str]:

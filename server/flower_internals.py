@@ -13,42 +13,25 @@ from __future__ import annotations
 
 import time
 
-from ..core.errors import RmmError
+from ..core.flower_version import (PULL_BACKOFF_S, PULL_HELPERS, TESTED_FLOWER,  # noqa: F401  (re-exported)
+                                   FlowerVersionError, check_flower_version, shorten_pull_backoff)
 from .packing import pack_content, unpack_content
 
-TESTED_FLOWER = (1, 41)
 GRID_POLL_S = 0.2  # Flower 1.41's HttpGrid polls for replies every 3 s
-PULL_BACKOFF_S = (0.05, 1.0)  # Flower 1.41: 1 s first wait for an object not yet uploaded, doubling up to 10 s
-PULL_HELPERS = ("pull_objects", "pull_and_inflate_object_from_tree")  # in flwr.supercore.inflatable.inflatable_utils
-
-
-class FlowerVersionError(RmmError):
-    """The installed Flower is not the version the coordinator's Flower patches were written for."""
+FIX = "set flower-tuning = false in the consortium config's [run] table"
 
 
 def require_tested_flower() -> None:
     import flwr
 
-    have = tuple(int(x) for x in flwr.__version__.split(".")[:2])
-    if have != TESTED_FLOWER:
-        want = ".".join(map(str, TESTED_FLOWER))
-        raise FlowerVersionError(
-            f"the coordinator's Grid tuning patches non-public parts of Flower {want}, but flwr {flwr.__version__} "
-            f"is installed. Fix: install flwr~={want}.0 (the version rmmfed pins), or set flower-tuning = false "
-            "in the consortium config's [run] table")
+    check_flower_version(flwr.__version__, "the coordinator's Grid tuning", FIX)
 
 
 def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACKOFF_S[1]) -> None:
     """Shorter waits for message objects that are still being uploaded (same tries, same time limit)."""
-    from flwr.supercore.inflatable import inflatable_utils as iu
+    from flwr.supercore.inflatable import inflatable_utils
 
-    for name in PULL_HELPERS:
-        defaults = getattr(getattr(iu, name, None), "__kwdefaults__", None) or {}
-        if "initial_backoff" not in defaults or "backoff_cap" not in defaults:
-            raise FlowerVersionError(f"flwr.supercore.inflatable.inflatable_utils.{name} has no initial_backoff/"
-                                     "backoff_cap defaults any more. Fix: install flwr~=1.41.0, or set "
-                                     "flower-tuning = false in the consortium config")
-        defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
+    shorten_pull_backoff(inflatable_utils, FIX, initial, cap)
 
 
 def tune_grid(grid, *, poll_s: float = GRID_POLL_S, pack: bool = True):
