@@ -27,6 +27,7 @@ from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.config import RunConfig
 from ..core.feature_stats import FeatureStats
+from ..core.privacy_budget import PrivacyBudget
 from ..core.request_policy import RequestPolicy, digest
 from ..core.site_data import discover_sites
 from ..core.site_policy import PolicyViolation
@@ -60,6 +61,20 @@ def site_dir(context: Context, site_dirs: list[str] | None) -> str:
     return site_dirs[pid]
 
 
+def state_dir(context: Context, site_folder: str, default: str | Path | None = None) -> Path:
+    """Where the site keeps what must outlive a run (the privacy budget): the node's ``state-dir``
+    (``rmm-client --state-dir``), else the simulation's folder for this site, else the folder of the
+    node's ledger, else ``<site folder>/.rmm-state``. Never the run config: the coordinator must not
+    be able to point a site at a fresh, empty budget."""
+    node = str(context.node_config.get("state-dir", "") or "")
+    if node:
+        return Path(node)
+    if default:
+        return Path(default) / Path(site_folder).name
+    ledger = str(context.node_config.get("ledger", "") or "")
+    return Path(ledger).parent if ledger else Path(site_folder) / ".rmm-state"
+
+
 def _scale(r: P.Routing) -> RiskScale:
     return RiskScale(*r.scale)
 
@@ -71,9 +86,11 @@ def _enough(n: int, k: int, what: str) -> None:
 
 
 def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | None = None,
-                    extra_mods: list | None = None, policy: str | Path | None = None) -> ClientApp:
+                    extra_mods: list | None = None, policy: str | Path | None = None,
+                    state_root: str | Path | None = None) -> ClientApp:
     """``site_dirs``: simulation's site folders by partition; ``ledger_dir``: one egress ledger per site there;
-    ``policy``: the site policy file of every site without its own (client/policy_mod.py)."""
+    ``policy``: the site policy file of every site without its own (client/policy_mod.py);
+    ``state_root``: a simulation's folder of per-site state (privacy budgets), one sub-folder per site."""
     ledger = configured_ledger_mod
     if ledger_dir:
         def ledger(msg: Message, context: Context, call_next):  # noqa: F811 - one file per site folder
@@ -88,8 +105,10 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     def rules(context: Context) -> RequestPolicy:
         return request_policy(context, site_policy(policy_path(context, site_dir(context, site_dirs), policy)))
 
-    def check_weights(s: SiteSession, arrays: dict[str, np.ndarray], which: str, what: str) -> None:
+    def check_weights(s: SiteSession, arrays: dict[str, np.ndarray], which: str, what: str,
+                      rp: RequestPolicy | None = None) -> None:
         RequestPolicy.check_weights({k: tuple(np.shape(v)) for k, v in arrays.items()}, s.weight_shapes(which), what)
+        (rp or RequestPolicy()).check_weight_values(arrays, what)
 
     def pin(context: Context, rp: RequestPolicy, kind: str, key: str, records: P.Records) -> None:
         """Pin (grid, everything else the request carries) for this kind; refused if it differs."""
@@ -147,7 +166,12 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     @serve(P.SETUP)
     def setup(r, context, rp, s):
         req = P.SetupRequest.from_records(r)
-        rp.check_setup(RunConfig.from_flat(req.config))
+        cfg = RunConfig.from_flat(req.config)
+        rp.check_setup(cfg, n_train=len(s.data.indices("train")))
+        if cfg.dp.enabled:  # the whole run's epsilon, reserved on disk before any round computes
+            folder = state_dir(context, site_dir(context, site_dirs), state_root)
+            PrivacyBudget(folder, rp.policy.dp.total_epsilon).reserve(
+                str(context.run_id), cfg.dp.target_epsilon, cfg.dp.target_delta, "tier1+tier2 DP-SGD")
         context.state[_STATE_CONFIG] = ConfigRecord(dict(r[P.CONFIG]))
         context.state[_STATE_STATS] = to_record(req.stats)
         s.cfg = None  # (re)apply this run's setup even if the process saw an earlier one
@@ -157,14 +181,16 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     def round_request(r: P.Records, rp: RequestPolicy, s: SiteSession, which: str, what: str,
                       training: bool = False) -> P.RoundRequest:
         req = P.RoundRequest.from_records(r)
-        dp = s.cfg.dp.enabled if training and which == "tier1" and s.cfg is not None else None
+        dp = s.cfg.dp.enabled if training and s.cfg is not None else None
         rp.check_round(req.run_round, dp)
-        check_weights(s, req.weights, which, what)
+        check_weights(s, req.weights, which, what, rp)
         return req
 
     @serve(P.TIER1_ROUND)
     def train(r, context, rp, s):
         req = round_request(r, rp, s, "tier1", "Tier 1 weights", training=True)
+        rp.answer_once("tier1", req.run_round)
+        save_pins(context, rp)
         if _STATE_DP in context.state:  # epsilon accumulates across rounds and ClientApp processes
             s.dp_state = from_record(context.state[_STATE_DP])
         weights, result = s.train(req.weights, req.run_round, req.proximal_mu)
@@ -183,7 +209,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     @serve(P.FREEZE_TIER1)
     def freeze(r, context, rp, s):
         req = P.FreezeRequest.from_records(r)
-        check_weights(s, req.weights, "tier1", "frozen Tier 1 weights")
+        check_weights(s, req.weights, "tier1", "frozen Tier 1 weights", rp)
         pin(context, rp, "freeze-tier1", "", r)  # one final Tier 1 per run
         context.state[_STATE_TIER1] = to_record(req.weights)
         s.freeze(req.weights)
@@ -213,8 +239,14 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
 
     @serve(P.TIER2_ROUND)
     def train_tier2(r, context, rp, s):
-        req = round_request(r, rp, s, "tier2", "Tier 2 weights")
+        req = round_request(r, rp, s, "tier2", "Tier 2 weights", training=True)
+        rp.answer_once("tier2", req.run_round)
+        save_pins(context, rp)
+        if _STATE_DP in context.state:
+            s.dp_state = from_record(context.state[_STATE_DP])
         weights, metrics = s.train_tier2(req.weights, req.run_round)
+        if s.dp_state:
+            context.state[_STATE_DP] = to_record(s.dp_state)
         return P.RoundReply(weights, metrics)
 
     @serve(P.TIER2_VALIDATION)
@@ -230,7 +262,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     def tier2_calibration(r, context, rp, s):
         req = P.Tier2CalibrationRequest.from_records(r)
         rp.check_grid(req.grid)
-        check_weights(s, req.weights, "tier2", "tier2-calibration weights")
+        check_weights(s, req.weights, "tier2", "tier2-calibration weights", rp)
         pin(context, rp, "tier2-calibration", repr(req.grid), r)
         merged, sums = s.tier2_release(req.weights, req.grid, floor_of(rp, s))
         return P.HistogramReply(merged.to_arrays(), sums)
@@ -240,7 +272,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         req = P.RiskGroupsRequest.from_records(r)
         rp.check_grid(req.grid)
         if req.tier2_weights:
-            check_weights(s, req.tier2_weights, "tier2", "risk-groups weights")
+            check_weights(s, req.tier2_weights, "tier2", "risk-groups weights", rp)
         pin(context, rp, "risk-groups", repr(req.grid), r)
         merged = s.risk_group_release(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing),
                                       floor_of(rp, s), req.grid, use_tier2=req.routing.tier2_used)
@@ -250,7 +282,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     def evaluate(r, context, rp, s):
         req = P.EvaluateRequest.from_records(r)
         if req.tier2_weights is not None:
-            check_weights(s, req.tier2_weights, "tier2", "Tier 2 weights")
+            check_weights(s, req.tier2_weights, "tier2", "Tier 2 weights", rp)
         k = floor_of(rp, s)
         _enough(len(s.data.indices("test")), k, "test metrics")
         pin(context, rp, "evaluation", "", r)

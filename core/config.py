@@ -17,7 +17,7 @@ from .tier2_config import Tier2Config
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every knob finite
 
 
 class Tier1Config(_Strict):
@@ -79,14 +79,21 @@ def scaled_widths(n_train: int) -> dict[str, Any]:
 class DPConfig(_Strict):
     """Privacy (docs/privacy.md): DP-SGD for Tier 1 (core/dp.py) and noisy calibration counts."""
 
-    enabled: bool = Field(False, description="Tier 1 rounds use DP-SGD with the discrete-time likelihood")
+    enabled: bool = Field(True, description="both tiers train with DP-SGD (Tier 1 with the discrete-time likelihood); "
+                          "the default site policy refuses a run without it")
     target_epsilon: float = Field(8.0, gt=0.0, description="epsilon at the end of the planned rounds")
     target_delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta; must stay below 1/N_train")
     max_grad_norm: float = Field(1.0, gt=0.0, description="per-patient gradient clipping norm C")
     noise_multiplier: float = Field(0.0, ge=0.0, description="0 = calibrate from target-epsilon")
-    time_cuts: str = Field("", description="comma-separated cut points of the discrete-time likelihood")
+    time_cuts: str = Field("", description="comma-separated cut points of the discrete-time likelihood; empty = "
+                           "the pooled follow-up quintiles, from the sites' follow-up histograms")
     histogram_epsilon: float = Field(0.0, ge=0.0, description="noise on calibration counts; 0 = off")
     histogram_min_count: int = Field(0, ge=0, description="merge bins below this count (no noise); 0 = off")
+    seeded_noise: bool = Field(False, description="draw DP noise from the run's seed (reproducible figures, but "
+                               "noise the coordinator can replay): simulations only, refused unless the site "
+                               "policy sets dp.allow-seeded-noise")
+    tier2_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of target-epsilon spent on Tier 2's "
+                               "DP-SGD; Tier 1 gets the rest (the two add up under composition)")
 
     def cuts(self) -> tuple[float, ...]:
         """``time_cuts`` as increasing floats (fixed for the run, never from one site's data)."""
@@ -166,7 +173,8 @@ class RunConfig(_Strict):
         if self.hist_high <= self.hist_low:
             raise ValueError("hist-high must be greater than hist-low")
         if self.dp.enabled:
-            self.dp.cuts()  # raises with the fix when dp.time-cuts is not a list of increasing times
+            if self.dp.time_cuts.strip():  # empty: placed by the server from the follow-up histograms
+                self.dp.cuts()  # raises with the fix when dp.time-cuts is not a list of increasing times
             if self.strategy == "fedprox":
                 raise ValueError("dp.enabled with strategy 'fedprox': FedProx's proximal term is not part of the "
                                  "DP-SGD loss. Fix: use strategy 'fedavg' (or a robust strategy) with dp.enabled")

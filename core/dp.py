@@ -35,6 +35,7 @@ from . import metric_names as M
 from .augment import hide_one, modality_dropout
 from .config import DPConfig, RunConfig
 from .discrete_time import DiscreteTimeBaseline, discrete_time_nll
+from .dp_noise import harden_optimizer, noise_generator
 from .errors import RmmError
 from .feature_stats import FeatureStats, partition_slices
 from .tensors import SiteTensors
@@ -60,6 +61,20 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> flo
     acc = RDPAccountant()
     acc.history = list(history)
     return float(acc.get_epsilon(delta)) if history else 0.0
+
+
+def tier_budgets(cfg: RunConfig) -> tuple[float, float]:
+    """(Tier 1, Tier 2) shares of the run's ``dp.target-epsilon``; they add up to it (basic composition).
+    A run without Tier 2 rounds gives Tier 1 the whole budget."""
+    total = cfg.dp.target_epsilon
+    tier2 = total * cfg.dp.tier2_share if cfg.tier2_rounds > 0 else 0.0
+    return total - tier2, tier2
+
+
+def check_delta(delta: float, n: int) -> None:
+    """delta must stay <= 1/(10 N): a larger one lets a mechanism publish a patient outright."""
+    if not 0.0 < delta <= 1.0 / (10 * max(n, 1)):
+        raise DPError(f"target-delta={delta:g} is above 1/(10 N) = 1/{10 * n}. Fix: lower dp.target-delta.")
 
 
 @lru_cache(maxsize=64)
@@ -111,7 +126,10 @@ class DPTrainResult:
     n_examples = property(lambda self: self.train.n_examples)
 
     def metrics(self) -> dict[str, float]:
-        return {**self.train.metrics(), M.DP_EPSILON_ROUND: self.epsilon_round, M.DP_EPSILON: self.epsilon_total,
+        """What a DP round may send: the accountant's figures (functions of sigma, q and the steps, not of
+        the data). The training losses stay at the site: exact losses would be a release outside the
+        accountant (a coordinator bisects a patient's value from them over rounds)."""
+        return {M.DP_EPSILON_ROUND: self.epsilon_round, M.DP_EPSILON: self.epsilon_total,
                 M.DP_DELTA: self.delta, M.DP_NOISE_MULTIPLIER: self.noise_multiplier}
 
 
@@ -170,7 +188,8 @@ def per_sample_fn(net: PerSampleTier1Loss, weights: torch.Tensor):
 def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: RunConfig, dp: DPConfig, *,
                    accountant: SiteAccountant, epochs: int, seed: int, total_epochs_budget: int,
                    cuts: torch.Tensor | None = None, baseline: DiscreteTimeBaseline | None = None,
-                   rounds_before: int = 0) -> tuple[DPTrainResult, float]:
+                   rounds_before: int = 0, target_epsilon: float | None = None,
+                   noise_seed: int | None = None) -> tuple[DPTrainResult, float]:
     """One round of DP-SGD (DP-Adam): updates ``model``, ``baseline`` and ``accountant`` in place.
 
     ``cuts`` default to ``dp.cuts()``. Returns (result, cumulative epsilon at ``dp.target_delta``).
@@ -178,25 +197,28 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
     ``rounds_before``: the run's rounds before this one. When the accountant is empty although rounds
     came before (the site lost its state: a resumed run, a restarted site), each of them is counted as
     spent at this round's (sigma, q, steps), so epsilon is over-reported, never under-reported.
+    ``target_epsilon``: Tier 1's share of the run's budget (:func:`tier_budgets`; default the whole
+    ``dp.target_epsilon``). ``noise_seed``: None draws the noise from OS entropy
+    (:mod:`rmmfed.core.dp_noise`); a seed only where the site's policy allows seeded noise.
     """
+    eps_target = dp.target_epsilon if target_epsilon is None else float(target_epsilon)
     validate_for_dp(model.train())
     n, mc, device = len(data), cfg.model, data.present.device
-    if dp.target_delta >= 1.0 / max(n, 1):
-        raise DPError(f"target-delta={dp.target_delta:g} is not below 1/N = 1/{n}. Fix: lower dp.target-delta.")
+    check_delta(dp.target_delta, n)
     cuts = torch.tensor(dp.cuts()) if cuts is None else cuts
     baseline = baseline if baseline is not None else DiscreteTimeBaseline(len(cuts) + 1)
     net = PerSampleTier1Loss(model, baseline, cuts.to(device), stats, mc.anat_kappa,
                              separate_rec_view=mc.modality_dropout <= 0).to(device)
     loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=min(cfg.batch_size, n))
     q = 1.0 / len(loader)  # Opacus' sample rate for this loader
-    sigma = dp.noise_multiplier or planned_noise_multiplier(dp.target_epsilon, dp.target_delta, q, total_epochs_budget)
+    sigma = dp.noise_multiplier or planned_noise_multiplier(eps_target, dp.target_delta, q, total_epochs_budget)
     this_round = (sigma, q, epochs * len(loader))
     if not accountant.history and rounds_before > 0:
         accountant.history = [this_round] * rounds_before
     after = SiteAccountant(accountant.history + [this_round]).epsilon(dp.target_delta)
-    if after > dp.target_epsilon * 1.001:
+    if after > eps_target * 1.001:
         raise PrivacyBudgetExhausted(
-            f"this round would raise epsilon to {after:.3f} > target {dp.target_epsilon:g} (spent so far: "
+            f"this round would raise epsilon to {after:.3f} > target {eps_target:g} (spent so far: "
             f"{accountant.epsilon(dp.target_delta):.3f}). Fix: stop training at this site, or plan a larger "
             "dp.target-epsilon or total epoch budget for the run.")
     with_nll = model.est_logvar is not None
@@ -208,7 +230,8 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
         private, opt, loader = engine.make_private(
             module=net, optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
             data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
-            grad_sample_mode="no_op", noise_generator=torch.Generator(device=device).manual_seed(seed))
+            grad_sample_mode="no_op", noise_generator=noise_generator(device, noise_seed))
+        harden_optimizer(opt)
         engine.accountant.history = list(accountant.history)  # sigma is calibrated from zero, for the plan
         dgen, per_sample = torch.Generator(device=device).manual_seed(seed + 1), per_sample_fn(net, weights)
         for _ in range(epochs):

@@ -27,6 +27,8 @@ from .site_policy import DEFAULT_POLICY, PolicyViolation, SitePolicy
 PINNED_KINDS = ("freeze-tier1", "calibration", "tier2-calibration", "risk-groups", "followup", "hazard", "evaluation")
 ROUND_KIND = "validation-"  # + the round number: one set of weights scored per validation round
 ROUND_KINDS = (ROUND_KIND, "validation-tier2-")  # Tier 1 and Tier 2 validation rounds
+MIN_EPSILON = 0.05  # a smaller target makes sigma enormous (and its calibration slow): refused as absurd
+MIN_NOISE_MULTIPLIER = 0.3  # a coordinator-set sigma below this gives no usable budget in one step
 
 
 def digest(*arrays: dict[str, np.ndarray] | np.ndarray | str) -> str:
@@ -59,28 +61,103 @@ class RequestPolicy:
                                   "the coordinator runs the phase with the other sites; the hospital adds it to "
                                   "'phases' in its policy file to take part")
 
-    def check_setup(self, cfg: RunConfig) -> None:
-        """The run config as sent at setup: DP requirements and planned rounds."""
+    def check_setup(self, cfg: RunConfig, n_train: int | None = None) -> None:
+        """The run config as sent at setup: DP requirements and knobs, training knobs, planned rounds.
+        ``n_train``: the site's training patients (bounds delta); None skips that check."""
         p = self.policy
-        if p.dp.required and not cfg.dp.enabled:
-            raise PolicyViolation("dp.required", "this site trains only with DP-SGD and the run has dp.enabled = false",
-                                  "the coordinator sets dp.enabled = true (and dp.time-cuts) for the run")
-        if cfg.dp.enabled and p.dp.max_epsilon is not None and cfg.dp.target_epsilon > p.dp.max_epsilon:
-            raise PolicyViolation("dp.max-epsilon", f"the run's dp.target-epsilon {cfg.dp.target_epsilon:g} is above "
-                                  f"this site's maximum {p.dp.max_epsilon:g}",
-                                  f"the coordinator sets dp.target-epsilon <= {p.dp.max_epsilon:g}")
+        self.check_dp(cfg, n_train)
+        self.check_training(cfg)
         for name, rounds in (("rounds", cfg.rounds), ("tier2-rounds", cfg.tier2_rounds)):
             if rounds > p.max_rounds:
                 raise PolicyViolation("max-rounds", f"the run plans {name} = {rounds}, above this site's "
                                       f"{p.max_rounds}", f"the coordinator sets {name} <= {p.max_rounds}")
 
+    def check_dp(self, cfg: RunConfig, n_train: int | None) -> None:
+        p, dp = self.policy.dp, cfg.dp
+        if p.required and not dp.enabled:
+            raise PolicyViolation("dp.required", "this site trains only with DP-SGD and the run has dp.enabled = false",
+                                  "the coordinator sets dp.enabled = true (and dp.time-cuts) for the run")
+        if not dp.enabled:
+            return
+        if not (MIN_EPSILON <= dp.target_epsilon <= p.max_epsilon):
+            raise PolicyViolation("dp.max-epsilon", f"the run's dp.target-epsilon {dp.target_epsilon:g} is outside "
+                                  f"[{MIN_EPSILON:g}, {p.max_epsilon:g}]",
+                                  f"the coordinator sets {MIN_EPSILON:g} <= dp.target-epsilon <= {p.max_epsilon:g}")
+        if n_train is not None and dp.target_delta > 1.0 / (10 * max(n_train, 1)):
+            raise PolicyViolation("dp.target-delta", f"dp.target-delta {dp.target_delta:g} is above 1/(10 N) for this "
+                                  f"site's N = {n_train} training patients",
+                                  "the coordinator sets dp.target-delta <= 1/(10 x the largest site's training patients)")
+        if dp.max_grad_norm > p.max_grad_norm:
+            raise PolicyViolation("dp.max-grad-norm", f"dp.max-grad-norm {dp.max_grad_norm:g} is above this site's "
+                                  f"{p.max_grad_norm:g}", f"the coordinator sets dp.max-grad-norm <= {p.max_grad_norm:g}")
+        if 0 < dp.noise_multiplier < MIN_NOISE_MULTIPLIER:
+            raise PolicyViolation("dp.max-epsilon", f"dp.noise-multiplier {dp.noise_multiplier:g} is below "
+                                  f"{MIN_NOISE_MULTIPLIER:g}: no finite budget covers it",
+                                  "the coordinator sets dp.noise-multiplier = 0 (calibrated from dp.target-epsilon)")
+        if dp.seeded_noise and not p.allow_seeded_noise:
+            raise PolicyViolation("dp.allow-seeded-noise", "the run asks for DP noise drawn from its seed, which the "
+                                  "coordinator could regenerate and subtract",
+                                  "the coordinator sets dp.seeded-noise = false (seeded noise is for simulations)")
+
+    def check_training(self, cfg: RunConfig) -> None:
+        """Learning rates, optimiser, local steps, batch size and widths within the site's bounds."""
+        t, k = self.policy.training, self.policy.min_patients
+        for name, lr in (("lr", cfg.lr), ("tier2-lr", cfg.tier2_lr)):
+            if lr > t.max_lr:
+                raise PolicyViolation("training.max-lr", f"{name} = {lr:g} is above this site's {t.max_lr:g}",
+                                      f"the coordinator sets {name} <= {t.max_lr:g}")
+        if cfg.optimizer not in t.optimizers:
+            raise PolicyViolation("training.optimizers", f"optimizer '{cfg.optimizer}' is not one this site runs",
+                                  f"the coordinator uses one of {list(t.optimizers)}")
+        for name, v in (("local-epochs", cfg.local_epochs), ("tier2-local-epochs", cfg.tier2_local_epochs)):
+            if v > t.max_local_epochs:
+                raise PolicyViolation("training.max-local-epochs", f"{name} = {v} is above this site's "
+                                      f"{t.max_local_epochs}", f"the coordinator sets {name} <= {t.max_local_epochs}")
+        for name, v in (("min-local-steps", cfg.min_local_steps), ("tier2.local-steps", cfg.tier2.local_steps)):
+            if v > t.max_local_steps:
+                raise PolicyViolation("training.max-local-steps", f"{name} = {v} is above this site's "
+                                      f"{t.max_local_steps}", f"the coordinator sets {name} <= {t.max_local_steps}")
+        if cfg.batch_size < k:
+            raise PolicyViolation("min-patients", f"batch-size {cfg.batch_size} is below this site's floor of {k} "
+                                  "patients per step", f"the coordinator sets batch-size >= {k}")
+        m, t2 = cfg.model, cfg.tier2
+        widths = {"model.embed-dim": m.embed_dim, "model.prompt-dim": m.prompt_dim, "model.attn-dim": m.attn_dim,
+                  "model.hidden-dim": m.hidden_dim, "model.reduce-dim": m.reduce_dim, "tier2.hidden-dim": t2.hidden_dim,
+                  "tier2.time-dim": t2.time_dim, "tier2.branch-dim": t2.branch_dim}
+        for name, w in widths.items():
+            if w > t.max_width:
+                raise PolicyViolation("training.max-width", f"{name} = {w} is above this site's {t.max_width}",
+                                      f"the coordinator sets {name} <= {t.max_width}")
+
+    def check_weight_values(self, arrays: dict[str, np.ndarray], what: str) -> None:
+        """Every weight finite with |w| <= training.max-weight (crafted trap units need extreme values)."""
+        bound = self.policy.training.max_weight
+        for a in arrays.values():
+            v = np.asarray(a)
+            if v.dtype.kind not in "fiu":
+                raise PolicyViolation("training.max-weight", f"the {what} hold a non-numeric array",
+                                      "the coordinator sends the model's float weights")
+            if v.size and not (np.isfinite(v).all() and float(np.abs(v).max()) <= bound):
+                raise PolicyViolation("training.max-weight", f"the {what} hold a non-finite value or one above "
+                                      f"{bound:g} in magnitude", f"the coordinator sends finite weights within "
+                                      f"+-{bound:g}")
+
     def check_round(self, rnd: int, dp_enabled: bool | None = None) -> None:
-        if rnd > self.policy.max_rounds:
-            raise PolicyViolation("max-rounds", f"round {rnd} is past this site's {self.policy.max_rounds}",
-                                  "the run ends its training phase within max-rounds")
+        if rnd < 1 or rnd > self.policy.max_rounds:
+            raise PolicyViolation("max-rounds", f"round {rnd} is outside 1..{self.policy.max_rounds}",
+                                  "the run numbers its rounds from 1 and ends its training phase within max-rounds")
         if dp_enabled is False and self.policy.dp.required:
-            raise PolicyViolation("dp.required", "a Tier 1 round without DP-SGD was asked for",
+            raise PolicyViolation("dp.required", "a training round without DP-SGD was asked for",
                                   "the coordinator sets dp.enabled = true for the run")
+
+    def answer_once(self, kind: str, rnd: int) -> None:
+        """A training round of ``kind`` (tier1 / tier2) is answered once per run: a second answer to the
+        same round would be a fresh noisy draw (DP) or a second look with other weights."""
+        key = f"{kind}-round-{int(rnd)}"
+        if key in self.pins:
+            raise PolicyViolation("one-answer-per-round", f"{kind} round {rnd} was already answered in this run",
+                                  "the coordinator asks each training round once; the next round has the next number")
+        self.pins[key] = "answered"
 
     # ---- floors ----------------------------------------------------------------------------------
     def floor(self, requested: int = 0) -> int:

@@ -68,15 +68,50 @@ class _Kebab(BaseModel):
 
 
 class DPPolicy(_Kebab):
-    required: bool = Field(False, description="Tier 1 rounds must use DP-SGD (dp.enabled in the run config)")
-    max_epsilon: float | None = Field(None, gt=0.0, description="largest DP-SGD target epsilon accepted")
+    required: bool = Field(True, description="Tier 1 and Tier 2 rounds must use DP-SGD (dp.enabled in the run config)")
+    max_epsilon: float = Field(8.0, gt=0.0, description="largest DP-SGD target epsilon of one run")
+    total_epsilon: float = Field(32.0, gt=0.0, description="the site's lifetime budget: the sum of every run's "
+                                 "epsilon, kept on the site's disk (core/privacy_budget.py)")
+    max_grad_norm: float = Field(5.0, gt=0.0, description="largest per-patient clipping norm accepted")
+    allow_seeded_noise: bool = Field(False, description="accept dp.seeded-noise (noise the coordinator can replay; "
+                                     "simulations only)")
 
-    @field_validator("max_epsilon")
+    @field_validator("max_epsilon", "total_epsilon", "max_grad_norm")
     @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number (leave the key out for no cap)")
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
         return v
+
+
+OPTIMIZERS = ("adamw", "adam")
+
+
+class TrainingPolicy(_Kebab):
+    """What the coordinator may ask of local training (both tiers)."""
+
+    max_lr: float = Field(0.01, gt=0.0, description="largest learning rate (lr, tier2-lr)")
+    optimizers: tuple[str, ...] = Field(OPTIMIZERS, description="local optimisers accepted")
+    max_local_epochs: int = Field(10, ge=1, description="largest local-epochs / tier2-local-epochs")
+    max_local_steps: int = Field(200, ge=1, description="largest min-local-steps / tier2.local-steps")
+    max_width: int = Field(512, ge=8, description="largest model width (embedding, hidden, attention, prompt "
+                           "dims; Tier 2's hidden and time dims)")
+    max_weight: float = Field(1000.0, gt=0.0, description="every weight sent must be finite with |w| <= this")
+
+    @field_validator("max_lr", "max_weight")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("optimizers")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [o for o in v if o not in OPTIMIZERS]
+        if unknown:
+            raise ValueError(f"unknown optimiser(s) {unknown}; known: {list(OPTIMIZERS)}")
+        return tuple(dict.fromkeys(v))
 
 
 class SitePolicy(_Kebab):
@@ -89,6 +124,7 @@ class SitePolicy(_Kebab):
                                  "features over >= min-patients patients (the federated PCA); false = zeros")
     phases: tuple[str, ...] = Field(PHASES, description="phases this site takes part in")
     dp: DPPolicy = Field(default_factory=DPPolicy)
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
 
     @field_validator("phases")
     @classmethod
@@ -100,7 +136,7 @@ class SitePolicy(_Kebab):
 
     def describe(self) -> str:
         """The effective policy, one key per line (what ``rmm-client --check`` prints)."""
-        eps = "none (no cap)" if self.dp.max_epsilon is None else f"{self.dp.max_epsilon:g}"
+        t = self.training
         return "\n".join([
             f"min-patients       {self.min_patients}   (patients behind every released number)",
             f"max-bins           {self.max_bins}   (bins per histogram, points of the Breslow grid)",
@@ -109,8 +145,17 @@ class SitePolicy(_Kebab):
             f"max-rounds         {self.max_rounds}   (per training phase)",
             f"second-moments     {str(self.second_moments).lower()}   (sums of outer products for the federated PCA)",
             f"phases             {', '.join(self.phases) or 'none'}",
-            f"dp.required        {str(self.dp.required).lower()}",
-            f"dp.max-epsilon     {eps}",
+            f"dp.required        {str(self.dp.required).lower()}   (both tiers train with DP-SGD)",
+            f"dp.max-epsilon     {self.dp.max_epsilon:g}   (per run)",
+            f"dp.total-epsilon   {self.dp.total_epsilon:g}   (lifetime, across runs)",
+            f"dp.max-grad-norm   {self.dp.max_grad_norm:g}",
+            f"dp.allow-seeded-noise {str(self.dp.allow_seeded_noise).lower()}",
+            f"training.max-lr    {t.max_lr:g}",
+            f"training.optimizers {', '.join(t.optimizers)}",
+            f"training.max-local-epochs {t.max_local_epochs}",
+            f"training.max-local-steps {t.max_local_steps}",
+            f"training.max-width {t.max_width}",
+            f"training.max-weight {t.max_weight:g}",
         ])
 
 
@@ -146,7 +191,9 @@ def load_policy(path: str | Path | None) -> SitePolicy:
         e = err.errors()[0]
         key = ".".join(str(x) for x in e["loc"] if not isinstance(x, int)) or "-"
         if e["type"] == "extra_forbidden":
-            known = sorted(f.alias or n for n, f in SitePolicy.model_fields.items()) + ["dp.required", "dp.max-epsilon"]
+            known = sorted(n.replace("_", "-") for n in SitePolicy.model_fields) + \
+                [f"dp.{n.replace('_', '-')}" for n in DPPolicy.model_fields] + \
+                [f"training.{n.replace('_', '-')}" for n in TrainingPolicy.model_fields]
             raise PolicyFileError(p, key, "is not a policy key", f"remove it or use one of {known}") from None
         default = _default_of(key)
         raise PolicyFileError(p, key, f"{e['msg']} (got {e.get('input')!r})",

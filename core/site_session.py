@@ -104,7 +104,7 @@ class SiteSession:
     def _train_dp(self, model: Tier1Model, seed: int, proximal_mu: float, server_round: int):
         """DP-SGD round (core/dp.py); the accountant and the site's baseline hazards live in ``dp_state``."""
         from .discrete_time import DiscreteTimeBaseline
-        from .dp import DPError, SiteAccountant, train_tier1_dp  # Opacus loads only when DP is on
+        from .dp import DPError, SiteAccountant, tier_budgets, train_tier1_dp  # Opacus loads only when DP is on
 
         cfg = self.cfg
         if proximal_mu > 0:
@@ -121,7 +121,8 @@ class SiteSession:
         result, _ = train_tier1_dp(model, train, self.stats, cfg, cfg.dp, accountant=accountant,
                                    epochs=cfg.local_epochs, seed=seed, cuts=cuts, baseline=baseline,
                                    total_epochs_budget=cfg.rounds * cfg.local_epochs,
-                                   rounds_before=server_round - 1)
+                                   rounds_before=server_round - 1, target_epsilon=tier_budgets(cfg)[0],
+                                   noise_seed=seed + 7 if cfg.dp.seeded_noise else None)
         self.dp_state = {**accountant.to_arrays(), "dp-baseline": result.baseline}
         return result.weights, result
 
@@ -139,13 +140,12 @@ class SiteSession:
                        what: str) -> MergedBins:
         """Bins merged until each non-empty one holds values of >= k patients; with dp.histogram-epsilon
         > 0, noise is then added to the merged counts (unclipped; the server clips after summing)."""
-        assert self.cfg is not None
         merged = merge_bins(grid, values, patients, k)
         if merged is None:
             raise PolicyViolation("min-patients", f"the {what} would come from {len(np.unique(patients))} patient(s), "
                                   f"fewer than this site's floor of {k}", "nothing to do: the run goes on with "
                                   "the other sites (a hospital may lower min-patients in its policy file)")
-        eps = self.cfg.dp.histogram_epsilon
+        eps = self.cfg.dp.histogram_epsilon if self.cfg is not None else 0.0  # follow-up may come before setup
         if eps > 0:
             noisy = privatize_counts(merged.counts, eps, np.random.default_rng(),  # OS entropy, never seeded
                                      sensitivity=len(masking_patterns(len(self.dims))), clip=False)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Tier2Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     timesteps: int = Field(1000, ge=2, description="T: DDPM training steps (linear beta 1e-4..0.02)")
     sample_steps: int = Field(20, ge=1, description="DDIM steps (eta = 0, deterministic) at inference")

@@ -37,7 +37,7 @@ from ..core.two_tier import RiskScale
 from ..core.weights import get_weights
 from .checkpoint import Checkpoint
 from .handshake import Handshake, SiteInfo, agree
-from .phases import baseline_hazard, run_phase, tier2_gate
+from .phases import baseline_hazard, dp_time_cuts, run_phase, tier2_gate
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts, wait_for_nodes
 from .queries import per_site as per_site_release
@@ -128,6 +128,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     ckpt = Checkpoint(checkpoint)
     run = Run(grid, cfg, progress or Progress(), ckpt, None)
     hs = handshake(run, n_sites, expected_dims, expected_sites)
+    place_dp_time_cuts(run)
     run.state = ckpt.load(run.cfg.to_flat()) if resume else None
     stats = statistics_and_setup(run, hs)
     weights, history, best_round = tier1(run, hs, stats)
@@ -184,6 +185,19 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
             f"modalities {', '.join(f'{m}:{d}' for m, d in hs.dims.items())}")
     run.timed("handshake", t)
     return hs
+
+
+def place_dp_time_cuts(run: Run) -> None:
+    """A DP run without ``dp.time-cuts`` gets them from the sites' follow-up histograms (pooled quintiles)."""
+    cfg = run.cfg
+    if not cfg.dp.enabled or cfg.dp.time_cuts.strip():
+        return
+    cuts = dp_time_cuts(run.grid, cfg, run.accepted)
+    if cuts is None:
+        raise FederationError("no site released a follow-up histogram, so the DP path has no time cuts. Fix: set "
+                              "dp.time-cuts (the consortium's agreed follow-up quantiles, in the data's time unit)")
+    run.cfg = cfg.with_overrides({"dp.time-cuts": cuts})
+    run.say(f"DP-SGD time cuts at the federated follow-up quintiles: {cuts}")
 
 
 # ---- 2. federated feature statistics, then the run's setup at every site ---------------------------

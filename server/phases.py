@@ -87,6 +87,23 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
 
 
 FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
+DP_CUT_QUANTILES = (0.2, 0.4, 0.6, 0.8)  # where the DP path's discrete-time intervals end by default
+
+
+def dp_time_cuts(grid: Grid, cfg: RunConfig, nodes: list[int]) -> str | None:
+    """``dp.time-cuts`` at the pooled follow-up quintiles, from the sites' follow-up histograms (the
+    same release, on the same grid, that later places the Breslow grid: asked once, answered twice).
+    None when no site answered."""
+    replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(FOLLOWUP_GRID))
+    parts = merged_parts(replies, FOLLOWUP_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
+    if not parts or spread(parts, FOLLOWUP_GRID.n_bins).sum() <= 0:
+        return None
+    cuts: list[float] = []
+    for q in DP_CUT_QUANTILES:
+        c = float(merged_quantile(FOLLOWUP_GRID, parts, q).estimate)
+        if c > 0 and (not cuts or c > cuts[-1] * (1 + 1e-6)):
+            cuts.append(c)
+    return ",".join(f"{c:.6g}" for c in cuts) or None
 
 
 def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambda phase, replies: None,

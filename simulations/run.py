@@ -66,7 +66,8 @@ def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = Fals
     run_simulation(server_app=make_server_app(cfg, n_sites=len(paths), sink=holder.append, out_dir=str(out),
                                               resume=resume, progress=progress),
                    client_app=make_client_app(sites, ledger_dir=str(out / "ledger"), extra_mods=mods,
-                                              policy=str(policy.resolve()) if policy else None),
+                                              policy=str(policy.resolve()) if policy else None,
+                                              state_root=str(out / "site-state")),
                    num_supernodes=len(paths), backend_config=backend)
     if not holder:
         raise RuntimeError(f"the Flower simulation ended without a result; see {out / 'flower.log'}")

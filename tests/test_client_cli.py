@@ -214,6 +214,7 @@ high-risk-contexts = ["oncology-staging", "palliative"]
 
 [run]
 seed = 7
+"dp.enabled" = false
 "model.mc-samples" = 4
 proximal-mu = 0.05
 [run.model]
@@ -228,7 +229,7 @@ def test_consortium_toml_to_run_config_overrides(tmp_path):
     c = load_consortium(tmp_path / "c.toml")
     out = tmp_path / "out dir"  # a space: must survive Flower's key=value parser
     expected = {"rounds": 12, "strategy": "fedprox", "quantile": 0.9, "min-sites": 2,
-                "high-risk-contexts": "oncology-staging,palliative", "seed": 7, "model.mc-samples": 4,
+                "high-risk-contexts": "oncology-staging,palliative", "seed": 7, "dp.enabled": False, "model.mc-samples": 4,
                 "proximal-mu": 0.05, "model.gated-attention": False, "num-sites": 3, "out-dir": str(out.resolve()),
                     "expected-sites": "A,B,C"}
     assert c.overrides(out) == expected

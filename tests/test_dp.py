@@ -133,13 +133,15 @@ def dp_setup(site_factory, dims, tier1_cfg, single_thread):
     return data, stats, cfg, quantile_cuts(data.time.numpy(), 4)
 
 
-def _train(dp_setup, dims, acc, *, rounds=1, seed=0, budget=3, model=None, dp=DPConfig(enabled=True)):
+def _train(dp_setup, dims, acc, *, rounds=1, seed=0, budget=3, model=None, dp=DPConfig(enabled=True),
+           noise_seed=None):
     data, stats, cfg, cuts = dp_setup
     model = model or build_model(dims, cfg.model, 0)
     out = []
     for r in range(rounds):
         out.append(train_tier1_dp(model, data, stats, cfg, dp, cuts=cuts, accountant=acc, epochs=1,
-                                  seed=seed + r, total_epochs_budget=budget))
+                                  seed=seed + r, total_epochs_budget=budget,
+                                  noise_seed=None if noise_seed is None else noise_seed + r))
     return model, out
 
 
@@ -209,11 +211,24 @@ def test_a_round_beyond_the_planned_budget_is_refused(dp_setup, dims):
         _train(dp_setup, dims, acc, rounds=1, seed=1, budget=1, model=model)
 
 
-def test_dp_training_is_reproducible_for_a_seed(dp_setup, dims):
-    _, a = _train(dp_setup, dims, SiteAccountant(), seed=4)
-    _, b = _train(dp_setup, dims, SiteAccountant(), seed=4)
+def test_dp_training_is_reproducible_only_with_an_explicit_noise_seed(dp_setup, dims):
+    _, a = _train(dp_setup, dims, SiteAccountant(), seed=4, noise_seed=11)
+    _, b = _train(dp_setup, dims, SiteAccountant(), seed=4, noise_seed=11)
     for k in a[0][0].weights:
         np.testing.assert_array_equal(a[0][0].weights[k], b[0][0].weights[k])
+
+
+def test_dp_noise_is_not_a_function_of_the_coordinators_seed(dp_setup, dims):
+    """The run's seed and round are the coordinator's: the noise comes from OS entropy instead."""
+    _, a = _train(dp_setup, dims, SiteAccountant(), seed=4)
+    _, b = _train(dp_setup, dims, SiteAccountant(), seed=4)
+    differ = [k for k in a[0][0].weights if not np.array_equal(a[0][0].weights[k], b[0][0].weights[k])]
+    assert len(differ) == len(a[0][0].weights)
+
+
+def test_a_dp_round_sends_the_accountants_figures_and_no_training_loss(dp_setup, dims):
+    _, out = _train(dp_setup, dims, SiteAccountant())
+    assert set(out[0][0].metrics()) == {"dp-epsilon-round", "dp-epsilon", "dp-delta", "dp-noise-multiplier"}
 
 
 def test_per_sample_gradients_match_single_patient_autograd(dp_setup, dims, tier1_cfg):
@@ -351,8 +366,8 @@ def test_dp_sgd_gives_the_variance_head_per_patient_gradients_when_there_is_one(
     head = [k for k in grads if ".est_logvar." in k]
     hid_a = b.present[:, 0]
     if definition == "epistemic":
-        assert not head and "train-nll" not in out[0][0].metrics() and torch.equal(comp[:, 3], torch.zeros(6))
+        assert not head and out[0][0].train.nll is None and torch.equal(comp[:, 3], torch.zeros(6))
     else:
-        assert len(head) == 2 * len(dims) and math.isfinite(out[0][0].metrics()["train-nll"])
+        assert len(head) == 2 * len(dims) and math.isfinite(out[0][0].train.nll)
         bias_a = grads["tier1.est_logvar.0.bias"].reshape(6)
         assert (bias_a[hid_a] != 0).all() and (bias_a[~hid_a] == 0).all()  # only where a was hidden

@@ -244,7 +244,7 @@ DP_POLICY = "[dp]\nrequired = true\nmax-epsilon = 4.0\n"
 
 
 def test_dp_switched_off_by_the_coordinator_is_refused_at_setup(tmp_path):
-    s = Site(tmp_path, policy=DP_POLICY)
+    s = Site(tmp_path, policy=DP_POLICY, **{"dp.enabled": False})
     reply = s.send(P.SETUP, P.SetupRequest(s.cfg.to_flat(), dict(DIMS), {}))
     assert "dp.required" in s.refusal(reply)
     assert s.last_ledger_line()["policy_key"] == "dp.required"

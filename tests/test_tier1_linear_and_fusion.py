@@ -101,7 +101,7 @@ def test_small_sites_run_enough_epochs_for_the_minimum_local_steps():
 
 
 @pytest.mark.parametrize("flat, fix", [
-    ({"dp.enabled": True, "dp.time-cuts": ""}, "dp.time-cuts"),
+    ({"dp.enabled": True, "dp.time-cuts": "10,5"}, "dp.time-cuts"),
     ({"dp.enabled": True, "dp.time-cuts": "5,10", "strategy": "fedprox"}, "use strategy 'fedavg'"),
     ({"model.reduce-dim": 80, "model.reduce-above": 64}, "reduce-dim <= reduce-above"),
 ])

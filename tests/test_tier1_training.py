@@ -10,7 +10,7 @@ import torch
 
 from rmmfed.core.augment import hide_one, modality_dropout
 from rmmfed.core.concordance import concordance_counts
-from rmmfed.core.config import RunConfig
+from rmmfed.core.config import DPConfig, RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums, local_feature_sums
 from rmmfed.core.histogram import HistogramGrid
 from rmmfed.core.site_data import load_site
@@ -273,7 +273,7 @@ def test_weights_round_trip_through_numpy(dims, tier1_cfg):
 def test_site_session_runs_every_phase_and_returns_only_scalars(site_factory, dims, tier1_cfg):
     path = site_factory(n=50, seed=3, n_empty=2)
     session = SiteSession(path, device="cpu")
-    cfg = RunConfig(seed=0, batch_size=16, local_epochs=1, model=tier1_cfg, hist_bins=64)
+    cfg = RunConfig(seed=0, batch_size=16, local_epochs=1, model=tier1_cfg, hist_bins=64, dp=DPConfig(enabled=False))  # the non-DP path (DP-SGD: tests/test_dp.py)
     grid = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
 
     session.bind_schema(dims)
@@ -312,7 +312,7 @@ def test_site_session_runs_the_tier2_phases_with_tier1_kept_frozen(site_factory,
     path = site_factory(n=50, seed=4, n_empty=2)
     session = SiteSession(path, device="cpu")
     t2 = Tier2Config(timesteps=100, sample_steps=4, samples=2, hidden_dim=32, branches=2, branch_dim=8)
-    cfg = RunConfig(seed=0, batch_size=16, model=tier1_cfg, tier2=t2, hist_bins=64, tier2_local_epochs=1)
+    cfg = RunConfig(seed=0, batch_size=16, model=tier1_cfg, tier2=t2, hist_bins=64, tier2_local_epochs=1, dp=DPConfig(enabled=False))  # the non-DP path (DP-SGD: tests/test_dp.py)
     grid = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
     session.bind_schema(dims)
     stats = FeatureStats.from_sums(add_sums([session.feature_sums(cfg.min_stat_count)]), dims, cfg.model.anat_partitions)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from rmmfed.core.config import RunConfig
+from rmmfed.core.config import DPConfig, RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums
 from rmmfed.core.histogram import HistogramGrid
 from rmmfed.core.site_session import SiteSession
@@ -131,7 +131,7 @@ def test_quality_document_combines_the_sites_scalars(dims):
 @pytest.fixture
 def evaluated_site(site_factory, dims, tier1_cfg):
     session = SiteSession(site_factory(n=80, seed=2), device="cpu")
-    cfg = RunConfig(seed=0, batch_size=16, model=tier1_cfg, hist_bins=64)
+    cfg = RunConfig(seed=0, batch_size=16, model=tier1_cfg, hist_bins=64, dp=DPConfig(enabled=False))  # the non-DP path (DP-SGD: tests/test_dp.py)
     session.bind_schema(dims)
     session.setup(cfg, FeatureStats.from_sums(add_sums([session.feature_sums(cfg.min_stat_count)]), dims,
                                               cfg.model.anat_partitions))
