@@ -5,6 +5,8 @@
     rmm-client --site A --data /secure/site-A --check --policy site-policy.toml  # ... and the effective policy
     rmm-client --site A --data /secure/site-A --superlink fl.example.org:9092 \\
                --root-cert ca.crt --key keys/site-A   # join the federation (TLS + node authentication)
+    rmm-client ledger --summary /secure/site-A/egress.jsonl [--budget STATE/privacy-budget.json]
+                                                      # what this site sent, refused, and spent
 
 The site folder is validated before anything connects: a bad folder exits 2 with the file, the
 field and the fix. Joining runs Flower's ``flower-supernode`` as a child in its own process group
@@ -240,10 +242,28 @@ def main_keygen(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def main_ledger(argv: Sequence[str]) -> int:
+    """``rmm-client ledger --summary LEDGER [--budget FILE]``: the egress ledger's summary (client/ledger.py)."""
+    p = argparse.ArgumentParser(prog="rmm-client ledger", description="Read this site's egress ledger: runs seen, "
+                                "replies by status, refusals by policy key, errors by type, the privacy budget, and "
+                                "warnings about patterns worth asking the coordinator about.")
+    p.add_argument("--summary", required=True, type=Path, metavar="LEDGER", help="the ledger file (node config 'ledger')")
+    p.add_argument("--budget", type=Path, metavar="FILE", help="the site's privacy-budget.json: epsilon per run, "
+                   "in total and left")
+    p.add_argument("--since", help="ISO 8601 time (UTC if no offset), inclusive")
+    p.add_argument("--until", help="ISO 8601 time (UTC if no offset), inclusive")
+    a = p.parse_args(list(argv))
+    from .ledger import print_summary
+
+    return print_summary(a.summary, a.since, a.until, a.budget, prog="rmm-client ledger")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["keygen"]:
         return main_keygen(argv[1:])
+    if argv[:1] == ["ledger"]:
+        return main_ledger(argv[1:])
     if argv[:1] == ["_flower"]:
         return launch_flower(argv[1:])
     if argv[:1] == ["_worker"]:

@@ -39,6 +39,7 @@ from .packing import packing_mod
 from .policy_mod import policy_mod, policy_path, request_policy, save_pins, site_policy
 from .records import from_record, records_of, to_content, to_record
 from .sessions import SessionRegistry
+from .site_errors import contain_errors
 
 _STATE_CONFIG = "rmm-run"  # context.state keys (stay on the site)
 _STATE_STATS = "rmm-feature-stats"
@@ -98,7 +99,8 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
             return ledger_mod(Path(ledger_dir) / f"{name}.jsonl")(msg, context, call_next)
     # The ledger records what the guard let out; extra mods (simulated faults) act before both.
     # Policy refusals become error replies inside the guard, so the ledger logs them with the key.
-    app = ClientApp(mods=[packing_mod, ledger, egress_guard, policy_mod, *(extra_mods or [])])
+    # contain_errors outermost: an exception anywhere (unpacking, the ledger's path) leaves as the fixed site error
+    app = ClientApp(mods=[contain_errors, packing_mod, ledger, egress_guard, policy_mod, *(extra_mods or [])])
     sessions = SessionRegistry()
     app.rmm_sessions = sessions  # type: ignore[attr-defined]  (tests look at it)
 

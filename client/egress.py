@@ -12,6 +12,12 @@ else makes the reply an error and nothing is sent):
   ``hazard.risk-sum`` each [m] with m <= the server's grid points, ``hazard.risk-after`` [1];
 - ``metrics``: scalar metrics only; ``config``: the schema reply's scalar fields only.
 No reply can carry an array indexed by patient.
+
+Error replies are checked too (client/site_errors.py): one leaves only as the fixed refusal of a
+known policy key (code 403) or the fixed site error (code 500). Anything else, a reply that breaks
+the list above, or an exception from the mods and handler inside the guard, is replaced by the fixed
+site error; what was wrong goes to the site log (logger ``rmmfed.site``) and the ledger records the
+reply as ``blocked``. Nothing of a blocked reply, not even the violation's text, is sent.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
 from ..core import protocol as P
 from ..core.errors import RmmError
+from .site_errors import allowed_error, site_error
 
 _SUM_KEY = re.compile(r"^.+\.(all|complete|pca)\.(n|sum|sumsq)$")
 _OUTER_KEY = re.compile(r"^.+\.pca\.outer$")
@@ -114,7 +121,20 @@ def _check_ranges(first, last, size: int) -> None:
 
 
 def egress_guard(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    reply = call_next(msg, context)
-    if not reply.has_error():
+    """The reply, if it conforms (module docstring); else the fixed site error, noted ``blocked`` (or
+    ``error`` for an exception from inside, with its type name) for the ledger."""
+    try:
+        reply = call_next(msg, context)
+    except Exception as err:  # noqa: BLE001 - normally policy_mod's; here too, so no text reaches Flower
+        return site_error(msg, err)
+    if reply.has_error():
+        if allowed_error(reply.error):
+            return reply
+        return site_error(msg, status="blocked", error_type=EgressViolation.__name__,
+                          detail=f"egress guard blocked an error reply of code {reply.error.code} whose reason is "
+                                 f"not one of the fixed forms: {reply.error.reason!r}")
+    try:
         check_reply(msg, reply)
+    except Exception as err:  # noqa: BLE001 - an EgressViolation, or a request the check cannot read
+        return site_error(msg, err, status="blocked", detail="egress guard blocked the reply")
     return reply

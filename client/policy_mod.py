@@ -8,7 +8,9 @@ in the site folder; the file given to :func:`~rmmfed.client.client_app.make_clie
 
 :func:`policy_mod` sits inside the egress guard and the ledger: a handler that raises
 :class:`~rmmfed.core.site_policy.PolicyViolation` gets an error reply (code :data:`POLICY_REFUSED`,
-reason naming the policy key), which the ledger logs with the key and the server does not retry.
+a fixed reason naming the policy key and nothing else), which the ledger logs with the key and the
+server does not retry. Any other exception gets the fixed site error (code :data:`SITE_ERROR`).
+The full text of either (counts, paths, traceback) goes to the site log only (client/site_errors.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.app import ConfigRecord, Context, Message
 
 from ..core.request_policy import RequestPolicy
 from ..core.site_policy import PolicyViolation, SitePolicy, load_policy
+from .site_errors import POLICY_REFUSED, SITE_ERROR, refusal, site_error
 
-POLICY_REFUSED = 403  # error code of a policy refusal (Flower's own codes are 0-8)
+__all__ = ["POLICY_REFUSED", "SITE_ERROR", "SITE_POLICY_FILE", "policy_mod", "policy_path", "request_policy",
+           "save_pins", "site_policy"]
 SITE_POLICY_FILE = "policy.toml"
 _STATE_PINS = "rmm-policy-pins"  # context.state key (stays on the site)
 _CACHE: dict[tuple[str, float], SitePolicy] = {}
@@ -62,8 +66,11 @@ def save_pins(context: Context, rp: RequestPolicy) -> None:
 
 
 def policy_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Turn a policy refusal into an error reply (nothing computed, nothing sent but the reason)."""
+    """A policy refusal becomes the fixed refusal of its key; any other exception the fixed site error.
+    Nothing computed is sent, and no exception reaches Flower (which would send its text)."""
     try:
         return call_next(msg, context)
     except PolicyViolation as err:
-        return Message(Error(code=POLICY_REFUSED, reason=str(err)), reply_to=msg)
+        return refusal(msg, err)
+    except Exception as err:  # noqa: BLE001 - e.g. a SiteDataError naming the site's files: logged here only
+        return site_error(msg, err)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .flower_internals import require_tested_flower, tune_flower_pulls
+from .site_errors import SITE_ERROR_REASON
 
 WORKER_POLL_S = 0.1  # the warm worker asks the SuperNode for a task this often (SuperExec: 1 s)
 
@@ -247,10 +248,10 @@ class _Task(threading.Thread):
             code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) \
                 else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
             reason = str(type(ex)) + ":<'" + str(ex) + "'>"
-            status, details = SubStatus.FAILED, reason
+            status, details = SubStatus.FAILED, SITE_ERROR_REASON  # the text stays here, never in the reply
             print(f"[rmm-worker] ClientApp raised an exception: {reason}", file=sys.stderr, flush=True)
             if message is not None:
-                reply = Message(Error(code=code, reason=reason), reply_to=message)
+                reply = Message(Error(code=code, reason=SITE_ERROR_REASON), reply_to=message)
         finally:
             if not self.abandoned:
                 try:

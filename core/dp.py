@@ -23,7 +23,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.validators import ModuleValidator
@@ -35,7 +34,7 @@ from . import metric_names as M
 from .augment import hide_one, modality_dropout
 from .config import DPConfig, RunConfig
 from .discrete_time import DiscreteTimeBaseline, discrete_time_nll
-from .dp_noise import harden_optimizer, noise_generator
+from .dp_noise import privacy_engine, fresh_seed, harden_optimizer, noise_generator
 from .errors import RmmError
 from .feature_stats import FeatureStats, partition_slices
 from .tensors import SiteTensors
@@ -222,11 +221,13 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
             f"{accountant.epsilon(dp.target_delta):.3f}). Fix: stop training at this site, or plan a larger "
             "dp.target-epsilon or total epoch budget for the run.")
     with_nll = model.est_logvar is not None
-    engine = PrivacyEngine(accountant="rdp")
+    engine = privacy_engine("rdp")
     weights = torch.tensor([1.0, mc.lambda_anat, mc.lambda_task, 1.0 if with_nll else 0.0], device=device)
     sums, steps, params = np.zeros(5), 0, dict(net.named_parameters())
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-        torch.manual_seed(seed + 2)  # Poisson sampling and dropout
+        # Poisson sampling and dropout: who is sampled must stay unknown to the coordinator (the
+        # subsampling amplification assumes it), so not from its seed unless noise is seeded too
+        torch.manual_seed(seed + 2 if noise_seed is not None else fresh_seed())
         private, opt, loader = engine.make_private(
             module=net, optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
             data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,

@@ -40,6 +40,18 @@ def numpy_noise(seed: int | None = None) -> np.random.Generator:
     return np.random.default_rng(secrets.randbits(128) if seed is None else int(seed))
 
 
+def privacy_engine(accountant: str = "rdp"):
+    """Opacus' PrivacyEngine without its 'secure RNG turned off' warning: rmm's noise does not come
+    from Opacus' default generator but from :func:`noise_generator` (see the module docstring)."""
+    import warnings
+
+    from opacus import PrivacyEngine
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        return PrivacyEngine(accountant=accountant)
+
+
 def harden_optimizer(optimizer) -> None:
     """Opacus' secure-mode noise (several Gaussian draws summed per coordinate) on a DPOptimizer."""
     if hasattr(optimizer, "secure_mode"):

@@ -40,7 +40,8 @@ Records = dict[str, dict[str, Any]]  # record name -> {key: scalar or np.ndarray
 TRAIN_METRICS = (M.NUM_EXAMPLES, M.TRAIN_LOSS, M.TRAIN_TASK, M.TRAIN_REC, M.TRAIN_ANAT, M.TRAIN_NLL,
                  M.DP_EPSILON_ROUND, M.DP_EPSILON, M.DP_DELTA, M.DP_NOISE_MULTIPLIER)
 VALIDATION_METRICS = (M.NUM_EXAMPLES, M.N_VAL, *M.PAIRS.counts, M.VAL_PLL, M.VAL_EVENTS)
-TIER2_TRAIN_METRICS = (M.NUM_EXAMPLES, *(f"{M.TIER2_PREFIX}{k}" for k in (*LOSS_KEYS, "steps")))
+TIER2_TRAIN_METRICS = (M.NUM_EXAMPLES, *(f"{M.TIER2_PREFIX}{k}" for k in (*LOSS_KEYS, "steps")),
+                       M.DP_EPSILON, M.DP_DELTA)  # a DP round sends only num-examples and the accountant's figures
 TIER2_VALIDATION_METRICS = (M.NUM_EXAMPLES, M.TIER2_VAL_CASES, *VALIDATION_KEYS)
 RISK_SUMS = M.RISK_SUMS
 EVALUATION_METRICS = (

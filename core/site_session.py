@@ -123,7 +123,7 @@ class SiteSession:
                                    total_epochs_budget=cfg.rounds * cfg.local_epochs,
                                    rounds_before=server_round - 1, target_epsilon=tier_budgets(cfg)[0],
                                    noise_seed=seed + 7 if cfg.dp.seeded_noise else None)
-        self.dp_state = {**accountant.to_arrays(), "dp-baseline": result.baseline}
+        self.dp_state = {**self.dp_state, **accountant.to_arrays(), "dp-baseline": result.baseline}
         return result.weights, result
 
     def weight_shapes(self, which: str) -> dict[str, tuple[int, ...]]:
@@ -242,12 +242,34 @@ class SiteSession:
     def train_tier2(self, weights: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         assert self.cfg is not None
         tier2 = self.tier2_model(weights)
+        if self.cfg.dp.enabled:
+            return self._train_tier2_dp(tier2, server_round)
         losses = train_tier2(tier2, self._tier1(), self._split("train"), self.cfg.tier2,
                              epochs=self.cfg.tier2_local_epochs, lr=self.cfg.tier2_lr, batch_size=self.cfg.batch_size,
                              seed=site_seed(self.cfg.seed, self.data.site, 10_000 + server_round),
                              weight_decay=self.cfg.weight_decay, mc_samples=self.cfg.model.mc_samples)
         return get_weights(tier2), {M.NUM_EXAMPLES: float(len(self.data.indices("train"))),
                                     **{f"{M.TIER2_PREFIX}{k}": v for k, v in losses.items()}}
+
+    def _train_tier2_dp(self, tier2: Tier2Model, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """DP-SGD round of Tier 2 (core/tier2_dp.py) on Tier 2's share of the run's epsilon; the
+        accountant lives in ``dp_state`` beside Tier 1's. Sends the weights and the accountant's figures."""
+        from .dp import SiteAccountant, tier_budgets
+        from .tier2_dp import train_tier2_dp, trainable_count
+
+        cfg, train = self.cfg, self._split("train")
+        n_pool = trainable_count(train)
+        steps = max(cfg.tier2.local_steps, cfg.tier2_local_epochs * -(-n_pool // max(1, min(cfg.batch_size, n_pool))))
+        acc = SiteAccountant.from_arrays({"dp-history": self.dp_state.get("dp-tier2-history", np.zeros((0, 3)))})
+        seed = site_seed(cfg.seed, self.data.site, 10_000 + server_round)
+        _, eps = train_tier2_dp(tier2, self._tier1(), train, cfg.tier2, cfg.dp, accountant=acc,
+                                target_epsilon=tier_budgets(cfg)[1], steps=steps,
+                                total_steps_budget=cfg.tier2_rounds * steps, lr=cfg.tier2_lr, batch_size=cfg.batch_size,
+                                seed=seed, weight_decay=cfg.weight_decay, mc_samples=cfg.model.mc_samples,
+                                noise_seed=seed + 7 if cfg.dp.seeded_noise else None, rounds_before=server_round - 1)
+        self.dp_state = {**self.dp_state, "dp-tier2-history": acc.to_arrays()["dp-history"]}
+        return get_weights(tier2), {M.NUM_EXAMPLES: float(len(self.data.indices("train"))), M.DP_EPSILON: eps,
+                                    M.DP_DELTA: cfg.dp.target_delta}
 
     def tier2_calibration(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, dict[str, float]]:
         """Histogram of Tier 2 uncertainty on held-out complete cases (masked), plus the sums that put

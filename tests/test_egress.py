@@ -1,13 +1,15 @@
-"""The egress guard blocks any reply that could carry patient-level data."""
+"""The egress guard blocks any reply that could carry patient-level data, and any error reply that is
+not one of the two fixed forms (client/site_errors.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.client.egress import EgressViolation, check_reply
+from rmmfed.client.egress import EgressViolation, check_reply, egress_guard
+from rmmfed.client.site_errors import POLICY_REFUSED, SITE_ERROR, SITE_ERROR_REASON, note_of, refusal_reason
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +119,53 @@ def test_a_message_type_outside_the_protocol_gets_no_reply_out():
     req = _msg("query.histogram", config=ConfigRecord({"hist-bins": 8}))  # the type before the protocol split
     with pytest.raises(EgressViolation, match="not a phase of the rmm protocol"):
         check_reply(req, _reply(req, counts=_merged([12], [0], [2])))
+
+
+def _guard(req: Message, inner) -> Message:
+    return egress_guard(req, Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={}), inner)
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param(Error(code=POLICY_REFUSED, reason=refusal_reason("max-bins")), id="fixed-refusal"),
+    pytest.param(Error(code=POLICY_REFUSED, reason=refusal_reason("dp.total-epsilon")), id="fixed-refusal-dotted-key"),
+    pytest.param(Error(code=SITE_ERROR, reason=SITE_ERROR_REASON), id="fixed-site-error"),
+])
+def test_error_replies_of_the_fixed_forms_pass_unchanged(error):
+    req = _msg("train", arrays=_arrays(w=np.zeros(2)))
+    reply = _guard(req, lambda m, c: Message(error, reply_to=m))
+    assert (reply.error.code, reply.error.reason) == (error.code, error.reason)
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param(Error(code=POLICY_REFUSED, reason="site policy [min-patients] refuses this request: the test "
+                       "metrics would cover 3 patient(s). Fix: none"), id="refusal-with-counts"),
+    pytest.param(Error(code=POLICY_REFUSED, reason=refusal_reason("max-bins").replace("[max-bins]", "[min-patients]")),
+                 id="refusal-naming-two-keys"),
+    pytest.param(Error(code=POLICY_REFUSED, reason=refusal_reason("not-a-policy-key")), id="refusal-unknown-key"),
+    pytest.param(Error(code=SITE_ERROR, reason="/secure/site-A/patients.csv: field 'time'"), id="site-error-with-path"),
+    pytest.param(Error(code=2, reason="<class 'ValueError'>:<'/secure/site-A'>"), id="flower-code-with-text"),
+    pytest.param(Error(code=418, reason=SITE_ERROR_REASON), id="other-code"),
+])
+def test_an_error_reply_of_any_other_form_is_replaced_by_the_fixed_site_error(error):
+    req = _msg("train", arrays=_arrays(w=np.zeros(2)))
+    reply = _guard(req, lambda m, c: Message(error, reply_to=m))
+    assert (reply.error.code, reply.error.reason) == (SITE_ERROR, SITE_ERROR_REASON)
+    assert note_of(reply) == {"status": "blocked", "error_type": "EgressViolation"}
+
+
+def test_a_blocked_reply_leaves_as_the_fixed_site_error_not_as_the_violation_text():
+    req = _msg("train", arrays=_arrays(w=np.zeros((3, 2))))
+    reply = _guard(req, lambda m, c: _reply(req, embeddings=_arrays(z=np.zeros((40, 8)))))
+    assert (reply.error.code, reply.error.reason) == (SITE_ERROR, SITE_ERROR_REASON)
+    assert note_of(reply)["status"] == "blocked"
+
+
+def test_an_exception_inside_the_guard_leaves_as_the_fixed_site_error():
+    req = _msg("train", arrays=_arrays(w=np.zeros(2)))
+
+    def broken(m, c):
+        raise OSError("/secure/site-A/tier1.pt: disk full")
+
+    reply = _guard(req, broken)
+    assert (reply.error.code, reply.error.reason) == (SITE_ERROR, SITE_ERROR_REASON)
+    assert note_of(reply) == {"status": "error", "error_type": "OSError"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,8 +12,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.client.egress import EgressViolation, egress_guard
-from rmmfed.client.ledger import configured_ledger_mod, ledger_mod, main, payload_digest, read_ledger, summarize
+from rmmfed.client import cli
+from rmmfed.client.egress import egress_guard
+from rmmfed.client.ledger import (configured_ledger_mod, format_summary, ledger_mod, main, payload_digest,
+                                  read_ledger, summarize)
+from rmmfed.client.policy_mod import policy_mod
+from rmmfed.client.site_errors import POLICY_REFUSED, SITE_ERROR, SITE_ERROR_REASON
+from rmmfed.core.privacy_budget import BudgetFileError
+from rmmfed.core.site_policy import PolicyViolation
 
 SECRET_WEIGHT = 12345.678
 SECRET_METRIC = 0.987654321
@@ -109,22 +116,55 @@ def test_existing_lines_are_never_touched(tmp_path):
     assert len(after.splitlines()) == 3
 
 
-def test_refused_and_error_replies_are_logged_without_reasons(tmp_path):
+def _raise(err):
+    def handler(msg, context):
+        raise err
+    return handler
+
+
+def test_refused_error_and_blocked_replies_are_logged_by_kind_without_reasons(tmp_path):
     path = tmp_path / "egress.jsonl"
     mod = ledger_mod(path)
 
-    def leaky(msg, context):  # the guard refuses per-patient arrays
+    def leaky(msg, context):  # the guard blocks per-patient arrays
         return egress_guard(msg, context, lambda m, c: Message(
             RecordDict({"embeddings": _arrays(z=np.zeros((40, 8)))}), reply_to=m))
 
-    with pytest.raises(EgressViolation):
-        mod(_request(), _context(), leaky)
-    mod(_request(), _context(), lambda m, c: Message(Error(code=3, reason="patient p007 file broken"), reply_to=m))
+    def site(handler):  # the inner part of the site's stack: guard, then policy_mod
+        return lambda m, c: egress_guard(m, c, lambda m2, c2: policy_mod(m2, c2, handler))
 
-    blocked, error = _lines(path)
+    blocked_reply = mod(_request(), _context(), leaky)
+    mod(_request(), _context(), lambda m, c: Message(Error(code=3, reason="patient p007 file broken"), reply_to=m))
+    mod(_request(), _context(), site(_raise(PolicyViolation("max-bins", "a histogram of 200000 bins", "fewer"))))
+    mod(_request(), _context(), site(_raise(BudgetFileError("/secure/site-A/state/privacy-budget.json: broken"))))
+
+    blocked, error, refused, budget = _lines(path)
+    assert (blocked_reply.error.code, blocked_reply.error.reason) == (SITE_ERROR, SITE_ERROR_REASON)
     assert blocked["status"] == "blocked" and blocked["blocked"] == "EgressViolation"
-    assert error["status"] == "error" and error["error_code"] == 3
-    assert "p007" not in path.read_text()
+    assert error["status"] == "error" and error["error_code"] == 3 and "error_type" not in error
+    assert refused["status"] == "refused" and refused["policy_key"] == "max-bins"
+    assert refused["error_code"] == POLICY_REFUSED
+    assert budget["status"] == "error" and budget["error_code"] == SITE_ERROR
+    assert budget["error_type"] == "BudgetFileError"
+    assert all(line["run_id"] == 1 for line in _lines(path))
+    text = path.read_text()
+    for secret in ("p007", "200000", "/secure", "broken", "40, 8"):
+        assert secret not in text
+
+
+def test_an_exception_reaching_the_ledger_is_logged_and_answered_with_the_fixed_site_error(tmp_path):
+    path = tmp_path / "egress.jsonl"
+    reply = ledger_mod(path)(_request(), _context(), _raise(FileNotFoundError("/secure/site-A/bags/p1.npy")))
+    assert (reply.error.code, reply.error.reason) == (SITE_ERROR, SITE_ERROR_REASON)
+    line = _lines(path)[0]
+    assert line["status"] == "error" and line["error_type"] == "FileNotFoundError" and "secure" not in path.read_text()
+
+
+def test_a_reply_whose_ledger_line_cannot_be_written_is_not_sent(tmp_path):
+    unwritable = tmp_path / "a-folder"
+    unwritable.mkdir()  # open(..., "a") on a folder fails, naming it
+    reply = ledger_mod(unwritable)(_request(), _context(), _train_reply)
+    assert (reply.error.code, reply.error.reason) == (SITE_ERROR, SITE_ERROR_REASON)
 
 
 def test_the_configured_mod_takes_its_file_from_the_node(tmp_path):
@@ -177,3 +217,75 @@ def test_summary_cli_runs_as_a_module(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "rmmfed.client.ledger", "summary", str(tmp_path / "none")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "Fix" in missing.stderr
+
+
+def _write_hostile_history(path):
+    """Five runs in ten hours, six max-bins refusals, an error and a block (what a curious coordinator leaves)."""
+    lines = []
+    for run in range(1, 6):
+        t = f"2026-02-01T{2 * run:02d}:00:00+00:00"
+        lines.append({"time": t, "run_id": run, "message_type": "query.schema", "status": "ok", "total_bytes": 10,
+                      "records": []})
+        lines.append({"time": t, "run_id": run, "message_type": "query.followup", "status": "refused",
+                      "error_code": POLICY_REFUSED, "policy_key": "max-bins"})
+    lines.append({"time": "2026-02-01T11:00:00+00:00", "run_id": 5, "message_type": "query.followup",
+                  "status": "refused", "error_code": POLICY_REFUSED, "policy_key": "max-bins"})
+    lines.append({"time": "2026-02-01T11:00:00+00:00", "run_id": 5, "message_type": "query.hazard",
+                  "status": "refused", "error_code": POLICY_REFUSED, "policy_key": "one-grid-per-kind"})
+    lines.append({"time": "2026-02-01T11:30:00+00:00", "run_id": 5, "message_type": "train", "status": "error",
+                  "error_code": SITE_ERROR, "error_type": "BudgetFileError"})
+    lines.append({"time": "2026-02-01T11:40:00+00:00", "run_id": 5, "message_type": "train", "status": "blocked",
+                  "error_code": SITE_ERROR, "blocked": "EgressViolation"})
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
+def _write_budget(path):
+    runs = {str(r): {"epsilon": 4.0, "delta": 1e-5, "first": f"2026-02-01T{2 * r:02d}:00:00+00:00",
+                     "last": f"2026-02-01T{2 * r:02d}:30:00+00:00", "what": "tier1+tier2 DP-SGD"} for r in (1, 2, 3)}
+    path.write_text(json.dumps({"total-epsilon": 32.0, "runs": runs}))
+
+
+def test_the_summary_shows_runs_statuses_refusals_by_key_errors_and_the_epsilon_left(tmp_path, capsys):
+    ledger, budget = tmp_path / "egress.jsonl", tmp_path / "privacy-budget.json"
+    _write_hostile_history(ledger)
+    _write_budget(budget)
+
+    assert main(["summary", str(ledger), "--budget", str(budget)]) == 0
+
+    out = capsys.readouterr().out
+    assert "runs seen: 5 (ids 1, 2, 3, 4, 5)" in out
+    assert "run 5            first 2026-02-01T10:00:00+00:00  last 2026-02-01T11:40:00+00:00" in out
+    assert "status: blocked=1, error=1, ok=5, refused=7" in out
+    assert re.search(r"refused by policy key:\n  max-bins +6\n  one-grid-per-kind +1\n", out)
+    assert re.search(r"BudgetFileError +1", out) and re.search(r"EgressViolation +1", out)
+    assert "epsilon spent 12 over 3 run(s), cap 32, left 20" in out
+    assert "run 2            epsilon 4" in out
+    warnings = [line for line in out.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 3
+    assert "5 runs began within 24 h" in warnings[0] and "worth asking the coordinator about" in warnings[0]
+    assert "'max-bins' refused 6 requests" in warnings[1]  # one-grid-per-kind (1) is below the threshold
+    assert "blocked 1 reply" in warnings[2]
+
+
+def test_a_quiet_ledger_gets_no_warnings(tmp_path):
+    path = tmp_path / "egress.jsonl"
+    _write_history(path)  # one run, four ok replies over four days
+    s = summarize(read_ledger(path))
+    assert s["warnings"] == [] and s["refused_by_key"] == {} and list(s["runs"]) == ["1"]
+    assert "WARNING" not in format_summary(s)
+
+
+def test_rmm_client_ledger_summary_prints_the_same_summary(tmp_path, capsys):
+    ledger, budget = tmp_path / "egress.jsonl", tmp_path / "privacy-budget.json"
+    _write_hostile_history(ledger)
+    _write_budget(budget)
+
+    assert cli.main(["ledger", "--summary", str(ledger), "--budget", str(budget)]) == 0
+    out = capsys.readouterr().out
+    assert "refused by policy key:" in out and "left 20" in out
+
+    assert cli.main(["ledger", "--summary", str(ledger), "--budget", str(tmp_path / "none.json")]) == 2
+    assert "Fix" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{not json")
+    assert cli.main(["ledger", "--summary", str(ledger), "--budget", str(tmp_path / "broken.json")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
