@@ -15,6 +15,7 @@ message, so a fresh process rebuilds the session from it.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from ..core.privacy_budget import PrivacyBudget
 from ..core.request_policy import RequestPolicy, digest
 from ..core.site_data import discover_sites
 from ..core.site_policy import PolicyViolation
-from ..core.site_session import SiteSession
+from ..core.noised_release import ReleaseNoise
+from ..core.site_session import SiteSession, site_seed
 from ..core.two_tier import RiskScale
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
@@ -76,6 +78,29 @@ def state_dir(context: Context, site_folder: str, default: str | Path | None = N
     return Path(ledger).parent if ledger else Path(site_folder) / ".rmm-state"
 
 
+def _cache(reply) -> ConfigRecord:
+    """A release kept in context.state (stays on the site): its records as plain lists, by name."""
+    import json
+
+    recs = reply.to_records()
+    flat = {name: {k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v for k, v in rec.items()}
+            for name, rec in recs.items()}
+    return ConfigRecord({"type": type(reply).__name__, "records": json.dumps(flat)})
+
+
+def _cached(record: ConfigRecord):
+    import json
+
+    flat = json.loads(str(record["records"]))
+    kind = {"HistogramReply": P.HistogramReply, "HazardReply": P.HazardReply}[str(record["type"])]
+    recs = {name: {k: np.asarray(v) if isinstance(v, list) else v for k, v in rec.items()} for name, rec in flat.items()}
+    if kind is P.HistogramReply:
+        return P.HistogramReply({k: np.asarray(v, dtype=np.int64) for k, v in recs[P.COUNTS].items()},
+                                {k: float(v) for k, v in recs.get(P.METRICS, {}).items()})
+    return P.HazardReply({k: np.asarray(v, dtype=np.int64 if k == "hazard.first" else np.float64)
+                          for k, v in recs[P.HAZARD_RECORD].items()})
+
+
 def _scale(r: P.Routing) -> RiskScale:
     return RiskScale(*r.scale)
 
@@ -112,16 +137,38 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         RequestPolicy.check_weights({k: tuple(np.shape(v)) for k, v in arrays.items()}, s.weight_shapes(which), what)
         (rp or RequestPolicy()).check_weight_values(arrays, what)
 
-    def pin(context: Context, rp: RequestPolicy, kind: str, key: str, records: P.Records) -> None:
+    def pin(context: Context, rp: RequestPolicy, kind: str, key: str, records: P.Records, max_grids: int = 1) -> None:
         """Pin (grid, everything else the request carries) for this kind; refused if it differs."""
         conf = {k: v for k, v in (records.get(P.CONFIG) or {}).items() if k not in ("hist-low", "hist-high", "hist-bins")}
         arrays = {f"{name}/{k}": v for name, rec in records.items() if name not in (P.CONFIG, P.HAZARD_RECORD)
                   for k, v in rec.items()}
-        rp.pin(kind, key, digest(arrays, repr(sorted(conf.items()))))
+        rp.pin(kind, key, digest(arrays, repr(sorted(conf.items()))), max_grids)
         save_pins(context, rp)
 
     def floor_of(rp: RequestPolicy, s: SiteSession) -> int:
         return rp.floor(s.cfg.dp.histogram_min_count if s.cfg is not None else 0)
+
+    def released(context: Context, rp: RequestPolicy, s: SiteSession, kind: str, key: str, records: P.Records,
+                 compute: Callable[[ReleaseNoise | None], object]):
+        """One release of ``kind`` on grid ``key``: exact and merged when the policy's dp.release-epsilon is
+        0, else epsilon-DP (core/noised_release.py), charged to the site's lifetime budget once per
+        (kind, grid), and kept, so the same request again gets the same answer at no further cost."""
+        eps = rp.policy.dp.release_epsilon
+        if eps <= 0:
+            pin(context, rp, kind, key, records)
+            return compute(None)
+        pin(context, rp, kind, key, records, max_grids=rp.policy.dp.release_grids)
+        slot = f"rmm-release-{kind}-{digest(key)}"
+        if slot in context.state:
+            return _cached(context.state[slot])
+        seeded = s.cfg is not None and s.cfg.dp.seeded_noise and rp.policy.dp.allow_seeded_noise
+        seed = site_seed(s.cfg.seed, s.data.site, zlib.crc32(slot.encode())) if seeded else None
+        folder = state_dir(context, site_dir(context, site_dirs), state_root)
+        PrivacyBudget(folder, rp.policy.dp.total_epsilon).reserve(
+            str(context.run_id), eps, 0.0, f"release {kind}", item=f"release:{kind}:{digest(key)}")
+        reply = compute(ReleaseNoise(eps, seed))
+        context.state[slot] = _cache(reply)
+        return reply
 
     def session(context: Context) -> SiteSession:
         path = site_dir(context, site_dirs)
@@ -221,23 +268,25 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     def calibration(r, context, rp, s):
         req = P.GridRequest.from_records(r)
         rp.check_grid(req.grid)
-        pin(context, rp, "calibration", repr(req.grid), r)
-        merged, n = s.calibration_release(req.grid, floor_of(rp, s))
-        return P.HistogramReply(merged.to_arrays(), {M.N_VALUES: float(n)})
+
+        def compute(noise):
+            merged, n = s.calibration_release(req.grid, floor_of(rp, s), noise)
+            return P.HistogramReply(merged.to_arrays(), {M.NOISED: 1.0} if noise else {M.N_VALUES: float(n)})
+        return released(context, rp, s, "calibration", repr(req.grid), r, compute)
 
     @serve(P.FOLLOWUP)
     def followup(r, context, rp, s):
         req = P.GridRequest.from_records(r)
         rp.check_grid(req.grid)
-        pin(context, rp, "followup", repr(req.grid), r)
-        return P.HistogramReply(s.followup_release(req.grid, floor_of(rp, s)).to_arrays())
+        return released(context, rp, s, "followup", repr(req.grid), r, lambda noise: P.HistogramReply(
+            s.followup_release(req.grid, floor_of(rp, s), noise).to_arrays(), {M.NOISED: 1.0} if noise else {}))
 
     @serve(P.HAZARD)
     def hazard(r, context, rp, s):
         req = P.HazardRequest.from_records(r)
         rp.check_time_grid(req.grid)
-        pin(context, rp, "hazard", digest(req.grid), r)
-        return P.HazardReply(s.hazard_release(req.grid, floor_of(rp, s)).to_arrays())
+        return released(context, rp, s, "hazard", digest(req.grid), r,
+                        lambda noise: P.HazardReply(s.hazard_release(req.grid, floor_of(rp, s), noise).to_arrays()))
 
     @serve(P.TIER2_ROUND)
     def train_tier2(r, context, rp, s):
@@ -265,9 +314,10 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         req = P.Tier2CalibrationRequest.from_records(r)
         rp.check_grid(req.grid)
         check_weights(s, req.weights, "tier2", "tier2-calibration weights", rp)
-        pin(context, rp, "tier2-calibration", repr(req.grid), r)
-        merged, sums = s.tier2_release(req.weights, req.grid, floor_of(rp, s))
-        return P.HistogramReply(merged.to_arrays(), sums)
+        def compute(noise):
+            merged, sums = s.tier2_release(req.weights, req.grid, floor_of(rp, s), noise)
+            return P.HistogramReply(merged.to_arrays(), {**sums, M.NOISED: 1.0} if noise else sums)
+        return released(context, rp, s, "tier2-calibration", repr(req.grid), r, compute)
 
     @serve(P.RISK_GROUPS)
     def risk_groups(r, context, rp, s):
@@ -275,10 +325,11 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         rp.check_grid(req.grid)
         if req.tier2_weights:
             check_weights(s, req.tier2_weights, "tier2", "risk-groups weights", rp)
-        pin(context, rp, "risk-groups", repr(req.grid), r)
-        merged = s.risk_group_release(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing),
-                                      floor_of(rp, s), req.grid, use_tier2=req.routing.tier2_used)
-        return P.HistogramReply(merged.to_arrays())
+        def compute(noise):
+            merged = s.risk_group_release(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing),
+                                          floor_of(rp, s), req.grid, use_tier2=req.routing.tier2_used, noise=noise)
+            return P.HistogramReply(merged.to_arrays(), {M.NOISED: 1.0} if noise else {})
+        return released(context, rp, s, "risk-groups", repr(req.grid), r, compute)
 
     @serve(P.EVALUATION)
     def evaluate(r, context, rp, s):

@@ -12,9 +12,10 @@ never the sum, so a retried setup costs nothing twice.
 
 File layout (JSON, rewritten atomically under a lock; the site admin may read it any time)::
 
-    {"total-epsilon": 32.0,
-     "runs": {"<run id>": {"epsilon": 8.0, "delta": 1e-05, "first": "<UTC ISO time>",
-                           "last": "<UTC ISO time>", "what": "tier1+tier2 DP-SGD"}}}
+    {"total-epsilon": 50.0,
+     "runs": {"<run id>": {"epsilon": 12.0, "delta": 1e-05, "first": "<UTC ISO time>",
+                           "last": "<UTC ISO time>", "what": "tier1+tier2 DP-SGD",
+                           "items": {"dp-sgd": 8.0, "release:calibration:<grid digest>": 1.0, ...}}}}
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ class PrivacyBudget:
     def left(self) -> float:
         return max(self.total - self.state().epsilon_spent, 0.0)
 
-    def reserve(self, run_id: str, epsilon: float, delta: float, what: str) -> float:
-        """Reserve ``epsilon`` for ``run_id`` (the larger of this and an earlier reservation of the same
-        run); raises :class:`PolicyViolation` under ``dp.total-epsilon`` when the site's total would pass
-        the cap, before anything is computed. Returns the epsilon left after the reservation."""
+    def reserve(self, run_id: str, epsilon: float, delta: float, what: str, item: str = "dp-sgd") -> float:
+        """Reserve ``epsilon`` for ``item`` of ``run_id`` (the larger of this and an earlier reservation of
+        the same item; a run's items add up: its DP-SGD plan, each noised release); raises
+        :class:`PolicyViolation` under ``dp.total-epsilon`` when the site's total would pass the cap,
+        before anything is computed. Returns the epsilon left after the reservation."""
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise PolicyViolation("dp.max-epsilon", "the run's privacy cost is not a finite positive epsilon",
                                   "the coordinator sets a finite dp.target-epsilon")
@@ -107,7 +109,11 @@ class PrivacyBudget:
             runs = dict(state.runs)
             old = runs.get(str(run_id))
             before = float(old["epsilon"]) if old else 0.0
-            new = max(before, float(epsilon))
+            items = dict(old.get("items", {})) if old else {}
+            if old and not items:
+                items = {"dp-sgd": before}
+            items[item] = max(float(items.get(item, 0.0)), float(epsilon))
+            new = float(sum(items.values()))
             spent_after = state.epsilon_spent - before + new
             if spent_after > self.total * (1 + 1e-9):
                 raise PolicyViolation("dp.total-epsilon", "this run's planned epsilon would take the site past its "
@@ -116,7 +122,8 @@ class PrivacyBudget:
                                       "decides whether to raise dp.total-epsilon")
             now = _now()
             runs[str(run_id)] = {"epsilon": new, "delta": max(float(delta), float(old["delta"]) if old else 0.0),
-                                 "first": old["first"] if old else now, "last": now, "what": what}
+                                 "first": old["first"] if old else now, "last": now,
+                                 "what": what if not old else old["what"], "items": items}
             self._write({"total-epsilon": self.total, "runs": runs})
             return self.total - spent_after
 

@@ -79,15 +79,16 @@ TIER1_ROUND = Phase("tier1", "train", "tier1", (ARRAYS, CONFIG), (ARRAYS, METRIC
 TIER1_VALIDATION = Phase("tier1_validation", "evaluate.tier1_validation", "tier1", (ARRAYS, CONFIG), (METRICS,),
                          VALIDATION_METRICS)
 FREEZE_TIER1 = Phase("freeze_tier1", "query.freeze_tier1", None, (ARRAYS,), (METRICS,), (M.FROZEN,))
-CALIBRATION = Phase("calibration", "query.calibration", "calibration", (CONFIG,), (COUNTS, METRICS), (M.N_VALUES,))
-FOLLOWUP = Phase("followup", "query.followup", "baseline-hazard", (CONFIG,), (COUNTS,))
+CALIBRATION = Phase("calibration", "query.calibration", "calibration", (CONFIG,), (COUNTS, METRICS),
+                    (M.N_VALUES, M.NOISED))
+FOLLOWUP = Phase("followup", "query.followup", "baseline-hazard", (CONFIG,), (COUNTS, METRICS), (M.NOISED,))
 HAZARD = Phase("baseline_hazard", "query.hazard", "baseline-hazard", (HAZARD_RECORD,), (HAZARD_RECORD,))
 TIER2_ROUND = Phase("tier2", "train.tier2", "tier2", (ARRAYS, CONFIG), (ARRAYS, METRICS), TIER2_TRAIN_METRICS)
 TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", "tier2", (ARRAYS, CONFIG), (METRICS,),
                          TIER2_VALIDATION_METRICS)
 TIER2_CALIBRATION = Phase("tier2_calibration", "query.tier2_calibration", "tier2", (ARRAYS, CONFIG),
-                          (COUNTS, METRICS), (M.N_VALUES, *RISK_SUMS))
-RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS,))
+                          (COUNTS, METRICS), (M.N_VALUES, *RISK_SUMS, M.NOISED))
+RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS, METRICS), (M.NOISED,))
 EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG), (METRICS,), EVALUATION_METRICS)
 
 PHASES = (SCHEMA, STATISTICS, SETUP, TIER1_ROUND, TIER1_VALIDATION, FREEZE_TIER1, CALIBRATION, FOLLOWUP, HAZARD,

@@ -195,8 +195,10 @@ class RequestPolicy:
                                   f"at most {self.policy.max_bins}", f"the coordinator uses hazard-points <= "
                                   f"{self.policy.max_bins}")
 
-    def pin(self, kind: str, grid_key: str, weights_key: str = "") -> None:
-        """The first request of ``kind`` pins (grid, weights); a different one is refused afterwards."""
+    def pin(self, kind: str, grid_key: str, weights_key: str = "", max_grids: int = 1) -> None:
+        """The first request of ``kind`` pins (grid, weights); a different one is refused afterwards.
+        ``max_grids`` > 1 (noised releases, each charged to the budget): up to that many grids, with the
+        same weights; the same request again is always answered."""
         if kind not in PINNED_KINDS and not any(kind.startswith(p) and kind[len(p):].isdigit() for p in ROUND_KINDS):
             raise ValueError(f"unknown pinned kind {kind!r}; known: {PINNED_KINDS} and "
                              f"{', '.join(p + '<round>' for p in ROUND_KINDS)}")
@@ -205,9 +207,14 @@ class RequestPolicy:
         if old is None or not self.policy.one_grid_per_kind:
             self.pins.setdefault(kind, value)
             return
-        if old != value:
-            what = "grid" if old.split("#")[0] != grid_key else "weights"
+        seen = old.split("\n")
+        if value in seen:
+            return
+        weights_differ = any(v.split("#")[-1] != weights_key for v in seen)
+        if weights_differ or len(seen) >= max_grids:
+            what = "weights" if weights_differ else "grid"
             raise PolicyViolation("one-grid-per-kind", f"this site already answered a '{kind}' request this run "
                                   f"and this one has another {what}",
                                   "the coordinator asks each histogram kind once per run, with one grid "
                                   "(the same request again is answered)")
+        self.pins[kind] = old + "\n" + value

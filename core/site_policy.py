@@ -70,13 +70,18 @@ class _Kebab(BaseModel):
 class DPPolicy(_Kebab):
     required: bool = Field(True, description="Tier 1 and Tier 2 rounds must use DP-SGD (dp.enabled in the run config)")
     max_epsilon: float = Field(8.0, gt=0.0, description="largest DP-SGD target epsilon of one run")
-    total_epsilon: float = Field(32.0, gt=0.0, description="the site's lifetime budget: the sum of every run's "
+    total_epsilon: float = Field(50.0, gt=0.0, description="the site's lifetime budget: the sum of every run's "
                                  "epsilon, kept on the site's disk (core/privacy_budget.py)")
     max_grad_norm: float = Field(5.0, gt=0.0, description="largest per-patient clipping norm accepted")
     allow_seeded_noise: bool = Field(False, description="accept dp.seeded-noise (noise the coordinator can replay; "
                                      "simulations only)")
+    release_epsilon: float = Field(1.0, ge=0.0, description="epsilon of each release after training (histograms, "
+                                   "risk sums, Breslow sums), charged to the budget; 0 = exact releases merged to "
+                                   "min-patients, which a malicious coordinator can difference (docs/privacy.md)")
+    release_grids: int = Field(2, ge=1, le=4, description="distinct grids answered per noised release kind per run "
+                               "(a coarse one, then a zoom)")
 
-    @field_validator("max_epsilon", "total_epsilon", "max_grad_norm")
+    @field_validator("max_epsilon", "total_epsilon", "max_grad_norm", "release_epsilon")
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
@@ -150,6 +155,8 @@ class SitePolicy(_Kebab):
             f"dp.total-epsilon   {self.dp.total_epsilon:g}   (lifetime, across runs)",
             f"dp.max-grad-norm   {self.dp.max_grad_norm:g}",
             f"dp.allow-seeded-noise {str(self.dp.allow_seeded_noise).lower()}",
+            f"dp.release-epsilon {self.dp.release_epsilon:g}   (per release after training; 0 = exact, merged)",
+            f"dp.release-grids   {self.dp.release_grids}   (grids per noised release kind per run)",
             f"training.max-lr    {t.max_lr:g}",
             f"training.optimizers {', '.join(t.optimizers)}",
             f"training.max-local-epochs {t.max_local_epochs}",

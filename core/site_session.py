@@ -21,6 +21,7 @@ from .feature_stats import FeatureStats, local_feature_sums
 from .histogram import HistogramGrid
 from .merged_hazard import MergedHazard, merge_intervals
 from .merged_histogram import MergedBins, merge_bins
+from .noised_release import ReleaseNoise, noised_hazard, noised_histogram, noised_sums
 from .private_histogram import privatize_counts
 from .risk_groups import RISK_GRID
 from .site_policy import PolicyViolation
@@ -96,35 +97,12 @@ class SiteSession:
         model = self.model(weights)
         seed = site_seed(self.cfg.seed, self.data.site, server_round)
         if self.cfg.dp.enabled:
-            return self._train_dp(model, seed, proximal_mu, server_round)
+            from .site_dp import train_tier1_round_dp  # Opacus loads only when DP is on
+
+            return train_tier1_round_dp(self, model, seed, proximal_mu, server_round)
         result = train_tier1(model, self._split("train"), self.stats, self.cfg, epochs=self.cfg.local_epochs,
                              seed=seed, proximal_mu=proximal_mu, lr=round_lr(self.cfg, server_round))
         return get_weights(model), result
-
-    def _train_dp(self, model: Tier1Model, seed: int, proximal_mu: float, server_round: int):
-        """DP-SGD round (core/dp.py); the accountant and the site's baseline hazards live in ``dp_state``."""
-        from .discrete_time import DiscreteTimeBaseline
-        from .dp import DPError, SiteAccountant, tier_budgets, train_tier1_dp  # Opacus loads only when DP is on
-
-        cfg = self.cfg
-        if proximal_mu > 0:
-            raise DPError("FedProx's proximal term is not part of the DP-SGD loss. Fix: use strategy 'fedavg' "
-                          "(or a robust strategy) with dp.enabled.")
-        cuts = torch.tensor(cfg.dp.cuts())
-        baseline = DiscreteTimeBaseline(len(cuts) + 1)
-        if "dp-baseline" in self.dp_state:
-            baseline.logit.data.copy_(torch.as_tensor(self.dp_state["dp-baseline"], dtype=torch.float32))
-        accountant = SiteAccountant.from_arrays(self.dp_state)
-        # DP-SGD's per-sample gradients: one fresh instance subsample per round (not per epoch)
-        gen = torch.Generator(device="cpu").manual_seed(seed + 3)
-        train = self._split("train").sample_instances(cfg.model.max_instances, gen)
-        result, _ = train_tier1_dp(model, train, self.stats, cfg, cfg.dp, accountant=accountant,
-                                   epochs=cfg.local_epochs, seed=seed, cuts=cuts, baseline=baseline,
-                                   total_epochs_budget=cfg.rounds * cfg.local_epochs,
-                                   rounds_before=server_round - 1, target_epsilon=tier_budgets(cfg)[0],
-                                   noise_seed=seed + 7 if cfg.dp.seeded_noise else None)
-        self.dp_state = {**self.dp_state, **accountant.to_arrays(), "dp-baseline": result.baseline}
-        return result.weights, result
 
     def weight_shapes(self, which: str) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the run's Tier 1 (``tier1``) or Tier 2 (``tier2``) state dict: the only
@@ -137,9 +115,17 @@ class SiteSession:
 
     # ---- releases that respect the site's floor (core/merged_histogram.py, core/merged_hazard.py) ----
     def merged_release(self, grid: HistogramGrid, values: np.ndarray, patients: np.ndarray, k: int,
-                       what: str) -> MergedBins:
-        """Bins merged until each non-empty one holds values of >= k patients; with dp.histogram-epsilon
-        > 0, noise is then added to the merged counts (unclipped; the server clips after summing)."""
+                       what: str, noise: ReleaseNoise | None = None) -> MergedBins:
+        """With ``noise`` (the site policy's dp.release-epsilon): epsilon-DP counts of one value per patient on
+        every bin (core/noised_release.py). Without: bins merged until each non-empty one holds values of
+        >= k patients (exact; with the run's dp.histogram-epsilon > 0, noise on the merged counts)."""
+        if len(np.unique(patients)) < k:
+            raise PolicyViolation("min-patients", f"the {what} would come from {len(np.unique(patients))} patient(s), "
+                                  f"fewer than this site's floor of {k}", "nothing to do: the run goes on with "
+                                  "the other sites (a hospital may lower min-patients in its policy file)")
+        if noise is not None:
+            seed = self.cfg.seed if self.cfg is not None else 0  # which value per patient: data-independent
+            return noised_histogram(grid, values, patients, noise.epsilon, noise.rng(), seed=seed)
         merged = merge_bins(grid, values, patients, k)
         if merged is None:
             raise PolicyViolation("min-patients", f"the {what} would come from {len(np.unique(patients))} patient(s), "
@@ -152,27 +138,29 @@ class SiteSession:
             merged = MergedBins(merged.first, merged.last, noisy, merged.n_bins)
         return merged
 
-    def calibration_release(self, grid: HistogramGrid, k: int) -> tuple[MergedBins, int]:
-        """Tier 1 calibration of the frozen Tier 1 (:attr:`tier1_frozen`), merged to the floor."""
+    def calibration_release(self, grid: HistogramGrid, k: int, noise: ReleaseNoise | None = None
+                            ) -> tuple[MergedBins, int]:
+        """Tier 1 calibration of the frozen Tier 1 (:attr:`tier1_frozen`), merged to the floor or noised."""
         values = self.calibration_values(self._frozen_weights())
         return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
-                                   "calibration histogram"), int(len(values))
+                                   "calibration histogram", noise), int(len(values))
 
-    def tier2_release(self, weights: dict[str, np.ndarray], grid: HistogramGrid, k: int
-                      ) -> tuple[MergedBins, dict[str, float]]:
+    def tier2_release(self, weights: dict[str, np.ndarray], grid: HistogramGrid, k: int,
+                      noise: ReleaseNoise | None = None) -> tuple[MergedBins, dict[str, float]]:
         """:meth:`tier2_calibration` with the histogram merged to the floor (and the same risk sums,
         over every training patient: refused when they are fewer than k)."""
         n_train = len(self.data.indices("train"))
         if n_train < k:
             raise PolicyViolation("min-patients", f"the risk sums would cover {n_train} training patients, fewer "
                                   f"than this site's floor of {k}", "nothing to do: the run goes on without this site")
-        values, sums = self._tier2_values(weights)
+        half = ReleaseNoise(noise.epsilon / 2, noise.seed) if noise is not None else None  # histogram + risk sums
+        values, sums = self._tier2_values(weights, half)
         return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
-                                   "Tier 2 calibration histogram"), sums
+                                   "Tier 2 calibration histogram", half), sums
 
     def risk_group_release(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
-                           scale: RiskScale, k: int, grid: HistogramGrid = RISK_GRID, use_tier2: bool = True
-                           ) -> MergedBins:
+                           scale: RiskScale, k: int, grid: HistogramGrid = RISK_GRID, use_tier2: bool = True,
+                           noise: ReleaseNoise | None = None) -> MergedBins:
         """exp(two-tier system risk) of the training patients on ``grid`` (the server's, normally
         ``risk_groups.RISK_GRID``), merged to the floor: for the federated tertiles of the risk groups."""
         assert self.cfg is not None
@@ -181,17 +169,23 @@ class SiteSession:
                                 scale=scale, seed=self.cfg.seed, use_tier2=use_tier2).system_risk
         keep = np.isfinite(risk)
         return self.merged_release(grid, np.exp(np.clip(risk[keep], -50.0, 50.0)), np.flatnonzero(keep), k,
-                                   "risk-group histogram")
+                                   "risk-group histogram", noise)
 
-    def followup_release(self, grid: HistogramGrid, k: int) -> MergedBins:
+    def followup_release(self, grid: HistogramGrid, k: int, noise: ReleaseNoise | None = None) -> MergedBins:
         t = self.data.time[self.data.indices("train")]
-        return self.merged_release(grid, t, np.arange(len(t)), k, "follow-up histogram")
+        return self.merged_release(grid, t, np.arange(len(t)), k, "follow-up histogram", noise)
 
-    def hazard_release(self, grid: np.ndarray, k: int) -> MergedHazard:
-        """Breslow sums on ``grid`` with intervals merged to >= k events and >= k patients leaving."""
+    def hazard_release(self, grid: np.ndarray, k: int, noise: ReleaseNoise | None = None) -> MergedHazard:
+        """Breslow sums on ``grid``: intervals merged to >= k events and >= k patients leaving, or noised."""
         train = self._split("train")
         keep = train.present.any(dim=1).cpu().numpy()
+        if int(keep.sum()) < k:
+            raise PolicyViolation("min-patients", "the Breslow sums would cover fewer patients than this site's floor",
+                                  "nothing to do: the run goes on with the other sites")
         risk = predict_risk(self._tier1(), train)[keep]
+        if noise is not None:
+            return noised_hazard(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid,
+                                 noise.epsilon, noise.rng())
         merged = merge_intervals(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid, k)
         if merged is None:
             raise PolicyViolation("min-patients", f"the Breslow sums would have fewer than {k} events or patients in "
@@ -243,7 +237,9 @@ class SiteSession:
         assert self.cfg is not None
         tier2 = self.tier2_model(weights)
         if self.cfg.dp.enabled:
-            return self._train_tier2_dp(tier2, server_round)
+            from .site_dp import train_tier2_round_dp
+
+            return train_tier2_round_dp(self, tier2, server_round)
         losses = train_tier2(tier2, self._tier1(), self._split("train"), self.cfg.tier2,
                              epochs=self.cfg.tier2_local_epochs, lr=self.cfg.tier2_lr, batch_size=self.cfg.batch_size,
                              seed=site_seed(self.cfg.seed, self.data.site, 10_000 + server_round),
@@ -251,33 +247,14 @@ class SiteSession:
         return get_weights(tier2), {M.NUM_EXAMPLES: float(len(self.data.indices("train"))),
                                     **{f"{M.TIER2_PREFIX}{k}": v for k, v in losses.items()}}
 
-    def _train_tier2_dp(self, tier2: Tier2Model, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """DP-SGD round of Tier 2 (core/tier2_dp.py) on Tier 2's share of the run's epsilon; the
-        accountant lives in ``dp_state`` beside Tier 1's. Sends the weights and the accountant's figures."""
-        from .dp import SiteAccountant, tier_budgets
-        from .tier2_dp import train_tier2_dp, trainable_count
-
-        cfg, train = self.cfg, self._split("train")
-        n_pool = trainable_count(train)
-        steps = max(cfg.tier2.local_steps, cfg.tier2_local_epochs * -(-n_pool // max(1, min(cfg.batch_size, n_pool))))
-        acc = SiteAccountant.from_arrays({"dp-history": self.dp_state.get("dp-tier2-history", np.zeros((0, 3)))})
-        seed = site_seed(cfg.seed, self.data.site, 10_000 + server_round)
-        _, eps = train_tier2_dp(tier2, self._tier1(), train, cfg.tier2, cfg.dp, accountant=acc,
-                                target_epsilon=tier_budgets(cfg)[1], steps=steps,
-                                total_steps_budget=cfg.tier2_rounds * steps, lr=cfg.tier2_lr, batch_size=cfg.batch_size,
-                                seed=seed, weight_decay=cfg.weight_decay, mc_samples=cfg.model.mc_samples,
-                                noise_seed=seed + 7 if cfg.dp.seeded_noise else None, rounds_before=server_round - 1)
-        self.dp_state = {**self.dp_state, "dp-tier2-history": acc.to_arrays()["dp-history"]}
-        return get_weights(tier2), {M.NUM_EXAMPLES: float(len(self.data.indices("train"))), M.DP_EPSILON: eps,
-                                    M.DP_DELTA: cfg.dp.target_delta}
-
     def tier2_calibration(self, weights: dict[str, np.ndarray], grid: HistogramGrid) -> tuple[np.ndarray, dict[str, float]]:
         """Histogram of Tier 2 uncertainty on held-out complete cases (masked), plus the sums that put
         both heads' risks on one scale (n, sum and sum of squares of each head's training risk)."""
         values, sums = self._tier2_values(weights)
         return grid.counts(values), sums
 
-    def _tier2_values(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
+    def _tier2_values(self, weights: dict[str, np.ndarray], noise: ReleaseNoise | None = None
+                      ) -> tuple[np.ndarray, dict[str, float]]:
         assert self.cfg is not None
         tier1, tier2 = self._tier1(), self.tier2_model(weights)
         values = recovery_errors(tier1, tier2, self._split("val"), self.cfg, seed=self.cfg.seed)["unc2"]
@@ -288,6 +265,9 @@ class SiteSession:
                                mc_samples=self.cfg.model.mc_samples).risk
         else:  # Tier 2 is scored through Tier 1's head: one head, one scale
             r2 = r1
+        if noise is not None:  # clipped and noised (the same epsilon again: charged as its own release)
+            n, ((s1, q1), (s2, q2)) = noised_sums([r1, r2], noise.epsilon, noise.rng())
+            return values, dict(zip(M.RISK_SUMS, (max(n, 1.0), s1, max(q1, 0.0), s2, max(q2, 0.0))))
         sums = {M.N_VALUES: float(len(values)), **dict(zip(M.RISK_SUMS, map(float, (
             len(r1), r1.sum(), (r1**2).sum(), r2.sum(), (r2**2).sum()))))}
         return values, sums

@@ -38,6 +38,7 @@ from ..core.weights import get_weights
 from .checkpoint import Checkpoint
 from .handshake import Handshake, SiteInfo, agree
 from .phases import baseline_hazard, dp_time_cuts, run_phase, tier2_gate
+from .noised_quantile import quantile_release
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts, wait_for_nodes
 from .queries import per_site as per_site_release
@@ -91,6 +92,7 @@ class Run:
     timing: dict[str, float] = field(default_factory=dict)
     release_error: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)  # what every checkpoint holds
+    noised: bool = False  # the sites' releases are epsilon-DP (seen on the follow-up histograms)
 
     def say(self, text: str) -> None:
         self.progress.phase(text)
@@ -192,7 +194,7 @@ def place_dp_time_cuts(run: Run) -> None:
     cfg = run.cfg
     if not cfg.dp.enabled or cfg.dp.time_cuts.strip():
         return
-    cuts = dp_time_cuts(run.grid, cfg, run.accepted)
+    cuts, run.noised = dp_time_cuts(run.grid, cfg, run.accepted)
     if cuts is None:
         raise FederationError("no site released a follow-up histogram, so the DP path has no time cuts. Fix: set "
                               "dp.time-cuts (the consortium's agreed follow-up quantiles, in the data's time unit)")
@@ -248,9 +250,9 @@ def freeze_tier1(run: Run, weights: dict[str, np.ndarray]) -> None:
 def calibration(run: Run) -> tuple[HistogramGrid, np.ndarray, float]:
     t = time.perf_counter()
     cfg = run.cfg
-    grid_h = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
-    replies = run.ask(P.CALIBRATION, P.GridRequest(grid_h))
-    parts = merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
+    base = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
+    grid_h, replies, parts = quantile_release(run.ask, P.CALIBRATION, P.GridRequest, base, cfg.quantile, run.noised,
+                                              cfg.dp.histogram_epsilon > 0)
     counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
     if counts.sum() <= 0:
         raise FederationError("no site has held-out complete cases to calibrate theta on; "
@@ -289,8 +291,11 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     run.say(f"tier2 gate: {'open' if out.gate.open else 'closed'}: {out.gate.reason}")
     run.timed("tier2", t)
     t = time.perf_counter()
-    replies = run.ask(P.TIER2_CALIBRATION, P.Tier2CalibrationRequest(weights, grid_h))
-    parts = merged_parts(replies, grid_h.n_bins, cfg.dp.histogram_epsilon > 0)
+    if run.noised:  # the calibration grid was zoomed onto Tier 1's uncertainty: start again from the run's
+        grid_h = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
+    grid_h, replies, parts = quantile_release(run.ask, P.TIER2_CALIBRATION,
+                                              lambda g: P.Tier2CalibrationRequest(weights, g), grid_h,
+                                              cfg.tier2_abstain_quantile, run.noised, cfg.dp.histogram_epsilon > 0)
     counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
     sums = {k: sum(decode(r, P.HistogramReply).metrics[k] for r in replies.values())
             for k in P.RISK_SUMS}

@@ -7,6 +7,7 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from .records import to_record as to_array_record
+from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.baseline_hazard import time_grid, baseline_from_sums
 from ..core.config import RunConfig
@@ -90,20 +91,21 @@ FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hour
 DP_CUT_QUANTILES = (0.2, 0.4, 0.6, 0.8)  # where the DP path's discrete-time intervals end by default
 
 
-def dp_time_cuts(grid: Grid, cfg: RunConfig, nodes: list[int]) -> str | None:
+def dp_time_cuts(grid: Grid, cfg: RunConfig, nodes: list[int]) -> tuple[str | None, bool]:
     """``dp.time-cuts`` at the pooled follow-up quintiles, from the sites' follow-up histograms (the
-    same release, on the same grid, that later places the Breslow grid: asked once, answered twice).
-    None when no site answered."""
+    same release, on the same grid, that later places the Breslow grid: asked once, answered twice),
+    and whether a site noised its release. None when no site answered."""
     replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(FOLLOWUP_GRID))
+    noised = any(decode(r, P.HistogramReply).metrics.get(M.NOISED, 0.0) > 0 for r in replies.values())
     parts = merged_parts(replies, FOLLOWUP_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
     if not parts or spread(parts, FOLLOWUP_GRID.n_bins).sum() <= 0:
-        return None
+        return None, noised
     cuts: list[float] = []
     for q in DP_CUT_QUANTILES:
         c = float(merged_quantile(FOLLOWUP_GRID, parts, q).estimate)
         if c > 0 and (not cuts or c > cuts[-1] * (1 + 1e-6)):
             cuts.append(c)
-    return ",".join(f"{c:.6g}" for c in cuts) or None
+    return ",".join(f"{c:.6g}" for c in cuts) or None, noised
 
 
 def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambda phase, replies: None,
@@ -126,6 +128,9 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
         return None
     parts = [MergedHazard.from_arrays(decode(r, P.HazardReply).sums, len(points)) for r in replies.values()]
     events, risk_sums = fine_sums(parts, len(points))
+    # noised sums (core/noised_release.py) can dip below 0 or rise: events >= 0 and a risk set that only
+    # shrinks over time (post-processing; exact sums already are)
+    events, risk_sums = np.clip(events, 0.0, None), np.minimum.accumulate(np.clip(risk_sums, 0.0, None))
     widest = max(p.widest() for p in parts)
     errors["baseline_hazard"] = {"grid_points": len(points), "widest_merged_intervals": widest,
                                  "widest_merged_time": float(widest * points[0]),

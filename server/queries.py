@@ -16,6 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from .records import records_of, to_content
+from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.merged_histogram import MergedBins, QuantileBracket, spread
 from ..core.site_policy import refused_key
@@ -97,7 +98,9 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 
 def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list[MergedBins]:
     """The sites' merged histograms (core/merged_histogram.py); noisy counts are clipped after summing."""
-    parts = [MergedBins.from_arrays(decode(r, P.HistogramReply).counts, n_bins) for r in replies.values()]
+    decoded = [decode(r, P.HistogramReply) for r in replies.values()]
+    parts = [MergedBins.from_arrays(d.counts, n_bins) for d in decoded]
+    noisy = noisy or any(d.metrics.get(M.NOISED, 0.0) > 0 for d in decoded)  # a site's epsilon-DP counts
     if noisy and parts:  # unclipped noisy counts: spread, sum, then a monotone CDF, as one exact part
         total = spread(parts, n_bins)
         cdf = np.maximum.accumulate(np.clip(np.cumsum(total), 0, None))

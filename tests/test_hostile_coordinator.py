@@ -1,6 +1,8 @@
 """A curious coordinator, through a site's real ClientApp (mods, egress guard, ledger), with
 well-formed messages: every attack is refused (an error naming the policy key, a ledger line) or
-releases nothing below the site's floor of k patients."""
+releases nothing below the site's floor of k patients. The tests of merged (exact) releases run under
+a policy with ``dp.release-epsilon = 0``; the default policy's noised releases are in
+tests/test_noised_releases.py."""
 
 from __future__ import annotations
 
@@ -110,6 +112,16 @@ def site(tmp_path) -> Site:
     return s
 
 
+EXACT_RELEASES = "[dp]\nrelease-epsilon = 0.0\n"  # merged, exact releases (not the default)
+
+
+@pytest.fixture
+def exact_site(tmp_path) -> Site:
+    s = Site(tmp_path, policy=EXACT_RELEASES)
+    s.join()
+    return s
+
+
 def _followup(site: Site, grid: HistogramGrid) -> Message:
     return site.send(P.FOLLOWUP, P.GridRequest(grid))
 
@@ -138,24 +150,24 @@ def test_a_narrow_grid_within_max_bins_is_refused_naming_min_bin_ratio(site):
     assert "min-bin-ratio" in site.refusal(_followup(site, narrow))
 
 
-def test_the_followup_histogram_merges_bins_until_each_holds_k_patients(site):
-    reply = _followup(site, FOLLOWUP_GRID)
+def test_the_followup_histogram_merges_bins_until_each_holds_k_patients(exact_site):
+    reply = _followup(exact_site, FOLLOWUP_GRID)
     assert not reply.has_error()
     got = from_record(reply.content[P.COUNTS])
     assert set(got) == {"counts", "first", "last"}
-    assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(site))
-    fine = FOLLOWUP_GRID.counts(_train_times(site))  # never released: what the site would have sent before
+    assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(exact_site))
+    fine = FOLLOWUP_GRID.counts(_train_times(exact_site))  # never released: what the site would have sent before
     assert (fine[fine > 0] < K).any()  # the plain histogram had bins below the floor
     for a, b, c in zip(got["first"], got["last"], got["counts"]):
         assert fine[a] > 0 and fine[b] > 0 and fine[a:b + 1].sum() == c
 
 
 # ---- shifted grids and repeated queries ----------------------------------------------------------
-def test_a_second_followup_query_with_a_shifted_grid_is_refused(site):
-    first = _followup(site, FOLLOWUP_GRID)
+def test_a_second_followup_query_with_a_shifted_grid_is_refused(exact_site):
+    first = _followup(exact_site, FOLLOWUP_GRID)
     shifted = HistogramGrid(FOLLOWUP_GRID.low * 1.02, FOLLOWUP_GRID.high * 1.02, FOLLOWUP_GRID.n_bins)
-    assert "one-grid-per-kind" in site.refusal(_followup(site, shifted))
-    again = _followup(site, FOLLOWUP_GRID)  # the same request: the same answer, nothing new
+    assert "one-grid-per-kind" in exact_site.refusal(_followup(exact_site, shifted))
+    again = _followup(exact_site, FOLLOWUP_GRID)  # the same request: the same answer, nothing new
     assert {k: v.tolist() for k, v in from_record(again.content[P.COUNTS]).items()} == \
         {k: v.tolist() for k, v in from_record(first.content[P.COUNTS]).items()}
 
@@ -168,12 +180,12 @@ def test_a_second_final_tier1_with_other_weights_is_refused(site):
     assert "one-grid-per-kind" in site.refusal(reply)
 
 
-def test_every_calibration_bin_holds_values_of_at_least_k_distinct_patients(site):
-    reply = site.calibrate()
+def test_every_calibration_bin_holds_values_of_at_least_k_distinct_patients(exact_site):
+    reply = exact_site.calibrate()
     got = from_record(reply.content[P.COUNTS])
-    values = site.session().calibration_values(site.weights())
+    values = exact_site.session().calibration_values(exact_site.weights())
     who = _pattern_patients(values, len(DIMS))
-    grid = HistogramGrid(site.cfg.hist_low, site.cfg.hist_high, site.cfg.hist_bins)
+    grid = HistogramGrid(exact_site.cfg.hist_low, exact_site.cfg.hist_high, exact_site.cfg.hist_bins)
     fine = np.minimum(np.searchsorted(grid.edges(), values, side="right") - 1, grid.n_bins - 1)
     assert got["counts"].sum() == len(values) > 0
     for a, b in zip(got["first"], got["last"]):
@@ -181,14 +193,14 @@ def test_every_calibration_bin_holds_values_of_at_least_k_distinct_patients(site
 
 
 # ---- Breslow sums on a grid with one point per training time -------------------------------------
-def test_breslow_sums_on_a_grid_of_every_training_time_release_groups_of_k_events_and_k_leavers(site):
-    site.freeze()  # fixes Tier 1 at the site
-    t = np.unique(_train_times(site))
+def test_breslow_sums_on_a_grid_of_every_training_time_release_groups_of_k_events_and_k_leavers(exact_site):
+    exact_site.freeze()  # fixes Tier 1 at the site
+    t = np.unique(_train_times(exact_site))
     grid = t + 1e-9  # one point per patient: each interval would hold one patient
-    reply = site.send(P.HAZARD, P.HazardRequest(grid))
+    reply = exact_site.send(P.HAZARD, P.HazardRequest(grid))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     got = from_record(reply.content[P.HAZARD_RECORD])
-    train = site.session()._split("train")  # the tensors the site computes on (float32 times)
+    train = exact_site.session()._split("train")  # the tensors the site computes on (float32 times)
     keep = train.present.any(dim=1).numpy()
     time, event = train.time.numpy()[keep], train.event.numpy()[keep]
     j = np.searchsorted(grid, time, side="left")
@@ -233,7 +245,7 @@ def test_a_tiny_site_refuses_a_calibration_histogram_below_the_floor(tmp_path):
 
 
 def test_the_coordinators_histogram_min_count_can_only_raise_the_floor(tmp_path):
-    s = Site(tmp_path, **{"dp.histogram-min-count": 30})
+    s = Site(tmp_path, policy=EXACT_RELEASES, **{"dp.histogram-min-count": 30})
     s.join()
     got = from_record(_followup(s, FOLLOWUP_GRID).content[P.COUNTS])
     assert (got["counts"] >= 30).all()
@@ -328,12 +340,12 @@ def test_the_test_evaluation_cannot_be_asked_again_with_another_theta(site):
     assert "one-grid-per-kind" in site.refusal(reply)
 
 
-def test_the_risk_group_histogram_merges_bins_to_k_training_patients(site):
-    site.freeze()
-    reply = site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.Routing(1e-3)))
+def test_the_risk_group_histogram_merges_bins_to_k_training_patients(exact_site):
+    exact_site.freeze()
+    reply = exact_site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.Routing(1e-3)))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     got = from_record(reply.content[P.COUNTS])
-    assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(site))
+    assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(exact_site))
     assert len(got["counts"]) < RISK_GRID.n_bins / K
 
 

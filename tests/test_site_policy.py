@@ -19,7 +19,7 @@ def test_no_file_gives_the_safe_defaults():
     p = load_policy(None)
     assert p == DEFAULT_POLICY
     assert (p.min_patients, p.max_bins, p.one_grid_per_kind, p.phases, p.dp.required) == (10, 512, True, PHASES, True)
-    assert (p.dp.max_epsilon, p.dp.total_epsilon, p.dp.allow_seeded_noise) == (8.0, 32.0, False)
+    assert (p.dp.max_epsilon, p.dp.total_epsilon, p.dp.allow_seeded_noise) == (8.0, 50.0, False)
     assert p.training.max_lr == 0.01 and p.training.max_weight == 1000.0
 
 

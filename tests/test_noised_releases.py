@@ -1,0 +1,125 @@
+"""Under the default site policy every release after training is epsilon-DP on boundaries fixed before the
+data is seen (core/noised_release.py): no merged bin edge, no order statistic, each release charged to
+the site's lifetime budget once, repeats answered from what was sent, at most dp.release-grids grids per
+kind. Through the real ClientApp, as a hostile coordinator would ask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+
+from rmmfed.client.records import from_record
+from rmmfed.core import metric_names as M
+from rmmfed.core import protocol as P
+from rmmfed.core.histogram import HistogramGrid
+from rmmfed.core.noised_release import noised_hazard, noised_histogram, one_value_per_patient
+from rmmfed.core.privacy_budget import BUDGET_FILE
+from rmmfed.core.risk_groups import RISK_GRID
+from rmmfed.core.site_policy import refused_key
+from rmmfed.server.phases import FOLLOWUP_GRID
+
+from test_hostile_coordinator import Site
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+@pytest.fixture
+def site(tmp_path) -> Site:
+    s = Site(tmp_path, **{"dp.time-cuts": "5,10,20"})
+    s.join()
+    return s
+
+
+def _counts(reply) -> dict[str, np.ndarray]:
+    assert not reply.has_error(), reply.error.reason
+    return from_record(reply.content[P.COUNTS])
+
+
+def _budget(tmp_path) -> dict:
+    return json.loads((tmp_path / BUDGET_FILE).read_text())["runs"]["1"]["items"]
+
+
+def test_a_noised_histogram_has_a_count_on_every_bin_and_no_data_dependent_edge(site):
+    got = _counts(site.send(P.FOLLOWUP, P.GridRequest(FOLLOWUP_GRID)))
+    every = np.arange(FOLLOWUP_GRID.n_bins)
+    assert np.array_equal(got["first"], every) and np.array_equal(got["last"], every)  # the grid's, not the data's
+    d = site.session().data
+    exact = FOLLOWUP_GRID.counts(d.time[d.indices("train")])
+    assert not np.array_equal(got["counts"], exact)  # noised
+    assert (got["counts"] < 0).any()  # unclipped: the server repairs the sum
+
+
+def test_each_noised_release_is_charged_once_and_a_repeat_is_answered_from_what_was_sent(site, tmp_path):
+    first = _counts(site.send(P.FOLLOWUP, P.GridRequest(FOLLOWUP_GRID)))
+    again = _counts(site.send(P.FOLLOWUP, P.GridRequest(FOLLOWUP_GRID)))
+    assert np.array_equal(first["counts"], again["counts"])  # no fresh draw to average away
+    items = _budget(tmp_path)
+    assert items["dp-sgd"] == 8.0
+    assert [v for k, v in items.items() if k.startswith("release:followup")] == [1.0]
+
+
+def test_a_third_grid_of_a_kind_is_refused_and_every_answered_grid_is_charged(site, tmp_path):
+    grids = [HistogramGrid(FOLLOWUP_GRID.low * f, FOLLOWUP_GRID.high * f, 64) for f in (1.0, 1.3, 1.7)]
+    assert not site.send(P.FOLLOWUP, P.GridRequest(grids[0])).has_error()
+    assert not site.send(P.FOLLOWUP, P.GridRequest(grids[1])).has_error()
+    reply = site.send(P.FOLLOWUP, P.GridRequest(grids[2]))
+    assert reply.has_error() and refused_key(reply.error.reason) == "one-grid-per-kind"
+    assert sum(v for k, v in _budget(tmp_path).items() if k.startswith("release:followup")) == 2.0
+
+
+def test_calibration_and_risk_groups_are_noised_too(site):
+    site.freeze()
+    cal = site.send(P.CALIBRATION, P.GridRequest(HistogramGrid(1e-8, 1e3, 24)))
+    assert cal.content.metric_records[P.METRICS][M.NOISED] == 1.0
+    assert M.N_VALUES not in cal.content.metric_records[P.METRICS]  # no exact count of values either
+    risk = site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.Routing(1e-3)))
+    assert np.array_equal(_counts(risk)["first"], np.arange(RISK_GRID.n_bins))
+
+
+def test_breslow_sums_on_a_grid_of_every_training_time_come_noised_on_every_interval(site):
+    site.freeze()
+    d = site.session().data
+    grid = np.unique(d.time[d.indices("train")]) + 1e-9  # one point per patient: the merged rule's worst case
+    reply = site.send(P.HAZARD, P.HazardRequest(grid))
+    assert not reply.has_error(), reply.error.reason
+    got = from_record(reply.content[P.HAZARD_RECORD])
+    assert np.array_equal(got["hazard.first"], np.arange(len(grid)))
+    assert not np.isin(got["hazard.events"], [0.0, 1.0]).all()  # no interval gives a patient's event flag
+
+
+def test_a_crafted_histogram_of_one_patients_value_is_noise_at_the_default_epsilon():
+    """The red team's case: weights that make the released value one patient's feature. With one
+    patient alone in a bin, the noised count is as likely to read 0 or 2 as 1."""
+    grid = HistogramGrid(1e-3, 1e3, 64)
+    values, patients = np.array([0.5] + [50.0] * 30), np.arange(31)
+    lone = grid.counts(values[:1]).argmax()
+    reads = [noised_histogram(grid, values, patients, 1.0, np.random.default_rng(s)).counts[lone] for s in range(400)]
+    assert 0.2 < np.mean(np.asarray(reads) == 1) < 0.5  # P(noise = 0) = tanh(1/2) = 0.46 at epsilon 1
+    assert np.mean(np.asarray(reads) != 1) > 0.5
+
+
+def test_one_value_per_patient_keeps_one_of_each_patients_values():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    patients = np.array([0, 1, 2, 0, 1, 2])
+    chosen = one_value_per_patient(values, patients, seed=3)
+    assert len(chosen) == 3 and all(v in (1, 2, 3, 4, 5, 6) for v in chosen)
+    assert {int(v - 1) % 3 for v in chosen} == {0, 1, 2}
+
+
+def test_noised_breslow_sums_are_unbiased_for_the_exact_ones():
+    rng = np.random.default_rng(0)
+    time, event, risk = rng.exponential(10, 300), rng.random(300) < 0.6, rng.normal(0, 0.5, 300)
+    grid = np.linspace(1, 30, 10)
+    draws = [noised_hazard(time, event, risk, grid, 1.0, np.random.default_rng(s)) for s in range(300)]
+    exact_events = np.array([np.sum(event & (np.searchsorted(grid, time) == j)) for j in range(10)])
+    mean_events = np.mean([d.events for d in draws], axis=0)
+    assert np.abs(mean_events - exact_events).max() < 1.0
