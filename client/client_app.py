@@ -113,10 +113,12 @@ def _enough(n: int, k: int, what: str) -> None:
 
 def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | None = None,
                     extra_mods: list | None = None, policy: str | Path | None = None,
-                    state_root: str | Path | None = None) -> ClientApp:
+                    state_root: str | Path | None = None, simulated_seeded_noise: bool = False) -> ClientApp:
     """``site_dirs``: simulation's site folders by partition; ``ledger_dir``: one egress ledger per site there;
     ``policy``: the site policy file of every site without its own (client/policy_mod.py);
-    ``state_root``: a simulation's folder of per-site state (privacy budgets), one sub-folder per site."""
+    ``state_root``: a simulation's folder of per-site state (privacy budgets), one sub-folder per site;
+    ``simulated_seeded_noise``: ``rmm-simulate --seeded-noise`` only: every simulated site accepts
+    ``dp.seeded-noise`` (reproducible figures), whatever its policy file says. Never in a deployment."""
     ledger = configured_ledger_mod
     if ledger_dir:
         def ledger(msg: Message, context: Context, call_next):  # noqa: F811 - one file per site folder
@@ -130,7 +132,10 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     app.rmm_sessions = sessions  # type: ignore[attr-defined]  (tests look at it)
 
     def rules(context: Context) -> RequestPolicy:
-        return request_policy(context, site_policy(policy_path(context, site_dir(context, site_dirs), policy)))
+        p = site_policy(policy_path(context, site_dir(context, site_dirs), policy))
+        if simulated_seeded_noise:
+            p = p.model_copy(update={"dp": p.dp.model_copy(update={"allow_seeded_noise": True})})
+        return request_policy(context, p)
 
     def check_weights(s: SiteSession, arrays: dict[str, np.ndarray], which: str, what: str,
                       rp: RequestPolicy | None = None) -> None:
@@ -271,7 +276,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
 
         def compute(noise):
             merged, n = s.calibration_release(req.grid, floor_of(rp, s), noise)
-            return P.HistogramReply(merged.to_arrays(), {M.NOISED: 1.0} if noise else {M.N_VALUES: float(n)})
+            return P.HistogramReply(merged.to_arrays(), {M.NOISED: noise.epsilon} if noise else {M.N_VALUES: float(n)})
         return released(context, rp, s, "calibration", repr(req.grid), r, compute)
 
     @serve(P.FOLLOWUP)
@@ -279,7 +284,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         req = P.GridRequest.from_records(r)
         rp.check_grid(req.grid)
         return released(context, rp, s, "followup", repr(req.grid), r, lambda noise: P.HistogramReply(
-            s.followup_release(req.grid, floor_of(rp, s), noise).to_arrays(), {M.NOISED: 1.0} if noise else {}))
+            s.followup_release(req.grid, floor_of(rp, s), noise).to_arrays(), {M.NOISED: noise.epsilon} if noise else {}))
 
     @serve(P.HAZARD)
     def hazard(r, context, rp, s):
@@ -316,7 +321,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         check_weights(s, req.weights, "tier2", "tier2-calibration weights", rp)
         def compute(noise):
             merged, sums = s.tier2_release(req.weights, req.grid, floor_of(rp, s), noise)
-            return P.HistogramReply(merged.to_arrays(), {**sums, M.NOISED: 1.0} if noise else sums)
+            return P.HistogramReply(merged.to_arrays(), {**sums, M.NOISED: noise.epsilon} if noise else sums)
         return released(context, rp, s, "tier2-calibration", repr(req.grid), r, compute)
 
     @serve(P.RISK_GROUPS)
@@ -328,7 +333,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         def compute(noise):
             merged = s.risk_group_release(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing),
                                           floor_of(rp, s), req.grid, use_tier2=req.routing.tier2_used, noise=noise)
-            return P.HistogramReply(merged.to_arrays(), {M.NOISED: 1.0} if noise else {})
+            return P.HistogramReply(merged.to_arrays(), {M.NOISED: noise.epsilon} if noise else {})
         return released(context, rp, s, "risk-groups", repr(req.grid), r, compute)
 
     @serve(P.EVALUATION)

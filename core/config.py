@@ -92,6 +92,8 @@ class DPConfig(_Strict):
     seeded_noise: bool = Field(False, description="draw DP noise from the run's seed (reproducible figures, but "
                                "noise the coordinator can replay): simulations only, refused unless the site "
                                "policy sets dp.allow-seeded-noise")
+    tier2_local_steps: int = Field(40, ge=1, description="Tier 2 DP-SGD steps per round (each a Poisson batch "
+                                   "of expected size batch-size; fewer, noisier steps than tier2.local-steps)")
     tier2_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of target-epsilon spent on Tier 2's "
                                "DP-SGD; Tier 1 gets the rest (the two add up under composition)")
 

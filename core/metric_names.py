@@ -63,7 +63,7 @@ TIER2_VAL_PAIRS = {"tier1": Pairs("tier2-val-tier1-"), "tier2": Pairs("tier2-val
 
 # ---- calibration ---------------------------------------------------------------------------------
 N_VALUES = "n-values"
-NOISED = "noised"  # 1: the histogram is epsilon-DP counts on every bin (core/noised_release.py), not merged bins
+NOISED = "noised"  # its epsilon (> 0): the histogram is epsilon-DP counts on every bin (core/noised_release.py), not merged bins
 RISK_N, RISK1_SUM, RISK1_SUMSQ, RISK2_SUM, RISK2_SUMSQ = "risk-n", "risk1-sum", "risk1-sumsq", "risk2-sum", "risk2-sumsq"
 RISK_SUMS = (RISK_N, RISK1_SUM, RISK1_SUMSQ, RISK2_SUM, RISK2_SUMSQ)  # both heads' training risk
 

@@ -35,7 +35,8 @@ from .merged_hazard import MergedHazard
 from .merged_histogram import MergedBins
 from .private_histogram import privatize_counts
 
-RISK_BOUND = 5.0  # |risk| clipped here before a noised risk sum (exp(5) = 148 bounds a Breslow term)
+RISK_BOUND = 5.0  # |risk| clipped here before a noised risk-scale sum
+HAZARD_RISK_BOUND = 2.0  # |risk| clipped here before a noised Breslow sum: exp(2) = 7.4 bounds one patient's term
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def noised_sums(columns: list[np.ndarray], epsilon: float, rng: np.random.Genera
 
 
 def noised_hazard(time: np.ndarray, event: np.ndarray, risk: np.ndarray, grid: np.ndarray, epsilon: float,
-                  rng: np.random.Generator, bound: float = RISK_BOUND) -> MergedHazard:
+                  rng: np.random.Generator, bound: float = HAZARD_RISK_BOUND) -> MergedHazard:
     """Breslow sums on every interval of ``grid`` (interval j = (grid[j-1], grid[j]], grid[-1] = 0),
     epsilon-DP: events and leaving risk sums noised, risk sets derived from them."""
     time, event = np.asarray(time, dtype=float), np.asarray(event).astype(bool)

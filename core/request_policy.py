@@ -113,7 +113,8 @@ class RequestPolicy:
             if v > t.max_local_epochs:
                 raise PolicyViolation("training.max-local-epochs", f"{name} = {v} is above this site's "
                                       f"{t.max_local_epochs}", f"the coordinator sets {name} <= {t.max_local_epochs}")
-        for name, v in (("min-local-steps", cfg.min_local_steps), ("tier2.local-steps", cfg.tier2.local_steps)):
+        for name, v in (("min-local-steps", cfg.min_local_steps), ("tier2.local-steps", cfg.tier2.local_steps),
+                        ("dp.tier2-local-steps", cfg.dp.tier2_local_steps)):
             if v > t.max_local_steps:
                 raise PolicyViolation("training.max-local-steps", f"{name} = {v} is above this site's "
                                       f"{t.max_local_steps}", f"the coordinator sets {name} <= {t.max_local_steps}")

@@ -17,7 +17,7 @@ import torch
 from . import metric_names as M
 from .discrete_time import DiscreteTimeBaseline
 from .dp import DPError, SiteAccountant, tier_budgets, train_tier1_dp
-from .tier2_dp import train_tier2_dp, trainable_count
+from .tier2_dp import train_tier2_dp
 from .weights import get_weights
 
 if TYPE_CHECKING:
@@ -55,8 +55,7 @@ def train_tier2_round_dp(s: "SiteSession", tier2: "Tier2Model", server_round: in
     from .site_session import site_seed
 
     cfg, train = s.cfg, s._split("train")
-    n_pool = trainable_count(train)
-    steps = max(cfg.tier2.local_steps, cfg.tier2_local_epochs * -(-n_pool // max(1, min(cfg.batch_size, n_pool))))
+    steps = cfg.dp.tier2_local_steps  # the same every round, so the plan's accounting holds
     acc = SiteAccountant.from_arrays({"dp-history": s.dp_state.get("dp-tier2-history", np.zeros((0, 3)))})
     seed = site_seed(cfg.seed, s.data.site, 10_000 + server_round)
     _, eps = train_tier2_dp(tier2, s._tier1(), train, cfg.tier2, cfg.dp, accountant=acc,

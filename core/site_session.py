@@ -340,17 +340,18 @@ class SiteSession:
             out.update(_counts(names, concordance_counts(time[shown], risk[shown], event[shown])))
         rc = route_counts(pred.routes)
         n = len(test)
-        out.update({**{M.ROUTED[r]: float(rc[r]) for r in (TIER1, TIER2, ABSTAIN)}, M.REFERRED: float(referred.sum()),
-                    M.REFERRAL_RATE: float(referred.sum()) / n if n else float("nan"),
+        routes = _floored([rc[r] for r in (TIER1, TIER2, ABSTAIN)], n, k)  # no route group below the floor
+        ref = _floored([int(referred.sum())], n, k)[0]
+        kept = _floored([sum(1 for r in pred.routes if HIGH_RISK_CONTEXT in r.flags and r.route == "tier1")], n, k)[0]
+        out.update({**{M.ROUTED[r]: float(c) for r, c in zip((TIER1, TIER2, ABSTAIN), routes)}, M.REFERRED: float(ref),
+                    M.REFERRAL_RATE: float(ref) / n if n and ref else (0.0 if n else float("nan")),
                     M.TIER1_SECONDS: pred.tier1_seconds, M.TIER2_SECONDS: pred.tier2_seconds,
-                    M.TIER2_USED: float(pred.tier2_used),
-                    M.HIGH_RISK_KEPT_TIER1: float(sum(1 for r in pred.routes
-                                                              if HIGH_RISK_CONTEXT in r.flags and r.route == "tier1"))})
+                    M.TIER2_USED: float(pred.tier2_used), M.HIGH_RISK_KEPT_TIER1: float(kept)})
         rec = recovery_errors(tier1, tier2, test, self.cfg, seed=self.cfg.seed + 1)
         if len(rec["sigma2"]) // max(len(masking_patterns(len(self.dims))), 1) < k:  # complete test cases
             rec = {key: np.zeros(0) for key in rec}
         m = len(rec["sigma2"])
-        out.update({M.MASKED_N: float(m), M.MASKED_REFERRED: float((rec["sigma2"] > theta).sum()),
+        out.update({M.MASKED_N: float(m), M.MASKED_REFERRED: float(_floored([int((rec["sigma2"] > theta).sum())], m, k)[0]),
                     M.RECOVERY_N: float(m), M.RECOVERY_SSE_TIER1: float(rec["err1"].sum()),
                     M.RECOVERY_SSE_TIER2: float(rec["err2"].sum()) if tier2 is not None else float("nan")})
         out.update(site_quality(rec, seed=self.cfg.seed))  # includes uncertainty-error-spearman
@@ -362,6 +363,13 @@ def _pattern_patients(values: np.ndarray, n_modalities: int) -> np.ndarray:
     cases (core/uncertainty.calibration_uncertainties, two_tier.recovery_errors)."""
     patterns = len(masking_patterns(n_modalities))
     return np.tile(np.arange(len(values) // patterns), patterns) if len(values) else np.zeros(0, dtype=int)
+
+
+def _floored(counts: list[int], total: int, k: int) -> list[int]:
+    """Counts of groups of ``total`` patients, each group and its complement 0 or >= k; else all sent as 0
+    (a group of 1..k-1 patients, or one that leaves 1..k-1 outside it, would single patients out)."""
+    ok = all(c == 0 or c >= k for c in counts) and all(total - c == 0 or total - c >= k for c in counts)
+    return list(counts) if ok else [0] * len(counts)
 
 
 def _counts(names: M.Pairs, c) -> dict[str, float]:

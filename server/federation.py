@@ -37,7 +37,7 @@ from ..core.two_tier import RiskScale
 from ..core.weights import get_weights
 from .checkpoint import Checkpoint
 from .handshake import Handshake, SiteInfo, agree
-from .phases import baseline_hazard, dp_time_cuts, run_phase, tier2_gate
+from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, baseline_hazard, dp_time_cuts, run_phase, tier2_gate
 from .noised_quantile import quantile_release
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts, wait_for_nodes
@@ -93,6 +93,7 @@ class Run:
     release_error: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)  # what every checkpoint holds
     noised: bool = False  # the sites' releases are epsilon-DP (seen on the follow-up histograms)
+    followup_grid: HistogramGrid = FOLLOWUP_GRID  # the follow-up grid the run asked first
 
     def say(self, text: str) -> None:
         self.progress.phase(text)
@@ -137,7 +138,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     freeze_tier1(run, weights)
     grid_h, counts, theta = calibration(run)
     t = time.perf_counter()
-    hazard = baseline_hazard(run.grid, run.cfg, run.accepted, run.answered, run.release_error)
+    hazard = baseline_hazard(run.grid, run.cfg, run.accepted, run.answered, run.release_error, run.followup_grid,
+                             run.noised)
     run.timed("baseline_hazard", t)
     if hazard is not None:
         run.say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
@@ -195,6 +197,7 @@ def place_dp_time_cuts(run: Run) -> None:
     if not cfg.dp.enabled or cfg.dp.time_cuts.strip():
         return
     cuts, run.noised = dp_time_cuts(run.grid, cfg, run.accepted)
+    run.followup_grid = FOLLOWUP_COARSE
     if cuts is None:
         raise FederationError("no site released a follow-up histogram, so the DP path has no time cuts. Fix: set "
                               "dp.time-cuts (the consortium's agreed follow-up quantiles, in the data's time unit)")

@@ -16,6 +16,7 @@ from ..core.merged_hazard import MergedHazard, fine_sums
 from ..core.merged_histogram import merged_quantile, spread
 from ..core.tier2_gate import Tier2Gate, decide
 from .checkpoint import Checkpoint
+from .noised_quantile import zoom_grid
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts
 from .strategies import make_strategy
@@ -88,6 +89,8 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
 
 
 FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
+FOLLOWUP_COARSE = HistogramGrid(1e-3, 1e6, 48)  # the DP time cuts' grid: few bins, so little noise per quantile
+NOISED_HAZARD_POINTS = 16
 DP_CUT_QUANTILES = (0.2, 0.4, 0.6, 0.8)  # where the DP path's discrete-time intervals end by default
 
 
@@ -95,33 +98,43 @@ def dp_time_cuts(grid: Grid, cfg: RunConfig, nodes: list[int]) -> tuple[str | No
     """``dp.time-cuts`` at the pooled follow-up quintiles, from the sites' follow-up histograms (the
     same release, on the same grid, that later places the Breslow grid: asked once, answered twice),
     and whether a site noised its release. None when no site answered."""
-    replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(FOLLOWUP_GRID))
-    noised = any(decode(r, P.HistogramReply).metrics.get(M.NOISED, 0.0) > 0 for r in replies.values())
-    parts = merged_parts(replies, FOLLOWUP_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
-    if not parts or spread(parts, FOLLOWUP_GRID.n_bins).sum() <= 0:
+    replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(FOLLOWUP_COARSE))
+    noised = any(decode(r, P.HistogramReply).metrics.get(M.NOISED, 0.0) > 0 for r in replies.values())  # epsilon
+    parts = merged_parts(replies, FOLLOWUP_COARSE.n_bins, cfg.dp.histogram_epsilon > 0)
+    if not parts or spread(parts, FOLLOWUP_COARSE.n_bins).sum() <= 0:
         return None, noised
     cuts: list[float] = []
     for q in DP_CUT_QUANTILES:
-        c = float(merged_quantile(FOLLOWUP_GRID, parts, q).estimate)
+        c = float(merged_quantile(FOLLOWUP_COARSE, parts, q).estimate)
         if c > 0 and (not cuts or c > cuts[-1] * (1 + 1e-6)):
             cuts.append(c)
     return ",".join(f"{c:.6g}" for c in cuts) or None, noised
 
 
 def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambda phase, replies: None,
-                     release_error: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes."""
+                     release_error: dict | None = None, followup_grid: HistogramGrid = FOLLOWUP_GRID,
+                     noised: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes. The grid
+    ends at the pooled 95th percentile of follow-up, from ``followup_grid`` (the grid the run already
+    asked, answered again at no cost), and with noised releases from a zoom around that estimate."""
     t_max = cfg.hazard_max_time
     errors = release_error if release_error is not None else {}
     if t_max <= 0:
-        replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(FOLLOWUP_GRID))
-        parts = merged_parts(replies, FOLLOWUP_GRID.n_bins, cfg.dp.histogram_epsilon > 0)
-        if not parts or spread(parts, FOLLOWUP_GRID.n_bins).sum() <= 0:
+        replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(followup_grid))
+        parts = merged_parts(replies, followup_grid.n_bins, cfg.dp.histogram_epsilon > 0)
+        if not parts or spread(parts, followup_grid.n_bins).sum() <= 0:
             return None
-        bracket = merged_quantile(FOLLOWUP_GRID, parts, 0.95)
+        bracket = merged_quantile(followup_grid, parts, 0.95)
+        if noised:
+            zoom = zoom_grid(FOLLOWUP_GRID, bracket.estimate)
+            replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(zoom))
+            zparts = merged_parts(replies, zoom.n_bins, True)
+            if zparts and spread(zparts, zoom.n_bins).sum() > 0:
+                parts, bracket = zparts, merged_quantile(zoom, zparts, 0.95)
         t_max = bracket.estimate
         errors["hazard_max_time"] = bracket_doc(bracket, parts)
-    points = time_grid(t_max, cfg.hazard_points)
+    # noised Breslow sums: the risk set's error grows with the intervals it is summed over, so fewer of them
+    points = time_grid(t_max, min(cfg.hazard_points, NOISED_HAZARD_POINTS) if noised else cfg.hazard_points)
     replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, P.HazardRequest(points))
     answered("baseline_hazard", replies)
     if not replies:

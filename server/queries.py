@@ -19,7 +19,10 @@ from .records import records_of, to_content
 from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.merged_histogram import MergedBins, QuantileBracket, spread
+from ..core.private_histogram import noise_std
 from ..core.site_policy import refused_key
+
+NOISE_FLOOR = 2.0  # pooled noisy bins below this many noise standard deviations count as empty
 
 
 def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=None, *, retries: int = 1,
@@ -96,15 +99,31 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
+def isotonic(y: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence nearest to ``y`` in least squares (pool-adjacent-violators)."""
+    values, weights, sizes = [], [], []
+    for v in np.asarray(y, dtype=float):
+        values.append(v), weights.append(1.0), sizes.append(1)
+        while len(values) > 1 and values[-2] > values[-1]:
+            w = weights[-2] + weights[-1]
+            values[-2] = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w
+            weights[-2], sizes[-2] = w, sizes[-2] + sizes[-1]
+            values.pop(), weights.pop(), sizes.pop()
+    return np.repeat(values, sizes)
+
+
 def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list[MergedBins]:
     """The sites' merged histograms (core/merged_histogram.py); noisy counts are clipped after summing."""
     decoded = [decode(r, P.HistogramReply) for r in replies.values()]
     parts = [MergedBins.from_arrays(d.counts, n_bins) for d in decoded]
-    noisy = noisy or any(d.metrics.get(M.NOISED, 0.0) > 0 for d in decoded)  # a site's epsilon-DP counts
-    if noisy and parts:  # unclipped noisy counts: spread, sum, then a monotone CDF, as one exact part
+    eps = [d.metrics.get(M.NOISED, 0.0) for d in decoded]  # a site's epsilon-DP counts carry their epsilon
+    noisy = noisy or any(e > 0 for e in eps)
+    if noisy and parts:  # unclipped noisy counts: spread, sum, then the nearest monotone CDF, as one part
         total = spread(parts, n_bins)
-        cdf = np.maximum.accumulate(np.clip(np.cumsum(total), 0, None))
-        fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)
+        sd = math.sqrt(sum(noise_std(e) ** 2 for e in eps if e > 0))
+        total = np.where(total > NOISE_FLOOR * sd, total, 0.0)  # a bin within the noise: mostly noise
+        cdf = np.clip(isotonic(np.cumsum(total)), 0, None)  # least squares; a running maximum would pile
+        fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)  # noise peaks into the tail
         nz = np.flatnonzero(fine)
         return [MergedBins(nz, nz, fine[nz], n_bins)] if nz.size else []
     return parts

@@ -67,7 +67,8 @@ def run_flower(cfg: RunConfig, paths: list[Path], out: Path, resume: bool = Fals
                                               resume=resume, progress=progress),
                    client_app=make_client_app(sites, ledger_dir=str(out / "ledger"), extra_mods=mods,
                                               policy=str(policy.resolve()) if policy else None,
-                                              state_root=str(out / "site-state")),
+                                              state_root=str(out / "site-state"),
+                                              simulated_seeded_noise=cfg.dp.seeded_noise),
                    num_supernodes=len(paths), backend_config=backend)
     if not holder:
         raise RuntimeError(f"the Flower simulation ended without a result; see {out / 'flower.log'}")

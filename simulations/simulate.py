@@ -52,8 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="show Flower's and Ray's own log lines on the console (default: OUT/flower.log)")
     p.add_argument("--seeded-noise", action="store_true",
                    help="draw DP noise from --seed (reproducible figures; noise a coordinator could replay): sets "
-                   "dp.seeded-noise and lets every simulated site accept it (dp.allow-seeded-noise). Never in "
-                   "a deployment; the default site policy refuses it")
+                   "dp.seeded-noise and lets every simulated site accept it. Never in a deployment; the default "
+                   "site policy refuses it")
     p.add_argument("--policy", type=Path, help="site policy file (TOML/JSON) for every site without its own "
                    "policy.toml in its folder (default: the safe defaults; docs/privacy.md)")
     return p.parse_args(argv)
@@ -108,25 +108,6 @@ def check_policies(paths: list[Path], default: Path | None) -> dict:
     return out
 
 
-def seeded_noise_policy(base: Path | None, out: Path) -> Path:
-    """``base`` (or the defaults) with ``dp.allow-seeded-noise = true``, written to OUT for every site
-    without its own policy.toml; printed loudly, since such noise is replayable by the coordinator."""
-    import tomllib
-
-    from ..core.site_policy import load_policy
-
-    load_policy(base)  # a bad base file stops here, naming file and key
-    data = tomllib.loads(base.read_text(encoding="utf-8")) if base is not None and base.suffix != ".json" else \
-        (json.loads(base.read_text(encoding="utf-8")) if base is not None else {})
-    data.setdefault("dp", {})["allow-seeded-noise"] = True
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "policy-seeded-noise.json"
-    path.write_text(json.dumps(data, indent=1))
-    _warn("--seeded-noise: DP noise comes from the run's seed, so these figures are reproducible but the noise is "
-          f"replayable by whoever knows the seed; every simulated site accepts it ({path}). Never deploy this.")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -151,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             generate_cohort(preset_config(args.preset, n_patients=args.patients, seed=args.seed), cohort)
         paths, sites, dims = validate_cohort(cohort)
         if args.seeded_noise:
-            args.policy = seeded_noise_policy(args.policy, args.out)
+            _warn("--seeded-noise: DP noise comes from the run's seed, so these figures are reproducible, but such "
+                  "noise is replayable by whoever knows the seed; every simulated site accepts it for this run. "
+                  "Never deploy this (the default site policy refuses dp.seeded-noise).")
         policies = check_policies(paths, args.policy)
         from .optional_inputs import check_optional_inputs
 

@@ -123,3 +123,16 @@ def test_noised_breslow_sums_are_unbiased_for_the_exact_ones():
     exact_events = np.array([np.sum(event & (np.searchsorted(grid, time) == j)) for j in range(10)])
     mean_events = np.mean([d.events for d in draws], axis=0)
     assert np.abs(mean_events - exact_events).max() < 1.0
+
+
+def test_route_counts_of_a_group_below_the_floor_are_sent_as_zero(site):
+    """The red team read route counts of 1, 3 and 5 back and bisected a patient's value over runs."""
+    s = site.session()
+    s.freeze(site.weights())
+    n = int(s.evaluate(None, theta=1e-3, k=1)["n-test"])
+    for theta in (1e-6, 1e-3, 1e-1, 1.0, 1e3):
+        m = s.evaluate(None, theta=theta, k=10)
+        for key in (*M.ROUTED.values(), M.REFERRED, M.MASKED_REFERRED):
+            c = m[key]
+            total = m[M.MASKED_N] if key == M.MASKED_REFERRED else n
+            assert c == 0 or (c >= 10 and total - c >= 10) or total - c == 0, (key, c, total)

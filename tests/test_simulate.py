@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory):
     generate_cohort(CohortConfig(n_patients=240, seed=3), cohort)
     toy_policy(cohort)
     out = base / "out"
-    code = main(["--data", str(cohort), "--out", str(out), "--seed", "3", *TINY])
+    code = main(["--data", str(cohort), "--out", str(out), "--seed", "3", "--seeded-noise", *TINY])
     return code, cohort, out
 
 
@@ -56,12 +56,15 @@ def test_tiny_simulation_through_flower_writes_every_output(tiny_run):
 
 
 @pytest.mark.slow
-def test_histogram_theta_is_within_one_bin_of_the_exact_pooled_percentile(tiny_run):
+def test_theta_comes_from_the_sites_noised_histograms_on_a_zoomed_grid(tiny_run):
+    """Under the default policy the sites' calibration counts are epsilon-DP (core/noised_release.py):
+    the server asked a coarse grid, then a zoom around its estimate (server/noised_quantile.py)."""
+    from rmmfed.server.noised_quantile import ZOOM_BINS
+
     _, _, out = tiny_run
     c = json.loads((out / "calibration.json").read_text())
-    ratio = (c["grid"]["hist-high"] / c["grid"]["hist-low"]) ** (1 / (c["grid"]["hist-bins"] - 2))
-    assert c["theta_exact_pooled"] / ratio <= c["theta"] <= c["theta_exact_pooled"] * ratio
-    assert sum(c["counts"]) > 0 and len(c["counts"]) == c["grid"]["hist-bins"]
+    assert c["grid"]["hist-bins"] == ZOOM_BINS and len(c["counts"]) == ZOOM_BINS and sum(c["counts"]) > 0
+    assert c["grid"]["hist-low"] < c["theta"] < c["grid"]["hist-high"] and c["theta_exact_pooled"] > 0
 
 
 def test_bad_site_data_exits_nonzero_and_writes_nothing(tmp_path, capsys):
@@ -101,7 +104,7 @@ def test_pyproject_flower_config_equals_run_config_defaults():
 def test_same_seed_gives_the_same_metrics_on_cpu(tiny_run, tmp_path):
     _, cohort, out = tiny_run
     again = tmp_path / "again"
-    assert main(["--data", str(cohort), "--out", str(again), "--seed", "3", "--no-pooled", *TINY]) == 0
+    assert main(["--data", str(cohort), "--out", str(again), "--seed", "3", "--no-pooled", "--seeded-noise", *TINY]) == 0
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (out, again))
     assert a["federated"] == b["federated"]
     assert a["calibration"]["theta"] == b["calibration"]["theta"]
