@@ -120,6 +120,10 @@ def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -
     node = {"data-dir": str(data.resolve()), "device": args.device, "site": args.site}
     if getattr(args, "policy", None):
         node["policy"] = str(Path(args.policy).resolve())  # the hospital's own floor, read by the ClientApp
+    if getattr(args, "state_dir", None):  # the lifetime privacy budget (core/privacy_budget.py)
+        node["state-dir"] = str(Path(args.state_dir).resolve())
+    if getattr(args, "ledger", None):  # the egress ledger (client/ledger.py)
+        node["ledger"] = str(Path(args.ledger).resolve())
     cmd += ["--node-config", " ".join(flower_kv(node))]
     return cmd
 
@@ -193,6 +197,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    "effective site policy, connect nothing")
     p.add_argument("--policy", type=Path, help="this hospital's site policy (TOML or JSON): the privacy floor every "
                    "request is checked against (default: the folder's policy.toml, else safe defaults; docs/privacy.md)")
+    p.add_argument("--state-dir", type=Path, help="writable folder where this site keeps its lifetime privacy budget "
+                   "(privacy-budget.json; default: the --ledger's folder, else <data>/.rmm-state)")
+    p.add_argument("--ledger", type=Path, help="this site's egress ledger file (one JSON line per reply; read it with "
+                   "'rmm-client ledger --summary')")
     p.add_argument("--runtime-port", type=int, default=0,
                    help="local port of the SuperNode's Runtime API (default: a free port, so several nodes can share a host)")
     p.add_argument("--max-retries", type=int, default=60, help="connection attempts before giving up (default 60)")

@@ -40,7 +40,7 @@ from .feature_stats import FeatureStats, partition_slices
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
 from .tier1_loss import gaussian_nll
-from .train import TrainResult
+from .train import TrainResult, make_optimizer
 
 
 class DPError(RmmError):
@@ -188,7 +188,7 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
                    accountant: SiteAccountant, epochs: int, seed: int, total_epochs_budget: int,
                    cuts: torch.Tensor | None = None, baseline: DiscreteTimeBaseline | None = None,
                    rounds_before: int = 0, target_epsilon: float | None = None,
-                   noise_seed: int | None = None) -> tuple[DPTrainResult, float]:
+                   noise_seed: int | None = None, lr: float | None = None) -> tuple[DPTrainResult, float]:
     """One round of DP-SGD (DP-Adam): updates ``model``, ``baseline`` and ``accountant`` in place.
 
     ``cuts`` default to ``dp.cuts()``. Returns (result, cumulative epsilon at ``dp.target_delta``).
@@ -198,7 +198,9 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
     spent at this round's (sigma, q, steps), so epsilon is over-reported, never under-reported.
     ``target_epsilon``: Tier 1's share of the run's budget (:func:`tier_budgets`; default the whole
     ``dp.target_epsilon``). ``noise_seed``: None draws the noise from OS entropy
-    (:mod:`rmmfed.core.dp_noise`); a seed only where the site's policy allows seeded noise.
+    (:mod:`rmmfed.core.dp_noise`); a seed only where the site's policy allows seeded noise. ``lr``: this
+    round's learning rate (default ``cfg.lr``); the optimiser is the run's (``cfg.optimizer``), the DP
+    noise added to its gradients before it steps, so its weight decay is post-processing.
     """
     eps_target = dp.target_epsilon if target_epsilon is None else float(target_epsilon)
     validate_for_dp(model.train())
@@ -229,7 +231,7 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
         # subsampling amplification assumes it), so not from its seed unless noise is seeded too
         torch.manual_seed(seed + 2 if noise_seed is not None else fresh_seed())
         private, opt, loader = engine.make_private(
-            module=net, optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+            module=net, optimizer=make_optimizer(net, cfg, cfg.lr if lr is None else lr),
             data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
             grad_sample_mode="no_op", noise_generator=noise_generator(device, noise_seed))
         harden_optimizer(opt)

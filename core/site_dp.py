@@ -18,6 +18,7 @@ from . import metric_names as M
 from .discrete_time import DiscreteTimeBaseline
 from .dp import DPError, SiteAccountant, tier_budgets, train_tier1_dp
 from .tier2_dp import train_tier2_dp
+from .train import local_epoch_count, round_lr
 from .weights import get_weights
 
 if TYPE_CHECKING:
@@ -40,11 +41,14 @@ def train_tier1_round_dp(s: "SiteSession", model: "Tier1Model", seed: int, proxi
     # DP-SGD's per-sample gradients: one fresh instance subsample per round (not per epoch)
     gen = torch.Generator(device="cpu").manual_seed(seed + 3)
     train = s._split("train").sample_instances(cfg.model.max_instances, gen)
+    # as many epochs as min-local-steps asks (small sites: few batches per epoch), the same every round
+    # so that the plan the noise is calibrated for holds; the run's learning-rate schedule
+    epochs = local_epoch_count(len(train), min(cfg.batch_size, len(train)), cfg.local_epochs, cfg.min_local_steps)
     result, _ = train_tier1_dp(model, train, s.stats, cfg, cfg.dp, accountant=accountant,
-                               epochs=cfg.local_epochs, seed=seed, cuts=cuts, baseline=baseline,
-                               total_epochs_budget=cfg.rounds * cfg.local_epochs,
+                               epochs=epochs, seed=seed, cuts=cuts, baseline=baseline,
+                               total_epochs_budget=cfg.rounds * epochs,
                                rounds_before=server_round - 1, target_epsilon=tier_budgets(cfg)[0],
-                               noise_seed=seed + 7 if cfg.dp.seeded_noise else None)
+                               noise_seed=seed + 7 if cfg.dp.seeded_noise else None, lr=round_lr(cfg, server_round))
     s.dp_state = {**s.dp_state, **accountant.to_arrays(), "dp-baseline": result.baseline}
     return result.weights, result
 

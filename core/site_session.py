@@ -336,7 +336,7 @@ class SiteSession:
         for names, risk, group in ((M.TIER1_COVERED, pred.tier1_risk, covered), (M.SYSTEM_COVERED, pred.system_risk, covered),
                                    (M.TIER1_REFERRED, pred.tier1_risk, referred), (M.TIER2_REFERRED, pred.tier2_risk, referred),
                                    (M.SYSTEM_REFERRED, pred.system_risk, referred & covered)):
-            shown = group if group.sum() >= k else np.zeros_like(group)
+            shown = group if _floored([int(group.sum())], len(group), k)[0] else np.zeros_like(group)  # and complement
             out.update(_counts(names, concordance_counts(time[shown], risk[shown], event[shown])))
         rc = route_counts(pred.routes)
         n = len(test)

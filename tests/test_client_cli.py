@@ -375,3 +375,18 @@ def test_run_supervised_ends_children_in_other_sessions():
     orphan = int(lines[0])
     state = Path(f"/proc/{orphan}/stat")
     assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_the_state_folder_and_ledger_reach_the_clientapp_through_the_node_config(site_factory, tmp_path, recorded):
+    """The privacy budget's folder is the hospital's choice (node config), never the coordinator's."""
+    from flwr.common.config import parse_config_args
+
+    site = site_factory(n=20)
+    code = client_cli.main(["--site", "A", "--data", str(site), "--superlink", "127.0.0.1:9092", "--insecure",
+                            "--device", "cpu", "--state-dir", str(tmp_path / "state"),
+                            "--ledger", str(tmp_path / "egress.jsonl")])
+    assert code == 0
+    (cmd, _), = recorded
+    node = parse_config_args([cmd[cmd.index("--node-config") + 1]])
+    assert node["state-dir"] == str((tmp_path / "state").resolve())
+    assert node["ledger"] == str((tmp_path / "egress.jsonl").resolve())
