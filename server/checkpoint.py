@@ -61,6 +61,12 @@ class Checkpoint:
                 "consortium config, or start a new run without --resume (or in another output folder).")
         return state
 
+    def saved_config(self) -> dict[str, Any] | None:
+        """The flat run config the checkpoint was written with (None without one)."""
+        if self.path is None or not self.path.is_file():
+            return None
+        return _from_plain(torch.load(self.path, weights_only=True)).get("config")
+
     def save(self, state: dict[str, Any]) -> None:
         if self.path is None:
             return

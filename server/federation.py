@@ -131,7 +131,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     ckpt = Checkpoint(checkpoint)
     run = Run(grid, cfg, progress or Progress(), ckpt, None)
     hs = handshake(run, n_sites, expected_dims, expected_sites)
-    place_dp_time_cuts(run)
+    place_dp_time_cuts(run, ckpt.saved_config() if resume else None)
     run.state = ckpt.load(run.cfg.to_flat()) if resume else None
     stats = statistics_and_setup(run, hs)
     weights, history, best_round = tier1(run, hs, stats)
@@ -191,8 +191,9 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     return hs
 
 
-def place_dp_time_cuts(run: Run) -> None:
-    """A DP run without ``dp.time-cuts`` gets them from the sites' follow-up histograms (pooled quintiles)."""
+def place_dp_time_cuts(run: Run, resumed: dict | None = None) -> None:
+    """A DP run without ``dp.time-cuts`` gets them from the sites' follow-up histograms (pooled quintiles);
+    a resumed run keeps the cuts its checkpoint was trained with (noised releases differ per run)."""
     cfg = run.cfg
     if not cfg.dp.enabled or cfg.dp.time_cuts.strip():
         return
@@ -201,6 +202,8 @@ def place_dp_time_cuts(run: Run) -> None:
     if cuts is None:
         raise FederationError("no site released a follow-up histogram, so the DP path has no time cuts. Fix: set "
                               "dp.time-cuts (the consortium's agreed follow-up quantiles, in the data's time unit)")
+    if resumed and str(resumed.get("dp.time-cuts", "")).strip():
+        cuts = str(resumed["dp.time-cuts"])
     run.cfg = cfg.with_overrides({"dp.time-cuts": cuts})
     run.say(f"DP-SGD time cuts at the federated follow-up quintiles: {cuts}")
 

@@ -118,10 +118,10 @@ def site_factory(tmp_path: Path) -> Callable[..., Path]:
 
 
 
-def toy_policy(cohort: Path) -> Path:
+def toy_policy(cohort: Path, seeded_noise: bool = False) -> Path:
     """Give every site of a toy cohort a ``policy.toml`` with a floor of 2 patients (the default 10
     is sized for real sites: a 30-patient test site has 2-3 held-out complete cases)."""
     from rmmfed.simulations.toy_policy import lower_floor
 
-    lower_floor(cohort, 2, "toy-sized test sites")
+    lower_floor(cohort, 2, "toy-sized test sites", seeded_noise=seeded_noise)
     return Path(cohort)

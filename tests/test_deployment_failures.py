@@ -102,7 +102,7 @@ class Consortium:
         self.logs.mkdir(parents=True)
         generate_cohort(CohortConfig(n_patients=n_patients, site_names=sites,
                                      site_fractions=[1 / len(sites)] * len(sites), seed=seed), base / "cohort")
-        toy_policy(base / "cohort")  # each site's own policy.toml, read by its ClientApp
+        toy_policy(base / "cohort", seeded_noise=True)  # each site's own policy.toml, read by its ClientApp
         self.server, self.client = _exe("rmm-server"), _exe("rmm-client")
         done = _run([self.server, "init-ca", "--dir", str(base / "consortium")], self.env)
         assert done.returncode == 0, done.stderr
@@ -170,7 +170,8 @@ class Consortium:
         path = self.base / f"{name}.toml"
         path.write_text(f'name = "{name}"\nsites = {json.dumps(self.sites)}\nrounds = {rounds}\nstrategy = "fedavg"\n'
                         f'min-sites = {min_sites}\n[run]\nseed = {seed}\n"model.mc-samples" = 4\n'
-                        f'"tier2-rounds" = {tier2_rounds}\n"round-timeout-s" = {timeout_s}\n')
+                        f'"tier2-rounds" = {tier2_rounds}\n"round-timeout-s" = {timeout_s}\n'
+                        '"dp.seeded-noise" = true\n')  # runs compared to the digit: noise from the seed
         return path
 
     def run(self, name: str, config: Path, out: Path, *extra: str, verbose: bool = True) -> Followed:
