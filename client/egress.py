@@ -6,8 +6,9 @@ else makes the reply an error and nothing is sent):
 - ``arrays``: model weights with exactly the names and shapes of the weights the server sent;
 - ``sums``: feature sums ``<modality>.<all|complete>.<n|sum|sumsq>``, each of shape [1] or [dim], and
   ``<modality>.pca.<n|sum|outer>`` [1], [dim], [dim, dim] (second moments for the federated PCA);
-- ``counts``: one histogram with bins merged to the site's floor: ``counts``, ``first``, ``last``,
-  each [m] with m <= hist-bins, ``first``/``last`` ordered fine-bin ranges of the server's grid;
+- ``counts``: one histogram: ``counts``, ``first``, ``last``, each [m] with m <= hist-bins,
+  ``first``/``last`` ordered fine-bin ranges of the server's grid (every bin, noised, under the default
+  policy: core/noised_release.py; bins merged to the site's floor with exact releases);
 - ``hazard``: Breslow sums with intervals merged to the floor: ``hazard.first``, ``hazard.events``,
   ``hazard.risk-sum`` each [m] with m <= the server's grid points, ``hazard.risk-after`` [1];
 - ``metrics``: scalar metrics only; ``config``: the schema reply's scalar fields only.

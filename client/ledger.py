@@ -152,9 +152,11 @@ def ledger_mod(path: str | Path) -> Mod:
 
 def configured_ledger_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """A mod whose file comes from the node: ``node_config["ledger"]`` (deployment), else
-    ``run_config["ledger-dir"]/node-<node id>.jsonl`` (simulation); neither set: no ledger."""
+    ``run_config["ledger-dir"]/node-<node id>.jsonl`` (simulation nodes only: the run config is the
+    coordinator's, and a hospital's files go where the hospital says); neither set: no ledger."""
     path = str(context.node_config.get("ledger", "") or "")
-    if not path and str(context.run_config.get("ledger-dir", "") or ""):
+    simulated = "partition-id" in context.node_config  # a deployment's node never takes a path from the run config
+    if not path and simulated and str(context.run_config.get("ledger-dir", "") or ""):
         path = str(Path(str(context.run_config["ledger-dir"])) / f"node-{context.node_id}.jsonl")
     return ledger_mod(path)(msg, context, call_next) if path else call_next(msg, context)
 

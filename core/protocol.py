@@ -1,8 +1,9 @@
 """The rmm protocol, defined once: every phase's message type, the records its request and reply may
 carry, and typed payloads for them (plain numpy and scalars; no Flower).
 
-Only model weights, feature sums over >= min-stat-count patients, merged histogram counts, merged
-Breslow sums and scalar metrics ever leave a site. The ServerApp encodes requests and decodes
+Only model weights, feature sums over >= min-stat-count patients, histogram counts and Breslow sums
+(epsilon-DP on every bin under the default site policy, merged to the floor with exact releases) and
+scalar metrics ever leave a site. The ServerApp encodes requests and decodes
 replies with these classes (server/), the ClientApp decodes requests and encodes replies with them
 (client/client_app.py), and the egress guard (client/egress.py) checks every reply against its
 phase's definition here. A payload travels as *record dicts*: ``{record name: {key: value}}``, where
@@ -28,7 +29,7 @@ ARRAYS = "arrays"  # model weights (Tier 1 or Tier 2 state dict)
 CONFIG = "config"  # scalars: request settings; in a reply only the schema handshake's
 METRICS = "metrics"  # scalar metrics
 SUMS = "sums"  # feature sums
-COUNTS = "counts"  # one histogram, bins merged to the site's floor
+COUNTS = "counts"  # one histogram: noised counts on every bin, or bins merged to the site's floor
 HAZARD_RECORD = "hazard"  # Breslow sums (reply) / the time grid (request)
 STATS_RECORD = "feature-stats"  # the federated feature statistics (setup request)
 SCALAR_RECORDS = (CONFIG, METRICS)
@@ -338,7 +339,8 @@ class SumsReply:
 
 @dataclass
 class HistogramReply:
-    """Merged bins (core/merged_histogram.MergedBins.to_arrays) and, for some phases, scalar sums."""
+    """Bins (core/merged_histogram.MergedBins.to_arrays; every bin when noised) and, for some phases,
+    scalar sums and the release's epsilon (``noised``)."""
 
     counts: dict[str, np.ndarray]
     metrics: dict[str, float] = field(default_factory=dict)

@@ -2,25 +2,41 @@
 
 The coordinator's run config says what the federation would like; the site policy says what this
 site will release. Every request is checked against it before anything is computed
-(:mod:`rmmfed.core.request_policy`), and every release respects its floor by construction
-(:mod:`rmmfed.core.release_floor`). The coordinator can ask for a stricter floor, never a looser one.
+(:mod:`rmmfed.core.request_policy`); releases after training are epsilon-DP
+(:mod:`rmmfed.core.noised_release`) or, with ``dp.release-epsilon = 0``, merged to the floor
+(:mod:`rmmfed.core.merged_histogram`, :mod:`rmmfed.core.merged_hazard`). The coordinator can ask for
+a stricter floor, never a looser one. The threat model and every key: docs/privacy.md.
 
-File (TOML, or JSON with the same keys), every key optional::
+File (TOML, or JSON with the same keys), every key optional; the defaults::
 
-    min-patients = 10          # patients behind every released number (sums, bins, Breslow intervals)
+    min-patients = 10          # patients behind every released number
     max-bins = 512             # bins of any histogram, points of the Breslow time grid
     min-bin-ratio = 1.02       # narrowest log-spaced histogram bin (upper / lower edge)
-    one-grid-per-kind = true   # the first grid (and weights) answered per histogram kind is the only one
+    one-grid-per-kind = true   # grids (and weights) answered per histogram kind per run: 1, or
+                               # dp.release-grids when releases are noised
     second-moments = true      # send sums of outer products of wide modalities (federated PCA)
     max-rounds = 100           # federated rounds per training phase
     phases = ["statistics", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation"]
 
     [dp]
-    required = false           # true: refuse a run whose Tier 1 rounds are not DP-SGD
-    max-epsilon = 8.0          # refuse DP-SGD with a larger target epsilon (absent: no cap)
+    required = true            # both tiers train with DP-SGD
+    max-epsilon = 8.0          # DP-SGD target epsilon of one run
+    total-epsilon = 50.0       # lifetime budget across runs (core/privacy_budget.py)
+    max-grad-norm = 5.0        # largest clipping norm
+    allow-seeded-noise = false # noise from the coordinator's seed is replayable: refused
+    release-epsilon = 1.0      # per release answer after training; 0 = exact merged releases
+    release-grids = 2          # grids per noised release kind per run
 
-No file: :data:`DEFAULT_POLICY` (the values above, no epsilon cap). The schema handshake and the
-run setup are not phases: they release no patient values and always run.
+    [training]
+    max-lr = 0.01              # lr and tier2-lr
+    optimizers = ["adamw", "adam"]
+    max-local-epochs = 10
+    max-local-steps = 200      # min-local-steps, tier2.local-steps, dp.tier2-local-steps
+    max-width = 512            # model widths
+    max-weight = 1000.0        # every weight sent: finite, |w| <= this
+
+No file: :data:`DEFAULT_POLICY`. The schema handshake and the run setup are not phases: they release
+no patient values and always run.
 """
 
 from __future__ import annotations

@@ -265,7 +265,7 @@ class SiteSession:
                                mc_samples=self.cfg.model.mc_samples).risk
         else:  # Tier 2 is scored through Tier 1's head: one head, one scale
             r2 = r1
-        if noise is not None:  # clipped and noised (the same epsilon again: charged as its own release)
+        if noise is not None:  # clipped and noised, on the half of the release's epsilon tier2_release gives it
             n, ((s1, q1), (s2, q2)) = noised_sums([r1, r2], noise.epsilon, noise.rng())
             return values, dict(zip(M.RISK_SUMS, (max(n, 1.0), s1, max(q1, 0.0), s2, max(q2, 0.0))))
         sums = {M.N_VALUES: float(len(values)), **dict(zip(M.RISK_SUMS, map(float, (

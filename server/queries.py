@@ -118,15 +118,20 @@ def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list[
     parts = [MergedBins.from_arrays(d.counts, n_bins) for d in decoded]
     eps = [d.metrics.get(M.NOISED, 0.0) for d in decoded]  # a site's epsilon-DP counts carry their epsilon
     noisy = noisy or any(e > 0 for e in eps)
-    if noisy and parts:  # unclipped noisy counts: spread, sum, then the nearest monotone CDF, as one part
-        total = spread(parts, n_bins)
-        sd = math.sqrt(sum(noise_std(e) ** 2 for e in eps if e > 0))
-        total = np.where(total > NOISE_FLOOR * sd, total, 0.0)  # a bin within the noise: mostly noise
-        cdf = np.clip(isotonic(np.cumsum(total)), 0, None)  # least squares; a running maximum would pile
-        fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)  # noise peaks into the tail
-        nz = np.flatnonzero(fine)
-        return [MergedBins(nz, nz, fine[nz], n_bins)] if nz.size else []
-    return parts
+    return pool_noisy(parts, eps, n_bins) if noisy and parts else parts
+
+
+def pool_noisy(parts: list[MergedBins], epsilons: list[float], n_bins: int) -> list[MergedBins]:
+    """Unclipped noisy counts of several sites as one part: spread and summed, bins within
+    ``NOISE_FLOOR`` noise standard deviations zeroed, then the nearest monotone CDF (least squares; a
+    running maximum would pile noise peaks into the tail)."""
+    total = spread(parts, n_bins)
+    sd = math.sqrt(sum(noise_std(e) ** 2 for e in epsilons if e > 0))
+    total = np.where(total > NOISE_FLOOR * sd, total, 0.0)
+    cdf = np.clip(isotonic(np.cumsum(total)), 0, None)
+    fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)
+    nz = np.flatnonzero(fine)
+    return [MergedBins(nz, nz, fine[nz], n_bins)] if nz.size else []
 
 
 def per_site(replies: dict[int, Message], parts: list[MergedBins], site_of: dict[int, str]) -> dict:

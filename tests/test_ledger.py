@@ -170,11 +170,16 @@ def test_a_reply_whose_ledger_line_cannot_be_written_is_not_sent(tmp_path):
 def test_the_configured_mod_takes_its_file_from_the_node(tmp_path):
     site_file = tmp_path / "site" / "egress.jsonl"
     deployed = Context(run_id=1, node_id=7, node_config={"ledger": str(site_file)}, state=RecordDict(), run_config={})
-    simulated = Context(run_id=1, node_id=9, node_config={}, state=RecordDict(),
+    simulated = Context(run_id=1, node_id=9, node_config={"partition-id": 0}, state=RecordDict(),
                         run_config={"ledger-dir": str(tmp_path / "sim")})
+    # a deployed node never writes where the coordinator's run config says
+    hostile = Context(run_id=1, node_id=8, node_config={}, state=RecordDict(),
+                      run_config={"ledger-dir": str(tmp_path / "chosen-by-coordinator")})
 
     configured_ledger_mod(_request(), deployed, _train_reply)
     configured_ledger_mod(_request(), simulated, _train_reply)
+    configured_ledger_mod(_request(), hostile, _train_reply)
+    assert not (tmp_path / "chosen-by-coordinator").exists()
     reply = configured_ledger_mod(_request(), _context(), _train_reply)  # nothing configured: no ledger
 
     assert len(_lines(site_file)) == 1 and len(_lines(tmp_path / "sim" / "node-9.jsonl")) == 1
