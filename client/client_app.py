@@ -166,8 +166,13 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         slot = f"rmm-release-{kind}-{digest(key)}"
         if slot in context.state:
             return _cached(context.state[slot])
-        seeded = s.cfg is not None and s.cfg.dp.seeded_noise and rp.policy.dp.allow_seeded_noise
-        seed = site_seed(s.cfg.seed, s.data.site, zlib.crc32(slot.encode())) if seeded else None
+        # seeded noise only where the policy allows it; before setup (the follow-up that places the DP time
+        # cuts) the run's wish comes from Flower's run config, or from the simulation's switch
+        run = context.run_config
+        wanted = s.cfg.dp.seeded_noise if s.cfg is not None else bool(run.get("dp.seeded-noise", False))
+        seeded = (wanted or simulated_seeded_noise) and rp.policy.dp.allow_seeded_noise
+        base = s.cfg.seed if s.cfg is not None else int(run.get("seed", 0) or 0)
+        seed = site_seed(base, s.data.site, zlib.crc32(slot.encode())) if seeded else None
         folder = state_dir(context, site_dir(context, site_dirs), state_root)
         PrivacyBudget(folder, rp.policy.dp.total_epsilon).reserve(
             str(context.run_id), eps, 0.0, f"release {kind}", item=f"release:{kind}:{digest(key)}")

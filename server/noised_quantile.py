@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ..core.histogram import HistogramGrid
 from ..core.merged_histogram import MergedBins, merged_quantile, spread
 from ..core import protocol as P
-from .queries import merged_parts
+from .queries import NOISE_FLOOR, merged_parts
 
 COARSE_BINS = 24  # 22 log bins over the default 11 decades: about a half decade each
 ZOOM_BINS = 34  # 32 log bins over the zoom's 2 decades: 15.5 % each
@@ -39,9 +39,9 @@ def quantile_release(ask: Callable[[P.Phase, object], dict], phase: P.Phase, req
         return base, replies, merged_parts(replies, base.n_bins, exact_noisy)
     coarse = HistogramGrid(base.low, base.high, COARSE_BINS)
     replies = ask(phase, request_of(coarse))
-    parts = merged_parts(replies, coarse.n_bins, True)
+    parts = merged_parts(replies, coarse.n_bins, True, NOISE_FLOOR)
     if not parts or spread(parts, coarse.n_bins).sum() <= 0:
         return coarse, replies, parts
     fine = zoom_grid(base, merged_quantile(coarse, parts, q).estimate)
     replies = ask(phase, request_of(fine))
-    return fine, replies, merged_parts(replies, fine.n_bins, True)
+    return fine, replies, merged_parts(replies, fine.n_bins, True, NOISE_FLOOR)

@@ -22,7 +22,7 @@ from ..core.merged_histogram import MergedBins, QuantileBracket, spread
 from ..core.private_histogram import noise_std
 from ..core.site_policy import refused_key
 
-NOISE_FLOOR = 2.0  # pooled noisy bins below this many noise standard deviations count as empty
+NOISE_FLOOR = 2.0  # for a tail quantile, pooled noisy bins below this many noise sds count as empty
 
 
 def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=None, *, retries: int = 1,
@@ -112,22 +112,23 @@ def isotonic(y: np.ndarray) -> np.ndarray:
     return np.repeat(values, sizes)
 
 
-def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool) -> list[MergedBins]:
+def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool, floor: float = 0.0) -> list[MergedBins]:
     """The sites' merged histograms (core/merged_histogram.py); noisy counts are clipped after summing."""
     decoded = [decode(r, P.HistogramReply) for r in replies.values()]
     parts = [MergedBins.from_arrays(d.counts, n_bins) for d in decoded]
     eps = [d.metrics.get(M.NOISED, 0.0) for d in decoded]  # a site's epsilon-DP counts carry their epsilon
     noisy = noisy or any(e > 0 for e in eps)
-    return pool_noisy(parts, eps, n_bins) if noisy and parts else parts
+    return pool_noisy(parts, eps, n_bins, floor) if noisy and parts else parts
 
 
-def pool_noisy(parts: list[MergedBins], epsilons: list[float], n_bins: int) -> list[MergedBins]:
-    """Unclipped noisy counts of several sites as one part: spread and summed, bins within
-    ``NOISE_FLOOR`` noise standard deviations zeroed, then the nearest monotone CDF (least squares; a
-    running maximum would pile noise peaks into the tail)."""
+def pool_noisy(parts: list[MergedBins], epsilons: list[float], n_bins: int, floor: float = 0.0) -> list[MergedBins]:
+    """Unclipped noisy counts of several sites as one part: spread and summed, bins within ``floor``
+    noise standard deviations zeroed (for a tail quantile: :data:`NOISE_FLOOR`), then the nearest
+    monotone CDF (least squares; a running maximum would pile noise peaks into the tail)."""
     total = spread(parts, n_bins)
     sd = math.sqrt(sum(noise_std(e) ** 2 for e in epsilons if e > 0))
-    total = np.where(total > NOISE_FLOOR * sd, total, 0.0)
+    floored = np.where(total > floor * sd, total, 0.0) if floor > 0 else total
+    total = floored if floored.sum() > 0 else total  # tiny sites: every bin is within the noise
     cdf = np.clip(isotonic(np.cumsum(total)), 0, None)
     fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)
     nz = np.flatnonzero(fine)

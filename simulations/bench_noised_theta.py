@@ -22,7 +22,7 @@ from ..core.histogram import HistogramGrid
 from ..core.merged_histogram import merged_quantile
 from ..core.noised_release import noised_histogram
 from ..server.noised_quantile import COARSE_BINS, zoom_grid
-from ..server.queries import pool_noisy
+from ..server.queries import NOISE_FLOOR, pool_noisy
 
 SIZES = ((70, 50, 37, 20), (140, 100, 75, 40), (300, 200, 150, 100))  # patients per site
 
@@ -34,7 +34,7 @@ def trial(sizes, epsilon: float, q: float, seed: int, base: HistogramGrid) -> fl
 
     def pooled(grid: HistogramGrid):
         parts = [noised_histogram(grid, v, np.arange(len(v)), epsilon, rng) for v in sites]
-        return pool_noisy(parts, [epsilon] * len(sites), grid.n_bins)
+        return pool_noisy(parts, [epsilon] * len(sites), grid.n_bins, NOISE_FLOOR)
 
     coarse = HistogramGrid(base.low, base.high, COARSE_BINS)
     fine = zoom_grid(base, merged_quantile(coarse, pooled(coarse), q).estimate)
