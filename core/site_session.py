@@ -266,7 +266,9 @@ class SiteSession:
         else:  # Tier 2 is scored through Tier 1's head: one head, one scale
             r2 = r1
         if noise is not None:  # clipped and noised, on the half of the release's epsilon tier2_release gives it
-            n, ((s1, q1), (s2, q2)) = noised_sums([r1, r2], noise.epsilon, noise.rng())
+            one_head = not self.cfg.tier2.uses_branches  # r2 is r1: one noisy draw, so the scale stays the identity
+            n, sums = noised_sums([r1] if one_head else [r1, r2], noise.epsilon, noise.rng())
+            (s1, q1), (s2, q2) = (sums[0], sums[0]) if one_head else sums
             return values, dict(zip(M.RISK_SUMS, (max(n, 1.0), s1, max(q1, 0.0), s2, max(q2, 0.0))))
         sums = {M.N_VALUES: float(len(values)), **dict(zip(M.RISK_SUMS, map(float, (
             len(r1), r1.sum(), (r1**2).sum(), r2.sum(), (r2**2).sum()))))}

@@ -130,7 +130,7 @@ def pool_noisy(parts: list[MergedBins], epsilons: list[float], n_bins: int, floo
     floored = np.where(total > floor * sd, total, 0.0) if floor > 0 else total
     total = floored if floored.sum() > 0 else total  # tiny sites: every bin is within the noise
     cdf = np.clip(isotonic(np.cumsum(total)), 0, None)
-    fine = np.round(np.diff(np.concatenate(([0.0], cdf)))).astype(np.int64)
+    fine = np.diff(np.concatenate(([0.0], cdf)))  # fractional: a quantile inside a bin stays exact
     nz = np.flatnonzero(fine)
     return [MergedBins(nz, nz, fine[nz], n_bins)] if nz.size else []
 
