@@ -76,6 +76,18 @@ def check_delta(delta: float, n: int) -> None:
         raise DPError(f"target-delta={delta:g} is above 1/(10 N) = 1/{10 * n}. Fix: lower dp.target-delta.")
 
 
+def check_round_budget(accountant: "SiteAccountant", this_round: tuple[float, float, int], delta: float,
+                       target: float, tier: str) -> None:
+    """Raise :class:`PrivacyBudgetExhausted`, before training, when ``this_round`` (sigma, q, steps) would
+    take the accountant past ``target`` epsilon at ``delta``."""
+    after = SiteAccountant(accountant.history + [this_round]).epsilon(delta)
+    if after > target * 1.001:
+        raise PrivacyBudgetExhausted(
+            f"this {tier} round would raise epsilon to {after:.3f} > target {target:g} (spent so far: "
+            f"{accountant.epsilon(delta):.3f}). Fix: stop {tier} training at this site, or plan a larger "
+            "dp.target-epsilon or a larger total budget of steps for the run.")
+
+
 @lru_cache(maxsize=64)
 def planned_noise_multiplier(target_epsilon: float, target_delta: float, sample_rate: float, epochs: int) -> float:
     """Opacus' RDP calibration of sigma for the whole planned run (cached: same at every round)."""
@@ -216,12 +228,7 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
     this_round = (sigma, q, epochs * len(loader))
     if not accountant.history and rounds_before > 0:
         accountant.history = [this_round] * rounds_before
-    after = SiteAccountant(accountant.history + [this_round]).epsilon(dp.target_delta)
-    if after > eps_target * 1.001:
-        raise PrivacyBudgetExhausted(
-            f"this round would raise epsilon to {after:.3f} > target {eps_target:g} (spent so far: "
-            f"{accountant.epsilon(dp.target_delta):.3f}). Fix: stop training at this site, or plan a larger "
-            "dp.target-epsilon or total epoch budget for the run.")
+    check_round_budget(accountant, this_round, dp.target_delta, eps_target, "Tier 1")
     with_nll = model.est_logvar is not None
     engine = privacy_engine("rdp")
     weights = torch.tensor([1.0, mc.lambda_anat, mc.lambda_task, 1.0 if with_nll else 0.0], device=device)

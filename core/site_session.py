@@ -126,11 +126,7 @@ class SiteSession:
         if noise is not None:
             seed = self.cfg.seed if self.cfg is not None else 0  # which value per patient: data-independent
             return noised_histogram(grid, values, patients, noise.epsilon, noise.rng(), seed=seed)
-        merged = merge_bins(grid, values, patients, k)
-        if merged is None:
-            raise PolicyViolation("min-patients", f"the {what} would come from {len(np.unique(patients))} patient(s), "
-                                  f"fewer than this site's floor of {k}", "nothing to do: the run goes on with "
-                                  "the other sites (a hospital may lower min-patients in its policy file)")
+        merged = merge_bins(grid, values, patients, k)  # not None: the patients are >= k (checked above)
         eps = self.cfg.dp.histogram_epsilon if self.cfg is not None else 0.0  # follow-up may come before setup
         if eps > 0:
             noisy = privatize_counts(merged.counts, eps, np.random.default_rng(),  # OS entropy, never seeded

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .config import DPConfig
 from .diffusion import predict_x0, q_sample, snr
-from .dp import DPError, PrivacyBudgetExhausted, SiteAccountant, validate_for_dp
+from .dp import DPError, SiteAccountant, check_round_budget, validate_for_dp
 from .dp_noise import privacy_engine, harden_optimizer, noise_generator
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
@@ -139,16 +139,6 @@ def batch_inputs(tier2: Tier2Model, tier1: Tier1Model, bank: PatternBank, x0_all
     return (x_t, ts, noise, cond, x0_in, hid_c, obs_c, observed, x_obs, bank.risk_full[idx], *zs, *means)
 
 
-def _check_round(dp: DPConfig, accountant: SiteAccountant, target_epsilon: float, this_round: tuple) -> None:
-    """Raise :class:`PrivacyBudgetExhausted` when ``this_round`` would take epsilon past the target."""
-    after = SiteAccountant(accountant.history + [this_round]).epsilon(dp.target_delta)
-    if after > target_epsilon * 1.001:
-        raise PrivacyBudgetExhausted(
-            f"this Tier 2 round would raise epsilon to {after:.3f} > target {target_epsilon:g} (spent so far: "
-            f"{accountant.epsilon(dp.target_delta):.3f}). Fix: stop Tier 2 training at this site, or plan a larger "
-            "Tier 2 target epsilon or total step budget for the run.")
-
-
 def _release_grad_samples(params) -> None:
     """Drop Opacus' per-sample buffers from the parameters (the model leaves as a plain module)."""
     for p in params:
@@ -194,7 +184,7 @@ def train_tier2_dp(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg:
     this_round = (sigma, q, int(steps))
     if not accountant.history and rounds_before > 0:
         accountant.history = [this_round] * rounds_before
-    _check_round(dp, accountant, target_epsilon, this_round)
+    check_round_budget(accountant, this_round, delta, float(target_epsilon), "Tier 2")
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     dgen = torch.Generator(device=device).manual_seed(seed + 1)  # patterns, t, diffusion noise
