@@ -261,6 +261,11 @@ def calibration(run: Run) -> tuple[HistogramGrid, np.ndarray, float]:
                                               cfg.dp.histogram_epsilon > 0)
     counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
     if counts.sum() <= 0:
+        if run.noised and replies:
+            raise FederationError(f"the {len(replies)} site(s)' noised calibration histograms hold no count above "
+                                  "their noise: too few held-out complete cases for dp.release-epsilon. Fix: give "
+                                  "the sites larger 'val' splits with patients who have every modality, or let "
+                                  "the sites raise dp.release-epsilon in their policies")
         raise FederationError("no site has held-out complete cases to calibrate theta on; "
                               "give each site a 'val' split with some patients who have every modality "
                               "(at least its policy's min-patients of them)")
