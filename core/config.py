@@ -94,6 +94,11 @@ class DPConfig(_Strict):
                                "policy sets dp.allow-seeded-noise")
     tier2_local_steps: int = Field(40, ge=1, description="Tier 2 DP-SGD steps per round (each a Poisson batch "
                                    "of expected size batch-size; fewer, noisier steps than tier2.local-steps)")
+    train_parts: Literal["all", "linear"] = Field("all", description="what Tier 1's DP-SGD trains: 'all' its "
+                                                  "weights, or 'linear' only the linear path (a discrete-time "
+                                                  "linear survival model on the pooled features and missing "
+                                                  "flags; the network's risk head starts at zero and stays there, "
+                                                  "so the noise of every DP step falls on a few dozen weights)")
     tier2_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of target-epsilon spent on Tier 2's "
                                "DP-SGD; Tier 1 gets the rest (the two add up under composition)")
 

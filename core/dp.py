@@ -184,6 +184,26 @@ class PerSampleTier1Loss(nn.Module):
         return torch.stack([rec, anat / n_hidden, task, nll], dim=1)
 
 
+def trainable_names(net: PerSampleTier1Loss, parts: str) -> list[str]:
+    """The parameters DP-SGD trains (``dp.train-parts``): every one, or with 'linear' only the linear path
+    and the site's discrete-time baseline (:class:`~rmmfed.core.config.DPConfig`)."""
+    names = [n for n, _ in net.named_parameters()]
+    if parts == "all":
+        return names
+    if net.tier1.linear is None:
+        raise DPError("dp.train-parts = 'linear' needs Tier 1's linear path. Fix: set model.linear-path = true, "
+                      "or dp.train-parts = 'all'.")
+    return [n for n in names if n.startswith(("tier1.linear.", "baseline."))]
+
+
+def zero_risk_head(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Tier 1 weights whose network risk head outputs 0 (its last layer zeroed): the starting point of a run
+    with ``dp.train-parts = 'linear'``, where the frozen network must add nothing to the linear risk."""
+    last = max(int(k.split(".")[1]) for k in weights if k.startswith("head.") and k.endswith(".weight"))
+    return {k: (np.zeros_like(v) if k in (f"head.{last}.weight", f"head.{last}.bias") else v)
+            for k, v in weights.items()}
+
+
 def per_sample_fn(net: PerSampleTier1Loss, weights: torch.Tensor):
     """``f(params, *batch) -> ({name: [B, *shape] gradient}, [B, 4] components)``: the gradient of each
     patient's own loss ``weights . components``, by ``vmap(grad(...))`` (dropout differs per patient)."""
@@ -232,7 +252,12 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
     with_nll = model.est_logvar is not None
     engine = privacy_engine("rdp")
     weights = torch.tensor([1.0, mc.lambda_anat, mc.lambda_task, 1.0 if with_nll else 0.0], device=device)
-    sums, steps, params = np.zeros(5), 0, dict(net.named_parameters())
+    keep = set(trainable_names(net, dp.train_parts))
+    params = {n: p for n, p in net.named_parameters() if n in keep}
+    frozen = [p for n, p in net.named_parameters() if n not in keep and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    sums, steps = np.zeros(5), 0
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         # Poisson sampling and dropout: who is sampled must stay unknown to the coordinator (the
         # subsampling amplification assumes it), so not from its seed unless noise is seeded too
@@ -261,6 +286,8 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
                     c = comp.detach().mean(dim=0)
                     sums, steps = sums + [float((c * weights).sum()), *c[[2, 0, 1, 3]].tolist()], steps + 1
                 opt.step()
+    for p in frozen:
+        p.requires_grad_(True)
     accountant.history = [(float(s), float(r), int(k)) for s, r, k in engine.accountant.history]
     total = accountant.epsilon(dp.target_delta)
     avg = sums / max(steps, 1)

@@ -30,6 +30,7 @@ from ..core.feature_stats import FeatureStats, add_sums
 from ..core.histogram import HistogramGrid
 from ..core.merged_histogram import merged_quantile, pooled_counts
 from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
+from ..core.dp import zero_risk_head
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
 from ..core.tier2_gate import Tier2Gate
@@ -235,6 +236,8 @@ def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.nd
     t = time.perf_counter()
     cfg = run.cfg
     initial = get_weights(build_model(stats.model_dims(hs.dims), cfg.model, cfg.seed))
+    if cfg.dp.enabled and cfg.dp.train_parts == "linear":  # the frozen network adds nothing to the linear risk
+        initial = zero_risk_head(initial)
     weights, history, best_round = run_phase(
         run.grid, cfg, run.accepted, train=P.TIER1_ROUND, evaluate=P.TIER1_VALIDATION, rounds=cfg.rounds,
         select_best=cfg.select_best, initial=initial, state=run.state, ckpt=run.ckpt, base=run.base,

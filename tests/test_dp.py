@@ -371,3 +371,32 @@ def test_dp_sgd_gives_the_variance_head_per_patient_gradients_when_there_is_one(
         assert len(head) == 2 * len(dims) and math.isfinite(out[0][0].train.nll)
         bias_a = grads["tier1.est_logvar.0.bias"].reshape(6)
         assert (bias_a[hid_a] != 0).all() and (bias_a[~hid_a] == 0).all()  # only where a was hidden
+
+
+def test_linear_train_parts_move_only_the_linear_path_and_leave_the_zeroed_head_at_zero(dp_setup, dims):
+    from rmmfed.core.dp import zero_risk_head
+    from rmmfed.core.weights import get_weights, set_weights
+
+    data, stats, cfg, cuts = dp_setup
+    model = build_model(dims, cfg.model, 0)
+    set_weights(model, zero_risk_head(get_weights(model)))
+    before = {k: v.copy() for k, v in get_weights(model).items()}
+    dp = DPConfig(enabled=True, train_parts="linear")
+    _, out = _train(dp_setup, dims, SiteAccountant(), rounds=2, budget=2, model=model, dp=dp, noise_seed=5)
+    after = out[-1][0].weights
+    moved = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+    assert moved == ["linear.weight"], moved
+    assert all(p.requires_grad for p in model.parameters())  # the freeze is undone after the round
+    model.eval()
+    with torch.no_grad():  # the network adds nothing: the risk is the linear path's alone
+        model.linear.weight.zero_()
+        x, m = data.x, data.inst_mask
+        assert torch.count_nonzero(model(x, m, data.present).risk) == 0
+
+
+def test_linear_train_parts_need_the_linear_path(dp_setup, dims, tier1_cfg):
+    data, stats, cfg, cuts = dp_setup
+    cfg = RunConfig(batch_size=8, model=tier1_cfg.model_copy(update={"linear_path": False}))
+    with pytest.raises(DPError, match="linear-path"):
+        train_tier1_dp(build_model(dims, cfg.model, 0), data, stats, cfg, DPConfig(enabled=True, train_parts="linear"),
+                       cuts=cuts, accountant=SiteAccountant(), epochs=1, seed=0, total_epochs_budget=1)
