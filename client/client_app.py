@@ -194,7 +194,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         d = s.data
         return P.SchemaReply(str(context.node_config.get("site", d.site)), d.modalities, __version__,
                              len(d.patient_ids), int(d.event.sum()), len(d.indices("train")), len(d.indices("val")),
-                             len(d.indices("test")))
+                             len(d.indices("test")), rp.policy.dp.release_epsilon)
 
     @serve(P.STATISTICS)
     def stats(r, context, rp, s):

@@ -304,25 +304,27 @@ class SchemaReply:
     n_train: int
     n_val: int
     n_test: int
+    release_epsilon: float = 0.0  # the site policy's dp.release-epsilon: > 0 when its releases are noised
     COUNTS: ClassVar[tuple[str, ...]] = (M.N_PATIENTS, M.N_EVENTS, M.N_TRAIN, M.N_VAL, M.N_TEST)
 
     def to_records(self) -> Records:
         return {CONFIG: {"site": self.site, "schema": encode_schema(self.dims), "rmm-version": self.rmm_version,
                          **dict(zip(self.COUNTS, (self.n_patients, self.n_events, self.n_train, self.n_val,
-                                                  self.n_test)))}}
+                                                  self.n_test))),
+                         "release-epsilon": float(self.release_epsilon)}}
 
     @classmethod
     def from_records(cls, r: Records) -> "SchemaReply":
         c = r[CONFIG]
         return cls(str(c["site"]), decode_schema(str(c["schema"])), str(c["rmm-version"]),
-                   *(int(c[k]) for k in cls.COUNTS))
+                   *(int(c[k]) for k in cls.COUNTS), float(c.get("release-epsilon", 0.0)))
 
     @property
     def counts(self) -> dict[str, int]:
         return dict(zip(self.COUNTS, (self.n_patients, self.n_events, self.n_train, self.n_val, self.n_test)))
 
 
-SCHEMA_KEYS = frozenset({"site", "schema", "rmm-version", *SchemaReply.COUNTS})  # the only config a reply carries
+SCHEMA_KEYS = frozenset({"site", "schema", "rmm-version", *SchemaReply.COUNTS, "release-epsilon"})  # the only config a reply carries
 
 
 @dataclass

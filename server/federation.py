@@ -168,8 +168,13 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     infos = []
     for nid, rep in sorted(replies.items()):
         r = decode(rep, P.SchemaReply)
-        infos.append(SiteInfo(nid, r.site, r.dims, r.rmm_version, r.counts))
+        infos.append(SiteInfo(nid, r.site, r.dims, r.rmm_version, r.counts, r.release_epsilon))
     hs = agree(infos, __version__, expected_dims, expected_sites)
+    # the sites say whether their policy noises releases, so every histogram is asked the noised way
+    # (coarse, then a zoom) from the first, in runs without DP-SGD too
+    run.noised = any(s.release_epsilon > 0 for s in hs.accepted)
+    if run.noised:  # the Breslow grid's end: coarse first, then a zoom (server/phases.baseline_hazard)
+        run.followup_grid = FOLLOWUP_COARSE
     for site, reason in hs.refused.items():
         log(WARNING, "site %s refused: %s", site, reason)
     if not hs.accepted:
@@ -198,7 +203,8 @@ def place_dp_time_cuts(run: Run, resumed: dict | None = None) -> None:
     cfg = run.cfg
     if not cfg.dp.enabled or cfg.dp.time_cuts.strip():
         return
-    cuts, run.noised = dp_time_cuts(run.grid, cfg, run.accepted)
+    cuts, noised = dp_time_cuts(run.grid, cfg, run.accepted)
+    run.noised = run.noised or noised
     run.followup_grid = FOLLOWUP_COARSE
     if cuts is None:
         raise FederationError("no site released a follow-up histogram, so the DP path has no time cuts. Fix: set "

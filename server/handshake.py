@@ -13,6 +13,7 @@ class SiteInfo:
     schema: dict[str, int | None]
     version: str
     counts: dict[str, int]
+    release_epsilon: float = 0.0  # > 0: the site's policy noises its releases (core/noised_release.py)
 
 
 @dataclass

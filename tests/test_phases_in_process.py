@@ -113,3 +113,39 @@ def test_a_dp_sgd_run_sends_only_what_the_protocol_lists(grid):
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
     assert res.history[0]["sites"] == 2 and res.history[0]["failed"] == 0
     assert 0 < res.history[0]["dp-epsilon"] <= 8.0 + 1e-6
+
+
+def test_a_run_without_dp_sgd_asks_noised_histograms_coarse_then_zoomed(tmp_path):
+    """Sites that noise their releases (the default dp.release-epsilon) under a policy that lets training go
+    without DP-SGD: the handshake says so, and calibration asks a coarse grid, then a zoom (two grids of
+    at most 34 bins, never the run's 128-bin grid of noisy counts, whose summed noise can swamp a small set)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[dp]\nrequired = false\nallow-seeded-noise = true\n")
+    sites = {}
+    for node, (name, seed) in enumerate((("site-A", 1), ("site-B", 2)), start=1):
+        path = write_site(tmp_path / name, name=name, n=120, seed=seed, absent_rate=0.3)
+        context = Context(run_id=1, node_id=node, node_config={"data-dir": str(path), "device": "cpu"},
+                          state=RecordDict(), run_config={})
+        sites[node] = (make_client_app(policy=policy), context)
+    grid = RecordingGrid(sites)
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2-rounds": 0, "dp.enabled": False})
+    res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
+    calibration_bins = [n for t, n in grid.bins if t == P.CALIBRATION.message_type]
+    assert len(calibration_bins) == 2 * 2 and max(calibration_bins) <= 34, calibration_bins  # 2 grids x 2 sites
+    assert np.isfinite(res.theta)
+
+
+class RecordingGrid(InProcessGrid):
+    """The in-process grid, also noting each histogram request's number of bins."""
+
+    def __init__(self, sites) -> None:
+        super().__init__(sites)
+        self.bins: list[tuple[str, int]] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for msg in messages:
+            conf = msg.content.config_records.get(P.CONFIG) if hasattr(msg.content, "config_records") else None
+            if conf is not None and "hist-bins" in conf:
+                self.bins.append((msg.metadata.message_type, int(conf["hist-bins"])))
+        return super().send_and_receive(messages, timeout=timeout)
