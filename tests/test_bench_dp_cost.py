@@ -111,3 +111,32 @@ def test_default_cohort_is_generated_by_the_first_run_and_read_by_the_second(tmp
         tmp_path / "default" / "seed-3" / PERMISSIVE / "cohort", True)
     assert _cohort_data(tmp_path, tmp_path / "nowhere", "tcga-kirp", 0, DEFAULT_POLICY) == (
         tmp_path / "nowhere" / "tcga-kirp", False)
+
+
+def test_compare_pairs_two_bench_outputs_by_cohort_and_seed(tmp_path):
+    import csv
+
+    from rmmfed.simulations.compare_dp_cost import compare
+
+    def write(folder, rows):
+        folder.mkdir()
+        with (folder / "dp_cost_raw.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["cohort", "seed", "policy", "status", "c_index"])
+            w.writeheader()
+            w.writerows(rows)
+
+    def rows(dp):  # cohort x: seeds 0 and 1; cohort y: seed 0 failed under the default policy
+        out = []
+        for c, s, perm, d in (("x", 0, 0.70, dp[0]), ("x", 1, 0.72, dp[1]), ("y", 0, 0.60, None)):
+            out.append({"cohort": c, "seed": s, "policy": "permissive", "status": "ok", "c_index": perm})
+            out.append({"cohort": c, "seed": s, "policy": "default-policy", "status": "ok" if d else "failed",
+                        "c_index": d or ""})
+        return out
+
+    write(tmp_path / "a", rows((0.60, 0.62)))
+    write(tmp_path / "b", rows((0.66, 0.66)))
+    text = compare(tmp_path / "a", tmp_path / "b", ("all", "linear"))
+    x = next(line for line in text.splitlines() if line.startswith("| x "))
+    assert "| 2 | 0.710 ± 0.014 | 0.610 ± 0.014 | 0.660 ± 0.000 | +0.050 (SE 0.010) | beyond noise | -0.050 |" in x
+    assert "| y " not in text  # no paired default-policy run
+    assert "mean linear − all over 1 cohort(s): +0.050; linear worse than all by more than 0.01: none" in text
