@@ -188,6 +188,9 @@ class RunConfig(_Strict):
             if self.strategy == "fedprox":
                 raise ValueError("dp.enabled with strategy 'fedprox': FedProx's proximal term is not part of the "
                                  "DP-SGD loss. Fix: use strategy 'fedavg' (or a robust strategy) with dp.enabled")
+            if self.dp.train_parts == "linear" and not self.model.linear_path:
+                raise ValueError("dp.train-parts = 'linear' trains only the linear path, which model.linear-path = "
+                                 "false removes. Fix: set model.linear-path = true, or dp.train-parts = 'all'")
         if self.model.reduce_dim and self.model.reduce_dim > self.model.reduce_above:
             raise ValueError(f"model.reduce-dim={self.model.reduce_dim} is above model.reduce-above="
                              f"{self.model.reduce_above}: a reduced modality would be wider than one left as it is. "

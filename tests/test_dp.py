@@ -400,3 +400,8 @@ def test_linear_train_parts_need_the_linear_path(dp_setup, dims, tier1_cfg):
     with pytest.raises(DPError, match="linear-path"):
         train_tier1_dp(build_model(dims, cfg.model, 0), data, stats, cfg, DPConfig(enabled=True, train_parts="linear"),
                        cuts=cuts, accountant=SiteAccountant(), epochs=1, seed=0, total_epochs_budget=1)
+
+
+def test_a_run_config_asking_linear_dp_without_the_linear_path_is_refused_before_round_1():
+    with pytest.raises(ConfigError, match="model.linear-path = true"):
+        RunConfig().with_overrides({"dp.train-parts": "linear", "model.linear-path": False})
