@@ -42,6 +42,7 @@ def _restricted(base: type) -> type:
             self.history: list[dict] = []
             self.best_score, self.best_round, self.best_arrays = float("-inf"), 0, None
             self._candidate = None
+            self._missing = ""  # the last validation round's missing sites, as warned (said again only on a change)
             self.last_arrays = None
             self._sent = None
             self.checkpoint_fn: Callable | None = None
@@ -116,13 +117,19 @@ def _restricted(base: type) -> type:
                 pll = sum(float(m.get(M.VAL_PLL, 0.0)) for m in good) / events if events > 0 else float("nan")
                 extra = {"val-c-index": c, "val-pll": pll}
                 score = pll if self.select_metric == "partial-likelihood" else c
+            what = ""
             if len(good) < len(replies):
                 refused = sum(1 for r in replies if r.has_error() and refused_key(r.error.reason))
                 failed = len(replies) - len(good) - refused
                 what = ", ".join(p for p in (f"{failed} failed" if failed else "",
                                              f"{refused} refused by their site policy" if refused else "") if p)
-                log(WARNING, "validation round %d: %s of %d site(s); the score uses the others", rnd, what,
-                    len(replies))
+            if what != self._missing:  # once per change, not every round (the history keeps each round's count)
+                if what:
+                    log(WARNING, "validation round %d: %s of %d site(s); the score uses the others (said again "
+                        "only when this changes)", rnd, what, len(replies))
+                else:
+                    log(INFO, "validation round %d: every site answered again", rnd)
+            self._missing = what
             if score == score and score > self.best_score:
                 self.best_score, self.best_round, self.best_arrays = score, rnd, self._candidate
             if self.history and self.history[-1]["round"] == rnd:
