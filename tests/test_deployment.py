@@ -127,7 +127,10 @@ def consortium(tmp_path_factory):
     logs.mkdir()
     generate_cohort(CohortConfig(n_patients=120, site_names=["A", "B"], site_fractions=[0.5, 0.5], seed=1),
                     base / "cohort")
-    toy_policy(base / "cohort")  # each site's own policy.toml, read by its ClientApp
+    # each site's own policy.toml, read by its ClientApp; it accepts DP noise from the run's seed, which the
+    # run below asks for: 60-patient sites hold a handful of calibration values, and an unlucky OS-entropy
+    # draw could leave nothing above the noise
+    toy_policy(base / "cohort", seeded_noise=True)
     server, client = _exe("rmm-server"), _exe("rmm-client")
     done = _run([server, "init-ca", "--dir", str(base / "consortium")], env)
     assert done.returncode == 0, done.stderr
@@ -180,7 +183,7 @@ def test_two_sites_two_rounds_over_tls(consortium):
     config = c["base"] / "consortium.toml"
     short_tier2 = '"tier2-rounds" = 1\n' if "tier2-rounds" in RunConfig().to_flat() else ""
     config.write_text('name = "loopback-trial"\nsites = ["A", "B"]\nrounds = 2\nstrategy = "fedavg"\n'
-                      '[run]\n"model.mc-samples" = 4\n' + short_tier2)
+                      '[run]\n"model.mc-samples" = 4\n"dp.seeded-noise" = true\n' + short_tier2)
     t0 = time.monotonic()
     proc = c["procs"].start("run", [c["server"], "run", "--config", str(config), "--connection", "rmm",
                                     "--out", str(out), "--verbose"], pipe=True)  # every Flower line: timings below
