@@ -53,9 +53,6 @@ class Tier1Config(_Strict):
                               "(estimate when absent) and missing flags to the neural head")
     linear_l2: float = Field(0.1, ge=0.0, description="ridge penalty (1/2 l2 ||beta||^2) on the linear path, the "
                              "scale of lifelines' penalizer")
-    linear_fill: Literal["estimate", "mean"] = Field("estimate", description="what the linear path reads for an "
-                                                     "absent modality: f_phi's estimate, or 0 (the federated mean: "
-                                                     "mean imputation plus the missing flag, as a Cox model would)")
     pseudo_in_head: bool = Field(False, description="with token fusion, also add the pseudo-embedding to an absent "
                                  "modality's estimated encoding in the head (evidence.tier1_ablation: no gain)")
     widths: Literal["fixed", "auto"] = Field("fixed", description="'auto': embed-, hidden- and attn-dim follow "

@@ -18,6 +18,7 @@ x local epochs), so epsilon grows round by round up to ``target_epsilon`` at the
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -196,6 +197,20 @@ def trainable_names(net: PerSampleTier1Loss, parts: str) -> list[str]:
     return [n for n in names if n.startswith(("tier1.linear.", "baseline."))]
 
 
+@contextmanager
+def frozen_except(net: nn.Module, keep: set[str]):
+    """Parameters outside ``keep`` take no gradient inside the block (the optimiser and the noise skip them),
+    and get it back afterwards, also when the round fails."""
+    frozen = [p for n, p in net.named_parameters() if n not in keep and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def zero_risk_head(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Tier 1 weights whose network risk head outputs 0 (its last layer zeroed): the starting point of a run
     with ``dp.train-parts = 'linear'``, where the frozen network must add nothing to the linear risk."""
@@ -254,11 +269,8 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
     weights = torch.tensor([1.0, mc.lambda_anat, mc.lambda_task, 1.0 if with_nll else 0.0], device=device)
     keep = set(trainable_names(net, dp.train_parts))
     params = {n: p for n, p in net.named_parameters() if n in keep}
-    frozen = [p for n, p in net.named_parameters() if n not in keep and p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     sums, steps = np.zeros(5), 0
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+    with frozen_except(net, keep), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         # Poisson sampling and dropout: who is sampled must stay unknown to the coordinator (the
         # subsampling amplification assumes it), so not from its seed unless noise is seeded too
         torch.manual_seed(seed + 2 if noise_seed is not None else fresh_seed())
@@ -286,8 +298,6 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
                     c = comp.detach().mean(dim=0)
                     sums, steps = sums + [float((c * weights).sum()), *c[[2, 0, 1, 3]].tolist()], steps + 1
                 opt.step()
-    for p in frozen:
-        p.requires_grad_(True)
     accountant.history = [(float(s), float(r), int(k)) for s, r, k in engine.accountant.history]
     total = accountant.epsilon(dp.target_delta)
     avg = sums / max(steps, 1)

@@ -180,15 +180,14 @@ class Tier1Model(nn.Module):
         """The linear path's input [B, sum D_k (+ K)]: p_k m_k + (1 - p_k) x_hat_k and the flag p_k per
         modality. ``p`` [B, K] is the observed indicator (bool, or values in [0, 1] on an IG path).
         ``x_hat`` fills the absent modalities with the estimator on, or always with ``fill_always``
-        (Tier 2's recovery); otherwise (estimator off, or ``linear-fill`` 'mean') they enter as 0 (mean
-        imputation)."""
+        (Tier 2's recovery); otherwise they enter as 0 (mean imputation)."""
         if self.linear is None:
             return None
         p = p.to(means[0].dtype)
         cols = []
         for j, m in enumerate(means):
             pj = p[:, j : j + 1]
-            use = x_hat is not None and ((self.cfg.estimator and self.cfg.linear_fill == "estimate") or fill_always)
+            use = x_hat is not None and (self.cfg.estimator or fill_always)
             fill = x_hat[j] if use else torch.zeros_like(m)
             cols.append(pj * m + (1.0 - pj) * fill)
             cols.append(pj if self.cfg.missing_prompts else torch.zeros_like(pj))

@@ -54,18 +54,18 @@ def compare(a: Path, b: Path, names: tuple[str, str]) -> str:
             continue
         va = [ra[(c, s, DEFAULT_POLICY)] for s in seeds]
         vb = [rb[(c, s, DEFAULT_POLICY)] for s in seeds]
-        perm = [ra.get((c, s, PERMISSIVE), rb.get((c, s, PERMISSIVE))) for s in seeds]
-        perm_ok = [p for p in perm if p is not None]
+        perm = {s: ra.get((c, s, PERMISSIVE), rb.get((c, s, PERMISSIVE))) for s in seeds}
+        cost = [y - perm[s] for s, y in zip(seeds, vb) if perm[s] is not None]
         diffs = [y - x for x, y in zip(va, vb)]
         m = statistics.mean(diffs)
         means.append(m)
         if m < -0.01:
             worse.append(f"{c} ({m:+.3f})")
         se = f" (SE {statistics.stdev(diffs) / math.sqrt(len(diffs)):.3f})" if len(diffs) > 1 else ""
-        cost = [y - p for y, p in zip(vb, perm) if p is not None]
-        lines.append(f"| {c} | {len(seeds)} | {_cell(perm_ok)} | {_cell(va)} | {_cell(vb)} | {m:+.3f}{se} | "
-                     f"{noise_label(diffs)} | {statistics.mean(cost):+.3f} |" if cost else
-                     f"| {c} | {len(seeds)} | n/a | {_cell(va)} | {_cell(vb)} | {m:+.3f}{se} | {noise_label(diffs)} | n/a |")
+        perm_cell = _cell([p for p in perm.values() if p is not None])
+        cost_cell = f"{statistics.mean(cost):+.3f}" if cost else "n/a"
+        lines.append(f"| {c} | {len(seeds)} | {perm_cell} | {_cell(va)} | {_cell(vb)} | {m:+.3f}{se} | "
+                     f"{noise_label(diffs)} | {cost_cell} |")
     if means:
         lines += ["", f"mean {nb} − {na} over {len(means)} cohort(s): {statistics.mean(means):+.3f}; "
                       f"{nb} worse than {na} by more than 0.01: {', '.join(worse) or 'none'}"]

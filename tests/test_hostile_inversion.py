@@ -14,6 +14,7 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.core import protocol as P
+from rmmfed.client.records import from_record
 from rmmfed.core.config import RunConfig
 
 from inversion_attack import (ATTACK_TRAINING, PERMISSIVE_POLICY, AttackedSite, craft_trap_weights, describe,
@@ -134,3 +135,19 @@ def test_seeded_noise_is_refused_by_the_default_policy(tmp_path):
     allowed = AttackedSite(tmp_path / "allowed", policy="[dp]\nallow-seeded-noise = true\n")
     allowed.statistics(cfg.model.anat_partitions)
     assert not allowed.setup(flat).has_error()  # the same request, where the hospital allows it
+
+
+def test_with_linear_dp_training_the_trap_units_come_back_as_sent_and_recover_no_patient(tmp_path):
+    """``dp.train-parts = linear`` is the coordinator's choice: the site then trains only the linear path and
+    its own baseline under the same DP-SGD. The crafted trap head is returned exactly as sent (no patient's
+    gradient reaches it), the only array that moves is the linear path's, and the attack recovers nobody."""
+    site = AttackedSite(tmp_path)  # the default policy
+    overrides = {**_in_bounds_dp_attack(site), "dp.train-parts": "linear"}
+    res = run_attack(site, overrides)
+    assert not res.reply.has_error(), describe(res.reply)
+    cfg = RunConfig().with_overrides({**ATTACK_TRAINING, **overrides})
+    sent, _ = craft_trap_weights(cfg, site.statistics(cfg.model.anat_partitions), presence=site.presence())
+    returned = from_record(res.reply.content[P.ARRAYS])
+    moved = sorted(k for k in sent if not np.array_equal(np.asarray(sent[k]), np.asarray(returned[k])))
+    assert moved == ["linear.weight"], moved
+    assert res.recovered == 0

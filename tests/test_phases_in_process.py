@@ -145,7 +145,7 @@ class RecordingGrid(InProcessGrid):
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         for msg in messages:
-            conf = msg.content.config_records.get(P.CONFIG) if hasattr(msg.content, "config_records") else None
+            conf = msg.content.config_records.get(P.CONFIG)
             if conf is not None and "hist-bins" in conf:
                 self.bins.append((msg.metadata.message_type, int(conf["hist-bins"])))
         return super().send_and_receive(messages, timeout=timeout)
