@@ -27,6 +27,7 @@ from .. import __version__
 from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.config import RunConfig
+from ..core.site_cox import cox_release
 from ..core.feature_stats import FeatureStats
 from ..core.privacy_budget import PrivacyBudget
 from ..core.request_policy import RequestPolicy, digest
@@ -194,7 +195,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         d = s.data
         return P.SchemaReply(str(context.node_config.get("site", d.site)), d.modalities, __version__,
                              len(d.patient_ids), int(d.event.sum()), len(d.indices("train")), len(d.indices("val")),
-                             len(d.indices("test")), rp.policy.dp.release_epsilon)
+                             len(d.indices("test")), rp.policy.dp.release_epsilon, "cox" in rp.policy.phases)
 
     @serve(P.STATISTICS)
     def stats(r, context, rp, s):
@@ -246,6 +247,15 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         pin(context, rp, f"validation-{req.run_round}", "", r)
         metrics = s.validate(req.weights)
         return P.MetricsReply({M.NUM_EXAMPLES: metrics[M.N_VAL], **metrics})
+
+    @serve(P.COX)
+    def cox(r, context, rp, s):
+        req = P.CoxRequest.from_records(r)
+        rp.check_cox_query(req.split)
+        rp.check_weight_values({"coef": req.coef}, "Cox core coefficients")
+        save_pins(context, rp)
+        arrays, metrics = cox_release(s.model(), s.split(req.split), req.coef, req.split, floor_of(rp, s))
+        return P.CoxReply(arrays, metrics)
 
     @serve(P.FREEZE_TIER1)
     def freeze(r, context, rp, s):

@@ -11,6 +11,8 @@ else makes the reply an error and nothing is sent):
   policy: core/noised_release.py; bins merged to the site's floor with exact releases);
 - ``hazard``: Breslow sums with intervals merged to the floor: ``hazard.first``, ``hazard.events``,
   ``hazard.risk-sum`` each [m] with m <= the server's grid points, ``hazard.risk-after`` [1];
+- ``cox``: the Cox core's sums over a whole split for the p coefficients sent: ``grad`` [p], ``hess``
+  [p, p], ``sum`` [p], ``sumsq`` [p] (core/site_cox.py);
 - ``metrics``: scalar metrics only; ``config``: the schema reply's scalar fields only.
 No reply can carry an array indexed by patient.
 
@@ -96,6 +98,13 @@ def _check_arrays(request: Message, name: str, record: ArrayRecord) -> None:
             raise EgressViolation(f"hazard reply must be merged Breslow sums on the server's grid of {points} points, "
                                   f"got {shapes}")
         _check_ranges(record["hazard.first"].numpy(), None, points)
+    elif name == P.COX_RECORD:
+        sent = request.content.array_records.get(P.COX_RECORD)
+        p = int(sent["coef"].shape[0]) if sent is not None and "coef" in sent else -1
+        want = {"grad": (p,), "hess": (p, p), "sum": (p,), "sumsq": (p,)}
+        if shapes != want:
+            raise EgressViolation(f"a Cox core reply must be sums over the split for the {p} coefficients sent "
+                                  f"(grad, hess, sum, sumsq), got {shapes}")
     elif name == P.COUNTS:
         bins = int(request.content.config_records[P.CONFIG]["hist-bins"])
         m = shapes.get("counts", (0,))

@@ -53,6 +53,11 @@ class Tier1Config(_Strict):
                               "(estimate when absent) and missing flags to the neural head")
     linear_l2: float = Field(0.1, ge=0.0, description="ridge penalty (1/2 l2 ||beta||^2) on the linear path, the "
                              "scale of lifelines' penalizer")
+    cox_core: bool = Field(True, description="Tier 1 = an exact federated site-stratified ridge Cox model plus a neural "
+                           "residual (core/cox_core.py), when the sites' policies allow the Cox phase's exact sums; "
+                           "otherwise, and with false, the linear path is trained with the network (the first release)")
+    cox_penalizers: str = Field("0.003,0.01,0.03,0.1,0.3,1", description="the Cox core's ridge penalizers (lifelines' "
+                                "scale), one chosen by federated validation partial likelihood")
     pseudo_in_head: bool = Field(False, description="with token fusion, also add the pseudo-embedding to an absent "
                                  "modality's estimated encoding in the head (evidence.tier1_ablation: no gain)")
     widths: Literal["fixed", "auto"] = Field("fixed", description="'auto': embed-, hidden- and attn-dim follow "
@@ -63,6 +68,17 @@ class Tier1Config(_Strict):
         "shared-weight attention across the modality tokens (core/fusion.py), where the prompts and "
         "pseudo-embeddings can act beyond a bias; concat is the default because attention was not better "
         "on any cohort (evidence.tier1_ablation)")
+
+    def penalizers(self) -> tuple[float, ...]:
+        """``cox_penalizers`` as numbers, largest first (the path is fitted from the strongest penalty down)."""
+        try:
+            vals = tuple(float(v) for v in self.cox_penalizers.split(",") if v.strip())
+        except ValueError:
+            vals = ()
+        if not vals or any(not (v >= 0 and v < float("inf")) for v in vals):
+            raise ValueError(f"model.cox-penalizers = {self.cox_penalizers!r} is not a comma-separated list of finite "
+                             "numbers >= 0. Fix: e.g. model.cox-penalizers = \"0.01,0.1,1\"")
+        return tuple(sorted(set(vals), reverse=True))
 
 
 def scaled_widths(n_train: int) -> dict[str, Any]:
@@ -188,6 +204,7 @@ class RunConfig(_Strict):
             if self.dp.train_parts == "linear" and not self.model.linear_path:
                 raise ValueError("dp.train-parts = 'linear' trains only the linear path, which model.linear-path = "
                                  "false removes. Fix: set model.linear-path = true, or dp.train-parts = 'all'")
+        self.model.penalizers()  # raises with the fix when model.cox-penalizers is not a list of numbers >= 0
         if self.model.reduce_dim and self.model.reduce_dim > self.model.reduce_above:
             raise ValueError(f"model.reduce-dim={self.model.reduce_dim} is above model.reduce-above="
                              f"{self.model.reduce_above}: a reduced modality would be wider than one left as it is. "

@@ -155,16 +155,17 @@ class CoxFit:
 
 def newton_fit(sums_at: Callable[[np.ndarray], CoxSums], d: int, penalizer: float, n: int, *,
                mean: np.ndarray | None = None, sd: np.ndarray | None = None, max_iter: int = 50,
-               tol: float = 1e-10) -> CoxFit:
+               tol: float = 1e-10, start: np.ndarray | None = None) -> CoxFit:
     """Maximise  logL(beta) - n penalizer ||beta||^2 / 2  by Newton-Raphson with step halving.
 
     ``sums_at(beta)`` returns the summed :class:`CoxSums` of every stratum at ``beta`` (standardised
     scale): in a federation, one round trip to the sites per call. Stops when the Newton decrement
     g^T H^-1 g / 2 falls below ``tol``. Raises :class:`CoxFitError` when it does not within ``max_iter``
-    or when the Hessian is singular (no penalty and a column without information)."""
+    or when the Hessian is singular (no penalty and a column without information). ``start``: the first
+    beta (default 0; a penalty path starts each fit at the previous solution)."""
     if penalizer < 0 or not np.isfinite(penalizer):
         raise CoxFitError(f"penalizer={penalizer!r}. Fix: a finite penalizer >= 0")
-    beta = np.zeros(d)
+    beta = np.zeros(d) if start is None else np.asarray(start, dtype=np.float64).copy()
 
     def objective(b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         s = sums_at(b)

@@ -188,7 +188,7 @@ class PerSampleTier1Loss(nn.Module):
 def trainable_names(net: PerSampleTier1Loss, parts: str) -> list[str]:
     """The parameters DP-SGD trains (``dp.train-parts``): every one, or with 'linear' only the linear path
     and the site's discrete-time baseline (:class:`~rmmfed.core.config.DPConfig`)."""
-    names = [n for n, _ in net.named_parameters()]
+    names = [n for n, p in net.named_parameters() if p.requires_grad]  # never the fixed Cox core
     if parts == "all":
         return names
     if net.tier1.linear is None:

@@ -53,6 +53,7 @@ TRAIN_LOSS, TRAIN_TASK, TRAIN_REC, TRAIN_ANAT, TRAIN_NLL = (
 DP_EPSILON_ROUND, DP_EPSILON, DP_DELTA, DP_NOISE_MULTIPLIER = (
     "dp-epsilon-round", "dp-epsilon", "dp-delta", "dp-noise-multiplier")
 N_VAL, VAL_PLL, VAL_EVENTS = "n-val", "val-pll", "val-events"  # validation (model selection)
+COX_LOGLIK, COX_N, COX_EVENTS = "cox-loglik", "cox-n", "cox-events"  # one site's Cox core sums (core/cox_core.py)
 PAIRS = Pairs()  # the whole split
 
 # ---- Tier 2 rounds -------------------------------------------------------------------------------

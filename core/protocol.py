@@ -13,7 +13,6 @@ arrays; each side turns them into Flower records (client/records.py, server/reco
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -21,6 +20,8 @@ import numpy as np
 
 from . import metric_names as M
 from .histogram import HistogramGrid
+from .routing import Routing  # noqa: F401 - travels in risk-group and evaluation requests
+from .schema import decode_schema, encode_schema  # noqa: F401 - the protocol's schema strings
 from .tier2_gate import VALIDATION_KEYS
 from .tier2_train import LOSS_KEYS
 
@@ -32,6 +33,7 @@ SUMS = "sums"  # feature sums
 COUNTS = "counts"  # one histogram: noised counts on every bin, or bins merged to the site's floor
 HAZARD_RECORD = "hazard"  # Breslow sums (reply) / the time grid (request)
 STATS_RECORD = "feature-stats"  # the federated feature statistics (setup request)
+COX_RECORD = "cox"  # the Cox core's coefficients (request) / gradient, Hessian and design sums (reply)
 SCALAR_RECORDS = (CONFIG, METRICS)
 
 Records = dict[str, dict[str, Any]]  # record name -> {key: scalar or np.ndarray}
@@ -79,6 +81,7 @@ SETUP = Phase("setup", "query.setup", None, (CONFIG, STATS_RECORD), (METRICS,), 
 TIER1_ROUND = Phase("tier1", "train", "tier1", (ARRAYS, CONFIG), (ARRAYS, METRICS), TRAIN_METRICS)
 TIER1_VALIDATION = Phase("tier1_validation", "evaluate.tier1_validation", "tier1", (ARRAYS, CONFIG), (METRICS,),
                          VALIDATION_METRICS)
+COX = Phase("cox", "query.cox", "cox", (COX_RECORD, CONFIG), (COX_RECORD, METRICS), (M.COX_LOGLIK, M.COX_N, M.COX_EVENTS))
 FREEZE_TIER1 = Phase("freeze_tier1", "query.freeze_tier1", None, (ARRAYS,), (METRICS,), (M.FROZEN,))
 CALIBRATION = Phase("calibration", "query.calibration", "calibration", (CONFIG,), (COUNTS, METRICS),
                     (M.N_VALUES, M.NOISED))
@@ -92,27 +95,13 @@ TIER2_CALIBRATION = Phase("tier2_calibration", "query.tier2_calibration", "tier2
 RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS, METRICS), (M.NOISED,))
 EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG), (METRICS,), EVALUATION_METRICS)
 
-PHASES = (SCHEMA, STATISTICS, SETUP, TIER1_ROUND, TIER1_VALIDATION, FREEZE_TIER1, CALIBRATION, FOLLOWUP, HAZARD,
+PHASES = (SCHEMA, STATISTICS, SETUP, COX, TIER1_ROUND, TIER1_VALIDATION, FREEZE_TIER1, CALIBRATION, FOLLOWUP, HAZARD,
           TIER2_ROUND, TIER2_VALIDATION, TIER2_CALIBRATION, RISK_GROUPS, EVALUATION)
 BY_MESSAGE_TYPE = {p.message_type: p for p in PHASES}
 
 
 def phase_of(message_type: str) -> Phase | None:
     return BY_MESSAGE_TYPE.get(message_type)
-
-
-# ---- schema strings -------------------------------------------------------------------------
-def encode_schema(modalities: Mapping[str, int | None]) -> str:
-    """``{"a": 3, "b": None}`` -> ``"a:3,b:-1"`` (flat string for a config record)."""
-    return ",".join(f"{m}:{-1 if d is None else int(d)}" for m, d in modalities.items())
-
-
-def decode_schema(text: str) -> dict[str, int | None]:
-    out: dict[str, int | None] = {}
-    for part in filter(None, text.split(",")):
-        name, _, dim = part.rpartition(":")
-        out[name] = None if int(dim) < 0 else int(dim)
-    return out
 
 
 def _dims(text: Any) -> dict[str, int]:
@@ -230,27 +219,6 @@ class Tier2CalibrationRequest:
 
 
 @dataclass
-class Routing:
-    """What a site needs to route patients: theta, the abstention bound, the risk scales, the gate."""
-
-    theta: float
-    bound: float = math.inf
-    scale: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # RiskScale: tier1 mean, std, tier2 mean, std
-    tier2_used: bool = True  # the gate: False keeps Tier 1's risk for the referred
-
-    _SCALE = ("scale-tier1-mean", "scale-tier1-std", "scale-tier2-mean", "scale-tier2-std")
-
-    def to_config(self) -> dict[str, Any]:
-        return {"theta": float(self.theta), "bound": float(self.bound), "tier2-used": bool(self.tier2_used),
-                **dict(zip(self._SCALE, map(float, self.scale)))}
-
-    @classmethod
-    def from_config(cls, c: Mapping[str, Any]) -> "Routing":
-        return cls(float(c["theta"]), float(c["bound"]), tuple(float(c[k]) for k in cls._SCALE),
-                   bool(c.get("tier2-used", True)))
-
-
-@dataclass
 class RiskGroupsRequest:
     """The training patients' two-tier system risk on ``grid`` (for the risk groups' tertiles)."""
 
@@ -276,6 +244,23 @@ class HazardRequest:
     @classmethod
     def from_records(cls, r: Records) -> "HazardRequest":
         return cls(np.asarray(r[HAZARD_RECORD]["grid"], dtype=np.float64))
+
+
+@dataclass
+class CoxRequest:
+    """The Cox core's sums (core/site_cox.py) at raw-design coefficients ``coef`` on ``split``."""
+
+    coef: np.ndarray
+    split: str = "train"
+    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
+
+    def to_records(self) -> Records:
+        return {COX_RECORD: {"coef": np.asarray(self.coef, dtype=np.float64)}, CONFIG: {"split": self.split}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "CoxRequest":
+        split = str((r.get(CONFIG) or {}).get("split", "train"))
+        return cls(np.asarray(r[COX_RECORD]["coef"], dtype=np.float64).reshape(-1), split)
 
 
 @dataclass
@@ -305,26 +290,27 @@ class SchemaReply:
     n_val: int
     n_test: int
     release_epsilon: float = 0.0  # the site policy's dp.release-epsilon: > 0 when its releases are noised
+    cox: bool = False  # the site policy takes part in the cox phase (exact Cox core sums)
     COUNTS: ClassVar[tuple[str, ...]] = (M.N_PATIENTS, M.N_EVENTS, M.N_TRAIN, M.N_VAL, M.N_TEST)
 
     def to_records(self) -> Records:
         return {CONFIG: {"site": self.site, "schema": encode_schema(self.dims), "rmm-version": self.rmm_version,
                          **dict(zip(self.COUNTS, (self.n_patients, self.n_events, self.n_train, self.n_val,
                                                   self.n_test))),
-                         "release-epsilon": float(self.release_epsilon)}}
+                         "release-epsilon": float(self.release_epsilon), "cox": bool(self.cox)}}
 
     @classmethod
     def from_records(cls, r: Records) -> "SchemaReply":
         c = r[CONFIG]
         return cls(str(c["site"]), decode_schema(str(c["schema"])), str(c["rmm-version"]),
-                   *(int(c[k]) for k in cls.COUNTS), float(c.get("release-epsilon", 0.0)))
+                   *(int(c[k]) for k in cls.COUNTS), float(c.get("release-epsilon", 0.0)), bool(c.get("cox", False)))
 
     @property
     def counts(self) -> dict[str, int]:
         return dict(zip(self.COUNTS, (self.n_patients, self.n_events, self.n_train, self.n_val, self.n_test)))
 
 
-SCHEMA_KEYS = frozenset({"site", "schema", "rmm-version", *SchemaReply.COUNTS, "release-epsilon"})  # the only config a reply carries
+SCHEMA_KEYS = frozenset({"site", "schema", "rmm-version", *SchemaReply.COUNTS, "release-epsilon", "cox"})  # the only config a reply carries
 
 
 @dataclass
@@ -365,6 +351,22 @@ class HazardReply:
     @classmethod
     def from_records(cls, r: Records) -> "HazardReply":
         return cls(_arrays(r, HAZARD_RECORD))
+
+
+@dataclass
+class CoxReply:
+    """One site's stratum: arrays (training split only) and scalars (core/site_cox.py)."""
+
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    KEYS: ClassVar[tuple[str, ...]] = ("grad", "hess", "sum", "sumsq")
+
+    def to_records(self) -> Records:
+        return {**({COX_RECORD: dict(self.arrays)} if self.arrays else {}), METRICS: dict(self.metrics)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "CoxReply":
+        return cls(_arrays(r, COX_RECORD), {k: float(v) for k, v in (r.get(METRICS) or {}).items()})
 
 
 @dataclass

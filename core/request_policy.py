@@ -151,6 +151,18 @@ class RequestPolicy:
             raise PolicyViolation("dp.required", "a training round without DP-SGD was asked for",
                                   "the coordinator sets dp.enabled = true for the run")
 
+    def check_cox_query(self, split: str) -> None:
+        """At most ``max-cox-queries`` Cox core sums per run (kept in the run's pins)."""
+        if split not in ("train", "val"):
+            raise PolicyViolation("phases", f"the cox phase has no split '{split}'",
+                                  "the coordinator asks the Cox core's sums on 'train' or 'val'")
+        used = int(self.pins.get("cox-queries", "0"))
+        if used >= self.policy.max_cox_queries:
+            raise PolicyViolation("max-cox-queries", f"this run already asked {self.policy.max_cox_queries} Cox core "
+                                  "sums", "the coordinator fits the Cox core in fewer Newton rounds (fewer "
+                                  "penalizers), or the hospital raises max-cox-queries")
+        self.pins["cox-queries"] = str(used + 1)
+
     def answer_once(self, kind: str, rnd: int) -> None:
         """A training round of ``kind`` (tier1 / tier2) is answered once per run: a second answer to the
         same round would be a fresh noisy draw (DP) or a second look with other weights."""

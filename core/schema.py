@@ -91,3 +91,17 @@ def merge_schemas(schemas: list[SiteSchema]) -> dict[str, int]:
             )
         merged[modality] = next(iter(by_dim))
     return merged
+
+
+def encode_schema(modalities: dict[str, int | None]) -> str:
+    """``{"a": 3, "b": None}`` -> ``"a:3,b:-1"`` (flat string for a config record)."""
+    return ",".join(f"{m}:{-1 if d is None else int(d)}" for m, d in modalities.items())
+
+
+def decode_schema(text: str) -> dict[str, int | None]:
+    """The inverse of :func:`encode_schema`."""
+    out: dict[str, int | None] = {}
+    for part in filter(None, text.split(",")):
+        name, _, dim = part.rpartition(":")
+        out[name] = None if int(dim) < 0 else int(dim)
+    return out

@@ -17,6 +17,8 @@ File (TOML, or JSON with the same keys), every key optional; the defaults::
     second-moments = true      # send sums of outer products of wide modalities (federated PCA)
     max-rounds = 100           # federated rounds per training phase
     phases = ["statistics", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation"]
+                               # + "cox" to send the exact Cox core's sums (opt-in: docs/privacy.md)
+    max-cox-queries = 200      # Cox core sums answered per run
 
     [dp]
     required = true            # both tiers train with DP-SGD
@@ -51,7 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import RmmError
 
-PHASES = ("statistics", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation")
+PHASES = ("statistics", "cox", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation")
+# "cox" (exact Cox core sums, core/cox_core.py) is opt-in: exact sums at coefficients the coordinator
+# chooses are not safe against a coordinator that lies (docs/privacy.md)
+DEFAULT_PHASES = tuple(p for p in PHASES if p != "cox")
 _REASON = re.compile(r"site policy \[([a-z.\-]+)\]")
 
 
@@ -133,7 +138,9 @@ class SitePolicy(_Kebab):
     max_rounds: int = Field(100, ge=1, description="federated rounds per training phase")
     second_moments: bool = Field(True, description="send sums of outer products x x^T of wide modalities' "
                                  "features over >= min-patients patients (the federated PCA); false = zeros")
-    phases: tuple[str, ...] = Field(PHASES, description="phases this site takes part in")
+    phases: tuple[str, ...] = Field(DEFAULT_PHASES, description="phases this site takes part in ('cox' is opt-in)")
+    max_cox_queries: int = Field(200, ge=1, description="Cox core sums answered per run (Newton rounds and "
+                                 "validation likelihoods of the penalty path)")
     dp: DPPolicy = Field(default_factory=DPPolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
 
@@ -153,6 +160,7 @@ class SitePolicy(_Kebab):
             f"max-rounds         {self.max_rounds}   (per training phase)",
             f"second-moments     {str(self.second_moments).lower()}   (sums of outer products for the federated PCA)",
             f"phases             {', '.join(self.phases) or 'none'}",
+            f"max-cox-queries    {self.max_cox_queries}   (Cox core sums per run, with the cox phase)",
             f"dp.required        {str(self.dp.required).lower()}   (both tiers train with DP-SGD)",
             f"dp.max-epsilon     {self.dp.max_epsilon:g}   (per run)",
             f"dp.total-epsilon   {self.dp.total_epsilon:g}   (lifetime, across runs)",

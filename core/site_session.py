@@ -83,6 +83,10 @@ class SiteSession:
         assert self.tensors is not None, "setup() must run before training"
         return self.tensors.subset(self.data.indices(name))
 
+    def split(self, name: str) -> SiteTensors:
+        """The run's tensors of one split ('train', 'val' or 'test')."""
+        return self._split(name)
+
     def model(self, weights: dict[str, np.ndarray] | None = None) -> Tier1Model:
         assert self.cfg is not None
         m = build_model(self.model_dims, self.cfg.model, self.cfg.seed)

@@ -18,7 +18,10 @@ For each modality k (bags standardised by the federated feature statistics):
    ``estimator`` off, the slot of eq. 2.
    ``fusion`` "concat" reads the slots concatenated; "attention" mixes them as tokens by shared-weight
    attention first (core/fusion.py), so the prompts and pseudo-embeddings act beyond a bias.
-5. With ``linear_path`` the risk adds a linear Cox term beta^T [m~_1; flag_1; ...; m~_K; flag_K], where
+5. With ``cox_core`` (the default where site policies allow it) the risk adds a FIXED Cox term
+   beta^T [p_1 m_1; p_1; ...; p_K m_K; p_K] (mean imputation and a missing flag per modality): the exact
+   federated site-stratified ridge Cox fit (core/cox_core.py), set by the server before round 1 and never
+   trained, so the network is a residual on top of it. Otherwise, with ``linear_path``, the risk adds a linear Cox term beta^T [m~_1; flag_1; ...; m~_K; flag_K], where
    m~_k is the mean of the bag's (standardised, reduced) instances when observed and x_hat_k when absent
    (0 with the estimator off), under a ridge penalty (``linear_l2``): the model contains the penalised
    linear Cox model, so it need not lose to it on additive signal. Its weights start at zero.
@@ -101,9 +104,11 @@ class Tier1Model(nn.Module):
                                   nn.Linear(cfg.hidden_dim, 1))
         self.fusion = TokenFusion(slot, d) if cfg.fusion == "attention" else None
         self.linear: nn.Linear | None = None
-        if cfg.linear_path:  # one weight per feature and one per missing flag (0 input when the flags are off)
+        if cfg.linear_path or cfg.cox_core:  # one weight per feature and one per missing flag
             self.linear = nn.Linear(sum(self.dims) + k, 1, bias=False)
             nn.init.zeros_(self.linear.weight)
+            if cfg.cox_core:  # the exact federated Cox fit (core/cox_core.py), set by the server, never trained
+                self.linear.weight.requires_grad_(False)
         # Created last, so every other weight is initialised as in a model without it (same seed).
         self.est_logvar = (nn.ModuleList(nn.Linear(cfg.hidden_dim, 1) for _ in self.dims)
                            if cfg.uncertainty != "epistemic" else None)
@@ -184,13 +189,14 @@ class Tier1Model(nn.Module):
         if self.linear is None:
             return None
         p = p.to(means[0].dtype)
+        cox = self.cfg.cox_core  # the Cox core's design: mean imputation and a flag per modality, as it was fitted
         cols = []
         for j, m in enumerate(means):
             pj = p[:, j : j + 1]
-            use = x_hat is not None and (self.cfg.estimator or fill_always)
+            use = x_hat is not None and (fill_always or (self.cfg.estimator and not cox))
             fill = x_hat[j] if use else torch.zeros_like(m)
             cols.append(pj * m + (1.0 - pj) * fill)
-            cols.append(pj if self.cfg.missing_prompts else torch.zeros_like(pj))
+            cols.append(pj if (self.cfg.missing_prompts or cox) else torch.zeros_like(pj))
         return torch.cat(cols, dim=1)
 
     def risk_from(self, parts: list[torch.Tensor], lin: torch.Tensor | None) -> torch.Tensor:
@@ -203,7 +209,7 @@ class Tier1Model(nn.Module):
 
     def linear_penalty(self) -> torch.Tensor | float:
         """linear_l2 / 2 ||beta||^2 of the linear path (0 without it)."""
-        if self.linear is None or self.cfg.linear_l2 == 0:
+        if self.linear is None or self.cfg.linear_l2 == 0 or self.cfg.cox_core:
             return 0.0
         return 0.5 * self.cfg.linear_l2 * (self.linear.weight ** 2).sum()
 

@@ -36,7 +36,9 @@ from ..core.tier2 import build_tier2
 from ..core.tier2_gate import Tier2Gate
 from ..core.two_tier import RiskScale
 from ..core.weights import get_weights
+from . import cox_phase
 from .checkpoint import Checkpoint
+from .cox_phase import cox_core_sites
 from .handshake import Handshake, SiteInfo, agree
 from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, baseline_hazard, dp_time_cuts, run_phase, tier2_gate
 from .noised_quantile import quantile_release
@@ -73,6 +75,7 @@ class FederationResult:
     release_error: dict = field(default_factory=dict)  # what the sites' privacy floors cost (merged bins)
     tier2_gate: Tier2Gate | None = None  # None: no Tier 2 phase
     tier2_round: int = 0  # the Tier 2 round kept (selected on masked validation, or the last)
+    cox: dict | None = None  # Tier 1's Cox core: its fit and whether the network residual was kept
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(*(m[k] for k in M.PAIRS.counts)) for m in self.per_site.values())
@@ -94,6 +97,8 @@ class Run:
     release_error: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)  # what every checkpoint holds
     noised: bool = False  # the sites' releases are epsilon-DP (seen on the follow-up histograms)
+    cox_nodes: list[int] = field(default_factory=list)  # the sites that fit Tier 1's Cox core
+    cox: dict | None = None  # the Cox core's fit and the residual decision (server/cox_phase.py)
     followup_grid: HistogramGrid = FOLLOWUP_GRID  # the follow-up grid the run asked first
 
     def say(self, text: str) -> None:
@@ -155,7 +160,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                             timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights, bound=t2.bound,
                             scale=t2.scale, tier2_history=t2.history, baseline_hazard=hazard,
                             participation=run.participation, risk_cutpoints=cutpoints, risk_cutpoint_values=n_risk,
-                            release_error=run.release_error, tier2_gate=t2.gate, tier2_round=t2.round)
+                            release_error=run.release_error, tier2_gate=t2.gate, tier2_round=t2.round, cox=run.cox)
 
 
 # ---- 1. schema handshake ----------------------------------------------------------------------
@@ -168,7 +173,7 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     infos = []
     for nid, rep in sorted(replies.items()):
         r = decode(rep, P.SchemaReply)
-        infos.append(SiteInfo(nid, r.site, r.dims, r.rmm_version, r.counts, r.release_epsilon))
+        infos.append(SiteInfo(nid, r.site, r.dims, r.rmm_version, r.counts, r.release_epsilon, r.cox))
     hs = agree(infos, __version__, expected_dims, expected_sites)
     # the sites say whether their policy noises releases, so every histogram is asked the noised way
     # (coarse, then a zoom) from the first, in runs without DP-SGD too
@@ -191,6 +196,10 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     run.accepted = [s.node_id for s in hs.accepted]
     run.site_of = {s.node_id: s.site for s in hs.accepted}
     run.participation["handshake"] = sorted(run.site_of.values())
+    run.cox_nodes, why = cox_core_sites(cfg, [s.node_id for s in hs.accepted if s.cox])
+    if why and cfg.model.cox_core:  # before setup: every site builds the first release's Tier 1
+        run.cfg = cfg = cfg.with_overrides({"model.cox-core": False})
+        run.say(f"cox core: off ({why})")
     run.say(f"handshake: {len(run.accepted)} site(s) accepted ({', '.join(run.site_of.values())}); "
             f"modalities {', '.join(f'{m}:{d}' for m, d in hs.dims.items())}")
     run.timed("handshake", t)
@@ -244,10 +253,25 @@ def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.nd
     initial = get_weights(build_model(stats.model_dims(hs.dims), cfg.model, cfg.seed))
     if cfg.dp.enabled and cfg.dp.train_parts == "linear":  # the frozen network adds nothing to the linear risk
         initial = zero_risk_head(initial)
+    core = None
+    if run.cox_nodes:  # Tier 1 = the exact federated Cox model + a network residual that starts at 0
+        core = cox_phase.fit(run.grid, cfg, run.cox_nodes, initial[cox_phase.LINEAR].shape[1], run.answered)
+        initial = cox_phase.with_cox(initial, core)
+        run.timed("cox", t)
+        run.say(f"cox core: penalizer {core.penalizer:g} on {int(core.kept_columns.sum())} of {core.coef.size} "
+                f"columns from {len(run.participation.get('cox', []))} site(s), {core.queries} queries; validation "
+                f"log partial likelihood per event {core.val_pll_per_event:.4f}")
     weights, history, best_round = run_phase(
         run.grid, cfg, run.accepted, train=P.TIER1_ROUND, evaluate=P.TIER1_VALIDATION, rounds=cfg.rounds,
         select_best=cfg.select_best, initial=initial, state=run.state, ckpt=run.ckpt, base=run.base,
         progress=run.progress)
+    if core is not None:
+        weights, decision = cox_phase.keep_residual(weights, history, best_round, core)
+        run.cox = {**core.to_doc(), **decision}
+        run.say("cox core: the network residual " + ("is kept" if decision["residual_kept"] else
+                "adds nothing on validation: Tier 1's risk is the Cox model's")
+                + f" (validation pll per event: Cox {decision['val_pll_per_event_cox']:.4f}, with the network "
+                f"{decision['val_pll_per_event_tier1']:.4f})")
     run.base["tier1"] = {"weights": weights, "history": history, "best_round": best_round}
     run.ckpt.save({**run.base, "phase": "tier1-done"})
     run.timed("tier1", t)

@@ -15,11 +15,15 @@ import torch
 from ..core.concordance import c_index
 from ..core.cox import cox_partial_log_likelihood
 from ..core.config import RunConfig
+from ..core.cox_core import CoxCore, CoxMoments, fit_cox_core, with_cox
+from ..core.cox_newton import add_cox_sums, stratum_sums
+from ..core.site_cox import cox_design
 from ..core.feature_stats import FeatureStats, add_sums, local_feature_sums
 from ..core.site_data import SiteData
 from ..core.tensors import SiteTensors, build_tensors
 from ..core.tier1 import build_model
 from ..core.train import predict_risk, round_lr, train_tier1
+from ..core.dp import zero_risk_head
 from ..core.weights import get_weights, set_weights
 from ..core.site_session import site_seed
 
@@ -33,6 +37,22 @@ def stratified_pll(model, parts: list[SiteTensors]) -> float:
         total += float(cox_partial_log_likelihood(risk, part.time.double(), part.event.double()))
         events += float(part.event.sum())
     return total / events if events > 0 else float("nan")
+
+
+def pooled_cox_core(model, trains: list[SiteTensors], vals: list[SiteTensors], penalizers) -> CoxCore:
+    """core/cox_core.py's fit with every site's stratum computed in one place (the federated fit's twin)."""
+    xs = [cox_design(model, t) for t in trains]
+    xv = [cox_design(model, v) for v in vals]
+    moments = CoxMoments(sum(len(x) for x in xs), sum(x.sum(0) for x in xs), sum((x ** 2).sum(0) for x in xs))
+
+    def train_at(coef):
+        return add_cox_sums([stratum_sums(x, t.time.numpy(), t.event.numpy(), coef) for x, t in zip(xs, trains)])
+
+    def val_at(coef):
+        parts = [stratum_sums(x, v.time.numpy(), v.event.numpy(), coef) for x, v in zip(xv, vals)]
+        return sum(p.loglik for p in parts), sum(p.events for p in parts)
+
+    return fit_cox_core(train_at, val_at, moments, penalizers)
 
 
 def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: RunConfig) -> dict[str, float]:
@@ -49,7 +69,14 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
     vals = [t.subset(s.indices("val")) for t, s in zip(tensors, sites)]
     val = SiteTensors.concat(vals)
     model = build_model(stats.model_dims(dims), cfg.model, cfg.seed)
+    core = None
+    if cfg.model.cox_core:  # the same exact Cox core, fitted on the pooled splits (one stratum per site)
+        core = pooled_cox_core(model, [t.subset(s.indices("train")) for t, s in zip(tensors, sites)], vals,
+                               cfg.model.penalizers())
+        set_weights(model, with_cox(get_weights(model), core))
     best, best_score, best_epoch = get_weights(model), float("-inf"), 0
+    if core is not None:  # epoch 0 is the Cox model alone: the network must beat it on validation
+        best_score = core.val_pll_per_event
     for epoch in range(1, cfg.rounds + 1):  # one pooled pass per federated round
         train_tier1(model, train, stats, cfg, epochs=cfg.local_epochs, seed=site_seed(cfg.seed, "pooled", epoch),
                     lr=round_lr(cfg, epoch))
@@ -59,9 +86,10 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
             if score > best_score:
                 best, best_score, best_epoch = get_weights(model), score, epoch
     if cfg.select_best:
-        set_weights(model, best)
+        set_weights(model, best if best_epoch or core is None else zero_risk_head(get_weights(model)))
     risk = predict_risk(model, test)
     return {"c_index": c_index(test.time.numpy(), risk, test.event.numpy()),
             "selected_epoch": best_epoch if cfg.select_best else cfg.rounds,
+            **({"cox_penalizer": core.penalizer, "cox_val_pll_per_event": core.val_pll_per_event} if core else {}),
             "note": "simulation only: the same model and loop trained centrally on the pooled training splits, "
                     "selected on the validation splits by the federation's criterion (select-metric)"}

@@ -36,9 +36,10 @@ def dims() -> dict[str, int]:
 
 @pytest.fixture
 def tier1_cfg() -> Tier1Config:
-    """A tiny Tier 1 model: every component switched on, dropout > 0 for MC dropout."""
+    """A tiny Tier 1 model: every component switched on, dropout > 0 for MC dropout; its linear path
+    trained with the network (the Cox core, fixed by a federation's Cox phase: tests/test_cox_core.py)."""
     return Tier1Config(embed_dim=8, prompt_dim=3, attn_dim=4, hidden_dim=16, dropout=0.2,
-                       mc_samples=6, max_instances=6, anat_partitions=2, anat_kappa=2.0)
+                       mc_samples=6, max_instances=6, anat_partitions=2, anat_kappa=2.0, cox_core=False)
 
 
 def make_batch(dims: dict[str, int], batch: int, max_len: int, seed: int,

@@ -79,6 +79,7 @@ ATTACK_TRAINING = {
     "model.dropout": 0.0, "model.input-dropout": 0.0, "model.modality-dropout": 0.0, "model.max-instances": 64,
     "model.embed-dim": 2 * max(DIMS.values()), "model.prompt-dim": 3, "model.attn-dim": 4, "model.mc-samples": 4,
     "model.anat-partitions": 2, "hist-bins": 128,
+    "model.cox-core": False,  # the coordinator's choice: every weight, the linear path too, trained by the site
 }
 # The explicit permissive policy (a hospital that switched every bound off).
 PERMISSIVE_POLICY = """\

@@ -65,18 +65,29 @@ class InProcessGrid:
         return replies
 
 
-@pytest.fixture
-def grid(tmp_path: Path) -> InProcessGrid:
+def _grid(tmp_path: Path, policy: str | None = None) -> InProcessGrid:
+    policy_file = None
+    if policy is not None:
+        policy_file = tmp_path / "policy.toml"
+        policy_file.write_text(policy)
     sites = {}
     for node, (name, seed) in enumerate((("site-A", 1), ("site-B", 2)), start=1):
         path = write_site(tmp_path / name, name=name, n=120, seed=seed, absent_rate=0.3)
         node_config = {"data-dir": str(path), "ledger": str(tmp_path / f"{name}.ledger.jsonl"), "device": "cpu"}
         context = Context(run_id=1, node_id=node, node_config=node_config, state=RecordDict(), run_config={})
-        sites[node] = (make_client_app(simulated_seeded_noise=True), context)
+        sites[node] = (make_client_app(simulated_seeded_noise=True, policy=policy_file), context)
     return InProcessGrid(sites)
 
 
-def test_every_phase_runs_against_the_real_client_apps_in_process(grid):
+@pytest.fixture
+def grid(tmp_path: Path) -> InProcessGrid:
+    return _grid(tmp_path)
+
+
+def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
+    # the default policy plus the opt-in cox phase (exact Cox core sums), so that every handler is asked
+    grid = _grid(tmp_path, 'phases = ["statistics", "cox", "tier1", "calibration", "baseline-hazard", "tier2", '
+                           '"risk-groups", "evaluation"]\n')
     cfg = RunConfig().with_overrides(TINY)
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
 

@@ -11,14 +11,15 @@ from rmmfed.core.baseline_hazard import baseline_from_sums, local_hazard_sums, t
 from rmmfed.core.histogram import HistogramGrid, quantile_from_counts
 from rmmfed.core.merged_hazard import fine_sums, merge_intervals
 from rmmfed.core.merged_histogram import merge_bins, merged_quantile
-from rmmfed.core.site_policy import DEFAULT_POLICY, PHASES, PolicyFileError, load_policy, refused_key
+from rmmfed.core.site_policy import DEFAULT_PHASES, DEFAULT_POLICY, PolicyFileError, load_policy, refused_key
 
 
 # ---- the file ----------------------------------------------------------------------------------
 def test_no_file_gives_the_safe_defaults():
     p = load_policy(None)
     assert p == DEFAULT_POLICY
-    assert (p.min_patients, p.max_bins, p.one_grid_per_kind, p.phases, p.dp.required) == (10, 512, True, PHASES, True)
+    assert (p.min_patients, p.max_bins, p.one_grid_per_kind, p.phases, p.dp.required) == (10, 512, True, DEFAULT_PHASES, True)
+    assert "cox" not in p.phases  # exact Cox core sums are opt-in
     assert (p.dp.max_epsilon, p.dp.total_epsilon, p.dp.allow_seeded_noise) == (8.0, 50.0, False)
     assert p.training.max_lr == 0.01 and p.training.max_weight == 1000.0
 
