@@ -28,6 +28,7 @@ from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.config import RunConfig
 from ..core.site_cox import cox_release
+from ..core.survival_metrics import check_baseline
 from ..core.feature_stats import FeatureStats
 from ..core.privacy_budget import PrivacyBudget
 from ..core.request_policy import RequestPolicy, digest
@@ -341,8 +342,11 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         k = floor_of(rp, s)
         _enough(len(s.data.indices("test")), k, "test metrics")
         pin(context, rp, "evaluation", "", r)
+        if req.baseline is not None:
+            rp.check_time_grid(req.baseline[0])
+            check_baseline(*req.baseline)
         metrics = s.evaluate(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing), k,
-                             use_tier2=req.routing.tier2_used)
+                             use_tier2=req.routing.tier2_used, baseline=req.baseline)
         # the run's last message: release the site's data and models (a retried evaluation rebuilds the
         # session from the Flower state, which keeps the config, the statistics and the frozen Tier 1)
         sessions.release(context.run_id, site_dir(context, site_dirs))

@@ -58,6 +58,10 @@ class Tier1Config(_Strict):
                            "otherwise, and with false, the linear path is trained with the network (the first release)")
     cox_penalizers: str = Field("0.003,0.01,0.03,0.1,0.3,1", description="the Cox core's ridge penalizers (lifelines' "
                                 "scale), one chosen by federated validation partial likelihood")
+    residual_min_gain: float = Field(2.0, ge=0.0, description="the network residual is kept only when it raises the "
+                                     "Cox core's site-stratified validation log partial likelihood by more than this "
+                                     "(nats, summed over the validation events; 1.92 is a 5% likelihood-ratio test of "
+                                     "one parameter)")
     pseudo_in_head: bool = Field(False, description="with token fusion, also add the pseudo-embedding to an absent "
                                  "modality's estimated encoding in the head (evidence.tier1_ablation: no gain)")
     widths: Literal["fixed", "auto"] = Field("fixed", description="'auto': embed-, hidden- and attn-dim follow "

@@ -153,15 +153,18 @@ def with_cox(weights: dict[str, np.ndarray], core: CoxCore) -> dict[str, np.ndar
     return out
 
 
-def keep_residual(weights: dict[str, np.ndarray], history: list[dict], kept_round: int, core: CoxCore
-                  ) -> tuple[dict[str, np.ndarray], dict]:
+def keep_residual(weights: dict[str, np.ndarray], history: list[dict], kept_round: int, core: CoxCore,
+                  min_gain: float = 0.0) -> tuple[dict[str, np.ndarray], dict]:
     """(Tier 1's weights, what was decided): the network residual is kept when the kept round's federated
-    validation log partial likelihood per event is above the Cox core's alone (kept, too, when a run
-    without validation gives nothing to judge by)."""
+    validation log partial likelihood beats the Cox core's alone by more than ``min_gain`` nats (summed
+    over the validation events: the kept round is the best of many, so a tiny gain is noise); kept, too,
+    when a run without validation gives nothing to judge by. Otherwise its risk head is zeroed."""
     entry = next((h for h in history if h.get("round") == kept_round and "val-pll" in h), None)
     net = float(entry["val-pll"]) if entry is not None else float("nan")
     cox = core.val_pll_per_event
-    kept = not (math.isfinite(net) and math.isfinite(cox) and net <= cox)  # unvalidated: nothing to judge by
+    gain = (net - cox) * core.val_events
+    kept = not (math.isfinite(net) and math.isfinite(cox)) or gain > min_gain
     doc = {"residual_kept": kept, "val_pll_per_event_cox": cox, "val_pll_per_event_tier1": net,
+           "val_gain_nats": gain if math.isfinite(gain) else None, "residual_min_gain": min_gain,
            "round": kept_round}
     return (weights if kept else zero_risk_head(weights)), doc

@@ -72,7 +72,21 @@ RISK_SUMS = (RISK_N, RISK1_SUM, RISK1_SUMSQ, RISK2_SUM, RISK2_SUMSQ)  # both hea
 N_TEST, N_EVENTS_TEST = "n-test", "n-events-test"
 TIER1_COVERED, SYSTEM_COVERED = Pairs("tier1-covered-"), Pairs("system-covered-")
 TIER1_REFERRED, TIER2_REFERRED, SYSTEM_REFERRED = Pairs("tier1-referred-"), Pairs("tier2-referred-"), Pairs("system-referred-")
-GROUPS = (PAIRS, TIER1_COVERED, SYSTEM_COVERED, TIER1_REFERRED, TIER2_REFERRED, SYSTEM_REFERRED)
+IBS_SUM, IBS_N = "ibs-sum", "ibs-n"  # survival evaluation sums (core/survival_metrics.py)
+
+
+def td_auc(j: int, part: str) -> str:
+    """Cumulative/dynamic AUC sums at horizon ``j``: part 'num' or 'den'."""
+    return f"td-auc-{part}-{j}"
+
+
+def calibration(b: int, part: str) -> str:
+    """Calibration group ``b``'s sums: part 'n', 'pred' or 'obs'."""
+    return f"calib-{part}-{b}"
+
+
+COX_CORE = Pairs("cox-core-")  # the Cox core's risk alone (runs with model.cox-core)
+GROUPS = (PAIRS, TIER1_COVERED, SYSTEM_COVERED, TIER1_REFERRED, TIER2_REFERRED, SYSTEM_REFERRED, COX_CORE)
 ROUTED = {"tier1": "routed-tier1", "tier2": "routed-tier2", "abstain": "routed-abstain"}
 REFERRED, REFERRAL_RATE = "referred", "referral-rate"
 TIER1_SECONDS, TIER2_SECONDS, TIER2_USED = "tier1-seconds", "tier2-seconds", "tier2-used"

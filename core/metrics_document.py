@@ -74,6 +74,8 @@ class RunMetrics(_Section):
     oracle: Json | None = None  # simulation only (the generator's true risk)
     cohort: Json | None = None  # simulation only (what the generator measured)
     failed_steps: dict[str, str] | None = None  # simulation steps after training that failed
+    cox_core: Json | None = None  # Tier 1's Cox core: its fit, the residual decision, its own C-index
+    survival: Json | None = None  # Tier 1's integrated Brier score, td-AUC and calibration (site sums)
     calibration: Calibration
     privacy_floor: Json = Field(default_factory=dict)
     routing: Routing
@@ -89,5 +91,5 @@ class RunMetrics(_Section):
     def to_json(self) -> Json:
         """The document as written (optional sections left out when absent)."""
         return self.model_dump(mode="json", exclude_none=False,
-                               exclude={k for k in ("pooled_reference", "oracle", "cohort", "failed_steps")
+                               exclude={k for k in ("pooled_reference", "oracle", "cohort", "failed_steps", "cox_core", "survival")
                                         if getattr(self, k) is None})

@@ -1,12 +1,10 @@
 """The rmm protocol, defined once: every phase's message type, the records its request and reply may
 carry, and typed payloads for them (plain numpy and scalars; no Flower).
 
-Only model weights, feature sums over >= min-stat-count patients, histogram counts and Breslow sums
-(epsilon-DP on every bin under the default site policy, merged to the floor with exact releases) and
-scalar metrics ever leave a site. The ServerApp encodes requests and decodes
-replies with these classes (server/), the ClientApp decodes requests and encodes replies with them
-(client/client_app.py), and the egress guard (client/egress.py) checks every reply against its
-phase's definition here. A payload travels as *record dicts*: ``{record name: {key: value}}``, where
+Only weights, sums, histogram counts, Breslow sums and scalar metrics ever leave a site (what each
+phase sends and in which form: docs/privacy.md section 2). The ServerApp encodes requests and decodes
+replies with these classes (server/), the ClientApp the other way round (client/client_app.py), and
+the egress guard (client/egress.py) checks every reply against its phase's definition here. A payload travels as *record dicts*: ``{record name: {key: value}}``, where
 the record named :data:`CONFIG` or :data:`METRICS` holds scalars and every other record holds numpy
 arrays; each side turns them into Flower records (client/records.py, server/records.py).
 """
@@ -21,6 +19,7 @@ import numpy as np
 from . import metric_names as M
 from .histogram import HistogramGrid
 from .routing import Routing  # noqa: F401 - travels in risk-group and evaluation requests
+from .survival_metrics import SURVIVAL_METRICS
 from .schema import decode_schema, encode_schema  # noqa: F401 - the protocol's schema strings
 from .tier2_gate import VALIDATION_KEYS
 from .tier2_train import LOSS_KEYS
@@ -33,6 +32,7 @@ SUMS = "sums"  # feature sums
 COUNTS = "counts"  # one histogram: noised counts on every bin, or bins merged to the site's floor
 HAZARD_RECORD = "hazard"  # Breslow sums (reply) / the time grid (request)
 STATS_RECORD = "feature-stats"  # the federated feature statistics (setup request)
+SURVIVAL_RECORD = "survival"  # the federated Breslow baseline an evaluation request carries (grid, cumhaz)
 COX_RECORD = "cox"  # the Cox core's coefficients (request) / gradient, Hessian and design sums (reply)
 SCALAR_RECORDS = (CONFIG, METRICS)
 
@@ -52,7 +52,7 @@ EVALUATION_METRICS = (
     M.REFERRED, M.REFERRAL_RATE, M.TIER1_SECONDS, M.TIER2_SECONDS, M.TIER2_USED, M.HIGH_RISK_KEPT_TIER1, M.MASKED_N,
     M.MASKED_REFERRED, M.RECOVERY_N, M.RECOVERY_SSE_TIER1, M.RECOVERY_SSE_TIER2,
     *(M.uncertainty(t, k) for t in M.UNCERTAINTY_TARGETS for k in M.UNCERTAINTY_STATS),
-    M.UNCERTAINTY_N_PATIENTS, M.UNCERTAINTY_N_ROWS)
+    M.UNCERTAINTY_N_PATIENTS, M.UNCERTAINTY_N_ROWS, *SURVIVAL_METRICS)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", "tier2
 TIER2_CALIBRATION = Phase("tier2_calibration", "query.tier2_calibration", "tier2", (ARRAYS, CONFIG),
                           (COUNTS, METRICS), (M.N_VALUES, *RISK_SUMS, M.NOISED))
 RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS, METRICS), (M.NOISED,))
-EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG), (METRICS,), EVALUATION_METRICS)
+EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG, SURVIVAL_RECORD), (METRICS,),
+                   EVALUATION_METRICS)
 
 PHASES = (SCHEMA, STATISTICS, SETUP, COX, TIER1_ROUND, TIER1_VALIDATION, FREEZE_TIER1, CALIBRATION, FOLLOWUP, HAZARD,
           TIER2_ROUND, TIER2_VALIDATION, TIER2_CALIBRATION, RISK_GROUPS, EVALUATION)
@@ -267,15 +268,19 @@ class CoxRequest:
 class EvaluateRequest:
     tier2_weights: dict[str, np.ndarray] | None
     routing: Routing
+    baseline: tuple[np.ndarray, np.ndarray] | None = None  # Tier 1's Breslow (grid, cumhaz): survival metrics
 
     def to_records(self) -> Records:
+        surv = {SURVIVAL_RECORD: {"grid": np.asarray(self.baseline[0], np.float64),
+                                  "cumhaz": np.asarray(self.baseline[1], np.float64)}} if self.baseline else {}
         return {ARRAYS: dict(self.tier2_weights or {}),
-                CONFIG: {**self.routing.to_config(), "has-tier2": self.tier2_weights is not None}}
+                CONFIG: {**self.routing.to_config(), "has-tier2": self.tier2_weights is not None}, **surv}
 
     @classmethod
     def from_records(cls, r: Records) -> "EvaluateRequest":
-        c = r[CONFIG]
-        return cls(_arrays(r, ARRAYS) if bool(c["has-tier2"]) else None, Routing.from_config(c))
+        c, surv = r[CONFIG], _arrays(r, SURVIVAL_RECORD)
+        baseline = (surv["grid"], surv["cumhaz"]) if {"grid", "cumhaz"} <= set(surv) else None
+        return cls(_arrays(r, ARRAYS) if bool(c["has-tier2"]) else None, Routing.from_config(c), baseline)
 
 
 # ---- replies (site -> server) ---------------------------------------------------------------

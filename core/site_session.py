@@ -26,6 +26,8 @@ from .private_histogram import privatize_counts
 from .risk_groups import RISK_GRID
 from .site_policy import PolicyViolation
 from .routing import ABSTAIN, HIGH_RISK_CONTEXT, TIER1, TIER2, route_counts
+from .site_cox import cox_design
+from .survival_metrics import site_sums as survival_sums
 from .site_data import SiteData, load_site
 from .tensors import SiteTensors, build_tensors
 from .tier1 import Tier1Model, build_model
@@ -315,7 +317,8 @@ class SiteSession:
 
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
-                 scale: RiskScale | None = None, k: int = 1, use_tier2: bool = True) -> dict[str, float]:
+                 scale: RiskScale | None = None, k: int = 1, use_tier2: bool = True,
+                 baseline: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
         covered, referred), routes, recovery errors of both tiers, per-patient cost of each tier, and
         the quality of Tier 1's sigma^2 on masked complete cases (core/uncertainty_quality.site_quality:
@@ -335,6 +338,9 @@ class SiteSession:
         covered, referred = names != ABSTAIN, np.isfinite(pred.tier2_risk)
         out: dict[str, float] = {M.N_TEST: float(len(test)), M.N_EVENTS_TEST: float(event.sum())}
         out.update(_counts(M.PAIRS, concordance_counts(time, pred.tier1_risk, event)))
+        if self.cfg.model.cox_core:  # the Cox core's risk alone, for comparison
+            cox = cox_design(tier1, test) @ tier1.linear.weight.detach().double().cpu().numpy().ravel()
+            out.update(_counts(M.COX_CORE, concordance_counts(time, cox, event)))
         for names, risk, group in ((M.TIER1_COVERED, pred.tier1_risk, covered), (M.SYSTEM_COVERED, pred.system_risk, covered),
                                    (M.TIER1_REFERRED, pred.tier1_risk, referred), (M.TIER2_REFERRED, pred.tier2_risk, referred),
                                    (M.SYSTEM_REFERRED, pred.system_risk, referred & covered)):
@@ -357,6 +363,8 @@ class SiteSession:
                     M.RECOVERY_N: float(m), M.RECOVERY_SSE_TIER1: float(rec["err1"].sum()),
                     M.RECOVERY_SSE_TIER2: float(rec["err2"].sum()) if tier2 is not None else float("nan")})
         out.update(site_quality(rec, seed=self.cfg.seed))  # includes uncertainty-error-spearman
+        if baseline is not None and np.all(np.isfinite(baseline[1])):  # IBS, td-AUC, calibration (Tier 1)
+            out.update(survival_sums(time, event, pred.tier1_risk, baseline[0], baseline[1], k))
         return out
 
 

@@ -154,7 +154,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     routing = P.Routing(theta, t2.bound, (t2.scale.tier1_mean, t2.scale.tier1_std, t2.scale.tier2_mean,
                                           t2.scale.tier2_std), bool(t2.gate.open) if t2.gate is not None else True)
     cutpoints, n_risk = risk_groups(run, t2.weights, routing)
-    per_site = evaluation(run, t2.weights, routing)
+    per_site = evaluation(run, t2.weights, routing, hazard)
     run.timing["total"] = time.perf_counter() - t_all
     return FederationResult(run.cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
                             timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights, bound=t2.bound,
@@ -266,10 +266,11 @@ def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.nd
         select_best=cfg.select_best, initial=initial, state=run.state, ckpt=run.ckpt, base=run.base,
         progress=run.progress)
     if core is not None:
-        weights, decision = cox_phase.keep_residual(weights, history, best_round, core)
+        weights, decision = cox_phase.keep_residual(weights, history, best_round, core, cfg.model.residual_min_gain)
         run.cox = {**core.to_doc(), **decision}
         run.say("cox core: the network residual " + ("is kept" if decision["residual_kept"] else
-                "adds nothing on validation: Tier 1's risk is the Cox model's")
+                f"adds no more than {cfg.model.residual_min_gain:g} nats on validation: Tier 1's risk is the Cox "
+                "model's")
                 + f" (validation pll per event: Cox {decision['val_pll_per_event_cox']:.4f}, with the network "
                 f"{decision['val_pll_per_event_tier1']:.4f})")
     run.base["tier1"] = {"weights": weights, "history": history, "best_round": best_round}
@@ -378,10 +379,10 @@ def risk_groups(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: 
 
 
 # ---- 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel) -----------------------
-def evaluation(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: P.Routing
-               ) -> dict[str, dict[str, float]]:
+def evaluation(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: P.Routing,
+               baseline: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     t = time.perf_counter()
-    replies = run.ask(P.EVALUATION, P.EvaluateRequest(tier2_weights, routing))
+    replies = run.ask(P.EVALUATION, P.EvaluateRequest(tier2_weights, routing, baseline))
     per_site = dict(sorted((run.site_of[n], decode(r, P.MetricsReply).metrics) for n, r in replies.items()))
     run.timed("evaluation", t)
     return per_site

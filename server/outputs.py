@@ -22,6 +22,7 @@ from .. import __version__
 from ..core import metric_names as M
 from ..core.bundle import BaselineHazard, ModelBundle, save_bundle
 from ..core.concordance import ConcordanceCounts, combined_c_index
+from ..core.survival_metrics import combine as combine_survival
 from ..core.metrics_document import RunMetrics
 from ..core.model_card import model_card_from_metrics
 from ..core.routing import ABSTAIN, TIER1, TIER2
@@ -60,6 +61,14 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     for key in ("pooled_reference", "oracle", "cohort", "failed_steps"):
         if key in extra:
             doc[key] = extra[key]
+    if res.cox is not None:  # the Cox core alone beside Tier 1 (pooled test split in a simulation)
+        cox_pairs = _combined(ps, M.COX_CORE) if all(M.COX_CORE.comparable in m for m in ps.values()) else None
+        doc["cox_core"] = {**res.cox, "c_index": extra.get("cox_core_pooled_c_index", cox_pairs),
+                           "c_index_combined_pairs": cox_pairs}
+    if res.baseline_hazard is not None:  # IBS, td-AUC, calibration of Tier 1 (core/survival_metrics.py)
+        survival = combine_survival(ps, float(res.baseline_hazard[0][-1]))
+        if survival:
+            doc["survival"] = survival
     doc["calibration"] = {"quantile": res.config.quantile, "theta": res.theta,
                           "theta_exact_pooled": extra.get("theta_exact_pooled"),
                           "n_values": int(round(float(res.counts.sum())))}

@@ -249,3 +249,28 @@ def uncertainty_quality_forest(unc: dict, out: Path) -> Figure:
                   "cases; bars: 95% bootstrap intervals over each site's patients (n = patients). Diamond: "
                   "fixed-effect Fisher-z combination of the sites' rho weighted by n - 3 (a meta-analysis of "
                   "per-site correlations, not the Spearman of pooled data).")
+
+
+def survival_calibration(survival: dict, out: Path) -> Figure:
+    """Predicted against observed event probability at the calibration horizon, one point per site group
+    (core/survival_metrics.py), sized by its patients, with the diagonal of perfect calibration."""
+    cal = survival["calibration"]
+    groups = cal["groups"]
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    pred = np.array([g["predicted"] for g in groups])
+    obs = np.array([g["observed"] for g in groups])
+    n = np.array([g["n"] for g in groups], dtype=float)
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--", label="perfect calibration")
+    ax.scatter(pred, obs, s=20 + 180 * n / max(n.max(), 1), color="#4c78a8", alpha=0.7, label="site group")
+    ax.set_xlim(0, 1), ax.set_ylim(0, max(1.0, float(obs.max()) + 0.05) if obs.size else 1.0)
+    ax.set_xlabel(f"predicted P(event by t = {cal['horizon']:.4g})")
+    ax.set_ylabel("observed (IPCW, site's own censoring)")
+    err = cal.get("binned_error")
+    ax.set_title("Tier 1 calibration at the horizon" + (f" (binned error {err:.3f})" if err is not None else ""))
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    name = _save(fig, out, "survival_calibration.png")
+    return Figure(name, "Calibration at the horizon",
+                  "Each point is one site's group of test patients (fixed probability bins, coarser where a bin "
+                  "would hold fewer than the site's floor); the observed probability is the IPCW estimate. "
+                  f"Integrated Brier score {survival.get('ibs', float('nan')):.3f}.")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .markdown_html import markdown_to_html
 from .outputs import render_report
-from .plots import Figure, routes_per_site, summed_histogram, uncertainty_quality_forest
+from .plots import Figure, routes_per_site, summed_histogram, survival_calibration, uncertainty_quality_forest
 from .summary import QUALITY_TARGETS, cohort_facts, rho_ci, uncertainty_quality
 
 DEPLOYMENT_NOTE = ("This is a deployment: the server holds no patient rows, so it draws only what it has "
@@ -43,6 +43,9 @@ def server_figures(metrics: dict[str, Any], out: Path, *, per_site_hist: dict[st
     unc = metrics.get("uncertainty")
     if isinstance(unc, dict) and unc.get("per_site"):
         figs.append(uncertainty_quality_forest(unc, out))
+    surv = metrics.get("survival")
+    if isinstance(surv, dict) and surv.get("calibration", {}).get("groups"):
+        figs.append(survival_calibration(surv, out))
     return figs
 
 

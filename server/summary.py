@@ -109,6 +109,16 @@ def summary_lines(m: dict[str, Any], out: Path, files: list[str] | None = None) 
     if fed.get("c_index_method", "").startswith("pooled"):
         lines.append(f"  (federated = pooled test split, simulation only; per-site pair-weighted "
                      f"{f3(fed.get('c_index_combined_pairs'))})")
+    sv = m.get("survival")
+    if sv:
+        auc = ", ".join(f"{f3(a)} at t={h:.4g}" for h, a in zip(sv["td_auc"]["horizons"], sv["td_auc"]["auc"].values()))
+        lines.append(f"Tier 1 survival:      integrated Brier {f3(sv.get('ibs'))}; time-dependent AUC {auc}; "
+                     f"calibration error at t={sv['calibration']['horizon']:.4g} "
+                     f"{f3(sv['calibration'].get('binned_error'))} (site sums, IPCW)")
+    cox = m.get("cox_core")
+    if cox:
+        lines.append(f"Tier 1's Cox core:    alone {f3(cox.get('c_index'))} (penalizer {cox.get('penalizer'):g}); the "
+                     f"network residual {'kept' if cox.get('residual_kept') else 'dropped (too little gain on validation)'}")
     tt = m.get("two_tier", {})
     if tt.get("enabled"):
         c = tt["c_index"]

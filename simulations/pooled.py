@@ -76,7 +76,7 @@ def train_pooled_reference(sites: list[SiteData], dims: dict[str, int], cfg: Run
         set_weights(model, with_cox(get_weights(model), core))
     best, best_score, best_epoch = get_weights(model), float("-inf"), 0
     if core is not None:  # epoch 0 is the Cox model alone: the network must beat it on validation
-        best_score = core.val_pll_per_event
+        best_score = core.val_pll_per_event + cfg.model.residual_min_gain / max(core.val_events, 1)
     for epoch in range(1, cfg.rounds + 1):  # one pooled pass per federated round
         train_tier1(model, train, stats, cfg, epochs=cfg.local_epochs, seed=site_seed(cfg.seed, "pooled", epoch),
                     lr=round_lr(cfg, epoch))

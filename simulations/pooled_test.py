@@ -20,6 +20,8 @@ import numpy as np
 
 from ..core.concordance import c_index
 from ..core.config import RunConfig
+from ..core.cox_core import LINEAR
+from ..core.site_cox import cox_design
 from ..core.site_session import SiteSession
 from ..core.two_tier import predict_two_tier, recovery_errors
 from ..server.federation import FederationResult
@@ -41,6 +43,7 @@ class PooledTest:
     masked_site: np.ndarray
     calibration_values: np.ndarray  # the validation values behind theta
     tier2_risk: np.ndarray | None = None  # [N] Tier 2's own risk, NaN where it did not run
+    cox_risk: np.ndarray | None = None  # [N] the Cox core's risk alone (runs with model.cox-core)
 
     def referred_figures(self) -> dict:
         """C-index on the referred test patients pooled over sites (simulation only: a deployment
@@ -60,8 +63,9 @@ class PooledTest:
                 "tier2": c(ref, self.tier2_risk), "tier1_covered": c(covered, self.tier1_risk),
                 "two_tier_covered": c(covered, self.system_risk), "method": "pooled test split (simulation only)"}
 
-    def c_index(self) -> float:
-        return c_index(self.time, self.tier1_risk, self.event)
+    def c_index(self, risk: np.ndarray | None = None) -> float:
+        """Pooled test C-index of Tier 1's risk (or of ``risk``, one per test patient)."""
+        return c_index(self.time, self.tier1_risk if risk is None else risk, self.event)
 
     def theta_exact(self, quantile: float) -> float:
         return float(np.percentile(self.calibration_values, 100 * quantile))
@@ -70,7 +74,7 @@ class PooledTest:
 def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) -> PooledTest:
     """Recompute every site's test split with the federation's final weights (no training)."""
     parts: dict[str, list] = {k: [] for k in ("site", "time", "event", "r1", "r2", "sys", "route", "present",
-                                              "s2", "err", "msite", "calib")}
+                                              "s2", "err", "msite", "calib", "cox")}
     ids = []
     for p in paths:
         s = SiteSession(p, device=cfg.device)
@@ -92,8 +96,10 @@ def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) 
         parts["s2"].append(rec["sigma2"]), parts["err"].append(rec["err1"])
         parts["msite"].append(np.full(len(rec["sigma2"]), s.data.site, dtype=object))
         parts["calib"].append(s.calibration_values(res.weights))
+        if cfg.model.cox_core:
+            parts["cox"].append(cox_design(tier1, test) @ res.weights[LINEAR].astype(np.float64).ravel())
         ids.append(pid)
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    cat = {k: np.concatenate(v) for k, v in parts.items() if v}
     return PooledTest(list(res.handshake.dims), cat["site"], ids, cat["time"].astype(float), cat["event"].astype(int),
                       cat["r1"], cat["sys"].astype(float), cat["route"], cat["present"], cat["s2"], cat["err"],
-                      cat["msite"], cat["calib"], cat["r2"].astype(float))
+                      cat["msite"], cat["calib"], cat["r2"].astype(float), cat.get("cox"))

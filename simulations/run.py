@@ -97,6 +97,8 @@ def step_pooled_test(st: Study) -> None:
     st.test = pooled_test_split(st.res, st.paths, st.cfg)
     st.extra["federated_pooled_c_index"] = st.test.c_index()
     st.extra["theta_exact_pooled"] = st.test.theta_exact(st.cfg.quantile)
+    if st.test.cox_risk is not None:
+        st.extra["cox_core_pooled_c_index"] = st.test.c_index(st.test.cox_risk)
     st.extra["pooled_referred"] = st.test.referred_figures()
 
 
@@ -152,7 +154,9 @@ def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteD
     progress = progress or Progress()
     res = run_flower(cfg, paths, out, resume, fault, progress=progress,
                      ray_init=quiet.ray_init_args() if quiet else None, policy=policy)
-    st = Study(cfg, res, sites, dims, paths, out, truth)
+    # the run's config as the federation resolved it (widths, DP time cuts, whether the Cox core ran):
+    # the simulation-only steps rebuild the sites' models from it
+    st = Study(res.config, res, sites, dims, paths, out, truth)
     cohort_meta = cohort_figures(cohort)  # the generator's own measurements (synthetic cohorts only)
     if cohort_meta:
         st.extra["cohort"] = cohort_meta

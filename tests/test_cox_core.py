@@ -212,3 +212,18 @@ def build_batch_site(dims):
     xs, masks, present = make_batch(dims, 24, 5, seed=3)
     return SiteTensors(tuple(dims), tuple(xs), tuple(masks), tuple(torch.zeros(24, d) for d in dims.values()),
                        present, torch.arange(24, dtype=torch.float32) + 1, torch.ones(24), ("",) * 24)
+
+
+def test_a_residual_gain_within_the_noise_margin_leaves_tier1_the_cox_model():
+    coef = np.zeros(4)
+    weights = {"head.0.weight": np.ones((2, 2), np.float32), "head.0.bias": np.ones(2, np.float32),
+               "head.3.weight": np.ones((1, 2), np.float32), "head.3.bias": np.ones(1, np.float32),
+               "linear.weight": coef[None, :].astype(np.float32)}
+    history = [{"round": 4, "val-pll": -1.95}]  # 10 validation events: 0.5 nats above the Cox core's -2.0
+    out, doc = keep_residual(weights, history, 4, _core(coef, -2.0), min_gain=2.0)
+    assert doc["residual_kept"] is False and doc["val_gain_nats"] == pytest.approx(0.5)
+    assert not out["head.3.weight"].any() and not out["head.3.bias"].any() and out["head.0.weight"].all()
+    out, doc = keep_residual(weights, [{"round": 4, "val-pll": -1.7}], 4, _core(coef, -2.0), min_gain=2.0)
+    assert doc["residual_kept"] is True and out is weights  # 3 nats: kept
+    _, doc = keep_residual(weights, [{"round": 4}], 4, _core(coef, -2.0), min_gain=2.0)
+    assert doc["residual_kept"] is True  # no validation in the run: nothing to judge by

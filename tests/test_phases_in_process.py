@@ -19,6 +19,8 @@ from rmmfed.core import protocol as P
 from rmmfed.client.client_app import make_client_app
 from rmmfed.core.config import RunConfig
 from rmmfed.server.federation import run_federation
+from rmmfed.server.outputs import build_metrics
+from rmmfed.server.summary import summary_lines
 
 from conftest import DIMS, write_site
 
@@ -102,6 +104,12 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
     for m in res.per_site.values():
         assert m["n-test"] > 0 and "uncertainty-error-spearman" in m and "tier2-used" in m
     assert all(sites == ["site-A", "site-B"] for sites in res.participation.values()), res.participation
+    doc = build_metrics(res)  # metrics.json: the Cox core beside Tier 1, and Tier 1's survival figures
+    assert doc["cox_core"]["penalizer"] in res.config.model.penalizers() and "c_index_combined_pairs" in doc["cox_core"]
+    assert 0 < doc["survival"]["ibs"] < 1 and len(doc["survival"]["td_auc"]["auc"]) == 3
+    assert sum(g["n"] for g in doc["survival"]["calibration"]["groups"]) == doc["survival"]["n_patients"]
+    text = "\n".join(summary_lines(doc, tmp_path))
+    assert "Tier 1 survival:" in text and "Tier 1's Cox core:" in text
     paths = {str(ctx.node_config["data-dir"]) for _, ctx in grid.sites.values()}
     assert not [k for _, (app, _) in grid.sites.items() for k in app.rmm_sessions.keys() if k[1] in paths]  # released
 

@@ -47,10 +47,12 @@ def load_cohort(cohort: Path) -> tuple[list[Path], list[SiteData], dict[str, int
     return validate_cohort(cohort)
 
 
-def run_cached(cohort: Path, out: Path, overrides: dict[str, Any], *, quiet: bool = True) -> dict:
+def run_cached(cohort: Path, out: Path, overrides: dict[str, Any], *, quiet: bool = True,
+               policy: Path | None = None) -> dict:
     """One study through Flower (``run_study``, pooled reference off) into ``out``; metrics.json is the
     cache key: an existing one is returned without rerunning (delete the folder to redo). Flower's and
-    Ray's output goes to ``out/flower.log`` (``quiet=False``: to the console)."""
+    Ray's output goes to ``out/flower.log`` (``quiet=False``: to the console). ``policy``: every site's
+    policy file (default: the safe defaults)."""
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     from ...server.flower_log import QuietRun
@@ -63,7 +65,8 @@ def run_cached(cohort: Path, out: Path, overrides: dict[str, Any], *, quiet: boo
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with QuietRun(out / "flower.log", verbose=not quiet) as q:
-        study = run_study(cfg, cohort, paths, sites, dims, out, pooled=False, t0=t0, truth=truth, quiet=q)
+        study = run_study(cfg, cohort, paths, sites, dims, out, pooled=False, t0=t0, truth=truth, quiet=q,
+                          policy=policy)
     return study.metrics
 
 
