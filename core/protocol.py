@@ -12,7 +12,7 @@ arrays; each side turns them into Flower records (client/records.py, server/reco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -113,10 +113,6 @@ def _arrays(records: Records, name: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in (records.get(name) or {}).items()}
 
 
-def _grid(conf: Mapping[str, Any]) -> HistogramGrid:
-    return HistogramGrid.from_config(dict(conf))
-
-
 # ---- requests (server -> site) --------------------------------------------------------------
 @dataclass
 class StatsRequest:
@@ -203,7 +199,7 @@ class GridRequest:
 
     @classmethod
     def from_records(cls, r: Records) -> "GridRequest":
-        return cls(_grid(r[CONFIG]))
+        return cls(HistogramGrid.from_config(dict(r[CONFIG])))
 
 
 @dataclass
@@ -216,7 +212,7 @@ class Tier2CalibrationRequest:
 
     @classmethod
     def from_records(cls, r: Records) -> "Tier2CalibrationRequest":
-        return cls(_arrays(r, ARRAYS), _grid(r[CONFIG]))
+        return cls(_arrays(r, ARRAYS), HistogramGrid.from_config(dict(r[CONFIG])))
 
 
 @dataclass
@@ -232,7 +228,8 @@ class RiskGroupsRequest:
 
     @classmethod
     def from_records(cls, r: Records) -> "RiskGroupsRequest":
-        return cls(_arrays(r, ARRAYS) or None, _grid(r[CONFIG]), Routing.from_config(r[CONFIG]))
+        c = r[CONFIG]
+        return cls(_arrays(r, ARRAYS) or None, HistogramGrid.from_config(dict(c)), Routing.from_config(c))
 
 
 @dataclass
