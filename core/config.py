@@ -56,7 +56,7 @@ class Tier1Config(_Strict):
     cox_core: bool = Field(True, description="Tier 1 = an exact federated site-stratified ridge Cox model plus a neural "
                            "residual (core/cox_core.py), when the sites' policies allow the Cox phase's exact sums; "
                            "otherwise, and with false, the linear path is trained with the network (the first release)")
-    cox_penalizers: str = Field("0.003,0.01,0.03,0.1,0.3,1", description="the Cox core's ridge penalizers (lifelines' "
+    cox_penalizers: str = Field("0.003,0.01,0.03,0.1,0.3,1,3,10", description="the Cox core's ridge penalizers (lifelines' "
                                 "scale), one chosen by federated validation partial likelihood")
     residual_min_gain: float = Field(2.0, ge=0.0, description="the network residual is kept only when it raises the "
                                      "Cox core's site-stratified validation log partial likelihood by more than this "

@@ -76,6 +76,7 @@ class FederationResult:
     tier2_gate: Tier2Gate | None = None  # None: no Tier 2 phase
     tier2_round: int = 0  # the Tier 2 round kept (selected on masked validation, or the last)
     cox: dict | None = None  # Tier 1's Cox core: its fit and whether the network residual was kept
+    residual_weights: dict[str, np.ndarray] | None = None  # the kept round before that decision (never sent)
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(*(m[k] for k in M.PAIRS.counts)) for m in self.per_site.values())
@@ -99,6 +100,7 @@ class Run:
     noised: bool = False  # the sites' releases are epsilon-DP (seen on the follow-up histograms)
     cox_nodes: list[int] = field(default_factory=list)  # the sites that fit Tier 1's Cox core
     cox: dict | None = None  # the Cox core's fit and the residual decision (server/cox_phase.py)
+    residual_weights: dict | None = None  # Tier 1's kept round before the residual decision
     followup_grid: HistogramGrid = FOLLOWUP_GRID  # the follow-up grid the run asked first
 
     def say(self, text: str) -> None:
@@ -160,7 +162,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                             timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights, bound=t2.bound,
                             scale=t2.scale, tier2_history=t2.history, baseline_hazard=hazard,
                             participation=run.participation, risk_cutpoints=cutpoints, risk_cutpoint_values=n_risk,
-                            release_error=run.release_error, tier2_gate=t2.gate, tier2_round=t2.round, cox=run.cox)
+                            release_error=run.release_error, tier2_gate=t2.gate, tier2_round=t2.round, cox=run.cox,
+                            residual_weights=run.residual_weights)
 
 
 # ---- 1. schema handshake ----------------------------------------------------------------------
@@ -266,6 +269,7 @@ def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.nd
         select_best=cfg.select_best, initial=initial, state=run.state, ckpt=run.ckpt, base=run.base,
         progress=run.progress)
     if core is not None:
+        run.residual_weights = weights  # the kept round as trained (a simulation scores it against the decision)
         weights, decision = cox_phase.keep_residual(weights, history, best_round, core, cfg.model.residual_min_gain)
         run.cox = {**core.to_doc(), **decision}
         run.say("cox core: the network residual " + ("is kept" if decision["residual_kept"] else

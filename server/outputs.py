@@ -65,6 +65,8 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
         cox_pairs = _combined(ps, M.COX_CORE) if all(M.COX_CORE.comparable in m for m in ps.values()) else None
         doc["cox_core"] = {**res.cox, "c_index": extra.get("cox_core_pooled_c_index", cox_pairs),
                            "c_index_combined_pairs": cox_pairs}
+        if "cox_core_residual_pooled_c_index" in extra:  # simulation only: the residual kept, whatever was decided
+            doc["cox_core"]["c_index_with_residual"] = extra["cox_core_residual_pooled_c_index"]
     if res.baseline_hazard is not None:  # IBS, td-AUC, calibration of Tier 1 (core/survival_metrics.py)
         survival = combine_survival(ps, float(res.baseline_hazard[0][-1]))
         if survival:

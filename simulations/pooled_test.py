@@ -22,6 +22,7 @@ from ..core.concordance import c_index
 from ..core.config import RunConfig
 from ..core.cox_core import LINEAR
 from ..core.site_cox import cox_design
+from ..core.train import predict_risk
 from ..core.site_session import SiteSession
 from ..core.two_tier import predict_two_tier, recovery_errors
 from ..server.federation import FederationResult
@@ -44,6 +45,7 @@ class PooledTest:
     calibration_values: np.ndarray  # the validation values behind theta
     tier2_risk: np.ndarray | None = None  # [N] Tier 2's own risk, NaN where it did not run
     cox_risk: np.ndarray | None = None  # [N] the Cox core's risk alone (runs with model.cox-core)
+    residual_risk: np.ndarray | None = None  # [N] Cox core + the kept round's network, before the residual decision
 
     def referred_figures(self) -> dict:
         """C-index on the referred test patients pooled over sites (simulation only: a deployment
@@ -74,7 +76,7 @@ class PooledTest:
 def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) -> PooledTest:
     """Recompute every site's test split with the federation's final weights (no training)."""
     parts: dict[str, list] = {k: [] for k in ("site", "time", "event", "r1", "r2", "sys", "route", "present",
-                                              "s2", "err", "msite", "calib", "cox")}
+                                              "s2", "err", "msite", "calib", "cox", "resid")}
     ids = []
     for p in paths:
         s = SiteSession(p, device=cfg.device)
@@ -98,8 +100,10 @@ def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) 
         parts["calib"].append(s.calibration_values(res.weights))
         if cfg.model.cox_core:
             parts["cox"].append(cox_design(tier1, test) @ res.weights[LINEAR].astype(np.float64).ravel())
+            if res.residual_weights is not None:  # the kept round with its residual, whatever was decided
+                parts["resid"].append(predict_risk(s.model(res.residual_weights), test))
         ids.append(pid)
     cat = {k: np.concatenate(v) for k, v in parts.items() if v}
     return PooledTest(list(res.handshake.dims), cat["site"], ids, cat["time"].astype(float), cat["event"].astype(int),
                       cat["r1"], cat["sys"].astype(float), cat["route"], cat["present"], cat["s2"], cat["err"],
-                      cat["msite"], cat["calib"], cat["r2"].astype(float), cat.get("cox"))
+                      cat["msite"], cat["calib"], cat["r2"].astype(float), cat.get("cox"), cat.get("resid"))

@@ -99,6 +99,8 @@ def step_pooled_test(st: Study) -> None:
     st.extra["theta_exact_pooled"] = st.test.theta_exact(st.cfg.quantile)
     if st.test.cox_risk is not None:
         st.extra["cox_core_pooled_c_index"] = st.test.c_index(st.test.cox_risk)
+    if st.test.residual_risk is not None:
+        st.extra["cox_core_residual_pooled_c_index"] = st.test.c_index(st.test.residual_risk)
     st.extra["pooled_referred"] = st.test.referred_figures()
 
 
