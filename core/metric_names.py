@@ -93,7 +93,8 @@ TIER1_SECONDS, TIER2_SECONDS, TIER2_USED = "tier1-seconds", "tier2-seconds", "ti
 HIGH_RISK_KEPT_TIER1 = "high-risk-context-kept-tier1"
 MASKED_N, MASKED_REFERRED = "masked-complete-n", "masked-complete-referred"
 RECOVERY_N, RECOVERY_SSE_TIER1, RECOVERY_SSE_TIER2 = "recovery-n", "recovery-sse-tier1", "recovery-sse-tier2"
-UNCERTAINTY_TARGETS = ("error", "risk")  # sigma^2 against the recovery error / the risk gap
+UNCERTAINTY_TARGETS = ("error", "risk", "risk-sd")  # sigma^2 against the recovery error / the risk gap; the
+# risk's SD over draws of the missing features (core/risk_distribution.py) against the risk gap
 UNCERTAINTY_STATS = ("spearman", "ci-low", "ci-high")
 UNCERTAINTY_N_PATIENTS, UNCERTAINTY_N_ROWS = "uncertainty-n-patients", "uncertainty-n-rows"
 

@@ -146,7 +146,8 @@ def _add_intervals(pred: TwoTierPrediction, tier1: Tier1Model, data: SiteTensors
 def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *, seed: int,
                     point_only: bool = False) -> dict[str, np.ndarray]:
     """On complete cases under every masking pattern, per (patient, pattern) row, pattern-major: Tier 1
-    sigma^2, the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
+    sigma^2, the SD of Tier 1's risk over draws of the hidden features (``risk_sd``,
+    core/risk_distribution.py), the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
     against the real features, Tier 2's own uncertainty (``unc2``, what its abstention bound is
     calibrated on), both tiers' risks under the mask (``risk1``: Tier 1's deterministic risk;
     ``risk2``: Tier 2's, as :func:`~rmmfed.core.tier2_train.predict_tier2` scores it), ``risk_gap`` =
@@ -159,11 +160,12 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     from .tier2_context import bag_encodings, data_means, tier1_slots
     from .tier2_scoring import tier2_risk
     from .train import predict_risk
+    from .risk_distribution import risk_distribution
     from .tier2_train import tier2_inputs
     from .uncertainty import complete_case_indices, masking_patterns, patient_uncertainty
 
     idx = complete_case_indices(data)
-    keys = ("sigma2", "err1", "err2", "unc2", "risk1", "risk2", "risk_gap", "patient", "pattern")
+    keys = ("sigma2", "risk_sd", "err1", "err2", "unc2", "risk1", "risk2", "risk_gap", "patient", "pattern")
     out: dict[str, list] = {k: [] for k in keys}
     if len(idx) == 0:
         return {k: np.zeros(0, dtype=int if k in ("patient", "pattern") else float) for k in out}
@@ -172,6 +174,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     real = torch.cat(list(sub.target), dim=1)
     risk_full = predict_risk(tier1, sub)
     gen = torch.Generator(device=sub.present.device).manual_seed(seed)
+    risk_gen = torch.Generator(device=sub.present.device).manual_seed(seed + 7919)  # its own: Tier 2's draws unchanged
     was = tier1.training
     tier1.eval()
     zs, means = bag_encodings(tier1, sub), data_means(sub)
@@ -185,6 +188,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
         risk1 = predict_risk(tier1, sub, obs)
         out["risk1"].append(risk1)
         out["risk_gap"].append(np.abs(risk1 - risk_full))
+        out["risk_sd"].append(risk_distribution(tier1, zs, obs, x_hat, var_k, means, generator=risk_gen).sd.cpu().numpy())
         out["patient"].append(np.arange(len(sub)))
         out["pattern"].append(np.full(len(sub), p_i))
         if tier2 is not None:

@@ -35,7 +35,8 @@ RESAMPLES = 200
 LEVEL = 0.95
 FIELLER_VARIANCE = 1.06  # var(atanh(Spearman rho)) ~ 1.06 / (n - 3)
 TARGETS = M.UNCERTAINTY_TARGETS  # site metric key stem; metrics.json name below
-JSON_NAMES = {"error": "spearman_error", "risk": "spearman_risk_error"}
+JSON_NAMES = {"error": "spearman_error", "risk": "spearman_risk_error", "risk-sd": "spearman_risk_sd_change"}
+PAIRS = {"error": ("sigma2", "err1"), "risk": ("sigma2", "risk_gap"), "risk-sd": ("risk_sd", "risk_gap")}
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ def site_quality(rec: Mapping[str, np.ndarray], *, seed: int, resamples: int = R
     emptied by the caller when the site's floor forbids them: then everything is NaN, counts 0)."""
     out: dict[str, float] = {}
     n_patients, n_rows = 0, 0
-    for target, values in zip(M.UNCERTAINTY_TARGETS, (rec["err1"], rec["risk_gap"])):
-        s = patient_bootstrap_spearman(rec["sigma2"], values, rec["patient"], seed=seed, resamples=resamples)
+    for target in M.UNCERTAINTY_TARGETS:
+        x, y = PAIRS[target]
+        s = patient_bootstrap_spearman(rec[x], rec[y], rec["patient"], seed=seed, resamples=resamples)
         out.update(dict(zip((M.uncertainty(target, k) for k in M.UNCERTAINTY_STATS), (s.rho, s.ci_low, s.ci_high))))
         n_patients, n_rows = s.n_patients, s.n_rows
     out.update({M.UNCERTAINTY_N_PATIENTS: float(n_patients), M.UNCERTAINTY_N_ROWS: float(n_rows)})
@@ -128,11 +130,13 @@ def quality_document(per_site: Mapping[str, Mapping[str, float]], definition: st
     """metrics.json's ``uncertainty`` section from the sites' scalar evaluation metrics."""
     sites = {s: m for s, m in per_site.items() if M.UNCERTAINTY_N_PATIENTS in m}
     doc: dict = {"definition": definition}
+    nan = float("nan")  # a site of an older rmm sends fewer targets
     for target in TARGETS:
         doc[JSON_NAMES[target]] = combine_sites(
-            (m[M.uncertainty(target, "spearman")], int(m[M.UNCERTAINTY_N_PATIENTS])) for m in sites.values()).to_dict()
+            (m.get(M.uncertainty(target, "spearman"), nan), int(m[M.UNCERTAINTY_N_PATIENTS]))
+            for m in sites.values()).to_dict()
     doc["per_site"] = {s: {**{JSON_NAMES[t]: dict(zip(("rho", "ci_low", "ci_high"),
-                                                      (m[M.uncertainty(t, k)] for k in M.UNCERTAINTY_STATS)))
+                                                      (m.get(M.uncertainty(t, k), nan) for k in M.UNCERTAINTY_STATS)))
                               for t in TARGETS},
                            "n_patients": int(m[M.UNCERTAINTY_N_PATIENTS]), "n_rows": int(m[M.UNCERTAINTY_N_ROWS])}
                        for s, m in sites.items()}

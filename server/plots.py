@@ -213,10 +213,13 @@ def uncertainty_quality_forest(unc: dict, out: Path) -> Figure:
     """Forest plot from metrics.json's ``uncertainty`` section (scalars only, so any run can draw it):
     each site's Spearman rho of sigma^2 with the recovery error and with the risk gap, its patient
     bootstrap interval, and the fixed-effect Fisher-z combination over sites as a diamond."""
-    targets = (("spearman_error", "recovery error"), ("spearman_risk_error", "|risk hidden - risk seen|"))
+    targets = (("spearman_error", "sigma^2 vs recovery error"), ("spearman_risk_error", "sigma^2 vs |risk change|"),
+               ("spearman_risk_sd_change", "risk SD vs |risk change|"))
+    targets = tuple(t for t in targets if t[0] in unc)  # runs before the risk SD have two
     per_site = unc.get("per_site") or {}
     sites = list(per_site)
-    fig, axes = plt.subplots(1, 2, figsize=(10, max(2.8, 0.45 * (len(sites) + 1) + 1.6)), sharey=True)
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), max(2.8, 0.45 * (len(sites) + 1) + 1.6)),
+                             sharey=True)
     y_comb = len(sites)
     for ax, (key, label) in zip(axes, targets):
         for i, s in enumerate(sites):
@@ -235,7 +238,7 @@ def uncertainty_quality_forest(unc: dict, out: Path) -> Figure:
         ax.axvline(0, color="k", lw=0.8)
         ax.set_xlim(-1, 1)
         ax.set_xlabel("Spearman rho (95% interval)")
-        ax.set_title(f"sigma^2 vs {label}", fontsize=10)
+        ax.set_title(label, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     comb = unc.get("spearman_error") or {}
     labels = [f"{s} (n={per_site[s].get('n_patients', '?')})" for s in sites]
@@ -245,7 +248,8 @@ def uncertainty_quality_forest(unc: dict, out: Path) -> Figure:
     name = _save(fig, out, "uncertainty_quality.png")
     return Figure(name, "Uncertainty quality per site",
                   f"Spearman rho of Tier 1's sigma^2 ({unc.get('definition', '?')}) with its recovery error (left) and "
-                  "with |risk with the modalities hidden - risk with them seen| (right), on masked complete test "
+                  "with the risk change |risk with the modalities hidden - risk with them seen| (middle), and of the "
+                  "risk's SD over draws of the hidden features with that change (right), on masked complete test "
                   "cases; bars: 95% bootstrap intervals over each site's patients (n = patients). Diamond: "
                   "fixed-effect Fisher-z combination of the sites' rho weighted by n - 3 (a meta-analysis of "
                   "per-site correlations, not the Spearman of pooled data).")

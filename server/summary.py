@@ -27,7 +27,8 @@ def n_referred(m: dict[str, Any]) -> int:
     return int(round(sum((rates.get(s) or 0.0) * v["n_test"] for s, v in per_site.items())))
 
 
-QUALITY_TARGETS = (("spearman_error", "recovery error"), ("spearman_risk_error", "|risk hidden - risk seen|"))
+QUALITY_TARGETS = (("spearman_error", "recovery error"), ("spearman_risk_error", "|risk hidden - risk seen|"),
+                   ("spearman_risk_sd_change", "|risk hidden - risk seen|, by the risk SD"))
 
 
 def rho_ci(d: dict[str, Any]) -> str:
@@ -45,7 +46,9 @@ def uncertainty_quality(m: dict[str, Any]) -> list[tuple[str, str]]:
         for key, label in QUALITY_TARGETS:
             c = unc.get(key)
             if isinstance(c, dict):
-                out.append((f"sigma^2 ({definition}) vs {label}",
+                who = "risk SD over draws of the hidden features" if key == "spearman_risk_sd_change" else \
+                    f"sigma^2 ({definition})"
+                out.append((f"{who} vs {label.split(',')[0]}",
                             f"Spearman {rho_ci(c)} (combined over {c.get('n_sites', 0)} site(s), "
                             f"{c.get('n_patients', 0)} patients; 95% CI)"))
         per_site = unc.get("per_site") or {}

@@ -23,6 +23,7 @@ os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 from ..core.config import RunConfig  # noqa: E402
 from ..core.errors import RmmError  # noqa: E402
 from ..core.schema import merge_schemas  # noqa: E402
+from ..core.site_policy import PHASES  # noqa: E402
 from ..core.site_data import discover_sites, load_site  # noqa: E402
 
 
@@ -148,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[rmm] {s.site}: {sm['patients']} patients, {sm['events']} events; present: {mods}; "
               f"no modality: {sm['no_modality']}")
     for site, (source, policy) in policies.items():
+        cox = " (with the opt-in cox)" if "cox" in policy.phases else ""
         print(f"[rmm] {site}: site policy {source}: min-patients {policy.min_patients}, max-bins {policy.max_bins}, "
-              f"phases {len(policy.phases)}/7, dp.required {str(policy.dp.required).lower()}")
+              f"phases {len(policy.phases)}/{len(PHASES)}{cox}, dp.required {str(policy.dp.required).lower()}")
     for text in optional.warnings:
         _warn(text)
     from ..server.flower_log import QuietRun

@@ -112,6 +112,8 @@ def test_quality_document_combines_the_sites_scalars(dims):
         per_site[site] = {"uncertainty-error-spearman": r_err, "uncertainty-error-ci-low": r_err - 0.1,
                           "uncertainty-error-ci-high": r_err + 0.1, "uncertainty-risk-spearman": r_risk,
                           "uncertainty-risk-ci-low": r_risk - 0.1, "uncertainty-risk-ci-high": r_risk + 0.1,
+                          "uncertainty-risk-sd-spearman": r_risk + 0.3, "uncertainty-risk-sd-ci-low": r_risk + 0.2,
+                          "uncertainty-risk-sd-ci-high": r_risk + 0.4,
                           "uncertainty-n-patients": float(n), "uncertainty-n-rows": float(6 * n)}
     per_site["old"] = {"uncertainty-error-spearman": 0.9}  # a site of an older rmm: no patient count, no weight
 
@@ -124,7 +126,13 @@ def test_quality_document_combines_the_sites_scalars(dims):
     assert doc["per_site"]["B"] == {"spearman_error": {"rho": 0.5, "ci_low": 0.4, "ci_high": 0.6},
                                     "spearman_risk_error": {"rho": 0.2, "ci_low": pytest.approx(0.1),
                                                             "ci_high": pytest.approx(0.3)},
+                                    "spearman_risk_sd_change": {"rho": pytest.approx(0.5), "ci_low": pytest.approx(0.4),
+                                                                "ci_high": pytest.approx(0.6)},
                                     "n_patients": 80, "n_rows": 480}
+    assert doc["spearman_risk_sd_change"]["n_sites"] == 2
+    old = quality_document({"old": {"uncertainty-error-spearman": 0.4, "uncertainty-n-patients": 40.0,
+                                    "uncertainty-n-rows": 240.0}}, "total")  # a site of an rmm before the risk SD
+    assert old["spearman_error"]["n_sites"] == 1 and old["spearman_risk_sd_change"]["n_sites"] == 0
 
 
 # ---- what a site computes and sends ---------------------------------------------------------------
@@ -179,13 +187,15 @@ def test_a_site_below_its_floor_sends_nan_and_zero_counts(evaluated_site):
 def test_site_quality_of_the_rows_matches_the_bootstrap_of_each_target():
     sigma2, err, patient = _rows(30)
     gap = np.abs(np.sin(sigma2))
-    rec = {"sigma2": sigma2, "err1": err, "risk_gap": gap, "patient": patient}
+    rec = {"sigma2": sigma2, "err1": err, "risk_gap": gap, "patient": patient, "risk_sd": np.sqrt(sigma2)}
 
     out = site_quality(rec, seed=4)
 
     s = patient_bootstrap_spearman(sigma2, gap, patient, seed=4)
     assert (out["uncertainty-risk-spearman"], out["uncertainty-risk-ci-low"], out["uncertainty-risk-ci-high"]) == \
         (s.rho, s.ci_low, s.ci_high)
+    s = patient_bootstrap_spearman(np.sqrt(sigma2), gap, patient, seed=4)  # the risk SD against the same change
+    assert (out["uncertainty-risk-sd-spearman"], out["uncertainty-risk-sd-ci-low"]) == (s.rho, s.ci_low)
     assert out["uncertainty-n-patients"] == 30.0 and out["uncertainty-n-rows"] == 180.0
 
 
@@ -222,5 +232,5 @@ def test_summary_and_report_show_the_combined_spearman_with_its_interval(tmp_pat
     assert ("sigma^2 (total) vs recovery error: Spearman 0.43 [0.25, 0.58] (combined over 2 site(s), 80 patients"
             in text)
     assert "A 0.30 [0.20, 0.40] / n/a [n/a, n/a]" in text
-    assert "| A | 40 | 240 | 0.30 [0.20, 0.40] | n/a [n/a, n/a] |" in md and "| combined (2 sites) | 80 |" in md
+    assert "| A | 40 | 240 | 0.30 [0.20, 0.40] | n/a [n/a, n/a] | n/a [n/a, n/a] |" in md and "| combined (2 sites) | 80 |" in md
     assert (tmp_path / "uncertainty_quality.png").is_file() and "](uncertainty_quality.png)" in md

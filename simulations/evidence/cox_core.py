@@ -17,6 +17,8 @@ TCGA cohort: DATA-ROOT/<name>, skipped when absent), Tier 1 only (``tier2-rounds
   and, scored in the simulation only, the combined model had the residual always been kept (the
   counterfactual of ``model.residual-min-gain``);
 * ``first-release``: the same with ``model.cox-core = false`` (the linear path trained with the network);
+* ``network-alone`` (for ``--network-alone-seeds`` only): ``model.cox-core = false`` and
+  ``model.linear-path = false``, the network without any linear term;
 * ``pooled Cox``: lifelines on the pooled training rows (``evidence.methods.PooledCox``: penalizer 0.1,
   wide modalities reduced to 16 principal components, mean imputation + indicators; simulation only).
 
@@ -34,7 +36,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .common import cohort_for_seed, load_cohort, mean_sd, progress, run_cached, set_threads, write_results
+from .brier import ibs_for_method
+from .common import (LoadedRun, cohort_for_seed, load_cohort, mean_sd, progress, run_cached, run_split_risks,
+                     set_threads, write_results)
 from .features import pool_sites
 from .methods import PooledCox
 from ...core.concordance import c_index
@@ -44,16 +48,30 @@ COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcg
 COMBINED, COX, FIRST, POOLED = ("Tier 1 = Cox core + residual (federated)", "Cox core alone (federated)",
                                 "first release: linear path + network (federated)", "pooled Cox (simulation only)")
 RESIDUAL = "Cox core + residual always kept (counterfactual)"
+NETWORK = "network alone: no Cox core, no linear path (federated)"
 POLICY = (f"# evidence.cox_core: every site sends the Cox core's exact sums; exact releases; no DP-SGD\n"
           f"phases = [{', '.join(repr(p).replace(chr(39), chr(34)) for p in PHASES)}]\n"
           "[dp]\nrequired = false\nrelease-epsilon = 0\n")
 
 
-def pooled_cox(cohort: Path) -> float:
+def pooled_cox(cohort: Path) -> tuple[float, float]:
+    """(C-index, integrated Brier score) of lifelines' pooled Cox on the pooled test split."""
     _, sites, _ = load_cohort(cohort)
     data = pool_sites(sites)
     tr, te = data.rows("train"), data.rows("test")
-    return float(c_index(data.time[te], PooledCox().fit(data, tr).risk(data, te), data.event[te]))
+    cox = PooledCox().fit(data, tr)
+    risk = cox.risk(data, te)
+    ibs = ibs_for_method((data.time[tr], data.event[tr], cox.risk(data, tr)), (data.time[te], data.event[te], risk))
+    return float(c_index(data.time[te], risk, data.event[te])), ibs
+
+
+def run_ibs(cohort: Path, run_dir: Path) -> float:
+    """Integrated Brier score of a finished run's Tier 1 on the pooled test split, computed as for the
+    pooled Cox (evidence/brier.py: Breslow on the pooled training split, pooled censoring KM)."""
+    run = LoadedRun(run_dir)
+    sites = run.load_sites(cohort)
+    train, test = (run_split_risks(run, sites, split) for split in ("train", "test"))
+    return ibs_for_method(train.triple(), test.triple())
 
 
 def goals(df: pd.DataFrame) -> list[str]:
@@ -71,6 +89,11 @@ def goals(df: pd.DataFrame) -> list[str]:
                      f"missed on {', '.join(bad)}") + " (" + ", ".join(f"{c} {g:+.3f}" for c, g in gaps.items()) + ").")
         lines.append(f"- Combined Tier 1 >= pooled Cox + 0.01 on average: {'met' if gaps.mean() >= 0.01 else 'missed'} "
                      f"(mean {gaps.mean():+.3f}).")
+    if "ibs" in df:
+        ibs = df.groupby(["cohort", "method"])["ibs"].mean().unstack("method")
+        if COMBINED in ibs and POOLED in ibs:
+            a, b = ibs[COMBINED].mean(), ibs[POOLED].mean()
+            lines.append(f"- IBS <= pooled Cox's IBS on average: {'met' if a <= b else 'missed'} ({a:.3f} vs {b:.3f}).")
     if COMBINED in means and FIRST in means:
         gaps = (means[COMBINED] - means[FIRST]).dropna()
         lines.append("- Combined Tier 1 - first release: " + ", ".join(f"{c} {g:+.3f}" for c, g in gaps.items())
@@ -85,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, default=Path("runs/cox-core"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--network-alone-seeds", type=int, nargs="*", default=[0],
+                   help="seeds that also run the network alone (no linear term)")
     args = p.parse_args(argv)
     if args.threads > 0:
         set_threads(args.threads)
@@ -101,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / cohort / f"seed-{seed}"
         m = run_cached(data, folder / "cox-core", {**base, "seed": seed}, policy=policy)
         cox = m.get("cox_core") or {}
-        raw += [{"cohort": cohort, "seed": seed, "method": COMBINED, "c_index": m["federated"]["c_index"]},
+        raw += [{"cohort": cohort, "seed": seed, "method": COMBINED, "c_index": m["federated"]["c_index"],
+                 "ibs": run_ibs(data, folder / "cox-core"), "ibs_federated": (m.get("survival") or {}).get("ibs"),
+                 "calibration_error": ((m.get("survival") or {}).get("calibration") or {}).get("binned_error")},
                 {"cohort": cohort, "seed": seed, "method": COX, "c_index": cox.get("c_index", float("nan"))},
                 {"cohort": cohort, "seed": seed, "method": RESIDUAL,
                  "c_index": cox.get("c_index_with_residual", float("nan"))}]
@@ -109,18 +136,37 @@ def main(argv: list[str] | None = None) -> int:
                       "penalizer": cox.get("penalizer"), "val_gain_nats": cox.get("val_gain_nats"),
                       "seconds": m.get("timing_s", {}).get("total")})
         f = run_cached(data, folder / "first-release", {**base, "seed": seed, "model.cox-core": False}, policy=policy)
-        raw.append({"cohort": cohort, "seed": seed, "method": FIRST, "c_index": f["federated"]["c_index"]})
-        raw.append({"cohort": cohort, "seed": seed, "method": POOLED, "c_index": pooled_cox(data)})
+        raw.append({"cohort": cohort, "seed": seed, "method": FIRST, "c_index": f["federated"]["c_index"],
+                    "ibs": run_ibs(data, folder / "first-release"),
+                    "ibs_federated": (f.get("survival") or {}).get("ibs")})
+        if seed in args.network_alone_seeds:
+            a = run_cached(data, folder / "network-alone", {**base, "seed": seed, "model.cox-core": False,
+                                                            "model.linear-path": False}, policy=policy)
+            raw.append({"cohort": cohort, "seed": seed, "method": NETWORK, "c_index": a["federated"]["c_index"]})
+        c, ibs = pooled_cox(data)
+        raw.append({"cohort": cohort, "seed": seed, "method": POOLED, "c_index": c, "ibs": ibs})
         pd.DataFrame(raw).to_csv(args.out / "cox_core_progress.csv", index=False)
     df = pd.DataFrame(raw)
     cohorts = [c for c in args.cohorts if c in set(df["cohort"])]
     rows = []
-    for method in (COMBINED, COX, RESIDUAL, FIRST, POOLED):
+    for method in (COMBINED, COX, RESIDUAL, FIRST, NETWORK, POOLED):
         sub = df[df["method"] == method]
+        if sub.empty:
+            continue
         row = {"method": method, **{c: mean_sd(sub[sub["cohort"] == c]["c_index"]) for c in cohorts}}
         per = [sub[sub["cohort"] == c]["c_index"].mean() for c in cohorts]
         row["mean over cohorts"] = f"{statistics.mean(per):.3f}" if per else "n/a"
         rows.append(row)
+    for method in (COMBINED, FIRST, POOLED):  # integrated Brier score, every method scored the same way
+        sub = df[df["method"] == method]
+        row = {"method": f"IBS: {method}", **{c: mean_sd(sub[sub["cohort"] == c]["ibs"]) for c in cohorts}}
+        per = [sub[sub["cohort"] == c]["ibs"].mean() for c in cohorts]
+        row["mean over cohorts"] = f"{pd.Series(per).mean():.3f}"
+        rows.append(row)
+    sub = df[df["method"] == COMBINED]
+    rows.append({"method": "Tier 1 binned calibration error at the middle horizon (federated, site sums)",
+                 **{c: mean_sd(sub[sub["cohort"] == c].get("calibration_error", pd.Series(dtype=float)))
+                    for c in cohorts}, "mean over cohorts": ""})
     ex = pd.DataFrame(extra)
     kept = {c: f"{int(ex[ex.cohort == c].residual_kept.sum())}/{int((ex.cohort == c).sum())}" for c in cohorts}
     pens = {c: ", ".join(f"{v:g}" for v in ex[ex.cohort == c].penalizer) for c in cohorts}
