@@ -25,8 +25,8 @@ JSON keys (``null`` where not applicable):
   :class:`~rmmfed.core.two_tier.RiskScale`); ``null`` when abstained. ``tier1_risk`` (raw log-hazard),
   ``tier2_risk`` (raw, referred patients only)
 * ``risk_interval`` [low, high] on the same scale and ``risk_interval_basis``: the central 95% of the
-  answering tier's risks across its own draws of the missing features (Tier 1's MC-dropout estimates,
-  or Tier 2's diffusion draws; zero width when nothing is missing; for a referred patient whose risk
+  answering tier's risks across its own draws of the missing features (Tier 1's MC-dropout estimates
+  plus its predicted variance, or Tier 2's diffusion draws; zero width when nothing is missing; for a referred patient whose risk
   the gate kept with Tier 1, the hull of both, i.e. wider), :mod:`rmmfed.core.risk_interval`. It
   covers missing-modality uncertainty only; ``null`` when abstained
 * ``risk_group``: low | intermediate | high by tertiles of the TRAINING system risk when the bundle

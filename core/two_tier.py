@@ -146,8 +146,8 @@ def _add_intervals(pred: TwoTierPrediction, tier1: Tier1Model, data: SiteTensors
 def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *, seed: int,
                     point_only: bool = False) -> dict[str, np.ndarray]:
     """On complete cases under every masking pattern, per (patient, pattern) row, pattern-major: Tier 1
-    sigma^2, the SD of Tier 1's risk over draws of the hidden features (``risk_sd``,
-    core/risk_distribution.py), the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
+    sigma^2, the SD of Tier 1's risk over its draws of the hidden features (``risk_sd``,
+    core/risk_interval.tier1_risk_draws), the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
     against the real features, Tier 2's own uncertainty (``unc2``, what its abstention bound is
     calibrated on), both tiers' risks under the mask (``risk1``: Tier 1's deterministic risk;
     ``risk2``: Tier 2's, as :func:`~rmmfed.core.tier2_train.predict_tier2` scores it), ``risk_gap`` =
@@ -160,7 +160,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     from .tier2_context import bag_encodings, data_means, tier1_slots
     from .tier2_scoring import tier2_risk
     from .train import predict_risk
-    from .risk_distribution import risk_distribution
+    from .risk_interval import tier1_risk_draws
     from .tier2_train import tier2_inputs
     from .uncertainty import complete_case_indices, masking_patterns, patient_uncertainty
 
@@ -174,7 +174,6 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     real = torch.cat(list(sub.target), dim=1)
     risk_full = predict_risk(tier1, sub)
     gen = torch.Generator(device=sub.present.device).manual_seed(seed)
-    risk_gen = torch.Generator(device=sub.present.device).manual_seed(seed + 7919)  # its own: Tier 2's draws unchanged
     was = tier1.training
     tier1.eval()
     zs, means = bag_encodings(tier1, sub), data_means(sub)
@@ -188,7 +187,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
         risk1 = predict_risk(tier1, sub, obs)
         out["risk1"].append(risk1)
         out["risk_gap"].append(np.abs(risk1 - risk_full))
-        out["risk_sd"].append(risk_distribution(tier1, zs, obs, x_hat, var_k, means, generator=risk_gen).sd.cpu().numpy())
+        out["risk_sd"].append(tier1_risk_draws(tier1, sub, seed=seed + 7919 + p_i, observed=obs).std(axis=1))
         out["patient"].append(np.arange(len(sub)))
         out["pattern"].append(np.full(len(sub), p_i))
         if tier2 is not None:
