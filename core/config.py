@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .tier2_config import Tier2Config
@@ -72,6 +72,12 @@ class Tier1Config(_Strict):
         "shared-weight attention across the modality tokens (core/fusion.py), where the prompts and "
         "pseudo-embeddings can act beyond a bias; concat is the default because attention was not better "
         "on any cohort (evidence.tier1_ablation)")
+
+    @field_validator("cox_penalizers", mode="before")
+    @classmethod
+    def _one_number_is_a_list(cls, v: Any) -> Any:
+        """``--set model.cox-penalizers=0.1`` arrives as a number: a list of one."""
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     def penalizers(self) -> tuple[float, ...]:
         """``cox_penalizers`` as numbers, largest first (the path is fitted from the strongest penalty down)."""

@@ -227,3 +227,11 @@ def test_a_residual_gain_within_the_noise_margin_leaves_tier1_the_cox_model():
     assert doc["residual_kept"] is True and out is weights  # 3 nats: kept
     _, doc = keep_residual(weights, [{"round": 4}], 4, _core(coef, -2.0), min_gain=2.0)
     assert doc["residual_kept"] is True  # no validation in the run: nothing to judge by
+
+
+def test_the_penalizer_path_is_a_list_and_one_number_is_a_list_of_one():
+    assert RunConfig().model.penalizers() == (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)  # strongest first
+    assert RunConfig.from_flat({"model.cox-penalizers": 0.1}).model.penalizers() == (0.1,)  # --set ...=0.1
+    for bad in ("", "a,b", "-1", "inf"):
+        with pytest.raises(Exception, match="cox-penalizers"):
+            RunConfig.from_flat({"model.cox-penalizers": bad})
