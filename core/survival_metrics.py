@@ -13,7 +13,8 @@ Per site (scalars over the whole test split, >= the site's floor of patients):
   BS_i(t) = S_i(t)^2 1{T_i <= t, d_i} / G(T_i-) + (1 - S_i(t))^2 1{T_i > t} / G(t)
   (Graf et al. 1999); the server divides by the patients and the grid's length;
 * cumulative/dynamic AUC at each horizon tau: cases T_i <= tau with an event, weighted 1/G(T_i-),
-  against controls T_j > tau of the same site; numerator sum_cases w_i (#controls with lower risk + half
+  against controls T_j > tau of the same site (both sent as 0 when the cases or the controls, or
+  what either leaves out, would be 1..k-1 patients); numerator sum_cases w_i (#controls with lower risk + half
   the ties), denominator sum_cases w_i #controls (within-site pairs, as the combined C-index);
 * calibration at the middle horizon: predicted event probability 1 - S_i(tau) against the IPCW
   observed one, 1{T_i <= tau, d_i} / G(T_i-), summed per group of :data:`CALIBRATION_BINS` fixed
@@ -82,10 +83,20 @@ def site_sums(time: np.ndarray, event: np.ndarray, risk: np.ndarray, grid: np.nd
     alive = time[:, None] > ts[None, :]
     terms = np.where(died, surv ** 2 * w_case[:, None], 0.0) + np.where(alive, (1 - surv) ** 2 / g_at(ts)[None, :], 0.0)
     out = {M.IBS_SUM: float(np.trapezoid(terms, ts, axis=1).sum()), M.IBS_N: float(len(time))}
+    total = len(time)
+
+    def floored(*counts: int) -> bool:  # every group, and what it leaves out, 0 or >= k patients
+        return all((c == 0 or c >= k) and (total - c == 0 or total - c >= k) for c in counts)
+
     for j, frac in enumerate(HORIZONS):
         tau = frac * t_end
         case = (time <= tau) & event
         control = time > tau
+        if not floored(int(case.sum()), int(control.sum())):
+            # the coordinator places tau (the baseline's grid is its own): a case or control group of
+            # 1..k-1 patients would turn these sums into questions about single patients, so none is sent
+            out[M.td_auc(j, "num")] = out[M.td_auc(j, "den")] = 0.0
+            continue
         rc = np.sort(risk[control])
         lower = np.searchsorted(rc, risk[case], side="left")
         ties = np.searchsorted(rc, risk[case], side="right") - lower
@@ -97,8 +108,7 @@ def site_sums(time: np.ndarray, event: np.ndarray, risk: np.ndarray, grid: np.nd
     for bins in CALIBRATION_BINS:
         group = np.minimum((pred * bins).astype(int), bins - 1)
         n = np.bincount(group, minlength=bins)
-        total = len(time)  # every group, and what it leaves out, 0 or >= k patients
-        if bins == 1 or all((c == 0 or c >= k) and (total - c == 0 or total - c >= k) for c in n):
+        if bins == 1 or floored(*(int(c) for c in n)):
             break
     for b in range(max(CALIBRATION_BINS)):
         sel = group == b if b < bins else np.zeros(len(time), bool)

@@ -42,7 +42,7 @@ def test_one_sites_integrated_brier_score_equals_the_pooled_ipcw_computation():
 def test_the_dynamic_auc_counts_case_control_pairs_with_ipcw_weights():
     time, event, risk = _site(1, 60)
     grid, H0 = _baseline([(time, event, risk)])
-    sums = site_sums(time, event, risk, grid, H0, k=10)
+    sums = site_sums(time, event, risk, grid, H0, k=1)  # floor 1: every horizon's pairs are sent
     km = CensoringKM(time, event)
     for j, frac in enumerate(HORIZONS):
         tau = frac * grid[-1]
@@ -91,3 +91,29 @@ def test_the_report_draws_the_calibration_groups(tmp_path):
     fed = combine({s: site_sums(*v, grid, H0, k=10) for s, v in sites.items()}, float(grid[-1]))
     fig = survival_calibration(fed, tmp_path)
     assert (tmp_path / fig.file).stat().st_size > 5000 and "Integrated Brier score" in fig.caption
+
+
+def test_a_lying_coordinator_cannot_place_a_horizon_that_leaves_one_control(tmp_path):
+    """The coordinator sends the baseline, so it places the horizons: with tau between the two latest test
+    follow-ups, the AUC's controls would be one patient (its time bisected run after run). The site sends
+    zeros for that horizon instead (through the real ClientApp, default policy)."""
+    import pandas as pd
+    from rmmfed.core import protocol as P
+
+    from flwr.supercore.task_identity import TaskIdentity
+    from test_hostile_coordinator import Site
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    site = Site(tmp_path)
+    site.join()
+    site.freeze()
+    rows = pd.read_csv(site.path / "patients.csv")
+    last, second = np.sort(rows.loc[rows["split"] == "test", "time"].to_numpy(float))[::-1][:2]
+    t_end = (last + second) / 2 / HORIZONS[-1]  # the last horizon falls between them: one control
+    grid = np.linspace(t_end / 64, t_end, 64)
+    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(1e-3), (grid, np.linspace(0, 1, 64))))
+    assert not reply.has_error(), reply.error.reason
+    m = dict(reply.content[P.METRICS])
+    j = len(HORIZONS) - 1
+    assert m[M.td_auc(j, "num")] == 0.0 and m[M.td_auc(j, "den")] == 0.0
+    assert m[M.IBS_N] == m["n-test"] > 0  # the rest of the survival sums still come back
