@@ -322,6 +322,19 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
             return P.HistogramReply(merged.to_arrays(), {**sums, M.NOISED: noise.epsilon} if noise else sums)
         return released(context, rp, s, "tier2-calibration", repr(req.grid), r, compute)
 
+    @serve(P.CONFORMAL)
+    def conformal(r, context, rp, s):
+        req = P.ConformalRequest.from_records(r)
+        rp.check_grid(req.grid)
+        if req.tier2_weights:
+            check_weights(s, req.tier2_weights, "tier2", "conformal Tier 2 weights", rp)
+
+        def compute(noise):
+            merged, n = s.conformal_release(req.tier, req.tier2_weights, req.grid, floor_of(rp, s), noise)
+            return P.HistogramReply(merged.to_arrays(), {M.NOISED: noise.epsilon} if noise else {M.N_VALUES: float(n)})
+        kind = "conformal-tier2" if req.tier == "tier2" else "conformal-tier1"
+        return released(context, rp, s, kind, repr(req.grid), r, compute)
+
     @serve(P.RISK_GROUPS)
     def risk_groups(r, context, rp, s):
         req = P.RiskGroupsRequest.from_records(r)
@@ -346,7 +359,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
             rp.check_time_grid(req.baseline[0])
             check_baseline(*req.baseline)
         metrics = s.evaluate(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing), k,
-                             use_tier2=req.routing.tier2_used, baseline=req.baseline)
+                             use_tier2=req.routing.tier2_used, baseline=req.baseline, plan=req.plan)
         # the run's last message: release the site's data and models (a retried evaluation rebuilds the
         # session from the Flower state, which keeps the config, the statistics and the frozen Tier 1)
         sessions.release(context.run_id, site_dir(context, site_dirs))

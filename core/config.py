@@ -180,6 +180,11 @@ class RunConfig(_Strict):
                                "travels as one packed array (core/packed_arrays.py)")
     min_stat_count: int = Field(5, ge=1, description="a site sends feature sums only over >= this many patients")
     quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")
+    routing_score: Literal["risk-sd", "sigma2"] = Field(
+        "risk-sd", description="what routing compares with theta: the SD of Tier 1's risk over its draws of the "
+        "missing features (core/risk_interval.py), or f_phi's feature-space sigma^2 (the first release)")
+    conformal_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="federated split-conformal risk intervals "
+                                   "(core/conformal.py) aim at coverage 1 - this")
     hist_low: float = Field(1e-8, gt=0.0)
     hist_high: float = Field(1e3, gt=0.0)
     hist_bins: int = Field(512, ge=8)

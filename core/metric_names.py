@@ -102,3 +102,32 @@ UNCERTAINTY_N_PATIENTS, UNCERTAINTY_N_ROWS = "uncertainty-n-patients", "uncertai
 def uncertainty(target: str, stat: str) -> str:
     """``uncertainty-<error|risk>-<spearman|ci-low|ci-high>``."""
     return f"uncertainty-{target}-{stat}"
+
+
+# ---- conformal intervals, value of information, risk-coverage (core/conformal.py, core/site_evaluation_extras.py)
+CONFORMAL_TIERS = ("tier1", "tier2")
+
+
+def conformal(tier: str, part: str) -> str:
+    """Masked complete test rows inside the tier's conformal interval (part 'covered') and the sum of
+    its widths ('width-sum'); rows are :data:`MASKED_N`."""
+    return f"conformal-{tier}-{part}"
+
+
+VOI_CHANGES, VOI_TOP_N, VOI_TOP_CHANGES = "voi-changes", "voi-top-n", "voi-top-changes"
+VOI_TOP_SHARE = 0.10  # the top 10% of masked rows by expected change, at each site
+KEPT_LEVELS = 8  # thresholds of the risk-coverage curve an evaluation request may carry
+
+
+def kept(j: int) -> Pairs:
+    """Tier 1's pair counts on the test patients whose routing score is <= threshold j."""
+    return Pairs(f"kept-{j}-")
+
+
+def kept_n(j: int) -> str:
+    return f"kept-{j}-n"
+
+
+EXTRA_EVALUATION = (*(conformal(t, p) for t in CONFORMAL_TIERS for p in ("covered", "width-sum")),
+                    VOI_CHANGES, VOI_TOP_N, VOI_TOP_CHANGES,
+                    *(k for j in range(KEPT_LEVELS) for k in (*kept(j).all, kept_n(j))))

@@ -76,6 +76,10 @@ class RunMetrics(_Section):
     failed_steps: dict[str, str] | None = None  # simulation steps after training that failed
     cox_core: Json | None = None  # Tier 1's Cox core: its fit, the residual decision, its own C-index
     survival: Json | None = None  # Tier 1's integrated Brier score, td-AUC and calibration (site sums)
+    risk_uncertainty: Json | None = None  # the risk SD against the risk change (core/uncertainty_quality.py)
+    conformal: Json | None = None  # federated split-conformal risk intervals (core/conformal.py)
+    value_of_information: Json | None = None  # which exam: the capture ratio (core/risk_uncertainty_evaluation.py)
+    risk_coverage: Json | None = None  # Tier 1's C-index on the patients kept as the referral rate grows
     calibration: Calibration
     privacy_floor: Json = Field(default_factory=dict)
     routing: Routing
@@ -91,5 +95,7 @@ class RunMetrics(_Section):
     def to_json(self) -> Json:
         """The document as written (optional sections left out when absent)."""
         return self.model_dump(mode="json", exclude_none=False,
-                               exclude={k for k in ("pooled_reference", "oracle", "cohort", "failed_steps", "cox_core", "survival")
+                               exclude={k for k in ("pooled_reference", "oracle", "cohort", "failed_steps", "cox_core", "survival",
+                                                     "risk_uncertainty", "conformal", "value_of_information",
+                                                     "risk_coverage")
                                         if getattr(self, k) is None})

@@ -12,31 +12,21 @@ arrays; each side turns them into Flower records (client/records.py, server/reco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from . import metric_names as M
-from .histogram import HistogramGrid
 from .routing import Routing  # noqa: F401 - travels in risk-group and evaluation requests
 from .survival_metrics import SURVIVAL_METRICS
 from .schema import decode_schema, encode_schema  # noqa: F401 - the protocol's schema strings
 from .tier2_gate import VALIDATION_KEYS
 from .tier2_train import LOSS_KEYS
 
-# ---- record names ---------------------------------------------------------------------------
-ARRAYS = "arrays"  # model weights (Tier 1 or Tier 2 state dict)
-CONFIG = "config"  # scalars: request settings; in a reply only the schema handshake's
-METRICS = "metrics"  # scalar metrics
-SUMS = "sums"  # feature sums
-COUNTS = "counts"  # one histogram: noised counts on every bin, or bins merged to the site's floor
-HAZARD_RECORD = "hazard"  # Breslow sums (reply) / the time grid (request)
-STATS_RECORD = "feature-stats"  # the federated feature statistics (setup request)
-SURVIVAL_RECORD = "survival"  # the federated Breslow baseline an evaluation request carries (grid, cumhaz)
-COX_RECORD = "cox"  # the Cox core's coefficients (request) / gradient, Hessian and design sums (reply)
-SCALAR_RECORDS = (CONFIG, METRICS)
-
-Records = dict[str, dict[str, Any]]  # record name -> {key: scalar or np.ndarray}
+# ---- record names (core/record_names.py) ---------------------------------------------------------
+from .record_names import (  # noqa: F401 - the protocol's record names travel under this module's name
+    ARRAYS, CONFIG, COUNTS, COX_RECORD, HAZARD_RECORD, METRICS, PLAN_RECORD, SCALAR_RECORDS, STATS_RECORD, SUMS,
+    SURVIVAL_RECORD, Records)
 
 
 # ---- the scalar metrics each reply may carry (names: core/metric_names.py) -----------------------
@@ -52,7 +42,7 @@ EVALUATION_METRICS = (
     M.REFERRED, M.REFERRAL_RATE, M.TIER1_SECONDS, M.TIER2_SECONDS, M.TIER2_USED, M.HIGH_RISK_KEPT_TIER1, M.MASKED_N,
     M.MASKED_REFERRED, M.RECOVERY_N, M.RECOVERY_SSE_TIER1, M.RECOVERY_SSE_TIER2,
     *(M.uncertainty(t, k) for t in M.UNCERTAINTY_TARGETS for k in M.UNCERTAINTY_STATS),
-    M.UNCERTAINTY_N_PATIENTS, M.UNCERTAINTY_N_ROWS, *SURVIVAL_METRICS)
+    M.UNCERTAINTY_N_PATIENTS, M.UNCERTAINTY_N_ROWS, *SURVIVAL_METRICS, *M.EXTRA_EVALUATION)
 
 
 @dataclass(frozen=True)
@@ -92,12 +82,14 @@ TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", "tier2
                          TIER2_VALIDATION_METRICS)
 TIER2_CALIBRATION = Phase("tier2_calibration", "query.tier2_calibration", "tier2", (ARRAYS, CONFIG),
                           (COUNTS, METRICS), (M.N_VALUES, *RISK_SUMS, M.NOISED))
+CONFORMAL = Phase("conformal", "query.conformal", "calibration", (ARRAYS, CONFIG), (COUNTS, METRICS),
+                  (M.N_VALUES, M.NOISED))
 RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS, METRICS), (M.NOISED,))
-EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG, SURVIVAL_RECORD), (METRICS,),
+EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG, SURVIVAL_RECORD, PLAN_RECORD), (METRICS,),
                    EVALUATION_METRICS)
 
 PHASES = (SCHEMA, STATISTICS, SETUP, COX, TIER1_ROUND, TIER1_VALIDATION, FREEZE_TIER1, CALIBRATION, FOLLOWUP, HAZARD,
-          TIER2_ROUND, TIER2_VALIDATION, TIER2_CALIBRATION, RISK_GROUPS, EVALUATION)
+          TIER2_ROUND, TIER2_VALIDATION, TIER2_CALIBRATION, CONFORMAL, RISK_GROUPS, EVALUATION)
 BY_MESSAGE_TYPE = {p.message_type: p for p in PHASES}
 
 
@@ -105,179 +97,14 @@ def phase_of(message_type: str) -> Phase | None:
     return BY_MESSAGE_TYPE.get(message_type)
 
 
-def _dims(text: Any) -> dict[str, int]:
-    return {k: int(v) for k, v in decode_schema(str(text)).items() if v is not None}
-
-
 def _arrays(records: Records, name: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in (records.get(name) or {}).items()}
 
 
-# ---- requests (server -> site) --------------------------------------------------------------
-@dataclass
-class StatsRequest:
-    dims: dict[str, int]
-    min_stat_count: int = 0
-    reduce_above: int = 0
-    reduce_dim: int = 0
-
-    def to_records(self) -> Records:
-        return {CONFIG: {"schema": encode_schema(self.dims), "min-stat-count": int(self.min_stat_count),
-                         "reduce-above": int(self.reduce_above), "reduce-dim": int(self.reduce_dim)}}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "StatsRequest":
-        c = r[CONFIG]
-        return cls(_dims(c["schema"]), int(c.get("min-stat-count", 0)), int(c.get("reduce-above", 0)),
-                   int(c.get("reduce-dim", 0)))
-
-
-@dataclass
-class SetupRequest:
-    config: dict[str, Any]  # the flat run config (RunConfig.to_flat)
-    dims: dict[str, int]
-    stats: dict[str, np.ndarray]  # FeatureStats.to_arrays
-
-    def to_records(self) -> Records:
-        return {CONFIG: {**self.config, "schema": encode_schema(self.dims)}, STATS_RECORD: dict(self.stats)}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "SetupRequest":
-        conf = dict(r[CONFIG])
-        dims = _dims(conf.pop("schema"))
-        return cls(conf, dims, _arrays(r, STATS_RECORD))
-
-
-@dataclass
-class RoundRequest:
-    """A training or validation round (Tier 1 or 2). Flower's strategy builds it (weights + its config)."""
-
-    weights: dict[str, np.ndarray]
-    server_round: int = 0  # Flower's round within this submission
-    round_offset: int = 0  # rounds completed before a resume
-    proximal_mu: float = 0.0  # FedProx
-
-    @property
-    def run_round(self) -> int:
-        """The run's round, across resumes."""
-        return self.server_round + self.round_offset
-
-    def to_records(self) -> Records:
-        return {ARRAYS: dict(self.weights), CONFIG: {"server-round": self.server_round,
-                                                     "round-offset": self.round_offset,
-                                                     "proximal-mu": self.proximal_mu}}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "RoundRequest":
-        c = r.get(CONFIG) or {}
-        return cls(_arrays(r, ARRAYS), int(c.get("server-round", 0)), int(c.get("round-offset", 0)),
-                   float(c.get("proximal-mu", 0.0)))
-
-
-@dataclass
-class FreezeRequest:
-    """The run's final Tier 1: the site keeps it (frozen) for calibration, Tier 2 and evaluation."""
-
-    weights: dict[str, np.ndarray]
-
-    def to_records(self) -> Records:
-        return {ARRAYS: dict(self.weights)}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "FreezeRequest":
-        return cls(_arrays(r, ARRAYS))
-
-
-@dataclass
-class GridRequest:
-    """A histogram on a grid the server fixes: Tier 1 calibration or the follow-up times."""
-
-    grid: HistogramGrid
-
-    def to_records(self) -> Records:
-        return {CONFIG: self.grid.to_config()}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "GridRequest":
-        return cls(HistogramGrid.from_config(dict(r[CONFIG])))
-
-
-@dataclass
-class Tier2CalibrationRequest:
-    weights: dict[str, np.ndarray]  # Tier 2
-    grid: HistogramGrid
-
-    def to_records(self) -> Records:
-        return {ARRAYS: dict(self.weights), CONFIG: self.grid.to_config()}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "Tier2CalibrationRequest":
-        return cls(_arrays(r, ARRAYS), HistogramGrid.from_config(dict(r[CONFIG])))
-
-
-@dataclass
-class RiskGroupsRequest:
-    """The training patients' two-tier system risk on ``grid`` (for the risk groups' tertiles)."""
-
-    tier2_weights: dict[str, np.ndarray] | None
-    grid: HistogramGrid
-    routing: Routing
-
-    def to_records(self) -> Records:
-        return {ARRAYS: dict(self.tier2_weights or {}), CONFIG: {**self.grid.to_config(), **self.routing.to_config()}}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "RiskGroupsRequest":
-        c = r[CONFIG]
-        return cls(_arrays(r, ARRAYS) or None, HistogramGrid.from_config(dict(c)), Routing.from_config(c))
-
-
-@dataclass
-class HazardRequest:
-    grid: np.ndarray  # time points of the Breslow sums
-
-    def to_records(self) -> Records:
-        return {HAZARD_RECORD: {"grid": np.asarray(self.grid, dtype=np.float64)}}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "HazardRequest":
-        return cls(np.asarray(r[HAZARD_RECORD]["grid"], dtype=np.float64))
-
-
-@dataclass
-class CoxRequest:
-    """The Cox core's sums (core/site_cox.py) at raw-design coefficients ``coef`` on ``split``."""
-
-    coef: np.ndarray
-    split: str = "train"
-    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
-
-    def to_records(self) -> Records:
-        return {COX_RECORD: {"coef": np.asarray(self.coef, dtype=np.float64)}, CONFIG: {"split": self.split}}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "CoxRequest":
-        split = str((r.get(CONFIG) or {}).get("split", "train"))
-        return cls(np.asarray(r[COX_RECORD]["coef"], dtype=np.float64).reshape(-1), split)
-
-
-@dataclass
-class EvaluateRequest:
-    tier2_weights: dict[str, np.ndarray] | None
-    routing: Routing
-    baseline: tuple[np.ndarray, np.ndarray] | None = None  # Tier 1's Breslow (grid, cumhaz): survival metrics
-
-    def to_records(self) -> Records:
-        surv = {SURVIVAL_RECORD: {"grid": np.asarray(self.baseline[0], np.float64),
-                                  "cumhaz": np.asarray(self.baseline[1], np.float64)}} if self.baseline else {}
-        return {ARRAYS: dict(self.tier2_weights or {}),
-                CONFIG: {**self.routing.to_config(), "has-tier2": self.tier2_weights is not None}, **surv}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "EvaluateRequest":
-        c, surv = r[CONFIG], _arrays(r, SURVIVAL_RECORD)
-        baseline = (surv["grid"], surv["cumhaz"]) if {"grid", "cumhaz"} <= set(surv) else None
-        return cls(_arrays(r, ARRAYS) if bool(c["has-tier2"]) else None, Routing.from_config(c), baseline)
+# ---- requests (server -> site): core/protocol_requests.py ------------------------------------------
+from .protocol_requests import (  # noqa: E402,F401 - every request travels under this module's name
+    ConformalRequest, CoxRequest, EvaluateRequest, EvaluationPlan, FreezeRequest, GridRequest, HazardRequest,
+    RiskGroupsRequest, RoundRequest, SetupRequest, StatsRequest, Tier2CalibrationRequest)
 
 
 # ---- replies (site -> server) ---------------------------------------------------------------

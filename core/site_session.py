@@ -36,7 +36,10 @@ from .tier2 import Tier2Model, build_tier2
 from .tier2_train import predict_tier2, train_tier2
 from .tier2_gate import VALIDATION_KEYS
 from .two_tier import RiskScale, predict_two_tier, recovery_errors
-from .uncertainty import calibration_uncertainties, complete_case_indices, masking_patterns
+from .conformal import site_scores as conformal_site_scores
+from .risk_uncertainty_evaluation import conformal_sums, floored as _floored, kept_sums, voi_sums
+from .routing_score import calibration_scores
+from .uncertainty import complete_case_indices, masking_patterns
 from .uncertainty_quality import site_quality
 from .weights import get_weights, set_weights
 
@@ -203,9 +206,19 @@ class SiteSession:
         return grid.counts(values), int(len(values))
 
     def calibration_values(self, weights: dict[str, np.ndarray]) -> np.ndarray:
-        """The per-(patient, masking pattern) uncertainties behind :meth:`histogram`. Never sent."""
+        """The per-(patient, masking pattern) routing scores behind :meth:`histogram`. Never sent."""
         assert self.cfg is not None
-        return calibration_uncertainties(self.model(weights), self._split("val"), seed=self.cfg.seed)
+        return calibration_scores(self.model(weights), self._split("val"), self.cfg, seed=self.cfg.seed)
+
+    def conformal_release(self, tier: str, tier2_weights: dict[str, np.ndarray] | None, grid: HistogramGrid, k: int,
+                          noise: ReleaseNoise | None = None) -> tuple[MergedBins, int]:
+        """One tier's conformal scores on the masked complete val cases (core/conformal.site_scores) on
+        ``grid``, merged to the floor or noised (like theta's histogram)."""
+        assert self.cfg is not None
+        values = conformal_site_scores(self._tier1(), self.tier2_model(tier2_weights) if tier2_weights else None,
+                                       self._split("val"), self.cfg, tier)
+        return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
+                                   f"{tier} conformal-score histogram", noise), int(len(values))
 
     def test_predictions(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """(risk, time, event, patient_ids) on the test split. Never sent: simulation-only pooled metrics."""
@@ -318,7 +331,7 @@ class SiteSession:
     # ---- phase 5: evaluation -----------------------------------------------------------
     def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
                  scale: RiskScale | None = None, k: int = 1, use_tier2: bool = True,
-                 baseline: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+                 baseline: tuple[np.ndarray, np.ndarray] | None = None, plan=None) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
         covered, referred), routes, recovery errors of both tiers, per-patient cost of each tier, and
         the quality of Tier 1's sigma^2 on masked complete cases (core/uncertainty_quality.site_quality:
@@ -359,12 +372,18 @@ class SiteSession:
         if len(rec["sigma2"]) // max(len(masking_patterns(len(self.dims))), 1) < k:  # complete test cases
             rec = {key: np.zeros(0) for key in rec}
         m = len(rec["sigma2"])
-        out.update({M.MASKED_N: float(m), M.MASKED_REFERRED: float(_floored([int((rec["sigma2"] > theta).sum())], m, k)[0]),
+        masked_score = rec["risk_sd"] if self.cfg.routing_score == "risk-sd" else rec["sigma2"]
+        out.update({M.MASKED_N: float(m), M.MASKED_REFERRED: float(_floored([int((masked_score > theta).sum())], m, k)[0]),
                     M.RECOVERY_N: float(m), M.RECOVERY_SSE_TIER1: float(rec["err1"].sum()),
                     M.RECOVERY_SSE_TIER2: float(rec["err2"].sum()) if tier2 is not None else float("nan")})
         out.update(site_quality(rec, seed=self.cfg.seed))  # includes uncertainty-error-spearman
         if baseline is not None and np.all(np.isfinite(baseline[1])):  # IBS, td-AUC, calibration (Tier 1)
             out.update(survival_sums(time, event, pred.tier1_risk, baseline[0], baseline[1], k))
+        if plan is not None:  # conformal coverage, value of information, risk-coverage (core/risk_uncertainty_evaluation.py)
+            sc = scale or RiskScale()
+            out.update(conformal_sums(rec, plan.conformal_q, k))
+            out.update(voi_sums(rec, plan.cutpoints, sc.tier1_mean, sc.tier1_std, k))
+            out.update(kept_sums(time, event, pred.tier1_risk, pred.score, plan.thresholds, k))
         return out
 
 
@@ -373,13 +392,6 @@ def _pattern_patients(values: np.ndarray, n_modalities: int) -> np.ndarray:
     cases (core/uncertainty.calibration_uncertainties, two_tier.recovery_errors)."""
     patterns = len(masking_patterns(n_modalities))
     return np.tile(np.arange(len(values) // patterns), patterns) if len(values) else np.zeros(0, dtype=int)
-
-
-def _floored(counts: list[int], total: int, k: int) -> list[int]:
-    """Counts of groups of ``total`` patients, each group and its complement 0 or >= k; else all sent as 0
-    (a group of 1..k-1 patients, or one that leaves 1..k-1 outside it, would single patients out)."""
-    ok = all(c == 0 or c >= k for c in counts) and all(total - c == 0 or total - c >= k for c in counts)
-    return list(counts) if ok else [0] * len(counts)
 
 
 def _counts(names: M.Pairs, c) -> dict[str, float]:

@@ -35,17 +35,6 @@ def tier1_head_risk(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.T
     return tier1.risk_from(parts, lin)
 
 
-@torch.no_grad()
-def risk_of_draws(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Tensor, draws: torch.Tensor,
-                  dims: list[int] | tuple[int, ...], means: list[torch.Tensor]) -> torch.Tensor:
-    """Risk of each of S recovered draws [S, B, sum D] through Tier 1's head -> [S, B] (one batched pass)."""
-    s, b = draws.shape[0], draws.shape[1]
-    zs_rep = [z.repeat(s, 1) for z in zs]
-    means_rep = [m.repeat(s, 1) for m in means]
-    fill = list(torch.split(draws.reshape(s * b, -1), list(dims), dim=1))
-    return tier1_head_risk(tier1, zs_rep, observed.repeat(s, 1), fill, means_rep).view(s, b)
-
-
 def tier2_risk(tier2, tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Tensor,
                x_rec: torch.Tensor, means: list[torch.Tensor]) -> torch.Tensor:
     """Tier 2's risk [B] at its point recovery ``x_rec`` [B, sum D]: through Tier 1's head (risk-head =

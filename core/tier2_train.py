@@ -45,7 +45,8 @@ from .tensors import SiteTensors, patients_per_batch
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model, concat_modalities, coord_mask
 from .tier2_context import PatternBank, bag_encodings, data_means, tier1_slots
-from .tier2_scoring import risk_of_draws, tier1_head_risk, tier2_risk
+from .risk_interval import risks_of_draws
+from .tier2_scoring import tier1_head_risk, tier2_risk
 from .tier2_config import Tier2Config
 from .uncertainty import estimate_and_sigma2
 
@@ -203,7 +204,8 @@ def predict_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: 
     """Patients as they are: recover what is missing (eq. 6, DDIM, S draws), then the risk at the point
     recovery through Tier 1's head (risk-head = tier1: observed modalities from their bags,
     :mod:`rmmfed.core.tier2_scoring`) or the multi-branch head (risk-head = branches); the risk of
-    every draw as well (``risk_draws``, the spread of the risk).
+    every draw as well (``risk_draws``, the spread of the risk: each draw read as if the exam had found
+    it, core/risk_interval.risk_if_acquired).
 
     Deterministic for a seed."""
     device = data.present.device
@@ -226,7 +228,7 @@ def predict_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: 
             everything = torch.ones_like(obs)
             r = torch.stack([tier2.risk(d, everything) for d in draws])
         else:
-            r = risk_of_draws(tier1, zs, obs, draws, dims, means)
+            r = risks_of_draws(tier1, zs, obs, ~obs, draws, dims, means)  # each draw read as the exam's result
         risks.append(tier2_risk(tier2, tier1, zs, obs, x_rec, means).cpu())
         draws_r.append(r.T.cpu())
         uncs.append(tier2.patient_uncertainty(var_k, obs).cpu())

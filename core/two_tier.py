@@ -1,7 +1,8 @@
 """The whole two-tier prediction for a set of patients: Tier 1, routing (eq. 5), Tier 2, abstention.
 
-For each patient: Tier 1 risk and sigma^2; the route (abstain when nothing is present; Tier 2 when
-sigma^2 > theta or the context is high-risk; Tier 1 otherwise); for the referred, Tier 2 recovers
+For each patient: Tier 1 risk, sigma^2 and the routing score (core/routing_score.py: the risk SD, or
+sigma^2); the route (abstain when nothing is present; Tier 2 when the score > theta or the context is
+high-risk; Tier 1 otherwise); for the referred, Tier 2 recovers
 what is missing, gives its own risk and uncertainty, and the patient abstains when that uncertainty
 exceeds the calibrated bound. Every prediction carries its route, the reason and its flags. When the
 run's gate (:mod:`rmmfed.core.tier2_gate`) found that Tier 2 does not beat Tier 1 on federated masked
@@ -27,7 +28,7 @@ from .tensors import SiteTensors
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model
 from .tier2_train import predict_tier2
-from .uncertainty import risk_and_uncertainty
+from .routing_score import patient_scores
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class TwoTierPrediction:
     risk_low: np.ndarray | None = None  # [N] system-scale interval (core/risk_interval.py), with_interval only
     risk_high: np.ndarray | None = None
     interval_basis: list[str] | None = None
+    score: np.ndarray | None = None  # [N] what routing compared with theta (core/routing_score.py)
 
     @property
     def route_names(self) -> np.ndarray:
@@ -78,11 +80,11 @@ def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTens
     on Tier 2's uncertainty. ``with_interval`` adds each answer's risk interval (core/risk_interval.py,
     on the system scale)."""
     t0 = time.perf_counter()
-    r1, s2 = risk_and_uncertainty(tier1, data, seed=seed)
+    r1, s2, score = patient_scores(tier1, data, cfg, seed=seed)
     t1 = time.perf_counter() - t0
     any_present = data.present.any(dim=1).cpu().numpy()
     all_present = data.present.all(dim=1).cpu().numpy()
-    routes = route_all(s2, data.context, any_present, theta, cfg.high_risk, all_present)
+    routes = route_all(score, data.context, any_present, theta, cfg.high_risk, all_present)
     n = len(data)
     r2, u2 = np.full(n, np.nan), np.full(n, np.nan)
     referred = np.array([r.route == TIER2 for r in routes], dtype=bool)
@@ -107,7 +109,8 @@ def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTens
         system = np.where(referred, (r2 - scale.tier2_mean) / scale.tier2_std, system)
     abstained = np.array([r.route == ABSTAIN for r in routes], dtype=bool)
     system = np.where(abstained, np.nan, system)
-    out = TwoTierPrediction(r1, s2, r2, u2, system, routes, t1, t2, tier2_used=use_tier2 or tier2 is None)
+    out = TwoTierPrediction(r1, s2, r2, u2, system, routes, t1, t2, tier2_used=use_tier2 or tier2 is None,
+                            score=score)
     if with_interval:
         _add_intervals(out, tier1, data, scale, seed, referred, abstained, draws2, use_tier2 and tier2 is not None)
     return out
@@ -151,7 +154,10 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     against the real features, Tier 2's own uncertainty (``unc2``, what its abstention bound is
     calibrated on), both tiers' risks under the mask (``risk1``: Tier 1's deterministic risk;
     ``risk2``: Tier 2's, as :func:`~rmmfed.core.tier2_train.predict_tier2` scores it), ``risk_gap`` =
-    |risk1 - Tier 1's risk with every modality seen|, and the row's ``patient`` (its complete case,
+    |risk1 - Tier 1's risk with every modality seen| (``risk_seen``), the mean of Tier 1's risk draws
+    (``risk_mean``) and their mean |draw - risk1| (``change``: the expected change once the hidden exams
+    are done), the mean and SD of the risks of Tier 2's diffusion draws (``risk2_mean``, ``risk2_sd``;
+    empty with ``point_only``), and the row's ``patient`` (its complete case,
     0..n-1, so statistics can resample patients rather than rows) and ``pattern`` (index into
     :func:`masking_patterns`).
 
@@ -160,12 +166,13 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     from .tier2_context import bag_encodings, data_means, tier1_slots
     from .tier2_scoring import tier2_risk
     from .train import predict_risk
-    from .risk_interval import tier1_risk_draws
+    from .risk_interval import risks_of_draws, tier1_risk_draws
     from .tier2_train import tier2_inputs
     from .uncertainty import complete_case_indices, masking_patterns, patient_uncertainty
 
     idx = complete_case_indices(data)
-    keys = ("sigma2", "risk_sd", "err1", "err2", "unc2", "risk1", "risk2", "risk_gap", "patient", "pattern")
+    keys = ("sigma2", "risk_sd", "risk_mean", "change", "err1", "err2", "unc2", "risk1", "risk2", "risk2_mean",
+            "risk2_sd", "risk_seen", "risk_gap", "patient", "pattern")
     out: dict[str, list] = {k: [] for k in keys}
     if len(idx) == 0:
         return {k: np.zeros(0, dtype=int if k in ("patient", "pattern") else float) for k in out}
@@ -187,15 +194,28 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
         risk1 = predict_risk(tier1, sub, obs)
         out["risk1"].append(risk1)
         out["risk_gap"].append(np.abs(risk1 - risk_full))
-        out["risk_sd"].append(tier1_risk_draws(tier1, sub, seed=seed + 7919 + p_i, observed=obs).std(axis=1))
+        out["risk_seen"].append(risk_full)
+        draws1 = tier1_risk_draws(tier1, sub, seed=seed + 7919 + p_i, observed=obs)
+        out["risk_sd"].append(draws1.std(axis=1))
+        out["risk_mean"].append(draws1.mean(axis=1))
+        out["change"].append(np.abs(draws1 - risk1[:, None]).mean(axis=1))
         out["patient"].append(np.arange(len(sub)))
         out["pattern"].append(np.full(len(sub), p_i))
         if tier2 is not None:
             enc = tier1_slots(tier1, zs, obs) if tier2.enc_dim else None
-            x_rec, var2 = tier2.recover(x_obs, obs, x_hat, var_k, samples=cfg.tier2.samples,
-                                        steps=1 if point_only else cfg.tier2.sample_steps, generator=gen, enc=enc)
+            got = tier2.recover(x_obs, obs, x_hat, var_k, samples=cfg.tier2.samples,
+                                steps=1 if point_only else cfg.tier2.sample_steps, generator=gen, enc=enc,
+                                return_draws=not point_only)
+            x_rec, var2 = got[0], got[1]
             if not point_only:
                 out["unc2"].append(tier2.patient_uncertainty(var2, obs).cpu().numpy())
+                if cfg.tier2.uses_branches:
+                    everything = torch.ones_like(obs)
+                    d2 = torch.stack([tier2.risk(d, everything) for d in got[2]])
+                else:
+                    d2 = risks_of_draws(tier1, zs, obs, ~obs, got[2], dims, means)
+                out["risk2_sd"].append(d2.std(dim=0, unbiased=False).cpu().numpy())
+                out["risk2_mean"].append(d2.mean(dim=0).cpu().numpy())
             out["err2"].append((((x_rec - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
             out["risk2"].append(tier2_risk(tier2, tier1, zs, obs, x_rec, means).cpu().numpy())
     tier1.train(was)

@@ -36,11 +36,11 @@ from ..core.tier2 import build_tier2
 from ..core.tier2_gate import Tier2Gate
 from ..core.two_tier import RiskScale
 from ..core.weights import get_weights
-from . import cox_phase
+from . import conformal_phase, cox_phase
 from .checkpoint import Checkpoint
 from .cox_phase import cox_core_sites
 from .handshake import Handshake, SiteInfo, agree
-from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, baseline_hazard, dp_time_cuts, run_phase, tier2_gate
+from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, dp_time_cuts, run_baseline_hazard, run_phase, tier2_gate
 from .noised_quantile import quantile_release
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts, wait_for_nodes
@@ -77,6 +77,8 @@ class FederationResult:
     tier2_round: int = 0  # the Tier 2 round kept (selected on masked validation, or the last)
     cox: dict | None = None  # Tier 1's Cox core: its fit and whether the network residual was kept
     residual_weights: dict[str, np.ndarray] | None = None  # the kept round before that decision (never sent)
+    conformal: dict = field(default_factory=dict)  # each tier's q-hat; the plan: what evaluation measured beyond
+    plan: P.EvaluationPlan = field(default_factory=P.EvaluationPlan)  # routing (server/conformal_phase.py)
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(*(m[k] for k in M.PAIRS.counts)) for m in self.per_site.values())
@@ -145,25 +147,21 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     weights, history, best_round = tier1(run, hs, stats)
     freeze_tier1(run, weights)
     grid_h, counts, theta = calibration(run)
-    t = time.perf_counter()
-    hazard = baseline_hazard(run.grid, run.cfg, run.accepted, run.answered, run.release_error, run.followup_grid,
-                             run.noised)
-    run.timed("baseline_hazard", t)
-    if hazard is not None:
-        run.say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
-                f"H0(end) = {hazard[1][-1]:.4g}")
+    hazard = run_baseline_hazard(run)
     t2 = tier2(run, stats, grid_h) if run.cfg.tier2_rounds > 0 else Tier2Outcome()
     routing = P.Routing(theta, t2.bound, (t2.scale.tier1_mean, t2.scale.tier1_std, t2.scale.tier2_mean,
                                           t2.scale.tier2_std), bool(t2.gate.open) if t2.gate is not None else True)
+    q_hat = conformal_phase.calibrate(run, t2.weights)
     cutpoints, n_risk = risk_groups(run, t2.weights, routing)
-    per_site = evaluation(run, t2.weights, routing, hazard)
+    plan = conformal_phase.plan(q_hat, cutpoints, conformal_phase.curve_thresholds(grid_h, counts))
+    per_site = evaluation(run, t2.weights, routing, hazard, plan)
     run.timing["total"] = time.perf_counter() - t_all
     return FederationResult(run.cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
                             timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights, bound=t2.bound,
                             scale=t2.scale, tier2_history=t2.history, baseline_hazard=hazard,
                             participation=run.participation, risk_cutpoints=cutpoints, risk_cutpoint_values=n_risk,
                             release_error=run.release_error, tier2_gate=t2.gate, tier2_round=t2.round, cox=run.cox,
-                            residual_weights=run.residual_weights)
+                            residual_weights=run.residual_weights, conformal=q_hat, plan=plan)
 
 
 # ---- 1. schema handshake ----------------------------------------------------------------------
@@ -384,9 +382,10 @@ def risk_groups(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: 
 
 # ---- 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel) -----------------------
 def evaluation(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: P.Routing,
-               baseline: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+               baseline: tuple[np.ndarray, np.ndarray] | None = None,
+               plan: P.EvaluationPlan | None = None) -> dict[str, dict[str, float]]:
     t = time.perf_counter()
-    replies = run.ask(P.EVALUATION, P.EvaluateRequest(tier2_weights, routing, baseline))
+    replies = run.ask(P.EVALUATION, P.EvaluateRequest(tier2_weights, routing, baseline, plan or P.EvaluationPlan()))
     per_site = dict(sorted((run.site_of[n], decode(r, P.MetricsReply).metrics) for n, r in replies.items()))
     run.timed("evaluation", t)
     return per_site

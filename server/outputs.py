@@ -27,6 +27,8 @@ from ..core.metrics_document import RunMetrics
 from ..core.model_card import model_card_from_metrics
 from ..core.routing import ABSTAIN, TIER1, TIER2
 from ..core.uncertainty_quality import quality_document
+from ..core.risk_uncertainty_evaluation import conformal_document, coverage_curve_document, voi_document
+from .conformal_phase import CURVE_QUANTILES
 from .federation import FederationResult
 
 
@@ -89,6 +91,18 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     if extra.get("pooled_referred"):
         doc["two_tier"]["referred_pooled"] = extra["pooled_referred"]  # simulation only
     doc["uncertainty"] = quality_document(ps, res.config.model.uncertainty)  # sites' scalars, meta-analysed
+    doc["risk_uncertainty"] = {  # issue 25's name for the risk SD's tracking of the risk change
+        "spearman_change": doc["uncertainty"]["spearman_risk_sd_change"],
+        "per_site": {s: v["spearman_risk_sd_change"] for s, v in doc["uncertainty"]["per_site"].items()},
+        "routing_score": res.config.routing_score,
+        "definition": "Spearman(SD of Tier 1's risk over its draws of the hidden features, |risk hidden - risk seen|) "
+                      "on masked complete test cases"}
+    if res.conformal:
+        doc["conformal"] = conformal_document(ps, res.conformal, res.config.conformal_alpha)
+    if res.plan.cutpoints:
+        doc["value_of_information"] = voi_document(ps)
+    if res.plan.thresholds:
+        doc["risk_coverage"] = coverage_curve_document(ps, res.plan.thresholds, CURVE_QUANTILES)
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims,
                     "model_dims": res.stats.model_dims(res.handshake.dims),  # after the federated PCA

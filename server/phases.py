@@ -3,6 +3,8 @@ Tier 2 gate read from its validation, and the federated Breslow baseline hazard.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from flwr.serverapp import Grid
 
@@ -149,3 +151,15 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
                                  "widest_merged_time": float(widest * points[0]),
                                  "groups_per_site": sorted(int(p.first.size) for p in parts)}
     return points, baseline_from_sums(points, events, risk_sums)
+
+
+def run_baseline_hazard(run) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`baseline_hazard` for a server/federation.Run: timed, and said."""
+    t = time.perf_counter()
+    hazard = baseline_hazard(run.grid, run.cfg, run.accepted, run.answered, run.release_error, run.followup_grid,
+                             run.noised)
+    run.timed("baseline_hazard", t)
+    if hazard is not None:
+        run.say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "
+                f"H0(end) = {hazard[1][-1]:.4g}")
+    return hazard

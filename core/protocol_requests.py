@@ -1,0 +1,231 @@
+"""The requests of the rmm protocol (server -> site): typed payloads over record dicts (no Flower).
+Each phase's record names and the replies: core/protocol.py, which exports these under its own name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .histogram import HistogramGrid
+from .routing import Routing
+from .schema import decode_schema, encode_schema
+
+from .record_names import ARRAYS, CONFIG, COX_RECORD, HAZARD_RECORD, PLAN_RECORD, STATS_RECORD, SURVIVAL_RECORD, Records
+
+
+def _dims(text: Any) -> dict[str, int]:
+    return {k: int(v) for k, v in decode_schema(str(text)).items() if v is not None}
+
+
+def _arrays(records: Records, name: str) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in (records.get(name) or {}).items()}
+
+
+@dataclass
+class StatsRequest:
+    dims: dict[str, int]
+    min_stat_count: int = 0
+    reduce_above: int = 0
+    reduce_dim: int = 0
+
+    def to_records(self) -> Records:
+        return {CONFIG: {"schema": encode_schema(self.dims), "min-stat-count": int(self.min_stat_count),
+                         "reduce-above": int(self.reduce_above), "reduce-dim": int(self.reduce_dim)}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "StatsRequest":
+        c = r[CONFIG]
+        return cls(_dims(c["schema"]), int(c.get("min-stat-count", 0)), int(c.get("reduce-above", 0)),
+                   int(c.get("reduce-dim", 0)))
+
+
+@dataclass
+class SetupRequest:
+    config: dict[str, Any]  # the flat run config (RunConfig.to_flat)
+    dims: dict[str, int]
+    stats: dict[str, np.ndarray]  # FeatureStats.to_arrays
+
+    def to_records(self) -> Records:
+        return {CONFIG: {**self.config, "schema": encode_schema(self.dims)}, STATS_RECORD: dict(self.stats)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "SetupRequest":
+        conf = dict(r[CONFIG])
+        dims = _dims(conf.pop("schema"))
+        return cls(conf, dims, _arrays(r, STATS_RECORD))
+
+
+@dataclass
+class RoundRequest:
+    """A training or validation round (Tier 1 or 2). Flower's strategy builds it (weights + its config)."""
+
+    weights: dict[str, np.ndarray]
+    server_round: int = 0  # Flower's round within this submission
+    round_offset: int = 0  # rounds completed before a resume
+    proximal_mu: float = 0.0  # FedProx
+
+    @property
+    def run_round(self) -> int:
+        """The run's round, across resumes."""
+        return self.server_round + self.round_offset
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.weights), CONFIG: {"server-round": self.server_round,
+                                                     "round-offset": self.round_offset,
+                                                     "proximal-mu": self.proximal_mu}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "RoundRequest":
+        c = r.get(CONFIG) or {}
+        return cls(_arrays(r, ARRAYS), int(c.get("server-round", 0)), int(c.get("round-offset", 0)),
+                   float(c.get("proximal-mu", 0.0)))
+
+
+@dataclass
+class FreezeRequest:
+    """The run's final Tier 1: the site keeps it (frozen) for calibration, Tier 2 and evaluation."""
+
+    weights: dict[str, np.ndarray]
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.weights)}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "FreezeRequest":
+        return cls(_arrays(r, ARRAYS))
+
+
+@dataclass
+class GridRequest:
+    """A histogram on a grid the server fixes: Tier 1 calibration or the follow-up times."""
+
+    grid: HistogramGrid
+
+    def to_records(self) -> Records:
+        return {CONFIG: self.grid.to_config()}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "GridRequest":
+        return cls(HistogramGrid.from_config(dict(r[CONFIG])))
+
+
+@dataclass
+class Tier2CalibrationRequest:
+    weights: dict[str, np.ndarray]  # Tier 2
+    grid: HistogramGrid
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.weights), CONFIG: self.grid.to_config()}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "Tier2CalibrationRequest":
+        return cls(_arrays(r, ARRAYS), HistogramGrid.from_config(dict(r[CONFIG])))
+
+
+@dataclass
+class ConformalRequest:
+    """Histogram of one tier's conformal scores (core/conformal.py) on the masked complete val cases."""
+
+    tier: str  # "tier1" or "tier2"
+    grid: HistogramGrid
+    tier2_weights: dict[str, np.ndarray] | None = None  # with tier = "tier2"
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.tier2_weights or {}), CONFIG: {**self.grid.to_config(), "tier": self.tier}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "ConformalRequest":
+        c = r[CONFIG]
+        return cls(str(c.get("tier", "")), HistogramGrid.from_config(dict(c)), _arrays(r, ARRAYS) or None)
+
+
+@dataclass
+class EvaluationPlan:
+    """What an evaluation measures beyond routing: each tier's conformal q-hat (NaN: not calibrated),
+    the risk groups' cut points on the system scale (NaN: none), and the routing-score thresholds of the
+    risk-coverage curve (at most metric_names.KEPT_LEVELS)."""
+
+    conformal_q: tuple[float, float] = (float("nan"), float("nan"))
+    cutpoints: tuple[float, ...] = ()
+    thresholds: tuple[float, ...] = ()
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"conformal-q": np.asarray(self.conformal_q, np.float64),
+                "cutpoints": np.asarray(self.cutpoints, np.float64), "thresholds": np.asarray(self.thresholds, np.float64)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> "EvaluationPlan":
+        q = np.asarray(a.get("conformal-q", [np.nan, np.nan]), np.float64).ravel()
+        q = np.concatenate([q, [np.nan, np.nan]])[:2]
+        return cls((float(q[0]), float(q[1])), tuple(float(v) for v in np.asarray(a.get("cutpoints", []), np.float64).ravel()),
+                   tuple(float(v) for v in np.asarray(a.get("thresholds", []), np.float64).ravel()))
+
+
+@dataclass
+class RiskGroupsRequest:
+    """The training patients' two-tier system risk on ``grid`` (for the risk groups' tertiles)."""
+
+    tier2_weights: dict[str, np.ndarray] | None
+    grid: HistogramGrid
+    routing: Routing
+
+    def to_records(self) -> Records:
+        return {ARRAYS: dict(self.tier2_weights or {}), CONFIG: {**self.grid.to_config(), **self.routing.to_config()}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "RiskGroupsRequest":
+        c = r[CONFIG]
+        return cls(_arrays(r, ARRAYS) or None, HistogramGrid.from_config(dict(c)), Routing.from_config(c))
+
+
+@dataclass
+class HazardRequest:
+    grid: np.ndarray  # time points of the Breslow sums
+
+    def to_records(self) -> Records:
+        return {HAZARD_RECORD: {"grid": np.asarray(self.grid, dtype=np.float64)}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "HazardRequest":
+        return cls(np.asarray(r[HAZARD_RECORD]["grid"], dtype=np.float64))
+
+
+@dataclass
+class CoxRequest:
+    """The Cox core's sums (core/site_cox.py) at raw-design coefficients ``coef`` on ``split``."""
+
+    coef: np.ndarray
+    split: str = "train"
+    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
+
+    def to_records(self) -> Records:
+        return {COX_RECORD: {"coef": np.asarray(self.coef, dtype=np.float64)}, CONFIG: {"split": self.split}}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "CoxRequest":
+        split = str((r.get(CONFIG) or {}).get("split", "train"))
+        return cls(np.asarray(r[COX_RECORD]["coef"], dtype=np.float64).reshape(-1), split)
+
+
+@dataclass
+class EvaluateRequest:
+    tier2_weights: dict[str, np.ndarray] | None
+    routing: Routing
+    baseline: tuple[np.ndarray, np.ndarray] | None = None  # Tier 1's Breslow (grid, cumhaz): survival metrics
+    plan: EvaluationPlan = field(default_factory=EvaluationPlan)
+
+    def to_records(self) -> Records:
+        surv = {SURVIVAL_RECORD: {"grid": np.asarray(self.baseline[0], np.float64),
+                                  "cumhaz": np.asarray(self.baseline[1], np.float64)}} if self.baseline else {}
+        return {ARRAYS: dict(self.tier2_weights or {}),
+                CONFIG: {**self.routing.to_config(), "has-tier2": self.tier2_weights is not None}, **surv,
+                PLAN_RECORD: self.plan.to_arrays()}
+
+    @classmethod
+    def from_records(cls, r: Records) -> "EvaluateRequest":
+        c, surv = r[CONFIG], _arrays(r, SURVIVAL_RECORD)
+        baseline = (surv["grid"], surv["cumhaz"]) if {"grid", "cumhaz"} <= set(surv) else None
+        return cls(_arrays(r, ARRAYS) if bool(c["has-tier2"]) else None, Routing.from_config(c), baseline,
+                   EvaluationPlan.from_arrays(_arrays(r, PLAN_RECORD)))

@@ -1,0 +1,64 @@
+"""The conformal phase: each tier's q-hat from the sites' summed score histograms (core/conformal.py),
+and the plan an evaluation carries (q-hats, risk cut points, the risk-coverage thresholds)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..core import protocol as P
+from ..core.conformal import SCORE_GRID, corrected_level, needs_infinite
+from ..core.histogram import HistogramGrid, quantile_from_counts
+from ..core.merged_histogram import merged_quantile, pooled_counts
+from ..core.metric_names import KEPT_LEVELS
+from .noised_quantile import quantile_release
+
+if TYPE_CHECKING:
+    from .federation import Run
+
+# calibration quantiles of the routing score that place the risk-coverage curve's thresholds (the last:
+# no threshold, every patient kept)
+CURVE_QUANTILES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
+assert len(CURVE_QUANTILES) <= KEPT_LEVELS
+
+
+def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[str, dict]:
+    """{tier: {q_hat, level, n_scores}} for Tier 1 and (with weights) Tier 2; q_hat inf when the sites
+    hold too few scores for the guarantee, NaN when none answered."""
+    t0, alpha = time.perf_counter(), run.cfg.conformal_alpha
+    out: dict[str, dict] = {}
+    for tier, weights in (("tier1", None), ("tier2", tier2_weights)):
+        if tier == "tier2" and not weights:
+            continue
+        grid, replies, parts = quantile_release(run.ask, P.CONFORMAL, lambda g: P.ConformalRequest(tier, g, weights),
+                                                SCORE_GRID, 1.0 - alpha, run.noised, run.cfg.dp.histogram_epsilon > 0)
+        n = float(pooled_counts(parts, grid.n_bins).sum()) if parts else 0.0
+        if n <= 0:
+            out[tier] = {"q_hat": math.nan, "level": math.nan, "n_scores": 0, "sites": len(replies)}
+        elif needs_infinite(n, alpha):
+            out[tier] = {"q_hat": math.inf, "level": 1.0, "n_scores": int(round(n)), "sites": len(replies)}
+        else:
+            level = corrected_level(n, alpha)
+            q = merged_quantile(grid, parts, level).estimate if level < 1.0 else float(grid.high)
+            out[tier] = {"q_hat": float(q), "level": level, "n_scores": int(round(n)), "sites": len(replies)}
+        run.say(f"conformal {tier}: q-hat {out[tier]['q_hat']:.4g} at level {out[tier]['level']:.4g} of "
+                f"{out[tier]['n_scores']} scores ({len(replies)} site(s), alpha {alpha:g})")
+    run.timed("conformal", t0)
+    return out
+
+
+def curve_thresholds(grid: HistogramGrid, counts: np.ndarray) -> tuple[float, ...]:
+    """Routing-score thresholds at :data:`CURVE_QUANTILES` of the calibration histogram (inf for 1.0)."""
+    if not counts.sum() > 0:
+        return ()
+    frac = bool((counts != np.round(counts)).any())
+    return tuple(math.inf if q >= 1.0 else float(quantile_from_counts(grid, counts, q, fractional=frac))
+                 for q in CURVE_QUANTILES)
+
+
+def plan(q_hat: dict[str, dict], cutpoints: list[float] | None, thresholds: tuple[float, ...]) -> P.EvaluationPlan:
+    q = tuple(float((q_hat.get(t) or {}).get("q_hat", math.nan)) for t in ("tier1", "tier2"))
+    return P.EvaluationPlan((q[0], q[1]), tuple(cutpoints or ()), thresholds)
