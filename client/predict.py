@@ -33,7 +33,14 @@ JSON keys (``null`` where not applicable):
   carries them (``risk_cutpoints``: every run since 0.2.0 computes them from the sites' histograms,
   :mod:`rmmfed.core.risk_groups`), otherwise of this site's own non-abstained patients (all splits);
   ``risk_group_basis`` says which
-* ``sigma2`` (Tier 1 uncertainty), ``theta``; ``tier2_uncertainty`` and ``abstain_bound`` when referred
+* ``risk_conformal_interval`` [low, high] and ``risk_conformal_coverage``: where the risk would lie once the
+  missing exams are done, mean +- q-hat x SD of the answering tier's risk draws, with the run's federated
+  split-conformal q-hat (:mod:`rmmfed.core.conformal`: marginal coverage 1 - alpha over patients with
+  modalities missing); ``null`` when nothing is missing, when abstained, or when the bundle has no finite
+  q-hat for that tier
+* ``which_exam``: per missing modality, ranked, the expected |change in risk| (system scale) if that exam
+  were done and the probability that the risk group would change (:mod:`rmmfed.core.value_of_information`)
+* ``sigma2`` (Tier 1 uncertainty), ``theta`` (compared with the bundle's routing score: the risk SD or sigma2); ``tier2_uncertainty`` and ``abstain_bound`` when referred
 * ``modalities_present``, ``modalities_missing``, ``modalities_recovered`` and ``recovered_by``
   (Tier 1's estimator, or Tier 2's diffusion recovery when routed there)
 * ``survival``: ``median`` (first grid time with S <= 0.5, null when not reached) and ``at``
@@ -69,12 +76,14 @@ from ..core.site_data import SiteData, load_site
 from ..core.site_session import site_seed
 from ..core.tensors import build_tensors
 from ..core.two_tier import predict_two_tier
+from ..core.value_of_information import exam_values
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 NO_BASELINE = "no baseline hazard in this bundle"
 GROUPS = ("low", "intermediate", "high")
 RECORD_KEYS = ("patient_id", "site", "context", "route", "route_reason", "route_flags", "risk", "risk_interval",
-               "risk_interval_basis", "risk_group", "risk_group_basis",
+               "risk_interval_basis", "risk_conformal_interval", "risk_conformal_coverage", "which_exam",
+               "risk_group", "risk_group_basis",
                "tier1_risk", "tier2_risk", "sigma2", "theta", "tier2_uncertainty", "abstain_bound",
                "modalities_present", "modalities_missing", "modalities_recovered", "recovered_by", "survival",
                "attributions", "attribution_baseline_risk", "top_instances")
@@ -155,6 +164,9 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
     hz = bundle.baseline_hazard
     scale = bundle.risk_scale
     present = data.present.cpu().numpy()
+    exams = exam_values(tier1, data, seed=seed + 11, mean=scale.tier1_mean, sd=scale.tier1_std,
+                        cutpoints=None if cuts is None else list(cuts))
+    conf = bundle.conformal or {}
     records = []
     for i in sel:
         i = int(i)
@@ -193,6 +205,12 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
             "modalities_present": pres, "modalities_missing": miss, "modalities_recovered": recovered,
             "recovered_by": by,
         }
+        q = float((conf.get("q_hat") or {}).get(str(pred.draw_tier[i]), math.nan))
+        shown = not abstained and bool(miss) and math.isfinite(q)
+        rec["risk_conformal_interval"] = [_num(pred.draw_mean[i] - q * pred.draw_sd[i]),
+                                          _num(pred.draw_mean[i] + q * pred.draw_sd[i])] if shown else None
+        rec["risk_conformal_coverage"] = 1.0 - float(conf["alpha"]) if shown else None
+        rec["which_exam"] = exams[i] if not abstained else []
         rec["survival"] = _survival(hz, None if risk is None else scale.tier1_mean + scale.tier1_std * risk, horizons)
         if i in attr_of and att is not None:
             r = attr_of[i]
@@ -204,7 +222,7 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
                 for k, m in enumerate(mods) if present[i, k]}
         else:
             rec["attributions"] = rec["attribution_baseline_risk"] = rec["top_instances"] = None
-        records.append(rec)
+        records.append({k: rec[k] for k in RECORD_KEYS})  # the documented order
     return records
 
 
@@ -265,6 +283,11 @@ def render_table(records: list[dict[str, Any]], horizons: Sequence[float]) -> st
                     parts.append(f"{m} {v:+.3f} [{top}]")
             out.append(f"    attributions of Tier 1 risk {r['tier1_risk']:+.3f} (all modalities absent: "
                        f"{r['attribution_baseline_risk']:+.3f}): " + "; ".join(parts))
+        if r.get("which_exam"):
+            out.append("    which exam: " + "; ".join(
+                f"{e['modality']} |change| {e['expected_change']:.2f}"
+                + (f", P(group changes) {e['p_group_change']:.2f}" if e["p_group_change"] is not None else "")
+                for e in r["which_exam"]))
         if r["survival"] and not r["survival"].get("available", True):
             notes.add(r["survival"]["note"])
         if r["risk_group_basis"]:

@@ -115,6 +115,7 @@ class ModelBundle:
     risk_cutpoints: list[float] | None = None  # tertile cut points of the TRAINING system risk, if known
     model_card: dict[str, Any] = field(default_factory=dict)
     tier2_gate: dict[str, Any] | None = None  # core/tier2_gate.Tier2Gate.to_dict(); None = open (older bundles)
+    conformal: dict[str, Any] | None = None  # {"alpha", "q_hat": {tier: q}} (core/conformal.py); None: no intervals
 
     @property
     def gate(self) -> Tier2Gate:
@@ -168,6 +169,7 @@ class ModelBundle:
             "risk_cutpoints": None if self.risk_cutpoints is None else [float(c) for c in self.risk_cutpoints],
             "model_card": plain(self.model_card),
             "tier2_gate": None if self.tier2_gate is None else plain(self.tier2_gate),
+            "conformal": None if self.conformal is None else plain(self.conformal),
         }
 
 
@@ -299,7 +301,8 @@ def _from_raw(raw: Mapping[str, Any], path: Path, *, model_card: dict, baseline:
         rmm_version=str(raw["rmm_version"]),
         baseline_hazard=None if baseline is None else BaselineHazard.from_plain(baseline),
         risk_cutpoints=cuts, model_card=dict(model_card),
-        tier2_gate=None if raw.get("tier2_gate") is None else dict(raw["tier2_gate"]))
+        tier2_gate=None if raw.get("tier2_gate") is None else dict(raw["tier2_gate"]),
+        conformal=None if raw.get("conformal") is None else dict(raw["conformal"]))
 
 
 def bundle_from_run_dir(run_dir: str | Path) -> ModelBundle:

@@ -144,16 +144,20 @@ def voi_document(per_site: dict[str, dict[str, float]]) -> dict:
 def coverage_curve_document(per_site: dict[str, dict[str, float]], thresholds: tuple[float, ...],
                             levels: tuple[float, ...]) -> dict:
     """metrics.json ``risk_coverage``: per threshold, the share of test patients referred (score above it)
-    and Tier 1's C-index on those kept, from pair counts summed over the sites that sent the level."""
+    and Tier 1's C-index on those kept, from pair counts summed over the sites that sent every level
+    (so the points compare the same patients), or, when none did, over the sites that sent each level."""
     from .concordance import ConcordanceCounts, combined_c_index
 
     points = []
     n_all = sum(m.get(M.N_TEST, 0.0) for m in per_site.values())
-    for j, (t, q) in enumerate(zip(thresholds, levels)):
-        sent = [m for m in per_site.values() if m.get(M.kept_n(j), 0.0) > 0]
+    levels_sent = range(len(thresholds))
+    every = [s for s, m in per_site.items() if all(m.get(M.kept_n(j), 0.0) > 0 for j in levels_sent)]
+    for j, (t, q) in enumerate(zip(thresholds, levels)):  # one set of sites for every level when some sent all
+        sent = [per_site[s] for s in every] if every else [m for m in per_site.values() if m.get(M.kept_n(j), 0.0) > 0]
         n = sum(m[M.N_TEST] for m in sent)
         kept = sum(m[M.kept_n(j)] for m in sent)
         c = combined_c_index(ConcordanceCounts(*(m[k] for k in M.kept(j).counts)) for m in sent) if sent else float("nan")
         points.append({"threshold": t, "calibration_quantile": q, "referral_rate": 1.0 - _rate(kept, n),
                        "tier1_c_index_kept": c, "n_test": int(n), "n_test_all_sites": int(n_all)})
-    return {"points": points, "score": "the run's routing score", "population": "test patients as they are"}
+    return {"points": points, "score": "the run's routing score", "population": "test patients as they are",
+            "sites": every or "per level: the sites that sent it (no site sent every level above its floor)"}

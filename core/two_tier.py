@@ -65,6 +65,9 @@ class TwoTierPrediction:
     risk_high: np.ndarray | None = None
     interval_basis: list[str] | None = None
     score: np.ndarray | None = None  # [N] what routing compared with theta (core/routing_score.py)
+    draw_mean: np.ndarray | None = None  # [N] system-scale mean and SD of the answering tier's risk draws,
+    draw_sd: np.ndarray | None = None  # with_interval only (core/conformal.py turns them into an interval)
+    draw_tier: np.ndarray | None = None  # [N] "tier1" or "tier2": whose draws
 
     @property
     def route_names(self) -> np.ndarray:
@@ -121,8 +124,11 @@ def _add_intervals(pred: TwoTierPrediction, tier1: Tier1Model, data: SiteTensors
     """Risk intervals on the system scale and their basis (core/risk_interval.py)."""
     from .risk_interval import BASIS_COMPLETE, BASIS_HULL, BASIS_TIER1, BASIS_TIER2, central, tier1_risk_draws
 
-    lo1, hi1 = central(tier1_risk_draws(tier1, data, seed=seed + 7))
+    d1 = tier1_risk_draws(tier1, data, seed=seed + 7)
+    lo1, hi1 = central(d1)
     lo, hi = (lo1 - scale.tier1_mean) / scale.tier1_std, (hi1 - scale.tier1_mean) / scale.tier1_std
+    pred.draw_mean, pred.draw_sd = (d1.mean(axis=1) - scale.tier1_mean) / scale.tier1_std, d1.std(axis=1) / scale.tier1_std
+    pred.draw_tier = np.full(len(d1), "tier1", dtype=object)
     complete = data.present.all(dim=1).cpu().numpy()
     basis = [BASIS_COMPLETE if c else BASIS_TIER1 for c in complete]
     if draws2 is not None:
@@ -131,6 +137,9 @@ def _add_intervals(pred: TwoTierPrediction, tier1: Tier1Model, data: SiteTensors
         rows = np.flatnonzero(referred)
         if used:
             lo[rows], hi[rows] = lo2, hi2
+            pred.draw_mean[rows] = (draws2.mean(axis=1) - scale.tier2_mean) / scale.tier2_std
+            pred.draw_sd[rows] = draws2.std(axis=1) / scale.tier2_std
+            pred.draw_tier[rows] = "tier2"
         else:  # the hull of both tiers: their draws and Tier 2's own answer, so never narrower than Tier 2's
             t2 = (pred.tier2_risk[rows] - scale.tier2_mean) / scale.tier2_std
             lo[rows] = np.minimum(np.minimum(lo[rows], lo2), t2)
@@ -162,7 +171,8 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     :func:`masking_patterns`).
 
     ``point_only``: Tier 2 runs only the first DDIM step (its point recovery, the posterior-mean
-    estimate, :meth:`Tier2Model.recover`), so ``unc2`` is left empty: the cheap per-round validation."""
+    estimate, :meth:`Tier2Model.recover`), and no risk is drawn, so ``unc2``, ``risk_sd``, ``risk_mean``,
+    ``change``, ``risk2_mean`` and ``risk2_sd`` are left empty: the cheap per-round validation."""
     from .tier2_context import bag_encodings, data_means, tier1_slots
     from .tier2_scoring import tier2_risk
     from .train import predict_risk
@@ -195,10 +205,11 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
         out["risk1"].append(risk1)
         out["risk_gap"].append(np.abs(risk1 - risk_full))
         out["risk_seen"].append(risk_full)
-        draws1 = tier1_risk_draws(tier1, sub, seed=seed + 7919 + p_i, observed=obs)
-        out["risk_sd"].append(draws1.std(axis=1))
-        out["risk_mean"].append(draws1.mean(axis=1))
-        out["change"].append(np.abs(draws1 - risk1[:, None]).mean(axis=1))
+        if not point_only:
+            draws1 = tier1_risk_draws(tier1, sub, seed=seed + 7919 + p_i, observed=obs)
+            out["risk_sd"].append(draws1.std(axis=1))
+            out["risk_mean"].append(draws1.mean(axis=1))
+            out["change"].append(np.abs(draws1 - risk1[:, None]).mean(axis=1))
         out["patient"].append(np.arange(len(sub)))
         out["pattern"].append(np.full(len(sub), p_i))
         if tier2 is not None:

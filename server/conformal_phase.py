@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from .federation import Run
 
 # calibration quantiles of the routing score that place the risk-coverage curve's thresholds (the last:
-# no threshold, every patient kept)
-CURVE_QUANTILES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
+# no threshold, every patient kept); spaced so that the kept groups of neighbouring levels differ by more
+# than a site's floor (core/risk_uncertainty_evaluation.kept_sums)
+CURVE_QUANTILES = (0.25, 0.5, 0.75, 0.95, 1.0)
 assert len(CURVE_QUANTILES) <= KEPT_LEVELS
 
 
@@ -42,7 +43,8 @@ def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[s
             out[tier] = {"q_hat": math.inf, "level": 1.0, "n_scores": int(round(n)), "sites": len(replies)}
         else:
             level = corrected_level(n, alpha)
-            q = merged_quantile(grid, parts, level).estimate if level < 1.0 else float(grid.high)
+            q = merged_quantile(grid, parts, level).estimate if level < 1.0 else math.inf
+            q = math.inf if not q < grid.high else q  # in the overflow bin: no finite q-hat is known to cover
             out[tier] = {"q_hat": float(q), "level": level, "n_scores": int(round(n)), "sites": len(replies)}
         run.say(f"conformal {tier}: q-hat {out[tier]['q_hat']:.4g} at level {out[tier]['level']:.4g} of "
                 f"{out[tier]['n_scores']} scores ({len(replies)} site(s), alpha {alpha:g})")

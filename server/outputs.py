@@ -196,7 +196,9 @@ def run_bundle(res: FederationResult, metrics: dict[str, Any]) -> ModelBundle:
         abstain_bound=float(res.bound), risk_scale=res.scale, rmm_version=__version__, baseline_hazard=hazard,
         risk_cutpoints=None if res.risk_cutpoints is None else [float(c) for c in res.risk_cutpoints],
         model_card=model_card_from_metrics(metrics),
-        tier2_gate=res.tier2_gate.to_dict() if res.tier2_gate is not None else None)
+        tier2_gate=res.tier2_gate.to_dict() if res.tier2_gate is not None else None,
+        conformal={"alpha": res.config.conformal_alpha, "q_hat": {t: float(v["q_hat"]) for t, v in res.conformal.items()}}
+        if res.conformal else None)
 
 
 def _calibration_doc(res: FederationResult, extra: dict[str, Any] | None) -> dict[str, Any]:

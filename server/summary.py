@@ -63,9 +63,32 @@ def uncertainty_quality(m: dict[str, Any]) -> list[tuple[str, str]]:
     if rec:
         out.append(("recovery MSE on masked complete cases", f"Tier 1 {f3(rec.get('tier1'))}, Tier 2 {f3(rec.get('tier2'))}"))
     r, c = m.get("routing", {}), m.get("calibration", {})
-    if "masked_complete_referral_rate" in r and "quantile" in c:
+    if "masked_complete_referral_rate" in r and "quantile" in c:  # on the run's routing score
         out.append(("referral on masked complete cases", f"{f3(r['masked_complete_referral_rate'])} "
                                                           f"(target {1 - c['quantile']:.2f})"))
+    return out
+
+
+def risk_distribution(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) pairs on what the missing exams would change: conformal intervals, which exam,
+    the risk-coverage curve (issue 25), from what metrics.json holds."""
+    out: list[tuple[str, str]] = []
+    conf = m.get("conformal") or {}
+    tiers = [f"{t.replace('tier', 'Tier ')} coverage {f3(conf[t].get('coverage'))}, mean width {f3(conf[t].get('width'))}"
+             for t in ("tier1", "tier2") if isinstance(conf.get(t), dict)]
+    if tiers:
+        out.append((f"conformal intervals (nominal {f3(conf.get('nominal_coverage'), 2)}, masked complete test rows)",
+                    "; ".join(tiers)))
+    voi = m.get("value_of_information") or {}
+    if voi:
+        out.append(("which exam", f"capture ratio {f3(voi.get('capture_ratio'), 2)} (risk-group changes caught in the "
+                                  f"top {voi.get('top_share', 0.1):.0%} by expected change vs at random; "
+                                  f"{voi.get('changes', 0)} changes)"))
+    points = (m.get("risk_coverage") or {}).get("points") or []
+    if points:
+        out.append(("Tier 1 C-index on those kept", ", ".join(
+            f"{f3(p.get('tier1_c_index_kept'))} at {100 * p['referral_rate']:.0f}% referred" for p in points
+            if p.get("referral_rate") is not None and not math.isnan(p["referral_rate"]))))
     return out
 
 
@@ -142,6 +165,8 @@ def summary_lines(m: dict[str, Any], out: Path, files: list[str] | None = None) 
                          f"{gate['reason']}")
     for label, value in uncertainty_quality(m):
         lines.append(f"uncertainty:          {label}: {value}")
+    for label, value in risk_distribution(m):
+        lines.append(f"risk distribution:    {label}: {value}")
     cal = m.get("calibration", {})
     if "theta" in cal:
         exact = cal.get("theta_exact_pooled")
