@@ -330,8 +330,8 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
             check_weights(s, req.tier2_weights, "tier2", "conformal Tier 2 weights", rp)
 
         def compute(noise):
-            merged, n = s.conformal_release(req.tier, req.tier2_weights, req.grid, floor_of(rp, s), noise)
-            return P.HistogramReply(merged.to_arrays(), {M.NOISED: noise.epsilon} if noise else {M.N_VALUES: float(n)})
+            merged, sums = s.conformal_release(req.tier, req.tier2_weights, req.grid, floor_of(rp, s), noise)
+            return P.HistogramReply(merged.to_arrays(), {**sums, M.NOISED: noise.epsilon} if noise else sums)
         kind = "conformal-tier2" if req.tier == "tier2" else "conformal-tier1"
         return released(context, rp, s, kind, repr(req.grid), r, compute)
 

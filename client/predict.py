@@ -205,7 +205,8 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
             "modalities_present": pres, "modalities_missing": miss, "modalities_recovered": recovered,
             "recovered_by": by,
         }
-        q = float((conf.get("q_hat") or {}).get(str(pred.draw_tier[i]), math.nan))
+        q = (conf.get("q_hat") or {}).get(str(pred.draw_tier[i]))
+        q = math.nan if q is None else float(q)  # a bundle stores an infinite q-hat as null
         shown = not abstained and bool(miss) and math.isfinite(q)
         rec["risk_conformal_interval"] = [_num(pred.draw_mean[i] - q * pred.draw_sd[i]),
                                           _num(pred.draw_mean[i] + q * pred.draw_sd[i])] if shown else None

@@ -190,7 +190,7 @@ def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, theta
                 tier2: Tier2Model | None = None, abstain_bound: float = float("inf"),
                 risk_scale: RiskScale | None = None, baseline_hazard: BaselineHazard | None = None,
                 risk_cutpoints: list[float] | None = None, model_card: Mapping[str, Any] | None = None,
-                tier2_gate: Mapping[str, Any] | None = None) -> ModelBundle:
+                tier2_gate: Mapping[str, Any] | None = None, conformal: Mapping[str, Any] | None = None) -> ModelBundle:
     """A bundle from trained models and the run's statistics/config (what a server writes at the end)."""
     return ModelBundle(
         tier1={k: v.detach().cpu().clone() for k, v in tier1.state_dict().items()},
@@ -200,7 +200,8 @@ def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, theta
         theta=float(theta), abstain_bound=float(abstain_bound), risk_scale=risk_scale or RiskScale(),
         rmm_version=installed_version(), baseline_hazard=baseline_hazard,
         risk_cutpoints=None if risk_cutpoints is None else [float(c) for c in risk_cutpoints],
-        model_card=dict(model_card or {}), tier2_gate=None if tier2_gate is None else dict(tier2_gate))
+        model_card=dict(model_card or {}), tier2_gate=None if tier2_gate is None else dict(tier2_gate),
+        conformal=None if conformal is None else dict(conformal))
 
 
 # ---- save / load ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 
 from .histogram import HistogramGrid
 
+SD_BOUND = 10.0  # risk SDs are clipped here before a noised sum (a risk unit is one log-hazard)
 SD_FLOOR = 1e-6  # a zero SD (nothing to draw) makes the score huge: such a row is never covered by luck
 SCORE_GRID = HistogramGrid(1e-3, 1e3, 256)  # scores: log bins of ratio 1.056 from 0.001 to 1000
 ALPHA = 0.1
@@ -64,9 +65,10 @@ def coverage_sums(risk_seen: np.ndarray, centre: np.ndarray, sd: np.ndarray, q_h
     return int(inside.sum()), float((2.0 * q_hat * s).sum())
 
 
-def site_scores(tier1, tier2, val, cfg, tier: str) -> np.ndarray:
-    """One tier's scores on the masked complete cases of ``val`` (every masking pattern, pattern-major):
-    Tier 1's draws, or Tier 2's (``tier2`` given) diffusion draws (core/two_tier.recovery_errors)."""
+def site_scores(tier1, tier2, val, cfg, tier: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, risk SDs) of one tier on the masked complete cases of ``val`` (every masking pattern,
+    pattern-major): Tier 1's draws, or Tier 2's (``tier2`` given) diffusion draws
+    (core/two_tier.recovery_errors)."""
     from .errors import ConfigError
     from .two_tier import recovery_errors
 
@@ -75,4 +77,25 @@ def site_scores(tier1, tier2, val, cfg, tier: str) -> np.ndarray:
                           "Fix (coordinator): tier = tier1 without weights, or tier2 with the run's Tier 2 weights")
     rec = recovery_errors(tier1, tier2, val, cfg, seed=cfg.seed + 3)
     centre, sd = ("risk_mean", "risk_sd") if tier == "tier1" else ("risk2_mean", "risk2_sd")
-    return scores(rec["risk_seen"], rec[centre], rec[sd])
+    return scores(rec["risk_seen"], rec[centre], rec[sd]), rec[sd]
+
+
+def patient_mean_sd(sd: np.ndarray, patients: np.ndarray) -> np.ndarray:
+    """Each patient's mean risk SD over its rows (one value per patient: what a release may sum)."""
+    if len(sd) == 0:
+        return np.zeros(0)
+    idx = np.unique(patients, return_inverse=True)[1]
+    return np.bincount(idx, weights=np.asarray(sd, np.float64)) / np.bincount(idx)
+
+
+def sd_sums(sd: np.ndarray, patients: np.ndarray, noise=None) -> dict[str, float]:
+    """The release beside a score histogram: the sum of the patients' mean risk SDs and their number,
+    exact, or (``noise``, a core/noised_release.ReleaseNoise) clipped to :data:`SD_BOUND` and noised."""
+    from . import metric_names as M
+    from .noised_release import noised_sums
+
+    per_patient = patient_mean_sd(sd, patients)
+    if noise is None:
+        return {M.CONFORMAL_SD_SUM: float(per_patient.sum()), M.CONFORMAL_SD_N: float(len(per_patient))}
+    n, ((total, _),) = noised_sums([np.minimum(per_patient, SD_BOUND)], noise.epsilon, noise.rng(), bound=SD_BOUND)
+    return {M.CONFORMAL_SD_SUM: max(total, 0.0), M.CONFORMAL_SD_N: max(n, 0.0)}

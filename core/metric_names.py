@@ -114,6 +114,7 @@ def conformal(tier: str, part: str) -> str:
     return f"conformal-{tier}-{part}"
 
 
+CONFORMAL_SD_SUM, CONFORMAL_SD_N = "sd-sum", "sd-n"  # a conformal reply: each patient's mean risk SD, summed
 VOI_CHANGES, VOI_TOP_N, VOI_TOP_CHANGES = "voi-changes", "voi-top-n", "voi-top-changes"
 VOI_TOP_SHARE = 0.10  # the top 10% of masked rows by expected change, at each site
 KEPT_LEVELS = 8  # thresholds of the risk-coverage curve an evaluation request may carry

@@ -83,7 +83,7 @@ TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", "tier2
 TIER2_CALIBRATION = Phase("tier2_calibration", "query.tier2_calibration", "tier2", (ARRAYS, CONFIG),
                           (COUNTS, METRICS), (M.N_VALUES, *RISK_SUMS, M.NOISED))
 CONFORMAL = Phase("conformal", "query.conformal", "calibration", (ARRAYS, CONFIG), (COUNTS, METRICS),
-                  (M.N_VALUES, M.NOISED))
+                  (M.N_VALUES, M.NOISED, M.CONFORMAL_SD_SUM, M.CONFORMAL_SD_N))
 RISK_GROUPS = Phase("risk_groups", "query.risk_groups", "risk-groups", (ARRAYS, CONFIG), (COUNTS, METRICS), (M.NOISED,))
 EVALUATION = Phase("evaluation", "evaluate", "evaluation", (ARRAYS, CONFIG, SURVIVAL_RECORD, PLAN_RECORD), (METRICS,),
                    EVALUATION_METRICS)

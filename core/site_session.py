@@ -36,7 +36,7 @@ from .tier2 import Tier2Model, build_tier2
 from .tier2_train import predict_tier2, train_tier2
 from .tier2_gate import VALIDATION_KEYS
 from .two_tier import RiskScale, predict_two_tier, recovery_errors
-from .conformal import site_scores as conformal_site_scores
+from .conformal import sd_sums, site_scores as conformal_site_scores
 from .risk_uncertainty_evaluation import conformal_sums, floored as _floored, kept_sums, voi_sums
 from .routing_score import calibration_scores
 from .uncertainty import complete_case_indices, masking_patterns
@@ -211,14 +211,15 @@ class SiteSession:
         return calibration_scores(self.model(weights), self._split("val"), self.cfg, seed=self.cfg.seed)
 
     def conformal_release(self, tier: str, tier2_weights: dict[str, np.ndarray] | None, grid: HistogramGrid, k: int,
-                          noise: ReleaseNoise | None = None) -> tuple[MergedBins, int]:
-        """One tier's conformal scores on the masked complete val cases (core/conformal.site_scores) on
-        ``grid``, merged to the floor or noised (like theta's histogram)."""
-        assert self.cfg is not None
-        values = conformal_site_scores(self._tier1(), self.tier2_model(tier2_weights) if tier2_weights else None,
-                                       self._split("val"), self.cfg, tier)
-        return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
-                                   f"{tier} conformal-score histogram", noise), int(len(values))
+                          noise: ReleaseNoise | None = None) -> tuple[MergedBins, dict[str, float]]:
+        """A tier's conformal scores on the masked complete val cases (core/conformal.py) on ``grid``, merged
+        or noised like theta's, and the patients' mean risk SDs summed (each on half the epsilon when noised)."""
+        values, sd = conformal_site_scores(self._tier1(), self.tier2_model(tier2_weights) if tier2_weights else None,
+                                           self._split("val"), self.cfg, tier)
+        patients = _pattern_patients(values, len(self.dims))
+        half = ReleaseNoise(noise.epsilon / 2, noise.seed) if noise is not None else None
+        merged = self.merged_release(grid, values, patients, k, f"{tier} conformal-score histogram", half)
+        return merged, {**({} if half else {M.N_VALUES: float(len(values))}), **sd_sums(sd, patients, half)}
 
     def test_predictions(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """(risk, time, event, patient_ids) on the test split. Never sent: simulation-only pooled metrics."""

@@ -6,7 +6,11 @@ sends sums: the squared recovery errors of both tiers and, per pattern, the comp
 both tiers' risks. The server adds them up and opens the gate only when Tier 2 wins on both:
 
 * recovery MSE strictly below Tier 1's, and
-* masked C-index at least Tier 1's.
+* masked C-index at least Tier 1's;
+
+and then, once the conformal phase has calibrated both tiers' risk intervals on the same cases
+(core/conformal.py), only when Tier 2's intervals are narrower at the coverage both are calibrated to
+(:func:`judge_intervals`): what recovery is for is a tighter, honest spread of the risk.
 
 A closed gate is not a failure of the run: referred patients keep Tier 1's risk with the referral
 flag (``tier2-not-used``), and the run summary, the model bundle and rmm-predict say so.
@@ -33,6 +37,8 @@ class Tier2Gate:
     c_index_tier1: float = float("nan")
     c_index_tier2: float = float("nan")
     sites: int = 0
+    width_tier1: float = float("nan")  # mean conformal interval width on masked validation cases (judge_intervals)
+    width_tier2: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,3 +75,17 @@ def decide(sums: dict[str, float], sites: int) -> Tier2Gate:
         return Tier2Gate(True, f"Tier 2 beat Tier 1 on federated validation: {figures}", n, mse1, mse2, c1, c2, sites)
     return Tier2Gate(False, f"Tier 2 did not beat Tier 1 on federated validation ({figures}): the referred keep "
                      "Tier 1's risk", n, mse1, mse2, c1, c2, sites)
+
+
+def judge_intervals(gate: Tier2Gate, width_tier1: float, width_tier2: float) -> Tier2Gate:
+    """The gate after the conformal phase: an open gate stays open only when Tier 2's mean interval
+    width on the masked validation cases is below Tier 1's at the same nominal coverage (an
+    uncalibrated tier, width inf or NaN, never wins). A closed gate stays closed."""
+    widths = f"conformal interval width {width_tier2:.4g} vs Tier 1's {width_tier1:.4g} at equal nominal coverage"
+    fields = {**gate.to_dict(), "width_tier1": float(width_tier1), "width_tier2": float(width_tier2)}
+    if not gate.open:
+        return Tier2Gate(**fields)
+    if width_tier2 < width_tier1:  # False for NaN and for an infinite Tier 2 width
+        return Tier2Gate(**{**fields, "reason": f"{gate.reason}; {widths}"})
+    return Tier2Gate(**{**fields, "open": False, "reason": f"Tier 2's risk intervals are not narrower than Tier 1's "
+                        f"({widths}; {gate.reason.split(': ', 1)[-1]}): the referred keep Tier 1's risk"})

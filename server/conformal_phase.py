@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.conformal import SCORE_GRID, corrected_level, needs_infinite
 from ..core.histogram import HistogramGrid, quantile_from_counts
 from ..core.merged_histogram import merged_quantile, pooled_counts
 from ..core.metric_names import KEPT_LEVELS
+from ..core.tier2_gate import judge_intervals
 from .noised_quantile import quantile_release
+from .queries import decode
 
 if TYPE_CHECKING:
     from .federation import Run
@@ -27,8 +30,9 @@ assert len(CURVE_QUANTILES) <= KEPT_LEVELS
 
 
 def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[str, dict]:
-    """{tier: {q_hat, level, n_scores}} for Tier 1 and (with weights) Tier 2; q_hat inf when the sites
-    hold too few scores for the guarantee, NaN when none answered."""
+    """{tier: {q_hat, level, n_scores, sites, val_width}} for Tier 1 and (with weights) Tier 2; q_hat inf
+    when the sites hold too few scores for the guarantee (or it falls in the grid's overflow bin), NaN
+    when none answered; val_width: 2 q_hat x the patients' mean risk SD on validation (the gate's figure)."""
     t0, alpha = time.perf_counter(), run.cfg.conformal_alpha
     out: dict[str, dict] = {}
     for tier, weights in (("tier1", None), ("tier2", tier2_weights)):
@@ -37,6 +41,9 @@ def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[s
         grid, replies, parts = quantile_release(run.ask, P.CONFORMAL, lambda g: P.ConformalRequest(tier, g, weights),
                                                 SCORE_GRID, 1.0 - alpha, run.noised, run.cfg.dp.histogram_epsilon > 0)
         n = float(pooled_counts(parts, grid.n_bins).sum()) if parts else 0.0
+        sums = [decode(r, P.HistogramReply).metrics for r in replies.values()]
+        sd_n = sum(m.get(M.CONFORMAL_SD_N, 0.0) for m in sums)
+        mean_sd = sum(m.get(M.CONFORMAL_SD_SUM, 0.0) for m in sums) / sd_n if sd_n > 0 else math.nan
         if n <= 0:
             out[tier] = {"q_hat": math.nan, "level": math.nan, "n_scores": 0, "sites": len(replies)}
         elif needs_infinite(n, alpha):
@@ -46,8 +53,10 @@ def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[s
             q = merged_quantile(grid, parts, level).estimate if level < 1.0 else math.inf
             q = math.inf if not q < grid.high else q  # in the overflow bin: no finite q-hat is known to cover
             out[tier] = {"q_hat": float(q), "level": level, "n_scores": int(round(n)), "sites": len(replies)}
+        out[tier]["val_width"] = 2.0 * out[tier]["q_hat"] * mean_sd if out[tier]["q_hat"] != 0 else 0.0
         run.say(f"conformal {tier}: q-hat {out[tier]['q_hat']:.4g} at level {out[tier]['level']:.4g} of "
-                f"{out[tier]['n_scores']} scores ({len(replies)} site(s), alpha {alpha:g})")
+                f"{out[tier]['n_scores']} scores ({len(replies)} site(s), alpha {alpha:g}); mean width on "
+                f"validation {out[tier]['val_width']:.4g}")
     run.timed("conformal", t0)
     return out
 
@@ -64,3 +73,14 @@ def curve_thresholds(grid: HistogramGrid, counts: np.ndarray) -> tuple[float, ..
 def plan(q_hat: dict[str, dict], cutpoints: list[float] | None, thresholds: tuple[float, ...]) -> P.EvaluationPlan:
     q = tuple(float((q_hat.get(t) or {}).get("q_hat", math.nan)) for t in ("tier1", "tier2"))
     return P.EvaluationPlan((q[0], q[1]), tuple(cutpoints or ()), thresholds)
+
+
+def judge_gate(run: "Run", gate, q_hat: dict[str, dict]):
+    """The Tier 2 gate once both tiers' intervals are calibrated (core/tier2_gate.judge_intervals); left
+    as it is when the gate is off (tier2-gate = false) or there is no Tier 2."""
+    if gate is None or not run.cfg.tier2_gate or "tier2" not in q_hat:
+        return gate
+    judged = judge_intervals(gate, q_hat["tier1"].get("val_width", math.nan), q_hat["tier2"].get("val_width", math.nan))
+    if judged.open != gate.open:
+        run.say(f"tier2 gate: closed after the conformal phase: {judged.reason}")
+    return judged

@@ -149,9 +149,10 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     grid_h, counts, theta = calibration(run)
     hazard = run_baseline_hazard(run)
     t2 = tier2(run, stats, grid_h) if run.cfg.tier2_rounds > 0 else Tier2Outcome()
+    q_hat = conformal_phase.calibrate(run, t2.weights)
+    t2.gate = conformal_phase.judge_gate(run, t2.gate, q_hat)
     routing = P.Routing(theta, t2.bound, (t2.scale.tier1_mean, t2.scale.tier1_std, t2.scale.tier2_mean,
                                           t2.scale.tier2_std), bool(t2.gate.open) if t2.gate is not None else True)
-    q_hat = conformal_phase.calibrate(run, t2.weights)
     cutpoints, n_risk = risk_groups(run, t2.weights, routing)
     plan = conformal_phase.plan(q_hat, cutpoints, conformal_phase.curve_thresholds(grid_h, counts))
     per_site = evaluation(run, t2.weights, routing, hazard, plan)

@@ -278,3 +278,29 @@ def survival_calibration(survival: dict, out: Path) -> Figure:
                   "Each point is one site's group of test patients (fixed probability bins, coarser where a bin "
                   "would hold fewer than the site's floor); the observed probability is the IPCW estimate. "
                   f"Integrated Brier score {survival.get('ibs', float('nan')):.3f}.")
+
+
+def risk_coverage(curve: dict, conformal: dict | None, out: Path) -> Figure:
+    """Tier 1's C-index on the test patients it keeps, against the share referred (routing score above a
+    threshold placed at calibration quantiles), from the sites' pair counts."""
+    pts = [p for p in curve.get("points", []) if p.get("referral_rate") is not None
+           and p.get("tier1_c_index_kept") is not None and np.isfinite(_num(p["tier1_c_index_kept"]))]
+    pts.sort(key=lambda p: p["referral_rate"])
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    x = [100 * p["referral_rate"] for p in pts]
+    y = [p["tier1_c_index_kept"] for p in pts]
+    ax.plot(x, y, marker="o", color="#4c78a8")
+    for p, xi, yi in zip(pts, x, y):
+        ax.annotate(f"q={p['calibration_quantile']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("test patients referred (%)")
+    ax.set_ylabel("Tier 1 C-index on the patients kept")
+    cov = (conformal or {}).get("tier1") or {}
+    extra = f"; Tier 1 conformal coverage {cov['coverage']:.2f}" if cov.get("coverage") is not None else ""
+    ax.set_title("Risk-coverage" + extra, fontsize=10)
+    ax.grid(alpha=0.3)
+    name = _save(fig, out, "risk_coverage.png")
+    return Figure(name, "Risk-coverage",
+                  "Each point refers the test patients whose routing score lies above a threshold (q: the quantile "
+                  "of the calibration histogram that placed it) and scores Tier 1 on those it keeps. A curve that "
+                  "rises to the left means the score refers the patients Tier 1 gets wrong. Only sites that sent "
+                  "every point (above their floors) are counted.")

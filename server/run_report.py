@@ -17,8 +17,9 @@ import numpy as np
 
 from .markdown_html import markdown_to_html
 from .outputs import render_report
-from .plots import Figure, routes_per_site, summed_histogram, survival_calibration, uncertainty_quality_forest
-from .summary import QUALITY_TARGETS, cohort_facts, rho_ci, uncertainty_quality
+from .plots import (Figure, risk_coverage, routes_per_site, summed_histogram, survival_calibration,
+                    uncertainty_quality_forest)
+from .summary import QUALITY_TARGETS, cohort_facts, rho_ci, risk_distribution, uncertainty_quality
 
 DEPLOYMENT_NOTE = ("This is a deployment: the server holds no patient rows, so it draws only what it has "
                    "(summed histograms, per-site counts, rates and correlations). Kaplan-Meier curves, uncertainty against "
@@ -46,6 +47,9 @@ def server_figures(metrics: dict[str, Any], out: Path, *, per_site_hist: dict[st
     surv = metrics.get("survival")
     if isinstance(surv, dict) and surv.get("calibration", {}).get("groups"):
         figs.append(survival_calibration(surv, out))
+    curve = metrics.get("risk_coverage")
+    if isinstance(curve, dict) and curve.get("points"):
+        figs.append(risk_coverage(curve, metrics.get("conformal"), out))
     return figs
 
 
@@ -71,6 +75,9 @@ def report_markdown(metrics: dict[str, Any], figures: list[Figure], notes: list[
     if quality:
         lines += ["## Uncertainty quality", ""] + [f"- {label}: {value}" for label, value in quality] + [""]
         lines += quality_table(metrics)
+    risk = risk_distribution(metrics)
+    if risk:
+        lines += ["## What the missing exams would change", ""] + [f"- {label}: {value}" for label, value in risk] + [""]
     facts = cohort_facts(metrics)
     if facts:
         lines += ["## Cohort", ""] + [f"- {label}: {value}" for label, value in facts] + [""]

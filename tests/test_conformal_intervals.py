@@ -84,3 +84,16 @@ def test_risk_draws_are_seeded_zero_width_when_nothing_is_missing_and_spread_oth
     assert (a[complete].std(axis=1) == 0).all() and (a[~complete].std(axis=1) > 0).all()
     only = tier1_risk_draws(tier1, data, seed=5, only=1)  # only modality 1 drawn: patients without it spread
     assert (only[present[:, 1].numpy()].std(axis=1) == 0).all() and (only[~present[:, 1].numpy()].std(axis=1) > 0).all()
+
+
+def test_the_gate_keeps_tier2_only_where_its_intervals_are_narrower():
+    from rmmfed.core.tier2_gate import Tier2Gate, judge_intervals
+
+    won = Tier2Gate(True, "Tier 2 beat Tier 1 on federated validation: figures", 100.0)
+    assert judge_intervals(won, 2.0, 1.5).open
+    closed = judge_intervals(won, 2.0, 2.5)
+    assert not closed.open and "not narrower" in closed.reason and closed.width_tier2 == 2.5
+    assert not judge_intervals(won, 2.0, math.inf).open  # uncalibrated Tier 2: its draws do not cover
+    assert not judge_intervals(won, 2.0, math.nan).open
+    lost = Tier2Gate(False, "Tier 2 did not beat Tier 1")
+    assert not judge_intervals(lost, 2.0, 1.0).open  # a closed gate stays closed

@@ -108,6 +108,15 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
     assert doc["cox_core"]["penalizer"] in res.config.model.penalizers() and "c_index_combined_pairs" in doc["cox_core"]
     assert 0 < doc["survival"]["ibs"] < 1 and len(doc["survival"]["td_auc"]["auc"]) == 3
     assert sum(g["n"] for g in doc["survival"]["calibration"]["groups"]) == doc["survival"]["n_patients"]
+    # issue 25: each tier's conformal q-hat from the summed score histograms, and what evaluation measured with it
+    assert set(res.conformal) == {"tier1", "tier2"} and res.conformal["tier1"]["n_scores"] > 0
+    assert res.plan.thresholds and res.plan.thresholds[-1] == float("inf") and len(res.plan.cutpoints) == 2
+    assert res.tier2_gate.width_tier1 == res.conformal["tier1"]["val_width"]  # the gate saw both tiers' widths
+    assert doc["risk_uncertainty"]["routing_score"] == "risk-sd" and "spearman_change" in doc["risk_uncertainty"]
+    if np.isfinite(res.conformal["tier1"]["q_hat"]):
+        assert 0 <= doc["conformal"]["tier1"]["coverage"] <= 1 and doc["conformal"]["tier1"]["n_rows"] > 0
+    assert doc["risk_coverage"]["points"][-1]["referral_rate"] == 0.0  # no threshold: every test patient kept
+    assert "capture_ratio" in doc["value_of_information"]
     text = "\n".join(summary_lines(doc, tmp_path))
     assert "Tier 1 survival:" in text and "Tier 1's Cox core:" in text
     paths = {str(ctx.node_config["data-dir"]) for _, ctx in grid.sites.values()}

@@ -204,3 +204,25 @@ def test_save_bundle_without_data_exports_a_loadable_file(capsys, model, tmp_pat
     code = main(["--model", str(model), "--save-bundle", str(tmp_path / "copy.rmm")])
     capsys.readouterr()
     assert code == 0 and load_bundle(tmp_path / "copy.rmm").modalities == {"a": 5, "b": 4, "c": 3}
+
+
+def test_each_missing_modality_gets_its_expected_change_ranked_and_tier1_answers_get_a_conformal_interval(
+        capsys, site, tier1_cfg, tmp_path):
+    model = _bundle_file(site, tier1_cfg, tmp_path / "m.rmm", theta=1e9, risk_cutpoints=[-0.3, 0.3],
+                         conformal={"alpha": 0.1, "q_hat": {"tier1": 1.5, "tier2": float("inf")}})
+    code, recs, err = _run(capsys, "--model", model, "--data", site)
+    assert code == 0
+    answered = [r for r in recs if r["route"] != "abstain"]
+    gaps = [r for r in answered if r["modalities_missing"]]
+    assert gaps and any(not r["modalities_missing"] for r in answered)
+    for r in answered:
+        exams = r["which_exam"]
+        assert [e["modality"] for e in exams] == sorted(r["modalities_missing"], key=lambda m: [
+            -e["expected_change"] for e in exams if e["modality"] == m][0])
+        assert all(e["expected_change"] >= 0 and 0 <= e["p_group_change"] <= 1 for e in exams)
+        if r["modalities_missing"] and r["route"] == "tier1":
+            lo, hi = r["risk_conformal_interval"]
+            assert lo < hi and r["risk_conformal_coverage"] == pytest.approx(0.9)
+        else:  # nothing missing (nothing to acquire) or no finite q-hat for the answering tier
+            assert r["risk_conformal_interval"] is None
+    assert "which exam:" in err
