@@ -18,6 +18,7 @@ from rmmfed.client.client_app import make_client_app
 from rmmfed.client.ledger import format_summary, read_ledger, summarize
 from rmmfed.client.policy_mod import POLICY_REFUSED
 from rmmfed.client.records import from_record, to_content
+from rmmfed.core import metric_names as M
 from rmmfed.core import protocol as P
 from rmmfed.core.baseline_hazard import time_grid
 from rmmfed.core.config import RunConfig
@@ -358,3 +359,26 @@ def test_test_metrics_of_a_subgroup_below_the_floor_are_sent_as_empty(site):
     assert floored["pairs-comparable"] == full["pairs-comparable"]  # the split itself: the ClientApp checks it
     assert floored["tier1-covered-pairs-comparable"] == 0 and floored["system-covered-pairs-comparable"] == 0
     assert floored["recovery-n"] == 0 and floored["recovery-sse-tier1"] == 0 and floored["masked-complete-n"] == 0
+
+
+def test_an_evaluation_plan_with_thresholds_one_patient_apart_gets_the_second_level_as_zeros(tmp_path):
+    """A lying coordinator places risk-coverage thresholds so that two kept groups differ by one test
+    patient (it would difference their pair counts): the site sends the second level as empty."""
+    from rmmfed.core.routing_score import patient_scores
+
+    site = Site(tmp_path / "s", n=400, policy="[dp]\nrequired = false\nrelease-epsilon = 0\n", **{"dp.enabled": False})
+    site.join()
+    site.freeze()
+    s = site.session()
+    s.freeze(site.weights())
+    test = s.split("test")
+    score = np.sort(patient_scores(s.model(site.weights()), test, s.cfg, seed=s.cfg.seed)[2])
+    cut = int(np.searchsorted(score, score[score > 0][0]))  # complete patients score 0: go past them
+    lo, hi = cut + 10, cut + 11
+    assert hi < len(score) - 10, "the toy site needs enough patients with a modality missing"
+    plan = P.EvaluationPlan(thresholds=((score[lo - 1] + score[lo]) / 2, (score[hi - 1] + score[hi]) / 2, np.inf))
+    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(1e9), None, plan))
+    assert not reply.has_error(), reply.error.reason
+    m = reply.content.metric_records[P.METRICS]
+    assert m[M.kept_n(0)] == lo and m[M.kept_n(1)] == 0 and m[M.kept(1).comparable] == 0
+    assert m[M.kept_n(2)] == len(score)

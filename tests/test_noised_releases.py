@@ -136,3 +136,17 @@ def test_route_counts_of_a_group_below_the_floor_are_sent_as_zero(site):
             c = m[key]
             total = m[M.MASKED_N] if key == M.MASKED_REFERRED else n
             assert c == 0 or (c >= 10 and total - c >= 10) or total - c == 0, (key, c, total)
+
+
+def test_the_conformal_release_is_noised_like_calibration_and_sends_no_exact_count(site):
+    """Each tier's conformal-score histogram (core/conformal.py) is a release like theta's: counts on every
+    bin with noise, and the patients' summed mean risk SD noised beside it; no exact number of values."""
+    site.freeze()
+    reply = site.send(P.CONFORMAL, P.ConformalRequest("tier1", HistogramGrid(1e-3, 1e3, 24)))
+    assert not reply.has_error(), reply.error.reason
+    metrics = reply.content.metric_records[P.METRICS]
+    assert metrics[M.NOISED] == 1.0 and M.N_VALUES not in metrics
+    assert M.CONFORMAL_SD_SUM in metrics and float(metrics[M.CONFORMAL_SD_N]) != round(float(metrics[M.CONFORMAL_SD_N]))
+    assert np.array_equal(_counts(reply)["first"], np.arange(24))
+    refused = site.send(P.CONFORMAL, P.ConformalRequest("tier2", HistogramGrid(1e-3, 1e3, 24)))  # no Tier 2 weights
+    assert refused.has_error()
