@@ -116,6 +116,7 @@ def conformal(tier: str, part: str) -> str:
 
 CONFORMAL_SD_SUM, CONFORMAL_SD_N = "sd-sum", "sd-n"  # a conformal reply: each patient's mean risk SD, summed
 VOI_CHANGES, VOI_TOP_N, VOI_TOP_CHANGES = "voi-changes", "voi-top-n", "voi-top-changes"
+VOI_TOP_CHANGES_P = "voi-top-changes-p"  # the top rows ranked by P(risk group changes) instead
 VOI_TOP_SHARE = 0.10  # the top 10% of masked rows by expected change, at each site
 KEPT_LEVELS = 8  # thresholds of the risk-coverage curve an evaluation request may carry
 
@@ -130,5 +131,5 @@ def kept_n(j: int) -> str:
 
 
 EXTRA_EVALUATION = (*(conformal(t, p) for t in CONFORMAL_TIERS for p in ("covered", "width-sum")),
-                    VOI_CHANGES, VOI_TOP_N, VOI_TOP_CHANGES,
+                    VOI_CHANGES, VOI_TOP_N, VOI_TOP_CHANGES, VOI_TOP_CHANGES_P,
                     *(k for j in range(KEPT_LEVELS) for k in (*kept(j).all, kept_n(j))))

@@ -13,8 +13,10 @@ counted as if each were a patient, which is stricter than the floor asks.
   risk and of the same patient's risk with everything seen; a *change* is a row whose group differs.
   The site ranks its rows by the expected |change in risk| once the hidden exams are done (the mean over
   Tier 1's draws, core/two_tier.recovery_errors ``change``) and counts the changes among its top
-  :data:`~rmmfed.core.metric_names.VOI_TOP_SHARE`. The capture ratio (server) is the share of all changes
-  caught in the top rows over the share of rows there (what a random choice catches on average).
+  :data:`~rmmfed.core.metric_names.VOI_TOP_SHARE`, and again among its top rows by the probability
+  that the group changes (the share of draws in another group: it knows where the cut points are).
+  The capture ratio (server) is the share of all changes caught in the top rows over the share of rows
+  there (what a random choice catches on average).
 * Risk-coverage: Tier 1's comparable-pair counts on the test patients whose routing score is at most
   each threshold (the patients Tier 1 keeps when everything above is referred).
 """
@@ -59,7 +61,7 @@ def risk_group(z: np.ndarray, cutpoints: tuple[float, ...]) -> np.ndarray:
 def voi_sums(rec: dict[str, np.ndarray], cutpoints: tuple[float, ...], mean: float, sd: float, k: int
              ) -> dict[str, float]:
     """Risk-group changes on the masked rows, and among the site's top rows by expected change."""
-    out = {M.VOI_CHANGES: 0.0, M.VOI_TOP_N: 0.0, M.VOI_TOP_CHANGES: 0.0}
+    out = {M.VOI_CHANGES: 0.0, M.VOI_TOP_N: 0.0, M.VOI_TOP_CHANGES: 0.0, M.VOI_TOP_CHANGES_P: 0.0}
     m = len(rec.get("change", ()))
     cuts = tuple(c for c in cutpoints if math.isfinite(c))
     if m == 0 or not cuts or len(cuts) != len(cutpoints):
@@ -68,10 +70,17 @@ def voi_sums(rec: dict[str, np.ndarray], cutpoints: tuple[float, ...], mean: flo
     changed = risk_group(z_seen, cuts) != risk_group(z_hid, cuts)
     n_top = int(math.ceil(M.VOI_TOP_SHARE * m))
     top = np.argsort(-np.asarray(rec["change"]), kind="stable")[:n_top]
+    draws = np.asarray(rec.get("draws", np.zeros((0, 0))))
+    top_p = None
+    if draws.shape[0] == m and draws.shape[1] > 0:  # P(group changes) over the draws, ties broken by expected change
+        flips = (risk_group((draws - mean) / sd, cuts) != risk_group(z_hid, cuts)[:, None]).mean(axis=1)
+        top_p = np.lexsort((-np.asarray(rec["change"]), -flips))[:n_top]
     changes, top_changes = int(changed.sum()), int(changed[top].sum())
+    top_changes_p = int(changed[top_p].sum()) if top_p is not None else 0
     ok_all = floored([changes, n_top], m, k) == [changes, n_top]
-    if ok_all and (top_changes == 0 or top_changes >= k):
-        out.update({M.VOI_CHANGES: float(changes), M.VOI_TOP_N: float(n_top), M.VOI_TOP_CHANGES: float(top_changes)})
+    if ok_all and all(c == 0 or c >= k for c in (top_changes, top_changes_p)):
+        out.update({M.VOI_CHANGES: float(changes), M.VOI_TOP_N: float(n_top), M.VOI_TOP_CHANGES: float(top_changes),
+                    M.VOI_TOP_CHANGES_P: float(top_changes_p) if top_p is not None else float("nan")})
     return out
 
 
@@ -127,12 +136,13 @@ def conformal_document(per_site: dict[str, dict[str, float]], q_hat: dict[str, d
 
 def voi_document(per_site: dict[str, dict[str, float]]) -> dict:
     """metrics.json ``value_of_information``: the capture ratio (module docstring), combined and per site."""
-    def ratio(ms: list[dict[str, float]]) -> float:
-        changes, top_changes = sum(m[M.VOI_CHANGES] for m in ms), sum(m[M.VOI_TOP_CHANGES] for m in ms)
+    def ratio(ms: list[dict[str, float]], key: str = M.VOI_TOP_CHANGES) -> float:
+        changes, top_changes = sum(m[M.VOI_CHANGES] for m in ms), sum(m.get(key, float("nan")) for m in ms)
         top, n = sum(m[M.VOI_TOP_N] for m in ms), sum(m[M.MASKED_N] for m in ms)
         return _rate(_rate(top_changes, changes), _rate(top, n))
     sent = {s: m for s, m in per_site.items() if m.get(M.VOI_TOP_N, 0.0) > 0}
     return {"capture_ratio": ratio(list(sent.values())) if sent else float("nan"),
+            "capture_ratio_by_p_group_change": ratio(list(sent.values()), M.VOI_TOP_CHANGES_P) if sent else float("nan"),
             "changes": int(sum(m[M.VOI_CHANGES] for m in sent.values())),
             "top_share": M.VOI_TOP_SHARE, "n_rows": int(sum(m[M.MASKED_N] for m in sent.values())),
             "per_site": {s: {"capture_ratio": ratio([m]) if s in sent else float("nan"),

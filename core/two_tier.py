@@ -165,7 +165,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     ``risk2``: Tier 2's, as :func:`~rmmfed.core.tier2_train.predict_tier2` scores it), ``risk_gap`` =
     |risk1 - Tier 1's risk with every modality seen| (``risk_seen``), the mean of Tier 1's risk draws
     (``risk_mean``) and their mean |draw - risk1| (``change``: the expected change once the hidden exams
-    are done), the mean and SD of the risks of Tier 2's diffusion draws (``risk2_mean``, ``risk2_sd``;
+    are done; ``draws`` [rows, T]: the draws themselves), the mean and SD of the risks of Tier 2's diffusion draws (``risk2_mean``, ``risk2_sd``;
     empty with ``point_only``), and the row's ``patient`` (its complete case,
     0..n-1, so statistics can resample patients rather than rows) and ``pattern`` (index into
     :func:`masking_patterns`).
@@ -181,7 +181,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     from .uncertainty import complete_case_indices, masking_patterns, patient_uncertainty
 
     idx = complete_case_indices(data)
-    keys = ("sigma2", "risk_sd", "risk_mean", "change", "err1", "err2", "unc2", "risk1", "risk2", "risk2_mean",
+    keys = ("sigma2", "risk_sd", "risk_mean", "change", "draws", "err1", "err2", "unc2", "risk1", "risk2", "risk2_mean",
             "risk2_sd", "risk_seen", "risk_gap", "patient", "pattern")
     out: dict[str, list] = {k: [] for k in keys}
     if len(idx) == 0:
@@ -210,6 +210,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
             out["risk_sd"].append(draws1.std(axis=1))
             out["risk_mean"].append(draws1.mean(axis=1))
             out["change"].append(np.abs(draws1 - risk1[:, None]).mean(axis=1))
+            out["draws"].append(draws1)
         out["patient"].append(np.arange(len(sub)))
         out["pattern"].append(np.full(len(sub), p_i))
         if tier2 is not None:
@@ -230,4 +231,4 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
             out["err2"].append((((x_rec - real) ** 2) * hidden).sum(dim=1).div(width).cpu().numpy())
             out["risk2"].append(tier2_risk(tier2, tier1, zs, obs, x_rec, means).cpu().numpy())
     tier1.train(was)
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+    return {k: np.concatenate(v) if v else np.zeros((0, 0) if k == "draws" else 0) for k, v in out.items()}

@@ -82,7 +82,8 @@ def risk_distribution(m: dict[str, Any]) -> list[tuple[str, str]]:
     voi = m.get("value_of_information") or {}
     if voi:
         out.append(("which exam", f"capture ratio {f3(voi.get('capture_ratio'), 2)} (risk-group changes caught in the "
-                                  f"top {voi.get('top_share', 0.1):.0%} by expected change vs at random; "
+                                  f"top {voi.get('top_share', 0.1):.0%} by expected change vs at random; by the "
+                                  f"probability of a change {f3(voi.get('capture_ratio_by_p_group_change'), 2)}; "
                                   f"{voi.get('changes', 0)} changes)"))
     points = (m.get("risk_coverage") or {}).get("points") or []
     if points:

@@ -58,7 +58,12 @@ def test_the_capture_ratio_compares_the_top_tenth_by_expected_change_with_a_rand
     hidden[flip] = -seen[flip] + np.sign(-seen[flip]) * 1.5
     change = np.zeros(n)
     change[flip] = 1.0  # ... are exactly the ones with the largest expected change
-    rec = {"risk_seen": seen, "risk1": hidden, "change": change}
+    draws = np.repeat(hidden[:, None], 4, axis=1)
+    draws[flip, :2] = seen[flip, None]  # the flipping rows' draws reach the seen risk's group half the time
+    rec = {"risk_seen": seen, "risk1": hidden, "change": change[::-1].copy(), "draws": draws}
+    out = voi_sums(rec, (-0.5, 0.5), mean=0.0, sd=1.0, k=10)  # ranked by a useless expected change ...
+    assert out[M.VOI_TOP_N] == 20 and out[M.VOI_TOP_CHANGES_P] == out[M.VOI_CHANGES] > 0  # ... P(change) finds them
+    rec = {"risk_seen": seen, "risk1": hidden, "change": change, "draws": draws}
     out = voi_sums(rec, (-0.5, 0.5), mean=0.0, sd=1.0, k=10)
     assert out[M.VOI_TOP_N] == 20
     assert out[M.VOI_TOP_CHANGES] == out[M.VOI_CHANGES] > 0

@@ -42,7 +42,8 @@ FIGURES = {
     "width_tier1": "Tier 1 interval width (risk units)",
     "coverage_tier2": "Tier 2 conformal coverage",
     "width_tier2": "Tier 2 interval width",
-    "capture_ratio": "value of information: capture ratio (top 10%)",
+    "capture_ratio": "value of information: capture ratio (top 10% by expected change)",
+    "capture_ratio_p": "capture ratio, top 10% by P(risk group changes)",
     "c_kept_all": "Tier 1 C-index, every test patient",
     "c_kept_half": "Tier 1 C-index, kept at the calibration median",
     "curve_rises": "risk-coverage curve rises (share of runs)",
@@ -64,7 +65,8 @@ def figures(m: dict) -> dict[str, float]:
         sites = [v["coverage"] for v in (t.get("per_site") or {}).values()
                  if v.get("n_rows", 0) >= 30 and v.get("coverage") is not None and math.isfinite(v["coverage"])]
         out[f"min_site_coverage_{tier}"] = min(sites) if sites else nan
-    out["capture_ratio"] = (m.get("value_of_information") or {}).get("capture_ratio", nan)
+    voi = m.get("value_of_information") or {}
+    out["capture_ratio"], out["capture_ratio_p"] = voi.get("capture_ratio", nan), voi.get("capture_ratio_by_p_group_change", nan)
     points = [p for p in (m.get("risk_coverage") or {}).get("points", []) if p.get("tier1_c_index_kept") is not None]
     by_q = {p["calibration_quantile"]: p for p in points}
     out["c_kept_all"] = (by_q.get(1.0) or {}).get("tier1_c_index_kept", nan)
@@ -104,7 +106,8 @@ def goals(df: pd.DataFrame) -> list[str]:
     if "capture_ratio" in g:
         cr = g["capture_ratio"]
         lines.append("- capture ratio >= 2: " + ("met" if (cr >= 2).all() else "missed") + " ("
-                     + ", ".join(f"{c} {v:.2f}" for c, v in cr.items()) + ").")
+                     + ", ".join(f"{c} {v:.2f}" for c, v in cr.items()) + "); ranked by P(group changes) instead: "
+                     + ", ".join(f"{c} {v:.2f}" for c, v in g["capture_ratio_p"].items()) + ".")
     if "curve_rises" in g:
         lines.append("- risk-coverage curve rises (C-index with the most referred > with none referred), share of "
                      "runs: " + ", ".join(f"{c} {v:.2f}" for c, v in g["curve_rises"].items()) + ".")
