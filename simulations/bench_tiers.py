@@ -4,7 +4,9 @@
 
 Loads a finished run's ``model.pt`` (Tier 1, Tier 2, feature statistics, theta, config), builds every
 site's patients of ``--data`` (default: the run's own generated cohort) and times:
-- Tier 1: risk plus MC-dropout uncertainty with T passes, patients per second (goal >= 1,000 with T=20);
+- Tier 1: risk plus the run's routing score (core/routing_score.py: sigma^2 from T MC-dropout passes,
+  and with routing-score = risk-sd the SD of the risk over T draws read through the head), patients per
+  second (goal >= 1,000 with T=20);
 - Tier 2: DDIM recovery with S samples plus its head, milliseconds per referred patient (goal <= 20 ms);
 - the compute share of routing at the run's referral rate against sending everyone to Tier 2 (goal <= 10%).
 Each timing is the best of ``--repeats`` runs on the same machine, measured in one process.
@@ -24,7 +26,7 @@ from ..core.bundle import load_model
 from ..core.site_data import discover_sites, load_site
 from ..core.tensors import SiteTensors, build_tensors
 from ..core.tier2_train import predict_tier2
-from ..core.uncertainty import risk_and_uncertainty
+from ..core.routing_score import patient_scores
 
 
 def best_of(fn, repeats: int) -> float:
@@ -52,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     data = SiteTensors.concat([build_tensors(load_site(s, expected=dims), stats, seed=0)
                                for s in discover_sites(cohort)])
     n = len(data)
-    t1 = best_of(lambda: risk_and_uncertainty(tier1, data, seed=0), args.repeats)
-    _, sigma2 = risk_and_uncertainty(tier1, data, seed=0)
-    referred = np.flatnonzero(sigma2 > float(bundle.theta))
+    t1 = best_of(lambda: patient_scores(tier1, data, cfg, seed=0), args.repeats)
+    score = patient_scores(tier1, data, cfg, seed=0)[2]
+    referred = np.flatnonzero(score > float(bundle.theta))
     gaps = np.flatnonzero(~data.present.all(dim=1).numpy() & data.present.any(dim=1).numpy())
     out = {"patients": n, "threads": args.threads, "mc_samples": cfg.model.mc_samples,
-           "tier1_patients_per_s": n / t1, "tier1_ms_per_patient": 1000 * t1 / n,
+           "routing_score": cfg.routing_score, "tier1_patients_per_s": n / t1, "tier1_ms_per_patient": 1000 * t1 / n,
            "referral_rate": len(referred) / n}
     tier2 = bundle.build_tier2()
     if tier2 is not None:
