@@ -30,7 +30,6 @@ import numpy as np
 
 from .histogram import HistogramGrid
 
-SD_BOUND = 10.0  # risk SDs are clipped here before a noised sum (a risk unit is one log-hazard)
 SD_FLOOR = 1e-6  # a zero SD (nothing to draw) makes the score huge: such a row is never covered by luck
 SCORE_GRID = HistogramGrid(1e-3, 1e3, 256)  # scores: log bins of ratio 1.056 from 0.001 to 1000
 ALPHA = 0.1
@@ -88,14 +87,11 @@ def patient_mean_sd(sd: np.ndarray, patients: np.ndarray) -> np.ndarray:
     return np.bincount(idx, weights=np.asarray(sd, np.float64)) / np.bincount(idx)
 
 
-def sd_sums(sd: np.ndarray, patients: np.ndarray, noise=None) -> dict[str, float]:
-    """The release beside a score histogram: the sum of the patients' mean risk SDs and their number,
-    exact, or (``noise``, a core/noised_release.ReleaseNoise) clipped to :data:`SD_BOUND` and noised."""
+def sd_sums(sd: np.ndarray, patients: np.ndarray) -> dict[str, float]:
+    """Beside an exact (merged) score histogram: the sum of the patients' mean risk SDs and their number,
+    over >= k patients (the histogram's own floor). A noised release sends none: at the default epsilon,
+    Laplace noise on a sum of SDs clipped to any useful bound is larger than the sum."""
     from . import metric_names as M
-    from .noised_release import noised_sums
 
     per_patient = patient_mean_sd(sd, patients)
-    if noise is None:
-        return {M.CONFORMAL_SD_SUM: float(per_patient.sum()), M.CONFORMAL_SD_N: float(len(per_patient))}
-    n, ((total, _),) = noised_sums([np.minimum(per_patient, SD_BOUND)], noise.epsilon, noise.rng(), bound=SD_BOUND)
-    return {M.CONFORMAL_SD_SUM: max(total, 0.0), M.CONFORMAL_SD_N: max(n, 0.0)}
+    return {M.CONFORMAL_SD_SUM: float(per_patient.sum()), M.CONFORMAL_SD_N: float(len(per_patient))}

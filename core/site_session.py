@@ -213,13 +213,12 @@ class SiteSession:
     def conformal_release(self, tier: str, tier2_weights: dict[str, np.ndarray] | None, grid: HistogramGrid, k: int,
                           noise: ReleaseNoise | None = None) -> tuple[MergedBins, dict[str, float]]:
         """A tier's conformal scores on the masked complete val cases (core/conformal.py) on ``grid``, merged
-        or noised like theta's, and the patients' mean risk SDs summed (each on half the epsilon when noised)."""
+        or noised like theta's; exact (merged) releases add the patients' mean risk SDs summed."""
         values, sd = conformal_site_scores(self._tier1(), self.tier2_model(tier2_weights) if tier2_weights else None,
                                            self._split("val"), self.cfg, tier)
         patients = _pattern_patients(values, len(self.dims))
-        half = ReleaseNoise(noise.epsilon / 2, noise.seed) if noise is not None else None
-        merged = self.merged_release(grid, values, patients, k, f"{tier} conformal-score histogram", half)
-        return merged, {**({} if half else {M.N_VALUES: float(len(values))}), **sd_sums(sd, patients, half)}
+        merged = self.merged_release(grid, values, patients, k, f"{tier} conformal-score histogram", noise)
+        return merged, {} if noise else {M.N_VALUES: float(len(values)), **sd_sums(sd, patients)}
 
     def test_predictions(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """(risk, time, event, patient_ids) on the test split. Never sent: simulation-only pooled metrics."""

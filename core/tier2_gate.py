@@ -18,6 +18,7 @@ flag (``tier2-not-used``), and the run summary, the model bundle and rmm-predict
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from . import metric_names as M
@@ -77,15 +78,22 @@ def decide(sums: dict[str, float], sites: int) -> Tier2Gate:
                      "Tier 1's risk", n, mse1, mse2, c1, c2, sites)
 
 
-def judge_intervals(gate: Tier2Gate, width_tier1: float, width_tier2: float) -> Tier2Gate:
-    """The gate after the conformal phase: an open gate stays open only when Tier 2's mean interval
-    width on the masked validation cases is below Tier 1's at the same nominal coverage (an
-    uncalibrated tier, width inf or NaN, never wins). A closed gate stays closed."""
+def judge_intervals(gate: Tier2Gate, width_tier1: float, width_tier2: float, q_tier2: float = 0.0) -> Tier2Gate:
+    """The gate after the conformal phase: an open gate stays open only when Tier 2's intervals are
+    calibrated (a finite q-hat ``q_tier2``) and, where the widths are known (exact releases: with noised
+    ones the sites send no SD sums, both widths are NaN), its mean interval width on the masked
+    validation cases is below Tier 1's at the same nominal coverage. A closed gate stays closed."""
     widths = f"conformal interval width {width_tier2:.4g} vs Tier 1's {width_tier1:.4g} at equal nominal coverage"
     fields = {**gate.to_dict(), "width_tier1": float(width_tier1), "width_tier2": float(width_tier2)}
     if not gate.open:
         return Tier2Gate(**fields)
-    if width_tier2 < width_tier1:  # False for NaN and for an infinite Tier 2 width
+    unknown = math.isnan(width_tier1) and math.isnan(width_tier2)
+    if not math.isfinite(q_tier2):
+        widths = f"Tier 2's draws are too narrow for a finite conformal q-hat ({widths})"
+    elif unknown:
+        return Tier2Gate(**{**fields, "reason": f"{gate.reason}; its conformal intervals are calibrated (widths "
+                            "not released under noise)"})
+    if math.isfinite(q_tier2) and width_tier2 < width_tier1:  # False for NaN and for an infinite Tier 2 width
         return Tier2Gate(**{**fields, "reason": f"{gate.reason}; {widths}"})
     return Tier2Gate(**{**fields, "open": False, "reason": f"Tier 2's risk intervals are not narrower than Tier 1's "
                         f"({widths}; {gate.reason.split(': ', 1)[-1]}): the referred keep Tier 1's risk"})

@@ -31,17 +31,18 @@ def zoom_grid(base: HistogramGrid, estimate: float) -> HistogramGrid:
 
 
 def quantile_release(ask: Callable[[P.Phase, object], dict], phase: P.Phase, request_of: Callable[[HistogramGrid], object],
-                     base: HistogramGrid, q: float, noised: bool, exact_noisy: bool = False
-                     ) -> tuple[HistogramGrid, dict, list[MergedBins]]:
-    """(grid used, replies, parts) for the ``q`` quantile of ``phase``'s histograms."""
+                     base: HistogramGrid, q: float, noised: bool, exact_noisy: bool = False,
+                     floor: float = NOISE_FLOOR) -> tuple[HistogramGrid, dict, list[MergedBins]]:
+    """(grid used, replies, parts) for the ``q`` quantile of ``phase``'s histograms; ``floor``: pooled
+    noisy bins within this many noise sds count as empty (0: none, the unbiased CDF of spread scores)."""
     if not noised:
         replies = ask(phase, request_of(base))
         return base, replies, merged_parts(replies, base.n_bins, exact_noisy)
     coarse = HistogramGrid(base.low, base.high, COARSE_BINS)
     replies = ask(phase, request_of(coarse))
-    parts = merged_parts(replies, coarse.n_bins, True, NOISE_FLOOR)
+    parts = merged_parts(replies, coarse.n_bins, True, floor)
     if not parts or spread(parts, coarse.n_bins).sum() <= 0:
         return coarse, replies, parts
     fine = zoom_grid(base, merged_quantile(coarse, parts, q).estimate)
     replies = ask(phase, request_of(fine))
-    return fine, replies, merged_parts(replies, fine.n_bins, True, NOISE_FLOOR)
+    return fine, replies, merged_parts(replies, fine.n_bins, True, floor)

@@ -97,3 +97,6 @@ def test_the_gate_keeps_tier2_only_where_its_intervals_are_narrower():
     assert not judge_intervals(won, 2.0, math.nan).open
     lost = Tier2Gate(False, "Tier 2 did not beat Tier 1")
     assert not judge_intervals(lost, 2.0, 1.0).open  # a closed gate stays closed
+    noised = judge_intervals(won, math.nan, math.nan, q_tier2=3.0)  # widths not released under noise
+    assert noised.open and "calibrated" in noised.reason
+    assert not judge_intervals(won, math.nan, math.nan, q_tier2=math.inf).open  # Tier 2's draws cannot cover

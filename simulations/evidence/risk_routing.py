@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     extra = dict(kv.split("=", 1) for kv in args.overrides)
     raw, skipped = [], []
-    for cohort, seed in progress([(c, s) for c in args.cohorts for s in args.seeds], desc="risk routing"):
+    for seed, cohort in progress([(s, c) for s in args.seeds for c in args.cohorts], desc="risk routing"):  # seed-major
         data = cohort_for_seed(args.out, seed) if cohort == "default" else args.data_root / cohort
         if not data.is_dir():
             skipped.append(cohort)
