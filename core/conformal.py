@@ -11,7 +11,7 @@ into an interval with a coverage guarantee:
 * **Calibration, federated.** Each site sends a histogram of its scores on :data:`SCORE_GRID` (merged to
   its floor, or noised: the same release rules as theta's histogram). The coordinator sums them and takes
   the finite-sample corrected quantile: level ceil((n + 1)(1 - alpha)) / n of the n pooled scores
-  (:func:`corrected_level`), q-hat.
+  (:func:`corrected_level`), q-hat, read inside its bin (interpolated): one grid, :data:`SCORE_GRID`.
 * **Interval.** risk +- q-hat x risk SD. When validation and test rows are exchangeable (pooled over
   the sites), P(risk seen inside) >= 1 - alpha, marginally: over patients and masking patterns, not
   for every site or every patient. Rows of one patient (its patterns) are not independent, so the
@@ -31,7 +31,12 @@ import numpy as np
 from .histogram import HistogramGrid
 
 SD_FLOOR = 1e-6  # a zero SD (nothing to draw) makes the score huge: such a row is never covered by luck
-SCORE_GRID = HistogramGrid(1e-3, 1e3, 256)  # scores: log bins of ratio 1.056 from 0.001 to 1000
+# Scores: 10 log bins of ratio 2 from 0.1 to 100, an underflow and an overflow bin, asked once (no zoom).
+# Noised at the default epsilon, few wide bins resolve an upper-tail quantile of ~170 scores far better
+# than many narrow ones (each bin adds its own noise): on the default run's validation scores (40 noise
+# draws, python -m rmmfed.simulations.evidence.conformal_grid) test coverage 0.912 +- 0.024, against
+# 0.878 +- 0.063 for theta's coarse-then-zoom grids (exact split conformal: 0.889).
+SCORE_GRID = HistogramGrid(0.1, 100.0, 12)
 ALPHA = 0.1
 
 

@@ -16,8 +16,7 @@ from ..core.histogram import HistogramGrid, quantile_from_counts
 from ..core.merged_histogram import merged_quantile, pooled_counts
 from ..core.metric_names import KEPT_LEVELS
 from ..core.tier2_gate import judge_intervals
-from .noised_quantile import quantile_release
-from .queries import decode
+from .queries import decode, merged_parts
 
 if TYPE_CHECKING:
     from .federation import Run
@@ -42,9 +41,9 @@ def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[s
     for tier, weights in (("tier1", None), ("tier2", tier2_weights)):
         if tier == "tier2" and not weights:
             continue
-        grid, replies, parts = quantile_release(run.ask, P.CONFORMAL, lambda g: P.ConformalRequest(tier, g, weights),
-                                                SCORE_GRID, 1.0 - alpha, run.noised, run.cfg.dp.histogram_epsilon > 0,
-                                                floor=0.0)  # scores spread over decades: no bin is zeroed
+        grid = SCORE_GRID  # one coarse grid, no zoom, no noise floor (core/conformal.py)
+        replies = run.ask(P.CONFORMAL, P.ConformalRequest(tier, grid, weights))
+        parts = merged_parts(replies, grid.n_bins, run.noised or run.cfg.dp.histogram_epsilon > 0, 0.0)
         n = float(pooled_counts(parts, grid.n_bins).sum()) if parts else 0.0
         sums = [decode(r, P.HistogramReply).metrics for r in replies.values()]
         sd_n = sum(m.get(M.CONFORMAL_SD_N, 0.0) for m in sums)
