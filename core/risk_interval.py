@@ -72,7 +72,8 @@ def risks_of_draws(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Te
 
 @torch.no_grad()
 def tier1_risk_draws(tier1: Tier1Model, data: SiteTensors, *, seed: int, samples: int | None = None,
-                     batch: int = 4096, observed: torch.Tensor | None = None, only: int | None = None) -> np.ndarray:
+                     batch: int = 4096, observed: torch.Tensor | None = None, only: int | None = None,
+                     point: list | None = None) -> np.ndarray:
     """[N, T] Tier 1's risk distribution over what it does not know about the missing modalities: the
     one definition (rmm-predict's intervals, the risk SD of routing and of every run's evaluation, the
     conformal intervals, the value of each exam). Draw t of a missing modality k is f_phi's MC-dropout
@@ -82,7 +83,9 @@ def tier1_risk_draws(tier1: Tier1Model, data: SiteTensors, *, seed: int, samples
     every column is the deterministic risk for a patient with nothing missing. ``observed`` [N, K]:
     the modalities the model may look at (default: the present ones; a subset masks the others).
     ``only`` = k: only modality k is drawn (and read as acquired); the other hidden ones stay hidden at
-    f_phi's MC-mean estimate (the value of examining k alone)."""
+    f_phi's MC-mean estimate (the value of examining k alone). ``point``: a list that receives, per
+    batch, Tier 1's deterministic risk and sigma^2 from the same encoding of the bags (routing reads
+    all three at the cost of one pass over the instances)."""
     was = tier1.training
     tier1.eval()
     out = []
@@ -96,6 +99,8 @@ def tier1_risk_draws(tier1: Tier1Model, data: SiteTensors, *, seed: int, samples
                 obs = sub.present.bool() if observed is None else observed[rows.to(observed.device)].bool()
                 zs = bag_encodings(tier1, sub)
                 passes = tier1.mc_passes(list(sub.x), list(sub.inst_mask), obs, samples=samples, zs=zs)
+                if point is not None:
+                    point.append(_point(tier1, zs, obs, data_means(sub), passes))
                 dims = [e.shape[2] for e in passes.x_hat]
                 est = list(passes.x_hat)
                 if passes.logvar is not None:  # the aleatoric part: f_phi's predicted variance per modality
@@ -113,3 +118,16 @@ def tier1_risk_draws(tier1: Tier1Model, data: SiteTensors, *, seed: int, samples
     finally:
         tier1.train(was)
     return torch.cat(out).double().numpy() if out else np.zeros((0, samples or tier1.cfg.mc_samples))  # float64: the SD of equal draws is 0
+
+
+def _point(tier1: Tier1Model, zs: list[torch.Tensor], obs: torch.Tensor, means: list[torch.Tensor], passes
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tier 1's deterministic risk (dropout off, as :meth:`Tier1Model.infer`) and sigma^2 (of ``passes``)
+    from encodings already computed."""
+    from .uncertainty import modality_sigma2, patient_uncertainty
+
+    slots = tier1._slots(zs, obs)
+    x_hat = tier1.estimate(torch.cat(slots, dim=1))
+    lin = tier1.linear_input(means, obs, x_hat) if tier1.linear is not None else None
+    risk = tier1.risk_from(tier1.head_slots(zs, obs, x_hat, slots), lin)
+    return risk.cpu(), patient_uncertainty(modality_sigma2(passes, tier1.cfg.uncertainty), obs).cpu()

@@ -27,10 +27,14 @@ SCORES = ("risk-sd", "sigma2")
 def patient_scores(tier1: Tier1Model, data: SiteTensors, cfg: RunConfig, *, seed: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Tier 1 risk, sigma^2, routing score) of each patient as it is (its present modalities)."""
-    risk, sigma2 = risk_and_uncertainty(tier1, data, seed=seed)
     if cfg.routing_score == "sigma2":
+        risk, sigma2 = risk_and_uncertainty(tier1, data, seed=seed)
         return risk, sigma2, sigma2
-    return risk, sigma2, tier1_risk_draws(tier1, data, seed=seed + 7).std(axis=1)
+    point: list = []  # one encoding of the bags for the risk, sigma^2 and the draws
+    draws = tier1_risk_draws(tier1, data, seed=seed + 7, point=point)
+    if not point:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    return (torch.cat([p[0] for p in point]).numpy(), torch.cat([p[1] for p in point]).numpy(), draws.std(axis=1))
 
 
 def masked_scores(tier1: Tier1Model, data: SiteTensors, cfg: RunConfig, observed: torch.Tensor, *,
