@@ -9,7 +9,9 @@ pattern per patient, epsilon-DP counts on every bin, core/noised_release.py), po
 them, and the finite-sample corrected q-hat is read; its coverage is measured on the pooled masked
 complete test rows. Printed per grid over ``--draws`` noise draws: mean and sd of the coverage, and the
 share of draws within 3 points of nominal (0.90). Compared: theta's coarse-then-zoom grids
-(server/noised_quantile.py) and single coarse grids, among them core/conformal.SCORE_GRID.
+(server/noised_quantile.py) and single coarse grids, among them core/conformal.SCORE_GRID. Last, theta
+itself (the run's routing score on the same validation cases, released and read as a run does, with
+theta's noise floor): the masked-complete referral it gives on the test rows, over the same draws.
 """
 
 from __future__ import annotations
@@ -82,7 +84,40 @@ def main(argv: list[str] | None = None) -> int:
             cov.append(float((test <= q).mean()))
         c = np.asarray(cov)
         print(f"{name:45s} coverage {c.mean():.3f} +- {c.std():.3f}; within 3 points in {np.mean(abs(c - 0.9) <= 0.03):.0%}")
+    theta_noise(args, bundle, cfg, tier1)
     return 0
+
+
+def theta_noise(args, bundle, cfg, tier1) -> None:
+    """Theta from noised calibration histograms (the run's own rule) and the masked referral it gives."""
+    from ...core.routing_score import calibration_scores
+    from ...core.two_tier import recovery_errors
+    from ...server.queries import NOISE_FLOOR
+
+    sites, tests = [], []
+    for path in discover_sites(args.data):
+        site = load_site(path, expected=dict(bundle.modalities))
+        data = build_tensors(site, bundle.stats(), seed=site_seed(cfg.seed, site.site))
+        v = calibration_scores(tier1, data.subset(site.indices("val")), cfg, seed=cfg.seed)
+        sites.append((v, _pattern_patients(v, len(bundle.modalities))))
+        tests.append(recovery_errors(tier1, None, data.subset(site.indices("test")), cfg, seed=cfg.seed + 1)["risk_sd"
+                                     if cfg.routing_score == "risk-sd" else "sigma2"])
+    test, pooled = np.concatenate(tests), np.concatenate([v for v, _ in sites])
+    exact = float(np.quantile(pooled, cfg.quantile))
+    base = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
+    refs = []
+    for draw in range(args.draws):
+        rng = np.random.default_rng(draw)
+
+        def ask(g):
+            parts = [noised_histogram(g, v, pt, args.epsilon, rng, seed=draw) for v, pt in sites]
+            return pool_noisy(parts, [args.epsilon] * len(parts), g.n_bins, NOISE_FLOOR)
+        coarse = HistogramGrid(base.low, base.high, COARSE_BINS)
+        fine = zoom_grid(base, merged_quantile(coarse, ask(coarse), cfg.quantile).estimate)
+        refs.append(float((test > merged_quantile(fine, ask(fine), cfg.quantile).estimate).mean()))
+    r = np.asarray(refs)
+    print(f"theta (q={cfg.quantile}): exact pooled {exact:.4f} gives masked referral {(test > exact).mean():.3f}; from "
+          f"noised releases {r.mean():.3f} +- {r.std():.3f}, within 4-6% in {np.mean((r >= 0.04) & (r <= 0.06)):.0%}")
 
 
 if __name__ == "__main__":
