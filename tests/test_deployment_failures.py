@@ -341,9 +341,11 @@ def test_site_started_before_the_server_waits_and_joins(make_consortium):
     assert "[rmm] handshake: 2 site(s) accepted" in run.text() and "=== rmm summary ===" in run.text()
     assert "configure_train" not in run.text() and "configure_train" in (out / "flower.log").read_text()
     # what a server can draw from aggregates: routes per site, the uncertainty histogram, the uncertainty
-    # quality, Tier 1's calibration at the horizon (from the sites' survival sums)
+    # quality, Tier 1's calibration at the horizon (from the sites' survival sums), and the risk-coverage curve
+    # (from the sites' kept-group pair counts)
     assert (out / "report.html").is_file() and {p.name for p in out.glob("*.png")} == {
-        "routes_per_site.png", "uncertainty_histogram.png", "uncertainty_quality.png", "survival_calibration.png"}
+        "routes_per_site.png", "uncertainty_histogram.png", "uncertainty_quality.png", "survival_calibration.png",
+        "risk_coverage.png"}
     log = (c.logs / "site-A.log").read_text()
     assert "retrying in" in log  # Flower's bounded retry loop ran while the server was down
     print(f"\nearly site: server up {t_up:.0f} s after the sites; run {time.monotonic() - t0 - t_up:.0f} s")
