@@ -89,7 +89,7 @@ def judge_intervals(gate: Tier2Gate, width_tier1: float, width_tier2: float, q_t
         return Tier2Gate(**fields)
     unknown = math.isnan(width_tier1) and math.isnan(width_tier2)
     if not math.isfinite(q_tier2):
-        widths = f"Tier 2's draws are too narrow for a finite conformal q-hat ({widths})"
+        widths = "Tier 2's draws are too narrow for a finite conformal q-hat" + ("" if unknown else f" ({widths})")
     elif unknown:
         return Tier2Gate(**{**fields, "reason": f"{gate.reason}; its conformal intervals are calibrated (widths "
                             "not released under noise)"})
