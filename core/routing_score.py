@@ -19,7 +19,7 @@ from .config import RunConfig
 from .risk_interval import tier1_risk_draws
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
-from .uncertainty import complete_case_indices, masking_patterns, risk_and_uncertainty, uncertainty
+from .uncertainty import over_masking_patterns, risk_and_uncertainty, uncertainty
 
 SCORES = ("risk-sd", "sigma2")
 
@@ -48,12 +48,4 @@ def masked_scores(tier1: Tier1Model, data: SiteTensors, cfg: RunConfig, observed
 def calibration_scores(tier1: Tier1Model, data: SiteTensors, cfg: RunConfig, *, seed: int) -> np.ndarray:
     """The routing score of the complete cases of ``data`` under every masking pattern, pattern-major
     (flattened; what a site histograms for theta)."""
-    idx = complete_case_indices(data)
-    if len(idx) == 0:
-        return np.zeros(0)
-    sub = data.subset(idx)
-    out = []
-    for p_i, pattern in enumerate(masking_patterns(len(data.modalities))):
-        obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
-        out.append(masked_scores(tier1, sub, cfg, obs, seed=seed + p_i))
-    return np.concatenate(out)
+    return over_masking_patterns(data, lambda sub, obs, s: masked_scores(tier1, sub, cfg, obs, seed=s), seed=seed)

@@ -103,8 +103,9 @@ def complete_case_indices(data: SiteTensors) -> np.ndarray:
     return np.flatnonzero(data.present.all(dim=1).cpu().numpy())
 
 
-def calibration_uncertainties(model: Tier1Model, data: SiteTensors, *, seed: int = 0) -> np.ndarray:
-    """sigma^2 of the complete cases in ``data`` under every masking pattern (flattened)."""
+def over_masking_patterns(data: SiteTensors, score, *, seed: int) -> np.ndarray:
+    """``score(complete cases, observed [n, K], seed + pattern index)`` for the complete cases of ``data``
+    under every masking pattern, pattern-major (flattened): the calibration population."""
     idx = complete_case_indices(data)
     if len(idx) == 0:
         return np.zeros(0)
@@ -112,8 +113,13 @@ def calibration_uncertainties(model: Tier1Model, data: SiteTensors, *, seed: int
     values = []
     for p_i, pattern in enumerate(masking_patterns(len(data.modalities))):
         obs = torch.tensor(pattern, device=sub.present.device).expand(len(sub), -1)
-        values.append(uncertainty(model, sub, obs, seed=seed + p_i))
+        values.append(score(sub, obs, seed + p_i))
     return np.concatenate(values)
+
+
+def calibration_uncertainties(model: Tier1Model, data: SiteTensors, *, seed: int = 0) -> np.ndarray:
+    """sigma^2 of the complete cases in ``data`` under every masking pattern (flattened)."""
+    return over_masking_patterns(data, lambda sub, obs, s: uncertainty(model, sub, obs, seed=s), seed=seed)
 
 
 @torch.no_grad()
