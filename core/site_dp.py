@@ -18,6 +18,7 @@ from . import metric_names as M
 from .discrete_time import DiscreteTimeBaseline
 from .dp import DPError, SiteAccountant, tier_budgets, train_tier1_dp
 from .tier2_dp import train_tier2_dp
+from .site_seed import site_seed
 from .train import round_lr
 from .weights import get_weights
 
@@ -56,8 +57,6 @@ def train_tier1_round_dp(s: "SiteSession", model: "Tier1Model", seed: int, proxi
 def train_tier2_round_dp(s: "SiteSession", tier2: "Tier2Model", server_round: int
                          ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """One Tier 2 DP-SGD round: (weights, metrics: num-examples and the accountant's figures only)."""
-    from .site_session import site_seed
-
     cfg, train = s.cfg, s._split("train")
     steps = cfg.dp.tier2_local_steps  # the same every round, so the plan's accounting holds
     acc = SiteAccountant.from_arrays({"dp-history": s.dp_state.get("dp-tier2-history", np.zeros((0, 3)))})

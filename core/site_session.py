@@ -6,7 +6,6 @@ method returns only weights, sums, histogram counts or scalar metrics.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +38,10 @@ from .two_tier import RiskScale, predict_two_tier, recovery_errors
 from .conformal import sd_sums, site_scores as conformal_site_scores
 from .risk_uncertainty_evaluation import conformal_sums, floored as _floored, kept_sums, voi_sums
 from .routing_score import calibration_scores
+from .site_seed import site_seed
 from .uncertainty import complete_case_indices, masking_patterns
 from .uncertainty_quality import site_quality
 from .weights import get_weights, set_weights
-
-
-def site_seed(seed: int, site: str, *salt: int) -> int:
-    """A stable per-site, per-round seed (crc32, not Python's salted hash)."""
-    return (seed * 1_000_003 + zlib.crc32(site.encode()) + sum(s * 7919 ** (i + 1) for i, s in enumerate(salt))) % 2**31
 
 
 class SiteSession:

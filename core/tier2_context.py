@@ -6,7 +6,7 @@ computed once (:class:`PatternBank`) instead of at every step:
 * the bag encodings z_k (eq. 1) of every present modality, in eval mode;
 * for every observed pattern (each non-empty subset of the modalities, intersected with what the
   patient has), Tier 1's MC-dropout mean estimate x_hat and uncertainty sigma^2_k
-  (:func:`~rmmfed.core.tier2_train.tier2_inputs`, the one definition of sigma^2);
+  (:func:`tier2_inputs`, the one definition of sigma^2);
 * Tier 1's risk on everything the patient has (the target of L_cons).
 
 Training draws, per patient and step, one pattern among those that hide at least one present modality
@@ -23,6 +23,9 @@ import torch
 
 from .tensors import SiteTensors, patients_per_batch
 from .tier1 import Tier1Model, bag_means
+from .tier2 import concat_modalities, coord_mask
+from .tier2_scoring import tier1_head_risk
+from .uncertainty import estimate_and_sigma2
 
 
 def observed_patterns(k: int) -> list[tuple[bool, ...]]:
@@ -75,9 +78,6 @@ class PatternBank:
     @staticmethod
     @torch.no_grad()
     def build(tier1: Tier1Model, data: SiteTensors, *, seed: int, mc_samples: int | None = None) -> "PatternBank":
-        from .tier2_scoring import tier1_head_risk
-        from .tier2_train import tier2_inputs
-
         device = data.present.device
         present = data.present.bool()
         k = present.shape[1]
@@ -112,3 +112,45 @@ class PatternBank:
         """(observed [B, K], x_hat [B, sum D], sigma2 [B, K]) of patients ``idx`` under ``pattern`` [B]."""
         observed = self.present[idx] & self.patterns[pattern]
         return observed, self.x_hat[pattern, idx], self.sigma2[pattern, idx]
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [] if device.type == "cpu" else [device]
+
+
+@torch.no_grad()
+def tier2_inputs(tier1: Tier1Model, data: SiteTensors, observed: torch.Tensor, *, seed: int,
+                 mc_samples: int | None = None, batch: int = 4096, zs: list[torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tier 2's condition inputs for ``data`` under the ``observed`` mask [N, K].
+
+    Returns (x_obs [N, sum D] = real targets on observed modalities, 0 elsewhere;
+    x_hat [N, sum D] = mean of Tier 1's T MC-dropout estimates; sigma^2 [N, K] = Tier 1's per-modality
+    uncertainty, :func:`~rmmfed.core.uncertainty.modality_sigma2`). ``mc_samples`` None = Tier 1's T.
+    ``zs``: Tier 1's bag encodings of ``data`` (:func:`~rmmfed.core.tier2_context.bag_encodings`) when
+    the caller has them: the same result without encoding every instance again.
+    """
+    device = data.present.device
+    observed = observed.bool()
+    dims = [t.shape[1] for t in data.target]
+    x_obs = concat_modalities(data.target) * coord_mask(observed, dims).to(data.target[0].dtype)
+    was_training = tier1.training
+    tier1.eval()
+    x_hat, var = [], []
+    batch = patients_per_batch(data, batch)
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(device)):
+            torch.manual_seed(seed)
+            for s in range(0, len(data), batch):
+                sl = slice(s, s + batch)
+                mean, var_k = estimate_and_sigma2(tier1, [x[sl] for x in data.x], [m[sl] for m in data.inst_mask],
+                                                  observed[sl], samples=mc_samples,
+                                                  zs=None if zs is None else [z[sl] for z in zs])
+                x_hat.append(torch.cat(mean, dim=1))
+                var.append(var_k)
+    finally:
+        tier1.train(was_training)
+    if not x_hat:
+        k = len(dims)
+        return x_obs, x_obs.clone(), x_obs.new_zeros((0, k))
+    return x_obs, torch.cat(x_hat).to(x_obs.dtype), torch.cat(var).to(x_obs.dtype)

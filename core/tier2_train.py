@@ -44,55 +44,12 @@ from .diffusion import ddpm_step
 from .tensors import SiteTensors, patients_per_batch
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model, concat_modalities, coord_mask
-from .tier2_context import PatternBank, bag_encodings, data_means, tier1_slots
+from .tier2_context import PatternBank, bag_encodings, data_means, tier1_slots, tier2_inputs
 from .risk_interval import risks_of_draws
 from .tier2_scoring import tier1_head_risk, tier2_risk
 from .tier2_config import Tier2Config
-from .uncertainty import estimate_and_sigma2
 
 LOSS_KEYS = ("loss", "ddpm", "cons", "div", "task")
-
-
-def _rng_devices(device: torch.device) -> list:
-    return [] if device.type == "cpu" else [device]
-
-
-@torch.no_grad()
-def tier2_inputs(tier1: Tier1Model, data: SiteTensors, observed: torch.Tensor, *, seed: int,
-                 mc_samples: int | None = None, batch: int = 4096, zs: list[torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tier 2's condition inputs for ``data`` under the ``observed`` mask [N, K].
-
-    Returns (x_obs [N, sum D] = real targets on observed modalities, 0 elsewhere;
-    x_hat [N, sum D] = mean of Tier 1's T MC-dropout estimates; sigma^2 [N, K] = Tier 1's per-modality
-    uncertainty, :func:`~rmmfed.core.uncertainty.modality_sigma2`). ``mc_samples`` None = Tier 1's T.
-    ``zs``: Tier 1's bag encodings of ``data`` (:func:`~rmmfed.core.tier2_context.bag_encodings`) when
-    the caller has them: the same result without encoding every instance again.
-    """
-    device = data.present.device
-    observed = observed.bool()
-    dims = [t.shape[1] for t in data.target]
-    x_obs = concat_modalities(data.target) * coord_mask(observed, dims).to(data.target[0].dtype)
-    was_training = tier1.training
-    tier1.eval()
-    x_hat, var = [], []
-    batch = patients_per_batch(data, batch)
-    try:
-        with torch.random.fork_rng(devices=_rng_devices(device)):
-            torch.manual_seed(seed)
-            for s in range(0, len(data), batch):
-                sl = slice(s, s + batch)
-                mean, var_k = estimate_and_sigma2(tier1, [x[sl] for x in data.x], [m[sl] for m in data.inst_mask],
-                                                  observed[sl], samples=mc_samples,
-                                                  zs=None if zs is None else [z[sl] for z in zs])
-                x_hat.append(torch.cat(mean, dim=1))
-                var.append(var_k)
-    finally:
-        tier1.train(was_training)
-    if not x_hat:
-        k = len(dims)
-        return x_obs, x_obs.clone(), x_obs.new_zeros((0, k))
-    return x_obs, torch.cat(x_hat).to(x_obs.dtype), torch.cat(var).to(x_obs.dtype)
 
 
 def train_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: Tier2Config, *, epochs: int,

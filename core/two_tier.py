@@ -177,7 +177,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
     from .tier2_scoring import tier2_risk
     from .train import predict_risk
     from .risk_interval import risks_of_draws, tier1_risk_draws
-    from .tier2_train import tier2_inputs
+    from .tier2_context import tier2_inputs
     from .uncertainty import complete_case_indices, masking_patterns, patient_uncertainty
 
     idx = complete_case_indices(data)

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from .cohort import CohortConfig
+from .cohort_config import CohortConfig
 
 PRESETS: dict[str, dict] = {
     "default": {},

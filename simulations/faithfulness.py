@@ -28,7 +28,7 @@ import torch
 from ..core.attribution import integrated_gradients, masked_risk
 from ..core.bundle import ModelBundle, load_model
 from ..core.site_data import PATIENTS_CSV, discover_sites
-from ..core.site_session import site_seed
+from ..core.site_seed import site_seed
 from ..core.tensors import build_tensors
 from ..client.predict import load_site_for
 

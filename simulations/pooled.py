@@ -25,7 +25,7 @@ from ..core.tier1 import build_model
 from ..core.train import predict_risk, round_lr, train_tier1
 from ..core.dp import zero_risk_head
 from ..core.weights import get_weights, set_weights
-from ..core.site_session import site_seed
+from ..core.site_seed import site_seed
 
 
 def stratified_pll(model, parts: list[SiteTensors]) -> float:

@@ -14,7 +14,7 @@ from rmmfed.core.errors import ConfigError
 from rmmfed.core.tensors import SiteTensors
 from rmmfed.core.tier1 import LOGVAR_MAX, LOGVAR_MIN, bounded_logvar, build_model
 from rmmfed.core.tier1_loss import reconstruction_loss, variance_nll
-from rmmfed.core.tier2_train import tier2_inputs
+from rmmfed.core.tier2_context import tier2_inputs
 from rmmfed.core.uncertainty import (aleatoric_variance, modality_sigma2, modality_variance, patient_uncertainty,
                                      risk_and_uncertainty, uncertainty)
 

@@ -15,7 +15,7 @@ from rmmfed.core.tier2_config import Tier2Config
 from rmmfed.core.tier2_context import PatternBank, bag_encodings, tier1_slots
 from rmmfed.core.tier2_dp import (PerSampleTier2Loss, Tier2DPConfigError, batch_inputs, per_sample_fn,
                                   train_tier2_dp)
-from rmmfed.core.tier2_train import tier2_inputs
+from rmmfed.core.tier2_context import tier2_inputs
 
 from test_tier2 import TINY, make_site
 

@@ -15,7 +15,8 @@ from rmmfed.core.tier2_config import Tier2Config
 from rmmfed.core.tier2_context import PatternBank, bag_encodings, data_means, observed_patterns
 from rmmfed.core.tier2_gate import VALIDATION_KEYS, Tier2Gate, decide
 from rmmfed.core.tier2_scoring import tier1_head_risk
-from rmmfed.core.tier2_train import predict_tier2, tier2_inputs
+from rmmfed.core.tier2_context import tier2_inputs
+from rmmfed.core.tier2_train import predict_tier2
 from rmmfed.core.two_tier import RiskScale, predict_two_tier
 
 from test_tier2 import TINY, make_site

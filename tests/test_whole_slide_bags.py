@@ -129,7 +129,7 @@ def test_bags_too_large_to_keep_whole_are_refused_with_the_fix(long_site, monkey
 
 def test_tier2_inputs_from_cached_encodings_equal_a_fresh_encoding(long_site, tier1_cfg):
     from rmmfed.core.tier2_context import bag_encodings
-    from rmmfed.core.tier2_train import tier2_inputs
+    from rmmfed.core.tier2_context import tier2_inputs
 
     site, stats = long_site
     data = build_tensors(site, stats)

@@ -23,7 +23,7 @@ from ...core.bundle import load_model  # noqa: E402
 from ...core.concordance import c_index, combined_c_index, concordance_counts  # noqa: E402
 from ...core.config import RunConfig  # noqa: E402
 from ...core.site_data import SiteData, discover_sites, load_site  # noqa: E402
-from ...core.site_session import site_seed  # noqa: E402
+from ...core.site_seed import site_seed  # noqa: E402
 from ...core.tensors import SiteTensors, build_tensors  # noqa: E402
 from ...core.tier1 import Tier1Model  # noqa: E402
 

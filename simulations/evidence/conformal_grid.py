@@ -28,7 +28,8 @@ from ...core.histogram import HistogramGrid
 from ...core.merged_histogram import merged_quantile, pooled_counts
 from ...core.noised_release import noised_histogram
 from ...core.site_data import discover_sites, load_site
-from ...core.site_session import _pattern_patients, site_seed
+from ...core.site_session import _pattern_patients
+from ...core.site_seed import site_seed
 from ...core.tensors import build_tensors
 from ...server.noised_quantile import COARSE_BINS, zoom_grid
 from ...server.queries import pool_noisy

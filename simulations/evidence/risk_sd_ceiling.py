@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 from ...core.bundle import load_model
 from ...core.risk_interval import tier1_risk_draws
 from ...core.site_data import discover_sites, load_site
-from ...core.site_session import site_seed
+from ...core.site_seed import site_seed
 from ...core.tensors import build_tensors
 from ...core.train import predict_risk
 from ...core.uncertainty import complete_case_indices, masking_patterns
