@@ -35,7 +35,8 @@ from ..core.request_policy import RequestPolicy, digest
 from ..core.site_data import discover_sites
 from ..core.site_policy import PolicyViolation
 from ..core.noised_release import ReleaseNoise
-from ..core.site_session import SiteSession, site_seed
+from ..core.site_session import SiteSession
+from ..core.site_seed import site_seed
 from ..core.two_tier import RiskScale
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod

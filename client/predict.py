@@ -73,7 +73,7 @@ from ..core.bundle import ModelBundle, check_site_schema, load_model, save_bundl
 from ..core.errors import RmmError
 from ..core.routing import ABSTAIN, TIER2
 from ..core.site_data import SiteData, load_site
-from ..core.site_session import site_seed
+from ..core.site_seed import site_seed
 from ..core.tensors import build_tensors
 from ..core.two_tier import predict_two_tier
 from ..core.value_of_information import exam_values

@@ -76,7 +76,7 @@ def path_risk(model: Tier1Model, z: list[torch.Tensor], p: list[torch.Tensor],
     bag's instance mean (the linear path's input; needed only with ``linear_path``). See the module
     docstring; at p in {0, 1} with z = pooled bag (p = 1) or the pseudo-embedding (p = 0), this equals
     ``model(x, inst_mask, observed).risk``."""
-    slots = [model._with_prompts(z[j], j, p[j]) for j in range(len(z))]
+    slots = [model.with_prompts(z[j], j, p[j]) for j in range(len(z))]
     H = torch.cat(slots, dim=1)
     x_hat = model.estimate(H) if model.cfg.estimator or model.linear is not None else None
     lin = model.linear_input(m, torch.cat(p, dim=1), x_hat) if model.linear is not None else None
@@ -85,7 +85,7 @@ def path_risk(model: Tier1Model, z: list[torch.Tensor], p: list[torch.Tensor],
     parts = []
     for j in range(len(z)):
         z_hat = model.absent_encoding(j, x_hat[j])
-        parts.append(model._with_prompts(p[j] * z[j] + (1.0 - p[j]) * z_hat, j, p[j]))
+        parts.append(model.with_prompts(p[j] * z[j] + (1.0 - p[j]) * z_hat, j, p[j]))
     return model.risk_from(parts, lin)
 
 

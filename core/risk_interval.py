@@ -49,11 +49,11 @@ def risk_if_acquired(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.
     versus its mean) the risk Tier 1 gives once the exam is done, which is what the draws stand in for."""
     obs, acq = observed.bool(), acquire.bool() & ~observed.bool()
     seen = obs | acq
-    base = tier1.head_slots(zs, obs, fill, tier1._slots(zs, obs))
+    base = tier1.head_slots(zs, obs, fill, tier1.slots(zs, obs))
     parts = []
     for j, part in enumerate(base):
         a = acq[:, j : j + 1]
-        got = tier1._with_prompts(tier1.encoders[j](fill[j]), j, torch.ones_like(a))
+        got = tier1.with_prompts(tier1.encoders[j](fill[j]), j, torch.ones_like(a))
         parts.append(torch.where(a, got, part))
     lin = tier1.linear_input([torch.where(acq[:, j : j + 1], f, m) for j, (f, m) in enumerate(zip(fill, means))],
                              seen, fill)
@@ -126,7 +126,7 @@ def _point(tier1: Tier1Model, zs: list[torch.Tensor], obs: torch.Tensor, means: 
     from encodings already computed."""
     from .uncertainty import modality_sigma2, patient_uncertainty
 
-    slots = tier1._slots(zs, obs)
+    slots = tier1.slots(zs, obs)
     x_hat = tier1.estimate(torch.cat(slots, dim=1))
     lin = tier1.linear_input(means, obs, x_hat) if tier1.linear is not None else None
     risk = tier1.risk_from(tier1.head_slots(zs, obs, x_hat, slots), lin)

@@ -122,17 +122,20 @@ class Tier1Model(nn.Module):
             attns.append(a)
         return zs, attns
 
-    def _slots(self, zs: list[torch.Tensor], observed: torch.Tensor) -> list[torch.Tensor]:
-        """h_k of eq. 2 for every modality."""
+    def slots(self, zs: list[torch.Tensor], observed: torch.Tensor) -> list[torch.Tensor]:
+        """h_k of eq. 2 for every modality: its encoding where ``observed`` [B, K], the learnable
+        pseudo-embedding (or 0) where not, each with its prompts (:meth:`with_prompts`)."""
         b = observed.shape[0]
         out = []
         for j, z in enumerate(zs):
             obs = observed[:, j : j + 1]
             fill = self.pseudo[j].expand(b, -1) if self.cfg.pseudo_embeddings else torch.zeros_like(z)
-            out.append(self._with_prompts(torch.where(obs, z, fill), j, obs))
+            out.append(self.with_prompts(torch.where(obs, z, fill), j, obs))
         return out
 
-    def _with_prompts(self, z: torch.Tensor, j: int, obs: torch.Tensor) -> torch.Tensor:
+    def with_prompts(self, z: torch.Tensor, j: int, obs: torch.Tensor) -> torch.Tensor:
+        """[z, modality prompt of modality ``j``, missing flag ``obs``]: one slot of eq. 2 (a prompt that the
+        config turns off is zeros, so every slot keeps its width)."""
         b = z.shape[0]
         prompt = self.modality_prompt[j].expand(b, -1)
         if not self.cfg.modality_prompts:
@@ -165,7 +168,7 @@ class Tier1Model(nn.Module):
         for j, z in enumerate(zs):
             obs = observed[:, j : j + 1]
             z_hat = self.absent_encoding(j, x_hat[j])
-            parts.append(self._with_prompts(torch.where(obs, z, z_hat), j, obs))
+            parts.append(self.with_prompts(torch.where(obs, z, z_hat), j, obs))
         return parts
 
     def absent_encoding(self, j: int, x_hat_j: torch.Tensor) -> torch.Tensor:
@@ -219,7 +222,7 @@ class Tier1Model(nn.Module):
         if self.training and self.cfg.input_dropout > 0:
             x = [F.dropout(t, self.cfg.input_dropout, True) for t in x]
         zs, attns = self.encode(x, inst_mask)
-        slots = self._slots(zs, observed)
+        slots = self.slots(zs, observed)
         H = torch.cat(slots, dim=1)
         x_hat, logvar = self.estimate_with_logvar(H)
         lin = self.linear_input(bag_means(x, inst_mask), observed, x_hat) if self.linear is not None else None
@@ -234,7 +237,7 @@ class Tier1Model(nn.Module):
         Call in eval mode. Returns (risk [B], the passes).
         """
         zs, _ = self.encode(x, inst_mask)
-        slots = self._slots(zs, observed)
+        slots = self.slots(zs, observed)
         H = torch.cat(slots, dim=1)
         x_hat = self.estimate(H)
         lin = self.linear_input(bag_means(x, inst_mask), observed, x_hat) if self.linear is not None else None
@@ -249,7 +252,7 @@ class Tier1Model(nn.Module):
         deterministic, so reusing them gives the same passes without re-reading every instance)."""
         if zs is None:
             zs, _ = self.encode(x, inst_mask)
-        return self._mc(torch.cat(self._slots(zs, observed), dim=1), samples)
+        return self._mc(torch.cat(self.slots(zs, observed), dim=1), samples)
 
     @torch.no_grad()
     def mc_estimates(self, x: list[torch.Tensor], inst_mask: list[torch.Tensor], observed: torch.Tensor,

@@ -59,7 +59,7 @@ def data_means(data: SiteTensors) -> list[torch.Tensor]:
 def tier1_slots(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.Tensor) -> torch.Tensor:
     """Tier 1's eq. 2 slots H = [h_1; ...; h_K] [N, K (d + d_p + 1)] under ``observed``: the encodings
     of the observed bags, pseudo-embeddings elsewhere, with the prompts."""
-    return torch.cat(tier1._slots(zs, observed.bool()), dim=1)
+    return torch.cat(tier1.slots(zs, observed.bool()), dim=1)
 
 
 @dataclass

@@ -30,7 +30,7 @@ def tier1_head_risk(tier1: Tier1Model, zs: list[torch.Tensor], observed: torch.T
     for j, z in enumerate(zs):
         obs = obs_all[:, j : j + 1]
         z_hat = tier1.absent_encoding(j, fill[j])
-        parts.append(tier1._with_prompts(torch.where(obs, z, z_hat), j, obs))
+        parts.append(tier1.with_prompts(torch.where(obs, z, z_hat), j, obs))
     lin = tier1.linear_input(means, obs_all, fill, fill_always=True)
     return tier1.risk_from(parts, lin)
 

@@ -157,7 +157,7 @@ def test_pseudo_embeddings_off_fills_absent_slot_with_zeros(dims, tier1_cfg, bat
 
     with torch.no_grad():
         zs, _ = model.encode(x, masks)
-        slots = model._slots(zs, observed)
+        slots = model.slots(zs, observed)
 
     assert torch.equal(slots[1][0, :d], torch.zeros(d))
     assert torch.equal(slots[0][1, :d], torch.zeros(d))
@@ -172,7 +172,7 @@ def test_pseudo_embeddings_on_fills_absent_slot_with_learned_parameter(dims, tie
 
     with torch.no_grad():
         zs, _ = model.encode(x, masks)
-        slots = model._slots(zs, observed)
+        slots = model.slots(zs, observed)
 
     assert torch.equal(slots[1][0, :d], model.pseudo[1].detach())
     assert torch.equal(slots[0][1, :d], model.pseudo[0].detach())
@@ -187,7 +187,7 @@ def test_modality_prompts_switch_controls_prompt_part_of_slot(dims, tier1_cfg, b
 
     with torch.no_grad():
         zs, _ = model.encode(x, masks)
-        slots = model._slots(zs, observed)
+        slots = model.slots(zs, observed)
 
     for j, s in enumerate(slots):
         assert s.shape == (3, d + dp + 1)
@@ -203,7 +203,7 @@ def test_missing_prompts_switch_controls_observed_flag(dims, tier1_cfg, batch_fa
 
     with torch.no_grad():
         zs, _ = model.encode(x, masks)
-        flags = torch.stack([s[:, -1] for s in model._slots(zs, observed)], dim=1)
+        flags = torch.stack([s[:, -1] for s in model.slots(zs, observed)], dim=1)
 
     assert torch.equal(flags, observed.float() if on else torch.zeros(2, 3))
 
