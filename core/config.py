@@ -63,7 +63,8 @@ class Tier1Config(_Strict):
     mc_samples: int = Field(20, ge=2, description="T: MC-dropout passes (batched)")
     uncertainty: Literal["total", "epistemic", "aleatoric"] = Field(
         "total", description="sigma^2 for routing: epistemic (MC-dropout variance, eq. 3) + aleatoric "
-        "(f_phi's predicted variance); 'epistemic' = eq. 3 alone, no variance head (the model before issue 13)")
+        "(f_phi's predicted variance); 'epistemic' = eq. 3 alone, without the variance head; 'aleatoric' = the "
+        "predicted variance alone")
     max_instances: int = Field(64, ge=1, description="training draws a fresh subsample of at most this many "
                                "instances per bag each epoch; inference, calibration and attribution read all")
     gated_attention: bool = Field(True, description="gate the attention scorer (off = eq. 1 verbatim)")
@@ -91,7 +92,8 @@ class Tier1Config(_Strict):
                              "scale of lifelines' penalizer")
     cox_core: bool = Field(True, description="Tier 1 = an exact federated site-stratified ridge Cox model plus a neural "
                            "residual (core/cox_core.py), when the sites' policies allow the Cox phase's exact sums; "
-                           "otherwise, and with false, the linear path is trained with the network (the first release)")
+                           "otherwise, and with false, Tier 1 is the network alone, its linear path (linear-path) "
+                           "trained with it")
     cox_penalizers: str = Field("0.003,0.01,0.03,0.1,0.3,1,3,10", description="the Cox core's ridge penalizers (lifelines' "
                                 "scale), one chosen by federated validation partial likelihood")
     residual_min_gain: float = Field(2.0, ge=0.0, description="the network residual is kept only when it raises the "
@@ -188,14 +190,15 @@ class RunConfig(_Strict):
                               "by min-local-steps on small sites)")
     min_local_steps: int = Field(10, ge=0, description="Tier 1: a site runs as many epochs as it takes to make at "
                                  "least this many mini-batch steps per round (small sites: 1 step per epoch); "
-                                 "0 = local-epochs exactly (the first release)")
+                                 "0 = local-epochs exactly")
     batch_size: int = Field(64, ge=2, description="patients per local mini-batch, both tiers (under DP: the expected "
                             "size of a Poisson-sampled batch)")
     lr: float = Field(2e-3, gt=0.0, description="Tier 1's local learning rate (round 1's, with lr-schedule = "
                       "cosine); the site policy caps it at training.max-lr")
-    weight_decay: float = Field(1e-2, ge=0.0, description="Tier 1's weight decay (the first release: 1e-4 with adam)")
+    weight_decay: float = Field(1e-2, ge=0.0, description="weight decay of both tiers' local optimisers (decoupled "
+                          "with adamw, an L2 term with adam)")
     optimizer: Literal["adam", "adamw"] = Field("adamw", description="Tier 1's local optimiser; weight-decay is "
-                                                "decoupled with adamw, an L2 term with adam (the first release)")
+                                                "decoupled with adamw, an L2 term with adam")
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="Tier 1's learning rate over the rounds: "
                                                        "cosine from lr to lr-min-ratio x lr, or constant")
     lr_min_ratio: float = Field(0.1, ge=0.0, le=1.0, description="with lr-schedule = cosine: the last round's "
@@ -228,7 +231,7 @@ class RunConfig(_Strict):
     quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")
     routing_score: Literal["risk-sd", "sigma2"] = Field(
         "risk-sd", description="what routing compares with theta: the SD of Tier 1's risk over its draws of the "
-        "missing features (core/risk_interval.py), or f_phi's feature-space sigma^2 (the first release)")
+        "missing features (core/risk_interval.py), or f_phi's feature-space sigma^2 (core/uncertainty.py)")
     conformal_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="federated split-conformal risk intervals "
                                    "(core/conformal.py) aim at coverage 1 - this")
     hist_low: float = Field(1e-8, gt=0.0, description="lower edge of the log-spaced calibration histogram grid "

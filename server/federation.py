@@ -199,7 +199,7 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     run.site_of = {s.node_id: s.site for s in hs.accepted}
     run.participation["handshake"] = sorted(run.site_of.values())
     run.cox_nodes, why = cox_core_sites(cfg, [s.node_id for s in hs.accepted if s.cox])
-    if why and cfg.model.cox_core:  # before setup: every site builds the first release's Tier 1
+    if why and cfg.model.cox_core:  # before setup: every site builds the network-only Tier 1
         run.cfg = cfg = cfg.with_overrides({"model.cox-core": False})
         run.say(f"cox core: off ({why})")
     run.say(f"handshake: {len(run.accepted)} site(s) accepted ({', '.join(run.site_of.values())}); "

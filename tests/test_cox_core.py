@@ -135,7 +135,7 @@ def test_tier1_sends_the_cox_coefficients_and_the_sites_never_train_them(cox_run
     np.testing.assert_allclose(res.weights["linear.weight"].ravel(), res.cox["coef"], rtol=1e-6, atol=1e-7)
 
 
-def test_the_default_policy_refuses_the_cox_phase_and_the_run_trains_the_first_release(tmp_path):
+def test_the_default_policy_refuses_the_cox_phase_and_the_run_trains_the_network_only_tier1(tmp_path):
     grid, _ = _sites(tmp_path, None)
     cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2.rounds": 0, "dp.enabled": True,
                                       "dp.time-cuts": "5,10,20"})

@@ -108,7 +108,7 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
     assert doc["cox_core"]["penalizer"] in res.config.model.penalizers() and "c_index_combined_pairs" in doc["cox_core"]
     assert 0 < doc["survival"]["ibs"] < 1 and len(doc["survival"]["td_auc"]["auc"]) == 3
     assert sum(g["n"] for g in doc["survival"]["calibration"]["groups"]) == doc["survival"]["n_patients"]
-    # issue 25: each tier's conformal q-hat from the summed score histograms, and what evaluation measured with it
+    # each tier's conformal q-hat from the summed score histograms, and what evaluation measured with it
     assert set(res.conformal) == {"tier1", "tier2"} and res.conformal["tier1"]["n_scores"] > 0
     assert res.plan.thresholds and res.plan.thresholds[-1] == float("inf") and len(res.plan.cutpoints) == 2
     assert np.isnan(res.tier2_gate.width_tier1) and np.isnan(res.conformal["tier1"]["val_width"])  # noised: no SD sums

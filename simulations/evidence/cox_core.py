@@ -1,4 +1,4 @@
-"""Tier 1's Cox core (issue 24) on every cohort, same splits, over seeds: is Tier 1 ever worse than its
+"""Tier 1's Cox core on every cohort, same splits, over seeds: is Tier 1 ever worse than its
 own exact federated Cox model, and than the pooled Cox a statistician would fit?
 
     python -m rmmfed.simulations.evidence.cox_core --seeds 0 1 2 --out runs/cox-core \\

@@ -17,7 +17,7 @@ cohort of that seed, generated under OUT/cohorts; a TCGA cohort: DATA-ROOT/<name
   fusion (MLP, seeded), complete-case Cox. The Cox models have no seed: on a TCGA cohort they give
   the same figure for every seed.
 
-C-index on the pooled test split (lifelines' concordance). The goals of issue 12 are checked and
+C-index on the pooled test split (lifelines' concordance). Tier 1's goals are checked and
 printed under the table: federated Tier 1 >= the best centralised baseline on average over the
 cohorts, >= pooled Cox - 0.01 on each, and centralised Tier 1 within 0.01 of federated. The TCGA test
 splits hold 72-100 patients: a difference under about 0.03-0.04 is within noise (the sd column shows
