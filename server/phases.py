@@ -75,6 +75,7 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
                                   timeout=cfg.round_timeout_s)
         finally:
             progress.rounds_end(phase)
+            strategy.say_repeated()  # a warning repeated over the rounds: once more, with its count
         final = {k: v.numpy() for k, v in result.arrays.to_torch_state_dict().items()}
     best_round = rounds
     if keep_best and strategy.best_arrays is not None:
