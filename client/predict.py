@@ -30,7 +30,7 @@ JSON keys (``null`` where not applicable):
   the gate kept with Tier 1, the hull of both, i.e. wider), :mod:`rmmfed.core.risk_interval`. It
   covers missing-modality uncertainty only; ``null`` when abstained
 * ``risk_group``: low | intermediate | high by tertiles of the TRAINING system risk when the bundle
-  carries them (``risk_cutpoints``: every run since 0.2.0 computes them from the sites' histograms,
+  carries them (``risk_cutpoints``: a run computes them from the sites' histograms,
   :mod:`rmmfed.core.risk_groups`), otherwise of this site's own non-abstained patients (all splits);
   ``risk_group_basis`` says which
 * ``risk_conformal_interval`` [low, high] and ``risk_conformal_coverage``: where the risk would lie once the

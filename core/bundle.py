@@ -27,8 +27,8 @@ model_card           {"sites", "per_site", "c_index", "n_patients_test", "date",
 ===================  ===========================================================================
 
 A run writes its ``model.pt`` in this format (server/outputs.py); ``bundle_from_run_dir`` reads a
-run folder (its model card refreshed from ``metrics.json``), and also the ad-hoc ``model.pt`` that
-runs before rmm 0.4 wrote. Every reader goes through :func:`load_model`.
+run folder (its model card refreshed from ``metrics.json``), and also a plain ``model.pt`` dict of the run's
+keys (``RUN_MODEL_KEYS``) without the bundle's ``format``. Every reader goes through :func:`load_model`.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class ModelBundle:
     baseline_hazard: BaselineHazard | None = None
     risk_cutpoints: list[float] | None = None  # tertile cut points of the TRAINING system risk, if known
     model_card: dict[str, Any] = field(default_factory=dict)
-    tier2_gate: dict[str, Any] | None = None  # core/tier2_gate.Tier2Gate.to_dict(); None = open (older bundles)
+    tier2_gate: dict[str, Any] | None = None  # core/tier2_gate.Tier2Gate.to_dict(); None = open (no gate saved)
     conformal: dict[str, Any] | None = None  # {"alpha", "q_hat": {tier: q}} (core/conformal.py); None: no intervals
 
     @property
@@ -317,8 +317,8 @@ def bundle_from_run_dir(run_dir: str | Path) -> ModelBundle:
     if not isinstance(raw, dict):
         raise BundleError(f"{model_pt}: not an rmm run model. Fix: pass the folder of a finished rmm run")
     metrics_path = d / "metrics.json"
-    if raw.get("format") == BUNDLE_FORMAT:  # what runs write since 0.4: the card follows metrics.json, which
-        bundle = load_bundle(model_pt)      # a simulation's later steps extend
+    if raw.get("format") == BUNDLE_FORMAT:  # a bundle: the card follows metrics.json, which a simulation's
+        bundle = load_bundle(model_pt)      # later steps extend
         bundle.model_card = {**(_card_from(metrics_path) or bundle.model_card), "source": str(d.resolve())}
         return bundle
     if "rmm_version" in raw:

@@ -8,12 +8,44 @@ run config is flat (``model.embed-dim = 64``); :meth:`RunConfig.to_flat` and
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .tier2_config import Tier2Config
+
+
+# Flat keys that were renamed: the old spelling is still read, with one FutureWarning naming the new key.
+# This table is the only place that knows them (RunConfig.from_flat and with_overrides read through it).
+RENAMED_KEYS: dict[str, str] = {
+    "tier2-rounds": "tier2.rounds",
+    "tier2-local-epochs": "tier2.local-epochs",
+    "tier2-lr": "tier2.lr",
+    "tier2-gate": "tier2.gate",
+    "tier2-select-best": "tier2.select-best",
+    "tier2-abstain-quantile": "tier2.abstain-quantile",
+}
+
+
+def renamed_keys(flat: Mapping[str, Any], *, warn: bool = True) -> dict[str, Any]:
+    """``flat`` with every old key of :data:`RENAMED_KEYS` under its new name (a FutureWarning per old key
+    unless ``warn`` is false). An old and a new key with different values are an error."""
+    out = {k: v for k, v in dict(flat).items() if k not in RENAMED_KEYS}
+    for old, value in dict(flat).items():
+        new = RENAMED_KEYS.get(old)
+        if new is None:
+            continue
+        if new in out and out[new] != value:
+            raise ConfigError(f"run configuration sets both {old}={value!r} and {new}={out[new]!r}. Fix: keep only "
+                              f"{new} ({old} is its old name)")
+        if warn:
+            warnings.warn(f"run-config key '{old}' is deprecated: use '{new}' (read as {new})", FutureWarning,
+                          stacklevel=3)
+        out[new] = value
+    return out
 
 
 class _Strict(BaseModel):
@@ -31,17 +63,22 @@ class Tier1Config(_Strict):
     mc_samples: int = Field(20, ge=2, description="T: MC-dropout passes (batched)")
     uncertainty: Literal["total", "epistemic", "aleatoric"] = Field(
         "total", description="sigma^2 for routing: epistemic (MC-dropout variance, eq. 3) + aleatoric "
-        "(f_phi's predicted variance); 'epistemic' = eq. 3 alone, no variance head (the model before issue 13)")
+        "(f_phi's predicted variance); 'epistemic' = eq. 3 alone, without the variance head; 'aleatoric' = the "
+        "predicted variance alone")
     max_instances: int = Field(64, ge=1, description="training draws a fresh subsample of at most this many "
                                "instances per bag each epoch; inference, calibration and attribution read all")
     gated_attention: bool = Field(True, description="gate the attention scorer (off = eq. 1 verbatim)")
-    modality_prompts: bool = True
-    missing_prompts: bool = True
+    modality_prompts: bool = Field(True, description="learn a prompt phi_mod per modality and append it to the "
+                                   "modality's slot h_k (eq. 2); off = phi_mod is zero")
+    missing_prompts: bool = Field(True, description="append a present/absent flag to each modality's slot h_k "
+                                  "(eq. 2) and to the head's input; off = the flag is zero")
     pseudo_embeddings: bool = Field(True, description="off = zero-fill for absent modalities")
     estimator: bool = Field(True, description="f_phi recovers absent modalities for the head")
     modality_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="p: drop each present modality (keep >= 1); 0 = off")
-    lambda_anat: float = Field(0.1, ge=0.0)
-    lambda_task: float = Field(1.0, ge=0.0)
+    lambda_anat: float = Field(0.1, ge=0.0, description="weight of the anatomical hinge loss L_anat (eq. 4) in "
+                               "Tier 1's loss; 0 = off")
+    lambda_task: float = Field(1.0, ge=0.0, description="weight of the survival task loss (Cox partial likelihood, "
+                               "or the discrete-time likelihood under DP) in Tier 1's loss")
     anat_partitions: int = Field(4, ge=1, description="|R|: contiguous feature partitions per modality")
     anat_kappa: float = Field(2.0, gt=0.0, description="kappa: hinge tolerance in sigma_r units")
     reduce_dim: int = Field(16, ge=0, description="wide modalities are reduced to this many federated principal "
@@ -55,7 +92,8 @@ class Tier1Config(_Strict):
                              "scale of lifelines' penalizer")
     cox_core: bool = Field(True, description="Tier 1 = an exact federated site-stratified ridge Cox model plus a neural "
                            "residual (core/cox_core.py), when the sites' policies allow the Cox phase's exact sums; "
-                           "otherwise, and with false, the linear path is trained with the network (the first release)")
+                           "otherwise, and with false, Tier 1 is the network alone, its linear path (linear-path) "
+                           "trained with it")
     cox_penalizers: str = Field("0.003,0.01,0.03,0.1,0.3,1,3,10", description="the Cox core's ridge penalizers (lifelines' "
                                 "scale), one chosen by federated validation partial likelihood")
     residual_min_gain: float = Field(2.0, ge=0.0, description="the network residual is kept only when it raises the "
@@ -144,24 +182,33 @@ class DPConfig(_Strict):
 class RunConfig(_Strict):
     """A whole federated run: phases, optimisation, calibration, routing."""
 
-    seed: int = 0
+    seed: int = Field(0, description="seeds the model's initial weights and every site's random draws (bag "
+                      "subsamples, mini-batches, dropout, training masks; per site and round); DP noise only "
+                      "with dp.seeded-noise")
     rounds: int = Field(30, ge=1, description="Tier 1 federated rounds")
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(1, ge=1, description="Tier 1: passes over a site's training split per round (raised "
+                              "by min-local-steps on small sites)")
     min_local_steps: int = Field(10, ge=0, description="Tier 1: a site runs as many epochs as it takes to make at "
                                  "least this many mini-batch steps per round (small sites: 1 step per epoch); "
-                                 "0 = local-epochs exactly (the first release)")
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-3, gt=0.0)
-    weight_decay: float = Field(1e-2, ge=0.0, description="Tier 1's weight decay (the first release: 1e-4 with adam)")
+                                 "0 = local-epochs exactly")
+    batch_size: int = Field(64, ge=2, description="patients per local mini-batch, both tiers (under DP: the expected "
+                            "size of a Poisson-sampled batch)")
+    lr: float = Field(2e-3, gt=0.0, description="Tier 1's local learning rate (round 1's, with lr-schedule = "
+                      "cosine); the site policy caps it at training.max-lr")
+    weight_decay: float = Field(1e-2, ge=0.0, description="weight decay of both tiers' local optimisers (decoupled "
+                          "with adamw, an L2 term with adam)")
     optimizer: Literal["adam", "adamw"] = Field("adamw", description="Tier 1's local optimiser; weight-decay is "
-                                                "decoupled with adamw, an L2 term with adam (the first release)")
+                                                "decoupled with adamw, an L2 term with adam")
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="Tier 1's learning rate over the rounds: "
                                                        "cosine from lr to lr-min-ratio x lr, or constant")
-    lr_min_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    lr_min_ratio: float = Field(0.1, ge=0.0, le=1.0, description="with lr-schedule = cosine: the last round's "
+                                "learning rate as a fraction of lr")
     select_metric: Literal["c-index", "partial-likelihood"] = Field(
         "partial-likelihood", description="criterion of select-best: the federated validation C-index, or the "
         "site-stratified validation Cox partial log-likelihood per event (less noisy on small splits)")
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = Field(
+        "fedavg", description="how the coordinator aggregates the sites' weights in each Tier 1 and Tier 2 round "
+        "(Flower's strategy of that name; robust ones: fedmedian, fedtrimmedavg, krum, multikrum)")
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx mu (strategy = fedprox)")
     server_lr: float = Field(0.01, gt=0.0, description="FedAdam eta (strategy = fedadam)")
     trim_beta: float = Field(0.2, ge=0.0, lt=0.5, description="FedTrimmedAvg: fraction cut at each end")
@@ -173,7 +220,9 @@ class RunConfig(_Strict):
     central_dp_clip: float = Field(1.0, gt=0.0, description="server-side central DP clipping norm")
     select_best: bool = Field(True, description="keep the round with the best federated validation C-index")
     min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = a majority of the accepted sites")
-    round_timeout_s: float = Field(600.0, gt=0.0)
+    round_timeout_s: float = Field(600.0, gt=0.0, description="seconds the coordinator waits for the sites' "
+                                   "replies to one request (a round, a histogram, ...); a site that has not "
+                                   "answered by then is left out of it")
     flower_tuning: bool = Field(True, description="deployment: the coordinator's Grid polls for replies every 0.2 s "
                                 "instead of Flower's 3 s (server/flower_internals.py; Flower 1.41 only)")
     pack_weights: bool = Field(True, description="deployment, with flower-tuning: every multi-array weight record "
@@ -182,28 +231,23 @@ class RunConfig(_Strict):
     quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")
     routing_score: Literal["risk-sd", "sigma2"] = Field(
         "risk-sd", description="what routing compares with theta: the SD of Tier 1's risk over its draws of the "
-        "missing features (core/risk_interval.py), or f_phi's feature-space sigma^2 (the first release)")
+        "missing features (core/risk_interval.py), or f_phi's feature-space sigma^2 (core/uncertainty.py)")
     conformal_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="federated split-conformal risk intervals "
                                    "(core/conformal.py) aim at coverage 1 - this")
-    hist_low: float = Field(1e-8, gt=0.0)
-    hist_high: float = Field(1e3, gt=0.0)
-    hist_bins: int = Field(512, ge=8)
+    hist_low: float = Field(1e-8, gt=0.0, description="lower edge of the log-spaced calibration histogram grid "
+                            "(uncertainty units; values below fall in the underflow bin)")
+    hist_high: float = Field(1e3, gt=0.0, description="upper edge of that grid (values above fall in the overflow "
+                             "bin); must exceed hist-low")
+    hist_bins: int = Field(512, ge=8, description="bins of that grid, underflow and overflow included; the site "
+                           "policy caps it at max-bins")
     high_risk_contexts: str = Field("oncology-staging", description="comma-separated contexts always sent to Tier 2")
     device: str = Field("auto", description="auto | cpu | cuda")
-    tier2_rounds: int = Field(10, ge=0, description="Tier 2 federated rounds (0 = Tier 1 only, no Tier 2 phase)")
-    tier2_local_epochs: int = Field(2, ge=1)
-    tier2_lr: float = Field(1e-3, gt=0.0)
-    tier2_gate: bool = Field(True, description="Tier 2 answers the referred only if it beat Tier 1 on federated "
-                             "masked validation (recovery MSE and C-index); false = always (research)")
-    tier2_select_best: bool = Field(True, description="keep the Tier 2 round with the lowest federated masked "
-                                    "validation recovery MSE (false = the last round)")
-    tier2_abstain_quantile: float = Field(0.99, gt=0.0, lt=1.0,
-                                          description="abstain bound = this quantile of Tier 2 uncertainty (calibrated like theta)")
     hazard_points: int = Field(64, ge=4, description="time grid of the federated Breslow baseline hazard")
     hazard_max_time: float = Field(0.0, ge=0.0, description="end of that grid; 0 = the federated 95th percentile of follow-up")
-    model: Tier1Config = Tier1Config()
-    tier2: Tier2Config = Tier2Config()
-    dp: DPConfig = DPConfig()
+    model: Tier1Config = Field(Tier1Config(), description="Tier 1's architecture and loss (keys model.*)")
+    tier2: Tier2Config = Field(Tier2Config(), description="Tier 2's diffusion model, head and training (keys tier2.*)")
+    dp: DPConfig = Field(DPConfig(), description="differential privacy of both tiers' training and of the "
+                         "calibration counts (keys dp.*)")
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -239,9 +283,7 @@ class RunConfig(_Strict):
     def from_flat(cls, flat: dict[str, Any] | Any, *, ignore: tuple[str, ...] = ()) -> "RunConfig":
         """Build from flat keys; unknown keys are an error (a typo must not pass silently)."""
         nested: dict[str, Any] = {}
-        for key, value in dict(flat).items():
-            if key in ignore:
-                continue
+        for key, value in renamed_keys({k: v for k, v in dict(flat).items() if k not in ignore}).items():
             parts = [p.replace("-", "_") for p in key.split(".")]
             node = nested
             for p in parts[:-1]:
@@ -262,7 +304,7 @@ class RunConfig(_Strict):
 
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
         flat = self.to_flat()
-        flat.update(overrides)
+        flat.update(renamed_keys(overrides))  # an old key overrides its new key's current value
         return RunConfig.from_flat(flat)
 
 

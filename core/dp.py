@@ -67,7 +67,7 @@ def tier_budgets(cfg: RunConfig) -> tuple[float, float]:
     """(Tier 1, Tier 2) shares of the run's ``dp.target-epsilon``; they add up to it (basic composition).
     A run without Tier 2 rounds gives Tier 1 the whole budget."""
     total = cfg.dp.target_epsilon
-    tier2 = total * cfg.dp.tier2_share if cfg.tier2_rounds > 0 else 0.0
+    tier2 = total * cfg.dp.tier2_share if cfg.tier2.rounds > 0 else 0.0
     return total - tier2, tier2
 
 

@@ -68,7 +68,7 @@ class RequestPolicy:
         p = self.policy
         self.check_dp(cfg, n_train)
         self.check_training(cfg)
-        for name, rounds in (("rounds", cfg.rounds), ("tier2-rounds", cfg.tier2_rounds)):
+        for name, rounds in (("rounds", cfg.rounds), ("tier2.rounds", cfg.tier2.rounds)):
             if rounds > p.max_rounds:
                 raise PolicyViolation("max-rounds", f"the run plans {name} = {rounds}, above this site's "
                                       f"{p.max_rounds}", f"the coordinator sets {name} <= {p.max_rounds}")
@@ -103,14 +103,14 @@ class RequestPolicy:
     def check_training(self, cfg: RunConfig) -> None:
         """Learning rates, optimiser, local steps, batch size and widths within the site's bounds."""
         t, k = self.policy.training, self.policy.min_patients
-        for name, lr in (("lr", cfg.lr), ("tier2-lr", cfg.tier2_lr)):
+        for name, lr in (("lr", cfg.lr), ("tier2.lr", cfg.tier2.lr)):
             if lr > t.max_lr:
                 raise PolicyViolation("training.max-lr", f"{name} = {lr:g} is above this site's {t.max_lr:g}",
                                       f"the coordinator sets {name} <= {t.max_lr:g}")
         if cfg.optimizer not in t.optimizers:
             raise PolicyViolation("training.optimizers", f"optimizer '{cfg.optimizer}' is not one this site runs",
                                   f"the coordinator uses one of {list(t.optimizers)}")
-        for name, v in (("local-epochs", cfg.local_epochs), ("tier2-local-epochs", cfg.tier2_local_epochs)):
+        for name, v in (("local-epochs", cfg.local_epochs), ("tier2.local-epochs", cfg.tier2.local_epochs)):
             if v > t.max_local_epochs:
                 raise PolicyViolation("training.max-local-epochs", f"{name} = {v} is above this site's "
                                       f"{t.max_local_epochs}", f"the coordinator sets {name} <= {t.max_local_epochs}")

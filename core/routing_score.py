@@ -3,8 +3,8 @@
 * ``risk-sd`` (default): the SD of Tier 1's risk over its draws of the missing features, each read as
   if the exam had found it (core/risk_interval.tier1_risk_draws). It asks what the clinician asks:
   would this patient's risk move if the missing exam were done?
-* ``sigma2``: f_phi's feature-space uncertainty (core/uncertainty.py), the first release's score,
-  kept to compare.
+* ``sigma2``: f_phi's feature-space uncertainty (core/uncertainty.py), kept to compare
+  with risk-sd.
 
 Both are 0 for a patient with nothing missing. Theta is the ``quantile`` of the same score on the
 complete validation cases under every masking pattern, from summed site histograms.

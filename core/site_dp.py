@@ -63,7 +63,7 @@ def train_tier2_round_dp(s: "SiteSession", tier2: "Tier2Model", server_round: in
     seed = site_seed(cfg.seed, s.data.site, 10_000 + server_round)
     _, eps = train_tier2_dp(tier2, s._tier1(), train, cfg.tier2, cfg.dp, accountant=acc,
                             target_epsilon=tier_budgets(cfg)[1], steps=steps,
-                            total_steps_budget=cfg.tier2_rounds * steps, lr=cfg.tier2_lr, batch_size=cfg.batch_size,
+                            total_steps_budget=cfg.tier2.rounds * steps, lr=cfg.tier2.lr, batch_size=cfg.batch_size,
                             seed=seed, weight_decay=cfg.weight_decay, mc_samples=cfg.model.mc_samples,
                             noise_seed=seed + 7 if cfg.dp.seeded_noise else None, rounds_before=server_round - 1)
     s.dp_state = {**s.dp_state, "dp-tier2-history": acc.to_arrays()["dp-history"]}

@@ -30,7 +30,7 @@ File (TOML, or JSON with the same keys), every key optional; the defaults::
     release-grids = 2          # grids per noised release kind per run
 
     [training]
-    max-lr = 0.01              # lr and tier2-lr
+    max-lr = 0.01              # lr and tier2.lr
     optimizers = ["adamw", "adam"]
     max-local-epochs = 10
     max-local-steps = 200      # min-local-steps, tier2.local-steps, dp.tier2-local-steps
@@ -116,9 +116,9 @@ OPTIMIZERS = ("adamw", "adam")
 class TrainingPolicy(_Kebab):
     """What the coordinator may ask of local training (both tiers)."""
 
-    max_lr: float = Field(0.01, gt=0.0, description="largest learning rate (lr, tier2-lr)")
+    max_lr: float = Field(0.01, gt=0.0, description="largest learning rate (lr, tier2.lr)")
     optimizers: tuple[str, ...] = Field(OPTIMIZERS, description="local optimisers accepted")
-    max_local_epochs: int = Field(10, ge=1, description="largest local-epochs / tier2-local-epochs")
+    max_local_epochs: int = Field(10, ge=1, description="largest local-epochs / tier2.local-epochs")
     max_local_steps: int = Field(200, ge=1, description="largest min-local-steps / tier2.local-steps")
     max_width: int = Field(512, ge=8, description="largest model width (embedding, hidden, attention, prompt "
                            "dims; Tier 2's hidden and time dims)")
@@ -141,8 +141,10 @@ class SitePolicy(_Kebab):
     phases: tuple[str, ...] = Field(DEFAULT_PHASES, description="phases this site takes part in ('cox' is opt-in)")
     max_cox_queries: int = Field(200, ge=1, description="Cox core sums answered per run (Newton rounds and "
                                  "validation likelihoods of the penalty path)")
-    dp: DPPolicy = Field(default_factory=DPPolicy)
-    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    dp: DPPolicy = Field(default_factory=DPPolicy, description="what this site asks of the run's differential "
+                         "privacy (keys dp.*)")
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy, description="bounds on the local training "
+                                     "the coordinator may ask for, both tiers (keys training.*)")
 
     @field_validator("phases")
     @classmethod

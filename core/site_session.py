@@ -251,7 +251,7 @@ class SiteSession:
 
             return train_tier2_round_dp(self, tier2, server_round)
         losses = train_tier2(tier2, self._tier1(), self._split("train"), self.cfg.tier2,
-                             epochs=self.cfg.tier2_local_epochs, lr=self.cfg.tier2_lr, batch_size=self.cfg.batch_size,
+                             epochs=self.cfg.tier2.local_epochs, lr=self.cfg.tier2.lr, batch_size=self.cfg.batch_size,
                              seed=site_seed(self.cfg.seed, self.data.site, 10_000 + server_round),
                              weight_decay=self.cfg.weight_decay, mc_samples=self.cfg.model.mc_samples)
         return get_weights(tier2), {M.NUM_EXAMPLES: float(len(self.data.indices("train"))),

@@ -1,7 +1,10 @@
 """Tier 2 configuration (seed 000 eq. 6-8): conditional diffusion recovery + multi-branch head.
 
 Fields are snake_case; a RunConfig that nests this model flattens them as ``tier2.<field-with-dashes>``
-(e.g. ``tier2.sample-steps``). Optimisation knobs (epochs, lr, batch size) are passed by the caller.
+(e.g. ``tier2.sample-steps``). The federated training knobs (``rounds``, ``local_epochs``, ``lr``, ``gate``,
+``select_best``, ``abstain_quantile``) live here too; the batch size and weight decay are the run's
+(``batch-size``, ``weight-decay``), and Tier 2's DP-SGD knobs are in the dp section (``dp.tier2-local-steps``,
+``dp.tier2-share``).
 Defaults were chosen from the method's needs, not tuned on a cohort: Tier 2 must see at least what
 Tier 1 sees (its head and its encodings), train on the masks it will meet, and spend its gradient on
 every diffusion step. Ablation rows of the paper are configs: ``diversity=False`` is "w/o diversity loss",
@@ -18,6 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class Tier2Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    # federated training (the flat keys tier2-rounds, tier2-lr, ... of older configs map here: core/config.py)
+    rounds: int = Field(10, ge=0, description="Tier 2 federated rounds, after Tier 1 is frozen and calibrated "
+                        "(0 = Tier 1 only: no Tier 2 phase, and dp.tier2-share is not spent)")
+    local_epochs: int = Field(2, ge=1, description="passes over a site's training split per round, without DP "
+                              "(raised until local-steps optimiser steps are made)")
+    lr: float = Field(1e-3, gt=0.0, description="Tier 2's local learning rate (with and without DP); the site "
+                      "policy caps it at training.max-lr")
+    gate: bool = Field(True, description="Tier 2 answers the referred only if it beat Tier 1 on federated masked "
+                       "validation (recovery MSE and C-index, core/tier2_gate.py); false = always (research)")
+    select_best: bool = Field(True, description="keep the Tier 2 round with the lowest federated masked validation "
+                              "recovery MSE (false = the last round)")
+    abstain_quantile: float = Field(0.99, gt=0.0, lt=1.0, description="abstain bound = this quantile of Tier 2's "
+                                    "uncertainty on the validation splits (a federated histogram, like theta)")
+    # model and loss
     timesteps: int = Field(1000, ge=2, description="T: DDPM training steps (linear beta 1e-4..0.02)")
     sample_steps: int = Field(20, ge=1, description="DDIM steps (eta = 0, deterministic) at inference")
     samples: int = Field(8, ge=1, description="S: diffusion samples per patient (their spread = Tier 2 uncertainty)")

@@ -52,7 +52,7 @@ class Tier2Gate:
         return Tier2Gate(**{k: d[k] for k in Tier2Gate.__dataclass_fields__ if k in d})
 
     @staticmethod
-    def always_open(reason: str = "the gate is off (tier2-gate = false)") -> "Tier2Gate":
+    def always_open(reason: str = "the gate is off (tier2.gate = false)") -> "Tier2Gate":
         return Tier2Gate(True, reason)
 
 

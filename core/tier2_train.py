@@ -139,7 +139,7 @@ def train_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: Ti
 
 def _patterns_for(bank: PatternBank, idx: torch.Tensor, cfg: Tier2Config, generator: torch.Generator) -> torch.Tensor:
     """The pattern index per patient: any valid one (all-patterns) or the one that hides a single
-    present modality (one: the masking of the first release)."""
+    present modality (one)."""
     if cfg.masking == "all-patterns":
         return bank.draw(idx, generator)
     observed = hide_one(bank.present[idx], generator)

@@ -54,7 +54,7 @@ def local_epoch_count(n: int, batch_size: int, epochs: int, min_steps: int) -> i
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) or Adam (L2 weight decay, the first release), per ``cfg.optimizer``,
+    """AdamW (decoupled weight decay) or Adam (L2 weight decay), per ``cfg.optimizer``,
     over the model's parameters that require a gradient."""
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)

@@ -8,8 +8,8 @@ Choices (one function each, used everywhere):
   * aleatoric_k = (1/T) sum_t exp(logvar^(k,t)) (:func:`aleatoric_variance`): f_phi's predicted
     per-dimension variance (one per modality, see core/tier1.py), averaged over the passes;
   * ``Tier1Config.uncertainty``: "total" (default) = epistemic + aleatoric, the per-dimension variance
-    of the MC-dropout predictive mixture (law of total variance); "epistemic" = eq. 3 alone (the
-    sigma^2 of rmm before the aleatoric head, bit for bit); "aleatoric" = the predicted variance alone.
+    of the MC-dropout predictive mixture (law of total variance); "epistemic" = eq. 3 alone (no
+    variance head is built); "aleatoric" = the predicted variance alone.
 - Per patient, :func:`patient_uncertainty`: sigma^2 = the MEAN of sigma^2_k over the modalities the
   model could not see. A patient with nothing missing has sigma^2 = 0 (nothing was estimated). The
   mean, not the sum, keeps a patient with three missing modalities on the scale that calibration

@@ -130,7 +130,7 @@ def quality_document(per_site: Mapping[str, Mapping[str, float]], definition: st
     """metrics.json's ``uncertainty`` section from the sites' scalar evaluation metrics."""
     sites = {s: m for s, m in per_site.items() if M.UNCERTAINTY_N_PATIENTS in m}
     doc: dict = {"definition": definition}
-    nan = float("nan")  # a site of an older rmm sends fewer targets
+    nan = float("nan")  # a target a site did not send
     for target in TARGETS:
         doc[JSON_NAMES[target]] = combine_sites(
             (m.get(M.uncertainty(target, "spearman"), nan), int(m[M.UNCERTAINTY_N_PATIENTS]))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.config import renamed_keys
 from ..core.errors import RmmError
 
 
@@ -55,6 +56,8 @@ class Checkpoint:
         if self.path is None or not self.path.is_file():
             return None
         state = _from_plain(torch.load(self.path, weights_only=True))
+        if state.get("config") is not None:  # a checkpoint written under older key names resumes as well
+            state["config"] = renamed_keys(state["config"], warn=False)
         if state.get("config") != config_flat:
             raise CheckpointMismatch(
                 f"{self.path} was written by a run with another configuration. Fix: resume with the same "
@@ -65,7 +68,8 @@ class Checkpoint:
         """The flat run config the checkpoint was written with (None without one)."""
         if self.path is None or not self.path.is_file():
             return None
-        return _from_plain(torch.load(self.path, weights_only=True)).get("config")
+        saved = _from_plain(torch.load(self.path, weights_only=True)).get("config")
+        return None if saved is None else renamed_keys(saved, warn=False)
 
     def save(self, state: dict[str, Any]) -> None:
         if self.path is None:

@@ -81,8 +81,8 @@ def plan(q_hat: dict[str, dict], cutpoints: list[float] | None, thresholds: tupl
 
 def judge_gate(run: "Run", gate, q_hat: dict[str, dict]):
     """The Tier 2 gate once both tiers' intervals are calibrated (core/tier2_gate.judge_intervals); left
-    as it is when the gate is off (tier2-gate = false) or there is no Tier 2."""
-    if gate is None or not run.cfg.tier2_gate or "tier2" not in q_hat:
+    as it is when the gate is off (tier2.gate = false) or there is no Tier 2."""
+    if gate is None or not run.cfg.tier2.gate or "tier2" not in q_hat:
         return gate
     judged = judge_intervals(gate, q_hat["tier1"].get("val_width", math.nan), q_hat["tier2"].get("val_width", math.nan),
                              q_hat["tier2"].get("q_hat", math.nan))

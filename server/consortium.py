@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core.flower_args import check_site_name, flower_kv
-from ..core.config import RunConfig
+from ..core.config import RunConfig, renamed_keys
 from ..core.errors import ConfigError, RmmError
 
 APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites")  # set by rmm-server, never by [run]
@@ -119,7 +119,7 @@ class Consortium(BaseModel):
             if not isinstance(value, (bool, int, float, str)):
                 raise ConsortiumError(f"[run] {key} = {value!r}: Flower's run config holds only single values "
                                       "(bool, int, float, text). Fix: write a list as comma-separated text")
-        merged = {**top, **extra}
+        merged = renamed_keys({**top, **extra})  # old key names under their new ones: Flower drops unknown keys
         RunConfig().with_overrides(merged)  # ConfigError naming the key when a key or value is wrong
         return merged
 

@@ -4,7 +4,8 @@ the sites' sums, and whether the network residual is kept.
 * :func:`cox_core_sites` (at the handshake): the Cox core needs the sites' exact sums, which a site
   sends only when its policy lists the ``cox`` phase (opt-in: docs/privacy.md). Without such a site,
   or with ``dp.train-parts = linear`` (the DP path trains the linear term itself), the run's config
-  turns ``model.cox-core`` off before setup, so every site builds the first release's Tier 1.
+  turns ``model.cox-core`` off before setup, so every site builds the network-only Tier 1
+  (model.cox-core = false).
 * :func:`fit` (after setup, before round 1): Newton rounds on the training sums of the sites that take
   part, the penalty chosen on their validation log partial likelihood.
 * :func:`keep_residual` (after the Tier 1 rounds): the network stays only when its kept round's

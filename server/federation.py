@@ -148,7 +148,7 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     freeze_tier1(run, weights)
     grid_h, counts, theta = calibration(run)
     hazard = run_baseline_hazard(run)
-    t2 = tier2(run, stats, grid_h) if run.cfg.tier2_rounds > 0 else Tier2Outcome()
+    t2 = tier2(run, stats, grid_h) if run.cfg.tier2.rounds > 0 else Tier2Outcome()
     q_hat = conformal_phase.calibrate(run, t2.weights)
     t2.gate = conformal_phase.judge_gate(run, t2.gate, q_hat)
     routing = P.Routing(theta, t2.bound, (t2.scale.tier1_mean, t2.scale.tier1_std, t2.scale.tier2_mean,
@@ -199,7 +199,7 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     run.site_of = {s.node_id: s.site for s in hs.accepted}
     run.participation["handshake"] = sorted(run.site_of.values())
     run.cox_nodes, why = cox_core_sites(cfg, [s.node_id for s in hs.accepted if s.cox])
-    if why and cfg.model.cox_core:  # before setup: every site builds the first release's Tier 1
+    if why and cfg.model.cox_core:  # before setup: every site builds the network-only Tier 1
         run.cfg = cfg = cfg.with_overrides({"model.cox-core": False})
         run.say(f"cox core: off ({why})")
     run.say(f"handshake: {len(run.accepted)} site(s) accepted ({', '.join(run.site_of.values())}); "
@@ -330,8 +330,8 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     cfg = run.cfg
     initial = get_weights(build_tier2(stats.model_dims(run.base["dims"]), cfg.tier2, cfg.seed, tier1=cfg.model))
     weights, history, kept = run_phase(
-        run.grid, cfg, run.accepted, train=P.TIER2_ROUND, evaluate=P.TIER2_VALIDATION, rounds=cfg.tier2_rounds,
-        select_best=cfg.tier2_select_best or cfg.tier2_gate, keep_best=cfg.tier2_select_best, initial=initial,
+        run.grid, cfg, run.accepted, train=P.TIER2_ROUND, evaluate=P.TIER2_VALIDATION, rounds=cfg.tier2.rounds,
+        select_best=cfg.tier2.select_best or cfg.tier2.gate, keep_best=cfg.tier2.select_best, initial=initial,
         state=run.state, ckpt=run.ckpt, base=run.base, progress=run.progress)
     run.ckpt.save({**run.base, "phase": "tier2-done", "tier2": {"weights": weights, "history": history,
                                                                  "best_round": kept}})
@@ -343,7 +343,7 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
         grid_h = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
     grid_h, replies, parts = quantile_release(run.ask, P.TIER2_CALIBRATION,
                                               lambda g: P.Tier2CalibrationRequest(weights, g), grid_h,
-                                              cfg.tier2_abstain_quantile, run.noised, cfg.dp.histogram_epsilon > 0)
+                                              cfg.tier2.abstain_quantile, run.noised, cfg.dp.histogram_epsilon > 0)
     counts = pooled_counts(parts, grid_h.n_bins) if parts else np.zeros(grid_h.n_bins)
     sums = {k: sum(decode(r, P.HistogramReply).metrics[k] for r in replies.values())
             for k in P.RISK_SUMS}
@@ -352,11 +352,11 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     else:  # no site answered (timeouts, or every site's policy refused): both heads keep the raw scale
         log(WARNING, "tier2 calibration: no site sent risk sums; the risk scales stay at their defaults")
     if counts.sum() > 0:
-        bracket = merged_quantile(grid_h, parts, cfg.tier2_abstain_quantile)
+        bracket = merged_quantile(grid_h, parts, cfg.tier2.abstain_quantile)
         out.bound = bracket.estimate
         run.release_error["tier2_bound"] = bracket_doc(bracket, parts)
     run.timed("tier2_calibration", t)
-    run.say(f"tier2 calibration: abstain when Tier 2 uncertainty > {out.bound:.4g} (q={cfg.tier2_abstain_quantile}, "
+    run.say(f"tier2 calibration: abstain when Tier 2 uncertainty > {out.bound:.4g} (q={cfg.tier2.abstain_quantile}, "
             f"{round(float(counts.sum()))} values)")
     return out
 

@@ -91,7 +91,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     if extra.get("pooled_referred"):
         doc["two_tier"]["referred_pooled"] = extra["pooled_referred"]  # simulation only
     doc["uncertainty"] = quality_document(ps, res.config.model.uncertainty)  # sites' scalars, meta-analysed
-    doc["risk_uncertainty"] = {  # issue 25's name for the risk SD's tracking of the risk change
+    doc["risk_uncertainty"] = {  # how well the risk SD tracks the risk change of doing the missing exam
         "spearman_change": doc["uncertainty"]["spearman_risk_sd_change"],
         "per_site": {s: v["spearman_risk_sd_change"] for s, v in doc["uncertainty"]["per_site"].items()},
         "routing_score": res.config.routing_score,

@@ -26,7 +26,7 @@ from .strategies import make_strategy
 
 def tier2_gate(cfg: RunConfig, history: list[dict], kept_round: int) -> Tier2Gate:
     """The gate (core/tier2_gate.py) from the kept round's federated masked validation sums."""
-    if not cfg.tier2_gate:
+    if not cfg.tier2.gate:
         return Tier2Gate.always_open()
     entry = next((h for h in history if h.get("round") == kept_round and "val-sums" in h), None)
     if entry is None:
@@ -75,6 +75,7 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
                                   timeout=cfg.round_timeout_s)
         finally:
             progress.rounds_end(phase)
+            strategy.say_repeated()  # a warning repeated over the rounds: once more, with its count
         final = {k: v.numpy() for k, v in result.arrays.to_torch_state_dict().items()}
     best_round = rounds
     if keep_best and strategy.best_arrays is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -21,6 +20,7 @@ from ..core.site_policy import refused_key
 from ..core.tier2_gate import add_validation, decide
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 from .queries import decode
+from .repeated_warnings import RepeatedWarnings, sites
 
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t")  # FedOpt family (FedAdam, FedYogi, FedAdagrad)
 
@@ -42,7 +42,9 @@ def _restricted(base: type) -> type:
             self.history: list[dict] = []
             self.best_score, self.best_round, self.best_arrays = float("-inf"), 0, None
             self._candidate = None
-            self._missing = ""  # the last validation round's missing sites, as warned (said again only on a change)
+            name = P.phase_of(train_type).name if P.phase_of(train_type) else train_type  # "tier1" / "tier2"
+            self.repeated = RepeatedWarnings(f"{name} training")  # per-round warnings: once at once, then a count
+            self.repeated_val = RepeatedWarnings(f"{name} validation")
             self.last_arrays = None
             self._sent = None
             self.checkpoint_fn: Callable | None = None
@@ -117,19 +119,15 @@ def _restricted(base: type) -> type:
                 pll = sum(float(m.get(M.VAL_PLL, 0.0)) for m in good) / events if events > 0 else float("nan")
                 extra = {"val-c-index": c, "val-pll": pll}
                 score = pll if self.select_metric == "partial-likelihood" else c
-            what = ""
-            if len(good) < len(replies):
-                refused = sum(1 for r in replies if r.has_error() and refused_key(r.error.reason))
-                failed = len(replies) - len(good) - refused
-                what = ", ".join(p for p in (f"{failed} failed" if failed else "",
-                                             f"{refused} refused by their site policy" if refused else "") if p)
-            if what != self._missing:  # once per change, not every round (the history keeps each round's count)
-                if what:
-                    log(WARNING, "validation round %d: %s of %d site(s); the score uses the others (said again "
-                        "only when this changes)", rnd, what, len(replies))
-                else:
-                    log(INFO, "validation round %d: every site answered again", rnd)
-            self._missing = what
+            self.repeated_val.round(rnd)  # each kind is said once now and counted in the phase's summary
+            refused = [k for r in replies if r.has_error() and (k := refused_key(r.error.reason))]
+            failed = len(replies) - len(good) - len(refused)
+            if refused:
+                self.repeated_val.warn(rnd, sites(len(refused), "refused by {its} site policy"),
+                                       ", ".join(sorted(set(refused))), f"the score uses the other {len(good)} site(s)")
+            if failed:
+                self.repeated_val.warn(rnd, sites(failed, "failed to answer"),
+                                       then=f"the score uses the other {len(good)} site(s)")
             if score == score and score > self.best_score:
                 self.best_score, self.best_round, self.best_arrays = score, rnd, self._candidate
             if self.history and self.history[-1]["round"] == rnd:
@@ -147,11 +145,12 @@ def _restricted(base: type) -> type:
             replies = sorted(replies, key=_content_key)
             arrays, metrics = super().aggregate_train(server_round, replies)
             ok = sum(1 for r in replies if not r.has_error())
+            self.repeated.round(server_round + self.round_offset)
             if arrays is None:  # no usable update before the round timeout: Flower keeps the weights it sent
-                log(WARNING, "round %d: no site's update arrived in time (%d repl%s, %d failed); the weights stay "
-                    "those sent this round. Fix: raise round-timeout-s if the sites are slow",
-                    server_round + self.round_offset, len(replies), "y" if len(replies) == 1 else "ies",
-                    len(replies) - ok)
+                self.repeated.warn(server_round + self.round_offset, "no site's update arrived in time",
+                                   "Fix: raise round-timeout-s if the sites are slow",
+                                   f"the weights stay those sent this round ({len(replies) - ok} of {len(replies)} "
+                                   "replies failed)")
             self.last_arrays = arrays if arrays is not None else self._sent
             info = {"round": server_round + self.round_offset, "sites": ok, "failed": len(replies) - ok,
                     "seconds": time.perf_counter() - self._t0, **(dict(metrics) if metrics else {})}
@@ -160,6 +159,11 @@ def _restricted(base: type) -> type:
             if self.fraction_evaluate == 0.0:
                 self.on_evaluated(server_round + self.round_offset)
             return arrays, metrics
+
+        def say_repeated(self) -> None:
+            """End of the phase: each per-round warning once more, with the rounds it occurred in."""
+            self.repeated.summary()
+            self.repeated_val.summary()
 
         def on_evaluated(self, rnd: int) -> None:
             """End of a round (after validation when there is one): the checkpoint hook."""

@@ -71,7 +71,7 @@ def uncertainty_quality(m: dict[str, Any]) -> list[tuple[str, str]]:
 
 def risk_distribution(m: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs on what the missing exams would change: conformal intervals, which exam,
-    the risk-coverage curve (issue 25), from what metrics.json holds."""
+    the risk-coverage curve, from what metrics.json holds."""
     out: list[tuple[str, str]] = []
     conf = m.get("conformal") or {}
     tiers = [f"{t.replace('tier', 'Tier ')} coverage {f3(conf[t].get('coverage'))}, mean width {f3(conf[t].get('width'))}"

@@ -145,7 +145,7 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
         config = base / "consortium.toml"
         config.write_text(f'name = "bench"\nsites = {json.dumps(sites)}\nrounds = {args.rounds}\n'
                           f'strategy = "fedavg"\nmin-sites = {len(sites)}\n[run]\nseed = {args.seed}\n'
-                          f'"model.mc-samples" = {args.mc_samples}\n"tier2-rounds" = {args.tier2_rounds}\n'
+                          f'"model.mc-samples" = {args.mc_samples}\n"tier2.rounds" = {args.tier2_rounds}\n'
                           f'"round-timeout-s" = 300.0\n"flower-tuning" = {str(spec["tuning"]).lower()}\n'
                           f'"pack-weights" = {str(spec["pack"]).lower()}\n')
         t_submit = time.monotonic()
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
         lower_floor(cohort, 2, "speed benchmark with small sites")  # measures time, not privacy
     print(f"benchmark: {args.sites} sites, {args.patients} patients, rounds={args.rounds}, "
-          f"tier2-rounds={args.tier2_rounds}, model.mc-samples={args.mc_samples}; {os.cpu_count()} CPU(s); "
+          f"tier2.rounds={args.tier2_rounds}, model.mc-samples={args.mc_samples}; {os.cpu_count()} CPU(s); "
           f"loopback, no TLS; logs in {out}", flush=True)
     results = []
     previous = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -29,7 +29,7 @@ from .simulate import main as simulate
 def _run(out: Path, cohort: Path | None, seed: int, extra: list[str]) -> dict:
     if (out / "metrics.json").is_file() and (out / "calibration.json").is_file():  # a finished run: reused
         return json.loads((out / "metrics.json").read_text())
-    args = ["--out", str(out), "--seed", str(seed), "--no-pooled", "--set", "tier2-rounds=0", *extra]
+    args = ["--out", str(out), "--seed", str(seed), "--no-pooled", "--set", "tier2.rounds=0", *extra]
     if cohort is not None:
         args += ["--data", str(cohort)]
     if simulate(args) != 0:

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:
         log.unlink(missing_ok=True)
     print(f"[rmm] federating {len(sites)} sites on Flower's simulation engine "
-          f"({cfg.rounds} Tier 1 + {cfg.tier2_rounds} Tier 2 rounds); Flower and Ray logs: "
+          f"({cfg.rounds} Tier 1 + {cfg.tier2.rounds} Tier 2 rounds); Flower and Ray logs: "
           f"{'console (--verbose)' if args.verbose else log}", flush=True)
     code, study, failure = 0, None, None
     with QuietRun(log, verbose=args.verbose) as quiet:

@@ -74,7 +74,7 @@ ADAM_EPS = 1e-8  # torch.optim.Adam / AdamW default eps (the site builds its opt
 
 # The coordinator's training config for the attack (one full-batch Adam step, nothing random).
 ATTACK_TRAINING = {
-    "rounds": 1, "tier2-rounds": 0, "local-epochs": 1, "min-local-steps": 0, "batch-size": 4096,
+    "rounds": 1, "tier2.rounds": 0, "local-epochs": 1, "min-local-steps": 0, "batch-size": 4096,
     "optimizer": "adam", "weight-decay": 0.0, "lr-schedule": "constant", "strategy": "fedavg",
     "model.dropout": 0.0, "model.input-dropout": 0.0, "model.modality-dropout": 0.0, "model.max-instances": 64,
     "model.embed-dim": 2 * max(DIMS.values()), "model.prompt-dim": 3, "model.attn-dim": 4, "model.mc-samples": 4,

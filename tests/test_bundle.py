@@ -84,7 +84,7 @@ def test_bundle_loads_with_weights_only(bundle, tmp_path):
 def test_a_bundle_saved_before_the_variance_head_loads_with_eq3_sigma2(site_factory, tier1_cfg, tmp_path):
     old = tiny_bundle(site_factory(n=30), tier1_cfg.model_copy(update={"uncertainty": "epistemic"}), tier2=False)
     raw = old.to_plain()
-    del raw["config"]["model.uncertainty"]  # what a bundle written before issue 13 holds
+    del raw["config"]["model.uncertainty"]  # a bundle without the key reads as 'epistemic'
     torch.save(raw, tmp_path / "old.rmm")
 
     loaded = load_bundle(tmp_path / "old.rmm")

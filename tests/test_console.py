@@ -154,7 +154,7 @@ def test_a_default_size_console_run_through_flower_is_short_and_leaves_plots(tmp
     """A real rmm-simulate process (small cohort, few rounds): <= 80 console lines, no deprecation warning."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rmmfed.simulations.simulate", "--out", str(out), "--patients", "300",
-           "--set", "rounds=4", "--set", "tier2-rounds=2", "--set", "model.mc-samples=4",
+           "--set", "rounds=4", "--set", "tier2.rounds=2", "--set", "model.mc-samples=4",
            "--seeded-noise"]  # a test's outcome must not hang on an OS-entropy draw (tiny calibration sets)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     console = done.stdout + done.stderr

@@ -81,7 +81,7 @@ def cox_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     grid, paths = _sites(tmp, COX_POLICY)
-    cfg = RunConfig().with_overrides({**TINY, "rounds": 2, "tier2-rounds": 0, "dp.enabled": False})
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 2, "tier2.rounds": 0, "dp.enabled": False})
     res = run_federation(grid, cfg, n_sites=len(NAMES), expected_dims=dict(DIMS))
     torch.set_num_threads(threads)
     return res, paths, grid
@@ -135,9 +135,9 @@ def test_tier1_sends_the_cox_coefficients_and_the_sites_never_train_them(cox_run
     np.testing.assert_allclose(res.weights["linear.weight"].ravel(), res.cox["coef"], rtol=1e-6, atol=1e-7)
 
 
-def test_the_default_policy_refuses_the_cox_phase_and_the_run_trains_the_first_release(tmp_path):
+def test_the_default_policy_refuses_the_cox_phase_and_the_run_trains_the_network_only_tier1(tmp_path):
     grid, _ = _sites(tmp_path, None)
-    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2-rounds": 0, "dp.enabled": True,
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2.rounds": 0, "dp.enabled": True,
                                       "dp.time-cuts": "5,10,20"})
     assert cfg.model.cox_core
     res = run_federation(grid, cfg, n_sites=len(NAMES), expected_dims=dict(DIMS))

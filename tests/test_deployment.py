@@ -181,7 +181,7 @@ def test_two_sites_two_rounds_over_tls(consortium):
     c = consortium
     out = c["base"] / "out"
     config = c["base"] / "consortium.toml"
-    short_tier2 = '"tier2-rounds" = 1\n' if "tier2-rounds" in RunConfig().to_flat() else ""
+    short_tier2 = '"tier2.rounds" = 1\n' if "tier2.rounds" in RunConfig().to_flat() else ""
     config.write_text('name = "loopback-trial"\nsites = ["A", "B"]\nrounds = 2\nstrategy = "fedavg"\n'
                       '[run]\n"model.mc-samples" = 4\n"dp.seeded-noise" = true\n' + short_tier2)
     t0 = time.monotonic()

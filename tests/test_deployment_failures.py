@@ -170,7 +170,7 @@ class Consortium:
         path = self.base / f"{name}.toml"
         path.write_text(f'name = "{name}"\nsites = {json.dumps(self.sites)}\nrounds = {rounds}\nstrategy = "fedavg"\n'
                         f'min-sites = {min_sites}\n[run]\nseed = {seed}\n"model.mc-samples" = 4\n'
-                        f'"tier2-rounds" = {tier2_rounds}\n"round-timeout-s" = {timeout_s}\n'
+                        f'"tier2.rounds" = {tier2_rounds}\n"round-timeout-s" = {timeout_s}\n'
                         '"dp.seeded-noise" = true\n')  # runs compared to the digit: noise from the seed
         return path
 

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 K = 10  # the default policy's min-patients
 TINY = {"model.embed-dim": 8, "model.prompt-dim": 3, "model.attn-dim": 4, "model.hidden-dim": 16,
         "model.mc-samples": 4, "model.max-instances": 6, "model.anat-partitions": 2, "batch-size": 16,
-        "rounds": 3, "tier2-rounds": 0, "hist-bins": 128}
+        "rounds": 3, "tier2.rounds": 0, "hist-bins": 128}
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY = {"model.embed-dim": 8, "model.prompt-dim": 3, "model.attn-dim": 4, "model.hidden-dim": 16,
         "model.mc-samples": 4, "model.max-instances": 6, "model.anat-partitions": 2, "batch-size": 32,
-        "rounds": 2, "tier2-rounds": 2, "tier2.hidden-dim": 16, "tier2.time-dim": 8, "tier2.samples": 2,
+        "rounds": 2, "tier2.rounds": 2, "tier2.hidden-dim": 16, "tier2.time-dim": 8, "tier2.samples": 2,
         "tier2.sample-steps": 3, "tier2.local-steps": 5, "hist-bins": 128, "hazard-points": 16,
         "round-timeout-s": 60.0,
         # DP noise from the run's seed (the sites below accept it): a test's outcome must not depend on
@@ -108,7 +108,7 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
     assert doc["cox_core"]["penalizer"] in res.config.model.penalizers() and "c_index_combined_pairs" in doc["cox_core"]
     assert 0 < doc["survival"]["ibs"] < 1 and len(doc["survival"]["td_auc"]["auc"]) == 3
     assert sum(g["n"] for g in doc["survival"]["calibration"]["groups"]) == doc["survival"]["n_patients"]
-    # issue 25: each tier's conformal q-hat from the summed score histograms, and what evaluation measured with it
+    # each tier's conformal q-hat from the summed score histograms, and what evaluation measured with it
     assert set(res.conformal) == {"tier1", "tier2"} and res.conformal["tier1"]["n_scores"] > 0
     assert res.plan.thresholds and res.plan.thresholds[-1] == float("inf") and len(res.plan.cutpoints) == 2
     assert np.isnan(res.tier2_gate.width_tier1) and np.isnan(res.conformal["tier1"]["val_width"])  # noised: no SD sums
@@ -136,7 +136,7 @@ def test_a_new_run_at_a_site_releases_the_session_of_the_previous_one(tmp_path):
 
 def test_a_dp_sgd_run_sends_only_what_the_protocol_lists(grid):
     """DP-SGD rounds reply with extra metrics (epsilon, delta, noise): the egress guard must know them."""
-    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2-rounds": 0, "dp.enabled": True,
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2.rounds": 0, "dp.enabled": True,
                                       "dp.target-epsilon": 8.0, "dp.time-cuts": "5,10,20"})
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
     assert res.history[0]["sites"] == 2 and res.history[0]["failed"] == 0
@@ -156,7 +156,7 @@ def test_a_run_without_dp_sgd_asks_noised_histograms_coarse_then_zoomed(tmp_path
                           state=RecordDict(), run_config={})
         sites[node] = (make_client_app(policy=policy), context)
     grid = RecordingGrid(sites)
-    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2-rounds": 0, "dp.enabled": False})
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 1, "tier2.rounds": 0, "dp.enabled": False})
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
     calibration_bins = [n for t, n in grid.bins if t == P.CALIBRATION.message_type]
     assert len(calibration_bins) == 2 * 2 and max(calibration_bins) <= 34, calibration_bins  # 2 grids x 2 sites

@@ -198,7 +198,7 @@ NO_DP = ["--set", "dp.enabled=false"]  # robust aggregation measured alone: DP-S
 
 def _c_index(cohort, out, *extra):
     args = ["--data", str(cohort), "--out", str(out), "--seed", "7", "--no-pooled", "--set", "rounds=4",
-            "--set", "tier2-rounds=1", "--seeded-noise", *TINY[2:], *extra]  # runs compared: the same noise
+            "--set", "tier2.rounds=1", "--seeded-noise", *TINY[2:], *extra]  # runs compared: the same noise
     assert main(args) == 0
     return json.loads((out / "metrics.json").read_text())["federated"]["c_index"]
 

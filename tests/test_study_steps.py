@@ -26,7 +26,7 @@ from rmmfed.simulations import run as run_mod
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 from rmmfed.simulations.simulate import main
 
-SMALL = ["--seed", "2", "--no-pooled", "--set", "rounds=2", "--set", "tier2-rounds=0", "--set", "model.mc-samples=3",
+SMALL = ["--seed", "2", "--no-pooled", "--set", "rounds=2", "--set", "tier2.rounds=0", "--set", "model.mc-samples=3",
          "--set", "model.hidden-dim=16", "--set", "model.embed-dim=8"]
 
 

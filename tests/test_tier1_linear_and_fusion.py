@@ -1,4 +1,4 @@
-"""Tier 1's linear Cox path, token fusion and training schedule (issue 12)."""
+"""Tier 1's linear Cox path, token fusion and training schedule."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_small_sites_run_enough_epochs_for_the_minimum_local_steps():
     assert local_epoch_count(250, 64, 1, 10) == 3  # four batches per epoch
     assert local_epoch_count(250, 64, 5, 10) == 5  # local-epochs already enough
     assert local_epoch_count(65, 64, 1, 10) == 10  # a last batch of one patient is skipped
-    assert local_epoch_count(56, 64, 2, 0) == 2  # 0 = the first release
+    assert local_epoch_count(56, 64, 2, 0) == 2  # 0 = local-epochs exactly
 
 
 @pytest.mark.parametrize("flat, fix", [

@@ -311,8 +311,8 @@ def test_site_session_runs_the_tier2_phases_with_tier1_kept_frozen(site_factory,
 
     path = site_factory(n=50, seed=4, n_empty=2)
     session = SiteSession(path, device="cpu")
-    t2 = Tier2Config(timesteps=100, sample_steps=4, samples=2, hidden_dim=32, branches=2, branch_dim=8)
-    cfg = RunConfig(seed=0, batch_size=16, model=tier1_cfg, tier2=t2, hist_bins=64, tier2_local_epochs=1, dp=DPConfig(enabled=False))  # the non-DP path (DP-SGD: tests/test_dp.py)
+    t2 = Tier2Config(timesteps=100, sample_steps=4, samples=2, hidden_dim=32, branches=2, branch_dim=8, local_epochs=1)
+    cfg = RunConfig(seed=0, batch_size=16, model=tier1_cfg, tier2=t2, hist_bins=64, dp=DPConfig(enabled=False))  # the non-DP path (DP-SGD: tests/test_dp.py)
     grid = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
     session.bind_schema(dims)
     stats = FeatureStats.from_sums(add_sums([session.feature_sums(cfg.min_stat_count)]), dims, cfg.model.anat_partitions)

@@ -1,4 +1,4 @@
-"""The issue-13 goals benchmark reads what a run wrote (no Flower: a metrics document by hand)."""
+"""The two-tier goals benchmark reads what a run wrote (no Flower: a metrics document by hand)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The console says once that a site refuses validation, not every round (server/strategies.py)."""
+"""A warning that comes back every round is said once at once and once with its count (server/repeated_warnings.py)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,36 @@ def _reply(node: int, refused: bool) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=ask)
 
 
-def test_a_site_refusing_every_validation_round_is_warned_about_once_and_again_only_on_a_change(caplog):
+def _said(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_refusal_repeated_over_the_rounds_is_said_once_at_once_and_once_with_its_count(caplog):
     strategy = make_strategy(RunConfig(), 3, {1, 2, 3}, on_round=lambda r, h: None)
     with caplog.at_level(logging.INFO, logger="flwr"):
-        for rnd in range(1, 6):
-            strategy.aggregate_evaluate(rnd, [_reply(1, False), _reply(2, False), _reply(3, rnd < 4)])
-    said = list(dict.fromkeys(r.getMessage() for r in caplog.records if "validation round" in r.getMessage()))
-    assert said == ["validation round 1: 1 refused by their site policy of 3 site(s); the score uses the others "
-                    "(said again only when this changes)", "validation round 4: every site answered again"], said
+        for rnd in range(1, 31):  # site 3 refuses in 20 of the 30 rounds, on and off
+            strategy.aggregate_evaluate(rnd, [_reply(1, False), _reply(2, False), _reply(3, rnd % 3 != 0)])
+        assert _said(caplog) == ["tier1 validation round 1: 1 site refused by its site policy (min-patients); the "
+                                 "score uses the other 2 site(s) (a count follows at the end of the phase)"]
+        strategy.say_repeated()
+    assert _said(caplog)[1:] == ["tier1 validation: 1 site refused by its site policy in 20 of 30 rounds "
+                                 "(min-patients)"]
+
+
+def test_different_warnings_are_counted_apart_and_the_count_starts_afresh_after_the_summary(caplog):
+    from rmmfed.server.repeated_warnings import RepeatedWarnings
+
+    w = RepeatedWarnings("tier2 validation")
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        w.round(1)
+        w.warn(2, "1 site failed to answer")
+        w.warn(3, "1 site failed to answer")
+        w.warn(3, "2 sites refused by their site policy", "max-bins")
+        w.summary()
+        w.summary()  # nothing left to say
+    assert _said(caplog) == [
+        "tier2 validation round 2: 1 site failed to answer (a count follows at the end of the phase)",
+        "tier2 validation round 3: 2 sites refused by their site policy (max-bins) (a count follows at the end "
+        "of the phase)",
+        "tier2 validation: 1 site failed to answer in 2 of 3 rounds",
+        "tier2 validation: 2 sites refused by their site policy in 1 of 3 rounds (max-bins)"]

@@ -6,7 +6,7 @@ rmm, and FedAvg vs FedProx vs FedAdam; C-index and integrated Brier score on the
 
 Without ``--data`` each seed uses OUT/cohorts/seed-S (the ablation's cohorts, generated if absent);
 with ``--data`` every seed uses that cohort (its split column), so seeds vary the models only.
-Federated runs go to OUT/baselines/seed-S/<strategy> (Tier 1 only: ``tier2-rounds=0``); FedAvg
+Federated runs go to OUT/baselines/seed-S/<strategy> (Tier 1 only: ``tier2.rounds=0``); FedAvg
 reuses OUT/ablation/seed-S/full when it exists (Tier 2 never changes Tier 1).
 """
 
@@ -60,7 +60,7 @@ def federated(cohort: Path, out: Path, seed: int, strategy: str, extra: dict) ->
     reuse = out / "ablation" / f"seed-{seed}" / "full"
     run_dir = reuse if strategy == "fedavg" and not extra and (reuse / "model.pt").is_file() \
         else out / "baselines" / f"seed-{seed}" / strategy
-    run_cached(cohort, run_dir, {"seed": seed, "strategy": strategy, "tier2-rounds": 0, **extra})
+    run_cached(cohort, run_dir, {"seed": seed, "strategy": strategy, "tier2.rounds": 0, **extra})
     run = LoadedRun(run_dir)
     sites = run.load_sites(cohort)
     return {s: run_split_risks(run, sites, s) for s in ("train", "test")}
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
              "CoxPHFitter(penalizer=0.1). Early fusion: MLP (hidden 32, dropout 0.2) with a Cox loss, full batch, 300 "
              "epochs, best validation C-index every 10 epochs. Local-only: rmm Tier 1 trained at each site alone with its "
              "own statistics; its risks are not on one scale across sites, so only the pair-weighted combination is "
-             "reported. Federated rmm runs are Tier 1 only (`tier2-rounds=0`). IBS: IPCW Brier score integrated over "
+             "reported. Federated rmm runs are Tier 1 only (`tier2.rounds=0`). IBS: IPCW Brier score integrated over "
              "50 times between the 10th and 80th percentiles of test times; censoring KM and Breslow baseline fitted "
              "on the training split after a one-covariate Cox slope recalibration of each method's risk (lower is "
              "better; the null model uses no covariates).")

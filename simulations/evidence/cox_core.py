@@ -1,4 +1,4 @@
-"""Tier 1's Cox core (issue 24) on every cohort, same splits, over seeds: is Tier 1 ever worse than its
+"""Tier 1's Cox core on every cohort, same splits, over seeds: is Tier 1 ever worse than its
 own exact federated Cox model, and than the pooled Cox a statistician would fit?
 
     python -m rmmfed.simulations.evidence.cox_core --seeds 0 1 2 --out runs/cox-core \\
@@ -9,7 +9,7 @@ file OUT/exact-cox-policy.toml written here: the default policy plus the ``cox``
 (``dp.release-epsilon = 0``) and training without DP-SGD (``[dp] required = false``; ``dp.enabled =
 false``): the comparison is between models, not privacy policies (that cost: evidence/privacy).
 Per cohort and seed (``default``: the synthetic FUSCC-style cohort of that seed, under OUT/cohorts; a
-TCGA cohort: DATA-ROOT/<name>, skipped when absent), Tier 1 only (``tier2-rounds = 0``):
+TCGA cohort: DATA-ROOT/<name>, skipped when absent), Tier 1 only (``tier2.rounds = 0``):
 
 * ``cox-core``: one run through Flower with the defaults (``model.cox-core = true``); it gives the
   combined Tier 1 (the Cox core + the network residual, kept or dropped on validation) and the federated
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     policy = args.out / "exact-cox-policy.toml"
     policy.write_text(POLICY)
-    base = {"tier2-rounds": 0, "dp.enabled": False}
+    base = {"tier2.rounds": 0, "dp.enabled": False}
     raw, extra, skipped = [], [], []
     for cohort, seed in progress([(c, s) for c in args.cohorts for s in args.seeds], desc="cox core"):
         data = cohort_for_seed(args.out, seed) if cohort == "default" else args.data_root / cohort

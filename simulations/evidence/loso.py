@@ -3,7 +3,7 @@
     python -m rmmfed.simulations.evidence.loso --out runs/evidence [--seeds 0] [--data DIR] [--ref-run RUN]
 
 For every site H (every rotation) OUT/loso/seed-S/hold-H/cohort is a folder of symlinks to the other
-sites; ``run_study`` federates on it (Tier 1 only, ``tier2-rounds=0``) into OUT/loso/seed-S/hold-H/run.
+sites; ``run_study`` federates on it (Tier 1 only, ``tier2.rounds=0``) into OUT/loso/seed-S/hold-H/run.
 The held-out site's tensors are built with that run's federated feature statistics from model.pt
 (the held-out site contributed nothing) and scored on its test split. For comparison: the same
 site's C-index when it takes part in the federation (``--ref-run``'s metrics.json; default
@@ -56,7 +56,7 @@ def rotation(cohort: Path, held: Path, base: Path, seed: int, extra: dict) -> di
     others = [p for p in discover_sites(cohort) if p.name != held.name]
     sub = symlink_cohort(cohort, others, base / "cohort")
     run_dir = base / "run"
-    m = run_cached(sub, run_dir, {"seed": seed, "tier2-rounds": 0, **extra})
+    m = run_cached(sub, run_dir, {"seed": seed, "tier2.rounds": 0, **extra})
     run = LoadedRun(run_dir)
     site = load_site(held, expected=run.dims)
     test = run.tensors(site).subset(site.indices("test"))
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
              "other sites, the held-out site's features standardised with the run's federated statistics; 'site in "
              "federation': the same site's C-index in an all-site run (n/a without one). Pooled Cox (lifelines, "
              "penalizer 0.1, mean imputation + indicators) is centralised, simulation only. Overrides: "
-             f"{extra or 'none'}; rmm runs are Tier 1 only (tier2-rounds=0).")
+             f"{extra or 'none'}; rmm runs are Tier 1 only (tier2.rounds=0).")
     print(write_results(args.out, "loso", table, "Leave-one-site-out", notes, raw=raw))
     return 0
 

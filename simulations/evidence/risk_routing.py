@@ -1,4 +1,4 @@
-"""Routing on what the missing exam would change (issue 25), on every cohort, same splits, over seeds.
+"""Routing on what the missing exam would change, on every cohort, same splits, over seeds.
 
     python -m rmmfed.simulations.evidence.risk_routing --seeds 0 1 2 3 4 --out runs/risk-routing \\
         [--cohorts default tcga-gbmlgg tcga-blca tcga-luad tcga-stad tcga-kirp] [--data-root ../shared/data]

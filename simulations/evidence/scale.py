@@ -125,7 +125,7 @@ def one(n_sites: int, out: Path, patients: int, rounds: int, tier2_rounds: int, 
 
         lower_floor(cohort, 2, "speed benchmark with small sites")  # measures time, not privacy
     t_gen = time.perf_counter() - t0
-    over = {"seed": seed, "rounds": rounds, "tier2-rounds": tier2_rounds}
+    over = {"seed": seed, "rounds": rounds, "tier2.rounds": tier2_rounds}
     with TreeSampler() as sampler:
         t1 = time.perf_counter()
         m = run_cached(cohort, base / "run", over)

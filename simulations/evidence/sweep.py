@@ -29,7 +29,7 @@ ROWS: list[tuple[str, str, dict]] = [  # key, label, run-config overrides
     ("no-estimator", "Tier 1, no estimator f_phi", {"model.estimator": False}),
     ("no-prompts", "Tier 1, no prompts", {"model.modality-prompts": False, "model.missing-prompts": False}),
 ]
-TIER1_ONLY = {"tier2-rounds": 0}
+TIER1_ONLY = {"tier2.rounds": 0}
 
 
 def cohort_for(out: Path, strength: float, seed: int, patients: int) -> Path:

@@ -1,9 +1,10 @@
-"""Table 1's Tier 1 components, re-run on the issue-12 architecture on every cohort (centralised training).
+"""Table 1's Tier 1 components, each switched off from the default Tier 1, on every cohort (centralised training).
 
     python -m rmmfed.simulations.evidence.tier1_ablation --seeds 0 1 2 3 4 --out runs/tier1-ablation \
         [--cohorts default tcga-gbmlgg tcga-blca tcga-luad] [--data-root ../shared/data]
 
-Each row switches one component off (or back to the first release's form) and trains Tier 1 with the
+Each row switches one component off (or, ``first-release-training``, trains with Adam 1e-4, a constant lr,
+one epoch and C-index selection) and trains Tier 1 with the
 same model, loop and selection criterion as the federation, but on the pooled training splits
 (``simulations/pooled.py``: simulation only). Centralised rmm is within about 0.01-0.02 of federated
 rmm on these cohorts (``evidence.tier1_cohorts``), and it takes seconds instead of a Flower run, so

@@ -7,7 +7,7 @@ Per cohort and seed, on the cohort's own train/val/test split (``default``: the 
 cohort of that seed, generated under OUT/cohorts; a TCGA cohort: DATA-ROOT/<name>, the real cohorts in
 ``../shared/data``, skipped with a note when absent, with the same split for every seed):
 
-* rmm Tier 1, federated: one run through Flower, Tier 1 only (``tier2-rounds=0``; Tier 2 never changes
+* rmm Tier 1, federated: one run through Flower, Tier 1 only (``tier2.rounds=0``; Tier 2 never changes
   Tier 1), cached in OUT/<cohort>/seed-S (an existing metrics.json is reused);
 * rmm Tier 1, centralised: the same model, loop and selection criterion trained on the pooled training
   splits (``simulations/pooled.py``; simulation only);
@@ -17,7 +17,7 @@ cohort of that seed, generated under OUT/cohorts; a TCGA cohort: DATA-ROOT/<name
   fusion (MLP, seeded), complete-case Cox. The Cox models have no seed: on a TCGA cohort they give
   the same figure for every seed.
 
-C-index on the pooled test split (lifelines' concordance). The goals of issue 12 are checked and
+C-index on the pooled test split (lifelines' concordance). Tier 1's goals are checked and
 printed under the table: federated Tier 1 >= the best centralised baseline on average over the
 cohorts, >= pooled Cox - 0.01 on each, and centralised Tier 1 within 0.01 of federated. The TCGA test
 splits hold 72-100 patients: a difference under about 0.03-0.04 is within noise (the sd column shows
@@ -61,7 +61,7 @@ def centralised_rmm(cohort: Path, cfg_over: dict) -> float:
     from ..pooled import train_pooled_reference
 
     _, sites, dims = load_cohort(cohort)
-    cfg = RunConfig().with_overrides({"device": "cpu", "tier2-rounds": 0, **cfg_over})
+    cfg = RunConfig().with_overrides({"device": "cpu", "tier2.rounds": 0, **cfg_over})
     return float(train_pooled_reference(sites, dims, cfg)["c_index"])
 
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.out.mkdir(parents=True, exist_ok=True)
         if (cohort, seed, FED) not in done:
-            m = run_cached(data, args.out / cohort / f"seed-{seed}", {"seed": seed, "tier2-rounds": 0, **extra})
+            m = run_cached(data, args.out / cohort / f"seed-{seed}", {"seed": seed, "tier2.rounds": 0, **extra})
             add(FED, m["federated"]["c_index"])
         if not args.no_centralised and (cohort, seed, CENT) not in done:
             add(CENT, centralised_rmm(data, {"seed": seed, **extra}))

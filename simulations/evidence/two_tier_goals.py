@@ -1,4 +1,4 @@
-"""Issue 13's goals, measured: does sigma^2 know when Tier 1 is wrong, and does Tier 2 help the referred?
+"""The two-tier goals, measured: does sigma^2 know when Tier 1 is wrong, and does Tier 2 help the referred?
 
     python -m rmmfed.simulations.evidence.two_tier_goals --seeds 0 1 2 3 4 --out runs/goals \
         [--cohorts default tcga-gbmlgg tcga-blca tcga-luad] [--data-root ../shared/data]
