@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..core.flower_args import check_site_name
+from ..flower.config_args import check_site_name
 from .errors import ClientCliError
 
 

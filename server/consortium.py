@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..core.flower_args import check_site_name, flower_kv
 from ..core.config import RunConfig
 from ..core.errors import ConfigError, RmmError
+from ..flower.config_args import check_site_name, flower_kv
 
 APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites")  # set by rmm-server, never by [run]
 Scalar = bool | int | float | str

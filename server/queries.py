@@ -15,7 +15,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from .records import records_of, to_content
+from ..flower.records import records_of, to_content
 from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.merged_histogram import MergedBins, QuantileBracket, spread

@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..core.config import RunConfig
 from .federation import FederationResult, run_federation
-from .flower_internals import tune_grid
+from ..flower.grid import tune_grid
 from .outputs import build_metrics, write_outputs
 from .progress import Progress
 from .run_report import DEPLOYMENT_NOTE, server_figures, write_report

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from rmmfed.core import protocol as P
-from rmmfed.core.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
+from rmmfed.flower.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
 
 MODES = {
     "flower-defaults": {"client": "flower", "tuning": False, "pack": False, "superexec_poll": 1.0},

@@ -59,7 +59,7 @@ from flwr.app import Context, Message, RecordDict
 
 from rmmfed.client.client_app import make_client_app
 from rmmfed.client.policy_mod import POLICY_REFUSED
-from rmmfed.client.records import from_record, to_content
+from rmmfed.flower.records import from_record, to_content
 from rmmfed.core import protocol as P
 from rmmfed.core.config import RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums, pooled_features

@@ -19,7 +19,7 @@ from rmmfed.client.ledger import format_summary, read_ledger, summarize
 from rmmfed.client.policy_mod import POLICY_REFUSED, SITE_ERROR
 from rmmfed.client.site_errors import (SITE_ERROR_REASON, contain_errors, known_policy_keys, refusal_reason,
                                        refusal_key_of)
-from rmmfed.client.records import to_content
+from rmmfed.flower.records import to_content
 from rmmfed.core import protocol as P
 from rmmfed.core.errors import SiteDataError
 from rmmfed.core.histogram import HistogramGrid

@@ -17,7 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from rmmfed.client.client_app import make_client_app
 from rmmfed.client.ledger import format_summary, read_ledger, summarize
 from rmmfed.client.policy_mod import POLICY_REFUSED
-from rmmfed.client.records import from_record, to_content
+from rmmfed.flower.records import from_record, to_content
 from rmmfed.core import metric_names as M
 from rmmfed.core import protocol as P
 from rmmfed.core.baseline_hazard import time_grid

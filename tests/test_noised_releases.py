@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.client.records import from_record
+from rmmfed.flower.records import from_record
 from rmmfed.core import metric_names as M
 from rmmfed.core import protocol as P
 from rmmfed.core.histogram import HistogramGrid
