@@ -17,8 +17,8 @@ from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
-from ..core.site_policy import refused_key
 from ..core.tier2_gate import add_validation, decide
+from ..flower.refusal import refused_key
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 from .queries import decode
 
@@ -119,7 +119,7 @@ def _restricted(base: type) -> type:
                 score = pll if self.select_metric == "partial-likelihood" else c
             what = ""
             if len(good) < len(replies):
-                refused = sum(1 for r in replies if r.has_error() and refused_key(r.error.reason))
+                refused = sum(1 for r in replies if r.has_error() and refused_key(r.error))
                 failed = len(replies) - len(good) - refused
                 what = ", ".join(p for p in (f"{failed} failed" if failed else "",
                                              f"{refused} refused by their site policy" if refused else "") if p)
