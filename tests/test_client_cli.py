@@ -245,6 +245,7 @@ def test_consortium_toml_to_run_config_overrides(tmp_path):
     ('sites = ["A"]\n[run]\n"model.embed-dimm" = 3\n', ["model.embed-dimm"]),
     ('sites = ["A"]\nrounds = 2\n[run]\nrounds = 3\n', ["rounds", "both"]),
     ('sites = ["A"]\n[run]\nout-dir = "/x"\n', ["out-dir", "--out"]),
+    ('sites = ["A"]\n[run]\nledger-dir = "/x"\n', ["ledger-dir", "for simulations"]),
     ('sites = ["A", "B"]\nmin-sites = 3\n', ["min-sites"]),
     ('sites = ["A", "A"]\n', ["listed twice"]),
     ('sites = []\n', ["sites"]),
