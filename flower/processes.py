@@ -218,7 +218,7 @@ def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
     the child writes straight to this process's stdout/stderr. Its descendants are watched while it
     runs, and the group and every descendant are always ended (see :func:`end_group`).
 
-    ``launcher`` is put in front of ``cmd`` (rmm's tuned Flower launcher, :func:`~rmmfed.client.flower_internals.flower_launcher`).
+    ``launcher`` is put in front of ``cmd`` (rmm's tuned Flower launcher, :func:`~rmmfed.flower.supernode.flower_launcher`).
     ``companions`` (name -> command) are helper processes started after the child, each in its own
     session, restarted with backoff whenever they die while the child runs, and ended before it.
     """
