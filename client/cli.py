@@ -16,13 +16,13 @@ Flower child included.
 
 This module is the command line only; the work is done in:
 
-- :mod:`rmmfed.core.processes`: Flower child processes, supervised (shared with ``rmm-server``);
-- :mod:`rmmfed.client.flower_internals`: every use of Flower's non-public modules at the site (shortened
-  SuperNode polls, ``rmm-client _flower``; the worker's Runtime API names), for Flower 1.41 only;
+- :mod:`rmmfed.flower.processes`: Flower child processes, supervised (shared with ``rmm-server``);
+- :mod:`rmmfed.flower.supernode`: the site's use of Flower's non-public modules (shortened SuperNode
+  polls, ``rmm-client _flower``; the worker's Runtime API names), for Flower 1.41 only;
   see docs/deployment-performance.md;
 - :mod:`rmmfed.client.worker`: the long-lived ClientApp worker (``rmm-client _worker``);
-- :mod:`rmmfed.core.flower_args`: Flower ``key=value`` strings and site names (shared with ``rmm-server``);
-- :mod:`rmmfed.client.keys`: ``rmm-client keygen``'s key pair (its fingerprint: :mod:`rmmfed.core.key_fingerprint`).
+- :mod:`rmmfed.flower.config_args`: Flower ``key=value`` strings and site names (shared with ``rmm-server``);
+- :mod:`rmmfed.client.keys`: ``rmm-client keygen``'s key pair (its fingerprint: :mod:`rmmfed.flower.key_fingerprint`).
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.errors import RmmError
+from ..flower.config_args import check_site_name, flower_kv
+from ..flower.key_fingerprint import ssh_fingerprint
+from ..flower.processes import EXIT_OK, EXIT_USAGE, flower_env, free_port, require_executable, run_supervised, warn
+from ..flower.supernode import SUPERNODE_IDLE_POLL_S, flower_launcher, launch_flower
+from ..flower.version import SITE_FIX, require_tested_flower
 from .errors import ClientCliError
-from ..core.flower_args import check_site_name, flower_kv
-from .flower_internals import SUPERNODE_IDLE_POLL_S, flower_launcher, launch_flower, require_tested_flower
-from ..core.key_fingerprint import ssh_fingerprint
 from .keys import keygen
-from ..core.processes import EXIT_OK, EXIT_USAGE, flower_env, free_port, require_executable, run_supervised, warn
 from .worker import WORKER_POLL_S, run_worker
 
 
@@ -214,7 +215,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help=f"seconds between the SuperNode's polls of the server when idle (default "
                         f"{SUPERNODE_IDLE_POLL_S}; Flower's own is 3)")
     p.add_argument("--no-flower-tuning", action="store_true",
-                   help="run Flower's own flower-supernode, without rmm's shorter polls (client/flower_internals.py); "
+                   help="run Flower's own flower-supernode, without rmm's shorter polls (flower/supernode.py); "
                         "with --isolation subprocess nothing of Flower is patched")
     args = p.parse_args(list(argv))
     if args.max_retries < 1 or args.max_wait <= 0:
@@ -311,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.key or args.root_cert:
                 warn("--insecure ignores --key and --root-cert")
         if args.isolation == "process" or not args.no_flower_tuning:  # they patch Flower 1.41's internals
-            require_tested_flower("rmm-client's long-lived ClientApp worker and tuned SuperNode polls")
+            require_tested_flower("rmm-client's long-lived ClientApp worker and tuned SuperNode polls", SITE_FIX)
         port = args.runtime_port or free_port()
         cmd = supernode_command(args, args.data, port)
     except RmmError as err:

@@ -40,9 +40,9 @@ from ..core.site_seed import site_seed
 from ..core.two_tier import RiskScale
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
-from .packing import packing_mod
+from ..flower.packing import packing_mod
 from .policy_mod import policy_mod, policy_path, request_policy, save_pins, site_policy
-from .records import from_record, records_of, to_content, to_record
+from ..flower.records import from_record, records_of, to_content, to_record
 from .sessions import SessionRegistry
 from .site_errors import contain_errors
 

@@ -1,4 +1,4 @@
-"""A site's key pair for SuperNode authentication (``rmm-client keygen``); its fingerprint: core/key_fingerprint.py."""
+"""A site's key pair for SuperNode authentication (``rmm-client keygen``); its fingerprint: flower/key_fingerprint.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..core.flower_args import check_site_name
+from ..flower.config_args import check_site_name
 from .errors import ClientCliError
 
 

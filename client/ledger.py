@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from ..core.site_policy import refused_key
+from ..flower.refusal import refused_key
 from .egress import EgressViolation
-from .site_errors import POLICY_REFUSED, note_of, site_error
+from .site_errors import note_of, site_error
 
 try:  # POSIX: serialise writers of several ClientApp processes
     import fcntl
@@ -81,10 +81,10 @@ def _type_name(v) -> str:
 
 def _error_fields(reply: Message) -> dict:
     """status and kind of an error reply: the note the site made (client/site_errors.py), else the code."""
-    n, code, reason = note_of(reply), int(reply.error.code), reply.error.reason
-    status = n.get("status") or ("refused" if code == POLICY_REFUSED and refused_key(reason) else "error")
+    n, code = note_of(reply), int(reply.error.code)
+    status = n.get("status") or ("refused" if refused_key(reply.error) else "error")
     if status == "refused":
-        return {"status": "refused", "error_code": code, "policy_key": n.get("policy_key") or refused_key(reason)}
+        return {"status": "refused", "error_code": code, "policy_key": n.get("policy_key") or refused_key(reply.error)}
     if status == "blocked":
         return {"status": "blocked", "error_code": code, "blocked": n.get("error_type", EgressViolation.__name__)}
     return {"status": "error", "error_code": code, **({"error_type": n["error_type"]} if n.get("error_type") else {})}

@@ -22,7 +22,8 @@ from flwr.app import ConfigRecord, Context, Message
 
 from ..core.request_policy import RequestPolicy
 from ..core.site_policy import PolicyViolation, SitePolicy, load_policy
-from .site_errors import POLICY_REFUSED, SITE_ERROR, refusal, site_error
+from ..flower.refusal import POLICY_REFUSED
+from .site_errors import SITE_ERROR, refusal, site_error
 
 __all__ = ["POLICY_REFUSED", "SITE_ERROR", "SITE_POLICY_FILE", "policy_mod", "policy_path", "request_policy",
            "save_pins", "site_policy"]

@@ -4,7 +4,7 @@ A coordinator learns from an error reply only *that* the site did not answer and
 which policy key refused. Never counts, values, paths or exception text: a refusal's reason once
 quoted the patient count below the floor, and an exception's text once named the site's folders.
 
-- :data:`POLICY_REFUSED` (403), reason :func:`refusal_reason` of the key alone::
+- ``POLICY_REFUSED`` (403), the key alone (the wire form both sides share: flower/refusal.py)::
 
       site policy [min-patients] refuses this request. Fix: see docs/privacy.md, key 'min-patients'
 
@@ -23,7 +23,6 @@ never part of the message.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -33,21 +32,17 @@ from flwr.app import Context, Error, Message
 from pydantic import BaseModel
 
 from ..core.site_policy import PolicyViolation, SitePolicy
+from ..flower.refusal import POLICY_REFUSED, refusal_error, refused_key
 
 LOG = logging.getLogger("rmmfed.site")
 
-POLICY_REFUSED = 403  # error code of a policy refusal (Flower's own codes are 0-8)
 SITE_ERROR = 500  # error code of every other failure at the site
 SITE_ERROR_REASON = ("site error: the site could not answer this request; its administrator finds the details "
                      "in the site log")
-DOCS = "docs/privacy.md"
 
 # Keys a refusal may name beyond the policy file's own (core/request_policy.py, core/privacy_budget.py):
 # a new PolicyViolation key is either a SitePolicy field or listed here (tests/test_error_replies.py checks).
 EXTRA_KEYS = frozenset({"weights", "dp.total-epsilon", "dp.target-delta", "one-answer-per-round"})
-_KEY = re.compile(r"[a-z][a-z\-]*(\.[a-z][a-z\-]*)*")  # what refused_key() can read back: no digits
-_REFUSAL = re.compile(r"site policy \[([a-z.\-]+)\] refuses this request\. Fix: see docs/privacy\.md, "
-                      r"key '([a-z.\-]+)'")
 
 
 def _field_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -68,25 +63,10 @@ def known_policy_keys() -> frozenset[str]:
     return frozenset(_field_keys(SitePolicy)) | EXTRA_KEYS
 
 
-def refusal_reason(key: str) -> str:
-    """The one reason a refusal under ``key`` sends (``refused_key`` in core/site_policy.py reads it back)."""
-    if not _KEY.fullmatch(key):
-        raise ValueError(f"policy key {key!r} is not of the form a refusal can name (lower-case words, '-', '.')")
-    return f"site policy [{key}] refuses this request. Fix: see {DOCS}, key '{key}'"
-
-
-def refusal_key_of(reason: str) -> str | None:
-    """The key of a reason exactly of :func:`refusal_reason`'s form for a known key, else None."""
-    m = _REFUSAL.fullmatch(reason or "")
-    if m is None or m.group(1) != m.group(2) or m.group(1) not in known_policy_keys():
-        return None
-    return m.group(1)
-
-
 def allowed_error(error: Error) -> bool:
     """Whether an error reply may leave the site: a fixed refusal of a known key, or the fixed site error."""
     if int(error.code) == POLICY_REFUSED:
-        return refusal_key_of(error.reason) is not None
+        return refused_key(error) in known_policy_keys()
     return int(error.code) == SITE_ERROR and error.reason == SITE_ERROR_REASON
 
 
@@ -120,11 +100,11 @@ def _where(msg: Message) -> str:
 def refusal(msg: Message, err: PolicyViolation) -> Message:
     """The refusal reply to ``msg``: the key only; the violation's full text goes to the site log."""
     try:
-        reason = refusal_reason(err.key)
+        error = refusal_error(err.key)
     except ValueError:
         return site_error(msg, err)
     LOG.warning("refused %s: %s", _where(msg), err)
-    return note(Message(Error(code=POLICY_REFUSED, reason=reason), reply_to=msg), status="refused",
+    return note(Message(error, reply_to=msg), status="refused",
                 policy_key=err.key, error_type=type(err).__name__)
 
 

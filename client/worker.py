@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from .flower_internals import require_tested_flower, tune_flower_pulls
+from ..flower.pulls import tune_flower_pulls
+from ..flower.version import SITE_FIX, require_tested_flower
 from .site_errors import SITE_ERROR_REASON
 
 WORKER_POLL_S = 0.1  # the warm worker asks the SuperNode for a task this often (SuperExec: 1 s)
@@ -59,7 +60,7 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
                     return
         threading.Thread(target=watch_parent, name="rmm-parent-watch", daemon=True).start()
 
-    require_tested_flower("rmm-client's long-lived ClientApp worker (--isolation process)")
+    require_tested_flower("rmm-client's long-lived ClientApp worker (--isolation process)", SITE_FIX)
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
@@ -69,7 +70,7 @@ def run_worker(runtime_address: str, *, secret_file: str | None = None, parent_p
     t0 = time.perf_counter()
     from . import client_app  # noqa: F401  (PyTorch and rmm load now, not with the first message)
 
-    tune_flower_pulls()
+    tune_flower_pulls(SITE_FIX)
     label = f"[rmm-worker{' ' + site if site else ''}]"
     print(f"{label} ready in {time.perf_counter() - t0:.1f} s; taking ClientApp tasks from {runtime_address}",
           flush=True)

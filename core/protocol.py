@@ -6,7 +6,7 @@ phase sends and in which form: docs/privacy.md section 2). The ServerApp encodes
 replies with these classes (server/), the ClientApp the other way round (client/client_app.py), and
 the egress guard (client/egress.py) checks every reply against its phase's definition here. A payload travels as *record dicts*: ``{record name: {key: value}}``, where
 the record named :data:`CONFIG` or :data:`METRICS` holds scalars and every other record holds numpy
-arrays; each side turns them into Flower records (client/records.py, server/records.py).
+arrays; flower/records.py turns them into Flower records for both sides.
 """
 
 from __future__ import annotations

@@ -57,7 +57,6 @@ PHASES = ("statistics", "cox", "tier1", "calibration", "baseline-hazard", "tier2
 # "cox" (exact Cox core sums, core/cox_core.py) is opt-in: exact sums at coefficients the coordinator
 # chooses are not safe against a coordinator that lies (docs/privacy.md)
 DEFAULT_PHASES = tuple(p for p in PHASES if p != "cox")
-_REASON = re.compile(r"site policy \[([a-z.\-]+)\]")
 
 
 class PolicyFileError(RmmError):
@@ -74,12 +73,6 @@ class PolicyViolation(RmmError):
     def __init__(self, key: str, problem: str, fix: str) -> None:
         self.key, self.problem, self.fix = key, problem, fix
         super().__init__(f"site policy [{key}] refuses this request: {problem}. Fix: {fix}")
-
-
-def refused_key(reason: str) -> str | None:
-    """The policy key named by a refusal's message (an error reply's reason), else None."""
-    m = _REASON.search(reason or "")
-    return m.group(1) if m else None
 
 
 def _known_subset(v: tuple[str, ...], known: tuple[str, ...], what: str) -> tuple[str, ...]:

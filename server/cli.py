@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.key_fingerprint import ssh_fingerprint
-from ..core.processes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, flower_env, require_executable, run_supervised, warn
 from ..core.errors import RmmError
+from ..flower.key_fingerprint import ssh_fingerprint
+from ..flower.processes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, flower_env, require_executable, run_supervised, warn
 from .consortium import load_consortium
 from .pki import Pki, PkiError, fingerprint, init_ca, server_sans
 from .run_console import StreamConsole

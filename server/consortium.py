@@ -28,11 +28,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..core.flower_args import check_site_name, flower_kv
 from ..core.config import RunConfig, renamed_keys
 from ..core.errors import ConfigError, RmmError
+from ..flower.app_keys import APP_KEYS  # set by rmm-server or for simulations, never by [run]
+from ..flower.config_args import check_site_name, flower_kv
 
-APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites")  # set by rmm-server, never by [run]
 Scalar = bool | int | float | str
 
 
@@ -114,7 +114,7 @@ class Consortium(BaseModel):
         app = sorted(set(extra) & set(APP_KEYS))
         if app:
             raise ConsortiumError(f"[run] sets {', '.join(app)}, which rmm-server sets itself (out-dir from --out, "
-                                  "num-sites from sites, data-dir is for simulations). Fix: remove it from [run]")
+                                  "num-sites from sites, data-dir and ledger-dir are for simulations). Fix: remove it from [run]")
         for key, value in extra.items():
             if not isinstance(value, (bool, int, float, str)):
                 raise ConsortiumError(f"[run] {key} = {value!r}: Flower's run config holds only single values "

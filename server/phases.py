@@ -8,7 +8,7 @@ import time
 import numpy as np
 from flwr.serverapp import Grid
 
-from .records import to_record as to_array_record
+from ..flower.records import to_record as to_array_record
 from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.baseline_hazard import time_grid, baseline_from_sums

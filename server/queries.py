@@ -15,12 +15,12 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from .records import records_of, to_content
 from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.merged_histogram import MergedBins, QuantileBracket, spread
 from ..core.private_histogram import noise_std
-from ..core.site_policy import refused_key
+from ..flower.records import records_of, to_content
+from ..flower.refusal import refused_key
 
 NOISE_FLOOR = 2.0  # for a tail quantile, pooled noisy bins below this many noise sds count as empty
 
@@ -54,7 +54,7 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
         msgs = [Message(to_content(records), dst_node_id=n, message_type=message_type) for n in pending]
         for rep in grid.send_and_receive(msgs, timeout=left):
             nid = rep.metadata.src_node_id
-            if rep.has_error() and refused_key(rep.error.reason):
+            if rep.has_error() and refused_key(rep.error):
                 # The site's own policy refused: the same request would be refused again.
                 log(WARNING, "%s: node %s refused by its site policy: %s", message_type, nid, rep.error.reason)
                 refused.add(nid)

@@ -14,13 +14,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..core.config import RunConfig
+from ..flower.app_keys import APP_KEYS
+from ..flower.grid import tune_grid
 from .federation import FederationResult, run_federation
-from .flower_internals import tune_grid
 from .outputs import build_metrics, write_outputs
 from .progress import Progress
 from .run_report import DEPLOYMENT_NOTE, server_figures, write_report
-
-APP_KEYS = ("data-dir", "out-dir", "num-sites", "resume", "expected-sites", "ledger-dir")  # app-level keys, not part of RunConfig
 
 
 def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,

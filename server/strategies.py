@@ -16,8 +16,8 @@ from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
-from ..core.site_policy import refused_key
 from ..core.tier2_gate import add_validation, decide
+from ..flower.refusal import refused_key
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 from .queries import decode
 from .repeated_warnings import RepeatedWarnings, sites
@@ -120,7 +120,7 @@ def _restricted(base: type) -> type:
                 extra = {"val-c-index": c, "val-pll": pll}
                 score = pll if self.select_metric == "partial-likelihood" else c
             self.repeated_val.round(rnd)  # each kind is said once now and counted in the phase's summary
-            refused = [k for r in replies if r.has_error() and (k := refused_key(r.error.reason))]
+            refused = [k for r in replies if r.has_error() and (k := refused_key(r.error))]
             failed = len(replies) - len(good) - len(refused)
             if refused:
                 self.repeated_val.warn(rnd, sites(len(refused), "refused by {its} site policy"),

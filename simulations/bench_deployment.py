@@ -15,14 +15,14 @@ same short run with ``rmm-server run`` and times it from the streamed logs:
 - ``warm``: ``rmm-client`` (``--isolation process``): the tuned polls plus one long-lived
   ClientApp worker per site, so PyTorch, the site's data and the model stay loaded;
 - ``warm-packed``: ``warm`` plus weights packed into one array per message (one object instead of
-  one per tensor: core/packed_arrays.py).
+  one per tensor: flower/packed_arrays.py).
 
 Per Tier 1 round it reports the ServerApp's own figure (``tier1 round k/N: ... <s>s``, configure
 -> aggregate of the train step), the whole round (train + validation: time between consecutive
 round lines) and the slowest site's time for its train message (warm: the ClientApp call in the
 worker; per-message processes: the SuperNode's ``Receiving`` -> ``Sending``, process start included).
 The app is rmm's own ServerApp and ClientApp; the run config's ``flower-tuning`` and ``pack-weights``
-switch the coordinator's Grid tuning (server/flower_internals.py), the client command the SuperNode's.
+switch the coordinator's Grid tuning (flower/grid.py), the client command the SuperNode's.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from rmmfed.core import protocol as P
-from rmmfed.core.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
+from rmmfed.flower.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
 
 MODES = {
     "flower-defaults": {"client": "flower", "tuning": False, "pack": False, "superexec_poll": 1.0},

@@ -58,13 +58,13 @@ import numpy as np
 from flwr.app import Context, Message, RecordDict
 
 from rmmfed.client.client_app import make_client_app
-from rmmfed.client.policy_mod import POLICY_REFUSED
-from rmmfed.client.records import from_record, to_content
+from rmmfed.flower.refusal import POLICY_REFUSED
+from rmmfed.flower.records import from_record, to_content
 from rmmfed.core import protocol as P
 from rmmfed.core.config import RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums, pooled_features
 from rmmfed.core.site_data import load_site
-from rmmfed.core.site_policy import refused_key
+from rmmfed.flower.refusal import refused_key
 from rmmfed.core.tier1 import build_model
 from rmmfed.core.weights import get_weights
 
@@ -144,7 +144,7 @@ def refusal_key(reply: Message) -> str | None:
     """The policy key of a refusal (code 403), else None (answered, or failed otherwise)."""
     if not reply.has_error() or reply.error.code != POLICY_REFUSED:
         return None
-    return refused_key(reply.error.reason)
+    return refused_key(reply.error)
 
 
 def describe(reply: Message) -> str:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from rmmfed.client import cli as client_cli
 from rmmfed.client import keys
-from rmmfed.core import flower_args, processes
+from rmmfed.flower import config_args, processes
 from rmmfed.core.errors import UsageError
 from rmmfed.server import cli as server_cli
 from rmmfed.server.consortium import Consortium, ConsortiumError, load_consortium
@@ -245,6 +245,7 @@ def test_consortium_toml_to_run_config_overrides(tmp_path):
     ('sites = ["A"]\n[run]\n"model.embed-dimm" = 3\n', ["model.embed-dimm"]),
     ('sites = ["A"]\nrounds = 2\n[run]\nrounds = 3\n', ["rounds", "both"]),
     ('sites = ["A"]\n[run]\nout-dir = "/x"\n', ["out-dir", "--out"]),
+    ('sites = ["A"]\n[run]\nledger-dir = "/x"\n', ["ledger-dir", "for simulations"]),
     ('sites = ["A", "B"]\nmin-sites = 3\n', ["min-sites"]),
     ('sites = ["A", "A"]\n', ["listed twice"]),
     ('sites = []\n', ["sites"]),
@@ -267,9 +268,9 @@ def test_flower_value_quoting():
     from flwr.common.config import parse_config_args
 
     for value in ["plain", "with space", "it's", "/a/b c/d", "", 3, 0.5, 1e-8, True]:
-        assert parse_config_args([f"k={flower_args.flower_value(value)}"]) == {"k": value}
+        assert parse_config_args([f"k={config_args.flower_value(value)}"]) == {"k": value}
     with pytest.raises(UsageError):
-        flower_args.flower_value("both ' and \"")
+        config_args.flower_value("both ' and \"")
 
 
 # ---- rmm-server run: connection entry, app folder, failure detection ------------------------------

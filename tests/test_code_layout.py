@@ -9,7 +9,7 @@ from pathlib import Path
 from rmmfed.core import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("core", "client", "server", "simulations")
+PARTS = ("core", "flower", "client", "server", "simulations")
 
 
 def test_no_module_is_longer_than_400_lines():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rmmfed.core.processes import ProcessTree, free_port, wait_for_port
+from rmmfed.flower.processes import ProcessTree, free_port, wait_for_port
 from rmmfed.core.config import RunConfig
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from rmmfed.core.processes import free_port, wait_for_port
+from rmmfed.flower.processes import free_port, wait_for_port
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 
 from conftest import toy_policy
@@ -356,7 +356,7 @@ def test_packed_records_round_trip_and_refuse_bad_headers():
     import numpy as np
     from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-    from rmmfed.client.packing import PACKED_KEY, PACKED_STYPE, pack_content, pack_record, packing_mod, unpack_record
+    from rmmfed.flower.packing import PACKED_KEY, PACKED_STYPE, pack_content, pack_record, packing_mod, unpack_record
 
     rec = ArrayRecord({"w": Array(np.arange(12, dtype=np.float32).reshape(3, 4)), "b": Array(np.ones(4)),
                        "n": Array(np.array([7], dtype=np.int64))})

@@ -9,7 +9,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.client.egress import EgressViolation, check_reply, egress_guard
-from rmmfed.client.site_errors import POLICY_REFUSED, SITE_ERROR, SITE_ERROR_REASON, note_of, refusal_reason
+from rmmfed.client.site_errors import SITE_ERROR, SITE_ERROR_REASON, note_of
+from rmmfed.flower.refusal import POLICY_REFUSED, refusal_reason
 
 
 @pytest.fixture(autouse=True)

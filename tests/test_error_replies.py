@@ -16,14 +16,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.client.client_app import make_client_app
 from rmmfed.client.ledger import format_summary, read_ledger, summarize
-from rmmfed.client.policy_mod import POLICY_REFUSED, SITE_ERROR
-from rmmfed.client.site_errors import (SITE_ERROR_REASON, contain_errors, known_policy_keys, refusal_reason,
-                                       refusal_key_of)
-from rmmfed.client.records import to_content
+from rmmfed.client.policy_mod import SITE_ERROR
+from rmmfed.client.site_errors import SITE_ERROR_REASON, contain_errors, known_policy_keys
 from rmmfed.core import protocol as P
 from rmmfed.core.errors import SiteDataError
 from rmmfed.core.histogram import HistogramGrid
-from rmmfed.core.site_policy import PolicyViolation, refused_key
+from rmmfed.core.site_policy import PolicyViolation
+from rmmfed.flower.records import to_content
+from rmmfed.flower.refusal import POLICY_REFUSED, refusal_error, refusal_reason, refused_key
 
 from conftest import write_site
 
@@ -86,7 +86,7 @@ def test_a_refusal_whose_text_holds_counts_sends_only_the_fixed_reason_of_its_ke
     assert reply.has_error() and reply.error.code == POLICY_REFUSED
     assert reply.error.reason == f"site policy [{key}] refuses this request. Fix: see docs/privacy.md, key '{key}'"
     assert re.findall(r"\d", reply.error.reason) == re.findall(r"\d", key) == []
-    assert refused_key(reply.error.reason) == key  # what the server reads to stop asking
+    assert refused_key(reply.error) == key  # what the server reads to stop asking
     assert "3 patient(s)" in _site_log(caplog)  # the full text stays on the site
     line = site.ledger_lines()[-1]
     assert line["status"] == "refused" and line["policy_key"] == key and line["run_id"] == 1
@@ -206,4 +206,19 @@ def test_every_policy_violation_key_in_the_code_is_a_key_a_refusal_can_name():
             for k in pattern.findall(p.read_text(encoding="utf-8"))}
     assert used, "the scan found no PolicyViolation at all"
     assert sorted(used - known_policy_keys()) == []
-    assert all(refusal_key_of(refusal_reason(k)) == k for k in used)
+    assert all(refused_key(refusal_error(k)) == k for k in used)
+
+
+# ---- how the coordinator recognises a refusal (flower/refusal.py, shared by both sides) -----------
+def test_a_refusal_is_recognised_by_its_code_and_exact_reason_only():
+    assert refused_key(refusal_error("dp.max-epsilon")) == "dp.max-epsilon"
+    assert refused_key(Error(code=POLICY_REFUSED, reason=refusal_reason("min-patients"))) == "min-patients"
+    assert refused_key(Error(code=SITE_ERROR, reason=refusal_reason("min-patients"))) is None  # another code
+    assert refused_key(Error(code=POLICY_REFUSED, reason="site policy [min-patients] refuses this request: "
+                             "3 patient(s) below the floor")) is None  # not the fixed form
+    assert refused_key(Error(code=POLICY_REFUSED, reason=refusal_reason("max-bins").replace(
+        "key 'max-bins'", "key 'min-patients'"))) is None
+    assert refused_key(Error(code=POLICY_REFUSED, reason="lost task")) is None
+    assert refused_key(None) is None
+    with pytest.raises(ValueError):
+        refusal_error("min-patients-5")

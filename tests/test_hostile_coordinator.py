@@ -16,8 +16,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.client.client_app import make_client_app
 from rmmfed.client.ledger import format_summary, read_ledger, summarize
-from rmmfed.client.policy_mod import POLICY_REFUSED
-from rmmfed.client.records import from_record, to_content
+from rmmfed.flower.refusal import POLICY_REFUSED, refusal_reason
+from rmmfed.flower.records import from_record, to_content
 from rmmfed.core import metric_names as M
 from rmmfed.core import protocol as P
 from rmmfed.core.baseline_hazard import time_grid
@@ -316,7 +316,7 @@ class _Grid:
 
 
 def test_a_policy_refusal_is_not_retried_and_the_other_sites_are_kept():
-    grid = _Grid("site policy [max-bins] refuses this request: too many bins. Fix: fewer")
+    grid = _Grid(refusal_reason("max-bins"))
     replies = _ask(grid, [1, 2], P.HAZARD, timeout=30.0)
     assert sorted(replies) == [1]
     assert grid.calls == [[1, 2]]

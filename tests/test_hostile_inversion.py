@@ -14,7 +14,7 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.core import protocol as P
-from rmmfed.client.records import from_record
+from rmmfed.flower.records import from_record
 from rmmfed.core.config import RunConfig
 
 from inversion_attack import (ATTACK_TRAINING, PERMISSIVE_POLICY, AttackedSite, craft_trap_weights, describe,

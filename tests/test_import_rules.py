@@ -1,5 +1,6 @@
 """The package's import rules, read from the source: core/ is plain (no Flower, no other rmm part);
-the hospital's code (client/) and the coordinator's (server/) never import each other."""
+flower/ is the Flower adapter both sides share (Flower and core only); the hospital's code (client/)
+and the coordinator's (server/) never import each other."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "core": ("flwr", "ray", "rmmfed.client", "rmmfed.server", "rmmfed.simulations"),
+    "flower": ("rmmfed.client", "rmmfed.server", "rmmfed.simulations"),
     "client": ("rmmfed.server", "rmmfed.simulations"),
     "server": ("rmmfed.client", "rmmfed.simulations"),
 }

@@ -17,7 +17,8 @@ from rmmfed.client.egress import egress_guard
 from rmmfed.client.ledger import (configured_ledger_mod, format_summary, ledger_mod, main, payload_digest,
                                   read_ledger, summarize)
 from rmmfed.client.policy_mod import policy_mod
-from rmmfed.client.site_errors import POLICY_REFUSED, SITE_ERROR, SITE_ERROR_REASON
+from rmmfed.client.site_errors import SITE_ERROR, SITE_ERROR_REASON
+from rmmfed.flower.refusal import POLICY_REFUSED
 from rmmfed.core.privacy_budget import BudgetFileError
 from rmmfed.core.site_policy import PolicyViolation
 

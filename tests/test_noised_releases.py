@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.client.records import from_record
+from rmmfed.flower.records import from_record
 from rmmfed.core import metric_names as M
 from rmmfed.core import protocol as P
 from rmmfed.core.histogram import HistogramGrid
 from rmmfed.core.noised_release import noised_hazard, noised_histogram, one_value_per_patient
 from rmmfed.core.privacy_budget import BUDGET_FILE
 from rmmfed.core.risk_groups import RISK_GRID
-from rmmfed.core.site_policy import refused_key
+from rmmfed.flower.refusal import refused_key
 from rmmfed.server.phases import FOLLOWUP_GRID
 
 from test_hostile_coordinator import Site
@@ -72,7 +72,7 @@ def test_a_third_grid_of_a_kind_is_refused_and_every_answered_grid_is_charged(si
     assert not site.send(P.FOLLOWUP, P.GridRequest(grids[0])).has_error()
     assert not site.send(P.FOLLOWUP, P.GridRequest(grids[1])).has_error()
     reply = site.send(P.FOLLOWUP, P.GridRequest(grids[2]))
-    assert reply.has_error() and refused_key(reply.error.reason) == "one-grid-per-kind"
+    assert reply.has_error() and refused_key(reply.error) == "one-grid-per-kind"
     assert sum(v for k, v in _budget(tmp_path).items() if k.startswith("release:followup")) == 2.0
 
 

@@ -13,6 +13,7 @@ import torch
 
 from rmmfed.core.bundle import bundle_from_run_dir, load_model
 from rmmfed.core.config import RunConfig
+from rmmfed.flower.app_keys import APP_KEYS
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 from rmmfed.simulations.simulate import main
 
@@ -93,7 +94,8 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 def test_pyproject_flower_config_equals_run_config_defaults():
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    flat = {k: v for k, v in conf.items() if k not in ("data-dir", "out-dir", "num-sites", "resume", "expected-sites", "ledger-dir") and not isinstance(v, dict)}
+    flat = {k: v for k, v in conf.items() if k not in APP_KEYS and not isinstance(v, dict)}
+    assert set(APP_KEYS) <= set(conf)  # every app key is one of the pyproject's
     for table, values in conf.items():
         if isinstance(values, dict):
             flat.update({f"{table}.{k}": v for k, v in values.items()})

@@ -14,7 +14,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from rmmfed.client.client_app import make_client_app
 from rmmfed.core import protocol as P
 from rmmfed.core.privacy_budget import BUDGET_FILE, PrivacyBudget, read_budget
-from rmmfed.core.site_policy import PolicyViolation, refused_key
+from rmmfed.core.site_policy import PolicyViolation
+from rmmfed.flower.refusal import refused_key
 
 from conftest import DIMS
 from test_hostile_coordinator import Site
@@ -36,7 +37,7 @@ def _setup(s: Site, **overrides) -> object:
 
 def _key(reply) -> str | None:
     assert reply.has_error(), "the request should have been refused"
-    return refused_key(reply.error.reason)
+    return refused_key(reply.error)
 
 
 def _new_run(s: Site, run_id: int) -> None:

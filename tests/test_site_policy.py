@@ -11,7 +11,7 @@ from rmmfed.core.baseline_hazard import baseline_from_sums, local_hazard_sums, t
 from rmmfed.core.histogram import HistogramGrid, quantile_from_counts
 from rmmfed.core.merged_hazard import fine_sums, merge_intervals
 from rmmfed.core.merged_histogram import merge_bins, merged_quantile
-from rmmfed.core.site_policy import DEFAULT_PHASES, DEFAULT_POLICY, PolicyFileError, load_policy, refused_key
+from rmmfed.core.site_policy import DEFAULT_PHASES, DEFAULT_POLICY, PolicyFileError, load_policy
 
 
 # ---- the file ----------------------------------------------------------------------------------
@@ -55,11 +55,6 @@ def test_a_bad_file_gives_one_error_naming_the_file_the_key_and_the_fix(tmp_path
         load_policy(f)
     assert err.value.key == key and str(f) in str(err.value) and "Fix:" in str(err.value)
     assert isinstance(err.value, ValueError)
-
-
-def test_a_refusal_reason_names_its_key():
-    assert refused_key("site policy [dp.max-epsilon] refuses this request: ...") == "dp.max-epsilon"
-    assert refused_key("lost task") is None
 
 
 # ---- merged histograms -------------------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.core import metric_names as M
 from rmmfed.core.config import RunConfig
+from rmmfed.flower.refusal import refusal_error
 from rmmfed.server.strategies import make_strategy
 
 
@@ -22,7 +23,7 @@ def task_identity():  # Flower's Message needs a run to belong to
 def _reply(node: int, refused: bool) -> Message:
     ask = Message(RecordDict(), dst_node_id=node, message_type="evaluate.tier1_validation")
     if refused:
-        return Message(Error(code=1, reason="site policy [min-patients] refuses this request"), reply_to=ask)
+        return Message(refusal_error("min-patients"), reply_to=ask)
     metrics = {M.NUM_EXAMPLES: 20.0, M.N_VAL: 20.0, M.VAL_PLL: -30.0, M.VAL_EVENTS: 10.0,
                **{k: 10.0 for k in M.PAIRS.counts}}
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=ask)

@@ -1,17 +1,15 @@
-"""Every use of Flower's non-public modules at the site, in one place, for Flower 1.41 only.
+"""The site's Flower SuperNode, tuned, for Flower 1.41 only (the coordinator's side is flower/grid.py).
 
 - :func:`launch_flower` (``rmm-client _flower``, prefix :func:`flower_launcher`): the SuperNode's idle
   and reply polls become shorter (its module's ``time`` is swapped for one whose 3 s / 0.5 s sleeps
-  are shorter);
-- :func:`tune_flower_pulls`: shorter waits for message objects still being uploaded (the keyword
-  defaults of Flower's pull helpers);
+  are shorter), and so do its waits for message objects still being uploaded (flower/pulls.py);
 - the long-lived ClientApp worker (client/worker.py) runs tasks through the SuperNode's Runtime API
   with the names listed in :data:`WORKER_SURFACE`.
 
-Each patch needs the Flower it was written against: :func:`require_tested_flower` refuses any other
-major.minor with a message that names the fix, and tests/test_flower_internals.py checks, attribute
-by attribute, that the patched objects still look as the patches expect. The coordinator's side is
-server/flower_internals.py. Measured effect: docs/deployment-performance.md.
+Each patch needs the Flower it was written against (flower/version.py refuses any other major.minor
+with a message that names the fix), and tests/test_flower_internals.py checks, attribute by
+attribute, that the patched objects still look as the patches expect. Measured effect:
+docs/deployment-performance.md.
 """
 
 from __future__ import annotations
@@ -23,19 +21,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..core.flower_version import (PULL_BACKOFF_S, PULL_HELPERS, TESTED_FLOWER,  # noqa: F401  (re-exported)
-                                   FlowerVersionError, check_flower_version, shorten_pull_backoff)
+from .pulls import tune_flower_pulls
+from .version import SITE_FIX, FlowerVersionError, require_tested_flower
 
 SUPERNODE_IDLE_POLL_S = 0.5   # Flower 1.41 sleeps 3 s between empty pulls from the SuperLink
 SUPERNODE_REPLY_POLL_S = 0.05  # ... and 0.5 s while it waits for the ClientApp's reply
-FIX = "start rmm-client with --isolation subprocess --no-flower-tuning (Flower as it ships)"
-
-
-def require_tested_flower(what: str = "rmm's Flower speed-ups") -> None:
-    """Raise :class:`FlowerVersionError` unless flwr's major.minor is :data:`TESTED_FLOWER`."""
-    import flwr
-
-    check_flower_version(flwr.__version__, what, FIX)
 
 
 # Non-public Flower names the long-lived worker (client/worker.py) uses: (module, attribute).
@@ -66,20 +56,6 @@ class _TunedTime:
         self._module.sleep(self._sleeps.get(seconds, seconds))
 
 
-def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACKOFF_S[1]) -> None:
-    """Shorten Flower's wait for message objects that are still being uploaded, in this process.
-
-    Every message is a tree of objects (one per array, one per 5 MB chunk...) that the receiver
-    pulls one by one; a receiver that sees the message before its sender finished uploading waits
-    1 s, then 2, 4 ... 10 s per missing object. On loopback that race happens at every hop and
-    costs about a second each time. Only the keyword defaults of Flower's pull helpers change (same
-    number of tries, same time limit); a Flower without them raises :class:`FlowerVersionError`.
-    """
-    from flwr.supercore.inflatable import inflatable_utils
-
-    shorten_pull_backoff(inflatable_utils, FIX, initial, cap)
-
-
 def flower_launcher(poll_s: float = SUPERNODE_IDLE_POLL_S) -> list[str]:
     """Command prefix that runs a Flower daemon through :func:`launch_flower` (tuned polls, parent watch)."""
     return [sys.executable, "-m", "rmmfed.client.cli", "_flower", "--parent-pid", str(os.getpid()),
@@ -91,7 +67,7 @@ def launch_flower(argv: Sequence[str]) -> int:
 
     Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull and 0.5 s while it waits for a
     reply; here those become ``--poll`` (default 0.5 s) and 0.05 s, and waits for message objects
-    still being uploaded start at 0.05 s instead of 1 s (:func:`tune_flower_pulls`). Everything else
+    still being uploaded start at 0.05 s instead of 1 s (flower/pulls.py). Everything else
     is Flower's own ``flower-supernode``. With ``--parent-pid`` the SuperNode stops when that process is gone.
     """
     p = argparse.ArgumentParser(prog="rmm-client _flower")
@@ -102,7 +78,7 @@ def launch_flower(argv: Sequence[str]) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command or Path(command[0]).name != "flower-supernode":
         p.error("expected: -- /path/to/flower-supernode ARGS")
-    require_tested_flower("rmm-client's tuned SuperNode polls")
+    require_tested_flower("rmm-client's tuned SuperNode polls", SITE_FIX)
     import flwr.supernode.start_client_internal as sci
     from flwr.supernode.cli import flower_supernode
 
@@ -110,7 +86,7 @@ def launch_flower(argv: Sequence[str]) -> int:
         raise FlowerVersionError("flwr.supernode.start_client_internal no longer uses the time module as rmm "
                                  "expects. Fix: install flwr~=1.41.0, or start rmm-client with --no-flower-tuning")
     sci.time = _TunedTime(time, {3: max(0.05, args.poll), 0.5: SUPERNODE_REPLY_POLL_S})
-    tune_flower_pulls()
+    tune_flower_pulls(SITE_FIX)
     if args.parent_pid:
         from flwr.supercore.app_utils import start_parent_process_monitor
 

@@ -6,7 +6,7 @@ import base64
 import hashlib
 from pathlib import Path
 
-from .errors import UsageError
+from ..core.errors import UsageError
 
 
 def ssh_fingerprint(pub_path: str | Path) -> str:

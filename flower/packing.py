@@ -1,14 +1,16 @@
-"""Packed weights at the site: the ClientApp mod and the Flower adapters of core/packed_arrays.py.
+"""Packed weights in Flower records: the adapters of flower/packed_arrays.py, used by both sides.
 
-A server that packs its requests (deployment: server/packing.py) gets packed replies; one that does
-not (simulation) gets plain ones. The bytes of every array are unchanged.
+The coordinator's deployment Grid packs its requests (flower/grid.py: tune_grid) and unpacks the
+replies; the site's ClientApp mod (:func:`packing_mod`) unpacks a packed request and packs its reply
+the same way. A server that does not pack (simulation) gets plain replies. The bytes of every array
+are unchanged.
 """
 
 from __future__ import annotations
 
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from ..core.packed_arrays import PACKED_KEY, PACKED_STYPE, PackedEntry, pack, unpack
+from .packed_arrays import PACKED_KEY, PACKED_STYPE, PackedEntry, pack, unpack
 
 
 def pack_record(record: ArrayRecord) -> ArrayRecord:

@@ -1,5 +1,4 @@
-"""core/protocol.py record dicts <-> Flower records, the coordinator's side (the hospital's is client/records.py:
-written once per side, so neither package depends on the other)."""
+"""core/protocol.py record dicts <-> Flower records (one copy: the sites and the coordinator both use it)."""
 
 from __future__ import annotations
 

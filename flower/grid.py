@@ -1,37 +1,23 @@
-"""Every use of Flower's non-public parts by the coordinator, in one place, for Flower 1.41 only.
+"""The coordinator's deployment Grid, tuned, for Flower 1.41 only (the sites' side is flower/supernode.py).
 
 :func:`tune_grid` makes the ServerApp's deployment Grid (Flower's ``HttpGrid``) poll for replies
-every ``poll_s`` s instead of 3 s, shortens its waits for reply objects still being uploaded (the
-keyword defaults of Flower's pull helpers) and, with ``pack``, sends every multi-array ArrayRecord
-packed as one array (server/packing.py; the sites' ClientApp unpacks). Both are switched by the run
-config (``flower-tuning``, ``pack-weights``; server/server_app.py). :func:`require_tested_flower`
-refuses another Flower major.minor loudly, and tests/test_flower_internals.py checks each patched
-attribute. The sites' side is client/flower_internals.py; figures in docs/deployment-performance.md.
+every ``poll_s`` s instead of 3 s, shortens its waits for reply objects still being uploaded
+(flower/pulls.py) and, with ``pack``, sends every multi-array ArrayRecord packed as one array
+(flower/packing.py; the sites' ClientApp unpacks). Both are switched by the run config
+(``flower-tuning``, ``pack-weights``; server/server_app.py). flower/version.py refuses another
+Flower major.minor loudly, and tests/test_flower_internals.py checks each patched attribute;
+figures in docs/deployment-performance.md.
 """
 
 from __future__ import annotations
 
 import time
 
-from ..core.flower_version import (PULL_BACKOFF_S, PULL_HELPERS, TESTED_FLOWER,  # noqa: F401  (re-exported)
-                                   FlowerVersionError, check_flower_version, shorten_pull_backoff)
 from .packing import pack_content, unpack_content
+from .pulls import tune_flower_pulls
+from .version import COORDINATOR_FIX, FlowerVersionError, require_tested_flower
 
 GRID_POLL_S = 0.2  # Flower 1.41's HttpGrid polls for replies every 3 s
-FIX = "set flower-tuning = false in the consortium config's [run] table"
-
-
-def require_tested_flower() -> None:
-    import flwr
-
-    check_flower_version(flwr.__version__, "the coordinator's Grid tuning", FIX)
-
-
-def tune_flower_pulls(initial: float = PULL_BACKOFF_S[0], cap: float = PULL_BACKOFF_S[1]) -> None:
-    """Shorter waits for message objects that are still being uploaded (same tries, same time limit)."""
-    from flwr.supercore.inflatable import inflatable_utils
-
-    shorten_pull_backoff(inflatable_utils, FIX, initial, cap)
 
 
 def tune_grid(grid, *, poll_s: float = GRID_POLL_S, pack: bool = True):
@@ -43,11 +29,11 @@ def tune_grid(grid, *, poll_s: float = GRID_POLL_S, pack: bool = True):
     """
     if type(grid).__name__ != "HttpGrid" or getattr(grid, "_rmm_tuned", False):
         return grid  # simulation and in-process Grids poll in memory
-    require_tested_flower()
+    require_tested_flower("the coordinator's Grid tuning", COORDINATOR_FIX)
     if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
         raise FlowerVersionError("Flower's HttpGrid has no push_messages/pull_messages. Fix: install "
                                  "flwr~=1.41.0, or set flower-tuning = false in the consortium config")
-    tune_flower_pulls()
+    tune_flower_pulls(COORDINATOR_FIX)
 
     def send_and_receive(messages, *, timeout: float | None = None):
         messages = list(messages)

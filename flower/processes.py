@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import UsageError
+from ..core.errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 NO_PHONE_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -218,7 +218,7 @@ def run_supervised(cmd: Sequence[str], env: Mapping[str, str], *,
     the child writes straight to this process's stdout/stderr. Its descendants are watched while it
     runs, and the group and every descendant are always ended (see :func:`end_group`).
 
-    ``launcher`` is put in front of ``cmd`` (rmm's tuned Flower launcher, :func:`~rmmfed.client.flower_internals.flower_launcher`).
+    ``launcher`` is put in front of ``cmd`` (rmm's tuned Flower launcher, :func:`~rmmfed.flower.supernode.flower_launcher`).
     ``companions`` (name -> command) are helper processes started after the child, each in its own
     session, restarted with backoff whenever they die while the child runs, and ended before it.
     """

@@ -2,10 +2,10 @@
 
 Flower sends every array of an ArrayRecord (and every 5 MB chunk of one) as a separate object, each
 its own HTTP request per hop; rmm's Tier 1 weights are some 30 arrays. Packed, a message is a
-handful of objects. Both sides wrap this format in Flower records (client/packing.py,
-server/packing.py). Layout: ``RMMPACK1``, a 4-byte little-endian header length, a JSON header (one
-entry per array: key, dtype, shape, stype, byte count), then the arrays' bytes, unchanged. Nothing
-in it is executed or unpickled; :func:`unpack` checks every entry.
+handful of objects. flower/packing.py wraps this format in Flower records for both sides.
+Layout: ``RMMPACK1``, a 4-byte little-endian header length, a JSON header (one entry per array:
+key, dtype, shape, stype, byte count), then the arrays' bytes, unchanged. Nothing in it is
+executed or unpickled; :func:`unpack` checks every entry.
 """
 
 from __future__ import annotations
