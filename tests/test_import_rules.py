@@ -123,7 +123,7 @@ def import_loops(graph: dict[str, set[str]]) -> list[list[str]]:
     return loops
 
 
-PARTS = ("core", "client", "server", "simulations")
+PARTS = ("core", "flower", "client", "server", "simulations")
 
 
 def test_the_package_has_no_import_loops():
