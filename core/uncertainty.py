@@ -86,17 +86,24 @@ def uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.Tensor | N
                 seed: int = 0, batch: int = 4096) -> np.ndarray:
     """sigma^2 per patient for the given observed pattern (default: what is present)."""
     model.eval()
-    observed = data.present if observed is None else observed
     out = []
-    batch = patients_per_batch(data, batch)
+    for sl, obs in seeded_batches(data, observed, seed=seed, batch=batch):
+        _, var_k = estimate_and_sigma2(model, [x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
+        out.append(patient_uncertainty(var_k, obs).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def seeded_batches(data: SiteTensors, observed: torch.Tensor | None, *, seed: int, batch: int = 4096):
+    """(patient slice, its rows of ``observed``) over ``data`` in batches that fit memory, under torch's
+    random generator seeded with ``seed`` (and restored once the batches are done): MC dropout draws the
+    same masks whatever ran before. ``observed`` None: what each patient has."""
+    observed = data.present if observed is None else observed
+    step = patients_per_batch(data, batch)
     with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
         torch.manual_seed(seed)
-        for s in range(0, len(data), batch):
-            sl = slice(s, s + batch)
-            obs = observed[sl]
-            _, var_k = estimate_and_sigma2(model, [x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
-            out.append(patient_uncertainty(var_k, obs).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+        for s in range(0, len(data), step):
+            sl = slice(s, s + step)
+            yield sl, observed[sl]
 
 
 def complete_case_indices(data: SiteTensors) -> np.ndarray:
@@ -127,17 +134,11 @@ def risk_and_uncertainty(model: Tier1Model, data: SiteTensors, observed: torch.T
                          seed: int = 0, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Tier 1 risk (dropout off) and sigma^2 per patient from one encoding of each bag (inference path)."""
     model.eval()
-    observed = data.present if observed is None else observed
     risks, sig = [], []
-    batch = patients_per_batch(data, batch)
-    with torch.random.fork_rng(devices=[] if data.present.device.type == "cpu" else [data.present.device]):
-        torch.manual_seed(seed)
-        for s in range(0, len(data), batch):
-            sl = slice(s, s + batch)
-            obs = observed[sl]
-            risk, passes = model.infer([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
-            risks.append(risk.cpu())
-            sig.append(patient_uncertainty(modality_sigma2(passes, model.cfg.uncertainty), obs).cpu())
+    for sl, obs in seeded_batches(data, observed, seed=seed, batch=batch):
+        risk, passes = model.infer([x[sl] for x in data.x], [m[sl] for m in data.inst_mask], obs)
+        risks.append(risk.cpu())
+        sig.append(patient_uncertainty(modality_sigma2(passes, model.cfg.uncertainty), obs).cpu())
     if not risks:
         return np.zeros(0), np.zeros(0)
     return torch.cat(risks).numpy(), torch.cat(sig).numpy()

@@ -3,6 +3,7 @@ tables (Markdown + CSV), mean +- sd."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -195,3 +196,16 @@ def run_split_risks(run: LoadedRun, sites: list[SiteData], split: str,
     data, labels = split_tensors(run, sites, split)
     risk = predict_risk(run.model, data, observed)
     return SplitRisks(data.time.numpy().astype(float), data.event.numpy().astype(int), risk, labels)
+
+
+def evidence_parser(doc: str, out: str, cohorts: Iterable[str], seeds: Iterable[int] = (0, 1, 2, 3, 4)
+                    ) -> argparse.ArgumentParser:
+    """The options every evidence command shares: seeds, cohorts, where the shared cohorts are, where the
+    runs go. ``doc``: the command's module docstring (its first paragraph is the description)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    p.add_argument("--cohorts", nargs="+", default=list(cohorts))
+    p.add_argument("--data-root", type=Path, default=Path("../shared/data"),
+                   help="the folder of the shared real cohorts (read only)")
+    p.add_argument("--out", type=Path, default=Path(out), help="where the runs and tables go (a finished run is reused)")
+    return p

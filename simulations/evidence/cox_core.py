@@ -31,7 +31,6 @@ splits hold 52-114 patients: differences under about 0.03-0.08 are within noise 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -39,7 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import cohort_for_seed, load_cohort, mean_sd, progress, run_cached, set_threads, write_results
+from .common import (
+    cohort_for_seed, evidence_parser, load_cohort, mean_sd, progress, run_cached,
+    set_threads, write_results,
+)
 from .features import pool_sites
 from .methods import PooledCox
 from ...core.baseline_hazard import breslow_baseline, time_grid
@@ -107,11 +109,7 @@ def goals(df: pd.DataFrame) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--cohorts", nargs="+", default=list(COHORTS))
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    p.add_argument("--out", type=Path, default=Path("runs/cox-core"))
+    p = evidence_parser(__doc__, "runs/cox-core", COHORTS, seeds=(0, 1, 2))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--network-alone-seeds", type=int, nargs="*", default=[0],
                    help="seeds that also run the network alone (no linear term)")

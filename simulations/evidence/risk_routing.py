@@ -24,14 +24,12 @@ TCGA cohorts (tens of patients x 6 patterns), so coverage and the capture ratio 
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-from pathlib import Path
 
 import pandas as pd
 
-from .common import cohort_for_seed, mean_sd, progress, run_cached, set_threads, write_results
+from .common import cohort_for_seed, evidence_parser, mean_sd, progress, run_cached, set_threads, write_results
 
 COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcga-kirp")
 FIGURES = {
@@ -119,11 +117,7 @@ def goals(df: pd.DataFrame) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--cohorts", nargs="+", default=list(COHORTS))
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    p.add_argument("--out", type=Path, default=Path("runs/risk-routing"))
+    p = evidence_parser(__doc__, "runs/risk-routing", COHORTS)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a run-config override for every run (e.g. routing-score=sigma2)")

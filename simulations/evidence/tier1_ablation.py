@@ -16,13 +16,11 @@ under about 0.02 are within noise. Writes OUT/tier1_ablation.md, .csv and _raw.c
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
 import pandas as pd
 
-from .common import cohort_for_seed, mean_sd, progress, set_threads, write_results
+from .common import cohort_for_seed, evidence_parser, mean_sd, progress, set_threads, write_results
 from .tier1_cohorts import DEFAULT_COHORTS, centralised_rmm
 
 ROWS: list[tuple[str, str, dict]] = [  # key, label, overrides
@@ -48,11 +46,7 @@ ROWS: list[tuple[str, str, dict]] = [  # key, label, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--cohorts", nargs="+", default=list(DEFAULT_COHORTS))
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    p.add_argument("--out", type=Path, default=Path("runs/tier1-ablation"))
+    p = evidence_parser(__doc__, "runs/tier1-ablation", DEFAULT_COHORTS)
     p.add_argument("--rows", nargs="*", default=[r[0] for r in ROWS], choices=[r[0] for r in ROWS])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     args = p.parse_args(argv)

@@ -27,14 +27,16 @@ Writes OUT/tier1_cohorts.md, .csv and _raw.csv.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
 
 import pandas as pd
 
-from .common import cohort_for_seed, load_cohort, mean_sd, progress, run_cached, set_threads, write_results
+from .common import (
+    cohort_for_seed, evidence_parser, load_cohort, mean_sd, progress, run_cached,
+    set_threads, write_results,
+)
 from .features import pool_sites
 from .methods import CompleteCaseCox, EarlyFusion, LateFusion, PooledCox, RidgeImputedCox
 from ...core.concordance import c_index
@@ -92,11 +94,7 @@ def goals(raw: pd.DataFrame) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--cohorts", nargs="+", default=list(DEFAULT_COHORTS))
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    p.add_argument("--out", type=Path, default=Path("runs/tier1-cohorts"))
+    p = evidence_parser(__doc__, "runs/tier1-cohorts", DEFAULT_COHORTS)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override for rmm")
     p.add_argument("--no-centralised", action="store_true", help="skip centralised rmm")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")

@@ -28,13 +28,11 @@ Prints a Markdown table (mean +- sd over seeds) and writes OUT/two_tier_goals.md
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 from scipy.stats import binom
 
-from .common import cohort_for_seed, mean_sd, progress, run_cached, set_threads, write_results
+from .common import cohort_for_seed, evidence_parser, mean_sd, progress, run_cached, set_threads, write_results
 
 DEFAULT_COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad")
 GOAL_SPEARMAN = {"default": 0.5}  # TCGA: 0.3
@@ -77,11 +75,7 @@ def collect(m: dict, cohort: str, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--cohorts", nargs="+", default=list(DEFAULT_COHORTS))
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    p.add_argument("--out", type=Path, default=Path("runs/goals"))
+    p = evidence_parser(__doc__, "runs/goals", DEFAULT_COHORTS)
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = leave as is)")
     p.add_argument("--cached-only", action="store_true", help="tabulate the finished runs under OUT only "
                    "(a cohort/seed without metrics.json is listed as not run)")
