@@ -22,21 +22,10 @@ class Pairs:
 
     prefix: str = ""
 
-    @property
-    def c_index(self) -> str:
-        return f"{self.prefix}c-index"
-
-    @property
-    def concordant(self) -> str:
-        return f"{self.prefix}pairs-concordant"
-
-    @property
-    def tied_risk(self) -> str:
-        return f"{self.prefix}pairs-tied-risk"
-
-    @property
-    def comparable(self) -> str:
-        return f"{self.prefix}pairs-comparable"
+    c_index = property(lambda self: f"{self.prefix}c-index")
+    concordant = property(lambda self: f"{self.prefix}pairs-concordant")
+    tied_risk = property(lambda self: f"{self.prefix}pairs-tied-risk")
+    comparable = property(lambda self: f"{self.prefix}pairs-comparable")
 
     @property
     def counts(self) -> tuple[str, str, str]:

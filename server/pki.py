@@ -40,21 +40,10 @@ class Pki:
 
     root: Path
 
-    @property
-    def ca_cert(self) -> Path:
-        return self.root / CA_CERT
-
-    @property
-    def ca_key(self) -> Path:
-        return self.root / CA_KEY
-
-    @property
-    def server_cert(self) -> Path:
-        return self.root / SERVER_CERT
-
-    @property
-    def server_key(self) -> Path:
-        return self.root / SERVER_KEY
+    ca_cert = property(lambda self: self.root / CA_CERT, doc="the CA certificate every hospital gets")
+    ca_key = property(lambda self: self.root / CA_KEY, doc="the CA's private key (stays with the coordinator)")
+    server_cert = property(lambda self: self.root / SERVER_CERT, doc="the SuperLink's certificate")
+    server_key = property(lambda self: self.root / SERVER_KEY, doc="the SuperLink's private key")
 
     def files(self) -> list[Path]:
         return [self.ca_cert, self.ca_key, self.server_cert, self.server_key]
