@@ -6,7 +6,7 @@
     rounds = 30
     strategy = "fedavg"                  # fedavg | fedprox | fedadam
     quantile = 0.95
-    min-sites = 3                        # sites a round needs (0 = all)
+    min-sites = 3                        # sites a round needs (0 = a majority)
     high-risk-contexts = ["oncology-staging"]
 
     [run]                                # any other RunConfig key, flat or nested
@@ -60,14 +60,29 @@ class Consortium(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True)
 
-    name: str = "rmm-consortium"
-    sites: list[str] = Field(min_length=1, description="site names the run waits for")
-    rounds: int | None = Field(None, ge=1)
-    strategy: Literal["fedavg", "fedprox", "fedadam"] | None = None
-    quantile: float | None = Field(None, gt=0.0, lt=1.0)
-    min_sites: int | None = Field(None, ge=0)
-    high_risk_contexts: list[str] | None = None
-    run: dict[str, Any] = Field(default_factory=dict, description="any RunConfig key, flat or nested")
+    name: str = Field("rmm-consortium", description="label of the consortium, shown by rmm-server when it "
+                      "submits the run; not passed to the run config")
+    sites: list[str] = Field(min_length=1, description="names of the participating sites (letters, digits, "
+                             "'-', '_', '.'; no duplicates): the run waits for this many sites (num-sites) and "
+                             "refuses a site not listed (expected-sites)")
+    rounds: int | None = Field(None, ge=1, description="Tier 1 federated rounds (RunConfig rounds); unset = "
+                               "[run] or the RunConfig default")
+    strategy: Literal["fedavg", "fedprox", "fedadam"] | None = Field(
+        None, description="how the coordinator aggregates the sites' weights each round (RunConfig strategy); "
+        "the other strategies can be set under [run]; unset = [run] or the RunConfig default")
+    quantile: float | None = Field(None, gt=0.0, lt=1.0, description="routing threshold theta = this quantile "
+                                   "of calibration uncertainty, in (0, 1) (RunConfig quantile); unset = [run] "
+                                   "or the RunConfig default")
+    min_sites: int | None = Field(None, ge=0, description="sites a round needs (RunConfig min-sites), at most "
+                                  "the number of sites listed; 0 = a majority of the accepted sites; unset = "
+                                  "[run] or the RunConfig default")
+    high_risk_contexts: list[str] | None = Field(None, description="patient contexts (patients.csv context "
+                                                 "column) always sent to Tier 2 when a modality is missing; "
+                                                 "non-empty labels without commas, joined into RunConfig "
+                                                 "high-risk-contexts; unset = [run] or the RunConfig default")
+    run: dict[str, Any] = Field(default_factory=dict, description="any other RunConfig key, flat "
+                                "('model.mc-samples') or as nested tables, with single values; not the keys "
+                                "set above nor those rmm-server sets itself (out-dir, num-sites, ...)")
 
     @field_validator("sites")
     @classmethod

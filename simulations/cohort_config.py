@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from rmmfed.core.errors import ConfigError
 
@@ -38,45 +38,112 @@ class CohortConfig(BaseModel):
     of the patient's sickness (a noisy reading of the true risk), multiplied by ``mnar_strength``.
     """
 
-    n_patients: int = 1679
-    site_names: list[str] = ["A", "B", "C", "D"]
-    site_fractions: Optional[list[float]] = None
-    dims: dict[str, int] = {"pathology": 64, "radiology": 32, "report": 24}
-    instances: Optional[dict[str, tuple[int, int]]] = None
-    seed: int = 0
+    n_patients: int = Field(1679, description="total number of synthetic patients over all sites, shared "
+                            "among the sites by site_fractions (largest remainder); at least 10 per site")
+    site_names: list[str] = Field(["A", "B", "C", "D"], description="the centers, unique alphanumeric names; "
+                                  "each is written to site-<name>/ and prefixes its patient ids (A0001, ...)")
+    site_fractions: Optional[list[float]] = Field(None, description="share of the patients at each site, in "
+                                                  "site_names order, positive and summing to 1; None = the paper's "
+                                                  "center sizes 700/450/330/199 of 1,679 for four sites, otherwise "
+                                                  "weights 0.75^i normalised")
+    dims: dict[str, int] = Field({"pathology": 64, "radiology": 32, "report": 24}, description="modality -> "
+                                 "feature width (columns of each instance); the keys are the modalities and "
+                                 "their folder names")
+    instances: Optional[dict[str, tuple[int, int]]] = Field(None, description="modality -> (min, max) instances "
+                                                            "per bag, both inclusive, drawn uniformly per patient; "
+                                                            "None = pathology (8, 48), radiology (4, 16), report "
+                                                            "(2, 6), any other modality (4, 16)")
+    seed: int = Field(0, description="seed of every random draw: the same config and seed give the same cohort")
     # latent state and risk
-    n_shared_factors: int = 4
-    n_specific_factors: int = 2
-    cross_modal_strength: float = 0.75
-    shared_risk_share: float = 0.65
-    risk_nonlinearity: float = 0.3
-    risk_sd: float = 1.7
-    specific_weights: Optional[dict[str, float]] = None
+    n_shared_factors: int = Field(4, description="S: shared disease factors per patient, N(0, 1), seen by every "
+                                  "modality (stage, grade, tumour burden, immune state; extra ones have linear "
+                                  "risk weight 0.4); >= 1 (with fewer than 3 there is no burden factor, so bag "
+                                  "composition no longer varies with the patient)")
+    n_specific_factors: int = Field(2, description="q: N(0, 1) factors per modality that only that modality "
+                                    "sees; they carry the specific part of the risk; >= 1")
+    cross_modal_strength: float = Field(0.75, description="c in [0, 1]: correlation between two modalities' views "
+                                        "of the same shared factor (l_k = sqrt(c) s + sqrt(1 - c) e_k); 0 = "
+                                        "independent modalities, nothing recoverable (the null setting), 1 = "
+                                        "every modality sees the same state")
+    shared_risk_share: float = Field(0.65, description="rho in [0, 1]: share of the true risk's variance carried "
+                                     "by the views of the shared factors; the rest comes from the "
+                                     "modality-specific factors")
+    risk_nonlinearity: float = Field(0.3, description="eta in [0, 1]: share of each view's risk term's variance "
+                                     "from its nonlinear part (stage x grade interaction and squared burden); "
+                                     "0 = a risk linear in the latents")
+    risk_sd: float = Field(1.7, description="SD of the true risk (log-hazard units), > 0; larger spreads the "
+                           "patients' hazards further and raises the oracle C-index")
+    specific_weights: Optional[dict[str, float]] = Field(None, description="modality -> weight w_k >= 0 of its "
+                                                         "own factors in the specific risk (normalised over "
+                                                         "modalities; at least one > 0); None = pathology 0.7, "
+                                                         "radiology 0.5, report 0.4, any other 0.5")
     # how modalities show it
-    map_hidden: int = 6
-    map_nonlinearity: float = 0.25
-    specific_expression: float = 0.5
-    burden_effect: float = 0.5
-    signal: Optional[dict[str, float]] = None
-    informative_fraction: Optional[dict[str, float]] = None
-    patient_noise: float = 0.15
-    instance_noise: float = 0.5
-    background_scale: float = 0.7
-    n_background_prototypes: int = 4
+    map_hidden: int = Field(6, description="H: outputs of each modality's fixed random map phi_k of its shared "
+                            "view, i.e. how many latent coordinates (besides the specific factors) the tumour "
+                            "instances express; >= 1")
+    map_nonlinearity: float = Field(0.25, description="nu in [0, 1]: share of phi_k from its tanh part rather "
+                                    "than its linear part; 0 = features linear in the latents")
+    specific_expression: float = Field(0.5, description="multiplier of the modality-specific factors in the code "
+                                       "the tumour instances express; 0 = those factors drive the risk but never "
+                                       "show in the features")
+    burden_effect: float = Field(0.5, description="log-odds increase of a bag's tumour-instance share per unit "
+                                 "(SD) of the modality's view of tumour burden; 0 = share independent of burden")
+    signal: Optional[dict[str, float]] = Field(None, description="modality -> multiplier of the latent code added "
+                                               "to its tumour instances (how far the latents stand out of the "
+                                               "noise); None = pathology 6.0, radiology 5.0, report 5.0, any "
+                                               "other 5.0")
+    informative_fraction: Optional[dict[str, float]] = Field(None, description="modality -> share in (0, 1] of "
+                                                             "tumour instances in a bag at average burden (every "
+                                                             "bag keeps at least one); None = pathology 0.25, "
+                                                             "radiology 0.40, report 0.60, any other 0.4")
+    patient_noise: float = Field(0.15, description="SD of a Gaussian offset drawn per patient and modality and "
+                                 "added to every instance of the bag (feature units, before the site's shift)")
+    instance_noise: float = Field(0.5, description="SD of the independent Gaussian noise on each feature of "
+                                  "each instance")
+    background_scale: float = Field(0.7, description="SD of the entries of each modality's background "
+                                    "prototypes: how far background instances lie from one another and "
+                                    "from the origin")
+    n_background_prototypes: int = Field(4, description="background prototypes per modality; each background "
+                                         "instance is one of them, picked uniformly, plus noise; >= 1")
     # centers
-    missing_rates: Optional[dict[str, dict[str, float]]] = None
-    mnar: Optional[dict[str, dict[str, float]]] = None
-    mnar_strength: float = 1.0
-    all_missing_fraction: float = 0.005
-    shift_strength: float = 0.5
-    scale_jitter: float = 0.2
+    missing_rates: Optional[dict[str, dict[str, float]]] = Field(None, description="site -> modality -> "
+                                                                 "marginal probability in [0, 1) that the "
+                                                                 "modality is absent for a patient of that site "
+                                                                 "(before the all-missing cases); None = a "
+                                                                 "built-in table, 0.10-0.45, repeating every "
+                                                                 "four sites")
+    mnar: Optional[dict[str, dict[str, float]]] = Field(None, description="site -> modality -> log-odds increase "
+                                                        "of that modality's missingness per SD of the patient's "
+                                                        "sickness (a noisy reading of the true risk), times "
+                                                        "mnar_strength; omitted entries are 0 (missing at "
+                                                        "random); None = per-site 0.5, 1.5, 1.0, 0.75 (cycled) "
+                                                        "times per-modality pathology 0.5, radiology 1.0, "
+                                                        "report 0.8 (others 0.8)")
+    mnar_strength: float = Field(1.0, description="multiplier >= 0 of every mnar value; 0 = missingness at "
+                                 "random (the marginal missing_rates are kept either way)")
+    all_missing_fraction: float = Field(0.005, description="share in [0, 1) of each site's patients (at least "
+                                        "one when > 0) who lose every modality, on top of the per-modality "
+                                        "masks: the cases the pipeline must abstain on")
+    shift_strength: float = Field(0.5, description="SD of the per-site offset drawn per modality and feature "
+                                  "column and added to every written instance (scanner/protocol batch effect)")
+    scale_jitter: float = Field(0.2, description="SD of the log of the per-site scale drawn per modality and "
+                                "feature column, applied before the offset; 0 = same scale at every site")
     # survival and splits
-    weibull_shape: float = 1.3
-    median_time: float = 60.0
-    event_rate: float = 0.5
-    admin_quantile: float = 0.8
-    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    high_risk_fraction: float = 0.05
+    weibull_shape: float = Field(1.3, description="shape k > 0 of the Weibull proportional-hazards event times; "
+                                 "k > 1: hazard rising with time, k = 1: exponential times")
+    median_time: float = Field(60.0, description="median true event time, in the cohort's time unit (months), "
+                               "to which the event times are rescaled; > 0")
+    event_rate: float = Field(0.5, description="target fraction of patients with an observed event; the random "
+                              "censoring rate is solved to hit it; 0 < event_rate < admin_quantile")
+    admin_quantile: float = Field(0.8, description="administrative censoring at this quantile of the true event "
+                                  "times (end of follow-up); in (event_rate, 1], 1 = censored only at the "
+                                  "longest time")
+    split_fractions: tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="(train, val, test) "
+                                                        "shares within each site, stratified by event status, "
+                                                        ">= 0 and summing to 1 (the split column)")
+    high_risk_fraction: float = Field(0.05, description="share in [0, 1) of each site's patients, picked at "
+                                      "random regardless of risk, whose context is 'oncology-staging' instead "
+                                      "of 'routine' in patients.csv")
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> "CohortConfig":

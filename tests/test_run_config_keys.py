@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from rmmfed.core.config import RENAMED_KEYS, RunConfig
 from rmmfed.core.errors import ConfigError
 from rmmfed.core.site_policy import SitePolicy
+from rmmfed.server.consortium import Consortium
+from rmmfed.simulations.cohort_config import CohortConfig
 
 
 def _undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -26,7 +28,7 @@ def _undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("model", [RunConfig, SitePolicy], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", [RunConfig, SitePolicy, CohortConfig, Consortium], ids=lambda m: m.__name__)
 def test_every_config_field_has_a_description(model):
     missing = _undescribed(model)
     assert not missing, f"{model.__name__} fields without a description: {', '.join(missing)}"
