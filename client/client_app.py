@@ -37,7 +37,6 @@ from ..core.site_policy import PolicyViolation
 from ..core.noised_release import ReleaseNoise
 from ..core.site_session import SiteSession
 from ..core.site_seed import site_seed
-from ..core.two_tier import RiskScale
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
 from ..flower.packing import packing_mod
@@ -79,10 +78,6 @@ def state_dir(context: Context, site_folder: str, default: str | Path | None = N
         return Path(default) / Path(site_folder).name
     ledger = str(context.node_config.get("ledger", "") or "")
     return Path(ledger).parent if ledger else Path(site_folder) / ".rmm-state"
-
-
-def _scale(r: P.Routing) -> RiskScale:
-    return RiskScale(*r.scale)
 
 
 def _enough(n: int, k: int, what: str) -> None:
@@ -343,8 +338,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         if req.tier2_weights:
             check_weights(s, req.tier2_weights, "tier2", "risk-groups weights", rp)
         def compute(noise):
-            merged = s.risk_group_release(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing),
-                                          floor_of(rp, s), req.grid, use_tier2=req.routing.tier2_used, noise=noise)
+            merged = s.risk_group_release(req.tier2_weights, req.fitted, floor_of(rp, s), req.grid, noise=noise)
             return P.HistogramReply(merged.to_arrays(), {M.NOISED: noise.epsilon} if noise else {})
         return released(context, rp, s, "risk-groups", repr(req.grid), r, compute)
 
@@ -356,11 +350,11 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         k = floor_of(rp, s)
         _enough(len(s.data.indices("test")), k, "test metrics")
         pin(context, rp, "evaluation", "", r)
-        if req.baseline is not None:
-            rp.check_time_grid(req.baseline[0])
-            check_baseline(*req.baseline)
-        metrics = s.evaluate(req.tier2_weights, req.routing.theta, req.routing.bound, _scale(req.routing), k,
-                             use_tier2=req.routing.tier2_used, baseline=req.baseline, plan=req.plan)
+        hz = req.fitted.baseline_hazard_
+        if hz is not None:
+            rp.check_time_grid(hz.times)
+            check_baseline(hz.times, hz.cumhaz)
+        metrics = s.evaluate(req.tier2_weights, req.fitted, k, thresholds=req.thresholds)
         # the run's last message: release the site's data and models (a retried evaluation rebuilds the
         # session from the Flower state, which keeps the config, the statistics and the frozen Tier 1)
         sessions.release(context.run_id, site_dir(context, site_dirs))

@@ -141,13 +141,12 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
                                "Fix: pass patient_id values exactly as written in patients.csv")
         sel = np.array([index[p] for p in patient_ids], dtype=np.int64)
 
-    gate = bundle.gate
-    pred = predict_two_tier(tier1, tier2, data, cfg, theta=bundle.theta, bound=bundle.abstain_bound,
-                            scale=bundle.risk_scale, seed=seed, use_tier2=gate.open, with_interval=True)
+    fitted = bundle.fitted
+    pred = predict_two_tier(tier1, tier2, data, cfg, fitted=fitted, seed=seed, with_interval=True)
     names = pred.route_names
     system = pred.system_risk
-    if bundle.risk_cutpoints is not None:
-        cuts, basis = np.asarray(bundle.risk_cutpoints, dtype=np.float64), "training tertiles"
+    if fitted.cutpoints_ is not None:
+        cuts, basis = np.asarray(fitted.cutpoints_, dtype=np.float64), "training tertiles"
     else:
         finite = system[np.isfinite(system)]
         cuts = np.quantile(finite, [1 / 3, 2 / 3]) if len(finite) >= 3 else None
@@ -161,12 +160,11 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
         att = integrated_gradients(tier1, list(sub.x), list(sub.inst_mask), sub.present, steps=steps)
         attr_of = {int(i): r for r, i in enumerate(explain)}
 
-    hz = bundle.baseline_hazard
-    scale = bundle.risk_scale
+    hz = fitted.baseline_hazard_
+    scale = fitted.risk_scale_
     present = data.present.cpu().numpy()
     exams = exam_values(tier1, data, seed=seed + 11, mean=scale.tier1_mean, sd=scale.tier1_std,
                         cutpoints=None if cuts is None else list(cuts))
-    conf = bundle.conformal or {}
     records = []
     for i in sel:
         i = int(i)
@@ -176,7 +174,7 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
         miss = [m for k, m in enumerate(mods) if not present[i, k]]
         if abstained:
             recovered, by = [], None
-        elif route == TIER2 and tier2 is not None and gate.open:
+        elif route == TIER2 and tier2 is not None and fitted.tier2_used:
             recovered, by = miss, "tier2 diffusion recovery"
         elif route == TIER2 and tier2 is not None:
             recovered = miss
@@ -199,18 +197,17 @@ def predict_site(bundle: ModelBundle, site: SiteData, *, patient_ids: Sequence[s
             "risk_interval_basis": pred.interval_basis[i], "risk_group": group, "risk_group_basis": basis if group is not None else None,
             "tier1_risk": None if abstained else _num(pred.tier1_risk[i]),
             "tier2_risk": None if abstained or not referred else _num(pred.tier2_risk[i]),
-            "sigma2": _num(pred.sigma2[i]), "theta": _num(bundle.theta),
+            "sigma2": _num(pred.sigma2[i]), "theta": _num(fitted.theta_),
             "tier2_uncertainty": _num(pred.tier2_uncertainty[i]) if referred else None,
-            "abstain_bound": _num(bundle.abstain_bound) if referred else None,
+            "abstain_bound": _num(fitted.abstain_bound_) if referred else None,
             "modalities_present": pres, "modalities_missing": miss, "modalities_recovered": recovered,
             "recovered_by": by,
         }
-        q = (conf.get("q_hat") or {}).get(str(pred.draw_tier[i]))
-        q = math.nan if q is None else float(q)  # a bundle stores an infinite q-hat as null
+        q = fitted.conformal_q_.get(str(pred.draw_tier[i]), math.nan)  # absent: that tier has no q-hat
         shown = not abstained and bool(miss) and math.isfinite(q)
         rec["risk_conformal_interval"] = [_num(pred.draw_mean[i] - q * pred.draw_sd[i]),
                                           _num(pred.draw_mean[i] + q * pred.draw_sd[i])] if shown else None
-        rec["risk_conformal_coverage"] = 1.0 - float(conf["alpha"]) if shown else None
+        rec["risk_conformal_coverage"] = 1.0 - fitted.conformal_alpha_ if shown else None
         rec["which_exam"] = exams[i] if not abstained else []
         rec["survival"] = _survival(hz, None if risk is None else scale.tier1_mean + scale.tier1_std * risk, horizons)
         if i in attr_of and att is not None:

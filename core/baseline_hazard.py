@@ -27,11 +27,15 @@ run's ``min-stat-count`` rule before sending.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import numpy as np
+import torch
 
-from .errors import SurvivalInputError
+from .errors import FittedTwoTierError, SurvivalInputError
 
-__all__ = ["time_grid", "local_hazard_sums", "add_hazard_sums", "baseline_from_sums", "breslow_baseline",
+__all__ = ["BaselineHazard", "time_grid", "local_hazard_sums", "add_hazard_sums", "baseline_from_sums", "breslow_baseline",
            "survival_curve", "median_survival", "survival_at", "cumhaz_at"]
 
 
@@ -133,3 +137,29 @@ def survival_at(risk: np.ndarray | float, horizons: np.ndarray | list[float], gr
     h_at = cumhaz_at(np.asarray(horizons, dtype=np.float64), grid, H0)
     r = np.asarray(risk, dtype=np.float64)
     return np.exp(-np.multiply.outer(np.exp(r), h_at))
+
+
+@dataclass(eq=False)
+class BaselineHazard:
+    """Breslow baseline cumulative hazard H0 at grid times, for the risk named by ``risk``."""
+
+    times: np.ndarray  # [G] strictly increasing
+    cumhaz: np.ndarray  # [G] non-decreasing
+    risk: str = "tier1"  # which log-hazard it belongs to (Tier 1's raw risk)
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"times": torch.as_tensor(np.asarray(self.times, dtype=np.float64)),
+                "cumhaz": torch.as_tensor(np.asarray(self.cumhaz, dtype=np.float64)), "risk": self.risk}
+
+    @classmethod
+    def from_plain(cls, d: Mapping[str, Any]) -> "BaselineHazard":
+        times, cumhaz = (np.asarray(d[k].detach().cpu().numpy() if isinstance(d[k], torch.Tensor) else d[k],
+                                    dtype=np.float64) for k in ("times", "cumhaz"))
+        if times.ndim != 1 or times.shape != cumhaz.shape or len(times) == 0 or np.any(np.diff(times) <= 0):
+            raise FittedTwoTierError("baseline_hazard: 'times' must be a strictly increasing 1-D array with one "
+                                     "'cumhaz' value each. Fix: re-estimate the baseline hazard (federated Breslow sums)")
+        return cls(times, cumhaz, str(d.get("risk", "tier1")))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, BaselineHazard) and self.risk == other.risk
+                and np.array_equal(self.times, other.times) and np.array_equal(self.cumhaz, other.cumhaz))

@@ -16,16 +16,19 @@ tier2                Tier 2 state dict or None (Tier 1 only run)
 feature_stats        {"<modality>.mean"|".std"|".anat-mu"|".anat-sigma": tensor}
 modalities           {modality: dim} in the model's order
 config               flat run config (RunConfig.to_flat)
-theta                routing threshold on Tier 1 sigma^2
+theta                routing threshold on the routing score (config's routing-score)
 abstain_bound        bound on Tier 2 uncertainty (inf = never abstain for it)
 risk_scale           {"tier1_mean", "tier1_std", "tier2_mean", "tier2_std"}
 baseline_hazard      None or {"times": [G], "cumhaz": [G], "risk": "tier1"} (Breslow, federated)
 risk_cutpoints       None or [2] tertile cut points of the training system risk
 tier2_gate           None or the run's gate (core/tier2_gate.py): {"open", "reason", figures}; absent
                      = open (bundles from before the gate)
+conformal            None or {"alpha", "q_hat": {tier: q}} (core/conformal.py)
 model_card           {"sites", "per_site", "c_index", "n_patients_test", "date", ...}
 ===================  ===========================================================================
 
+The keys from ``theta`` to ``conformal`` are ONE object, the run's fitted two-tier decision
+(core/fitted_two_tier.FittedTwoTier: ``to_bundle`` / ``from_bundle``), :attr:`ModelBundle.fitted`.
 A run writes its ``model.pt`` in this format (server/outputs.py); ``bundle_from_run_dir`` reads a
 run folder (its model card refreshed from ``metrics.json``), and also a plain ``model.pt`` dict of the run's
 keys (``RUN_MODEL_KEYS``) without the bundle's ``format``. Every reader goes through :func:`load_model`.
@@ -52,8 +55,8 @@ from .feature_stats import FeatureStats
 from .tier1 import Tier1Model, build_model
 from .tier2 import Tier2Model, build_tier2
 from .model_card import model_card_from_metrics, plain
+from .fitted_two_tier import FittedTwoTier
 from .tier2_gate import Tier2Gate
-from .two_tier import RiskScale
 
 BUNDLE_FORMAT = "rmm-model-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -80,46 +83,20 @@ def _major_minor(version: str) -> tuple[str, ...]:
 
 
 @dataclass
-class BaselineHazard:
-    """Breslow baseline cumulative hazard H0 at grid times, for the risk named by ``risk``."""
-
-    times: np.ndarray  # [G] strictly increasing
-    cumhaz: np.ndarray  # [G] non-decreasing
-    risk: str = "tier1"  # which log-hazard it belongs to (Tier 1's raw risk)
-
-    def to_plain(self) -> dict[str, Any]:
-        return {"times": torch.as_tensor(np.asarray(self.times, dtype=np.float64)),
-                "cumhaz": torch.as_tensor(np.asarray(self.cumhaz, dtype=np.float64)), "risk": self.risk}
-
-    @classmethod
-    def from_plain(cls, d: Mapping[str, Any]) -> "BaselineHazard":
-        times, cumhaz = _np(d["times"]).astype(np.float64), _np(d["cumhaz"]).astype(np.float64)
-        if times.ndim != 1 or times.shape != cumhaz.shape or len(times) == 0 or np.any(np.diff(times) <= 0):
-            raise BundleError("baseline_hazard: 'times' must be a strictly increasing 1-D array with one "
-                              "'cumhaz' value each. Fix: re-estimate the baseline hazard (federated Breslow sums)")
-        return cls(times, cumhaz, str(d.get("risk", "tier1")))
-
-
-@dataclass
 class ModelBundle:
     tier1: dict[str, torch.Tensor]
     tier2: dict[str, torch.Tensor] | None
     feature_stats: dict[str, np.ndarray]
     modalities: dict[str, int]
     config: dict[str, Any]  # flat run config
-    theta: float
-    abstain_bound: float
-    risk_scale: RiskScale
+    fitted: FittedTwoTier  # theta, abstention bound, risk scale, gate, cut points, q-hats, baseline hazard
     rmm_version: str
-    baseline_hazard: BaselineHazard | None = None
-    risk_cutpoints: list[float] | None = None  # tertile cut points of the TRAINING system risk, if known
     model_card: dict[str, Any] = field(default_factory=dict)
-    tier2_gate: dict[str, Any] | None = None  # core/tier2_gate.Tier2Gate.to_dict(); None = open (no gate saved)
-    conformal: dict[str, Any] | None = None  # {"alpha", "q_hat": {tier: q}} (core/conformal.py); None: no intervals
 
     @property
     def gate(self) -> Tier2Gate:
-        return Tier2Gate.from_dict(self.tier2_gate)
+        """The run's gate; a bundle from before the gate behaves as it did (open)."""
+        return self.fitted.gate_ if self.fitted.gate_ is not None else Tier2Gate.from_dict(None)
 
     # ---- views --------------------------------------------------------------------------
     @property
@@ -163,13 +140,7 @@ class ModelBundle:
             "tier2": None if self.tier2 is None else {k: v.detach().cpu().clone() for k, v in self.tier2.items()},
             "feature_stats": {k: torch.as_tensor(np.asarray(v)) for k, v in self.feature_stats.items()},
             "modalities": {str(k): int(v) for k, v in self.modalities.items()},
-            "config": dict(self.config), "theta": float(self.theta), "abstain_bound": float(self.abstain_bound),
-            "risk_scale": {k: float(v) for k, v in vars(self.risk_scale).items()},
-            "baseline_hazard": None if self.baseline_hazard is None else self.baseline_hazard.to_plain(),
-            "risk_cutpoints": None if self.risk_cutpoints is None else [float(c) for c in self.risk_cutpoints],
-            "model_card": plain(self.model_card),
-            "tier2_gate": None if self.tier2_gate is None else plain(self.tier2_gate),
-            "conformal": None if self.conformal is None else plain(self.conformal),
+            "config": dict(self.config), **self.fitted.to_bundle(), "model_card": plain(self.model_card),
         }
 
 
@@ -186,22 +157,15 @@ def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what:
                           f"({first}). Fix: re-export the bundle from the run that trained it") from None
 
 
-def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, theta: float,
-                tier2: Tier2Model | None = None, abstain_bound: float = float("inf"),
-                risk_scale: RiskScale | None = None, baseline_hazard: BaselineHazard | None = None,
-                risk_cutpoints: list[float] | None = None, model_card: Mapping[str, Any] | None = None,
-                tier2_gate: Mapping[str, Any] | None = None, conformal: Mapping[str, Any] | None = None) -> ModelBundle:
-    """A bundle from trained models and the run's statistics/config (what a server writes at the end)."""
+def make_bundle(tier1: Tier1Model, stats: FeatureStats, cfg: RunConfig, *, fitted: FittedTwoTier,
+                tier2: Tier2Model | None = None, model_card: Mapping[str, Any] | None = None) -> ModelBundle:
+    """A bundle from trained models, the run's statistics/config and its fitted two-tier decision."""
     return ModelBundle(
         tier1={k: v.detach().cpu().clone() for k, v in tier1.state_dict().items()},
         tier2=None if tier2 is None else {k: v.detach().cpu().clone() for k, v in tier2.state_dict().items()},
         feature_stats={k: np.asarray(v) for k, v in stats.to_arrays().items()},
-        modalities=stats.input_dims(), config=cfg.to_flat(),
-        theta=float(theta), abstain_bound=float(abstain_bound), risk_scale=risk_scale or RiskScale(),
-        rmm_version=installed_version(), baseline_hazard=baseline_hazard,
-        risk_cutpoints=None if risk_cutpoints is None else [float(c) for c in risk_cutpoints],
-        model_card=dict(model_card or {}), tier2_gate=None if tier2_gate is None else dict(tier2_gate),
-        conformal=None if conformal is None else dict(conformal))
+        modalities=stats.input_dims(), config=cfg.to_flat(), fitted=fitted, rmm_version=installed_version(),
+        model_card=dict(model_card or {}))
 
 
 # ---- save / load ---------------------------------------------------------------------------
@@ -271,11 +235,10 @@ def load_bundle(path: str | Path) -> ModelBundle:
     if int(raw["format_version"]) > BUNDLE_FORMAT_VERSION:
         raise BundleVersionError(f"{p}: bundle format {raw['format_version']} is newer than this rmm understands "
                                  f"({BUNDLE_FORMAT_VERSION}). Fix: upgrade rmmfed")
-    return _from_raw(raw, p, model_card=raw.get("model_card") or {},
-                     baseline=raw.get("baseline_hazard"), cutpoints=raw.get("risk_cutpoints"))
+    return _from_raw(raw, p, model_card=raw.get("model_card") or {})
 
 
-def _from_raw(raw: Mapping[str, Any], path: Path, *, model_card: dict, baseline: Any, cutpoints: Any) -> ModelBundle:
+def _from_raw(raw: Mapping[str, Any], path: Path, *, model_card: dict) -> ModelBundle:
     modalities = {str(k): int(v) for k, v in dict(raw["modalities"]).items()}
     stats = {str(k): _np(v) for k, v in dict(raw["feature_stats"]).items()}
     _check_schema_consistency(modalities, stats, path)
@@ -287,23 +250,15 @@ def _from_raw(raw: Mapping[str, Any], path: Path, *, model_card: dict, baseline:
         RunConfig.from_flat(config)
     except RmmError as exc:
         raise BundleError(f"{path}: the stored run config is not valid for rmm {installed_version()} ({exc})") from None
-    rs = raw["risk_scale"]
-    scale = RiskScale(**{k: float(v) for k, v in dict(rs).items()}) if isinstance(rs, Mapping) else RiskScale()
-    cuts = None
-    if cutpoints is not None:
-        cuts = [float(c) for c in cutpoints]
-        if len(cuts) != 2 or not cuts[0] <= cuts[1]:
-            raise BundleError(f"{path}: risk_cutpoints must be two increasing numbers. Fix: re-export the bundle")
+    try:
+        fitted = FittedTwoTier.from_bundle({**raw, "config": config})
+    except RmmError as exc:
+        raise BundleError(f"{path}: {exc} (or re-export the bundle from the run that trained it)") from None
     return ModelBundle(
         tier1={k: torch.as_tensor(v) for k, v in dict(raw["tier1"]).items()},
         tier2=None if raw.get("tier2") is None else {k: torch.as_tensor(v) for k, v in dict(raw["tier2"]).items()},
-        feature_stats=stats, modalities=modalities, config=config,
-        theta=float(raw["theta"]), abstain_bound=float(raw["abstain_bound"]), risk_scale=scale,
-        rmm_version=str(raw["rmm_version"]),
-        baseline_hazard=None if baseline is None else BaselineHazard.from_plain(baseline),
-        risk_cutpoints=cuts, model_card=dict(model_card),
-        tier2_gate=None if raw.get("tier2_gate") is None else dict(raw["tier2_gate"]),
-        conformal=None if raw.get("conformal") is None else dict(raw["conformal"]))
+        feature_stats=stats, modalities=modalities, config=config, fitted=fitted,
+        rmm_version=str(raw["rmm_version"]), model_card=dict(model_card))
 
 
 def bundle_from_run_dir(run_dir: str | Path) -> ModelBundle:
@@ -332,8 +287,7 @@ def bundle_from_run_dir(run_dir: str | Path) -> ModelBundle:
     filled = dict(raw)
     filled.setdefault("abstain_bound", float("inf"))
     filled.setdefault("risk_scale", {})
-    return _from_raw(filled, model_pt, model_card=card, baseline=raw.get("baseline_hazard"),
-                     cutpoints=raw.get("risk_cutpoints"))
+    return _from_raw(filled, model_pt, model_card=card)
 
 
 def _card_from(metrics_path: Path) -> dict[str, Any] | None:

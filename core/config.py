@@ -224,9 +224,9 @@ class RunConfig(_Strict):
                                    "replies to one request (a round, a histogram, ...); a site that has not "
                                    "answered by then is left out of it")
     flower_tuning: bool = Field(True, description="deployment: the coordinator's Grid polls for replies every 0.2 s "
-                                "instead of Flower's 3 s (server/flower_internals.py; Flower 1.41 only)")
+                                "instead of Flower's 3 s (flower/grid.py; Flower 1.41 only)")
     pack_weights: bool = Field(True, description="deployment, with flower-tuning: every multi-array weight record "
-                               "travels as one packed array (core/packed_arrays.py)")
+                               "travels as one packed array (flower/packed_arrays.py)")
     min_stat_count: int = Field(5, ge=1, description="a site sends feature sums only over >= this many patients")
     quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")
     routing_score: Literal["risk-sd", "sigma2"] = Field(

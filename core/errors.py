@@ -50,3 +50,8 @@ class HistogramError(RmmError):
 
 class InstanceBudgetError(RmmError):
     """A site's bags, kept whole at the width the model reads, would not fit the memory budget."""
+
+
+class FittedTwoTierError(RmmError):
+    """A fitted two-tier decision (core/fitted_two_tier.py) holds a value it cannot route with; the
+    message names the field and the fix."""

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import metric_names as M
-from .routing import Routing  # noqa: F401 - travels in risk-group and evaluation requests
+from .fitted_two_tier import FittedTwoTier  # noqa: F401 - travels in risk-group and evaluation requests
 from .survival_metrics import SURVIVAL_METRICS
 from .schema import decode_schema, encode_schema  # noqa: F401 - the protocol's schema strings
 from .tier2_gate import VALIDATION_KEYS
@@ -103,7 +103,7 @@ def _arrays(records: Records, name: str) -> dict[str, np.ndarray]:
 
 # ---- requests (server -> site): core/protocol_requests.py ------------------------------------------
 from .protocol_requests import (  # noqa: E402,F401 - every request travels under this module's name
-    ConformalRequest, CoxRequest, EvaluateRequest, EvaluationPlan, FreezeRequest, GridRequest, HazardRequest,
+    ConformalRequest, CoxRequest, EvaluateRequest, FreezeRequest, GridRequest, HazardRequest,
     RiskGroupsRequest, RoundRequest, SetupRequest, StatsRequest, Tier2CalibrationRequest)
 
 

@@ -3,13 +3,13 @@ Each phase's record names and the replies: core/protocol.py, which exports these
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .histogram import HistogramGrid
-from .routing import Routing
+from .fitted_two_tier import FittedTwoTier
 from .schema import decode_schema, encode_schema
 
 from .record_names import ARRAYS, CONFIG, COX_RECORD, HAZARD_RECORD, PLAN_RECORD, STATS_RECORD, SURVIVAL_RECORD, Records
@@ -142,42 +142,20 @@ class ConformalRequest:
 
 
 @dataclass
-class EvaluationPlan:
-    """What an evaluation measures beyond routing: each tier's conformal q-hat (NaN: not calibrated),
-    the risk groups' cut points on the system scale (NaN: none), and the routing-score thresholds of the
-    risk-coverage curve (at most metric_names.KEPT_LEVELS)."""
-
-    conformal_q: tuple[float, float] = (float("nan"), float("nan"))
-    cutpoints: tuple[float, ...] = ()
-    thresholds: tuple[float, ...] = ()
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"conformal-q": np.asarray(self.conformal_q, np.float64),
-                "cutpoints": np.asarray(self.cutpoints, np.float64), "thresholds": np.asarray(self.thresholds, np.float64)}
-
-    @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> "EvaluationPlan":
-        q = np.asarray(a.get("conformal-q", [np.nan, np.nan]), np.float64).ravel()
-        q = np.concatenate([q, [np.nan, np.nan]])[:2]
-        return cls((float(q[0]), float(q[1])), tuple(float(v) for v in np.asarray(a.get("cutpoints", []), np.float64).ravel()),
-                   tuple(float(v) for v in np.asarray(a.get("thresholds", []), np.float64).ravel()))
-
-
-@dataclass
 class RiskGroupsRequest:
     """The training patients' two-tier system risk on ``grid`` (for the risk groups' tertiles)."""
 
     tier2_weights: dict[str, np.ndarray] | None
     grid: HistogramGrid
-    routing: Routing
+    fitted: FittedTwoTier  # its scalars travel (FittedTwoTier.to_config): the cut points are what this asks for
 
     def to_records(self) -> Records:
-        return {ARRAYS: dict(self.tier2_weights or {}), CONFIG: {**self.grid.to_config(), **self.routing.to_config()}}
+        return {ARRAYS: dict(self.tier2_weights or {}), CONFIG: {**self.grid.to_config(), **self.fitted.to_config()}}
 
     @classmethod
     def from_records(cls, r: Records) -> "RiskGroupsRequest":
         c = r[CONFIG]
-        return cls(_arrays(r, ARRAYS) or None, HistogramGrid.from_config(dict(c)), Routing.from_config(c))
+        return cls(_arrays(r, ARRAYS) or None, HistogramGrid.from_config(dict(c)), FittedTwoTier.from_records({CONFIG: c}))
 
 
 @dataclass
@@ -211,21 +189,23 @@ class CoxRequest:
 
 @dataclass
 class EvaluateRequest:
+    """The evaluation: Tier 2's weights, the whole fitted decision (its baseline hazard gives the survival
+    metrics, its q-hats and cut points the coverage and which-exam sums), and the routing-score
+    ``thresholds`` of the risk-coverage curve (at most metric_names.KEPT_LEVELS)."""
+
     tier2_weights: dict[str, np.ndarray] | None
-    routing: Routing
-    baseline: tuple[np.ndarray, np.ndarray] | None = None  # Tier 1's Breslow (grid, cumhaz): survival metrics
-    plan: EvaluationPlan = field(default_factory=EvaluationPlan)
+    fitted: FittedTwoTier
+    thresholds: tuple[float, ...] = ()
 
     def to_records(self) -> Records:
-        surv = {SURVIVAL_RECORD: {"grid": np.asarray(self.baseline[0], np.float64),
-                                  "cumhaz": np.asarray(self.baseline[1], np.float64)}} if self.baseline else {}
-        return {ARRAYS: dict(self.tier2_weights or {}),
-                CONFIG: {**self.routing.to_config(), "has-tier2": self.tier2_weights is not None}, **surv,
-                PLAN_RECORD: self.plan.to_arrays()}
+        r = self.fitted.to_records()
+        r[CONFIG] = {**r[CONFIG], "has-tier2": self.tier2_weights is not None}
+        r[PLAN_RECORD] = {**r[PLAN_RECORD], "thresholds": np.asarray(self.thresholds, np.float64)}
+        return {ARRAYS: dict(self.tier2_weights or {}), **r}
 
     @classmethod
     def from_records(cls, r: Records) -> "EvaluateRequest":
-        c, surv = r[CONFIG], _arrays(r, SURVIVAL_RECORD)
-        baseline = (surv["grid"], surv["cumhaz"]) if {"grid", "cumhaz"} <= set(surv) else None
-        return cls(_arrays(r, ARRAYS) if bool(c["has-tier2"]) else None, Routing.from_config(c), baseline,
-                   EvaluationPlan.from_arrays(_arrays(r, PLAN_RECORD)))
+        c, plan = r[CONFIG], _arrays(r, PLAN_RECORD)
+        fitted = FittedTwoTier.from_records({CONFIG: c, PLAN_RECORD: plan, SURVIVAL_RECORD: _arrays(r, SURVIVAL_RECORD)})
+        return cls(_arrays(r, ARRAYS) if bool(c["has-tier2"]) else None, fitted,
+                   tuple(float(v) for v in np.asarray(plan.get("thresholds", []), np.float64).ravel()))

@@ -12,13 +12,10 @@ Every decision carries its reason (and its flags).
 from __future__ import annotations
 
 from collections import Counter
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import numpy as np
 
-from . import metric_names as M
 
 TIER1, TIER2, ABSTAIN = "tier1", "tier2", "abstain"
 
@@ -60,24 +57,3 @@ def route_all(sigma2: np.ndarray, contexts: list[str] | tuple[str, ...], any_pre
 def route_counts(routes: list[Route]) -> dict[str, int]:
     c = Counter(r.route for r in routes)
     return {TIER1: c.get(TIER1, 0), TIER2: c.get(TIER2, 0), ABSTAIN: c.get(ABSTAIN, 0)}
-
-
-@dataclass
-class Routing:
-    """What a site needs to route patients: theta, the abstention bound, the risk scales, the gate."""
-
-    theta: float
-    bound: float = math.inf
-    scale: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # RiskScale: tier1 mean, std, tier2 mean, std
-    tier2_used: bool = True  # the gate: False keeps Tier 1's risk for the referred
-
-    _SCALE = ("scale-tier1-mean", "scale-tier1-std", "scale-tier2-mean", "scale-tier2-std")
-
-    def to_config(self) -> dict[str, Any]:
-        return {"theta": float(self.theta), "bound": float(self.bound), M.TIER2_USED: bool(self.tier2_used),
-                **dict(zip(self._SCALE, map(float, self.scale)))}
-
-    @classmethod
-    def from_config(cls, c: Mapping[str, Any]) -> "Routing":
-        return cls(float(c["theta"]), float(c["bound"]), tuple(float(c[k]) for k in cls._SCALE),
-                   bool(c.get(M.TIER2_USED, True)))

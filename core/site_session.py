@@ -34,7 +34,8 @@ from .train import TrainResult, predict_risk, round_lr, train_tier1
 from .tier2 import Tier2Model, build_tier2
 from .tier2_train import predict_tier2, train_tier2
 from .tier2_gate import VALIDATION_KEYS
-from .two_tier import RiskScale, predict_two_tier, recovery_errors
+from .fitted_two_tier import FittedTwoTier
+from .two_tier import predict_two_tier, recovery_errors
 from .conformal import sd_sums, site_scores as conformal_site_scores
 from .risk_uncertainty_evaluation import conformal_sums, floored as _floored, kept_sums, voi_sums
 from .routing_score import calibration_scores
@@ -158,15 +159,14 @@ class SiteSession:
         return self.merged_release(grid, values, _pattern_patients(values, len(self.dims)), k,
                                    "Tier 2 calibration histogram", half), sums
 
-    def risk_group_release(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float,
-                           scale: RiskScale, k: int, grid: HistogramGrid = RISK_GRID, use_tier2: bool = True,
-                           noise: ReleaseNoise | None = None) -> MergedBins:
+    def risk_group_release(self, tier2_weights: dict[str, np.ndarray] | None, fitted: FittedTwoTier, k: int,
+                           grid: HistogramGrid = RISK_GRID, noise: ReleaseNoise | None = None) -> MergedBins:
         """exp(two-tier system risk) of the training patients on ``grid`` (the server's, normally
         ``risk_groups.RISK_GRID``), merged to the floor: for the federated tertiles of the risk groups."""
         assert self.cfg is not None
         tier2 = self.tier2_model(tier2_weights) if tier2_weights else None
-        risk = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, theta=theta, bound=bound,
-                                scale=scale, seed=self.cfg.seed, use_tier2=use_tier2).system_risk
+        risk = predict_two_tier(self._tier1(), tier2, self._split("train"), self.cfg, fitted=fitted,
+                                seed=self.cfg.seed).system_risk
         keep = np.isfinite(risk)
         return self.merged_release(grid, np.exp(np.clip(risk[keep], -50.0, 50.0)), np.flatnonzero(keep), k,
                                    "risk-group histogram", noise)
@@ -324,9 +324,8 @@ class SiteSession:
                 M.VAL_PLL: float(pll), M.VAL_EVENTS: float(val.event.sum())}
 
     # ---- phase 5: evaluation -----------------------------------------------------------
-    def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, theta: float, bound: float = float("inf"),
-                 scale: RiskScale | None = None, k: int = 1, use_tier2: bool = True,
-                 baseline: tuple[np.ndarray, np.ndarray] | None = None, plan=None) -> dict[str, float]:
+    def evaluate(self, tier2_weights: dict[str, np.ndarray] | None, fitted: FittedTwoTier, k: int = 1,
+                 thresholds: tuple[float, ...] | None = None) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
         covered, referred), routes, recovery errors of both tiers, per-patient cost of each tier, and
         the quality of Tier 1's sigma^2 on masked complete cases (core/uncertainty_quality.site_quality:
@@ -340,8 +339,7 @@ class SiteSession:
         tier2 = self.tier2_model(tier2_weights) if tier2_weights is not None else None
         test = self._split("test")
         time, event = test.time.cpu().numpy(), test.event.cpu().numpy()
-        pred = predict_two_tier(tier1, tier2, test, self.cfg, theta=theta, bound=bound, scale=scale or RiskScale(),
-                                seed=self.cfg.seed, use_tier2=use_tier2)
+        pred = predict_two_tier(tier1, tier2, test, self.cfg, fitted=fitted, seed=self.cfg.seed)
         names = pred.route_names
         covered, referred = names != ABSTAIN, np.isfinite(pred.tier2_risk)
         out: dict[str, float] = {M.N_TEST: float(len(test)), M.N_EVENTS_TEST: float(event.sum())}
@@ -368,17 +366,18 @@ class SiteSession:
             rec = {key: np.zeros(0) for key in rec}
         m = len(rec["sigma2"])
         masked_score = rec["risk_sd"] if self.cfg.routing_score == "risk-sd" else rec["sigma2"]
-        out.update({M.MASKED_N: float(m), M.MASKED_REFERRED: float(_floored([int((masked_score > theta).sum())], m, k)[0]),
+        out.update({M.MASKED_N: float(m), M.MASKED_REFERRED: float(_floored([int((masked_score > fitted.theta_).sum())], m, k)[0]),
                     M.RECOVERY_N: float(m), M.RECOVERY_SSE_TIER1: float(rec["err1"].sum()),
                     M.RECOVERY_SSE_TIER2: float(rec["err2"].sum()) if tier2 is not None else float("nan")})
         out.update(site_quality(rec, seed=self.cfg.seed))  # includes uncertainty-error-spearman
-        if baseline is not None and np.all(np.isfinite(baseline[1])):  # IBS, td-AUC, calibration (Tier 1)
-            out.update(survival_sums(time, event, pred.tier1_risk, baseline[0], baseline[1], k))
-        if plan is not None:  # conformal coverage, value of information, risk-coverage (core/risk_uncertainty_evaluation.py)
-            sc = scale or RiskScale()
-            out.update(conformal_sums(rec, plan.conformal_q, k))
-            out.update(voi_sums(rec, plan.cutpoints, sc.tier1_mean, sc.tier1_std, k))
-            out.update(kept_sums(time, event, pred.tier1_risk, pred.score, plan.thresholds, k))
+        hz = fitted.baseline_hazard_
+        if hz is not None and np.all(np.isfinite(hz.cumhaz)):  # IBS, td-AUC, calibration (Tier 1)
+            out.update(survival_sums(time, event, pred.tier1_risk, hz.times, hz.cumhaz, k))
+        if thresholds is not None:  # conformal coverage, value of information, risk-coverage (core/risk_uncertainty_evaluation.py)
+            sc = fitted.risk_scale_
+            out.update(conformal_sums(rec, fitted.conformal_pair, k))
+            out.update(voi_sums(rec, fitted.cutpoints_ or (), sc.tier1_mean, sc.tier1_std, k))
+            out.update(kept_sums(time, event, pred.tier1_risk, pred.score, thresholds, k))
         return out
 
 

@@ -19,7 +19,7 @@ flag (``tier2-not-used``), and the run summary, the model bundle and rmm-predict
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import metric_names as M
 from .concordance import ConcordanceCounts
@@ -49,26 +49,64 @@ class Tier2Gate:
         """A bundle or metrics entry; absent (a run before the gate existed) = open, as it behaved."""
         if not d:
             return Tier2Gate(True, "no gate recorded (a run before 0.3): Tier 2 answers the referred")
-        return Tier2Gate(**{k: d[k] for k in Tier2Gate.__dataclass_fields__ if k in d})
+        fields = {k: d[k] for k in Tier2Gate.__dataclass_fields__ if k in d}
+        return Tier2Gate(**{k: float("nan") if v is None and k not in ("open", "reason") else v  # plain(): NaN -> None
+                            for k, v in fields.items()})
 
     @staticmethod
     def always_open(reason: str = "the gate is off (tier2.gate = false)") -> "Tier2Gate":
         return Tier2Gate(True, reason)
 
 
-def add_validation(site_metrics: list[dict]) -> dict[str, float]:
-    """Sum the sites' validation sums (missing keys count as 0)."""
-    return {k: sum(float(m.get(k, 0.0)) for m in site_metrics) for k in VALIDATION_KEYS}
+@dataclass(frozen=True)
+class ValidationSums:
+    """Tier 1 against Tier 2 on the masked validation cases of one Tier 2 round, summed over the sites
+    that answered (:meth:`SiteSession.tier2_validation` sends one site's): the (patient, pattern) rows,
+    both tiers' squared recovery errors and both tiers' comparable-pair counts."""
+
+    n: float = 0.0
+    sse_tier1: float = 0.0
+    sse_tier2: float = 0.0
+    pairs_tier1: ConcordanceCounts = ConcordanceCounts()
+    pairs_tier2: ConcordanceCounts = ConcordanceCounts()
+    sites: int = 0
+
+    @classmethod
+    def of_sites(cls, site_metrics: list[dict]) -> "ValidationSums":
+        """The sites' validation replies added up (a key a site left out counts as 0)."""
+        s = {k: sum(float(m.get(k, 0.0)) for m in site_metrics) for k in VALIDATION_KEYS}
+        pairs = (ConcordanceCounts(*(s[k] for k in M.TIER2_VAL_PAIRS[t].counts)) for t in ("tier1", "tier2"))
+        return cls(s[M.TIER2_VAL_N], s[M.TIER2_VAL_SSE_TIER1], s[M.TIER2_VAL_SSE_TIER2], *pairs, len(site_metrics))
+
+    def to_metrics(self) -> dict[str, float]:
+        """Under the metric names the sites send (a round's history and a checkpoint keep this form)."""
+        pairs = (self.pairs_tier1, self.pairs_tier2)
+        return {M.TIER2_VAL_N: self.n, M.TIER2_VAL_SSE_TIER1: self.sse_tier1, M.TIER2_VAL_SSE_TIER2: self.sse_tier2,
+                **{k: float(getattr(p, f)) for t, p in zip(("tier1", "tier2"), pairs)
+                   for k, f in zip(M.TIER2_VAL_PAIRS[t].counts, ("concordant", "tied_risk", "comparable"))}}
+
+    @classmethod
+    def from_metrics(cls, m: dict[str, float], sites: int) -> "ValidationSums":
+        """What :meth:`to_metrics` wrote, for ``sites`` sites (a checkpoint's round)."""
+        return replace(cls.of_sites([m]), sites=int(sites))
+
+    @property
+    def mse_tier1(self) -> float:
+        return self.sse_tier1 / self.n if self.n > 0 else float("nan")
+
+    @property
+    def mse_tier2(self) -> float:
+        return self.sse_tier2 / self.n if self.n > 0 else float("nan")
 
 
-def decide(sums: dict[str, float], sites: int) -> Tier2Gate:
-    """Open the gate iff Tier 2's recovery MSE < Tier 1's and its masked C-index >= Tier 1's."""
-    n = float(sums.get(M.TIER2_VAL_N, 0.0))
+def decide(sums: ValidationSums) -> Tier2Gate:
+    """The gate, decided once: open iff Tier 2's recovery MSE < Tier 1's and its masked C-index >= Tier 1's."""
+    n, sites = sums.n, sums.sites
     if n <= 0:
         return Tier2Gate(False, "no site had held-out complete cases to compare the tiers on: Tier 1 answers "
                          "the referred", sites=sites)
-    mse1, mse2 = sums[M.TIER2_VAL_SSE_TIER1] / n, sums[M.TIER2_VAL_SSE_TIER2] / n
-    c1, c2 = (ConcordanceCounts(*(sums[k] for k in M.TIER2_VAL_PAIRS[t].counts)).c_index() for t in ("tier1", "tier2"))
+    mse1, mse2 = sums.mse_tier1, sums.mse_tier2
+    c1, c2 = sums.pairs_tier1.c_index(), sums.pairs_tier2.c_index()
     figures = (f"recovery MSE {mse2:.4f} vs Tier 1's {mse1:.4f}, masked C-index {c2:.4f} vs {c1:.4f} "
                f"({int(n)} masked validation cases, {sites} site(s))")
     wins = mse2 < mse1 and c2 >= c1
@@ -76,6 +114,17 @@ def decide(sums: dict[str, float], sites: int) -> Tier2Gate:
         return Tier2Gate(True, f"Tier 2 beat Tier 1 on federated validation: {figures}", n, mse1, mse2, c1, c2, sites)
     return Tier2Gate(False, f"Tier 2 did not beat Tier 1 on federated validation ({figures}): the referred keep "
                      "Tier 1's risk", n, mse1, mse2, c1, c2, sites)
+
+
+def gate_of_round(sums: dict[int, ValidationSums], kept_round: int, enabled: bool = True) -> Tier2Gate:
+    """The gate of the kept Tier 2 round from its typed sums (:func:`decide`); always open when the gate is
+    off (``tier2-gate = false``), closed when no validation of that round arrived."""
+    if not enabled:
+        return Tier2Gate.always_open()
+    if kept_round not in sums:
+        return Tier2Gate(False, f"no federated masked validation of Tier 2 round {kept_round} was received: "
+                         "Tier 1 answers the referred")
+    return decide(sums[kept_round])
 
 
 def judge_intervals(gate: Tier2Gate, width_tier1: float, width_tier2: float, q_tier2: float = 0.0) -> Tier2Gate:

@@ -9,7 +9,7 @@ run's gate (:mod:`rmmfed.core.tier2_gate`) found that Tier 2 does not beat Tier 
 validation, the referred keep Tier 1's risk, flagged.
 
 The system risk is a z-score with the federated mean and standard deviation of the answering head's
-risk on the training split (``RiskScale``). By default Tier 2 is scored through Tier 1's own head
+risk on the training split (``RiskScale``, core/risk_scale.py). By default Tier 2 is scored through Tier 1's own head
 (:mod:`rmmfed.core.tier2_scoring`), so both tiers share Tier 1's scale; with the multi-branch head
 (``tier2.risk-head = branches``) each head has its own.
 """
@@ -23,31 +23,15 @@ import numpy as np
 import torch
 
 from .config import RunConfig
+from .errors import FittedTwoTierError
+from .fitted_two_tier import FittedTwoTier
 from .routing import ABSTAIN, TIER2, TIER2_NOT_USED, Route, route_all
 from .tensors import SiteTensors
 from .tier1 import Tier1Model
 from .tier2 import Tier2Model
 from .tier2_train import predict_tier2
+from .risk_scale import RiskScale
 from .routing_score import patient_scores
-
-
-@dataclass(frozen=True)
-class RiskScale:
-    """Federated mean/std of each head's training-split risk: z = (risk - mean) / std."""
-
-    tier1_mean: float = 0.0
-    tier1_std: float = 1.0
-    tier2_mean: float = 0.0
-    tier2_std: float = 1.0
-
-    @staticmethod
-    def from_sums(n: float, s1: float, ss1: float, s2: float, ss2: float) -> "RiskScale":
-        def ms(s: float, ss: float) -> tuple[float, float]:
-            m = s / n
-            return m, float(np.sqrt(max(ss / n - m * m, 1e-12)))
-        m1, sd1 = ms(s1, ss1)
-        m2, sd2 = ms(s2, ss2)
-        return RiskScale(m1, sd1, m2, sd2)
 
 
 @dataclass
@@ -75,13 +59,17 @@ class TwoTierPrediction:
 
 
 def predict_two_tier(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTensors, cfg: RunConfig, *,
-                     theta: float, bound: float, scale: RiskScale, seed: int, use_tier2: bool = True,
-                     with_interval: bool = False) -> TwoTierPrediction:
-    """The two-tier answer for ``data``. ``use_tier2`` False (the run's gate found that Tier 2 does not
-    beat Tier 1 on federated masked validation) still routes and runs Tier 2 (its figures are
-    measured), but the referred keep Tier 1's risk, flagged ``tier2-not-used``, and are not abstained
-    on Tier 2's uncertainty. ``with_interval`` adds each answer's risk interval (core/risk_interval.py,
-    on the system scale)."""
+                     fitted: FittedTwoTier, seed: int, with_interval: bool = False) -> TwoTierPrediction:
+    """The two-tier answer for ``data`` under the run's ``fitted`` decision (theta, abstention bound,
+    risk scale, gate). A closed gate (Tier 2 did not beat Tier 1 on federated masked validation) still
+    routes and runs Tier 2 (its figures are measured), but the referred keep Tier 1's risk, flagged
+    ``tier2-not-used``, and are not abstained on Tier 2's uncertainty. ``with_interval`` adds each
+    answer's risk interval (core/risk_interval.py, on the system scale)."""
+    if fitted.routing_score_ != cfg.routing_score:
+        raise FittedTwoTierError(f"fitted two-tier field 'routing_score_': theta was fitted on "
+                                 f"{fitted.routing_score_!r}, but the run config routes on {cfg.routing_score!r}. "
+                                 "Fix: predict with the config the decision was fitted under")
+    theta, bound, scale, use_tier2 = fitted.theta_, fitted.abstain_bound_, fitted.risk_scale_, fitted.tier2_used
     t0 = time.perf_counter()
     r1, s2, score = patient_scores(tier1, data, cfg, seed=seed)
     t1 = time.perf_counter() - t0

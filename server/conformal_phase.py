@@ -1,5 +1,6 @@
 """The conformal phase: each tier's q-hat from the sites' summed score histograms (core/conformal.py),
-and the plan an evaluation carries (q-hats, risk cut points, the risk-coverage thresholds)."""
+which the run's fitted two-tier decision holds (core/fitted_two_tier.py), the gate judged on the
+intervals, and the risk-coverage thresholds an evaluation measures."""
 
 from __future__ import annotations
 
@@ -72,11 +73,6 @@ def curve_thresholds(grid: HistogramGrid, counts: np.ndarray) -> tuple[float, ..
     frac = bool((counts != np.round(counts)).any())
     return tuple(math.inf if q >= 1.0 else float(quantile_from_counts(grid, counts, q, fractional=frac))
                  for q in CURVE_QUANTILES)
-
-
-def plan(q_hat: dict[str, dict], cutpoints: list[float] | None, thresholds: tuple[float, ...]) -> P.EvaluationPlan:
-    q = tuple(float((q_hat.get(t) or {}).get("q_hat", math.nan)) for t in ("tier1", "tier2"))
-    return P.EvaluationPlan((q[0], q[1]), tuple(cutpoints or ()), thresholds)
 
 
 def judge_gate(run: "Run", gate, q_hat: dict[str, dict]):

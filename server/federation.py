@@ -33,14 +33,17 @@ from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
 from ..core.dp import zero_risk_head
 from ..core.tier1 import build_model
 from ..core.tier2 import build_tier2
-from ..core.tier2_gate import Tier2Gate
-from ..core.two_tier import RiskScale
+from ..core.baseline_hazard import BaselineHazard
+from ..core.fitted_two_tier import FittedTwoTier
+from ..core.risk_scale import RiskScale
+from ..core.tier2_gate import Tier2Gate, gate_of_round
 from ..core.weights import get_weights
 from . import conformal_phase, cox_phase
 from .checkpoint import Checkpoint
 from .cox_phase import cox_core_sites
 from .handshake import Handshake, SiteInfo, agree
-from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, dp_time_cuts, run_baseline_hazard, run_phase, tier2_gate
+from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, dp_time_cuts, run_baseline_hazard, run_phase
+from .strategies import sums_to_plain
 from .noised_quantile import quantile_release
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts, wait_for_nodes
@@ -59,26 +62,21 @@ class FederationResult:
     weights: dict[str, np.ndarray]
     grid: HistogramGrid
     counts: np.ndarray
-    theta: float
+    fitted: FittedTwoTier  # theta, bound, risk scale, gate, cut points, q-hats, baseline hazard (one object)
     per_site: dict[str, dict[str, float]]
     history: list[dict] = field(default_factory=list)
     best_round: int = 0
     tier2_weights: dict[str, np.ndarray] | None = None
-    bound: float = float("inf")
-    scale: RiskScale = field(default_factory=RiskScale)
     tier2_history: list[dict] = field(default_factory=list)
-    baseline_hazard: tuple[np.ndarray, np.ndarray] | None = None  # (time grid, cumulative hazard) of Tier 1
     timing_s: dict[str, float] = field(default_factory=dict)
     participation: dict[str, list[str]] = field(default_factory=dict)  # phase -> sites that answered
-    risk_cutpoints: list[float] | None = None  # tertiles of the training system risk (rmm-predict's groups)
     risk_cutpoint_values: int = 0  # how many training risks the cut points come from
     release_error: dict = field(default_factory=dict)  # what the sites' privacy floors cost (merged bins)
-    tier2_gate: Tier2Gate | None = None  # None: no Tier 2 phase
     tier2_round: int = 0  # the Tier 2 round kept (selected on masked validation, or the last)
     cox: dict | None = None  # Tier 1's Cox core: its fit and whether the network residual was kept
     residual_weights: dict[str, np.ndarray] | None = None  # the kept round before that decision (never sent)
-    conformal: dict = field(default_factory=dict)  # each tier's q-hat; the plan: what evaluation measured beyond
-    plan: P.EvaluationPlan = field(default_factory=P.EvaluationPlan)  # routing (server/conformal_phase.py)
+    conformal: dict = field(default_factory=dict)  # the conformal phase's report per tier (server/conformal_phase.py)
+    thresholds: tuple[float, ...] = ()  # the risk-coverage curve's routing-score thresholds evaluation measured
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(*(m[k] for k in M.PAIRS.counts)) for m in self.per_site.values())
@@ -150,19 +148,21 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     hazard = run_baseline_hazard(run)
     t2 = tier2(run, stats, grid_h) if run.cfg.tier2.rounds > 0 else Tier2Outcome()
     q_hat = conformal_phase.calibrate(run, t2.weights)
-    t2.gate = conformal_phase.judge_gate(run, t2.gate, q_hat)
-    routing = P.Routing(theta, t2.bound, (t2.scale.tier1_mean, t2.scale.tier1_std, t2.scale.tier2_mean,
-                                          t2.scale.tier2_std), bool(t2.gate.open) if t2.gate is not None else True)
-    cutpoints, n_risk = risk_groups(run, t2.weights, routing)
-    plan = conformal_phase.plan(q_hat, cutpoints, conformal_phase.curve_thresholds(grid_h, counts))
-    per_site = evaluation(run, t2.weights, routing, hazard, plan)
+    fitted = FittedTwoTier(theta, t2.bound, t2.scale, conformal_phase.judge_gate(run, t2.gate, q_hat),
+                           conformal_q_={t: float(v["q_hat"]) for t, v in q_hat.items()},
+                           conformal_alpha_=run.cfg.conformal_alpha,
+                           baseline_hazard_=None if hazard is None else BaselineHazard(*hazard, risk="tier1"),
+                           routing_score_=run.cfg.routing_score)
+    cutpoints, n_risk = risk_groups(run, t2.weights, fitted)
+    fitted = fitted.replace(cutpoints_=cutpoints)
+    thresholds = conformal_phase.curve_thresholds(grid_h, counts)
+    per_site = evaluation(run, t2.weights, fitted, thresholds)
     run.timing["total"] = time.perf_counter() - t_all
-    return FederationResult(run.cfg, hs, stats, weights, grid_h, counts, theta, per_site, history=history,
-                            timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights, bound=t2.bound,
-                            scale=t2.scale, tier2_history=t2.history, baseline_hazard=hazard,
-                            participation=run.participation, risk_cutpoints=cutpoints, risk_cutpoint_values=n_risk,
-                            release_error=run.release_error, tier2_gate=t2.gate, tier2_round=t2.round, cox=run.cox,
-                            residual_weights=run.residual_weights, conformal=q_hat, plan=plan)
+    return FederationResult(run.cfg, hs, stats, weights, grid_h, counts, fitted, per_site, history=history,
+                            timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights,
+                            tier2_history=t2.history, participation=run.participation, risk_cutpoint_values=n_risk,
+                            release_error=run.release_error, tier2_round=t2.round, cox=run.cox,
+                            residual_weights=run.residual_weights, conformal=q_hat, thresholds=thresholds)
 
 
 # ---- 1. schema handshake ----------------------------------------------------------------------
@@ -263,7 +263,7 @@ def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.nd
         run.say(f"cox core: penalizer {core.penalizer:g} on {int(core.kept_columns.sum())} of {core.coef.size} "
                 f"columns from {len(run.participation.get('cox', []))} site(s), {core.queries} queries; validation "
                 f"log partial likelihood per event {core.val_pll_per_event:.4f}")
-    weights, history, best_round = run_phase(
+    weights, history, best_round, _ = run_phase(
         run.grid, cfg, run.accepted, train=P.TIER1_ROUND, evaluate=P.TIER1_VALIDATION, rounds=cfg.rounds,
         select_best=cfg.select_best, initial=initial, state=run.state, ckpt=run.ckpt, base=run.base,
         progress=run.progress)
@@ -329,13 +329,14 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     t = time.perf_counter()
     cfg = run.cfg
     initial = get_weights(build_tier2(stats.model_dims(run.base["dims"]), cfg.tier2, cfg.seed, tier1=cfg.model))
-    weights, history, kept = run_phase(
+    weights, history, kept, sums = run_phase(
         run.grid, cfg, run.accepted, train=P.TIER2_ROUND, evaluate=P.TIER2_VALIDATION, rounds=cfg.tier2.rounds,
         select_best=cfg.tier2.select_best or cfg.tier2.gate, keep_best=cfg.tier2.select_best, initial=initial,
         state=run.state, ckpt=run.ckpt, base=run.base, progress=run.progress)
     run.ckpt.save({**run.base, "phase": "tier2-done", "tier2": {"weights": weights, "history": history,
-                                                                 "best_round": kept}})
-    out = Tier2Outcome(weights, history, kept, tier2_gate(cfg, history, kept))
+                                                                 "best_round": kept,
+                                                                 "validation_sums": sums_to_plain(sums)}})
+    out = Tier2Outcome(weights, history, kept, gate_of_round(sums, kept, cfg.tier2.gate))
     run.say(f"tier2 gate: {'open' if out.gate.open else 'closed'}: {out.gate.reason}")
     run.timed("tier2", t)
     t = time.perf_counter()
@@ -362,10 +363,10 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
 
 
 # ---- 6. risk groups: tertile cut points of the training system risk, from summed histograms --------
-def risk_groups(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: P.Routing
+def risk_groups(run: Run, tier2_weights: dict[str, np.ndarray] | None, fitted: FittedTwoTier
                 ) -> tuple[list[float] | None, int]:
     t = time.perf_counter()
-    replies = run.ask(P.RISK_GROUPS, P.RiskGroupsRequest(tier2_weights, RISK_GRID, routing))
+    replies = run.ask(P.RISK_GROUPS, P.RiskGroupsRequest(tier2_weights, RISK_GRID, fitted))
     parts = merged_parts(replies, RISK_GRID.n_bins, run.cfg.dp.histogram_epsilon > 0)
     counts = pooled_counts(parts, RISK_GRID.n_bins) if parts else np.zeros(RISK_GRID.n_bins)
     cutpoints = cutpoints_from_counts(counts)
@@ -382,11 +383,10 @@ def risk_groups(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: 
 
 
 # ---- 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel) -----------------------
-def evaluation(run: Run, tier2_weights: dict[str, np.ndarray] | None, routing: P.Routing,
-               baseline: tuple[np.ndarray, np.ndarray] | None = None,
-               plan: P.EvaluationPlan | None = None) -> dict[str, dict[str, float]]:
+def evaluation(run: Run, tier2_weights: dict[str, np.ndarray] | None, fitted: FittedTwoTier,
+               thresholds: tuple[float, ...] = ()) -> dict[str, dict[str, float]]:
     t = time.perf_counter()
-    replies = run.ask(P.EVALUATION, P.EvaluateRequest(tier2_weights, routing, baseline, plan or P.EvaluationPlan()))
+    replies = run.ask(P.EVALUATION, P.EvaluateRequest(tier2_weights, fitted, thresholds))
     per_site = dict(sorted((run.site_of[n], decode(r, P.MetricsReply).metrics) for n, r in replies.items()))
     run.timed("evaluation", t)
     return per_site

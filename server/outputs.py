@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..core import metric_names as M
-from ..core.bundle import BaselineHazard, ModelBundle, save_bundle
+from ..core.bundle import ModelBundle, save_bundle
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.survival_metrics import combine as combine_survival
 from ..core.metrics_document import RunMetrics
@@ -69,11 +69,11 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
                            "c_index_combined_pairs": cox_pairs}
         if "cox_core_residual_pooled_c_index" in extra:  # simulation only: the residual kept, whatever was decided
             doc["cox_core"]["c_index_with_residual"] = extra["cox_core_residual_pooled_c_index"]
-    if res.baseline_hazard is not None:  # IBS, td-AUC, calibration of Tier 1 (core/survival_metrics.py)
-        survival = combine_survival(ps, float(res.baseline_hazard[0][-1]))
+    if res.fitted.baseline_hazard_ is not None:  # IBS, td-AUC, calibration of Tier 1 (core/survival_metrics.py)
+        survival = combine_survival(ps, float(res.fitted.baseline_hazard_.times[-1]))
         if survival:
             doc["survival"] = survival
-    doc["calibration"] = {"quantile": res.config.quantile, "theta": res.theta,
+    doc["calibration"] = {"quantile": res.config.quantile, "theta": res.fitted.theta_,
                           "theta_exact_pooled": extra.get("theta_exact_pooled"),
                           "n_values": int(round(float(res.counts.sum())))}
     doc["privacy_floor"] = res.release_error  # what the sites' merged releases leave open
@@ -99,15 +99,15 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
                       "on masked complete test cases"}
     if res.conformal:
         doc["conformal"] = conformal_document(ps, res.conformal, res.config.conformal_alpha)
-    if res.plan.cutpoints:
+    if res.fitted.cutpoints_:
         doc["value_of_information"] = voi_document(ps)
-    if res.plan.thresholds:
-        doc["risk_coverage"] = coverage_curve_document(ps, res.plan.thresholds, CURVE_QUANTILES)
+    if res.thresholds:
+        doc["risk_coverage"] = coverage_curve_document(ps, res.thresholds, CURVE_QUANTILES)
     doc["sites"] = {"accepted": [s.site for s in res.handshake.accepted], "refused": res.handshake.refused,
                     "modalities": res.handshake.dims,
                     "model_dims": res.stats.model_dims(res.handshake.dims),  # after the federated PCA
                     "reduced": sorted(res.stats.basis)}
-    doc["risk_groups"] = {"cutpoints": res.risk_cutpoints, "n_values": res.risk_cutpoint_values,
+    doc["risk_groups"] = {"cutpoints": None if res.fitted.cutpoints_ is None else list(res.fitted.cutpoints_), "n_values": res.risk_cutpoint_values,
                           "basis": "tertiles of the two-tier system risk of the training patients (federated histograms)"}
     doc["participation"] = res.participation  # phase -> sites that answered (a dead site shows here)
     doc["history"] = res.history
@@ -132,7 +132,7 @@ def two_tier_metrics(res: FederationResult) -> dict[str, Any]:
     ms2 = 1000 * t2 / referred if referred else float("nan")
     out: dict[str, Any] = {
         "enabled": res.tier2_weights is not None,
-        "abstain_bound": res.bound,
+        "abstain_bound": res.fitted.abstain_bound_,
         "c_index": {
             "tier1_covered": _combined(ps, M.TIER1_COVERED),
             "two_tier_covered": _combined(ps, M.SYSTEM_COVERED),
@@ -156,8 +156,8 @@ def two_tier_metrics(res: FederationResult) -> dict[str, Any]:
     }
     if res.tier2_history:
         out["history"] = res.tier2_history
-    if res.tier2_gate is not None:
-        out["gate"] = res.tier2_gate.to_dict()
+    if res.fitted.gate_ is not None:
+        out["gate"] = res.fitted.gate_.to_dict()
         out["selected_round"] = res.tier2_round
         out["high_risk_context_kept_tier1"] = int(sum(m.get(M.HIGH_RISK_KEPT_TIER1, 0) for m in ps.values()))
     return out
@@ -186,24 +186,18 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
 def run_bundle(res: FederationResult, metrics: dict[str, Any]) -> ModelBundle:
     """The run's model as the one model file (core/bundle.py): both tiers, statistics, calibration,
     baseline hazard, risk groups, gate and a model card from ``metrics``."""
-    hazard = None if res.baseline_hazard is None else BaselineHazard(*res.baseline_hazard, risk="tier1")
     return ModelBundle(
         tier1={k: torch.from_numpy(np.array(v)) for k, v in res.weights.items()},
         tier2=(None if res.tier2_weights is None else
                {k: torch.from_numpy(np.array(v)) for k, v in res.tier2_weights.items()}),
         feature_stats={k: np.asarray(v) for k, v in res.stats.to_arrays().items()},
-        modalities=dict(res.handshake.dims), config=res.config.to_flat(), theta=float(res.theta),
-        abstain_bound=float(res.bound), risk_scale=res.scale, rmm_version=__version__, baseline_hazard=hazard,
-        risk_cutpoints=None if res.risk_cutpoints is None else [float(c) for c in res.risk_cutpoints],
-        model_card=model_card_from_metrics(metrics),
-        tier2_gate=res.tier2_gate.to_dict() if res.tier2_gate is not None else None,
-        conformal={"alpha": res.config.conformal_alpha, "q_hat": {t: float(v["q_hat"]) for t, v in res.conformal.items()}}
-        if res.conformal else None)
+        modalities=dict(res.handshake.dims), config=res.config.to_flat(), fitted=res.fitted, rmm_version=__version__,
+        model_card=model_card_from_metrics(metrics))
 
 
 def _calibration_doc(res: FederationResult, extra: dict[str, Any] | None) -> dict[str, Any]:
     edges = res.grid.edges()
-    return _clean({"quantile": res.config.quantile, "theta": res.theta,
+    return _clean({"quantile": res.config.quantile, "theta": res.fitted.theta_,
                    "theta_exact_pooled": (extra or {}).get("theta_exact_pooled"),
                    "grid": res.grid.to_config(), "bin_edges": [e if np.isfinite(e) else "inf" for e in edges.tolist()],
                    "theta_bracket": res.release_error.get("theta"),

@@ -1,5 +1,5 @@
 """One federated training phase (Tier 1 or Tier 2 rounds) with per-round checkpoints and resume, the
-Tier 2 gate read from its validation, and the federated Breslow baseline hazard."""
+typed validation sums the Tier 2 gate is decided from, and the federated Breslow baseline hazard."""
 
 from __future__ import annotations
 
@@ -16,30 +16,21 @@ from ..core.config import RunConfig
 from ..core.histogram import HistogramGrid
 from ..core.merged_hazard import MergedHazard, fine_sums
 from ..core.merged_histogram import merged_quantile, spread
-from ..core.tier2_gate import Tier2Gate, decide
+from ..core.tier2_gate import ValidationSums
 from .checkpoint import Checkpoint
 from .noised_quantile import zoom_grid
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts
-from .strategies import make_strategy
-
-
-def tier2_gate(cfg: RunConfig, history: list[dict], kept_round: int) -> Tier2Gate:
-    """The gate (core/tier2_gate.py) from the kept round's federated masked validation sums."""
-    if not cfg.tier2.gate:
-        return Tier2Gate.always_open()
-    entry = next((h for h in history if h.get("round") == kept_round and "val-sums" in h), None)
-    if entry is None:
-        return Tier2Gate(False, f"no federated masked validation of Tier 2 round {kept_round} was received: "
-                         "Tier 1 answers the referred")
-    return decide(entry["val-sums"], int(entry.get("val-sites", 0)))
+from .strategies import make_strategy, sums_from_plain
 
 
 def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase, evaluate: P.Phase, rounds: int,
               select_best: bool, initial: dict[str, np.ndarray], state: dict | None, ckpt: Checkpoint, base: dict,
-              progress: Progress, keep_best: bool | None = None) -> tuple[dict[str, np.ndarray], list[dict], int]:
+              progress: Progress, keep_best: bool | None = None
+              ) -> tuple[dict[str, np.ndarray], list[dict], int, dict[int, ValidationSums]]:
     """One federated training phase (``train``: Tier 1 or Tier 2 rounds, ``evaluate``: their validation)
-    with per-round checkpoints and resume; returns (weights, history, kept round).
+    with per-round checkpoints and resume; returns (weights, history, kept round, the Tier 2 gate's typed
+    validation sums per round: empty for Tier 1).
 
     ``select_best`` validates every round; ``keep_best`` (default: ``select_best``) then keeps the best
     round's weights instead of the last round's."""
@@ -49,7 +40,8 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
     done = (state or {}).get(phase) if state and state.get("phase") != phase else None
     if done is not None:  # the phase had finished before the restart
         say(f"resume: {phase} already complete, reusing its weights")
-        return done["weights"], done["history"], done.get("best_round") or rounds
+        return (done["weights"], done["history"], done.get("best_round") or rounds,
+                sums_from_plain(done.get("validation_sums")))
     runner = make_strategy(cfg, len(accepted), set(accepted), lambda rnd, info: None, train=train, evaluate=evaluate,
                            select_best=select_best)
     strategy = getattr(runner, "strategy", runner)  # central DP wraps the strategy that keeps the books
@@ -88,7 +80,7 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
         else:
             say(f"model selection: {phase} round {best_round} has the lowest federated masked validation "
                 f"recovery MSE ({-strategy.best_score:.4f})")
-    return final, strategy.history, best_round
+    return final, strategy.history, best_round, strategy.validation_sums
 
 
 FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days

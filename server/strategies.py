@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
@@ -16,7 +15,7 @@ from ..core import metric_names as M
 from ..core import protocol as P
 from ..core.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
-from ..core.tier2_gate import add_validation, decide
+from ..core.tier2_gate import ValidationSums
 from ..flower.refusal import refused_key
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 from .queries import decode
@@ -40,6 +39,7 @@ def _restricted(base: type) -> type:
             self.accepted = accepted
             self.on_round = on_round
             self.history: list[dict] = []
+            self.validation_sums: dict[int, ValidationSums] = {}  # Tier 2 rounds: the gate's typed sums
             self.best_score, self.best_round, self.best_arrays = float("-inf"), 0, None
             self._candidate = None
             name = P.phase_of(train_type).name if P.phase_of(train_type) else train_type  # "tier1" / "tier2"
@@ -56,6 +56,7 @@ def _restricted(base: type) -> type:
             self.round_offset = int(state["round"])
             self.history = list(state["history"])
             self.best_score, self.best_round = state["best_score"], state["best_round"]
+            self.validation_sums = sums_from_plain(state.get("validation_sums"))
             if state.get("best_weights") is not None:
                 self.best_arrays = _array_record(state["best_weights"])
             for k, v in (state.get("strategy") or {}).items():  # FedOpt moments
@@ -65,7 +66,7 @@ def _restricted(base: type) -> type:
         def snapshot(self) -> dict:
             """What :meth:`resume` needs: the last round's weights, history, model selection, optimiser state."""
             return {"weights": _numpy(self.last_arrays), "history": self.history, "best_score": self.best_score,
-                    "best_round": self.best_round,
+                    "best_round": self.best_round, "validation_sums": sums_to_plain(self.validation_sums),
                     "best_weights": _numpy(self.best_arrays) if self.best_arrays is not None else None,
                     "strategy": {k: getattr(self, k) for k in STRATEGY_STATE if getattr(self, k, None) is not None}}
 
@@ -95,23 +96,26 @@ def _restricted(base: type) -> type:
 
             Tier 1 rounds: the C-index from comparable-pair counts, or (select-metric =
             partial-likelihood) the site-stratified validation Cox partial log-likelihood per event,
-            sum of the sites' log-likelihoods over the sum of their events; both are recorded. Tier 2 rounds (replies carrying
-            ``tier2-val-*`` sums, core/tier2_gate.py): minus the masked recovery MSE, and the history
-            keeps the sums the gate compares. The history records how many sites' validation counts
+            sum of the sites' log-likelihoods over the sum of their events; both are recorded. Tier 2 rounds
+            (this strategy's validation is Tier 2's): minus the masked recovery MSE from the round's typed
+            sums (core/tier2_gate.ValidationSums), kept in ``validation_sums`` for the gate and shown in
+            the history. The history records how many sites' validation counts
             entered the score ("val-sites"): a site missing from a validation round changes the score,
             hence possibly the selected round."""
             replies = list(replies)
             good = [decode(r, P.MetricsReply).metrics for r in replies if not r.has_error()]
             rnd = server_round + self.round_offset
             extra: dict = {}
-            if good and M.TIER2_VAL_N in good[0]:
-                sums = add_validation(good)
-                n = sums[M.TIER2_VAL_N]
-                score = -sums[M.TIER2_VAL_SSE_TIER2] / n if n > 0 else float("nan")
-                gate = decide(sums, len(good))
-                extra = {"val-recovery-mse-tier1": gate.mse_tier1, "val-recovery-mse": gate.mse_tier2,
-                         "val-c-index-tier1": gate.c_index_tier1, "val-c-index": gate.c_index_tier2,
-                         "val-sums": sums}
+            tier2 = self.evaluate_type == P.TIER2_VALIDATION.message_type
+            if tier2 and good:
+                sums = self.validation_sums[rnd] = ValidationSums.of_sites(good)
+                score = -sums.mse_tier2
+                figures = ((sums.mse_tier1, sums.mse_tier2, sums.pairs_tier1.c_index(), sums.pairs_tier2.c_index())
+                           if sums.n > 0 else (float("nan"),) * 4)
+                extra = {**dict(zip(("val-recovery-mse-tier1", "val-recovery-mse", "val-c-index-tier1", "val-c-index"),
+                                    figures)), "val-sums": sums.to_metrics()}
+            elif tier2:
+                score = float("nan")
             else:
                 counts = [ConcordanceCounts(*(float(m[k]) for k in M.PAIRS.counts)) for m in good]
                 c = combined_c_index(counts) if counts else float("nan")
@@ -135,7 +139,7 @@ def _restricted(base: type) -> type:
             self.on_evaluated(rnd)
             if score != score:
                 return None
-            if "val-sums" in extra:
+            if tier2:
                 return MetricRecord({"val-recovery-mse": -score})
             return MetricRecord({k: v for k, v in extra.items() if v == v})
 
@@ -172,6 +176,15 @@ def _restricted(base: type) -> type:
 
     Restricted.__name__ = f"Restricted{base.__name__}"
     return Restricted
+
+
+def sums_to_plain(sums: dict[int, ValidationSums]) -> list:
+    """Typed validation sums per round as a checkpoint holds them: [[round, sites, metrics], ...]."""
+    return [[int(r), int(s.sites), s.to_metrics()] for r, s in sorted(sums.items())]
+
+
+def sums_from_plain(plain: list | None) -> dict[int, ValidationSums]:
+    return {int(r): ValidationSums.from_metrics(m, int(n)) for r, n, m in plain or []}
 
 
 def _numpy(arrays: ArrayRecord) -> dict:

@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def two_tier() -> None:
         for d in tensors:
-            predict_two_tier(tier1, tier2, d, cfg, theta=bundle.theta, bound=bundle.abstain_bound,
-                             scale=bundle.risk_scale, seed=0)
+            predict_two_tier(tier1, tier2, d, cfg, fitted=bundle.fitted, seed=0)
 
     t_full, t_att, t_two = (_best(fn, args.repeats) for fn in (full, attributions, two_tier))
     print(json.dumps({

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(data)
     t1 = best_of(lambda: patient_scores(tier1, data, cfg, seed=0), args.repeats)
     score = patient_scores(tier1, data, cfg, seed=0)[2]
-    referred = np.flatnonzero(score > float(bundle.theta))
+    referred = np.flatnonzero(score > float(bundle.fitted.theta_))
     gaps = np.flatnonzero(~data.present.all(dim=1).numpy() & data.present.any(dim=1).numpy())
     out = {"patients": n, "threads": args.threads, "mc_samples": cfg.model.mc_samples,
            "routing_score": cfg.routing_score, "tier1_patients_per_s": n / t1, "tier1_ms_per_patient": 1000 * t1 / n,

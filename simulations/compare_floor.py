@@ -50,7 +50,7 @@ def compare(before: Path, after: Path, horizons: tuple[float, ...] = (12.0, 36.0
         step = math.log(RISK_GRID.ratio)
         out["risk_cutpoints"] = [cuts0, cuts1]
         out["risk_cutpoint_shift_bins"] = [abs(a - b) / step for a, b in zip(cuts0, cuts1)]
-    h0, h1 = b0.baseline_hazard, b1.baseline_hazard
+    h0, h1 = b0.fitted.baseline_hazard_, b1.fitted.baseline_hazard_
     if h0 is not None and h1 is not None:
         t0, t1 = h0.times, h1.times
         s0 = np.exp(-cumhaz_at(np.array(horizons), t0, h0.cumhaz))

@@ -86,8 +86,7 @@ def pooled_test_split(res: FederationResult, paths: list[Path], cfg: RunConfig) 
         test = s.tensors.subset(s.data.indices("test"))
         tier1 = s.model(res.weights)
         tier2 = s.tier2_model(res.tier2_weights) if res.tier2_weights is not None else None
-        pred = predict_two_tier(tier1, tier2, test, cfg, theta=res.theta, bound=res.bound, scale=res.scale,
-                                seed=cfg.seed, use_tier2=res.tier2_gate is None or res.tier2_gate.open)
+        pred = predict_two_tier(tier1, tier2, test, cfg, fitted=res.fitted, seed=cfg.seed)
         rec = recovery_errors(tier1, None, test, cfg, seed=cfg.seed + 1)  # as SiteSession.evaluate
         n = len(risk)
         parts["site"].append(np.full(n, s.data.site, dtype=object))

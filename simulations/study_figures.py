@@ -51,13 +51,13 @@ def pattern_table(test: PooledTest) -> list[dict]:
 
 
 def simulation_figures(test: PooledTest, res: FederationResult, out: Path) -> list[Figure]:
-    group, basis = risk_groups(test, res.risk_cutpoints)
+    group, basis = risk_groups(test, None if res.fitted.cutpoints_ is None else list(res.fitted.cutpoints_))
     abstained = int((group < 0).sum())
     figs = [km_by_risk_group(test.time, test.event, group, GROUPS, out,
                              note=f" (two-tier system risk, {basis}"
                                   + (f"; {abstained} abstained left out" if abstained else "") + ")")]
     if len(test.masked_sigma2):
-        figs.append(uncertainty_vs_error(test.masked_sigma2, test.masked_error, test.masked_site, res.theta, out))
+        figs.append(uncertainty_vs_error(test.masked_sigma2, test.masked_error, test.masked_site, res.fitted.theta_, out))
     rows = pattern_table(test)
     figs.append(cindex_by_pattern([r["pattern"] for r in rows], [r["n"] for r in rows], [r["c_index"] for r in rows], out))
     return figs

@@ -13,10 +13,12 @@ import torch
 from rmmfed.core.baseline_hazard import (add_hazard_sums, baseline_from_sums, breslow_baseline, cumhaz_at,
                                          local_hazard_sums, median_survival, survival_at, survival_curve, time_grid)
 from rmmfed.core.model_card import MetricsDocumentError
-from rmmfed.core.bundle import (BaselineHazard, BundleError, BundleVersionError, ModelBundle, bundle_from_run_dir,
+from rmmfed.core.baseline_hazard import BaselineHazard
+from rmmfed.core.bundle import (BundleError, BundleVersionError, ModelBundle, bundle_from_run_dir,
                                 check_site_schema, installed_version, load_bundle, load_model, make_bundle,
                                 save_bundle)
 from rmmfed.core.config import RunConfig
+from rmmfed.core.fitted_two_tier import FittedTwoTier
 from rmmfed.core.model_card import model_card_from_metrics
 from rmmfed.core.errors import RmmError, SchemaMismatchError, SurvivalInputError
 from rmmfed.core.feature_stats import FeatureStats, local_feature_sums
@@ -24,7 +26,7 @@ from rmmfed.core.site_data import load_site
 from rmmfed.core.tier1 import build_model
 from rmmfed.core.tier2 import build_tier2
 from rmmfed.core.tier2_config import Tier2Config
-from rmmfed.core.two_tier import RiskScale
+from rmmfed.core.risk_scale import RiskScale
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -39,16 +41,17 @@ def tiny_bundle(site_dir: Path, tier1_cfg, *, tier2: bool = True, **kw) -> Model
     stats = FeatureStats.from_sums(local_feature_sums(site, site.indices("train"), 1), dims, tier1_cfg.anat_partitions)
     t1 = build_model(dims, cfg.model, cfg.seed)
     t2 = build_tier2(dims, cfg.tier2, cfg.seed, tier1=cfg.model) if tier2 else None
-    kw.setdefault("theta", 0.05)
-    return make_bundle(t1, stats, cfg, tier2=t2, **kw)
+    card = kw.pop("model_card", None)
+    kw.setdefault("theta_", 0.05)
+    return make_bundle(t1, stats, cfg, tier2=t2, fitted=FittedTwoTier(**kw), model_card=card)
 
 
 @pytest.fixture
 def bundle(site_factory, tier1_cfg) -> ModelBundle:
     grid = time_grid(30.0, 16)
     hz = BaselineHazard(grid, np.linspace(0.01, 2.0, 16))
-    return tiny_bundle(site_factory(n=30), tier1_cfg, abstain_bound=0.7, risk_scale=RiskScale(0.1, 2.0, -0.3, 0.5),
-                       baseline_hazard=hz, risk_cutpoints=[-0.5, 0.5],
+    return tiny_bundle(site_factory(n=30), tier1_cfg, abstain_bound_=0.7, risk_scale_=RiskScale(0.1, 2.0, -0.3, 0.5),
+                       baseline_hazard_=hz, cutpoints_=(-0.5, 0.5),
                        model_card={"sites": ["site-A"], "c_index": 0.71, "date": "2025-01-01"})
 
 
@@ -65,10 +68,12 @@ def test_round_trip_keeps_weights_and_every_field_identical(bundle, tmp_path):
     assert all(np.array_equal(loaded.feature_stats[k], bundle.feature_stats[k]) for k in bundle.feature_stats)
     assert loaded.modalities == bundle.modalities and list(loaded.modalities) == list(bundle.modalities)
     assert loaded.config == bundle.config and loaded.run_config == bundle.run_config
-    assert (loaded.theta, loaded.abstain_bound, loaded.risk_scale) == (0.05, 0.7, RiskScale(0.1, 2.0, -0.3, 0.5))
-    assert np.array_equal(loaded.baseline_hazard.times, bundle.baseline_hazard.times)
-    assert np.array_equal(loaded.baseline_hazard.cumhaz, bundle.baseline_hazard.cumhaz)
-    assert loaded.risk_cutpoints == [-0.5, 0.5] and loaded.model_card == bundle.model_card
+    f = loaded.fitted
+    assert (f.theta_, f.abstain_bound_, f.risk_scale_) == (0.05, 0.7, RiskScale(0.1, 2.0, -0.3, 0.5))
+    assert np.array_equal(f.baseline_hazard_.times, bundle.fitted.baseline_hazard_.times)
+    assert np.array_equal(f.baseline_hazard_.cumhaz, bundle.fitted.baseline_hazard_.cumhaz)
+    assert f.cutpoints_ == (-0.5, 0.5) and loaded.model_card == bundle.model_card
+    assert f == bundle.fitted
     assert loaded.rmm_version == installed_version()
     # the rebuilt models carry the same weights
     t1 = loaded.build_tier1()
@@ -96,8 +101,8 @@ def test_a_bundle_saved_before_the_variance_head_loads_with_eq3_sigma2(site_fact
 def test_tier1_only_bundle_round_trips(site_factory, tier1_cfg, tmp_path):
     b = tiny_bundle(site_factory(n=20), tier1_cfg, tier2=False)
     loaded = load_bundle(save_bundle(b, tmp_path / "t1.rmm"))
-    assert loaded.tier2 is None and loaded.build_tier2() is None and loaded.baseline_hazard is None
-    assert loaded.abstain_bound == float("inf")
+    assert loaded.tier2 is None and loaded.build_tier2() is None and loaded.fitted.baseline_hazard_ is None
+    assert loaded.fitted.abstain_bound_ == float("inf")
 
 
 @pytest.mark.parametrize("version", ["0.99.0", "1.1.0", "9.0"])
@@ -187,7 +192,7 @@ def test_bundle_from_run_dir_reads_model_pt_and_metrics(bundle, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"tier1": bundle.tier1, "tier2": bundle.tier2, "abstain_bound": 0.7,
-                "risk_scale": vars(bundle.risk_scale),
+                "risk_scale": vars(bundle.fitted.risk_scale_),
                 "feature_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.feature_stats.items()},
                 "modalities": bundle.modalities, "config": bundle.config, "theta": 0.05,
                 "rmm_version": installed_version()}, run / "model.pt")
@@ -202,7 +207,7 @@ def test_bundle_from_run_dir_reads_model_pt_and_metrics(bundle, tmp_path):
     assert card["per_site"]["site-A"] == {"c_index": 0.72, "n_test": 10, "n_events_test": 6, "referral_rate": 0.1,
                                           "route_counts": {"tier1": 9, "tier2": 1, "abstain": 0}}
     assert card["per_site"]["site-B"]["route_counts"] is None
-    assert len(card["date"]) == 10 and card["c_index"] == 0.7 and b.baseline_hazard is None
+    assert len(card["date"]) == 10 and card["c_index"] == 0.7 and b.fitted.baseline_hazard_ is None
     assert b.build_tier1() is not None
     # and it exports as a bundle
     assert load_bundle(save_bundle(b, tmp_path / "x.rmm")).model_card == card
@@ -219,8 +224,8 @@ def test_run_dir_model_pt_may_carry_a_baseline_hazard_and_cutpoints(bundle, tmp_
 
     b = bundle_from_run_dir(run)
 
-    assert np.array_equal(b.baseline_hazard.cumhaz, bundle.baseline_hazard.cumhaz)
-    assert b.risk_cutpoints == [-0.5, 0.5] and b.model_card == {"source": str(run.resolve())}
+    assert np.array_equal(b.fitted.baseline_hazard_.cumhaz, bundle.fitted.baseline_hazard_.cumhaz)
+    assert b.fitted.cutpoints_ == (-0.5, 0.5) and b.model_card == {"source": str(run.resolve())}
 
 
 def test_run_dir_without_model_is_refused(tmp_path):

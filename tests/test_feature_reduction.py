@@ -107,6 +107,7 @@ def test_a_bundle_with_a_reduced_modality_predicts_from_the_raw_files(sites, sit
     from rmmfed.client.predict import load_site_for, predict_site
     from rmmfed.core.bundle import load_bundle, make_bundle, save_bundle
     from rmmfed.core.config import RunConfig
+    from rmmfed.core.fitted_two_tier import FittedTwoTier
     from rmmfed.core.tier2 import build_tier2
     from rmmfed.core.tier2_config import Tier2Config
 
@@ -114,7 +115,7 @@ def test_a_bundle_with_a_reduced_modality_predicts_from_the_raw_files(sites, sit
     cfg = RunConfig(model=tier1_cfg, tier2=Tier2Config(timesteps=20, sample_steps=4, samples=2, hidden_dim=16,
                                                        time_dim=4, branches=2, branch_dim=4))
     dims = stats.model_dims(WIDE)
-    bundle = make_bundle(build_model(dims, cfg.model, 0), stats, cfg, theta=0.05,
+    bundle = make_bundle(build_model(dims, cfg.model, 0), stats, cfg, fitted=FittedTwoTier(0.05),
                          tier2=build_tier2(dims, cfg.tier2, 0, tier1=cfg.model))
     assert bundle.modalities == WIDE  # the schema on disk, not the model's widths
     loaded = load_bundle(save_bundle(bundle, tmp_path / "model.rmm"))

@@ -296,7 +296,7 @@ def test_weights_named_or_shaped_to_carry_data_are_refused(site, change):
     for phase in (P.TIER1_ROUND, P.TIER1_VALIDATION, P.TIER2_ROUND, P.TIER2_VALIDATION):
         assert "[weights]" in site.refusal(site.send(phase, P.RoundRequest(w, 1)))
     assert "[weights]" in site.refusal(site.send(P.FREEZE_TIER1, P.FreezeRequest(w)))
-    assert "weights" in site.refusal(site.send(P.RISK_GROUPS, P.RiskGroupsRequest(w, RISK_GRID, P.Routing(1e-3))))
+    assert "weights" in site.refusal(site.send(P.RISK_GROUPS, P.RiskGroupsRequest(w, RISK_GRID, P.FittedTwoTier(1e-3))))
 
 
 # ---- the server goes on without a refusing site, and does not ask it again ---------------------
@@ -336,14 +336,14 @@ def test_a_second_validation_of_the_same_round_with_other_weights_is_refused(sit
 
 def test_the_test_evaluation_cannot_be_asked_again_with_another_theta(site):
     site.freeze()
-    assert not site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(1e-3))).has_error()
-    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(2e-3)))
+    assert not site.send(P.EVALUATION, P.EvaluateRequest(None, P.FittedTwoTier(1e-3))).has_error()
+    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.FittedTwoTier(2e-3)))
     assert "one-grid-per-kind" in site.refusal(reply)
 
 
 def test_the_risk_group_histogram_merges_bins_to_k_training_patients(exact_site):
     exact_site.freeze()
-    reply = exact_site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.Routing(1e-3)))
+    reply = exact_site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.FittedTwoTier(1e-3)))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     got = from_record(reply.content[P.COUNTS])
     assert (got["counts"] >= K).all() and got["counts"].sum() == len(_train_times(exact_site))
@@ -353,8 +353,8 @@ def test_the_risk_group_histogram_merges_bins_to_k_training_patients(exact_site)
 def test_test_metrics_of_a_subgroup_below_the_floor_are_sent_as_empty(site):
     s = site.session()
     s.freeze(site.weights())
-    full = s.evaluate(None, theta=1e-3, k=1)
-    floored = s.evaluate(None, theta=1e-3, k=int(full["n-test"]) + 1)  # every subgroup smaller than k
+    full = s.evaluate(None, P.FittedTwoTier(1e-3), k=1)
+    floored = s.evaluate(None, P.FittedTwoTier(1e-3), k=int(full["n-test"]) + 1)  # every subgroup smaller than k
     assert full["tier1-covered-pairs-comparable"] > 0 and full["recovery-n"] > 0
     assert floored["pairs-comparable"] == full["pairs-comparable"]  # the split itself: the ClientApp checks it
     assert floored["tier1-covered-pairs-comparable"] == 0 and floored["system-covered-pairs-comparable"] == 0
@@ -376,8 +376,8 @@ def test_an_evaluation_plan_with_thresholds_one_patient_apart_gets_the_second_le
     cut = int(np.searchsorted(score, score[score > 0][0]))  # complete patients score 0: go past them
     lo, hi = cut + 10, cut + 11
     assert hi < len(score) - 10, "the toy site needs enough patients with a modality missing"
-    plan = P.EvaluationPlan(thresholds=((score[lo - 1] + score[lo]) / 2, (score[hi - 1] + score[hi]) / 2, np.inf))
-    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(1e9), None, plan))
+    thresholds = ((score[lo - 1] + score[lo]) / 2, (score[hi - 1] + score[hi]) / 2, np.inf)
+    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.FittedTwoTier(1e9), thresholds))
     assert not reply.has_error(), reply.error.reason
     m = reply.content.metric_records[P.METRICS]
     assert m[M.kept_n(0)] == lo and m[M.kept_n(1)] == 0 and m[M.kept(1).comparable] == 0

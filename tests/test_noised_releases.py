@@ -81,7 +81,7 @@ def test_calibration_and_risk_groups_are_noised_too(site):
     cal = site.send(P.CALIBRATION, P.GridRequest(HistogramGrid(1e-8, 1e3, 24)))
     assert cal.content.metric_records[P.METRICS][M.NOISED] == 1.0
     assert M.N_VALUES not in cal.content.metric_records[P.METRICS]  # no exact count of values either
-    risk = site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.Routing(1e-3)))
+    risk = site.send(P.RISK_GROUPS, P.RiskGroupsRequest(None, RISK_GRID, P.FittedTwoTier(1e-3)))
     assert np.array_equal(_counts(risk)["first"], np.arange(RISK_GRID.n_bins))
 
 
@@ -129,9 +129,9 @@ def test_route_counts_of_a_group_below_the_floor_are_sent_as_zero(site):
     """The red team read route counts of 1, 3 and 5 back and bisected a patient's value over runs."""
     s = site.session()
     s.freeze(site.weights())
-    n = int(s.evaluate(None, theta=1e-3, k=1)["n-test"])
+    n = int(s.evaluate(None, P.FittedTwoTier(1e-3), k=1)["n-test"])
     for theta in (1e-6, 1e-3, 1e-1, 1.0, 1e3):
-        m = s.evaluate(None, theta=theta, k=10)
+        m = s.evaluate(None, P.FittedTwoTier(theta), k=10)
         for key in (*M.ROUTED.values(), M.REFERRED, M.MASKED_REFERRED):
             c = m[key]
             total = m[M.MASKED_N] if key == M.MASKED_REFERRED else n

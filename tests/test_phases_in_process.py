@@ -98,8 +98,8 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
     assert len(res.history) == 2 and all(h["sites"] == 2 and h["failed"] == 0 for h in res.history)
     assert res.tier2_weights is not None and len(res.tier2_history) == 2
     assert all("val-sums" in h and h["val-sites"] == 2 for h in res.tier2_history)  # Tier 2 validation answered
-    assert res.tier2_gate is not None and res.tier2_round in (1, 2)
-    assert np.isfinite(res.theta) and res.baseline_hazard is not None
+    assert res.fitted.gate_ is not None and res.tier2_round in (1, 2)
+    assert np.isfinite(res.fitted.theta_) and res.fitted.baseline_hazard_ is not None
     assert set(res.per_site) == {"site-A", "site-B"}
     for m in res.per_site.values():
         assert m["n-test"] > 0 and "uncertainty-error-spearman" in m and "tier2-used" in m
@@ -110,8 +110,8 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
     assert sum(g["n"] for g in doc["survival"]["calibration"]["groups"]) == doc["survival"]["n_patients"]
     # each tier's conformal q-hat from the summed score histograms, and what evaluation measured with it
     assert set(res.conformal) == {"tier1", "tier2"} and res.conformal["tier1"]["n_scores"] > 0
-    assert res.plan.thresholds and res.plan.thresholds[-1] == float("inf") and len(res.plan.cutpoints) == 2
-    assert np.isnan(res.tier2_gate.width_tier1) and np.isnan(res.conformal["tier1"]["val_width"])  # noised: no SD sums
+    assert res.thresholds and res.thresholds[-1] == float("inf") and len(res.fitted.cutpoints_) == 2
+    assert np.isnan(res.fitted.gate_.width_tier1) and np.isnan(res.conformal["tier1"]["val_width"])  # noised: no SD sums
     assert doc["risk_uncertainty"]["routing_score"] == "risk-sd" and "spearman_change" in doc["risk_uncertainty"]
     if np.isfinite(res.conformal["tier1"]["q_hat"]):
         assert 0 <= doc["conformal"]["tier1"]["coverage"] <= 1 and doc["conformal"]["tier1"]["n_rows"] > 0
@@ -160,7 +160,7 @@ def test_a_run_without_dp_sgd_asks_noised_histograms_coarse_then_zoomed(tmp_path
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
     calibration_bins = [n for t, n in grid.bins if t == P.CALIBRATION.message_type]
     assert len(calibration_bins) == 2 * 2 and max(calibration_bins) <= 34, calibration_bins  # 2 grids x 2 sites
-    assert np.isfinite(res.theta)
+    assert np.isfinite(res.fitted.theta_)
 
 
 class RecordingGrid(InProcessGrid):

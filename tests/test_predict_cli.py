@@ -10,8 +10,10 @@ import pytest
 
 from rmmfed.client.predict import NO_BASELINE, RECORD_KEYS, main
 from rmmfed.core.baseline_hazard import time_grid
-from rmmfed.core.bundle import BaselineHazard, load_bundle, make_bundle, save_bundle
+from rmmfed.core.baseline_hazard import BaselineHazard
+from rmmfed.core.bundle import load_bundle, make_bundle, save_bundle
 from rmmfed.core.config import RunConfig
+from rmmfed.core.fitted_two_tier import FittedTwoTier
 from rmmfed.core.feature_stats import FeatureStats, local_feature_sums
 from rmmfed.core.site_data import load_site
 from rmmfed.core.tier1 import build_model
@@ -35,9 +37,9 @@ def _bundle_file(site: Path, tier1_cfg, out: Path, **kw) -> Path:
     dims = {m: int(d) for m, d in data.modalities.items()}
     cfg = RunConfig(model=tier1_cfg.model_copy(update={"max_instances": 4}), tier2=TINY_T2)
     stats = FeatureStats.from_sums(local_feature_sums(data, data.indices("train"), 1), dims, tier1_cfg.anat_partitions)
-    kw.setdefault("theta", 1e-3)
+    kw.setdefault("theta_", 1e-3)
     b = make_bundle(build_model(dims, cfg.model, cfg.seed), stats, cfg,
-                    tier2=build_tier2(dims, cfg.tier2, cfg.seed, tier1=cfg.model), **kw)
+                    tier2=build_tier2(dims, cfg.tier2, cfg.seed, tier1=cfg.model), fitted=FittedTwoTier(**kw))
     return save_bundle(b, out)
 
 
@@ -89,7 +91,7 @@ def test_all_missing_patient_abstains_with_reason_and_no_risk(capsys, model, sit
 
 
 def test_tier2_uncertainty_over_the_bound_abstains_without_risk(capsys, site, tier1_cfg, tmp_path):
-    model = _bundle_file(site, tier1_cfg, tmp_path / "strict.rmm", abstain_bound=-1.0)
+    model = _bundle_file(site, tier1_cfg, tmp_path / "strict.rmm", abstain_bound_=-1.0)
     code, recs, _ = _run(capsys, "--model", model, "--data", site, "--json-only")
 
     assert code == 0
@@ -153,7 +155,7 @@ def _assert_same(a, b, where: str = "") -> None:
 def test_baseline_hazard_and_training_tertiles_from_the_bundle(capsys, site, tier1_cfg, tmp_path):
     grid = time_grid(60.0, 30)
     hz = BaselineHazard(grid, np.linspace(0.02, 1.5, 30))
-    model = _bundle_file(site, tier1_cfg, tmp_path / "hz.rmm", baseline_hazard=hz, risk_cutpoints=[-0.2, 0.3])
+    model = _bundle_file(site, tier1_cfg, tmp_path / "hz.rmm", baseline_hazard_=hz, cutpoints_=(-0.2, 0.3))
     out = tmp_path / "pred.jsonl"
 
     code = main(["--model", str(model), "--data", str(site), "--horizons", "6,30,90", "--out", str(out), "--table"])
@@ -208,8 +210,8 @@ def test_save_bundle_without_data_exports_a_loadable_file(capsys, model, tmp_pat
 
 def test_each_missing_modality_gets_its_expected_change_ranked_and_tier1_answers_get_a_conformal_interval(
         capsys, site, tier1_cfg, tmp_path):
-    model = _bundle_file(site, tier1_cfg, tmp_path / "m.rmm", theta=1e9, risk_cutpoints=[-0.3, 0.3],
-                         conformal={"alpha": 0.1, "q_hat": {"tier1": 1.5, "tier2": float("inf")}})
+    model = _bundle_file(site, tier1_cfg, tmp_path / "m.rmm", theta_=1e9, cutpoints_=(-0.3, 0.3),
+                         conformal_q_={"tier1": 1.5, "tier2": float("inf")}, conformal_alpha_=0.1)
     code, recs, err = _run(capsys, "--model", model, "--data", site)
     assert code == 0
     answered = [r for r in recs if r["route"] != "abstain"]

@@ -49,11 +49,11 @@ def test_tiny_simulation_through_flower_writes_every_output(tiny_run):
     assert set(m["routing"]["referral_rate_per_site"]) == set(m["federated"]["per_site"])
     assert m["timing_s"]["total"] > 0
     assert len(m["history"]) == 3
-    hazard = load_model(out).baseline_hazard
+    hazard = load_model(out).fitted.baseline_hazard_
     assert hazard.times.shape == hazard.cumhaz.shape and bool((np.diff(hazard.cumhaz) >= 0).all())
     cuts = m["risk_groups"]["cutpoints"]  # federated tertiles of the training system risk
     assert len(cuts) == 2 and cuts[0] < cuts[1] and m["risk_groups"]["n_values"] > 0
-    assert bundle_from_run_dir(out).risk_cutpoints == cuts  # rmm-predict's groups use them
+    assert list(bundle_from_run_dir(out).fitted.cutpoints_) == cuts  # rmm-predict's groups use them
 
 
 @pytest.mark.slow
@@ -166,7 +166,7 @@ def test_every_reply_of_a_whole_run_holds_only_weights_sums_histograms_and_scala
                         shape = tuple(a["shape"])
                         allowed = {"arrays": shape in shapes,  # merged bins: at most one per grid bin
                                    "counts": len(shape) == 1 and shape[0] <= max(bins, 512),
-                                   "hazard": len(shape) == 1 and shape[0] <= len(bundle.baseline_hazard.times),
+                                   "hazard": len(shape) == 1 and shape[0] <= len(bundle.fitted.baseline_hazard_.times),
                                    "sums": len(shape) == 1 and (shape[0] in dims or shape == (1,))}[rec["name"]]
                         assert allowed, (path.stem, rec["name"], a)
                         assert n_patients not in shape or shape in shapes, (path.stem, a)

@@ -15,6 +15,7 @@ from rmmfed import __version__
 from rmmfed.core.bundle import load_bundle, load_model
 from rmmfed.core.config import RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums
+from rmmfed.core.fitted_two_tier import FittedTwoTier
 from rmmfed.core.schema import merge_schemas
 from rmmfed.core.histogram import HistogramGrid, quantile_from_counts
 from rmmfed.core.site_session import SiteSession
@@ -53,10 +54,10 @@ def federation_without_flower(cfg: RunConfig, paths: list[Path]) -> FederationRe
         s.freeze(weights)
         counts = counts + s.histogram(grid)[0]
     theta = quantile_from_counts(grid, counts, cfg.quantile)
-    per_site = {s.data.site: s.evaluate(None, theta) for s in sessions}
+    per_site = {s.data.site: s.evaluate(None, FittedTwoTier(theta)) for s in sessions}
     infos = [SiteInfo(i, s.data.site, dict(dims), __version__, {}) for i, s in enumerate(sessions)]
-    return FederationResult(cfg, Handshake(dims, infos), stats, weights, grid, np.asarray(counts), theta, per_site,
-                            risk_cutpoints=None)
+    return FederationResult(cfg, Handshake(dims, infos), stats, weights, grid, np.asarray(counts), FittedTwoTier(theta),
+                            per_site)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rmmfed.core import metric_names as M
-from rmmfed.core.baseline_hazard import breslow_baseline, survival_at, time_grid
+from rmmfed.core.baseline_hazard import BaselineHazard, breslow_baseline, survival_at, time_grid
 from rmmfed.core.survival_metrics import (CALIBRATION_BINS, HORIZONS, IBS_POINTS, IBS_SPAN, BaselineError,
                                           check_baseline, combine, site_sums)
 from rmmfed.simulations.evidence.brier import CensoringKM, integrated_brier
@@ -111,7 +111,7 @@ def test_a_lying_coordinator_cannot_place_a_horizon_that_leaves_one_control(tmp_
     last, second = np.sort(rows.loc[rows["split"] == "test", "time"].to_numpy(float))[::-1][:2]
     t_end = (last + second) / 2 / HORIZONS[-1]  # the last horizon falls between them: one control
     grid = np.linspace(t_end / 64, t_end, 64)
-    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.Routing(1e-3), (grid, np.linspace(0, 1, 64))))
+    reply = site.send(P.EVALUATION, P.EvaluateRequest(None, P.FittedTwoTier(1e-3, baseline_hazard_=BaselineHazard(grid, np.linspace(0, 1, 64)))))
     assert not reply.has_error(), reply.error.reason
     m = dict(reply.content[P.METRICS])
     j = len(HORIZONS) - 1

@@ -12,6 +12,7 @@ from rmmfed.core.augment import hide_one, modality_dropout
 from rmmfed.core.concordance import concordance_counts
 from rmmfed.core.config import DPConfig, RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums, local_feature_sums
+from rmmfed.core.fitted_two_tier import FittedTwoTier
 from rmmfed.core.histogram import HistogramGrid
 from rmmfed.core.site_data import load_site
 from rmmfed.core.site_session import SiteSession
@@ -285,7 +286,7 @@ def test_site_session_runs_every_phase_and_returns_only_scalars(site_factory, di
     weights_again, _ = session.train(start, server_round=1)
     session.freeze(weights)
     counts, n_values = session.histogram(grid)
-    metrics = session.evaluate(None, theta=1e-3)  # Tier 1 only; its weights were fixed by histogram()
+    metrics = session.evaluate(None, FittedTwoTier(1e-3))  # Tier 1 only; its weights were fixed by histogram()
 
     assert all(isinstance(v, np.ndarray) for v in sums.values())
     assert set(weights) == set(start)
@@ -307,7 +308,7 @@ def test_site_session_runs_every_phase_and_returns_only_scalars(site_factory, di
 def test_site_session_runs_the_tier2_phases_with_tier1_kept_frozen(site_factory, dims, tier1_cfg):
     from rmmfed.core.tier2 import build_tier2
     from rmmfed.core.tier2_config import Tier2Config
-    from rmmfed.core.two_tier import RiskScale
+    from rmmfed.core.risk_scale import RiskScale
 
     path = site_factory(n=50, seed=4, n_empty=2)
     session = SiteSession(path, device="cpu")
@@ -323,7 +324,7 @@ def test_site_session_runs_the_tier2_phases_with_tier1_kept_frozen(site_factory,
 
     tier2, losses = session.train_tier2(get_weights(build_tier2(dims, t2, 0, tier1=cfg.model)), server_round=1)
     counts, sums = session.tier2_calibration(tier2, grid)
-    metrics = session.evaluate(tier2, theta=0.0, bound=float("inf"), scale=RiskScale())
+    metrics = session.evaluate(tier2, FittedTwoTier(0.0, float("inf"), RiskScale()))
 
     assert all(np.array_equal(session.tier1_frozen[k], tier1[k]) for k in tier1)
     assert np.isfinite(losses["tier2-loss"]) and losses["num-examples"] == len(session.data.indices("train"))

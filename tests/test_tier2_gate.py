@@ -13,11 +13,13 @@ from rmmfed.core.tier1 import build_model
 from rmmfed.core.tier2 import build_tier2
 from rmmfed.core.tier2_config import Tier2Config
 from rmmfed.core.tier2_context import PatternBank, bag_encodings, data_means, observed_patterns
-from rmmfed.core.tier2_gate import VALIDATION_KEYS, Tier2Gate, decide
+from rmmfed.core.fitted_two_tier import FittedTwoTier
+from rmmfed.core.tier2_gate import VALIDATION_KEYS, Tier2Gate, ValidationSums, decide
 from rmmfed.core.tier2_scoring import tier1_head_risk
 from rmmfed.core.tier2_context import tier2_inputs
 from rmmfed.core.tier2_train import predict_tier2
-from rmmfed.core.two_tier import RiskScale, predict_two_tier
+from rmmfed.core.risk_scale import RiskScale
+from rmmfed.core.two_tier import predict_two_tier
 
 from test_tier2 import TINY, make_site
 
@@ -27,27 +29,29 @@ HIGH_RISK = frozenset({"oncology-staging"})
 pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny models on one thread
 
 
-def _sums(n=100.0, sse1=70.0, sse2=65.0, c1=(60.0, 0.0, 100.0), c2=(62.0, 0.0, 100.0)) -> dict[str, float]:
-    keys = iter(VALIDATION_KEYS)
-    values = [n, sse1, sse2, *c1, *c2]
-    return {next(keys): v for v in values}
+def _sums(n=100.0, sse1=70.0, sse2=65.0, c1=(60.0, 0.0, 100.0), c2=(62.0, 0.0, 100.0), sites=3) -> ValidationSums:
+    return ValidationSums.from_metrics(dict(zip(VALIDATION_KEYS, [n, sse1, sse2, *c1, *c2])), sites)
+
+
+def _closed() -> Tier2Gate:
+    return Tier2Gate(False, "Tier 2 did not beat Tier 1")
 
 
 # ---- the gate --------------------------------------------------------------------------------------
 def test_the_gate_opens_only_when_tier2_wins_on_recovery_and_c_index():
-    assert decide(_sums(), sites=3).open
-    worse_recovery = decide(_sums(sse2=71.0), sites=3)
-    worse_ranking = decide(_sums(c2=(59.0, 0.0, 100.0)), sites=3)
+    assert decide(_sums()).open
+    worse_recovery = decide(_sums(sse2=71.0))
+    worse_ranking = decide(_sums(c2=(59.0, 0.0, 100.0)))
     assert not worse_recovery.open and not worse_ranking.open
     assert "did not beat" in worse_recovery.reason and "0.7100 vs Tier 1's 0.7000" in worse_recovery.reason
-    equal_ranking = decide(_sums(c2=(60.0, 0.0, 100.0)), sites=3)
+    equal_ranking = decide(_sums(c2=(60.0, 0.0, 100.0)))
     assert equal_ranking.open  # a tie in C-index with a lower recovery error is a win
 
 
 def test_the_gate_stays_closed_without_validation_cases_and_round_trips():
-    closed = decide(_sums(n=0.0), sites=2)
+    closed = decide(_sums(n=0.0, sites=2))
     assert not closed.open and "no site" in closed.reason
-    g = decide(_sums(), sites=3)
+    g = decide(_sums())
     assert Tier2Gate.from_dict(g.to_dict()) == g
     assert Tier2Gate.from_dict(None).open  # bundles from before the gate behave as they did
 
@@ -118,9 +122,9 @@ def test_a_closed_gate_keeps_tier1s_risk_for_the_referred_and_flags_them(dims, t
     cfg = RunConfig(model=tier1_cfg, tier2=Tier2Config(timesteps=50, **TINY))
     tier2 = build_tier2(dims, cfg.tier2, seed=0, tier1=tier1_cfg)
     scale = RiskScale(0.1, 2.0, 0.1, 2.0)
-    used = predict_two_tier(tier1, tier2, data, cfg, theta=0.0, bound=float("inf"), scale=scale, seed=0)
-    kept = predict_two_tier(tier1, tier2, data, cfg, theta=0.0, bound=float("inf"), scale=scale, seed=0,
-                            use_tier2=False)
+    used = predict_two_tier(tier1, tier2, data, cfg, fitted=FittedTwoTier(0.0, float("inf"), scale), seed=0)
+    kept = predict_two_tier(tier1, tier2, data, cfg, fitted=FittedTwoTier(0.0, float("inf"), scale, _closed()),
+                            seed=0)
     referred = np.isfinite(kept.tier2_risk)
     assert referred.sum() == (~present.all(dim=1)).sum()  # theta = 0: every patient with a gap
     assert np.allclose(kept.system_risk[referred], (kept.tier1_risk[referred] - 0.1) / 2.0)
@@ -153,10 +157,10 @@ def test_risk_intervals_are_zero_width_when_complete_and_widest_when_the_gate_ke
     tier1 = build_model(dims, tier1_cfg, seed=0)
     cfg = RunConfig(model=tier1_cfg, tier2=Tier2Config(timesteps=50, parametrisation="v", **TINY))
     tier2 = build_tier2(dims, cfg.tier2, seed=0, tier1=tier1_cfg)
-    kw = dict(bound=float("inf"), scale=RiskScale(), seed=0, with_interval=True)
-    routine = predict_two_tier(tier1, tier2, data, cfg, theta=1e9, **kw)  # nobody referred
-    used = predict_two_tier(tier1, tier2, data, cfg, theta=0.0, **kw)
-    kept = predict_two_tier(tier1, tier2, data, cfg, theta=0.0, use_tier2=False, **kw)
+    kw = dict(seed=0, with_interval=True)
+    routine = predict_two_tier(tier1, tier2, data, cfg, fitted=FittedTwoTier(1e9), **kw)  # nobody referred
+    used = predict_two_tier(tier1, tier2, data, cfg, fitted=FittedTwoTier(0.0), **kw)
+    kept = predict_two_tier(tier1, tier2, data, cfg, fitted=FittedTwoTier(0.0, gate_=_closed()), **kw)
     complete = present.all(dim=1).numpy()
     assert np.allclose(routine.risk_low[complete], routine.system_risk[complete], atol=1e-6)
     assert np.allclose(routine.risk_high[complete], routine.system_risk[complete], atol=1e-6)

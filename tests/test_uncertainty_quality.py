@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 
 from rmmfed.core.config import DPConfig, RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums
+from rmmfed.core.fitted_two_tier import FittedTwoTier
 from rmmfed.core.histogram import HistogramGrid
 from rmmfed.core.site_session import SiteSession
 from rmmfed.core.tier1 import build_model
@@ -167,7 +168,7 @@ def test_recovery_rows_carry_the_patient_and_the_tier1_risk_gap(evaluated_site, 
 
 
 def test_site_sends_only_scalars_about_its_patients(evaluated_site, dims):
-    metrics = evaluated_site.evaluate(None, theta=1e-3, k=1)
+    metrics = evaluated_site.evaluate(None, FittedTwoTier(1e-3), k=1)
 
     assert QUALITY_KEYS <= set(metrics)
     assert all(type(v) is float for v in metrics.values())
@@ -178,7 +179,7 @@ def test_site_sends_only_scalars_about_its_patients(evaluated_site, dims):
 
 
 def test_a_site_below_its_floor_sends_nan_and_zero_counts(evaluated_site):
-    metrics = evaluated_site.evaluate(None, theta=1e-3, k=10_000)
+    metrics = evaluated_site.evaluate(None, FittedTwoTier(1e-3), k=10_000)
 
     assert metrics["uncertainty-n-patients"] == 0.0 and metrics["uncertainty-n-rows"] == 0.0
     assert all(math.isnan(metrics[k]) for k in QUALITY_KEYS if "-n-" not in k)

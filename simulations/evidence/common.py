@@ -91,7 +91,7 @@ class LoadedRun:
         self.dims: dict[str, int] = dict(bundle.modalities)
         self.stats = bundle.stats()
         self.model: Tier1Model = bundle.build_tier1()
-        self.theta = float(bundle.theta)
+        self.theta = float(bundle.fitted.theta_)
 
     def tensors(self, site: SiteData) -> SiteTensors:
         """A site's tensors built with the run's federated statistics (seeded like the run)."""
