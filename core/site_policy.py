@@ -44,7 +44,6 @@ no patient values and always run.
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any

@@ -25,7 +25,8 @@ from rmmfed.core.config import RunConfig
 from rmmfed.core.feature_stats import FeatureStats, add_sums
 from rmmfed.core.histogram import HistogramGrid
 from rmmfed.core.risk_groups import RISK_GRID
-from rmmfed.core.site_session import SiteSession, _pattern_patients
+from rmmfed.core.site_releases import pattern_patients
+from rmmfed.core.site_session import SiteSession
 from rmmfed.core.tier1 import build_model
 from rmmfed.core.weights import get_weights
 from rmmfed.server.phases import FOLLOWUP_GRID
@@ -185,7 +186,7 @@ def test_every_calibration_bin_holds_values_of_at_least_k_distinct_patients(exac
     reply = exact_site.calibrate()
     got = from_record(reply.content[P.COUNTS])
     values = exact_site.session().calibration_values(exact_site.weights())
-    who = _pattern_patients(values, len(DIMS))
+    who = pattern_patients(values, len(DIMS))
     grid = HistogramGrid(exact_site.cfg.hist_low, exact_site.cfg.hist_high, exact_site.cfg.hist_bins)
     fine = np.minimum(np.searchsorted(grid.edges(), values, side="right") - 1, grid.n_bins - 1)
     assert got["counts"].sum() == len(values) > 0

@@ -28,7 +28,7 @@ from ...core.histogram import HistogramGrid
 from ...core.merged_histogram import merged_quantile, pooled_counts
 from ...core.noised_release import noised_histogram
 from ...core.site_data import discover_sites, load_site
-from ...core.site_session import _pattern_patients
+from ...core.site_releases import pattern_patients
 from ...core.site_seed import site_seed
 from ...core.tensors import build_tensors
 from ...server.noised_quantile import COARSE_BINS, zoom_grid
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         site = load_site(path, expected=dict(bundle.modalities))
         data = build_tensors(site, bundle.stats(), seed=site_seed(cfg.seed, site.site))
         v, _ = site_scores(tier1, None, data.subset(site.indices("val")), cfg, "tier1")
-        sites.append((v, _pattern_patients(v, len(bundle.modalities))))
+        sites.append((v, pattern_patients(v, len(bundle.modalities))))
         tests.append(site_scores(tier1, None, data.subset(site.indices("test")), cfg, "tier1")[0])
     test = np.concatenate(tests)
     pooled = np.concatenate([v for v, _ in sites])
@@ -100,7 +100,7 @@ def theta_noise(args, bundle, cfg, tier1) -> None:
         site = load_site(path, expected=dict(bundle.modalities))
         data = build_tensors(site, bundle.stats(), seed=site_seed(cfg.seed, site.site))
         v = calibration_scores(tier1, data.subset(site.indices("val")), cfg, seed=cfg.seed)
-        sites.append((v, _pattern_patients(v, len(bundle.modalities))))
+        sites.append((v, pattern_patients(v, len(bundle.modalities))))
         tests.append(recovery_errors(tier1, None, data.subset(site.indices("test")), cfg, seed=cfg.seed + 1)["risk_sd"
                                      if cfg.routing_score == "risk-sd" else "sigma2"])
     test, pooled = np.concatenate(tests), np.concatenate([v for v, _ in sites])
