@@ -83,14 +83,14 @@ def format_summary(summary: dict, root: str | Path) -> str:
 
 def validate_site(data: str | Path):
     """load_site or raise its SiteDataError / SchemaMismatchError (message: file, field, fix)."""
-    from ..core.site_data import load_site
+    from ..core.data.site_data import load_site
 
     return load_site(data)
 
 
 def effective_policy(data: str | Path, policy: str | Path | None):
     """(where it comes from, the SitePolicy) as the ClientApp will resolve it (client/policy_mod.py)."""
-    from ..core.site_policy import load_policy
+    from ..core.privacy.site_policy import load_policy
     from .policy_mod import SITE_POLICY_FILE
 
     if policy:
@@ -121,7 +121,7 @@ def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -
     node = {"data-dir": str(data.resolve()), "device": args.device, "site": args.site}
     if getattr(args, "policy", None):
         node["policy"] = str(Path(args.policy).resolve())  # the hospital's own floor, read by the ClientApp
-    if getattr(args, "state_dir", None):  # the lifetime privacy budget (core/privacy_budget.py)
+    if getattr(args, "state_dir", None):  # the lifetime privacy budget (core/privacy/privacy_budget.py)
         node["state-dir"] = str(Path(args.state_dir).resolve())
     if getattr(args, "ledger", None):  # the egress ledger (client/ledger.py)
         node["ledger"] = str(Path(args.ledger).resolve())
@@ -178,7 +178,7 @@ def check_connection_args(args: argparse.Namespace) -> None:
 
 def check_device(device: str) -> str:
     """Resolve auto/cpu/cuda here (ConfigError if CUDA was asked for but is absent)."""
-    from ..core.device import resolve_device
+    from ..core.model.device import resolve_device
 
     return str(resolve_device(device))
 

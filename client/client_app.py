@@ -1,4 +1,4 @@
-"""The Flower ClientApp: for each phase of core/protocol.py, decode the request, check it against the
+"""The Flower ClientApp: for each phase of core/messages/protocol.py, decode the request, check it against the
 site policy, ask the SiteSession, encode the reply. Nothing else.
 
 Which folder is the site:
@@ -24,19 +24,19 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from .. import __version__
-from ..core import metric_names as M
-from ..core import protocol as P
+from ..core.messages import metric_names as M
+from ..core.messages import protocol as P
 from ..core.config import RunConfig
-from ..core.site_cox import cox_release
-from ..core.survival_metrics import check_baseline
-from ..core.feature_stats import FeatureStats
-from ..core.privacy_budget import PrivacyBudget
-from ..core.request_policy import RequestPolicy, digest
-from ..core.site_data import discover_sites
-from ..core.site_policy import PolicyViolation
-from ..core.noised_release import ReleaseNoise
-from ..core.site_session import SiteSession
-from ..core.site_seed import site_seed
+from ..core.site.site_cox import cox_release
+from ..core.survival.survival_metrics import check_baseline
+from ..core.aggregates.feature_stats import FeatureStats
+from ..core.privacy.privacy_budget import PrivacyBudget
+from ..core.privacy.request_policy import RequestPolicy, digest
+from ..core.data.site_data import discover_sites
+from ..core.privacy.site_policy import PolicyViolation
+from ..core.privacy.noised_release import ReleaseNoise
+from ..core.site.site_session import SiteSession
+from ..core.site.site_seed import site_seed
 from .egress import egress_guard
 from .ledger import configured_ledger_mod, ledger_mod
 from ..flower.packing import packing_mod
@@ -131,7 +131,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     def released(context: Context, rp: RequestPolicy, s: SiteSession, kind: str, key: str, records: P.Records,
                  compute: Callable[[ReleaseNoise | None], object]):
         """One release of ``kind`` on grid ``key``: exact and merged when the policy's dp.release-epsilon is
-        0, else epsilon-DP (core/noised_release.py), charged to the site's lifetime budget once per
+        0, else epsilon-DP (core/privacy/noised_release.py), charged to the site's lifetime budget once per
         (kind, grid), and kept, so the same request again gets the same answer at no further cost."""
         eps = rp.policy.dp.release_epsilon
         if eps <= 0:

@@ -1,6 +1,6 @@
 """Egress guard: a ClientApp mod that checks every reply before it leaves the site.
 
-The request's message type names its phase (core/protocol.py); the reply may carry only the records
+The request's message type names its phase (core/messages/protocol.py); the reply may carry only the records
 that phase's definition lists, each of the kind the protocol gives it. Then, per record (anything
 else makes the reply an error and nothing is sent):
 - ``arrays``: model weights with exactly the names and shapes of the weights the server sent;
@@ -8,11 +8,11 @@ else makes the reply an error and nothing is sent):
   ``<modality>.pca.<n|sum|outer>`` [1], [dim], [dim, dim] (second moments for the federated PCA);
 - ``counts``: one histogram: ``counts``, ``first``, ``last``, each [m] with m <= hist-bins,
   ``first``/``last`` ordered fine-bin ranges of the server's grid (every bin, noised, under the default
-  policy: core/noised_release.py; bins merged to the site's floor with exact releases);
+  policy: core/privacy/noised_release.py; bins merged to the site's floor with exact releases);
 - ``hazard``: Breslow sums with intervals merged to the floor: ``hazard.first``, ``hazard.events``,
   ``hazard.risk-sum`` each [m] with m <= the server's grid points, ``hazard.risk-after`` [1];
 - ``cox``: the Cox core's sums over a whole split for the p coefficients sent: ``grad`` [p], ``hess``
-  [p, p], ``sum`` [p], ``sumsq`` [p] (core/site_cox.py);
+  [p, p], ``sum`` [p], ``sumsq`` [p] (core/site/site_cox.py);
 - ``metrics``: scalar metrics only; ``config``: the schema reply's scalar fields only.
 No reply can carry an array indexed by patient.
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
-from ..core import protocol as P
+from ..core.messages import protocol as P
 from ..core.errors import RmmError
 from .site_errors import allowed_error, site_error
 
@@ -58,7 +58,7 @@ def check_reply(request: Message, reply: Message) -> None:
                 raise EgressViolation(f"metric record '{name}' with list values {bad} is not allowed")
             unknown = sorted(set(record) - set(phase.metrics))
             if unknown:
-                raise EgressViolation(f"a {phase.name} reply carries metric(s) {unknown} that core/protocol.py does "
+                raise EgressViolation(f"a {phase.name} reply carries metric(s) {unknown} that core/messages/protocol.py does "
                                       f"not list for it")
         elif isinstance(record, ConfigRecord):
             if name != P.CONFIG or set(record) - P.SCHEMA_KEYS:

@@ -245,8 +245,8 @@ def summarize(entries: list[dict], budget: dict | None = None) -> dict:
 
 
 def budget_summary(path: str | Path) -> dict:
-    """The site's privacy budget file (core/privacy_budget.py): epsilon per run, spent, cap and left."""
-    from ..core.privacy_budget import read_budget
+    """The site's privacy budget file (core/privacy/privacy_budget.py): epsilon per run, spent, cap and left."""
+    from ..core.privacy.privacy_budget import read_budget
 
     state = read_budget(path)  # BudgetFileError (naming the file) when unreadable
     cap = json.loads(Path(path).read_text(encoding="utf-8")).get("total-epsilon") if Path(path).is_file() else None

@@ -4,10 +4,10 @@ Which policy file (the first that exists): the node's ``policy`` (``rmm-client -
 in the SuperNode's node config, which the hospital sets, never the coordinator); ``policy.toml``
 in the site folder; the file given to :func:`~rmmfed.client.client_app.make_client_app`
 (``rmm-simulate --policy FILE``, every site); else the safe defaults of
-:data:`~rmmfed.core.site_policy.DEFAULT_POLICY`. The run config is never read for it.
+:data:`~rmmfed.core.privacy.site_policy.DEFAULT_POLICY`. The run config is never read for it.
 
 :func:`policy_mod` sits inside the egress guard and the ledger: a handler that raises
-:class:`~rmmfed.core.site_policy.PolicyViolation` gets an error reply (code :data:`POLICY_REFUSED`,
+:class:`~rmmfed.core.privacy.site_policy.PolicyViolation` gets an error reply (code :data:`POLICY_REFUSED`,
 a fixed reason naming the policy key and nothing else), which the ledger logs with the key and the
 server does not retry. Any other exception gets the fixed site error (code :data:`SITE_ERROR`).
 The full text of either (counts, paths, traceback) goes to the site log only (client/site_errors.py).
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 
-from ..core.request_policy import RequestPolicy
-from ..core.site_policy import PolicyViolation, SitePolicy, load_policy
+from ..core.privacy.request_policy import RequestPolicy
+from ..core.privacy.site_policy import PolicyViolation, SitePolicy, load_policy
 from ..flower.refusal import POLICY_REFUSED
 from .site_errors import SITE_ERROR, refusal, site_error
 

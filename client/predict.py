@@ -22,24 +22,24 @@ JSON keys (``null`` where not applicable):
   ``tier2-not-used`` (referred, but the run's gate found that Tier 2 did not beat Tier 1 on federated
   masked validation, so the risk is Tier 1's; rmm-predict says so once on stderr)
 * ``risk``: the system risk on the common scale (z-score of the answering head's training risk,
-  :class:`~rmmfed.core.two_tier.RiskScale`); ``null`` when abstained. ``tier1_risk`` (raw log-hazard),
+  :class:`~rmmfed.core.routing.two_tier.RiskScale`); ``null`` when abstained. ``tier1_risk`` (raw log-hazard),
   ``tier2_risk`` (raw, referred patients only)
 * ``risk_interval`` [low, high] on the same scale and ``risk_interval_basis``: the central 95% of the
   answering tier's risks across its own draws of the missing features (Tier 1's MC-dropout estimates
   plus its predicted variance, or Tier 2's diffusion draws; zero width when nothing is missing; for a referred patient whose risk
-  the gate kept with Tier 1, the hull of both, i.e. wider), :mod:`rmmfed.core.risk_interval`. It
+  the gate kept with Tier 1, the hull of both, i.e. wider), :mod:`rmmfed.core.routing.risk_interval`. It
   covers missing-modality uncertainty only; ``null`` when abstained
 * ``risk_group``: low | intermediate | high by tertiles of the TRAINING system risk when the bundle
   carries them (``risk_cutpoints``: a run computes them from the sites' histograms,
-  :mod:`rmmfed.core.risk_groups`), otherwise of this site's own non-abstained patients (all splits);
+  :mod:`rmmfed.core.survival.risk_groups`), otherwise of this site's own non-abstained patients (all splits);
   ``risk_group_basis`` says which
 * ``risk_conformal_interval`` [low, high] and ``risk_conformal_coverage``: where the risk would lie once the
   missing exams are done, mean +- q-hat x SD of the answering tier's risk draws, with the run's federated
-  split-conformal q-hat (:mod:`rmmfed.core.conformal`: marginal coverage 1 - alpha over patients with
+  split-conformal q-hat (:mod:`rmmfed.core.routing.conformal`: marginal coverage 1 - alpha over patients with
   modalities missing); ``null`` when nothing is missing, when abstained, or when the bundle has no finite
   q-hat for that tier
 * ``which_exam``: per missing modality, ranked, the expected |change in risk| (system scale) if that exam
-  were done and the probability that the risk group would change (:mod:`rmmfed.core.value_of_information`)
+  were done and the probability that the risk group would change (:mod:`rmmfed.core.routing.value_of_information`)
 * ``sigma2`` (Tier 1 uncertainty), ``theta`` (compared with the bundle's routing score: the risk SD or sigma2); ``tier2_uncertainty`` and ``abstain_bound`` when referred
 * ``modalities_present``, ``modalities_missing``, ``modalities_recovered`` and ``recovered_by``
   (Tier 1's estimator, or Tier 2's diffusion recovery when routed there)
@@ -67,16 +67,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..core.attribution import bag_row_indices, integrated_gradients, top_instances
-from ..core.baseline_hazard import median_survival, survival_at
-from ..core.bundle import ModelBundle, check_site_schema, load_model, save_bundle
+from ..core.model.attribution import bag_row_indices, integrated_gradients, top_instances
+from ..core.survival.baseline_hazard import median_survival, survival_at
+from ..core.outputs.bundle import ModelBundle, check_site_schema, load_model, save_bundle
 from ..core.errors import RmmError
-from ..core.routing import ABSTAIN, TIER2
-from ..core.site_data import SiteData, load_site
-from ..core.site_seed import site_seed
-from ..core.tensors import build_tensors
-from ..core.two_tier import predict_two_tier
-from ..core.value_of_information import exam_values
+from ..core.routing.routing import ABSTAIN, TIER2
+from ..core.data.site_data import SiteData, load_site
+from ..core.site.site_seed import site_seed
+from ..core.data.tensors import build_tensors
+from ..core.routing.two_tier import predict_two_tier
+from ..core.routing.value_of_information import exam_values
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 NO_BASELINE = "no baseline hazard in this bundle"

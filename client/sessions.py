@@ -1,4 +1,4 @@
-"""The ClientApp's sessions: one :class:`~rmmfed.core.site_session.SiteSession` per (run, site folder).
+"""The ClientApp's sessions: one :class:`~rmmfed.core.site.site_session.SiteSession` per (run, site folder).
 
 Loading and validating a site's folder takes seconds to minutes, so a long-lived ClientApp process
 keeps its session between messages. A session belongs to one run: asking for another run's session
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..core.site_session import SiteSession
+from ..core.site.site_session import SiteSession
 
 
 class SessionRegistry:

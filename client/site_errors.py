@@ -31,7 +31,7 @@ from functools import cache
 from flwr.app import Context, Error, Message
 from pydantic import BaseModel
 
-from ..core.site_policy import PolicyViolation, SitePolicy
+from ..core.privacy.site_policy import PolicyViolation, SitePolicy
 from ..flower.refusal import POLICY_REFUSED, refusal_error, refused_key
 
 LOG = logging.getLogger("rmmfed.site")
@@ -40,7 +40,7 @@ SITE_ERROR = 500  # error code of every other failure at the site
 SITE_ERROR_REASON = ("site error: the site could not answer this request; its administrator finds the details "
                      "in the site log")
 
-# Keys a refusal may name beyond the policy file's own (core/request_policy.py, core/privacy_budget.py):
+# Keys a refusal may name beyond the policy file's own (core/privacy/request_policy.py, core/privacy/privacy_budget.py):
 # a new PolicyViolation key is either a SitePolicy field or listed here (tests/test_error_replies.py checks).
 EXTRA_KEYS = frozenset({"weights", "dp.total-epsilon", "dp.target-delta", "one-answer-per-round"})
 

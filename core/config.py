@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .tier2_config import Tier2Config
+from .tier2.tier2_config import Tier2Config
 
 
 # Flat keys that were renamed: the old spelling is still read, with one FutureWarning naming the new key.
@@ -82,7 +82,7 @@ class Tier1Config(_Strict):
     anat_partitions: int = Field(4, ge=1, description="|R|: contiguous feature partitions per modality")
     anat_kappa: float = Field(2.0, gt=0.0, description="kappa: hinge tolerance in sigma_r units")
     reduce_dim: int = Field(16, ge=0, description="wide modalities are reduced to this many federated principal "
-                            "components (core/feature_reduction.py); 0 = off")
+                            "components (core/aggregates/feature_reduction.py); 0 = off")
     reduce_above: int = Field(64, ge=1, description="a modality is wide when it has more columns than this")
     input_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the (reduced) instance features "
                                  "while training; 0 = off")
@@ -91,7 +91,7 @@ class Tier1Config(_Strict):
     linear_l2: float = Field(0.1, ge=0.0, description="ridge penalty (1/2 l2 ||beta||^2) on the linear path, the "
                              "scale of lifelines' penalizer")
     cox_core: bool = Field(True, description="Tier 1 = an exact federated site-stratified ridge Cox model plus a neural "
-                           "residual (core/cox_core.py), when the sites' policies allow the Cox phase's exact sums; "
+                           "residual (core/survival/cox_core.py), when the sites' policies allow the Cox phase's exact sums; "
                            "otherwise, and with false, Tier 1 is the network alone, its linear path (linear-path) "
                            "trained with it")
     cox_penalizers: str = Field("0.003,0.01,0.03,0.1,0.3,1,3,10", description="the Cox core's ridge penalizers (lifelines' "
@@ -107,7 +107,7 @@ class Tier1Config(_Strict):
                                              "the server before round 1; 'fixed': as set")
     fusion: Literal["concat", "attention"] = Field(
         "concat", description="how the head reads the slots: 'concat' = [h_1; ...; h_K], 'attention' = "
-        "shared-weight attention across the modality tokens (core/fusion.py), where the prompts and "
+        "shared-weight attention across the modality tokens (core/model/fusion.py), where the prompts and "
         "pseudo-embeddings can act beyond a bias; concat is the default because attention was not better "
         "on any cohort (evidence.tier1_ablation)")
 
@@ -141,7 +141,7 @@ def scaled_widths(n_train: int) -> dict[str, Any]:
 
 
 class DPConfig(_Strict):
-    """Privacy (docs/privacy.md): DP-SGD for Tier 1 (core/dp.py) and noisy calibration counts."""
+    """Privacy (docs/privacy.md): DP-SGD for Tier 1 (core/privacy/dp.py) and noisy calibration counts."""
 
     enabled: bool = Field(True, description="both tiers train with DP-SGD (Tier 1 with the discrete-time likelihood); "
                           "the default site policy refuses a run without it")
@@ -231,9 +231,9 @@ class RunConfig(_Strict):
     quantile: float = Field(0.95, gt=0.0, lt=1.0, description="theta = this quantile of calibration uncertainty")
     routing_score: Literal["risk-sd", "sigma2"] = Field(
         "risk-sd", description="what routing compares with theta: the SD of Tier 1's risk over its draws of the "
-        "missing features (core/risk_interval.py), or f_phi's feature-space sigma^2 (core/uncertainty.py)")
+        "missing features (core/routing/risk_interval.py), or f_phi's feature-space sigma^2 (core/routing/uncertainty.py)")
     conformal_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="federated split-conformal risk intervals "
-                                   "(core/conformal.py) aim at coverage 1 - this")
+                                   "(core/routing/conformal.py) aim at coverage 1 - this")
     hist_low: float = Field(1e-8, gt=0.0, description="lower edge of the log-spaced calibration histogram grid "
                             "(uncertainty units; values below fall in the underflow bin)")
     hist_high: float = Field(1e3, gt=0.0, description="upper edge of that grid (values above fall in the overflow "

@@ -53,5 +53,5 @@ class InstanceBudgetError(RmmError):
 
 
 class FittedTwoTierError(RmmError):
-    """A fitted two-tier decision (core/fitted_two_tier.py) holds a value it cannot route with; the
+    """A fitted two-tier decision (core/routing/fitted_two_tier.py) holds a value it cannot route with; the
     message names the field and the fix."""

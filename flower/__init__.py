@@ -2,7 +2,7 @@
 both the hospital's code (client/) and the coordinator's (server/). It imports Flower and rmmfed.core,
 never client/, server/ or simulations/; core/ (the model) never imports Flower.
 
-- records.py: core/protocol.py record dicts <-> Flower records;
+- records.py: core/messages/protocol.py record dicts <-> Flower records;
 - packed_arrays.py, packing.py: packed weights (the byte format, and its Flower records and ClientApp mod);
 - refusal.py: a site's policy refusal on the wire (code and reason) and how the coordinator reads it;
 - app_keys.py: the Flower app's own config keys (not RunConfig settings);

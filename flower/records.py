@@ -1,11 +1,11 @@
-"""core/protocol.py record dicts <-> Flower records (one copy: the sites and the coordinator both use it)."""
+"""core/messages/protocol.py record dicts <-> Flower records (one copy: the sites and the coordinator both use it)."""
 
 from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from ..core.protocol import CONFIG, METRICS, Records
+from ..core.messages.protocol import CONFIG, METRICS, Records
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -1,5 +1,5 @@
-"""The conformal phase: each tier's q-hat from the sites' summed score histograms (core/conformal.py),
-which the run's fitted two-tier decision holds (core/fitted_two_tier.py), the gate judged on the
+"""The conformal phase: each tier's q-hat from the sites' summed score histograms (core/routing/conformal.py),
+which the run's fitted two-tier decision holds (core/routing/fitted_two_tier.py), the gate judged on the
 intervals, and the risk-coverage thresholds an evaluation measures."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core import metric_names as M
-from ..core import protocol as P
-from ..core.conformal import SCORE_GRID, corrected_level, needs_infinite
-from ..core.histogram import HistogramGrid, quantile_from_counts
-from ..core.merged_histogram import merged_quantile, pooled_counts
-from ..core.metric_names import KEPT_LEVELS
-from ..core.tier2_gate import judge_intervals
+from ..core.messages import metric_names as M
+from ..core.messages import protocol as P
+from ..core.routing.conformal import SCORE_GRID, corrected_level, needs_infinite
+from ..core.aggregates.histogram import HistogramGrid, quantile_from_counts
+from ..core.aggregates.merged_histogram import merged_quantile, pooled_counts
+from ..core.messages.metric_names import KEPT_LEVELS
+from ..core.tier2.tier2_gate import judge_intervals
 from .queries import decode, merged_parts
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[s
     for tier, weights in (("tier1", None), ("tier2", tier2_weights)):
         if tier == "tier2" and not weights:
             continue
-        grid = SCORE_GRID  # one coarse grid, no zoom, no noise floor (core/conformal.py)
+        grid = SCORE_GRID  # one coarse grid, no zoom, no noise floor (core/routing/conformal.py)
         replies = run.ask(P.CONFORMAL, P.ConformalRequest(tier, grid, weights))
         parts = merged_parts(replies, grid.n_bins, run.noised or run.cfg.dp.histogram_epsilon > 0, 0.0)
         n = float(pooled_counts(parts, grid.n_bins).sum()) if parts else 0.0

@@ -1,4 +1,4 @@
-"""The coordinator's side of Tier 1's Cox core (core/cox_core.py): whether the run has one, its fit from
+"""The coordinator's side of Tier 1's Cox core (core/survival/cox_core.py): whether the run has one, its fit from
 the sites' sums, and whether the network residual is kept.
 
 * :func:`cox_core_sites` (at the handshake): the Cox core needs the sites' exact sums, which a site
@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 from flwr.serverapp import Grid
 
-from ..core import metric_names as M
-from ..core import protocol as P
+from ..core.messages import metric_names as M
+from ..core.messages import protocol as P
 from ..core.config import RunConfig
-from ..core.cox_core import LINEAR, CoxCore, CoxMoments, fit_cox_core, keep_residual, with_cox  # noqa: F401
-from ..core.cox_newton import CoxSums, add_cox_sums
+from ..core.survival.cox_core import LINEAR, CoxCore, CoxMoments, fit_cox_core, keep_residual, with_cox  # noqa: F401
+from ..core.survival.cox_newton import CoxSums, add_cox_sums
 from ..core.errors import RmmError
 from .queries import ask, decode
 
@@ -43,7 +43,7 @@ def cox_core_sites(cfg: RunConfig, allowed: list[int]) -> tuple[list[int], str]:
 
 
 def fit(grid: Grid, cfg: RunConfig, nodes: list[int], width: int, answered=lambda phase, replies: None) -> CoxCore:
-    """The Cox core from the sites ``nodes`` (core/cox_core.py) on a design of ``width`` columns (Tier 1's
+    """The Cox core from the sites ``nodes`` (core/survival/cox_core.py) on a design of ``width`` columns (Tier 1's
     linear term: the model's widths plus one flag per modality); one query per Newton round."""
     moments: list[CoxMoments] = []
     cache: dict[bytes, CoxSums] = {}

@@ -3,7 +3,7 @@ a small :class:`Run` (the Grid, the config, the accepted sites, and what the run
 
 handshake -> feature statistics and setup -> Tier 1 rounds -> freeze Tier 1 -> calibration ->
 baseline hazard -> Tier 2 rounds and its calibration -> risk groups -> evaluation. Messages are
-core/protocol.py's phases; only weights, feature sums, merged histogram counts, merged Breslow sums
+core/messages/protocol.py's phases; only weights, feature sums, merged histogram counts, merged Breslow sums
 and scalar metrics come back from sites. Queries: server/queries.py; training rounds, the Tier 2
 gate and the baseline hazard: server/phases.py.
 """
@@ -21,23 +21,23 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from .. import __version__
-from ..core import metric_names as M
-from ..core import protocol as P
-from ..core.concordance import ConcordanceCounts, combined_c_index
+from ..core.messages import metric_names as M
+from ..core.messages import protocol as P
+from ..core.survival.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
 from ..core.errors import RmmError
-from ..core.feature_stats import FeatureStats, add_sums
-from ..core.histogram import HistogramGrid
-from ..core.merged_histogram import merged_quantile, pooled_counts
-from ..core.risk_groups import RISK_GRID, cutpoints_from_counts
-from ..core.dp import zero_risk_head
-from ..core.tier1 import build_model
-from ..core.tier2 import build_tier2
-from ..core.baseline_hazard import BaselineHazard
-from ..core.fitted_two_tier import FittedTwoTier
-from ..core.risk_scale import RiskScale
-from ..core.tier2_gate import Tier2Gate, gate_of_round
-from ..core.weights import get_weights
+from ..core.aggregates.feature_stats import FeatureStats, add_sums
+from ..core.aggregates.histogram import HistogramGrid
+from ..core.aggregates.merged_histogram import merged_quantile, pooled_counts
+from ..core.survival.risk_groups import RISK_GRID, cutpoints_from_counts
+from ..core.privacy.dp import zero_risk_head
+from ..core.model.tier1 import build_model
+from ..core.tier2.tier2 import build_tier2
+from ..core.survival.baseline_hazard import BaselineHazard
+from ..core.routing.fitted_two_tier import FittedTwoTier
+from ..core.routing.risk_scale import RiskScale
+from ..core.tier2.tier2_gate import Tier2Gate, gate_of_round
+from ..core.model.weights import get_weights
 from . import conformal_phase, cox_phase
 from .checkpoint import Checkpoint
 from .cox_phase import cox_core_sites

@@ -13,7 +13,7 @@ class SiteInfo:
     schema: dict[str, int | None]
     version: str
     counts: dict[str, int]
-    release_epsilon: float = 0.0  # > 0: the site's policy noises its releases (core/noised_release.py)
+    release_epsilon: float = 0.0  # > 0: the site's policy noises its releases (core/privacy/noised_release.py)
     cox: bool = False  # the site's policy takes part in the cox phase (exact Cox core sums)
 
 

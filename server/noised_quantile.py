@@ -1,6 +1,6 @@
 """A quantile from sites' noised histograms: a coarse grid first, then a zoom around its estimate.
 
-Noised releases (core/noised_release.py) carry counts on every bin with noise on each; the error of a
+Noised releases (core/privacy/noised_release.py) carry counts on every bin with noise on each; the error of a
 quantile grows with the number of bins its cumulative count crosses. So when the sites noise, the
 server asks a coarse grid over the whole range (``COARSE_BINS`` bins), then a fine one over
 ``ZOOM_DECADES`` decades around the coarse estimate (``ZOOM_BINS`` bins). A site answers at most
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..core.histogram import HistogramGrid
-from ..core.merged_histogram import MergedBins, merged_quantile, spread
-from ..core import protocol as P
+from ..core.aggregates.histogram import HistogramGrid
+from ..core.aggregates.merged_histogram import MergedBins, merged_quantile, spread
+from ..core.messages import protocol as P
 from .queries import NOISE_FLOOR, merged_parts
 
 COARSE_BINS = 24  # 22 log bins over the default 11 decades: about a half decade each

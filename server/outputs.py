@@ -1,5 +1,5 @@
 """Run outputs: metrics.json, calibration.json, run_config.json, model.pt (the model bundle of
-core/bundle.py, which rmm-predict and every evaluation read with ``load_model``), report.md.
+core/outputs/bundle.py, which rmm-predict and every evaluation read with ``load_model``), report.md.
 
 Written as soon as the federation's phases all succeeded, each file through a temporary name and an
 atomic rename, so a failed run never leaves a half-written file that looks complete. Later steps of
@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..core import metric_names as M
-from ..core.bundle import ModelBundle, save_bundle
-from ..core.concordance import ConcordanceCounts, combined_c_index
-from ..core.survival_metrics import combine as combine_survival
-from ..core.metrics_document import RunMetrics
-from ..core.model_card import model_card_from_metrics
-from ..core.routing import ABSTAIN, TIER1, TIER2
-from ..core.uncertainty_quality import quality_document
-from ..core.risk_uncertainty_evaluation import conformal_document, coverage_curve_document, voi_document
+from ..core.messages import metric_names as M
+from ..core.outputs.bundle import ModelBundle, save_bundle
+from ..core.survival.concordance import ConcordanceCounts, combined_c_index
+from ..core.survival.survival_metrics import combine as combine_survival
+from ..core.outputs.metrics_document import RunMetrics
+from ..core.outputs.model_card import model_card_from_metrics
+from ..core.routing.routing import ABSTAIN, TIER1, TIER2
+from ..core.routing.uncertainty_quality import quality_document
+from ..core.routing.risk_uncertainty_evaluation import conformal_document, coverage_curve_document, voi_document
 from .conformal_phase import CURVE_QUANTILES
 from .federation import FederationResult
 
@@ -69,7 +69,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
                            "c_index_combined_pairs": cox_pairs}
         if "cox_core_residual_pooled_c_index" in extra:  # simulation only: the residual kept, whatever was decided
             doc["cox_core"]["c_index_with_residual"] = extra["cox_core_residual_pooled_c_index"]
-    if res.fitted.baseline_hazard_ is not None:  # IBS, td-AUC, calibration of Tier 1 (core/survival_metrics.py)
+    if res.fitted.baseline_hazard_ is not None:  # IBS, td-AUC, calibration of Tier 1 (core/survival/survival_metrics.py)
         survival = combine_survival(ps, float(res.fitted.baseline_hazard_.times[-1]))
         if survival:
             doc["survival"] = survival
@@ -184,7 +184,7 @@ def write_outputs(out_dir: str | Path, res: FederationResult, extra: dict[str, A
 
 
 def run_bundle(res: FederationResult, metrics: dict[str, Any]) -> ModelBundle:
-    """The run's model as the one model file (core/bundle.py): both tiers, statistics, calibration,
+    """The run's model as the one model file (core/outputs/bundle.py): both tiers, statistics, calibration,
     baseline hazard, risk groups, gate and a model card from ``metrics``."""
     return ModelBundle(
         tier1={k: torch.from_numpy(np.array(v)) for k, v in res.weights.items()},

@@ -9,14 +9,14 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from ..flower.records import to_record as to_array_record
-from ..core import metric_names as M
-from ..core import protocol as P
-from ..core.baseline_hazard import time_grid, baseline_from_sums
+from ..core.messages import metric_names as M
+from ..core.messages import protocol as P
+from ..core.survival.baseline_hazard import time_grid, baseline_from_sums
 from ..core.config import RunConfig
-from ..core.histogram import HistogramGrid
-from ..core.merged_hazard import MergedHazard, fine_sums
-from ..core.merged_histogram import merged_quantile, spread
-from ..core.tier2_gate import ValidationSums
+from ..core.aggregates.histogram import HistogramGrid
+from ..core.survival.merged_hazard import MergedHazard, fine_sums
+from ..core.aggregates.merged_histogram import merged_quantile, spread
+from ..core.tier2.tier2_gate import ValidationSums
 from .checkpoint import Checkpoint
 from .noised_quantile import zoom_grid
 from .progress import Progress
@@ -136,7 +136,7 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
         return None
     parts = [MergedHazard.from_arrays(decode(r, P.HazardReply).sums, len(points)) for r in replies.values()]
     events, risk_sums = fine_sums(parts, len(points))
-    # noised sums (core/noised_release.py) can dip below 0 or rise: events >= 0 and a risk set that only
+    # noised sums (core/privacy/noised_release.py) can dip below 0 or rise: events >= 0 and a risk set that only
     # shrinks over time (post-processing; exact sums already are)
     events, risk_sums = np.clip(events, 0.0, None), np.minimum.accumulate(np.clip(risk_sums, 0.0, None))
     widest = max(p.widest() for p in parts)

@@ -257,7 +257,7 @@ def uncertainty_quality_forest(unc: dict, out: Path) -> Figure:
 
 def survival_calibration(survival: dict, out: Path) -> Figure:
     """Predicted against observed event probability at the calibration horizon, one point per site group
-    (core/survival_metrics.py), sized by its patients, with the diagonal of perfect calibration."""
+    (core/survival/survival_metrics.py), sized by its patients, with the diagonal of perfect calibration."""
     cal = survival["calibration"]
     groups = cal["groups"]
     fig, ax = plt.subplots(figsize=(5.2, 5))

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from flwr.common.logger import log
 
-from ..core import metric_names as M
+from ..core.messages import metric_names as M
 
 TAG = "[rmm]"  # marks rmm's own log lines among Flower's (rmm-server run filters on it)
 _ROUND = re.compile(r"\[rmm\] (?P<phase>\w+) round (?P<rnd>\d+)/(?P<total>\d+)(?:.*?val C-index (?P<val>[0-9.]+|n/a))?")

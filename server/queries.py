@@ -15,10 +15,10 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ..core import metric_names as M
-from ..core import protocol as P
-from ..core.merged_histogram import MergedBins, QuantileBracket, spread
-from ..core.private_histogram import noise_std
+from ..core.messages import metric_names as M
+from ..core.messages import protocol as P
+from ..core.aggregates.merged_histogram import MergedBins, QuantileBracket, spread
+from ..core.privacy.private_histogram import noise_std
 from ..flower.records import records_of, to_content
 from ..flower.refusal import refused_key
 
@@ -27,7 +27,7 @@ NOISE_FLOOR = 2.0  # for a tail quantile, pooled noisy bins below this many nois
 
 def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=None, *, retries: int = 1,
         reconnect_pause_s: float = 2.0) -> dict[int, Message]:
-    """Send the same request (a core/protocol.py payload, or none) to each node as ``phase``'s message
+    """Send the same request (a core/messages/protocol.py payload, or none) to each node as ``phase``'s message
     type; return the successful replies by node (errors logged).
 
     Every message sent this way is a query a site can answer twice with the same result (schema,
@@ -86,7 +86,7 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
 
 
 def decode(reply: Message, payload):
-    """A reply's content as the protocol's ``payload`` class (core/protocol.py)."""
+    """A reply's content as the protocol's ``payload`` class (core/messages/protocol.py)."""
     return payload.from_records(records_of(reply.content))
 
 
@@ -113,7 +113,7 @@ def isotonic(y: np.ndarray) -> np.ndarray:
 
 
 def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool, floor: float = 0.0) -> list[MergedBins]:
-    """The sites' merged histograms (core/merged_histogram.py); noisy counts are clipped after summing."""
+    """The sites' merged histograms (core/aggregates/merged_histogram.py); noisy counts are clipped after summing."""
     decoded = [decode(r, P.HistogramReply) for r in replies.values()]
     parts = [MergedBins.from_arrays(d.counts, n_bins) for d in decoded]
     eps = [d.metrics.get(M.NOISED, 0.0) for d in decoded]  # a site's epsilon-DP counts carry their epsilon

@@ -11,11 +11,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from ..core import metric_names as M
-from ..core import protocol as P
-from ..core.concordance import ConcordanceCounts, combined_c_index
+from ..core.messages import metric_names as M
+from ..core.messages import protocol as P
+from ..core.survival.concordance import ConcordanceCounts, combined_c_index
 from ..core.config import RunConfig
-from ..core.tier2_gate import ValidationSums
+from ..core.tier2.tier2_gate import ValidationSums
 from ..flower.refusal import refused_key
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 from .queries import decode
@@ -76,7 +76,7 @@ def _restricted(base: type) -> type:
 
         # ---- Flower's round loop ---------------------------------------------------------------
         def _typed(self, messages: Iterable[Message], message_type: str) -> list[Message]:
-            """The strategy's messages for the accepted sites, as this phase's message type (core/protocol.py)."""
+            """The strategy's messages for the accepted sites, as this phase's message type (core/messages/protocol.py)."""
             return [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=message_type)
                     for m in messages if m.metadata.dst_node_id in self.accepted]
 

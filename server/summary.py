@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..core import metric_names as M
+from ..core.messages import metric_names as M
 
 
 def f3(x: Any, nd: int = 3) -> str:

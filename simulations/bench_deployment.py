@@ -40,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 from rmmfed.flower.processes import ProcessTree, end_group, free_port, require_executable, wait_for_port
 
 MODES = {

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..core import metric_names as M
+from ..core.messages import metric_names as M
 
 DEFAULT_COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcga-kirp")
 PERMISSIVE, DEFAULT_POLICY = "permissive", "default-policy"

@@ -18,9 +18,9 @@ import argparse
 
 import numpy as np
 
-from ..core.histogram import HistogramGrid
-from ..core.merged_histogram import merged_quantile
-from ..core.noised_release import noised_histogram
+from ..core.aggregates.histogram import HistogramGrid
+from ..core.aggregates.merged_histogram import merged_quantile
+from ..core.privacy.noised_release import noised_histogram
 from ..server.noised_quantile import COARSE_BINS, zoom_grid
 from ..server.queries import NOISE_FLOOR, pool_noisy
 

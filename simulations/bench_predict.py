@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from ..client.predict import load_site_for, predict_site
-from ..core.attribution import integrated_gradients
-from ..core.bundle import load_model
-from ..core.site_seed import site_seed
-from ..core.tensors import build_tensors
-from ..core.two_tier import predict_two_tier
+from ..core.model.attribution import integrated_gradients
+from ..core.outputs.bundle import load_model
+from ..core.site.site_seed import site_seed
+from ..core.data.tensors import build_tensors
+from ..core.routing.two_tier import predict_two_tier
 from .bench_tiers import best_of as _best
 from .faithfulness import site_folders
 

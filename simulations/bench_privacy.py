@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import metric_names as M
-from ..core.histogram import HistogramGrid
-from ..core.private_histogram import theta_error
+from ..core.messages import metric_names as M
+from ..core.aggregates.histogram import HistogramGrid
+from ..core.privacy.private_histogram import theta_error
 from .simulate import main as simulate
 
 

@@ -4,7 +4,7 @@
 
 Loads a finished run's ``model.pt`` (Tier 1, Tier 2, feature statistics, theta, config), builds every
 site's patients of ``--data`` (default: the run's own generated cohort) and times:
-- Tier 1: risk plus the run's routing score (core/routing_score.py: sigma^2 from T MC-dropout passes,
+- Tier 1: risk plus the run's routing score (core/routing/routing_score.py: sigma^2 from T MC-dropout passes,
   and with routing-score = risk-sd the SD of the risk over T draws read through the head), patients per
   second (goal >= 1,000 with T=20);
 - Tier 2: DDIM recovery with S samples plus its head, milliseconds per referred patient (goal <= 20 ms);
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.bundle import load_model
-from ..core.site_data import discover_sites, load_site
-from ..core.tensors import SiteTensors, build_tensors
-from ..core.tier2_train import predict_tier2
-from ..core.routing_score import patient_scores
+from ..core.outputs.bundle import load_model
+from ..core.data.site_data import discover_sites, load_site
+from ..core.data.tensors import SiteTensors, build_tensors
+from ..core.tier2.tier2_train import predict_tier2
+from ..core.routing.routing_score import patient_scores
 
 
 def best_of(fn, repeats: int) -> float:

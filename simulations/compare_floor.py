@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.baseline_hazard import cumhaz_at
-from ..core.bundle import load_model
-from ..core.risk_groups import RISK_GRID
+from ..core.survival.baseline_hazard import cumhaz_at
+from ..core.outputs.bundle import load_model
+from ..core.survival.risk_groups import RISK_GRID
 
 
 def _load(run: Path) -> tuple[dict, dict, dict]:

@@ -3,7 +3,7 @@
     python -m rmmfed.simulations.faithfulness --model RUN_DIR_OR_BUNDLE --data COHORT_OR_SITE [--split test]
 
 For every patient of the split with >= 2 present modalities: integrated-gradients attributions of
-Tier 1's risk (:mod:`rmmfed.core.attribution`), then Tier 1's risk again with ONE modality masked
+Tier 1's risk (:mod:`rmmfed.core.model.attribution`), then Tier 1's risk again with ONE modality masked
 (marked unobserved, so Tier 1 recovers it with its estimator as for a truly missing modality):
 
 * the most-attributed modality (largest |attribution|),
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.attribution import integrated_gradients, masked_risk
-from ..core.bundle import ModelBundle, load_model
-from ..core.site_data import PATIENTS_CSV, discover_sites
-from ..core.site_seed import site_seed
-from ..core.tensors import build_tensors
+from ..core.model.attribution import integrated_gradients, masked_risk
+from ..core.outputs.bundle import ModelBundle, load_model
+from ..core.data.site_data import PATIENTS_CSV, discover_sites
+from ..core.site.site_seed import site_seed
+from ..core.data.tensors import build_tensors
 from ..client.predict import load_site_for
 
 

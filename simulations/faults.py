@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
-from ..core import protocol as P
+from ..core.messages import protocol as P
 
 FAULTS = ("nan", "scale")
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import RmmError
-from ..core.site_data import SiteData
+from ..core.data.site_data import SiteData
 
 TRUTH_COLUMNS = ("site", "patient_id", "true_risk")
 

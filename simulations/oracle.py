@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.concordance import c_index
+from ..core.survival.concordance import c_index
 from .optional_inputs import Truth
 from .pooled_test import PooledTest
-from ..core.routing import TIER2
+from ..core.routing.routing import TIER2
 
 COHORT_KEYS = ("cross_modal_r2", "oracle_c_index_all", "oracle_c_index_observed", "oracle_c_index_no_recovery",
                "oracle_incomplete", "complete_fraction")

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import torch
 
-from ..core.concordance import c_index
-from ..core.cox import cox_partial_log_likelihood
+from ..core.survival.concordance import c_index
+from ..core.survival.cox import cox_partial_log_likelihood
 from ..core.config import RunConfig
-from ..core.cox_core import CoxCore, CoxMoments, fit_cox_core, with_cox
-from ..core.cox_newton import add_cox_sums, stratum_sums
-from ..core.site_cox import cox_design
-from ..core.feature_stats import FeatureStats, add_sums, local_feature_sums
-from ..core.site_data import SiteData
-from ..core.tensors import SiteTensors, build_tensors
-from ..core.tier1 import build_model
-from ..core.train import predict_risk, round_lr, train_tier1
-from ..core.dp import zero_risk_head
-from ..core.weights import get_weights, set_weights
-from ..core.site_seed import site_seed
+from ..core.survival.cox_core import CoxCore, CoxMoments, fit_cox_core, with_cox
+from ..core.survival.cox_newton import add_cox_sums, stratum_sums
+from ..core.site.site_cox import cox_design
+from ..core.aggregates.feature_stats import FeatureStats, add_sums, local_feature_sums
+from ..core.data.site_data import SiteData
+from ..core.data.tensors import SiteTensors, build_tensors
+from ..core.model.tier1 import build_model
+from ..core.model.train import predict_risk, round_lr, train_tier1
+from ..core.privacy.dp import zero_risk_head
+from ..core.model.weights import get_weights, set_weights
+from ..core.site.site_seed import site_seed
 
 
 def stratified_pll(model, parts: list[SiteTensors]) -> float:
@@ -40,7 +40,7 @@ def stratified_pll(model, parts: list[SiteTensors]) -> float:
 
 
 def pooled_cox_core(model, trains: list[SiteTensors], vals: list[SiteTensors], penalizers) -> CoxCore:
-    """core/cox_core.py's fit with every site's stratum computed in one place (the federated fit's twin)."""
+    """core/survival/cox_core.py's fit with every site's stratum computed in one place (the federated fit's twin)."""
     xs = [cox_design(model, t) for t in trains]
     xv = [cox_design(model, v) for v in vals]
     moments = CoxMoments(sum(len(x) for x in xs), sum(x.sum(0) for x in xs), sum((x ** 2).sum(0) for x in xs))

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.concordance import c_index
+from ..core.survival.concordance import c_index
 from ..core.config import RunConfig
-from ..core.cox_core import LINEAR
-from ..core.site_cox import cox_design
-from ..core.train import predict_risk
-from ..core.site_session import SiteSession
-from ..core.two_tier import predict_two_tier, recovery_errors
+from ..core.survival.cox_core import LINEAR
+from ..core.site.site_cox import cox_design
+from ..core.model.train import predict_risk
+from ..core.site.site_session import SiteSession
+from ..core.routing.two_tier import predict_two_tier, recovery_errors
 from ..server.federation import FederationResult
 
 

@@ -22,7 +22,7 @@ import torch
 from ..client.client_app import make_client_app, site_dir
 from ..core.config import RunConfig
 from ..core.errors import RmmError
-from ..core.site_data import SiteData
+from ..core.data.site_data import SiteData
 from ..server.federation import FederationResult
 from ..server.flower_log import QuietRun
 from ..server.outputs import update_metrics, write_outputs

@@ -22,9 +22,9 @@ os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 
 from ..core.config import RunConfig  # noqa: E402
 from ..core.errors import RmmError  # noqa: E402
-from ..core.schema import merge_schemas  # noqa: E402
-from ..core.site_policy import PHASES  # noqa: E402
-from ..core.site_data import discover_sites, load_site  # noqa: E402
+from ..core.data.schema import merge_schemas  # noqa: E402
+from ..core.privacy.site_policy import PHASES  # noqa: E402
+from ..core.data.site_data import discover_sites, load_site  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,7 +100,7 @@ def check_policies(paths: list[Path], default: Path | None) -> dict:
     """Each site's policy (its folder's policy.toml, else ``default``, else the defaults), loaded now so
     that a bad file stops the run before anything starts (PolicyFileError names file, key and fix)."""
     from ..client.policy_mod import SITE_POLICY_FILE
-    from ..core.site_policy import load_policy
+    from ..core.privacy.site_policy import load_policy
 
     out = {}
     for p in paths:

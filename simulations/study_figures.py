@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.concordance import c_index
+from ..core.survival.concordance import c_index
 from ..core.errors import SurvivalInputError
 from ..server.federation import FederationResult
 from ..server.plots import Figure, cindex_by_pattern, km_by_risk_group, uncertainty_vs_error

@@ -42,8 +42,8 @@ What is compared ("the patient's value"): the raw bag means of the patient's fil
 feature vector per modality, 0 for an absent modality), concatenated over the modalities. The site
 feeds standardised instances ((x - mean) / std with the run's FeatureStats, which the coordinator
 sent and therefore knows); the attack recovers standardised bag means and inverts the
-standardisation. The truth is read from the site folder as the site reads it (core/site_data.py
-``load_site`` and the bag means core/tensors.py ``build_tensors`` standardises for its targets), not
+standardisation. The truth is read from the site folder as the site reads it (core/data/site_data.py
+``load_site`` and the bag means core/data/tensors.py ``build_tensors`` standardises for its targets), not
 from anything the attack computed.
 """
 
@@ -60,13 +60,13 @@ from flwr.app import Context, Message, RecordDict
 from rmmfed.client.client_app import make_client_app
 from rmmfed.flower.refusal import POLICY_REFUSED
 from rmmfed.flower.records import from_record, to_content
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 from rmmfed.core.config import RunConfig
-from rmmfed.core.feature_stats import FeatureStats, add_sums, pooled_features
-from rmmfed.core.site_data import load_site
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums, pooled_features
+from rmmfed.core.data.site_data import load_site
 from rmmfed.flower.refusal import refused_key
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.weights import get_weights
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.model.weights import get_weights
 
 from conftest import DIMS, write_site
 

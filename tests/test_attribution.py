@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core.attribution import (attribute, bag_row_indices, integrated_gradients, masked_risk, path_risk,
+from rmmfed.core.model.attribution import (attribute, bag_row_indices, integrated_gradients, masked_risk, path_risk,
                                      top_instances)
-from rmmfed.core.feature_stats import FeatureStats, local_feature_sums
-from rmmfed.core.site_data import load_site
-from rmmfed.core.tensors import build_tensors
-from rmmfed.core.tier1 import bag_means, build_model
+from rmmfed.core.aggregates.feature_stats import FeatureStats, local_feature_sums
+from rmmfed.core.data.site_data import load_site
+from rmmfed.core.data.tensors import build_tensors
+from rmmfed.core.model.tier1 import bag_means, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

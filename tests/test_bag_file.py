@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmmfed.core import bag_file
-from rmmfed.core.bag_file import BagFile, bag_array, bag_mean, bag_rows, open_bag
+from rmmfed.core.data import bag_file
+from rmmfed.core.data.bag_file import BagFile, bag_array, bag_mean, bag_rows, open_bag
 from rmmfed.core.errors import SiteDataError
 
 

@@ -10,23 +10,23 @@ import pandas as pd
 import pytest
 import torch
 
-from rmmfed.core.baseline_hazard import (add_hazard_sums, baseline_from_sums, breslow_baseline, cumhaz_at,
+from rmmfed.core.survival.baseline_hazard import (add_hazard_sums, baseline_from_sums, breslow_baseline, cumhaz_at,
                                          local_hazard_sums, median_survival, survival_at, survival_curve, time_grid)
-from rmmfed.core.model_card import MetricsDocumentError
-from rmmfed.core.baseline_hazard import BaselineHazard
-from rmmfed.core.bundle import (BundleError, BundleVersionError, ModelBundle, bundle_from_run_dir,
+from rmmfed.core.outputs.model_card import MetricsDocumentError
+from rmmfed.core.survival.baseline_hazard import BaselineHazard
+from rmmfed.core.outputs.bundle import (BundleError, BundleVersionError, ModelBundle, bundle_from_run_dir,
                                 check_site_schema, installed_version, load_bundle, load_model, make_bundle,
                                 save_bundle)
 from rmmfed.core.config import RunConfig
-from rmmfed.core.fitted_two_tier import FittedTwoTier
-from rmmfed.core.model_card import model_card_from_metrics
+from rmmfed.core.routing.fitted_two_tier import FittedTwoTier
+from rmmfed.core.outputs.model_card import model_card_from_metrics
 from rmmfed.core.errors import RmmError, SchemaMismatchError, SurvivalInputError
-from rmmfed.core.feature_stats import FeatureStats, local_feature_sums
-from rmmfed.core.site_data import load_site
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.tier2 import build_tier2
-from rmmfed.core.tier2_config import Tier2Config
-from rmmfed.core.risk_scale import RiskScale
+from rmmfed.core.aggregates.feature_stats import FeatureStats, local_feature_sums
+from rmmfed.core.data.site_data import load_site
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.tier2.tier2 import build_tier2
+from rmmfed.core.tier2.tier2_config import Tier2Config
+from rmmfed.core.routing.risk_scale import RiskScale
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -159,7 +159,7 @@ def test_check_site_schema_names_modality_dims_and_fix(bundle):
 
 
 def _metrics_document(bundle) -> dict:
-    """A metrics.json of the RunMetrics layout (core/metrics_document.py) for two sites."""
+    """A metrics.json of the RunMetrics layout (core/outputs/metrics_document.py) for two sites."""
     return {"rmm_version": installed_version(),
             "federated": {"c_index": 0.7, "c_index_method": "m", "c_index_combined_pairs": 0.7, "per_site": {
                 "site-A": {"c_index": 0.72, "n_test": 10, "n_events_test": 6},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("core", "flower", "client", "server", "simulations")
@@ -19,11 +19,11 @@ def test_no_module_is_longer_than_400_lines():
 
 
 def test_message_types_are_written_only_in_the_protocol():
-    """Every other module names a phase through core/protocol.py, never by its string."""
+    """Every other module names a phase through core/messages/protocol.py, never by its string."""
     types = sorted({p.message_type for p in P.PHASES if "." in p.message_type}, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(f'"{t}"') for t in types))
     found = [f"{p.relative_to(ROOT)}:{i}" for part in PARTS for p in (ROOT / part).rglob("*.py")
-             if p != ROOT / "core" / "protocol.py"
+             if p != ROOT / "core" / "messages" / "protocol.py"
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert found == []
 
@@ -42,7 +42,7 @@ SAME_WORD_ELSEWHERE = {"c-index", "val-pll"}
 
 
 def test_reply_metric_names_are_written_only_in_metric_names():
-    """Sites write and the coordinator reads every reply metric through core/metric_names.py."""
+    """Sites write and the coordinator reads every reply metric through core/messages/metric_names.py."""
     names = {k for p in P.PHASES for k in p.metrics} - SAME_WORD_ELSEWHERE
     found = [f"{p.relative_to(ROOT)}:{i}: {k}" for part in ("core", "client", "server")
              for p in (ROOT / part).rglob("*.py") if p.name not in ("metric_names.py", "protocol.py")

@@ -1,4 +1,4 @@
-"""Reference tests for rmmfed.core.concordance (Harrell's C from pair counts)."""
+"""Reference tests for rmmfed.core.survival.concordance (Harrell's C from pair counts)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from lifelines.utils import concordance_index
 
-from rmmfed.core.concordance import ConcordanceCounts, c_index, combined_c_index, concordance_counts
+from rmmfed.core.survival.concordance import ConcordanceCounts, c_index, combined_c_index, concordance_counts
 from rmmfed.core.errors import NoComparablePairsError, RmmError, SurvivalInputError
 
 
@@ -49,7 +49,7 @@ def test_matches_naive_counts(seed):
 
 
 def test_chunking_does_not_change_counts(monkeypatch):
-    import rmmfed.core.concordance as mod
+    import rmmfed.core.survival.concordance as mod
 
     time, risk, event = tied_data(7, n=300)
     full = concordance_counts(time, risk, event)

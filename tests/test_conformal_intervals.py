@@ -1,4 +1,4 @@
-"""Federated split-conformal risk intervals (core/conformal.py) and the risk draws they stand on
+"""Federated split-conformal risk intervals (core/routing/conformal.py) and the risk draws they stand on
 (core/risk_interval.risk_if_acquired)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core.conformal import SCORE_GRID, corrected_level, coverage_sums, needs_infinite, scores
-from rmmfed.core.histogram import quantile_from_counts
-from rmmfed.core.risk_interval import risk_if_acquired, tier1_risk_draws
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.tier2_context import bag_encodings, data_means
-from rmmfed.core.train import predict_risk
+from rmmfed.core.routing.conformal import SCORE_GRID, corrected_level, coverage_sums, needs_infinite, scores
+from rmmfed.core.aggregates.histogram import quantile_from_counts
+from rmmfed.core.routing.risk_interval import risk_if_acquired, tier1_risk_draws
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.tier2.tier2_context import bag_encodings, data_means
+from rmmfed.core.model.train import predict_risk
 
 from test_tier2 import make_site
 
@@ -87,7 +87,7 @@ def test_risk_draws_are_seeded_zero_width_when_nothing_is_missing_and_spread_oth
 
 
 def test_the_gate_keeps_tier2_only_where_its_intervals_are_narrower():
-    from rmmfed.core.tier2_gate import Tier2Gate, judge_intervals
+    from rmmfed.core.tier2.tier2_gate import Tier2Gate, judge_intervals
 
     won = Tier2Gate(True, "Tier 2 beat Tier 1 on federated validation: figures", 100.0)
     assert judge_intervals(won, 2.0, 1.5).open

@@ -1,4 +1,4 @@
-"""Reference tests for rmmfed.core.cox (Cox partial likelihood, Efron / Breslow ties)."""
+"""Reference tests for rmmfed.core.survival.cox (Cox partial likelihood, Efron / Breslow ties)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rmmfed.core.cox import CoxLoss, cox_loss, cox_partial_log_likelihood
+from rmmfed.core.survival.cox import CoxLoss, cox_loss, cox_partial_log_likelihood
 from rmmfed.core.errors import RmmError, SurvivalInputError
 
 

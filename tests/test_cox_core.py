@@ -1,4 +1,4 @@
-"""Tier 1's Cox core (core/cox_core.py, server/cox_phase.py): the exact federated site-stratified ridge Cox
+"""Tier 1's Cox core (core/survival/cox_core.py, server/cox_phase.py): the exact federated site-stratified ridge Cox
 model, fitted through the sites' real ClientApps, against lifelines on the pooled design; the network
 residual on top of it; and the policy that keeps its exact sums opt-in."""
 
@@ -15,14 +15,14 @@ from lifelines import CoxPHFitter
 from lifelines.utils import concordance_index
 
 from rmmfed.client.client_app import make_client_app
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 from rmmfed.core.config import RunConfig
-from rmmfed.core.cox_core import CoxCore, keep_residual, with_cox
-from rmmfed.core.site_cox import cox_design
-from rmmfed.core.site_session import SiteSession
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.train import predict_risk
-from rmmfed.core.weights import get_weights, set_weights
+from rmmfed.core.survival.cox_core import CoxCore, keep_residual, with_cox
+from rmmfed.core.site.site_cox import cox_design
+from rmmfed.core.site.site_session import SiteSession
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.model.train import predict_risk
+from rmmfed.core.model.weights import get_weights, set_weights
 from rmmfed.server.federation import run_federation
 from rmmfed.simulations.pooled import pooled_cox_core
 
@@ -208,7 +208,7 @@ def test_when_the_network_adds_nothing_on_validation_tier1_is_the_cox_model(tier
 def build_batch_site(dims):
     """A small SiteTensors batch (conftest's seeded bags), for the model-level check above."""
     from conftest import make_batch
-    from rmmfed.core.tensors import SiteTensors
+    from rmmfed.core.data.tensors import SiteTensors
     xs, masks, present = make_batch(dims, 24, 5, seed=3)
     return SiteTensors(tuple(dims), tuple(xs), tuple(masks), tuple(torch.zeros(24, d) for d in dims.values()),
                        present, torch.arange(24, dtype=torch.float32) + 1, torch.ones(24), ("",) * 24)

@@ -1,4 +1,4 @@
-"""The exact federated Cox core (core/cox_newton.py) against lifelines' stratified CoxPHFitter."""
+"""The exact federated Cox core (core/survival/cox_newton.py) against lifelines' stratified CoxPHFitter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from lifelines import CoxPHFitter
 from lifelines.utils import concordance_index
 
-from rmmfed.core.cox_newton import (CoxFitError, add_cox_sums, newton_fit, pooled_standardisation, stratum_sums)
+from rmmfed.core.survival.cox_newton import (CoxFitError, add_cox_sums, newton_fit, pooled_standardisation, stratum_sums)
 
 
 def _cohort(seed: int = 0, sizes=(120, 80, 50), d: int = 5):

@@ -10,19 +10,19 @@ import torch
 from torch import nn
 
 from rmmfed.core.config import RunConfig
-from rmmfed.core.cox import cox_loss
-from rmmfed.core.discrete_time import (DiscreteTimeBaseline, discrete_time_loss, discrete_time_nll, interval_index,
+from rmmfed.core.survival.cox import cox_loss
+from rmmfed.core.survival.discrete_time import (DiscreteTimeBaseline, discrete_time_loss, discrete_time_nll, interval_index,
                                        quantile_cuts)
-from rmmfed.core.dp import (DPConfig, DPError, DPModelError, PerSampleTier1Loss, PrivacyBudgetExhausted,
+from rmmfed.core.privacy.dp import (DPConfig, DPError, DPModelError, PerSampleTier1Loss, PrivacyBudgetExhausted,
                             SiteAccountant, per_sample_fn, train_tier1_dp, unwrap_state_dict, validate_for_dp)
 from rmmfed.core.errors import ConfigError, HistogramError, SurvivalInputError
-from rmmfed.core.feature_stats import FeatureStats, add_sums, local_feature_sums
-from rmmfed.core.histogram import HistogramGrid, quantile_from_counts
-from rmmfed.core.private_histogram import (monotone_counts, noise_std, privatize_counts, suppress_small_bins,
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums, local_feature_sums
+from rmmfed.core.aggregates.histogram import HistogramGrid, quantile_from_counts
+from rmmfed.core.privacy.private_histogram import (monotone_counts, noise_std, privatize_counts, suppress_small_bins,
                                            theta_error)
-from rmmfed.core.site_data import load_site
-from rmmfed.core.tensors import build_tensors
-from rmmfed.core.tier1 import build_model
+from rmmfed.core.data.site_data import load_site
+from rmmfed.core.data.tensors import build_tensors
+from rmmfed.core.model.tier1 import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Opacus: secure RNG off, alpha range
 
@@ -374,8 +374,8 @@ def test_dp_sgd_gives_the_variance_head_per_patient_gradients_when_there_is_one(
 
 
 def test_linear_train_parts_move_only_the_linear_path_and_leave_the_zeroed_head_at_zero(dp_setup, dims):
-    from rmmfed.core.dp import zero_risk_head
-    from rmmfed.core.weights import get_weights, set_weights
+    from rmmfed.core.privacy.dp import zero_risk_head
+    from rmmfed.core.model.weights import get_weights, set_weights
 
     data, stats, cfg, cuts = dp_setup
     model = build_model(dims, cfg.model, 0)

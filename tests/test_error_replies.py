@@ -18,10 +18,10 @@ from rmmfed.client.client_app import make_client_app
 from rmmfed.client.ledger import format_summary, read_ledger, summarize
 from rmmfed.client.policy_mod import SITE_ERROR
 from rmmfed.client.site_errors import SITE_ERROR_REASON, contain_errors, known_policy_keys
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 from rmmfed.core.errors import SiteDataError
-from rmmfed.core.histogram import HistogramGrid
-from rmmfed.core.site_policy import PolicyViolation
+from rmmfed.core.aggregates.histogram import HistogramGrid
+from rmmfed.core.privacy.site_policy import PolicyViolation
 from rmmfed.flower.records import to_content
 from rmmfed.flower.refusal import POLICY_REFUSED, refusal_error, refusal_reason, refused_key
 

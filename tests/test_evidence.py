@@ -143,7 +143,7 @@ def test_featurizer_reduces_wide_modalities_and_imputes_zero():
 
 
 def test_cox_and_late_fusion_learn_the_toy_signal():
-    from rmmfed.core.concordance import c_index
+    from rmmfed.core.survival.concordance import c_index
 
     data = _toy_cohort()
     tr, te = data.rows("train"), data.rows("test")
@@ -153,7 +153,7 @@ def test_cox_and_late_fusion_learn_the_toy_signal():
 
 
 def test_ridge_imputation_fills_an_absent_modality_from_the_others():
-    from rmmfed.core.concordance import c_index
+    from rmmfed.core.survival.concordance import c_index
 
     data = _toy_cohort()
     tr, te = data.rows("train"), data.rows("test")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core.feature_stats import FeatureStats, add_sums, local_feature_sums, pooled_features
-from rmmfed.core.site_data import load_site
-from rmmfed.core.tensors import build_tensors
-from rmmfed.core.tier1 import build_model
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums, local_feature_sums, pooled_features
+from rmmfed.core.data.site_data import load_site
+from rmmfed.core.data.tensors import build_tensors
+from rmmfed.core.model.tier1 import build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 WIDE = {"a": 12, "b": 4, "c": 3}
@@ -105,11 +105,11 @@ def test_tensors_and_targets_live_in_the_reduced_space_and_the_basis_travels(sit
 
 def test_a_bundle_with_a_reduced_modality_predicts_from_the_raw_files(sites, site_factory, tier1_cfg, tmp_path):
     from rmmfed.client.predict import load_site_for, predict_site
-    from rmmfed.core.bundle import load_bundle, make_bundle, save_bundle
+    from rmmfed.core.outputs.bundle import load_bundle, make_bundle, save_bundle
     from rmmfed.core.config import RunConfig
-    from rmmfed.core.fitted_two_tier import FittedTwoTier
-    from rmmfed.core.tier2 import build_tier2
-    from rmmfed.core.tier2_config import Tier2Config
+    from rmmfed.core.routing.fitted_two_tier import FittedTwoTier
+    from rmmfed.core.tier2.tier2 import build_tier2
+    from rmmfed.core.tier2.tier2_config import Tier2Config
 
     _, stats = _federated(sites)
     cfg = RunConfig(model=tier1_cfg, tier2=Tier2Config(timesteps=20, sample_steps=4, samples=2, hidden_dim=16,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmmfed.core.feature_stats import (FeatureStats, add_sums, local_feature_sums, partition_slices,
+from rmmfed.core.aggregates.feature_stats import (FeatureStats, add_sums, local_feature_sums, partition_slices,
                                        pooled_features)
-from rmmfed.core.site_data import load_site
+from rmmfed.core.data.site_data import load_site
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

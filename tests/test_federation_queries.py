@@ -9,7 +9,7 @@ import pytest
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 from rmmfed.server.queries import ask as _ask
 
 

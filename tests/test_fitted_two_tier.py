@@ -1,6 +1,6 @@
-"""The fitted two-tier decision is ONE object (core/fitted_two_tier.py), shared by the federation result,
+"""The fitted two-tier decision is ONE object (core/routing/fitted_two_tier.py), shared by the federation result,
 the requests to the sites, predict_two_tier, the bundle and rmm-predict; the Tier 2 gate is decided once,
-from typed sums (core/tier2_gate.py)."""
+from typed sums (core/tier2/tier2_gate.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core import protocol as P
-from rmmfed.core.baseline_hazard import BaselineHazard, time_grid
+from rmmfed.core.messages import protocol as P
+from rmmfed.core.survival.baseline_hazard import BaselineHazard, time_grid
 from rmmfed.core.errors import FittedTwoTierError, RmmError
-from rmmfed.core.fitted_two_tier import SITE_GATE_REASON, FittedTwoTier
-from rmmfed.core.risk_groups import RISK_GRID
-from rmmfed.core.risk_scale import RiskScale
-from rmmfed.core.tier2_gate import VALIDATION_KEYS, Tier2Gate, ValidationSums, decide, gate_of_round
+from rmmfed.core.routing.fitted_two_tier import SITE_GATE_REASON, FittedTwoTier
+from rmmfed.core.survival.risk_groups import RISK_GRID
+from rmmfed.core.routing.risk_scale import RiskScale
+from rmmfed.core.tier2.tier2_gate import VALIDATION_KEYS, Tier2Gate, ValidationSums, decide, gate_of_round
 from rmmfed.server.checkpoint import Checkpoint
 from rmmfed.server.strategies import sums_from_plain, sums_to_plain
 
@@ -124,7 +124,7 @@ def test_the_gate_is_decided_once_from_typed_sums():
     assert not gate_of_round({1: sums}, kept_round=2).open  # no validation of the kept round arrived
     assert "round 2" in gate_of_round({1: sums}, kept_round=2).reason
     assert gate_of_round({}, kept_round=2, enabled=False).open  # tier2-gate = false
-    # the strategy and the phases hold typed sums; only core/tier2_gate.py decides, nothing sniffs a reply's keys
+    # the strategy and the phases hold typed sums; only core/tier2/tier2_gate.py decides, nothing sniffs a reply's keys
     server = {p.name: p.read_text() for p in (ROOT / "server").glob("*.py")}
     assert not [name for name, text in server.items() if re.search(r"\bdecide\(", text)]
     sniff = r"""["']val-sums["'] in|\[["']val-sums["']\]|get\(["']val-sums|TIER2_VAL_N in"""

@@ -1,4 +1,4 @@
-"""Reference tests for rmmfed.core.histogram (federated percentile from bin counts)."""
+"""Reference tests for rmmfed.core.aggregates.histogram (federated percentile from bin counts)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rmmfed.core.errors import ConfigError, HistogramError, RmmError
-from rmmfed.core.histogram import DEFAULT_GRID, HistogramGrid, quantile_from_counts
+from rmmfed.core.aggregates.histogram import DEFAULT_GRID, HistogramGrid, quantile_from_counts
 
 
 def lognormal_sites(seed, sizes=(50, 400, 1500, 3000)):

@@ -18,17 +18,17 @@ from rmmfed.client.client_app import make_client_app
 from rmmfed.client.ledger import format_summary, read_ledger, summarize
 from rmmfed.flower.refusal import POLICY_REFUSED, refusal_reason
 from rmmfed.flower.records import from_record, to_content
-from rmmfed.core import metric_names as M
-from rmmfed.core import protocol as P
-from rmmfed.core.baseline_hazard import time_grid
+from rmmfed.core.messages import metric_names as M
+from rmmfed.core.messages import protocol as P
+from rmmfed.core.survival.baseline_hazard import time_grid
 from rmmfed.core.config import RunConfig
-from rmmfed.core.feature_stats import FeatureStats, add_sums
-from rmmfed.core.histogram import HistogramGrid
-from rmmfed.core.risk_groups import RISK_GRID
-from rmmfed.core.site_releases import pattern_patients
-from rmmfed.core.site_session import SiteSession
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.weights import get_weights
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums
+from rmmfed.core.aggregates.histogram import HistogramGrid
+from rmmfed.core.survival.risk_groups import RISK_GRID
+from rmmfed.core.site.site_releases import pattern_patients
+from rmmfed.core.site.site_session import SiteSession
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.model.weights import get_weights
 from rmmfed.server.phases import FOLLOWUP_GRID
 from rmmfed.server.queries import ask as _ask
 
@@ -66,7 +66,7 @@ class Site:
         return self.app(Message(RecordDict(records), dst_node_id=7, message_type=mtype), self.context)
 
     def send(self, phase: P.Phase, request=None) -> Message:
-        """A well-formed request of ``phase`` (core/protocol.py payloads), as the server sends it."""
+        """A well-formed request of ``phase`` (core/messages/protocol.py payloads), as the server sends it."""
         content = to_content(request.to_records()) if request is not None else RecordDict()
         return self.app(Message(content, dst_node_id=7, message_type=phase.message_type), self.context)
 
@@ -365,7 +365,7 @@ def test_test_metrics_of_a_subgroup_below_the_floor_are_sent_as_empty(site):
 def test_an_evaluation_plan_with_thresholds_one_patient_apart_gets_the_second_level_as_zeros(tmp_path):
     """A lying coordinator places risk-coverage thresholds so that two kept groups differ by one test
     patient (it would difference their pair counts): the site sends the second level as empty."""
-    from rmmfed.core.routing_score import patient_scores
+    from rmmfed.core.routing.routing_score import patient_scores
 
     site = Site(tmp_path / "s", n=400, policy="[dp]\nrequired = false\nrelease-epsilon = 0\n", **{"dp.enabled": False})
     site.join()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 from rmmfed.flower.records import from_record
 from rmmfed.core.config import RunConfig
 

@@ -19,8 +19,8 @@ from rmmfed.client.ledger import (configured_ledger_mod, format_summary, ledger_
 from rmmfed.client.policy_mod import policy_mod
 from rmmfed.client.site_errors import SITE_ERROR, SITE_ERROR_REASON
 from rmmfed.flower.refusal import POLICY_REFUSED
-from rmmfed.core.privacy_budget import BudgetFileError
-from rmmfed.core.site_policy import PolicyViolation
+from rmmfed.core.privacy.privacy_budget import BudgetFileError
+from rmmfed.core.privacy.site_policy import PolicyViolation
 
 SECRET_WEIGHT = 12345.678
 SECRET_METRIC = 0.987654321

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rmmfed.core.histogram import HistogramGrid
-from rmmfed.core.merged_histogram import merge_bins, pooled_counts
+from rmmfed.core.aggregates.histogram import HistogramGrid
+from rmmfed.core.aggregates.merged_histogram import merge_bins, pooled_counts
 
 
 def test_pooled_counts_are_bitwise_the_same_for_any_site_order():

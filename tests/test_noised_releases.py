@@ -1,5 +1,5 @@
 """Under the default site policy every release after training is epsilon-DP on boundaries fixed before the
-data is seen (core/noised_release.py): no merged bin edge, no order statistic, each release charged to
+data is seen (core/privacy/noised_release.py): no merged bin edge, no order statistic, each release charged to
 the site's lifetime budget once, repeats answered from what was sent, at most dp.release-grids grids per
 kind. Through the real ClientApp, as a hostile coordinator would ask."""
 
@@ -12,12 +12,12 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.flower.records import from_record
-from rmmfed.core import metric_names as M
-from rmmfed.core import protocol as P
-from rmmfed.core.histogram import HistogramGrid
-from rmmfed.core.noised_release import noised_hazard, noised_histogram, one_value_per_patient
-from rmmfed.core.privacy_budget import BUDGET_FILE
-from rmmfed.core.risk_groups import RISK_GRID
+from rmmfed.core.messages import metric_names as M
+from rmmfed.core.messages import protocol as P
+from rmmfed.core.aggregates.histogram import HistogramGrid
+from rmmfed.core.privacy.noised_release import noised_hazard, noised_histogram, one_value_per_patient
+from rmmfed.core.privacy.privacy_budget import BUDGET_FILE
+from rmmfed.core.survival.risk_groups import RISK_GRID
 from rmmfed.flower.refusal import refused_key
 from rmmfed.server.phases import FOLLOWUP_GRID
 
@@ -139,7 +139,7 @@ def test_route_counts_of_a_group_below_the_floor_are_sent_as_zero(site):
 
 
 def test_the_conformal_release_is_noised_like_calibration_and_sends_no_exact_count(site):
-    """Each tier's conformal-score histogram (core/conformal.py) is a release like theta's: counts on every
+    """Each tier's conformal-score histogram (core/routing/conformal.py) is a release like theta's: counts on every
     bin with noise; no exact number of values, and no sum of risk SDs beside it (only exact releases send one)."""
     site.freeze()
     reply = site.send(P.CONFORMAL, P.ConformalRequest("tier1", HistogramGrid(1e-3, 1e3, 24)))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rmmfed.core.site_data import discover_sites, load_site
+from rmmfed.core.data.site_data import discover_sites, load_site
 from rmmfed.simulations import run as run_mod
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
 from rmmfed.simulations.optional_inputs import context_warnings, load_truth

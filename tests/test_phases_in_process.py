@@ -15,7 +15,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.core import protocol as P
+from rmmfed.core.messages import protocol as P
 from rmmfed.client.client_app import make_client_app
 from rmmfed.core.config import RunConfig
 from rmmfed.server.federation import run_federation

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from rmmfed.client.predict import NO_BASELINE, RECORD_KEYS, main
-from rmmfed.core.baseline_hazard import time_grid
-from rmmfed.core.baseline_hazard import BaselineHazard
-from rmmfed.core.bundle import load_bundle, make_bundle, save_bundle
+from rmmfed.core.survival.baseline_hazard import time_grid
+from rmmfed.core.survival.baseline_hazard import BaselineHazard
+from rmmfed.core.outputs.bundle import load_bundle, make_bundle, save_bundle
 from rmmfed.core.config import RunConfig
-from rmmfed.core.fitted_two_tier import FittedTwoTier
-from rmmfed.core.feature_stats import FeatureStats, local_feature_sums
-from rmmfed.core.site_data import load_site
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.tier2 import build_tier2
-from rmmfed.core.tier2_config import Tier2Config
+from rmmfed.core.routing.fitted_two_tier import FittedTwoTier
+from rmmfed.core.aggregates.feature_stats import FeatureStats, local_feature_sums
+from rmmfed.core.data.site_data import load_site
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.tier2.tier2 import build_tier2
+from rmmfed.core.tier2.tier2_config import Tier2Config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rmmfed.core.risk_groups import RISK_GRID, cutpoints_from_counts, risk_counts
+from rmmfed.core.survival.risk_groups import RISK_GRID, cutpoints_from_counts, risk_counts
 
 
 def test_summed_site_histograms_give_the_pooled_tertiles_within_one_bin():

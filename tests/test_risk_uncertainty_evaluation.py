@@ -1,5 +1,5 @@
 """What an evaluation sends about the risk distribution: floored conformal, value-of-information and
-risk-coverage sums (core/risk_uncertainty_evaluation.py), and what the coordinator makes of them."""
+risk-coverage sums (core/routing/risk_uncertainty_evaluation.py), and what the coordinator makes of them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
-from rmmfed.core import metric_names as M
-from rmmfed.core.concordance import concordance_counts
-from rmmfed.core.risk_uncertainty_evaluation import (conformal_sums, coverage_curve_document, kept_sums,
+from rmmfed.core.messages import metric_names as M
+from rmmfed.core.survival.concordance import concordance_counts
+from rmmfed.core.routing.risk_uncertainty_evaluation import (conformal_sums, coverage_curve_document, kept_sums,
                                                      voi_document, voi_sums)
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core.routing import ABSTAIN, TIER1, TIER2, Route, route_all, route_counts, route_patient
-from rmmfed.core.tensors import SiteTensors
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.uncertainty import (calibration_uncertainties, masking_patterns, modality_variance,
+from rmmfed.core.routing.routing import ABSTAIN, TIER1, TIER2, Route, route_all, route_counts, route_patient
+from rmmfed.core.data.tensors import SiteTensors
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.routing.uncertainty import (calibration_uncertainties, masking_patterns, modality_variance,
                                      patient_uncertainty, uncertainty)
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from rmmfed.core.config import RENAMED_KEYS, RunConfig
 from rmmfed.core.errors import ConfigError
-from rmmfed.core.site_policy import SitePolicy
+from rmmfed.core.privacy.site_policy import SitePolicy
 from rmmfed.server.consortium import Consortium
 from rmmfed.simulations.cohort_config import CohortConfig
 

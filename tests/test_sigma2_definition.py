@@ -11,11 +11,11 @@ import torch
 
 from rmmfed.core.config import RunConfig
 from rmmfed.core.errors import ConfigError
-from rmmfed.core.tensors import SiteTensors
-from rmmfed.core.tier1 import LOGVAR_MAX, LOGVAR_MIN, bounded_logvar, build_model
-from rmmfed.core.tier1_loss import reconstruction_loss, variance_nll
-from rmmfed.core.tier2_context import tier2_inputs
-from rmmfed.core.uncertainty import (aleatoric_variance, modality_sigma2, modality_variance, patient_uncertainty,
+from rmmfed.core.data.tensors import SiteTensors
+from rmmfed.core.model.tier1 import LOGVAR_MAX, LOGVAR_MIN, bounded_logvar, build_model
+from rmmfed.core.model.tier1_loss import reconstruction_loss, variance_nll
+from rmmfed.core.tier2.tier2_context import tier2_inputs
+from rmmfed.core.routing.uncertainty import (aleatoric_variance, modality_sigma2, modality_variance, patient_uncertainty,
                                      risk_and_uncertainty, uncertainty)
 
 pytestmark = pytest.mark.usefixtures("single_thread")

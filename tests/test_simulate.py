@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core.bundle import bundle_from_run_dir, load_model
+from rmmfed.core.outputs.bundle import bundle_from_run_dir, load_model
 from rmmfed.core.config import RunConfig
 from rmmfed.flower.app_keys import APP_KEYS
 from rmmfed.simulations.cohort import CohortConfig, generate_cohort
@@ -58,7 +58,7 @@ def test_tiny_simulation_through_flower_writes_every_output(tiny_run):
 
 @pytest.mark.slow
 def test_theta_comes_from_the_sites_noised_histograms_on_a_zoomed_grid(tiny_run):
-    """Under the default policy the sites' calibration counts are epsilon-DP (core/noised_release.py):
+    """Under the default policy the sites' calibration counts are epsilon-DP (core/privacy/noised_release.py):
     the server asked a coarse grid, then a zoom around its estimate (server/noised_quantile.py)."""
     from rmmfed.server.noised_quantile import ZOOM_BINS
 

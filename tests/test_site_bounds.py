@@ -12,9 +12,9 @@ from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.client.client_app import make_client_app
-from rmmfed.core import protocol as P
-from rmmfed.core.privacy_budget import BUDGET_FILE, PrivacyBudget, read_budget
-from rmmfed.core.site_policy import PolicyViolation
+from rmmfed.core.messages import protocol as P
+from rmmfed.core.privacy.privacy_budget import BUDGET_FILE, PrivacyBudget, read_budget
+from rmmfed.core.privacy.site_policy import PolicyViolation
 from rmmfed.flower.refusal import refused_key
 
 from conftest import DIMS
@@ -71,7 +71,7 @@ def test_a_run_config_outside_the_sites_bounds_is_refused_at_setup_naming_the_ke
 
 
 def test_a_delta_above_one_over_ten_n_is_refused(tmp_path):
-    from rmmfed.core.site_data import load_site
+    from rmmfed.core.data.site_data import load_site
 
     s = Site(tmp_path)
     n_train = len(load_site(s.path).indices("train"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rmmfed.core.errors import SchemaMismatchError, SiteDataError
-from rmmfed.core.schema import PatientRow, SiteSchema, merge_schemas
-from rmmfed.core.site_data import SiteData, discover_sites, load_site
+from rmmfed.core.data.schema import PatientRow, SiteSchema, merge_schemas
+from rmmfed.core.data.site_data import SiteData, discover_sites, load_site
 
 DIM = {"pathology": 4, "radiology": 3}
 HEADER = "patient_id,time,event"

@@ -1,5 +1,5 @@
-"""The site policy file (core/site_policy.py), the merged releases (core/merged_histogram.py,
-core/merged_hazard.py) and ``rmm-client --check --policy``."""
+"""The site policy file (core/privacy/site_policy.py), the merged releases (core/aggregates/merged_histogram.py,
+core/survival/merged_hazard.py) and ``rmm-client --check --policy``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from rmmfed.client.cli import main as client_main
-from rmmfed.core.baseline_hazard import baseline_from_sums, local_hazard_sums, time_grid
-from rmmfed.core.histogram import HistogramGrid, quantile_from_counts
-from rmmfed.core.merged_hazard import fine_sums, merge_intervals
-from rmmfed.core.merged_histogram import merge_bins, merged_quantile
-from rmmfed.core.site_policy import DEFAULT_PHASES, DEFAULT_POLICY, PolicyFileError, load_policy
+from rmmfed.core.survival.baseline_hazard import baseline_from_sums, local_hazard_sums, time_grid
+from rmmfed.core.aggregates.histogram import HistogramGrid, quantile_from_counts
+from rmmfed.core.survival.merged_hazard import fine_sums, merge_intervals
+from rmmfed.core.aggregates.merged_histogram import merge_bins, merged_quantile
+from rmmfed.core.privacy.site_policy import DEFAULT_PHASES, DEFAULT_POLICY, PolicyFileError, load_policy
 
 
 # ---- the file ----------------------------------------------------------------------------------

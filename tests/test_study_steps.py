@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from rmmfed import __version__
-from rmmfed.core.bundle import load_bundle, load_model
+from rmmfed.core.outputs.bundle import load_bundle, load_model
 from rmmfed.core.config import RunConfig
-from rmmfed.core.feature_stats import FeatureStats, add_sums
-from rmmfed.core.fitted_two_tier import FittedTwoTier
-from rmmfed.core.schema import merge_schemas
-from rmmfed.core.histogram import HistogramGrid, quantile_from_counts
-from rmmfed.core.site_session import SiteSession
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.weights import get_weights
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums
+from rmmfed.core.routing.fitted_two_tier import FittedTwoTier
+from rmmfed.core.data.schema import merge_schemas
+from rmmfed.core.aggregates.histogram import HistogramGrid, quantile_from_counts
+from rmmfed.core.site.site_session import SiteSession
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.model.weights import get_weights
 from rmmfed.server.federation import FederationResult
 from rmmfed.server.handshake import Handshake, SiteInfo
 from rmmfed.simulations import run as run_mod

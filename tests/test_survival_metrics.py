@@ -1,4 +1,4 @@
-"""Survival evaluation from site sums (core/survival_metrics.py): integrated Brier score, cumulative/dynamic
+"""Survival evaluation from site sums (core/survival/survival_metrics.py): integrated Brier score, cumulative/dynamic
 AUC and calibration, against independent pooled computations."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmmfed.core import metric_names as M
-from rmmfed.core.baseline_hazard import BaselineHazard, breslow_baseline, survival_at, time_grid
-from rmmfed.core.survival_metrics import (CALIBRATION_BINS, HORIZONS, IBS_POINTS, IBS_SPAN, BaselineError,
+from rmmfed.core.messages import metric_names as M
+from rmmfed.core.survival.baseline_hazard import BaselineHazard, breslow_baseline, survival_at, time_grid
+from rmmfed.core.survival.survival_metrics import (CALIBRATION_BINS, HORIZONS, IBS_POINTS, IBS_SPAN, BaselineError,
                                           check_baseline, combine, site_sums)
 from rmmfed.simulations.evidence.brier import CensoringKM, integrated_brier
 
@@ -98,7 +98,7 @@ def test_a_lying_coordinator_cannot_place_a_horizon_that_leaves_one_control(tmp_
     follow-ups, the AUC's controls would be one patient (its time bisected run after run). The site sends
     zeros for that horizon instead (through the real ClientApp, default policy)."""
     import pandas as pd
-    from rmmfed.core import protocol as P
+    from rmmfed.core.messages import protocol as P
 
     from flwr.supercore.task_identity import TaskIdentity
     from test_hostile_coordinator import Site

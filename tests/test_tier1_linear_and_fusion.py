@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rmmfed.core.config import RunConfig
-from rmmfed.core.tier1 import bag_means, build_model
-from rmmfed.core.train import local_epoch_count, round_lr
+from rmmfed.core.model.tier1 import bag_means, build_model
+from rmmfed.core.model.train import local_epoch_count, round_lr
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rmmfed.core.attention import GatedAttentionPool
-from rmmfed.core.tier1 import Tier1Model, build_model
+from rmmfed.core.model.attention import GatedAttentionPool
+from rmmfed.core.model.tier1 import Tier1Model, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

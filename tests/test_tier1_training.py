@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core.augment import hide_one, modality_dropout
-from rmmfed.core.concordance import concordance_counts
+from rmmfed.core.model.augment import hide_one, modality_dropout
+from rmmfed.core.survival.concordance import concordance_counts
 from rmmfed.core.config import DPConfig, RunConfig
-from rmmfed.core.feature_stats import FeatureStats, add_sums, local_feature_sums
-from rmmfed.core.fitted_two_tier import FittedTwoTier
-from rmmfed.core.histogram import HistogramGrid
-from rmmfed.core.site_data import load_site
-from rmmfed.core.site_session import SiteSession
-from rmmfed.core.tensors import build_tensors
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.tier1_loss import anatomical_loss, reconstruction_loss, task_loss
-from rmmfed.core.train import predict_risk, train_tier1
-from rmmfed.core.weights import get_weights, set_weights
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums, local_feature_sums
+from rmmfed.core.routing.fitted_two_tier import FittedTwoTier
+from rmmfed.core.aggregates.histogram import HistogramGrid
+from rmmfed.core.data.site_data import load_site
+from rmmfed.core.site.site_session import SiteSession
+from rmmfed.core.data.tensors import build_tensors
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.model.tier1_loss import anatomical_loss, reconstruction_loss, task_loss
+from rmmfed.core.model.train import predict_risk, train_tier1
+from rmmfed.core.model.weights import get_weights, set_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -306,9 +306,9 @@ def test_site_session_runs_every_phase_and_returns_only_scalars(site_factory, di
 
 
 def test_site_session_runs_the_tier2_phases_with_tier1_kept_frozen(site_factory, dims, tier1_cfg):
-    from rmmfed.core.tier2 import build_tier2
-    from rmmfed.core.tier2_config import Tier2Config
-    from rmmfed.core.risk_scale import RiskScale
+    from rmmfed.core.tier2.tier2 import build_tier2
+    from rmmfed.core.tier2.tier2_config import Tier2Config
+    from rmmfed.core.routing.risk_scale import RiskScale
 
     path = site_factory(n=50, seed=4, n_empty=2)
     session = SiteSession(path, device="cpu")

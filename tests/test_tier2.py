@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from rmmfed.core.branches import MultiBranchHead, diversity_loss
+from rmmfed.core.tier2.branches import MultiBranchHead, diversity_loss
 from rmmfed.core.config import Tier1Config
-from rmmfed.core.diffusion import LinearSchedule, ddim_sample, ddim_timesteps, ddpm_loss, q_sample
-from rmmfed.core.tensors import SiteTensors
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.tier2 import Tier2Model, build_tier2, concat_modalities, split_modalities
-from rmmfed.core.tier2_config import Tier2Config
-from rmmfed.core.tier2_context import tier2_inputs
-from rmmfed.core.tier2_train import predict_tier2, train_tier2
+from rmmfed.core.tier2.diffusion import LinearSchedule, ddim_sample, ddim_timesteps, ddpm_loss, q_sample
+from rmmfed.core.data.tensors import SiteTensors
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.tier2.tier2 import Tier2Model, build_tier2, concat_modalities, split_modalities
+from rmmfed.core.tier2.tier2_config import Tier2Config
+from rmmfed.core.tier2.tier2_context import tier2_inputs
+from rmmfed.core.tier2.tier2_train import predict_tier2, train_tier2
 
 TINY = dict(hidden_dim=32, time_dim=8, branches=3, branch_dim=8, samples=3, sample_steps=5)
 

@@ -1,4 +1,4 @@
-"""Tier 2 under DP-SGD (core/tier2_dp.py): per-patient gradients, clipping, noise source, accounting."""
+"""Tier 2 under DP-SGD (core/tier2/tier2_dp.py): per-patient gradients, clipping, noise source, accounting."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from rmmfed.core.config import DPConfig, Tier1Config
-from rmmfed.core.dp import DPError, PrivacyBudgetExhausted, SiteAccountant
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.tier2 import build_tier2, concat_modalities
-from rmmfed.core.tier2_config import Tier2Config
-from rmmfed.core.tier2_context import PatternBank, bag_encodings, tier1_slots
-from rmmfed.core.tier2_dp import (PerSampleTier2Loss, Tier2DPConfigError, batch_inputs, per_sample_fn,
+from rmmfed.core.privacy.dp import DPError, PrivacyBudgetExhausted, SiteAccountant
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.tier2.tier2 import build_tier2, concat_modalities
+from rmmfed.core.tier2.tier2_config import Tier2Config
+from rmmfed.core.tier2.tier2_context import PatternBank, bag_encodings, tier1_slots
+from rmmfed.core.tier2.tier2_dp import (PerSampleTier2Loss, Tier2DPConfigError, batch_inputs, per_sample_fn,
                                   train_tier2_dp)
-from rmmfed.core.tier2_context import tier2_inputs
+from rmmfed.core.tier2.tier2_context import tier2_inputs
 
 from test_tier2 import TINY, make_site
 

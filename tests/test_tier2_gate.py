@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from rmmfed.core.config import RunConfig
-from rmmfed.core.routing import HIGH_RISK_CONTEXT, TIER1, TIER2, TIER2_NOT_USED, route_patient
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.tier2 import build_tier2
-from rmmfed.core.tier2_config import Tier2Config
-from rmmfed.core.tier2_context import PatternBank, bag_encodings, data_means, observed_patterns
-from rmmfed.core.fitted_two_tier import FittedTwoTier
-from rmmfed.core.tier2_gate import VALIDATION_KEYS, Tier2Gate, ValidationSums, decide
-from rmmfed.core.tier2_scoring import tier1_head_risk
-from rmmfed.core.tier2_context import tier2_inputs
-from rmmfed.core.tier2_train import predict_tier2
-from rmmfed.core.risk_scale import RiskScale
-from rmmfed.core.two_tier import predict_two_tier
+from rmmfed.core.routing.routing import HIGH_RISK_CONTEXT, TIER1, TIER2, TIER2_NOT_USED, route_patient
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.tier2.tier2 import build_tier2
+from rmmfed.core.tier2.tier2_config import Tier2Config
+from rmmfed.core.tier2.tier2_context import PatternBank, bag_encodings, data_means, observed_patterns
+from rmmfed.core.routing.fitted_two_tier import FittedTwoTier
+from rmmfed.core.tier2.tier2_gate import VALIDATION_KEYS, Tier2Gate, ValidationSums, decide
+from rmmfed.core.tier2.tier2_scoring import tier1_head_risk
+from rmmfed.core.tier2.tier2_context import tier2_inputs
+from rmmfed.core.tier2.tier2_train import predict_tier2
+from rmmfed.core.routing.risk_scale import RiskScale
+from rmmfed.core.routing.two_tier import predict_two_tier
 
 from test_tier2 import TINY, make_site
 
@@ -106,7 +106,7 @@ def test_an_untrained_residual_tier2_recovers_exactly_tier1s_estimate(dims, tier
     tier1 = build_model(dims, tier1_cfg, seed=0)
     tier2 = build_tier2(dims, Tier2Config(timesteps=50, **TINY), seed=0, tier1=tier1_cfg)
     x_obs, x_hat, s2 = tier2_inputs(tier1, data, present, seed=0)
-    from rmmfed.core.tier2_context import tier1_slots
+    from rmmfed.core.tier2.tier2_context import tier1_slots
     enc = tier1_slots(tier1.eval(), bag_encodings(tier1, data), present)
     x_rec, _ = tier2.recover(x_obs, present, x_hat, s2, samples=2, steps=5, generator=torch.Generator().manual_seed(0),
                              enc=enc)
@@ -150,7 +150,7 @@ def test_predict_tier2_is_deterministic_and_scores_through_tier1(dims, tier1_cfg
 
 # ---- risk intervals ----------------------------------------------------------------------------------
 def test_risk_intervals_are_zero_width_when_complete_and_widest_when_the_gate_keeps_tier1(dims, tier1_cfg):
-    from rmmfed.core.risk_interval import BASIS_COMPLETE, BASIS_HULL, BASIS_TIER1, BASIS_TIER2
+    from rmmfed.core.routing.risk_interval import BASIS_COMPLETE, BASIS_HULL, BASIS_TIER1, BASIS_TIER2
 
     present = torch.tensor([[True, True, True], [True, False, True], [False, True, False], [True, True, False]] * 3)
     data = make_site(dims, 12, seed=2, present=present)

@@ -12,17 +12,17 @@ import torch
 from scipy.stats import spearmanr
 
 from rmmfed.core.config import DPConfig, RunConfig
-from rmmfed.core.feature_stats import FeatureStats, add_sums
-from rmmfed.core.fitted_two_tier import FittedTwoTier
-from rmmfed.core.histogram import HistogramGrid
-from rmmfed.core.site_session import SiteSession
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.train import predict_risk
-from rmmfed.core.two_tier import recovery_errors
-from rmmfed.core.uncertainty import masking_patterns
-from rmmfed.core.uncertainty_quality import (combine_sites, patient_bootstrap_spearman, quality_document,
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums
+from rmmfed.core.routing.fitted_two_tier import FittedTwoTier
+from rmmfed.core.aggregates.histogram import HistogramGrid
+from rmmfed.core.site.site_session import SiteSession
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.model.train import predict_risk
+from rmmfed.core.routing.two_tier import recovery_errors
+from rmmfed.core.routing.uncertainty import masking_patterns
+from rmmfed.core.routing.uncertainty_quality import (combine_sites, patient_bootstrap_spearman, quality_document,
                                              site_quality)
-from rmmfed.core.weights import get_weights
+from rmmfed.core.model.weights import get_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from rmmfed.core import metric_names as M
+from rmmfed.core.messages import metric_names as M
 from rmmfed.core.config import RunConfig
 from rmmfed.flower.refusal import refusal_error
 from rmmfed.server.strategies import make_strategy

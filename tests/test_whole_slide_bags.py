@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from rmmfed.core import tensors as tensors_mod
+from rmmfed.core.data import tensors as tensors_mod
 from rmmfed.core.config import RunConfig
 from rmmfed.core.errors import ConfigError, InstanceBudgetError
-from rmmfed.core.feature_stats import FeatureStats, add_sums, local_feature_sums
-from rmmfed.core.site_data import load_site
-from rmmfed.core.tensors import build_tensors, patients_per_batch
-from rmmfed.core.tier1 import build_model
-from rmmfed.core.train import predict_risk, train_tier1
+from rmmfed.core.aggregates.feature_stats import FeatureStats, add_sums, local_feature_sums
+from rmmfed.core.data.site_data import load_site
+from rmmfed.core.data.tensors import build_tensors, patients_per_batch
+from rmmfed.core.model.tier1 import build_model
+from rmmfed.core.model.train import predict_risk, train_tier1
 from rmmfed.simulations.cohort import generate_cohort
 from rmmfed.simulations.cohort_presets import PRESETS, preset_config
 from rmmfed.simulations.simulate import main as simulate_main
@@ -128,8 +128,8 @@ def test_bags_too_large_to_keep_whole_are_refused_with_the_fix(long_site, monkey
 
 
 def test_tier2_inputs_from_cached_encodings_equal_a_fresh_encoding(long_site, tier1_cfg):
-    from rmmfed.core.tier2_context import bag_encodings
-    from rmmfed.core.tier2_context import tier2_inputs
+    from rmmfed.core.tier2.tier2_context import bag_encodings
+    from rmmfed.core.tier2.tier2_context import tier2_inputs
 
     site, stats = long_site
     data = build_tensors(site, stats)

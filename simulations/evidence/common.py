@@ -20,13 +20,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ...core.bundle import load_model  # noqa: E402
-from ...core.concordance import c_index, combined_c_index, concordance_counts  # noqa: E402
+from ...core.outputs.bundle import load_model  # noqa: E402
+from ...core.survival.concordance import c_index, combined_c_index, concordance_counts  # noqa: E402
 from ...core.config import RunConfig  # noqa: E402
-from ...core.site_data import SiteData, discover_sites, load_site  # noqa: E402
-from ...core.site_seed import site_seed  # noqa: E402
-from ...core.tensors import SiteTensors, build_tensors  # noqa: E402
-from ...core.tier1 import Tier1Model  # noqa: E402
+from ...core.data.site_data import SiteData, discover_sites, load_site  # noqa: E402
+from ...core.site.site_seed import site_seed  # noqa: E402
+from ...core.data.tensors import SiteTensors, build_tensors  # noqa: E402
+from ...core.model.tier1 import Tier1Model  # noqa: E402
 
 
 # ---- cohorts ----------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class SplitRisks:
 def run_split_risks(run: LoadedRun, sites: list[SiteData], split: str,
                     observed: torch.Tensor | None = None) -> SplitRisks:
     """Tier 1 risks of a finished run on every site's ``split`` (dropout off)."""
-    from ...core.train import predict_risk
+    from ...core.model.train import predict_risk
 
     data, labels = split_tensors(run, sites, split)
     risk = predict_risk(run.model, data, observed)

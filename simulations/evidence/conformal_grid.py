@@ -5,7 +5,7 @@
 
 From a finished run (its model.pt; simulation only: the scores are pooled here to measure), each site's
 Tier 1 conformal scores on its validation split are released as the site would release them (one masking
-pattern per patient, epsilon-DP counts on every bin, core/noised_release.py), pooled as the server pools
+pattern per patient, epsilon-DP counts on every bin, core/privacy/noised_release.py), pooled as the server pools
 them, and the finite-sample corrected q-hat is read; its coverage is measured on the pooled masked
 complete test rows. Printed per grid over ``--draws`` noise draws: mean and sd of the coverage, and the
 share of draws within 3 points of nominal (0.90). Compared: theta's coarse-then-zoom grids
@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.bundle import load_model
-from ...core.conformal import SCORE_GRID, corrected_level, site_scores
-from ...core.histogram import HistogramGrid
-from ...core.merged_histogram import merged_quantile, pooled_counts
-from ...core.noised_release import noised_histogram
-from ...core.site_data import discover_sites, load_site
-from ...core.site_releases import pattern_patients
-from ...core.site_seed import site_seed
-from ...core.tensors import build_tensors
+from ...core.outputs.bundle import load_model
+from ...core.routing.conformal import SCORE_GRID, corrected_level, site_scores
+from ...core.aggregates.histogram import HistogramGrid
+from ...core.aggregates.merged_histogram import merged_quantile, pooled_counts
+from ...core.privacy.noised_release import noised_histogram
+from ...core.data.site_data import discover_sites, load_site
+from ...core.site.site_releases import pattern_patients
+from ...core.site.site_seed import site_seed
+from ...core.data.tensors import build_tensors
 from ...server.noised_quantile import COARSE_BINS, zoom_grid
 from ...server.queries import pool_noisy
 
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def theta_noise(args, bundle, cfg, tier1) -> None:
     """Theta from noised calibration histograms (the run's own rule) and the masked referral it gives."""
-    from ...core.routing_score import calibration_scores
-    from ...core.two_tier import recovery_errors
+    from ...core.routing.routing_score import calibration_scores
+    from ...core.routing.two_tier import recovery_errors
     from ...server.queries import NOISE_FLOOR
 
     sites, tests = [], []

@@ -23,7 +23,7 @@ TCGA cohort: DATA-ROOT/<name>, skipped when absent), Tier 1 only (``tier2.rounds
   wide modalities reduced to 16 principal components, mean imputation + indicators; simulation only).
 
 Beside the C-index: the integrated Brier score each run reports (``survival.ibs`` of metrics.json, from the
-sites' sums, core/survival_metrics.py), the pooled Cox's computed the same way, and Tier 1's binned
+sites' sums, core/survival/survival_metrics.py), the pooled Cox's computed the same way, and Tier 1's binned
 calibration error. Runs are cached in OUT/<cohort>/seed-S/<config> (an existing metrics.json is reused). Writes
 OUT/cox_core.md, .csv and _raw.csv, with the issue's goals checked under the table. The TCGA test
 splits hold 52-114 patients: differences under about 0.03-0.08 are within noise (each cohort's README).
@@ -44,10 +44,10 @@ from .common import (
 )
 from .features import pool_sites
 from .methods import PooledCox
-from ...core.baseline_hazard import breslow_baseline, time_grid
-from ...core.concordance import c_index
-from ...core.survival_metrics import combine as combine_survival, site_sums as survival_sums
-from ...core.site_policy import PHASES
+from ...core.survival.baseline_hazard import breslow_baseline, time_grid
+from ...core.survival.concordance import c_index
+from ...core.survival.survival_metrics import combine as combine_survival, site_sums as survival_sums
+from ...core.privacy.site_policy import PHASES
 
 COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcga-kirp")
 COMBINED, COX, FIRST, POOLED = ("Tier 1 = Cox core + residual (federated)", "Cox core alone (federated)",
@@ -61,7 +61,7 @@ POLICY = (f"# evidence.cox_core: every site sends the Cox core's exact sums; exa
 
 def pooled_cox(cohort: Path) -> tuple[float, float | None]:
     """(C-index, integrated Brier score) of lifelines' pooled Cox on the pooled test split. The IBS is
-    computed as a run computes Tier 1's (core/survival_metrics.py: each site's test patients with its own
+    computed as a run computes Tier 1's (core/survival/survival_metrics.py: each site's test patients with its own
     censoring weights, summed), with an exact Breslow baseline of the pooled Cox on the pooled training
     split (64 points up to the 95th percentile of its follow-up)."""
     _, sites, _ = load_cohort(cohort)

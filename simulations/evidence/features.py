@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ...core.feature_stats import pooled_features
-from ...core.site_data import SiteData
+from ...core.aggregates.feature_stats import pooled_features
+from ...core.data.site_data import SiteData
 
 
 @dataclass

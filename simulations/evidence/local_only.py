@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core import metric_names as M
-from ...core.concordance import ConcordanceCounts
+from ...core.messages import metric_names as M
+from ...core.survival.concordance import ConcordanceCounts
 from ...core.config import RunConfig
-from ...core.feature_stats import FeatureStats
-from ...core.site_session import SiteSession
-from ...core.train import predict_risk
-from ...core.weights import get_weights
+from ...core.aggregates.feature_stats import FeatureStats
+from ...core.site.site_session import SiteSession
+from ...core.model.train import predict_risk
+from ...core.model.weights import get_weights
 from .common import SplitRisks
 
 

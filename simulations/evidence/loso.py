@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.site_data import discover_sites, load_site
-from ...core.train import predict_risk
+from ...core.data.site_data import discover_sites, load_site
+from ...core.model.train import predict_risk
 from .common import LoadedRun, cohort_for_seed, load_cohort, mean_sd, progress, run_cached, safe_c_index, set_threads, write_results
 from .features import pool_sites
 from .methods import PooledCox

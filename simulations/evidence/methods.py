@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ...core.cox import cox_loss
+from ...core.survival.cox import cox_loss
 from .common import safe_c_index
 from .features import Featurizer, PooledCohort
 

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ...core.uncertainty import calibration_uncertainties  # noqa: E402
+from ...core.routing.uncertainty import calibration_uncertainties  # noqa: E402
 from ...server.plots import cindex_by_pattern, km_by_risk_group, routes_per_site, summed_histogram  # noqa: E402
 from .common import LoadedRun, fmt, markdown_table, run_split_risks, safe_c_index, set_threads  # noqa: E402
 

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from ...core.bundle import load_model
-from ...core.risk_interval import tier1_risk_draws
-from ...core.site_data import discover_sites, load_site
-from ...core.site_seed import site_seed
-from ...core.tensors import build_tensors
-from ...core.train import predict_risk
-from ...core.uncertainty import complete_case_indices, masking_patterns
+from ...core.outputs.bundle import load_model
+from ...core.routing.risk_interval import tier1_risk_draws
+from ...core.data.site_data import discover_sites, load_site
+from ...core.site.site_seed import site_seed
+from ...core.data.tensors import build_tensors
+from ...core.model.train import predict_risk
+from ...core.routing.uncertainty import complete_case_indices, masking_patterns
 
 
 def rows(run: Path, data: Path) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from ...core import protocol as P
+from ...core.messages import protocol as P
 from .common import load_cohort, progress, run_cached, write_results
 
 
@@ -74,8 +74,8 @@ class TreeSampler:
 
 def param_count(dims: dict[str, int], flat_cfg: dict) -> tuple[int, int]:
     from ...core.config import RunConfig
-    from ...core.tier1 import build_model
-    from ...core.tier2 import build_tier2
+    from ...core.model.tier1 import build_model
+    from ...core.tier2.tier2 import build_tier2
 
     cfg = RunConfig.from_flat(flat_cfg)
     n1 = sum(p.numel() for p in build_model(dims, cfg.model, 0).parameters())

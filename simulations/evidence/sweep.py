@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ...core import metric_names as M
+from ...core.messages import metric_names as M
 from .common import mean_sd, progress, run_cached, set_threads, write_results
 
 ROWS: list[tuple[str, str, dict]] = [  # key, label, run-config overrides

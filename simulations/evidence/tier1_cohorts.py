@@ -39,7 +39,7 @@ from .common import (
 )
 from .features import pool_sites
 from .methods import CompleteCaseCox, EarlyFusion, LateFusion, PooledCox, RidgeImputedCox
-from ...core.concordance import c_index
+from ...core.survival.concordance import c_index
 
 DEFAULT_COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad")
 FED, CENT = "rmm Tier 1, federated", "rmm Tier 1, centralised (simulation only)"

@@ -11,7 +11,7 @@ when absent) and keeps its own splits for every seed (the seed moves the model's
 dropout, diffusion noise and bag subsampling). Per run, from metrics.json:
 
 * Spearman(sigma^2, recovery error) and Spearman(sigma^2, |risk gap|) combined over sites (Fisher z,
-  core/uncertainty_quality.py) on masked complete test cases; goal >= 0.5 (default), >= 0.3 (TCGA);
+  core/routing/uncertainty_quality.py) on masked complete test cases; goal >= 0.5 (default), >= 0.3 (TCGA);
 * recovery MSE of Tier 1 and Tier 2 on the same masked cases (goal: Tier 2 below Tier 1), and the
   run's gate (whether Tier 2 answered the referred);
 * C-index on the referred, pooled over sites (simulation only: per-site counts are suppressed below
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         })
     notes = ("mean +- sd over seeds; C on the referred covers few patients per run (noisy); Spearman combined "
              "over sites by Fisher z on masked complete test cases; the gate is Tier 2 vs Tier 1 on federated "
-             "masked validation (core/tier2_gate.py).")
+             "masked validation (core/tier2/tier2_gate.py).")
     if skipped:
         notes += f" Skipped (no folder under {args.data_root}): {', '.join(sorted(set(skipped)))}."
     if not_run:
