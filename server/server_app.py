@@ -17,9 +17,9 @@ from ..core.config import RunConfig
 from ..flower.app_keys import APP_KEYS
 from ..flower.grid import tune_grid
 from .federation import FederationResult, run_federation
-from .outputs import build_metrics, write_outputs
 from .progress import Progress
-from .run_report import DEPLOYMENT_NOTE, server_figures, write_report
+from .run_outputs import RunOutputs
+from .run_report import DEPLOYMENT_NOTE
 
 
 def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
@@ -44,12 +44,11 @@ def make_server_app(cfg: RunConfig | None = None, *, n_sites: int | None = None,
         if sink is not None:
             sink(result)
             return
-        write_outputs(out, result)
+        outputs = RunOutputs(out, result)
+        outputs.write()
         say = (progress or Progress()).phase
         say(f"outputs written to {out}")
-        metrics = build_metrics(result)
-        figures = server_figures(metrics, out)
-        write_report(out, metrics, figures, notes=[DEPLOYMENT_NOTE])
+        _, figures = outputs.finish(notes=[DEPLOYMENT_NOTE])
         say(f"report: {out / 'report.md'} and report.html with {len(figures)} figures "
             "(summed histograms and per-site counts only: the server has no patient rows)")
 

@@ -25,10 +25,9 @@ from ..core.errors import RmmError
 from ..core.data.site_data import SiteData
 from ..server.federation import FederationResult
 from ..server.flower_log import QuietRun
-from ..server.outputs import update_metrics, write_outputs
 from ..server.plots import Figure
 from ..server.progress import Progress
-from ..server.run_report import server_figures, write_report
+from ..server.run_outputs import RunOutputs
 from ..server.server_app import make_server_app
 from .faults import fault_mod
 from .optional_inputs import Truth
@@ -91,6 +90,7 @@ class Study:
     figures: list[Figure] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    outputs: RunOutputs | None = None
 
 
 def step_pooled_test(st: Study) -> None:
@@ -118,17 +118,9 @@ def step_pooled_reference(st: Study) -> None:
     st.extra.setdefault("timing_s", {})["pooled_reference"] = time.perf_counter() - t
 
 
-FIGURE_ORDER = ["km_risk_groups.png", "uncertainty_vs_error.png", "uncertainty_quality.png", "uncertainty_histogram.png",
-                "routes_per_site.png", "cindex_by_pattern.png"]
-
-
 def step_report(st: Study) -> None:
-    metrics = update_metrics(st.out, st.res, st.extra)
-    figs = server_figures(metrics, st.out, per_site_hist=None)  # calibration histogram, routes per site
-    if st.test is not None:
-        figs += simulation_figures(st.test, st.res, st.out)  # KM, uncertainty vs error, C-index by pattern
-    st.figures = sorted(figs, key=lambda f: FIGURE_ORDER.index(f.file) if f.file in FIGURE_ORDER else len(FIGURE_ORDER))
-    write_report(st.out, metrics, st.figures)
+    own = simulation_figures(st.test, st.res, st.out) if st.test is not None else []  # KM, sigma^2 vs error, by pattern
+    st.metrics, st.figures = st.outputs.finish(st.extra, own)
 
 
 Step = tuple[str, Callable[[Study], None], str]  # name, function, what the progress line says
@@ -163,7 +155,8 @@ def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteD
     if cohort_meta:
         st.extra["cohort"] = cohort_meta
     st.extra["timing_s"] = {"federation": time.perf_counter() - t0}
-    write_outputs(out, res, st.extra)  # the model and metrics exist: on disk before anything else runs
+    st.outputs = RunOutputs(out, res)
+    st.outputs.write(st.extra)  # the model and metrics exist: on disk before anything else runs
     progress.phase(f"federated model and metrics written to {out}")
     todo = list(DEFAULT_STEPS if steps is None else steps)
     if not pooled:
@@ -186,7 +179,7 @@ def run_study(cfg: RunConfig, cohort: Path, paths: list[Path], sites: list[SiteD
     if st.failed:
         st.extra["failed_steps"] = dict(st.failed)
     try:
-        st.metrics = update_metrics(out, res, st.extra)
+        st.metrics = st.outputs.update(st.extra)
     except Exception as err:  # metrics.json from an earlier write stays
         st.failed.setdefault("metrics update", f"{type(err).__name__}: {err}")
     if st.failed:
