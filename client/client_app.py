@@ -117,6 +117,13 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
         RequestPolicy.check_weights({k: tuple(np.shape(v)) for k, v in arrays.items()}, s.weight_shapes(which), what)
         rp.check_weight_values(arrays, what)
 
+    def check_grid_and_tier2(rp, s: SiteSession, grid, tier2_weights, what: str) -> None:
+        """A request's histogram grid, and its Tier 2 weights when it carries any, checked against the
+        site policy before anything is computed."""
+        rp.check_grid(grid)
+        if tier2_weights:
+            check_weights(s, tier2_weights, "tier2", what, rp)
+
     def pin(context: Context, rp: RequestPolicy, kind: str, key: str, records: P.Records, max_grids: int = 1) -> None:
         """Pin (grid, everything else the request carries) for this kind; refused if it differs."""
         conf = {k: v for k, v in (records.get(P.CONFIG) or {}).items() if k not in ("hist-low", "hist-high", "hist-bins")}
@@ -321,9 +328,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     @serve(P.CONFORMAL)
     def conformal(r, context, rp, s):
         req = P.ConformalRequest.from_records(r)
-        rp.check_grid(req.grid)
-        if req.tier2_weights:
-            check_weights(s, req.tier2_weights, "tier2", "conformal Tier 2 weights", rp)
+        check_grid_and_tier2(rp, s, req.grid, req.tier2_weights, "conformal Tier 2 weights")
 
         def compute(noise):
             merged, sums = s.conformal_release(req.tier, req.tier2_weights, req.grid, floor_of(rp, s), noise)
@@ -334,9 +339,7 @@ def make_client_app(site_dirs: list[str] | None = None, *, ledger_dir: str | Non
     @serve(P.RISK_GROUPS)
     def risk_groups(r, context, rp, s):
         req = P.RiskGroupsRequest.from_records(r)
-        rp.check_grid(req.grid)
-        if req.tier2_weights:
-            check_weights(s, req.tier2_weights, "tier2", "risk-groups weights", rp)
+        check_grid_and_tier2(rp, s, req.grid, req.tier2_weights, "risk-groups weights")
         def compute(noise):
             merged = s.risk_group_release(req.tier2_weights, req.fitted, floor_of(rp, s), req.grid, noise=noise)
             return P.HistogramReply(merged.to_arrays(), {M.NOISED: noise.epsilon} if noise else {})
