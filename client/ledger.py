@@ -3,7 +3,9 @@
 One JSON line per reply: UTC time, run id, message type, round (group id), and for each record its
 name and kind; for arrays their name, shape, dtype, serialised size (``bytes``, what travels) and
 raw size (``nbytes`` = elements x item size); for metrics/config their keys and
-scalar types. Never values: nothing in the ledger is patient data. Each line also carries the total
+scalar types. Never values: nothing in the ledger is patient data. ``compute_s`` is how long this site
+took to answer (the policy check, the egress guard and the computation; not Flower's transport). Each
+line also carries the total
 payload bytes and a SHA-256 of the payload (:func:`payload_digest`: array bytes plus the sorted
 scalar items), so an auditor can match a line against what the server logged as received.
 
@@ -28,6 +30,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -90,12 +93,16 @@ def _error_fields(reply: Message) -> dict:
     return {"status": "error", "error_code": code, **({"error_type": n["error_type"]} if n.get("error_type") else {})}
 
 
-def ledger_entry(request: Message, reply: Message | None, *, blocked: str | None = None) -> dict:
-    """The ledger line (a dict) for one reply: structure and sizes, never values, never reasons."""
+def ledger_entry(request: Message, reply: Message | None, *, blocked: str | None = None,
+                 seconds: float | None = None) -> dict:
+    """The ledger line (a dict) for one reply: structure and sizes, never values, never reasons;
+    ``seconds``: how long the site took to answer."""
     md = (reply or request).metadata
     entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "run_id": int(md.run_id),
              "message_type": md.message_type, "group_id": md.group_id,
              "reply_to": request.metadata.message_id, "node_id": int(request.metadata.dst_node_id)}
+    if seconds is not None:
+        entry["compute_s"] = round(float(seconds), 4)
     if blocked is not None:
         return {**entry, "status": "blocked", "blocked": blocked}
     if reply.has_error():
@@ -137,12 +144,13 @@ def ledger_mod(path: str | Path) -> Mod:
     target = Path(path)
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        start = time.perf_counter()
         try:
             reply = call_next(msg, context)
         except Exception as err:  # noqa: BLE001 - its text may quote file names: the site log only
             reply = site_error(msg, err, status="blocked" if isinstance(err, EgressViolation) else "error")
         try:
-            _append(target, ledger_entry(msg, reply))
+            _append(target, ledger_entry(msg, reply, seconds=time.perf_counter() - start))
         except Exception as err:  # noqa: BLE001 - e.g. an unwritable ledger: its path stays on the site
             return site_error(msg, err, detail="the egress ledger could not be written, so the reply was not sent")
         return reply
