@@ -21,6 +21,7 @@ from ..core.aggregates.merged_histogram import MergedBins, QuantileBracket, spre
 from ..core.privacy.private_histogram import noise_std
 from ..flower.records import records_of, to_content
 from ..flower.refusal import refused_key
+from .repeated_warnings import sites
 
 NOISE_FLOOR = 2.0  # for a tail quantile, pooled noisy bins below this many noise sds count as empty
 
@@ -44,6 +45,7 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
     deadline = time.monotonic() + timeout
     out: dict[int, Message] = {}
     refused: set[int] = set()
+    refusals: dict[str, list[int]] = {}  # policy key -> the nodes that refused under it: one line each, at the end
     pending = list(nodes)
     attempt = 0
     while pending and attempt <= retries:
@@ -56,7 +58,7 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
             nid = rep.metadata.src_node_id
             if rep.has_error() and refused_key(rep.error):
                 # The site's own policy refused: the same request would be refused again.
-                log(WARNING, "%s: node %s refused by its site policy: %s", message_type, nid, rep.error.reason)
+                refusals.setdefault(refused_key(rep.error), []).append(nid)
                 refused.add(nid)
             elif rep.has_error() and rep.error.code == ErrorCode.NODE_UNAVAILABLE:
                 unavailable.add(nid)
@@ -82,6 +84,9 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
         if attempt <= retries:
             log(WARNING, "%s: asking node(s) %s again (attempt %d of %d)", message_type,
                 ", ".join(map(str, pending)), attempt + 1, retries + 1)
+    for key, nids in refusals.items():
+        log(WARNING, "%s: %s (%s): node(s) %s", message_type, sites(len(nids), "refused by {its} site policy"), key,
+            ", ".join(map(str, nids)))
     return out
 
 
