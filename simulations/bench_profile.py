@@ -11,8 +11,8 @@ run:
 - wall: the coordinator's time for the phase;
 - sites: the sum over sites and messages of their compute (Tier 1 and Tier 2 training on their own
   rows, since the tiers' message types differ);
-- slowest: per round (message group), the slowest site's compute, summed over rounds: what the
-  phase would take with one core per site and nothing else;
+- slowest: per round (the k-th message of a type at each site), the slowest site's compute, summed
+  over rounds: what the phase would take with one core per site and nothing else;
 - bound: the least the phase can take on this machine, max(slowest, sites / cores);
 - overhead: wall - bound, i.e. Flower and Ray transport and scheduling, (de)serialisation and
   packing, waiting that the cores could not fill, and the coordinator's own work;
@@ -67,7 +67,8 @@ def profile(run: Path, cores: int) -> dict:
     lines = sorted(read_ledgers(run), key=lambda e: e["time"])
     first_train = next((e["time"] for e in lines if e["message_type"] == "train"), None)
     sites: dict[str, float] = defaultdict(float)
-    per_round: dict[tuple[str, str, str], float] = defaultdict(float)  # (phase, type, group) -> slowest site
+    per_round: dict[tuple[str, str, int], float] = defaultdict(float)  # (phase, type, k-th) -> slowest site
+    seen: dict[tuple[str, str], int] = defaultdict(int)  # (site, type) -> messages so far: the k-th is round k
     sent: dict[str, float] = defaultdict(float)
     by_tier: dict[str, float] = defaultdict(float)
     for e in lines:
@@ -76,7 +77,8 @@ def profile(run: Path, cores: int) -> dict:
         if t == "query.followup":
             phase = "statistics" if first_train is None or e["time"] < first_train else "baseline_hazard"
         sites[phase] += e["compute_s"]
-        key = (phase, t, e.get("group_id", ""))
+        key = (phase, t, seen[(e["site"], t)])
+        seen[(e["site"], t)] += 1
         per_round[key] = max(per_round[key], e["compute_s"])
         sent[phase] += e.get("total_bytes", 0) / 1e6
         by_tier[TIER_OF.get(t, "other messages")] += e["compute_s"]

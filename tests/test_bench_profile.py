@@ -21,8 +21,8 @@ def _run(tmp_path):
         (run / "ledger" / f"{site}.jsonl").write_text("\n".join([
             _line("2026-01-01T00:00:00.000+00:00", "query.schema", "", 0.5),
             _line("2026-01-01T00:00:01.000+00:00", "query.followup", "", 0.25),
-            _line("2026-01-01T00:00:02.000+00:00", "train", "1", a),
-            _line("2026-01-01T00:00:03.000+00:00", "train", "2", b),
+            _line("2026-01-01T00:00:02.000+00:00", "train", "", a),
+            _line("2026-01-01T00:00:03.000+00:00", "train", "", b),
             _line("2026-01-01T00:00:04.000+00:00", "query.followup", "", 0.25)]) + "\n")
     return run
 
