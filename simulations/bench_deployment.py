@@ -158,7 +158,11 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
         time.sleep(0.5)
         result["exit_code"] = code
         result["run_wall_s"] = round(time.monotonic() - t_submit, 1)
-        marks = [(t, m) for t, line in procs.lines("run") if (m := _ROUND.search(line))]
+        marks, seen = [], set()
+        for t, line in procs.lines("run"):  # each round's line can reach the stream twice: keep its first
+            if (m := _ROUND.search(line)) and m.group(1) not in seen:
+                seen.add(m.group(1))
+                marks.append((t, m))
         result["train_step_s"] = [float(m.group(3)) for _, m in marks]
         result["round_s"] = [round(b[0] - a[0], 2) for a, b in zip(marks, marks[1:])]
         per_site = {s: _site_spans(procs.lines(f"site-{s}")) for s in sites}
