@@ -31,16 +31,18 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-# The coordinator's phase (metrics.json timing_s key) of each message type; query.followup is asked
+from ..core.messages import protocol as P
+
+# The coordinator's phase (metrics.json timing_s key) of each message type; the follow-up query is asked
 # before Tier 1 (the DP time cuts: statistics) and again for the baseline hazard.
-PHASE_OF = {"query.schema": "handshake", "query.stats": "statistics", "query.setup": "statistics",
-            "query.cox": "cox", "train": "tier1", "evaluate.tier1_validation": "tier1",
-            "query.freeze_tier1": "calibration", "query.calibration": "calibration",
-            "query.hazard": "baseline_hazard", "train.tier2": "tier2", "evaluate.tier2_validation": "tier2",
-            "query.tier2_calibration": "tier2_calibration", "query.conformal": "conformal",
-            "query.risk_groups": "risk_groups", "evaluate": "evaluation"}
-TIER_OF = {"train": "Tier 1 training", "evaluate.tier1_validation": "Tier 1 validation",
-           "train.tier2": "Tier 2 training", "evaluate.tier2_validation": "Tier 2 validation"}
+PHASE_OF = {p.message_type: name for p, name in (
+    (P.SCHEMA, "handshake"), (P.STATISTICS, "statistics"), (P.SETUP, "statistics"), (P.COX, "cox"),
+    (P.TIER1_ROUND, "tier1"), (P.TIER1_VALIDATION, "tier1"), (P.FREEZE_TIER1, "calibration"),
+    (P.CALIBRATION, "calibration"), (P.FOLLOWUP, "baseline_hazard"), (P.HAZARD, "baseline_hazard"),
+    (P.TIER2_ROUND, "tier2"), (P.TIER2_VALIDATION, "tier2"), (P.TIER2_CALIBRATION, "tier2_calibration"),
+    (P.CONFORMAL, "conformal"), (P.RISK_GROUPS, "risk_groups"), (P.EVALUATION, "evaluation"))}
+TIER_OF = {P.TIER1_ROUND.message_type: "Tier 1 training", P.TIER1_VALIDATION.message_type: "Tier 1 validation",
+           P.TIER2_ROUND.message_type: "Tier 2 training", P.TIER2_VALIDATION.message_type: "Tier 2 validation"}
 
 
 class ProfileError(ValueError):
@@ -65,7 +67,7 @@ def profile(run: Path, cores: int) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     timing = metrics.get("timing_s", {})
     lines = sorted(read_ledgers(run), key=lambda e: e["time"])
-    first_train = next((e["time"] for e in lines if e["message_type"] == "train"), None)
+    first_train = next((e["time"] for e in lines if e["message_type"] == P.TIER1_ROUND.message_type), None)
     sites: dict[str, float] = defaultdict(float)
     per_round: dict[tuple[str, str, int], float] = defaultdict(float)  # (phase, type, k-th) -> slowest site
     seen: dict[tuple[str, str], int] = defaultdict(int)  # (site, type) -> messages so far: the k-th is round k
@@ -74,7 +76,7 @@ def profile(run: Path, cores: int) -> dict:
     for e in lines:
         t = e["message_type"]
         phase = PHASE_OF.get(t, "other")
-        if t == "query.followup":
+        if t == P.FOLLOWUP.message_type:
             phase = "statistics" if first_train is None or e["time"] < first_train else "baseline_hazard"
         sites[phase] += e["compute_s"]
         key = (phase, t, seen[(e["site"], t)])
