@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # 0.060 with it; exact split conformal 0.90 +- 0.023.
 # calibration quantiles of the routing score that place the risk-coverage curve's thresholds (the last:
 # no threshold, every patient kept); spaced so that the kept groups of neighbouring levels differ by more
-# than a site's floor (core/risk_uncertainty_evaluation.kept_sums)
+# than a site's floor (core/routing/risk_uncertainty_evaluation.kept_sums)
 CURVE_QUANTILES = (0.25, 0.5, 0.75, 0.95, 1.0)
 assert len(CURVE_QUANTILES) <= KEPT_LEVELS
 
@@ -76,7 +76,7 @@ def curve_thresholds(grid: HistogramGrid, counts: np.ndarray) -> tuple[float, ..
 
 
 def judge_gate(run: "Run", gate, q_hat: dict[str, dict]):
-    """The Tier 2 gate once both tiers' intervals are calibrated (core/tier2_gate.judge_intervals); left
+    """The Tier 2 gate once both tiers' intervals are calibrated (core/tier2/tier2_gate.judge_intervals); left
     as it is when the gate is off (tier2.gate = false) or there is no Tier 2."""
     if gate is None or not run.cfg.tier2.gate or "tier2" not in q_hat:
         return gate

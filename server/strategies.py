@@ -98,7 +98,7 @@ def _restricted(base: type) -> type:
             partial-likelihood) the site-stratified validation Cox partial log-likelihood per event,
             sum of the sites' log-likelihoods over the sum of their events; both are recorded. Tier 2 rounds
             (this strategy's validation is Tier 2's): minus the masked recovery MSE from the round's typed
-            sums (core/tier2_gate.ValidationSums), kept in ``validation_sums`` for the gate and shown in
+            sums (core/tier2/tier2_gate.ValidationSums), kept in ``validation_sums`` for the gate and shown in
             the history. The history records how many sites' validation counts
             entered the score ("val-sites"): a site missing from a validation round changes the score,
             hence possibly the selected round."""

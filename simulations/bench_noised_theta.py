@@ -5,7 +5,7 @@ calibration histograms (the default site policy; not a test, prints figures, rea
 
 Each trial draws log-normal uncertainties for four sites (the default cohort's calibration sets have
 about 170 held-out complete cases in all, one value per patient under noise), noises each site's
-counts exactly as a site does (``core.noised_release.noised_histogram``: two-sided geometric, L1
+counts exactly as a site does (``core.privacy.noised_release.noised_histogram``: two-sided geometric, L1
 sensitivity 1, OS-seeded in production, seeded here for the benchmark's own reproducibility), pools
 them as the server does (``server.queries.pool_noisy``), and runs the server's coarse-then-zoom
 quantile (``server.noised_quantile``). Printed: median, mean and 90th percentile of |theta / exact - 1|

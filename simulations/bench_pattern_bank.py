@@ -2,7 +2,7 @@
 
     python -m rmmfed.simulations.bench_pattern_bank --patients 100 --patches 2250
 
-Tier 2 reads Tier 1 under each of the 2^K - 1 observed patterns (core/tier2_context.PatternBank). Its
+Tier 2 reads Tier 1 under each of the 2^K - 1 observed patterns (core/tier2/tier2_context.PatternBank). Its
 inputs (:func:`~rmmfed.core.tier2.tier2_context.tier2_inputs`) can encode every instance again for each
 pattern, or take the encodings computed once (``zs=``, what rmm does). Both give the same tensors (a
 test checks it bit for bit); this times them in one run on random bags at the model's reduced width

@@ -1,6 +1,6 @@
 """Checks of a study's optional inputs, made before anything trains.
 
-A study needs its site folders (checked by ``core.site_data``); everything else is optional, and a
+A study needs its site folders (checked by ``core.data.site_data``); everything else is optional, and a
 problem with an optional input must not cost a finished run:
 - ``truth.csv`` (the generator's true risk, for the oracle C-index): used only when it has the
   columns ``site``, ``patient_id`` and ``true_risk`` (extra columns are fine), numeric finite risks and

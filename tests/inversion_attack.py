@@ -294,8 +294,8 @@ class Patients:
 
 
 def training_patients(site_dir: Path) -> Patients:
-    """Every training patient's raw bag means, read from the site folder with core/site_data.load_site
-    (the validated bags) and the bag means core/tensors.build_tensors standardises (pooled_features)."""
+    """Every training patient's raw bag means, read from the site folder with core/data/site_data.load_site
+    (the validated bags) and the bag means core/data/tensors.build_tensors standardises (pooled_features)."""
     site = load_site(site_dir, expected=dict(DIMS))
     idx = site.indices("train")
     blocks, present = [], []

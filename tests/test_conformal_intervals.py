@@ -1,5 +1,5 @@
 """Federated split-conformal risk intervals (core/routing/conformal.py) and the risk draws they stand on
-(core/risk_interval.risk_if_acquired)."""
+(core/routing/risk_interval.risk_if_acquired)."""
 
 from __future__ import annotations
 

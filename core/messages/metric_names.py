@@ -46,7 +46,7 @@ COX_LOGLIK, COX_N, COX_EVENTS = "cox-loglik", "cox-n", "cox-events"  # one site'
 PAIRS = Pairs()  # the whole split
 
 # ---- Tier 2 rounds -------------------------------------------------------------------------------
-TIER2_PREFIX = "tier2-"  # + each Tier 2 loss term (core/tier2_train.LOSS_KEYS) and "steps"
+TIER2_PREFIX = "tier2-"  # + each Tier 2 loss term (core/tier2/tier2_train.LOSS_KEYS) and "steps"
 TIER2_VAL_CASES, TIER2_VAL_N = "tier2-val-cases", "tier2-val-n"
 TIER2_VAL_SSE_TIER1, TIER2_VAL_SSE_TIER2 = "tier2-val-sse-tier1", "tier2-val-sse-tier2"
 TIER2_VAL_PAIRS = {"tier1": Pairs("tier2-val-tier1-"), "tier2": Pairs("tier2-val-tier2-")}

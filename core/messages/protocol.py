@@ -158,7 +158,7 @@ class SumsReply:
 
 @dataclass
 class HistogramReply:
-    """Bins (core/merged_histogram.MergedBins.to_arrays; every bin when noised) and, for some phases,
+    """Bins (core/aggregates/merged_histogram.MergedBins.to_arrays; every bin when noised) and, for some phases,
     scalar sums and the release's epsilon (``noised``)."""
 
     counts: dict[str, np.ndarray]
@@ -174,7 +174,7 @@ class HistogramReply:
 
 @dataclass
 class HazardReply:
-    sums: dict[str, np.ndarray]  # core/merged_hazard.MergedHazard.to_arrays
+    sums: dict[str, np.ndarray]  # core/survival/merged_hazard.MergedHazard.to_arrays
 
     def to_records(self) -> Records:
         return {HAZARD_RECORD: dict(self.sums)}

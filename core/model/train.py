@@ -69,7 +69,7 @@ def train_tier1(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cfg: 
     (:meth:`SiteTensors.sample_instances`; bags that short are used whole). Each batch builds two views: the task view (modality dropout with p when on) feeds L_task; the
     reconstruction view hides one present modality per patient, so f_phi learns to recover it
     (L_rec, L_anat) whether or not augmentation is on. With the variance head (``model.uncertainty``
-    not "epistemic") L_nll of the same view is added (core/tier1_loss.variance_nll). With
+    not "epistemic") L_nll of the same view is added (core/model/tier1_loss.variance_nll). With
     ``proximal_mu`` > 0 (FedProx) the proximal term mu/2 ||w - w_global||^2 is added, and with the
     linear path its ridge penalty (``model.linear-l2``).
     """

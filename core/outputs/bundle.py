@@ -28,7 +28,7 @@ model_card           {"sites", "per_site", "c_index", "n_patients_test", "date",
 ===================  ===========================================================================
 
 The keys from ``theta`` to ``conformal`` are ONE object, the run's fitted two-tier decision
-(core/fitted_two_tier.FittedTwoTier: ``to_bundle`` / ``from_bundle``), :attr:`ModelBundle.fitted`.
+(core/routing/fitted_two_tier.FittedTwoTier: ``to_bundle`` / ``from_bundle``), :attr:`ModelBundle.fitted`.
 A run writes its ``model.pt`` in this format (server/outputs.py); ``bundle_from_run_dir`` reads a
 run folder (its model card refreshed from ``metrics.json``), and also a plain ``model.pt`` dict of the run's
 keys (``RUN_MODEL_KEYS``) without the bundle's ``format``. Every reader goes through :func:`load_model`.

@@ -8,7 +8,7 @@ pseudo-embeddings), so per-sample gradients come from ``torch.func`` (``vmap(gra
 through ``grad_sample_mode="no_op"``. Per-patient loss: L_rec + lambda_a L_anat (averaged over the
 patient's hidden modalities) + lambda_t x discrete-time NLL (:mod:`rmmfed.core.survival.discrete_time`,
 replacing Cox, whose risk sets couple patients), + L_nll of the variance head when the model has one
-(core/tier1_loss.variance_nll, per patient; its weights are clipped and noised like every other).
+(core/model/tier1_loss.variance_nll, per patient; its weights are clipped and noised like every other).
 
 Accounting: sigma is calibrated once for the run's planned epochs (``total_epochs_budget`` = rounds
 x local epochs), so epsilon grows round by round up to ``target_epsilon`` at the end of the plan.

@@ -72,7 +72,7 @@ def coverage_sums(risk_seen: np.ndarray, centre: np.ndarray, sd: np.ndarray, q_h
 def site_scores(tier1, tier2, val, cfg, tier: str) -> tuple[np.ndarray, np.ndarray]:
     """(scores, risk SDs) of one tier on the masked complete cases of ``val`` (every masking pattern,
     pattern-major): Tier 1's draws, or Tier 2's (``tier2`` given) diffusion draws
-    (core/two_tier.recovery_errors)."""
+    (core/routing/two_tier.recovery_errors)."""
     from ..errors import ConfigError
     from .two_tier import recovery_errors
 

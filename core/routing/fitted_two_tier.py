@@ -7,14 +7,14 @@ attribute              what it is (where the run fits it)
 =====================  =================================================================================
 ``theta_``             routing threshold on ``routing_score_`` (calibration: server/federation.calibration)
 ``abstain_bound_``     bound on Tier 2's uncertainty above which a referred patient abstains (inf: never)
-``risk_scale_``        core/risk_scale.RiskScale: each head's training-risk mean and SD (the system scale)
-``gate_``              core/tier2_gate.Tier2Gate, the decision with its reason and figures; None: no Tier 2
+``risk_scale_``        core/routing/risk_scale.RiskScale: each head's training-risk mean and SD (the system scale)
+``gate_``              core/tier2/tier2_gate.Tier2Gate, the decision with its reason and figures; None: no Tier 2
                        phase, or a bundle from before the gate (Tier 2 answers the referred, as it did)
 ``cutpoints_``         the risk groups' two tertile cut points of the training system risk (None: unknown)
 ``conformal_q_``       {tier: conformal q-hat} (core/routing/conformal.py); a tier without one is absent
 ``conformal_alpha_``   the miscoverage the q-hats were calibrated for (NaN: no conformal phase)
-``baseline_hazard_``   core/baseline_hazard.BaselineHazard of Tier 1's risk, or None
-``routing_score_``     the score theta is on (core/routing_score.SCORES); equals the run's routing-score
+``baseline_hazard_``   core/survival/baseline_hazard.BaselineHazard of Tier 1's risk, or None
+``routing_score_``     the score theta is on (core/routing/routing_score.SCORES); equals the run's routing-score
 =====================  =================================================================================
 
 The federation result (server/federation.py), the requests that carry it to the sites (risk groups and
@@ -85,7 +85,7 @@ class FittedTwoTier:
             raise _fail("risk_scale_", f"{s!r} is not a RiskScale of finite means and positive SDs",
                         "build it with RiskScale.from_sums from the sites' risk sums, or use RiskScale()")
         if self.gate_ is not None and not isinstance(self.gate_, Tier2Gate):
-            raise _fail("gate_", f"{self.gate_!r} is not a Tier2Gate", "decide it with core/tier2_gate.decide, "
+            raise _fail("gate_", f"{self.gate_!r} is not a Tier2Gate", "decide it with core/tier2/tier2_gate.decide, "
                         "or pass None (no Tier 2 phase)")
         cuts = None
         if self.cutpoints_ is not None:
@@ -103,7 +103,7 @@ class FittedTwoTier:
                 q[tier] = v
         if self.baseline_hazard_ is not None and not isinstance(self.baseline_hazard_, BaselineHazard):
             raise _fail("baseline_hazard_", f"{type(self.baseline_hazard_).__name__} is not a BaselineHazard",
-                        "wrap (times, cumhaz) in core/baseline_hazard.BaselineHazard, or pass None")
+                        "wrap (times, cumhaz) in core/survival/baseline_hazard.BaselineHazard, or pass None")
         if self.routing_score_ not in SCORES:
             raise _fail("routing_score_", f"{self.routing_score_!r} is not a routing score",
                         f"use one of {', '.join(SCORES)} (the run's routing-score)")

@@ -9,7 +9,7 @@ across its own draws of the missing features, widened where needed to contain th
   (aleatoric) variance (:func:`tier1_risk_draws`), each read through Tier 1's head as if the exam had
   found it (:func:`risk_if_acquired`; observed modalities from their bags). A patient with nothing
   missing gets a zero-width interval.
-* Tier 2 answered: its S diffusion draws, read the same way (core/tier2_train.predict_tier2).
+* Tier 2 answered: its S diffusion draws, read the same way (core/tier2/tier2_train.predict_tier2).
 * Referred but the gate kept Tier 1's risk (core/tier2/tier2_gate.py): the hull of both intervals and of
   Tier 2's own answer. Neither tier was shown to be better for this patient, so the interval covers
   what either says.

@@ -1,6 +1,6 @@
 """The risk scale: the federated mean and standard deviation of each head's training-split risk, which
 put Tier 1's and Tier 2's risks on one system scale (core/routing/two_tier.py); fitted once per run from the
-sites' risk sums (server/federation.tier2) and carried by core/fitted_two_tier.FittedTwoTier."""
+sites' risk sums (server/federation.tier2) and carried by core/routing/fitted_two_tier.FittedTwoTier."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ counted as if each were a patient, which is stricter than the floor asks.
 * Value of information: the risk groups (tertiles of the training system risk) of each masked row's
   risk and of the same patient's risk with everything seen; a *change* is a row whose group differs.
   The site ranks its rows by the expected |change in risk| once the hidden exams are done (the mean over
-  Tier 1's draws, core/two_tier.recovery_errors ``change``) and counts the changes among its top
+  Tier 1's draws, core/routing/two_tier.recovery_errors ``change``) and counts the changes among its top
   :data:`~rmmfed.core.messages.metric_names.VOI_TOP_SHARE`, and again among its top rows by the probability
   that the group changes (the share of draws in another group: it knows where the cut points are).
   The capture ratio (server) is the share of all changes caught in the top rows over the share of rows

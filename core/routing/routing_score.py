@@ -1,7 +1,7 @@
 """What routing compares with theta, defined once (``routing-score``).
 
 * ``risk-sd`` (default): the SD of Tier 1's risk over its draws of the missing features, each read as
-  if the exam had found it (core/risk_interval.tier1_risk_draws). It asks what the clinician asks:
+  if the exam had found it (core/routing/risk_interval.tier1_risk_draws). It asks what the clinician asks:
   would this patient's risk move if the missing exam were done?
 * ``sigma2``: f_phi's feature-space uncertainty (core/routing/uncertainty.py), kept to compare
   with risk-sd.

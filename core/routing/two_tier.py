@@ -147,7 +147,7 @@ def recovery_errors(tier1: Tier1Model, tier2: Tier2Model | None, data: SiteTenso
                     point_only: bool = False) -> dict[str, np.ndarray]:
     """On complete cases under every masking pattern, per (patient, pattern) row, pattern-major: Tier 1
     sigma^2, the SD of Tier 1's risk over its draws of the hidden features (``risk_sd``,
-    core/risk_interval.tier1_risk_draws), the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
+    core/routing/risk_interval.tier1_risk_draws), the Tier 1 and Tier 2 squared recovery errors per dimension of the hidden modalities
     against the real features, Tier 2's own uncertainty (``unc2``, what its abstention bound is
     calibrated on), both tiers' risks under the mask (``risk1``: Tier 1's deterministic risk;
     ``risk2``: Tier 2's, as :func:`~rmmfed.core.tier2.tier2_train.predict_tier2` scores it), ``risk_gap`` =

@@ -63,7 +63,7 @@ def estimate_and_sigma2(model: Tier1Model, x: list[torch.Tensor], inst_mask: lis
                         observed: torch.Tensor, samples: int | None = None, zs: list[torch.Tensor] | None = None
                         ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One batched MC forward: (MC mean estimate per modality [B, D_k], sigma^2_k [B, K] under the
-    model's own ``cfg.uncertainty``). Tier 2's inputs come from here (core/tier2_context.tier2_inputs)."""
+    model's own ``cfg.uncertainty``). Tier 2's inputs come from here (core/tier2/tier2_context.tier2_inputs)."""
     passes = model.mc_passes(x, inst_mask, observed, samples=samples, zs=zs)
     return passes.mean(), modality_sigma2(passes, model.cfg.uncertainty)
 

@@ -2,7 +2,7 @@
 
 For modality k missing from a patient, Tier 1 draws k's features (f_phi's MC-dropout estimates plus
 its predicted variance) while every other missing modality stays at its estimate, and reads each draw
-as if the exam had found it (core/risk_interval.tier1_risk_draws with ``only = k``). Against the risk
+as if the exam had found it (core/routing/risk_interval.tier1_risk_draws with ``only = k``). Against the risk
 Tier 1 reports now, on the system scale (z-score of the training risk):
 
 * ``expected_change``: the mean |draw's risk - reported risk|;

@@ -40,7 +40,7 @@ class SiteEvaluation:
                  thresholds: tuple[float, ...] | None = None) -> dict[str, float]:
         """Scalar metrics on the test split: C-index counts of Tier 1 and of the two-tier system (all,
         covered, referred), routes, recovery errors of both tiers, per-patient cost of each tier, and
-        the quality of Tier 1's sigma^2 on masked complete cases (core/uncertainty_quality.site_quality:
+        the quality of Tier 1's sigma^2 on masked complete cases (core/routing/uncertainty_quality.site_quality:
         Spearman with the recovery error and with the risk gap, patient-bootstrap intervals, counts).
 
         Floor ``k`` (the site policy's min-patients): a subgroup (covered, referred, masked complete

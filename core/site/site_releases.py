@@ -125,6 +125,6 @@ class SiteReleases:
 
 def pattern_patients(values: np.ndarray, n_modalities: int) -> np.ndarray:
     """Patient label of each calibration value: they come pattern by pattern over the same complete
-    cases (core/uncertainty.calibration_uncertainties, two_tier.recovery_errors)."""
+    cases (core/routing/uncertainty.calibration_uncertainties, two_tier.recovery_errors)."""
     patterns = len(masking_patterns(n_modalities))
     return np.tile(np.arange(len(values) // patterns), patterns) if len(values) else np.zeros(0, dtype=int)

@@ -98,7 +98,7 @@ class SiteSession(SiteReleases, SiteTier2, SiteEvaluation):
 
     def weight_shapes(self, which: str) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the run's Tier 1 (``tier1``) or Tier 2 (``tier2``) state dict: the only
-        arrays a request may carry (core/request_policy.check_weights)."""
+        arrays a request may carry (core/privacy/request_policy.check_weights)."""
         cache = self.__dict__.setdefault("_weight_shapes", {})
         if which not in cache:
             model = self.model() if which == "tier1" else self.tier2_model()

@@ -94,7 +94,7 @@ class PerSampleTier2Loss(nn.Module):
         eps = den(x_t, ts, cond)
         if self.weighting == "eps":
             per = (eps - noise) ** 2
-        else:  # min-snr: x0-MSE weighted by min(SNR + 1, gamma), as core/diffusion.ddpm_step
+        else:  # min-snr: x0-MSE weighted by min(SNR + 1, gamma), as core/tier2/diffusion.ddpm_step
             w = torch.clamp(snr(den.schedule, ts) + 1.0, max=self.gamma).unsqueeze(-1).to(x0.dtype)
             per = w * (predict_x0(x_t, ts, eps, den.schedule, clip=None) - x0) ** 2
         m = hid_c.to(x0.dtype)

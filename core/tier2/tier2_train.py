@@ -162,7 +162,7 @@ def predict_tier2(tier2: Tier2Model, tier1: Tier1Model, data: SiteTensors, cfg: 
     recovery through Tier 1's head (risk-head = tier1: observed modalities from their bags,
     :mod:`rmmfed.core.tier2.tier2_scoring`) or the multi-branch head (risk-head = branches); the risk of
     every draw as well (``risk_draws``, the spread of the risk: each draw read as if the exam had found
-    it, core/risk_interval.risk_if_acquired).
+    it, core/routing/risk_interval.risk_if_acquired).
 
     Deterministic for a seed."""
     device = data.present.device

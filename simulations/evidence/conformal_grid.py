@@ -9,7 +9,7 @@ pattern per patient, epsilon-DP counts on every bin, core/privacy/noised_release
 them, and the finite-sample corrected q-hat is read; its coverage is measured on the pooled masked
 complete test rows. Printed per grid over ``--draws`` noise draws: mean and sd of the coverage, and the
 share of draws within 3 points of nominal (0.90). Compared: theta's coarse-then-zoom grids
-(server/noised_quantile.py) and single coarse grids, among them core/conformal.SCORE_GRID. Last, theta
+(server/noised_quantile.py) and single coarse grids, among them core/routing/conformal.SCORE_GRID. Last, theta
 itself (the run's routing score on the same validation cases, released and read as a run does, with
 theta's noise floor): the masked-complete referral it gives on the test rows, over the same draws.
 """

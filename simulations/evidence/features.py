@@ -1,6 +1,6 @@
 """Mean-pooled per-modality features of a whole cohort, for the pooled (centralised) baselines.
 
-Each patient's bag is averaged over instances (``core.feature_stats.pooled_features``). ``Featurizer``
+Each patient's bag is averaged over instances (``core.aggregates.feature_stats.pooled_features``). ``Featurizer``
 is fitted on the training rows only: per modality, standardise with the mean/sd of training patients
 that have it; a modality wider than ``max_dim`` (default 64) is reduced to its first ``n_pcs``
 (default 16) principal components fitted on those standardised training rows, and the component

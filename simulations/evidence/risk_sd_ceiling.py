@@ -6,7 +6,7 @@ On the masked complete test cases of a finished run (every complete test case of
 masking pattern; simulation only: the rows are pooled here), prints Spearman's rho of |risk hidden - risk
 seen| with:
 
-* the run's risk SD (core/risk_interval.tier1_risk_draws, what routing reads), pooled and within each
+* the run's risk SD (core/routing/risk_interval.tier1_risk_draws, what routing reads), pooled and within each
   masking pattern;
 * an in-sample oracle that knows each pattern's mean |change| exactly and nothing about the patient:
   the best any score can do when all it knows is which modalities are hidden (optimistic: fitted on the
