@@ -56,9 +56,9 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
         msgs = [Message(to_content(records), dst_node_id=n, message_type=message_type) for n in pending]
         for rep in grid.send_and_receive(msgs, timeout=left):
             nid = rep.metadata.src_node_id
-            if rep.has_error() and refused_key(rep.error):
+            if rep.has_error() and (key := refused_key(rep.error)):
                 # The site's own policy refused: the same request would be refused again.
-                refusals.setdefault(refused_key(rep.error), []).append(nid)
+                refusals.setdefault(key, []).append(nid)
                 refused.add(nid)
             elif rep.has_error() and rep.error.code == ErrorCode.NODE_UNAVAILABLE:
                 unavailable.add(nid)
