@@ -1,4 +1,4 @@
-"""The conformal phase: each tier's q-hat from the sites' summed score histograms (core/routing/conformal.py),
+"""The conformal phase, the coordinator's side (the phase itself: core/phases/conformal.py): each tier's q-hat from the sites' summed score histograms (core/routing/conformal.py),
 which the run's fitted two-tier decision holds (core/routing/fitted_two_tier.py), the gate judged on the
 intervals, and the risk-coverage thresholds an evaluation measures."""
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.messages import metric_names as M
-from ..core.messages import protocol as P
+from ..core.phases.conformal import CONFORMAL, ConformalRequest
 from ..core.routing.conformal import SCORE_GRID, corrected_level, needs_infinite
 from ..core.aggregates.histogram import HistogramGrid, quantile_from_counts
 from ..core.aggregates.merged_histogram import merged_quantile, pooled_counts
@@ -43,10 +43,10 @@ def calibrate(run: "Run", tier2_weights: dict[str, np.ndarray] | None) -> dict[s
         if tier == "tier2" and not weights:
             continue
         grid = SCORE_GRID  # one coarse grid, no zoom, no noise floor (core/routing/conformal.py)
-        replies = run.ask(P.CONFORMAL, P.ConformalRequest(tier, grid, weights))
+        replies = run.ask(CONFORMAL, ConformalRequest(tier, grid, weights))
         parts = merged_parts(replies, grid.n_bins, run.noised or run.cfg.dp.histogram_epsilon > 0, 0.0)
         n = float(pooled_counts(parts, grid.n_bins).sum()) if parts else 0.0
-        sums = [decode(r, P.HistogramReply).metrics for r in replies.values()]
+        sums = [decode(r, CONFORMAL.reply_type).metrics for r in replies.values()]
         sd_n = sum(m.get(M.CONFORMAL_SD_N, 0.0) for m in sums)
         mean_sd = sum(m.get(M.CONFORMAL_SD_SUM, 0.0) for m in sums) / sd_n if sd_n > 0 else math.nan
         if n <= 0:

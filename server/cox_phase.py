@@ -19,7 +19,7 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from ..core.messages import metric_names as M
-from ..core.messages import protocol as P
+from ..core.phases.cox import COX, CoxReply, CoxRequest
 from ..core.config import RunConfig
 from ..core.survival.cox_core import LINEAR, CoxCore, CoxMoments, fit_cox_core, keep_residual, with_cox  # noqa: F401
 from ..core.survival.cox_newton import CoxSums, add_cox_sums
@@ -51,10 +51,10 @@ def fit(grid: Grid, cfg: RunConfig, nodes: list[int], width: int, answered=lambd
 
     strata: list[int] = []  # the sites that answered the first query: every later sum must be theirs
 
-    def sums(coef: np.ndarray, split: str) -> list[P.CoxReply]:
+    def sums(coef: np.ndarray, split: str) -> list[CoxReply]:
         nonlocal asked
         asked += 1
-        replies = ask(grid, strata or nodes, P.COX, cfg.round_timeout_s, P.CoxRequest(coef, split))
+        replies = ask(grid, strata or nodes, COX, cfg.round_timeout_s, CoxRequest(coef, split))
         answered("cox", replies)
         if not replies:
             raise CoxPhaseError("no site answered the Cox core's query. Fix: check the sites' logs and policies "
@@ -65,7 +65,7 @@ def fit(grid: Grid, cfg: RunConfig, nodes: list[int], width: int, answered=lambd
             raise CoxPhaseError(f"{len(strata) - len(replies)} site(s) stopped answering the Cox core's queries "
                                 "part-way, so the sums would mix strata. Fix: submit again (--resume) once the "
                                 "sites are back, or set model.cox-core = false")
-        return [decode(replies[n], P.CoxReply) for n in strata]
+        return [decode(replies[n], CoxReply) for n in strata]
 
     def train_at(coef: np.ndarray) -> CoxSums:
         key = np.asarray(coef, dtype=np.float64).tobytes()

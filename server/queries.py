@@ -28,7 +28,7 @@ NOISE_FLOOR = 2.0  # for a tail quantile, pooled noisy bins below this many nois
 
 def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=None, *, retries: int = 1,
         reconnect_pause_s: float = 2.0) -> dict[int, Message]:
-    """Send the same request (a core/messages/protocol.py payload, or none) to each node as ``phase``'s message
+    """Send the same request (``phase``'s request payload, core/phases/) to each node as ``phase``'s message
     type; return the successful replies by node (errors logged).
 
     Every message sent this way is a query a site can answer twice with the same result (schema,
@@ -41,7 +41,7 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
     reason names the policy key) is not asked again.
     """
     message_type = phase.message_type
-    records = request.to_records() if request is not None else {}
+    records = phase.encode_request(request)  # a request of another phase's type is refused here, before sending
     deadline = time.monotonic() + timeout
     out: dict[int, Message] = {}
     refused: set[int] = set()

@@ -18,14 +18,38 @@ def test_no_module_is_longer_than_400_lines():
     assert long == {}
 
 
-def test_message_types_are_written_only_in_the_protocol():
-    """Every other module names a phase through core/messages/protocol.py, never by its string."""
-    types = sorted({p.message_type for p in P.PHASES if "." in p.message_type}, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(f'"{t}"') for t in types))
-    found = [f"{p.relative_to(ROOT)}:{i}" for part in PARTS for p in (ROOT / part).rglob("*.py")
-             if p != ROOT / "core" / "messages" / "protocol.py"
-             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+def test_message_types_are_written_only_in_their_phase_module():
+    """Every other module names a phase through its definition (core/phases/<phase>.py), never by its string."""
+    found = []
+    for phase in P.PHASES:
+        if "." not in phase.message_type:
+            continue
+        own = ROOT / "core" / "phases" / f"{module_of(phase)}.py"
+        found += [f"{p.relative_to(ROOT)}:{i}" for part in PARTS for p in (ROOT / part).rglob("*.py") if p != own
+                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+                  if f'"{phase.message_type}"' in line]
     assert found == []
+
+
+def module_of(phase) -> str:
+    return phase.answer.__module__.rsplit(".", 1)[-1]
+
+
+def test_a_phase_is_followed_end_to_end_in_three_files():
+    """Its module in core/phases/ (definition, request, checks, answer) names the coordinator's module that asks
+    it and the site's code that computes it; the ClientApp's dispatch is generic (no phase named in it)."""
+    import importlib
+
+    for phase in P.PHASES:
+        module = importlib.import_module(phase.answer.__module__)
+        doc = module.__doc__ or ""
+        named = set(re.findall(r"((?:server|core/site)/[a-z_0-9]+)\.(?:py|[A-Za-z_]+)", doc))
+        assert any(n.startswith("server/") for n in named), (phase.name, doc)
+        assert any(n.startswith("core/site/") for n in named) or phase.name == "handshake", (phase.name, doc)
+        assert all((ROOT / f"{n}.py").is_file() for n in named), (phase.name, named)
+    client_app = (ROOT / "client" / "client_app.py").read_text(encoding="utf-8")
+    constants = {name for name, value in vars(P).items() if isinstance(value, type(P.SCHEMA))}
+    assert [c for c in constants if re.search(rf"\bP\.{c}\b", client_app)] == []
 
 
 def test_every_phase_has_its_own_message_type_and_a_registered_handler():

@@ -318,7 +318,7 @@ class _Grid:
 
 def test_a_policy_refusal_is_not_retried_and_the_other_sites_are_kept():
     grid = _Grid(refusal_reason("max-bins"))
-    replies = _ask(grid, [1, 2], P.HAZARD, timeout=30.0)
+    replies = _ask(grid, [1, 2], P.HAZARD, timeout=30.0, request=P.HazardRequest(np.array([1.0, 2.0])))
     assert sorted(replies) == [1]
     assert grid.calls == [[1, 2]]
 

@@ -1,3 +1,4 @@
-"""The rmm protocol, defined once: each phase's message type, its typed request and reply payloads, and the names of the records and metrics they carry.
+"""The protocol's vocabulary: the registry of phases (protocol; each phase is a module of core/phases/), the
+names of the records and metrics messages carry, and the payloads several phases share.
 
-Modules: protocol, protocol_requests, record_names, metric_names."""
+Modules: protocol, record_names, metric_names, replies, round_request."""

@@ -18,7 +18,7 @@ attribute              what it is (where the run fits it)
 =====================  =================================================================================
 
 The federation result (server/federation.py), the requests that carry it to the sites (risk groups and
-evaluation, core/messages/protocol_requests.py), :func:`~rmmfed.core.routing.two_tier.predict_two_tier`, the model bundle
+evaluation, core/phases/risk_groups.py, core/phases/evaluation.py), :func:`~rmmfed.core.routing.two_tier.predict_two_tier`, the model bundle
 (core/outputs/bundle.py) and rmm-predict (client/predict.py) all hold this one object. It converts to and from
 the protocol's records (:meth:`to_records` / :meth:`from_records`: what a site is told, :meth:`for_sites`)
 and the bundle's keys (:meth:`to_bundle` / :meth:`from_bundle`), and refuses a value it cannot route with

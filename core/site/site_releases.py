@@ -19,6 +19,7 @@ from ..privacy.private_histogram import privatize_counts
 from ..survival.risk_groups import RISK_GRID
 from ..routing.routing_score import calibration_scores
 from ..privacy.site_policy import PolicyViolation
+from ..privacy.request_checks import require_patients
 from ..model.train import predict_risk
 from ..routing.two_tier import predict_two_tier
 from ..routing.uncertainty import masking_patterns
@@ -32,10 +33,7 @@ class SiteReleases:
         """With ``noise`` (the site policy's dp.release-epsilon): epsilon-DP counts of one value per patient on
         every bin (core/privacy/noised_release.py). Without: bins merged until each non-empty one holds values of
         >= k patients (exact; with the run's dp.histogram-epsilon > 0, noise on the merged counts)."""
-        if len(np.unique(patients)) < k:
-            raise PolicyViolation("min-patients", f"the {what} would come from {len(np.unique(patients))} patient(s), "
-                                  f"fewer than this site's floor of {k}", "nothing to do: the run goes on with "
-                                  "the other sites (a hospital may lower min-patients in its policy file)")
+        require_patients(len(np.unique(patients)), k, what)
         if noise is not None:
             seed = self.cfg.seed if self.cfg is not None else 0  # which value per patient: data-independent
             return noised_histogram(grid, values, patients, noise.epsilon, noise.rng(), seed=seed)
@@ -58,10 +56,7 @@ class SiteReleases:
                       noise: ReleaseNoise | None = None) -> tuple[MergedBins, dict[str, float]]:
         """:meth:`tier2_calibration` with the histogram merged to the floor (and the same risk sums,
         over every training patient: refused when they are fewer than k)."""
-        n_train = len(self.data.indices("train"))
-        if n_train < k:
-            raise PolicyViolation("min-patients", f"the risk sums would cover {n_train} training patients, fewer "
-                                  f"than this site's floor of {k}", "nothing to do: the run goes on without this site")
+        require_patients(len(self.data.indices("train")), k, "risk sums over the training patients")
         half = ReleaseNoise(noise.epsilon / 2, noise.seed) if noise is not None else None  # histogram + risk sums
         values, sums = self._tier2_values(weights, half)
         return self.merged_release(grid, values, pattern_patients(values, len(self.dims)), k,
@@ -87,9 +82,7 @@ class SiteReleases:
         """Breslow sums on ``grid``: intervals merged to >= k events and >= k patients leaving, or noised."""
         train = self._split("train")
         keep = train.present.any(dim=1).cpu().numpy()
-        if int(keep.sum()) < k:
-            raise PolicyViolation("min-patients", "the Breslow sums would cover fewer patients than this site's floor",
-                                  "nothing to do: the run goes on with the other sites")
+        require_patients(int(keep.sum()), k, "Breslow sums")
         risk = predict_risk(self._tier1(), train)[keep]
         if noise is not None:
             return noised_hazard(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid,

@@ -1,0 +1,27 @@
+"""evaluate.tier1_validation: a round's Tier 1 scored on the site's validation split (pair counts and the
+partial likelihood), one set of weights per round. Driven by Flower's strategy (server/strategies.py);
+computed by core/site/site_evaluation.SiteEvaluation.validate."""
+
+from __future__ import annotations
+
+from ..messages import metric_names as M
+from ..messages.record_names import ARRAYS, CONFIG, METRICS
+from ..messages.replies import MetricsReply
+from ..messages.round_request import RoundRequest
+from ..privacy import request_checks as C
+from .phase import Phase
+from .site_call import SiteCall
+
+VALIDATION_METRICS = (M.NUM_EXAMPLES, M.N_VAL, *M.PAIRS.counts, M.VAL_PLL, M.VAL_EVENTS)
+
+
+def answer(req: RoundRequest, site: SiteCall) -> MetricsReply:
+    site.pin(f"validation-{req.run_round}")
+    metrics = site.session.validate(req.weights)
+    return MetricsReply({M.NUM_EXAMPLES: metrics[M.N_VAL], **metrics})
+
+
+TIER1_VALIDATION = Phase("tier1_validation", "evaluate.tier1_validation", "tier1", (ARRAYS, CONFIG), (METRICS,),
+                         VALIDATION_METRICS, request_type=RoundRequest, reply_type=MetricsReply,
+                         checks=(C.round_number(), C.weights("tier1", what="Tier 1 weights"),
+                                 C.split_floor("val", "validation pair counts")), answer=answer)
