@@ -92,17 +92,17 @@ class Procs:
             reader.join(timeout=5)
 
 
-def _site_spans(lines: list[tuple[float, str]]) -> list[float]:
-    """Per train message of one site: seconds of its ClientApp (worker) or Receiving -> Sending (SuperNode)."""
-    train = P.TIER1_ROUND.message_type
-    worker = [float(m.group(3)) for _, line in lines if (m := _WORKER.search(line)) and m.group(1) == train]
+def _site_spans(lines: list[tuple[float, str]], message_type: str = P.TIER1_ROUND.message_type) -> list[float]:
+    """Per message of ``message_type`` at one site: seconds of its ClientApp (worker) or Receiving -> Sending
+    (SuperNode)."""
+    worker = [float(m.group(3)) for _, line in lines if (m := _WORKER.search(line)) and m.group(1) == message_type]
     if worker:
         return worker
     spans, start = [], None
     for t, line in lines:
-        if f"Receiving: {P.TIER1_ROUND.message_type} message" in line:
+        if f"Receiving: {message_type} message" in line:
             start = t
-        elif f"Sending: {P.TIER1_ROUND.message_type} message" in line and start is not None:
+        elif f"Sending: {message_type} message" in line and start is not None:
             spans.append(t - start)
             start = None
     return spans
@@ -169,6 +169,9 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
         n = min((len(v) for v in per_site.values()), default=0)
         result["slowest_site_train_s"] = [round(max(v[k] for v in per_site.values()), 2) for k in range(n)]
         result["site_train_s"] = {s: [round(x, 2) for x in v] for s, v in per_site.items()}
+        val = {s: _site_spans(procs.lines(f"site-{s}"), P.TIER1_VALIDATION.message_type) for s in sites}
+        n = min((len(v) for v in val.values()), default=0)
+        result["slowest_site_validation_s"] = [round(max(v[k] for v in val.values()), 2) for k in range(n)]
         metrics = base / "out" / "metrics.json"
         if metrics.is_file():
             doc = json.loads(metrics.read_text())
@@ -235,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['mode']:16s} {r['run_wall_s']:6.1f}  {_median(r['train_step_s']):12}  {_median(r['round_s']):7}  "
               f"{_median(r['slowest_site_train_s']):20}")
+    print("\nwhere a round goes (medians over rounds): the slowest site's training and validation messages, "
+          "and the rest (polls, transport, aggregation, the checkpoint)")
+    print("mode              round_s  slowest-train_s  slowest-validation_s  rest_s  round/slowest-train")
+    for r in results:
+        rnd, tr, va = _median(r["round_s"]), _median(r["slowest_site_train_s"]), _median(r.get("slowest_site_validation_s", []))
+        rest = round(rnd - tr - (va if va == va else 0.0), 2)
+        print(f"{r['mode']:16s} {rnd:8}  {tr:15}  {va:20}  {rest:6}  {rnd / tr if tr else float('nan'):19.2f}")
     print(f"\nfull results: {out / 'bench.json'}")
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
