@@ -17,7 +17,6 @@ message, so a fresh process rebuilds the session from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context, Message

@@ -47,6 +47,18 @@ PHASES: tuple[Phase, ...] = (SCHEMA, STATISTICS, SETUP, COX, TIER1_ROUND, TIER1_
                              EVALUATION)
 BY_MESSAGE_TYPE = {p.message_type: p for p in PHASES}
 
+__all__ = [  # the protocol's one name for every phase, payload and record name
+    "ARRAYS", "CALIBRATION", "CONFIG", "CONFORMAL", "COUNTS", "COX", "COX_RECORD", "ConformalRequest",
+    "CoxReply", "CoxRequest", "EVALUATION", "EVALUATION_METRICS", "EvaluateRequest", "FOLLOWUP", "FREEZE_TIER1",
+    "FittedTwoTier", "FreezeRequest", "GridRequest", "HAZARD", "HAZARD_RECORD", "HazardReply", "HazardRequest",
+    "HistogramReply", "METRICS", "MetricsReply", "PLAN_RECORD", "Phase", "RISK_GROUPS", "Records",
+    "RiskGroupsRequest", "RoundReply", "RoundRequest", "SCALAR_RECORDS", "SCHEMA", "SCHEMA_KEYS", "SETUP",
+    "STATISTICS", "STATS_RECORD", "SUMS", "SURVIVAL_RECORD", "SchemaReply", "SetupRequest", "StatsRequest",
+    "SumsReply", "TIER1_ROUND", "TIER1_VALIDATION", "TIER2_CALIBRATION", "TIER2_ROUND", "TIER2_TRAIN_METRICS",
+    "TIER2_VALIDATION", "TIER2_VALIDATION_METRICS", "TRAIN_METRICS", "Tier2CalibrationRequest",
+    "VALIDATION_METRICS", "M", "decode_schema", "encode_schema", "PHASES", "BY_MESSAGE_TYPE", "RISK_SUMS", "phase_of",
+]
+
 
 def phase_of(message_type: str) -> Phase | None:
     return BY_MESSAGE_TYPE.get(message_type)

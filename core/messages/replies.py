@@ -1,9 +1,10 @@
-"""The reply payloads several phases share (site -> server): scalar metrics, weights with metrics, and one
+"""The payloads several phases share: one record of arrays, scalar metrics, weights with metrics, and one
 histogram. Replies that belong to one phase live in its module (core/phases/)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -17,6 +18,27 @@ def arrays_of(records: Records, name: str) -> dict[str, np.ndarray]:
 
 def scalars_of(records: Records) -> dict[str, float]:
     return {k: float(v) for k, v in (records.get(METRICS) or {}).items()}
+
+
+@dataclass
+class ArraysPayload:
+    """A payload that is one record of arrays, named by the subclass's ``RECORD`` (the frozen Tier 1, feature
+    sums, Breslow sums)."""
+
+    arrays: dict[str, np.ndarray]
+    RECORD: ClassVar[str] = ARRAYS
+
+    def to_records(self) -> Records:
+        return {self.RECORD: dict(self.arrays)}
+
+    @classmethod
+    def from_records(cls, r: Records):
+        return cls(arrays_of(r, cls.RECORD))
+
+    @staticmethod
+    def alias() -> property:
+        """The arrays under the name a subclass's readers use (``weights``, ``sums``)."""
+        return property(lambda self: self.arrays)
 
 
 @dataclass

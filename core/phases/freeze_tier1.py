@@ -3,28 +3,17 @@ evaluation; one per run. Sent by server/federation.py; kept by core/site/site_se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from ..messages import metric_names as M
-from ..messages.record_names import ARRAYS, METRICS, Records
-from ..messages.replies import MetricsReply, arrays_of
+from ..messages.record_names import ARRAYS, METRICS
+from ..messages.replies import ArraysPayload, MetricsReply
 from ..privacy import request_checks as C
 from .phase import Phase
 from .site_call import KEPT_TIER1, SiteCall
 
 
-@dataclass
-class FreezeRequest:
-    weights: dict[str, np.ndarray]
-
-    def to_records(self) -> Records:
-        return {ARRAYS: dict(self.weights)}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "FreezeRequest":
-        return cls(arrays_of(r, ARRAYS))
+class FreezeRequest(ArraysPayload):
+    RECORD = ARRAYS
+    weights = ArraysPayload.alias()
 
 
 def answer(req: FreezeRequest, site: SiteCall) -> MetricsReply:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..messages.record_names import HAZARD_RECORD, Records
-from ..messages.replies import arrays_of
+from ..messages.replies import ArraysPayload
 from ..privacy import request_checks as C
 from ..privacy.request_policy import digest
 from .phase import Phase
@@ -28,16 +28,11 @@ class HazardRequest:
         return cls(np.asarray(r[HAZARD_RECORD]["grid"], dtype=np.float64))
 
 
-@dataclass
-class HazardReply:
-    sums: dict[str, np.ndarray]  # core/survival/merged_hazard.MergedHazard.to_arrays
+class HazardReply(ArraysPayload):
+    """core/survival/merged_hazard.MergedHazard.to_arrays"""
 
-    def to_records(self) -> Records:
-        return {HAZARD_RECORD: dict(self.sums)}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "HazardReply":
-        return cls(arrays_of(r, HAZARD_RECORD))
+    RECORD = HAZARD_RECORD
+    sums = ArraysPayload.alias()
 
 
 def answer(req: HazardRequest, site: SiteCall) -> HazardReply:

@@ -7,11 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..data.schema import decode_schema, encode_schema
 from ..messages.record_names import CONFIG, SUMS, Records
-from ..messages.replies import arrays_of
+from ..messages.replies import ArraysPayload
 from .phase import Phase
 from .site_call import SiteCall
 
@@ -39,16 +37,9 @@ class StatsRequest:
                    int(c.get("reduce-dim", 0)))
 
 
-@dataclass
-class SumsReply:
-    sums: dict[str, np.ndarray]
-
-    def to_records(self) -> Records:
-        return {SUMS: dict(self.sums)}
-
-    @classmethod
-    def from_records(cls, r: Records) -> "SumsReply":
-        return cls(arrays_of(r, SUMS))
+class SumsReply(ArraysPayload):
+    RECORD = SUMS
+    sums = ArraysPayload.alias()
 
 
 def answer(req: StatsRequest, site: SiteCall) -> SumsReply:
