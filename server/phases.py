@@ -56,9 +56,13 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
         ckpt.save({**base, "phase": phase, "round": rnd, **strat.snapshot()})
         if rnd not in reported:  # a phase without validation ends its round twice (train, empty evaluate)
             reported.add(rnd)
-            progress.round_end(phase, rnd, rounds, strat.history[-1] if strat.history else {})
+            info = dict(strat.history[-1]) if strat.history else {}
+            if "val-c-index" not in info and len(strat.history) > 1:  # validated with the next round: the last known
+                info["val-c-index"] = strat.history[-2].get("val-c-index")
+            progress.round_end(phase, rnd, rounds, info)
 
     strategy.on_round_end(save)
+    strategy.last_round = rounds  # each earlier round is validated inside the next training round
     final = initial
     if rounds - offset > 0:
         progress.rounds_start(phase, rounds, offset)

@@ -49,6 +49,11 @@ def _restricted(base: type) -> type:
             self._sent = None
             self.checkpoint_fn: Callable | None = None
             self._t0 = time.perf_counter()
+            # Each round's validation travels in the next training round's replies (validate-sent); only the
+            # last round (the run's round ``last_round``; None: unknown, every round) is validated on its own.
+            self.last_round: int | None = None
+            evaluate = P.phase_of(evaluate_type)
+            self._sent_keys = frozenset(evaluate.metrics) - {M.NUM_EXAMPLES} if evaluate else frozenset()
 
         # ---- state, for checkpoints and resume ------------------------------------------------
         def resume(self, state: dict) -> None:
@@ -80,13 +85,21 @@ def _restricted(base: type) -> type:
             return [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=message_type)
                     for m in messages if m.metadata.dst_node_id in self.accepted]
 
+        @property
+        def validates(self) -> bool:
+            return self.fraction_evaluate > 0.0
+
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
             self._t0 = time.perf_counter()
-            self._sent = arrays  # what this round started from: kept when no update arrives
+            self._sent = arrays  # what this round started from (the previous round's aggregate): kept when no update arrives
             config["round-offset"] = self.round_offset
+            # the previous round's validation rides in this round's replies (core/messages/round_request.py)
+            config["validate-sent"] = self.validates and self.last_round is not None and server_round + self.round_offset > 1
             return self._typed(super().configure_train(server_round, arrays, config, grid), self.train_type)
 
         def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+            if self.last_round is not None and server_round + self.round_offset < self.last_round:
+                return []  # validated inside the next training round
             self._candidate = arrays  # the weights this validation round scores
             config["round-offset"] = self.round_offset
             return self._typed(super().configure_evaluate(server_round, arrays, config, grid), self.evaluate_type)
@@ -103,8 +116,20 @@ def _restricted(base: type) -> type:
             entered the score ("val-sites"): a site missing from a validation round changes the score,
             hence possibly the selected round."""
             replies = list(replies)
+            if not replies and self.last_round is not None and server_round + self.round_offset < self.last_round:
+                return None  # this round's validation comes with the next training round
             good = [decode(r, P.MetricsReply).metrics for r in replies if not r.has_error()]
+            refused = [k for r in replies if r.has_error() and (k := refused_key(r.error))]
             rnd = server_round + self.round_offset
+            score = self._score(rnd, good, refused, len(replies) - len(good) - len(refused), self._candidate)
+            self.on_evaluated(rnd)
+            return MetricRecord(score) if score is not None else None
+
+        def _score(self, rnd: int, good: list[dict], refused: list[str], failed: int, candidate,
+                   silent: int = 0) -> dict | None:
+            """Round ``rnd``'s validation from the sites' metrics ``good`` (``refused``: the refusals' policy
+            keys; ``failed``: sites without an answer; ``silent``: training replies without validation);
+            keeps the best round's weights (``candidate``)."""
             extra: dict = {}
             tier2 = self.evaluate_type == P.TIER2_VALIDATION.message_type
             if tier2 and good:
@@ -124,30 +149,39 @@ def _restricted(base: type) -> type:
                 extra = {"val-c-index": c, "val-pll": pll}
                 score = pll if self.select_metric == "partial-likelihood" else c
             self.repeated_val.round(rnd)  # each kind is said once now and counted in the phase's summary
-            refused = [k for r in replies if r.has_error() and (k := refused_key(r.error))]
-            failed = len(replies) - len(good) - len(refused)
             if refused:
                 self.repeated_val.warn(rnd, sites(len(refused), "refused by {its} site policy"),
                                        ", ".join(sorted(set(refused))), f"the score uses the other {len(good)} site(s)")
             if failed:
                 self.repeated_val.warn(rnd, sites(failed, "failed to answer"),
                                        then=f"the score uses the other {len(good)} site(s)")
+            if silent:
+                self.repeated_val.warn(rnd, sites(silent, "sent no validation with {its} training update"),
+                                       "below the site's floor, or that round's validation already answered",
+                                       f"the score uses the other {len(good)} site(s)")
             if score == score and score > self.best_score:
-                self.best_score, self.best_round, self.best_arrays = score, rnd, self._candidate
+                self.best_score, self.best_round, self.best_arrays = score, rnd, candidate
             if self.history and self.history[-1]["round"] == rnd:
-                self.history[-1].update({**extra, "val-sites": len(good), "val-failed": len(replies) - len(good)})
-            self.on_evaluated(rnd)
+                self.history[-1].update({**extra, "val-sites": len(good), "val-failed": len(refused) + failed + silent})
             if score != score:
                 return None
             if tier2:
-                return MetricRecord({"val-recovery-mse": -score})
-            return MetricRecord({k: v for k, v in extra.items() if v == v})
+                return {"val-recovery-mse": -score}
+            return {k: v for k, v in extra.items() if v == v}
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             # Replies arrive in completion order; sort them by content so that the float sums of the
             # aggregation, hence the metrics, are identical run to run for the same seed.
             replies = sorted(replies, key=_content_key)
+            rnd = server_round + self.round_offset
+            if self.validates and self.last_round is not None and rnd > 1:  # the previous round's validation
+                sent = [{k: v for k, v in decode(r, P.MetricsReply).metrics.items() if k in self._sent_keys}
+                        for r in replies if not r.has_error()]
+                good = [m for m in sent if m]
+                self._score(rnd - 1, good, [], len(replies) - len(sent), self._sent, silent=len(sent) - len(good))
             arrays, metrics = super().aggregate_train(server_round, replies)
+            if metrics is not None:  # the averaged validation sums mean nothing: they were read above
+                metrics = MetricRecord({k: v for k, v in metrics.items() if k not in self._sent_keys})
             ok = sum(1 for r in replies if not r.has_error())
             self.repeated.round(server_round + self.round_offset)
             if arrays is None:  # no usable update before the round timeout: Flower keeps the weights it sent
@@ -160,8 +194,8 @@ def _restricted(base: type) -> type:
                     "seconds": time.perf_counter() - self._t0, **(dict(metrics) if metrics else {})}
             self.history.append(info)
             self.on_round(server_round + self.round_offset, info)
-            if self.fraction_evaluate == 0.0:
-                self.on_evaluated(server_round + self.round_offset)
+            if not self.validates or (self.last_round is not None and rnd < self.last_round):
+                self.on_evaluated(rnd)  # the round ends here: its validation comes with the next one
             return arrays, metrics
 
         def say_repeated(self) -> None:

@@ -1,5 +1,6 @@
 """evaluate.tier1_validation: a round's Tier 1 scored on the site's validation split (pair counts and the
-partial likelihood), one set of weights per round. Driven by Flower's strategy (server/strategies.py);
+partial likelihood), one set of weights per round: the phase's last round here, every earlier round inside
+the next training round's reply (:func:`score_sent`). Driven by Flower's strategy (server/strategies.py);
 computed by core/site/site_evaluation.SiteEvaluation.validate."""
 
 from __future__ import annotations
@@ -9,10 +10,27 @@ from ..messages.record_names import ARRAYS, CONFIG, METRICS
 from ..messages.replies import MetricsReply
 from ..messages.round_request import RoundRequest
 from ..privacy import request_checks as C
+from ..privacy.site_policy import PolicyViolation
 from .phase import Phase
 from .site_call import SiteCall
 
 VALIDATION_METRICS = (M.NUM_EXAMPLES, M.N_VAL, *M.PAIRS.counts, M.VAL_PLL, M.VAL_EVENTS)
+SENT_METRICS = VALIDATION_METRICS[1:]  # what a training round adds when it scores the weights it received
+
+
+def score_sent(req: RoundRequest, site: SiteCall) -> dict[str, float]:
+    """In a training round with ``validate-sent``: the validation metrics of the weights it received (the
+    previous round's aggregate), pinned as that round's validation; nothing when the floor or the pin would
+    refuse a validation message (the training round is answered all the same)."""
+    if not req.validate_sent:
+        return {}
+    try:
+        C.split_floor("val", "validation pair counts")(req, site)
+        site.pin(f"validation-{req.run_round - 1}")
+    except PolicyViolation:
+        return {}
+    metrics = site.session.validate(req.weights)
+    return {k: metrics[k] for k in SENT_METRICS}
 
 
 def answer(req: RoundRequest, site: SiteCall) -> MetricsReply:
