@@ -117,20 +117,27 @@ def isotonic(y: np.ndarray) -> np.ndarray:
     return np.repeat(values, sizes)
 
 
-def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool, floor: float = 0.0) -> list[MergedBins]:
-    """The sites' merged histograms (core/aggregates/merged_histogram.py); noisy counts are clipped after summing."""
+def merged_parts(replies: dict[int, Message], n_bins: int, noisy: bool, floor: float = 0.0,
+                 support: np.ndarray | None = None) -> list[MergedBins]:
+    """The sites' merged histograms (core/aggregates/merged_histogram.py); noisy counts are clipped after
+    summing (``floor``, ``support``: :func:`pool_noisy`)."""
     decoded = [decode(r, P.HistogramReply) for r in replies.values()]
     parts = [MergedBins.from_arrays(d.counts, n_bins) for d in decoded]
     eps = [d.metrics.get(M.NOISED, 0.0) for d in decoded]  # a site's epsilon-DP counts carry their epsilon
     noisy = noisy or any(e > 0 for e in eps)
-    return pool_noisy(parts, eps, n_bins, floor) if noisy and parts else parts
+    return pool_noisy(parts, eps, n_bins, floor, support) if noisy and parts else parts
 
 
-def pool_noisy(parts: list[MergedBins], epsilons: list[float], n_bins: int, floor: float = 0.0) -> list[MergedBins]:
-    """Unclipped noisy counts of several sites as one part: spread and summed, bins within ``floor``
-    noise standard deviations zeroed (for a tail quantile: :data:`NOISE_FLOOR`), then the nearest
-    monotone CDF (least squares; a running maximum would pile noise peaks into the tail)."""
+def pool_noisy(parts: list[MergedBins], epsilons: list[float], n_bins: int, floor: float = 0.0,
+               support: np.ndarray | None = None) -> list[MergedBins]:
+    """Unclipped noisy counts of several sites as one part: spread and summed, bins outside ``support``
+    zeroed (a boolean mask from an earlier release of the same values: where it found no mass, a count
+    is noise), bins within ``floor`` noise standard deviations zeroed (for a tail quantile:
+    :data:`NOISE_FLOOR`), then the nearest monotone CDF (least squares; a running maximum would pile
+    noise peaks into the tail). Post-processing only: no privacy cost."""
     total = spread(parts, n_bins)
+    if support is not None and (inside := np.where(support, total, 0.0)).sum() > 0:
+        total = inside  # nothing left inside: the support was wrong, keep every bin
     sd = math.sqrt(sum(noise_std(e) ** 2 for e in epsilons if e > 0))
     floored = np.where(total > floor * sd, total, 0.0) if floor > 0 else total
     total = floored if floored.sum() > 0 else total  # tiny sites: every bin is within the noise
