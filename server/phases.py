@@ -58,7 +58,7 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
             reported.add(rnd)
             info = dict(strat.history[-1]) if strat.history else {}
             if "val-c-index" not in info and len(strat.history) > 1:  # validated with the next round: the last known
-                info["val-c-index"] = strat.history[-2].get("val-c-index")
+                info.update({"val-c-index": strat.history[-2].get("val-c-index"), "val-round": strat.history[-2]["round"]})
             progress.round_end(phase, rnd, rounds, info)
 
     strategy.on_round_end(save)

@@ -20,19 +20,24 @@ from flwr.common.logger import log
 from ..core.messages import metric_names as M
 
 TAG = "[rmm]"  # marks rmm's own log lines among Flower's (rmm-server run filters on it)
-_ROUND = re.compile(r"\[rmm\] (?P<phase>\w+) round (?P<rnd>\d+)/(?P<total>\d+)(?:.*?val C-index (?P<val>[0-9.]+|n/a))?")
+_ROUND = re.compile(r"\[rmm\] (?P<phase>\w+) round (?P<rnd>\d+)/(?P<total>\d+)"
+                    r"(?:.*?val C-index (?:\(round \d+\) )?(?P<val>[0-9.]+|n/a))?")
 
 
 def round_line(phase: str, rnd: int, total: int, info: dict) -> str:
     """One round as text: loss terms, sites, seconds and (Tier 1) the federated validation C-index."""
+    dp = M.DP_EPSILON in info  # a DP-SGD round's reply carries no loss (it would not be private)
     if phase == "tier1":
         loss = (f"loss {info.get(M.TRAIN_LOSS, float('nan')):.4f} (cox {info.get(M.TRAIN_TASK, float('nan')):.4f}, "
                 f"rec {info.get(M.TRAIN_REC, float('nan')):.4f})")
     else:
         t2 = {k: info.get(f"{M.TIER2_PREFIX}{k}", float("nan")) for k in ("loss", "ddpm", "cons")}
         loss = f"loss {t2['loss']:.4f} (ddpm {t2['ddpm']:.4f}, cons {t2['cons']:.4f})"
+    if dp and M.TRAIN_LOSS not in info and f"{M.TIER2_PREFIX}loss" not in info:
+        loss = f"DP-SGD epsilon {info[M.DP_EPSILON]:.3g} (no loss is sent)"
     val = info.get("val-c-index")
-    shown = "" if val is None else f" val C-index {'n/a' if val != val else f'{val:.4f}'}"
+    of = f"(round {info['val-round']}) " if info.get("val-round", rnd) != rnd else ""  # scored with the next round
+    shown = "" if val is None else f" val C-index {of}{'n/a' if val != val else f'{val:.4f}'}"
     failed = f" failed {info['failed']}" if info.get("failed") else ""
     if info.get("val-recovery-mse") is not None:  # Tier 2: masked validation, Tier 1's figure beside it
         shown = (f" val recovery MSE {info['val-recovery-mse']:.4f} (Tier 1 {info['val-recovery-mse-tier1']:.4f})"

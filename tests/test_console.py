@@ -166,3 +166,12 @@ def test_a_default_size_console_run_through_flower_is_short_and_leaves_plots(tmp
     assert "=== rmm summary ===" in done.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert "DEPRECATED FEATURE" in (out / "flower.log").read_text() and m["oracle"]["c_index"] > 0.5
+
+
+def test_a_dp_round_line_says_no_loss_is_sent_and_names_the_round_its_validation_scored():
+    """Under DP-SGD a round's reply carries no loss (not "loss nan"); with 0.9.0 a round's line shows the
+    validation of the round before it, which arrived with its training replies, and says so."""
+    line = round_line("tier1", 3, 5, {"dp-epsilon": 1.9, "sites": 4, "seconds": 3.1, "val-c-index": 0.5355,
+                                      "val-round": 2})
+    assert "no loss is sent" in line and "nan" not in line and "val C-index (round 2) 0.5355" in line
+    assert parse_round_line(line) == ("tier1", 3, 5, 0.5355)
