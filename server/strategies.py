@@ -179,9 +179,11 @@ def _restricted(base: type) -> type:
                         for r in replies if not r.has_error()]
                 good = [m for m in sent if m]
                 self._score(rnd - 1, good, [], len(replies) - len(sent), self._sent, silent=len(sent) - len(good))
+            for r in replies:  # read above; a site below its floor sends none, and Flower averages only equal keys
+                rec = None if r.has_error() else r.content.metric_records.get(P.METRICS)
+                for k in [k for k in (rec or {}) if k in self._sent_keys]:
+                    del rec[k]
             arrays, metrics = super().aggregate_train(server_round, replies)
-            if metrics is not None:  # the averaged validation sums mean nothing: they were read above
-                metrics = MetricRecord({k: v for k, v in metrics.items() if k not in self._sent_keys})
             ok = sum(1 for r in replies if not r.has_error())
             self.repeated.round(server_round + self.round_offset)
             if arrays is None:  # no usable update before the round timeout: Flower keeps the weights it sent

@@ -62,3 +62,32 @@ def test_different_warnings_are_counted_apart_and_the_count_starts_afresh_after_
         "of the phase)",
         "tier2 validation: 1 site failed to answer in 2 of 3 rounds",
         "tier2 validation: 2 sites refused by their site policy in 1 of 3 rounds (max-bins)"]
+
+
+def _train_reply(node: int, validation: bool) -> Message:
+    """A Tier 1 training reply (0.9.0) with, or without (a site below its floor), the previous round's validation."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    ask = Message(RecordDict(), dst_node_id=node, message_type="train")
+    metrics = {M.NUM_EXAMPLES: 20.0, **({M.N_VAL: 20.0, M.VAL_PLL: -30.0, M.VAL_EVENTS: 10.0,
+                                        **{k: 10.0 for k in M.PAIRS.counts}} if validation else {})}
+    arrays = ArrayRecord({"w": Array(np.full(3, float(node)))})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=ask)
+
+
+def test_a_training_round_whose_sites_differ_in_sending_validation_still_aggregates(caplog):
+    """One site below its validation floor sends its update without validation metrics: the round is
+    aggregated (Flower refuses to average metric records whose keys differ) and scored on the others."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    strategy = make_strategy(RunConfig(), 3, {1, 2, 3}, on_round=lambda r, h: None)
+    strategy.last_round = 5
+    strategy.history = [{"round": 1}]
+    strategy._sent = ArrayRecord({"w": Array(np.zeros(3))})  # the weights round 2 was sent (round 1's aggregate)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        arrays, _ = strategy.aggregate_train(2, [_train_reply(1, True), _train_reply(2, True), _train_reply(3, False)])
+    assert arrays is not None
+    assert strategy.history[0]["val-sites"] == 2 and strategy.history[0]["val-failed"] == 1
+    assert any("sent no validation" in m for m in _said(caplog))
