@@ -106,8 +106,8 @@ class BarProgress(Progress):
             return
         val = info.get("val-c-index")
         post = {}
-        if val is not None and val == val:
-            post["val C-index"] = f"{val:.3f}"
+        if val is not None and val == val:  # the round it scored, when it arrived with a later round
+            post["val C-index"] = f"{val:.3f}" + (f" (round {info['val-round']})" if info.get("val-round", rnd) != rnd else "")
         loss = info.get(M.TRAIN_LOSS, info.get(f"{M.TIER2_PREFIX}loss"))
         if loss is not None:
             post["loss"] = f"{loss:.3f}"

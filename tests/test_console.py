@@ -175,3 +175,12 @@ def test_a_dp_round_line_says_no_loss_is_sent_and_names_the_round_its_validation
                                       "val-round": 2})
     assert "no loss is sent" in line and "nan" not in line and "val C-index (round 2) 0.5355" in line
     assert parse_round_line(line) == ("tier1", 3, 5, 0.5355)
+
+
+def test_the_bar_names_the_round_a_validation_scored_when_it_arrived_later():
+    err, out = io.StringIO(), io.StringIO()
+    bar = BarProgress(stream=err, out=out)
+    bar.rounds_start("tier1", 3)
+    bar.round_end("tier1", 2, 3, {"val-c-index": 0.61, "val-round": 1})
+    bar.rounds_end("tier1")
+    assert "val C-index=0.610 (round 1)" in err.getvalue().split("\r")[-1]
