@@ -69,8 +69,8 @@ def test_a_training_round_scores_the_weights_it_received_as_a_validation_message
     _set_up(a, cfg), _set_up(b, cfg)
     session = next(iter(a[0].rmm_sessions._sessions.values()))
     weights = get_weights(session.model())  # the run's initial Tier 1
-    plain = _send(a, P.TIER1_ROUND, P.RoundRequest(weights, 1))[P.METRICS]
-    assert not set(plain) & set(SENT_METRICS)  # a training round not asked to validate sends no validation
+    plain = _send(a, P.TIER1_ROUND, P.RoundRequest(weights, 1, validate_sent=True))[P.METRICS]
+    assert not set(plain) & set(SENT_METRICS)  # round 1 scores nothing: no round 0 to validate, whatever is asked
     in_training = _send(a, P.TIER1_ROUND, P.RoundRequest(weights, 2, validate_sent=True))[P.METRICS]
     alone = _send(b, P.TIER1_VALIDATION, P.RoundRequest(weights, 1))[P.METRICS]
     assert {k: in_training[k] for k in SENT_METRICS} == {k: alone[k] for k in SENT_METRICS}

@@ -22,7 +22,7 @@ def score_sent(req: RoundRequest, site: SiteCall) -> dict[str, float]:
     """In a training round with ``validate-sent``: the validation metrics of the weights it received (the
     previous round's aggregate), pinned as that round's validation; nothing when the floor or the pin would
     refuse a validation message (the training round is answered all the same)."""
-    if not req.validate_sent:
+    if not req.validate_sent or req.run_round < 2:  # round 1 received no aggregate: there is no round 0
         return {}
     try:
         C.split_floor("val", "validation pair counts")(req, site)

@@ -22,7 +22,7 @@ SENT_METRICS = TIER2_VALIDATION_METRICS[1:]  # what a Tier 2 training round adds
 def score_sent(req: RoundRequest, site: SiteCall) -> dict[str, float]:
     """In a Tier 2 training round with ``validate-sent``: the gate's sums of the weights it received (the
     previous round's aggregate), pinned as that round's validation; nothing below the floor."""
-    if not req.validate_sent:
+    if not req.validate_sent or req.run_round < 2:  # round 1 received no aggregate: there is no round 0
         return {}
     try:
         site.pin(f"validation-tier2-{req.run_round - 1}")
