@@ -46,7 +46,7 @@ from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, dp_time_cuts, run_baseline_h
 from .strategies import sums_to_plain
 from .noised_quantile import quantile_release
 from .progress import Progress
-from .queries import ask, bracket_doc, decode, merged_parts, wait_for_nodes
+from .queries import ask, bracket_doc, decode, merged_parts, no_answer, wait_for_nodes
 from .queries import per_site as per_site_release
 
 
@@ -108,15 +108,17 @@ class Run:
 
     def ask(self, phase: P.Phase, request=None, *, record: str | None = None) -> dict[int, object]:
         """``phase`` to every accepted site; ``record`` names the participation entry (default: the phase's)."""
-        replies = ask(self.grid, self.accepted, phase, self.cfg.round_timeout_s, request)
+        replies = ask(self.grid, self.accepted, phase, self.cfg.round_timeout_s, request, say_refusals=False)
         self.answered(record or phase.name, replies)
         return replies
 
     def answered(self, phase: str, nodes) -> None:
+        """Record who answered ``phase``; one warning names the sites that did not (:func:`no_answer`)."""
         self.participation[phase] = sorted(self.site_of[n] for n in nodes)
         missing = sorted(set(self.site_of[n] for n in self.accepted) - set(self.participation[phase]))
         if missing:
-            log(WARNING, "%s: no answer from %s", phase, ", ".join(missing))
+            refused = {self.site_of.get(n, str(n)): key for n, key in getattr(nodes, "refused", {}).items()}
+            log(WARNING, "%s", no_answer(phase, missing, refused))
 
     def keep_answering(self, replies) -> None:
         self.accepted = [n for n in self.accepted if n in replies]

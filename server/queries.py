@@ -26,10 +26,19 @@ from .repeated_warnings import sites
 NOISE_FLOOR = 2.0  # for a tail quantile, pooled noisy bins below this many noise sds count as empty
 
 
+class Replies(dict):
+    """The successful replies by node; ``refused`` maps each node whose site policy refused to the policy key."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: dict[int, str] = {}
+
+
 def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=None, *, retries: int = 1,
-        reconnect_pause_s: float = 2.0) -> dict[int, Message]:
+        reconnect_pause_s: float = 2.0, say_refusals: bool = True) -> Replies:
     """Send the same request (``phase``'s request payload, core/phases/) to each node as ``phase``'s message
-    type; return the successful replies by node (errors logged).
+    type; return the successful replies by node (errors logged; refusals logged unless ``say_refusals`` is
+    off, for a caller that names them with the sites that did not answer).
 
     Every message sent this way is a query a site can answer twice with the same result (schema,
     statistics, setup, histograms, hazard sums, evaluation), so a node that answered with an error
@@ -43,7 +52,7 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
     message_type = phase.message_type
     records = phase.encode_request(request)  # a request of another phase's type is refused here, before sending
     deadline = time.monotonic() + timeout
-    out: dict[int, Message] = {}
+    out = Replies()
     refused: set[int] = set()
     refusals: dict[str, list[int]] = {}  # policy key -> the nodes that refused under it: one line each, at the end
     pending = list(nodes)
@@ -84,10 +93,22 @@ def ask(grid: Grid, nodes: list[int], phase: P.Phase, timeout: float, request=No
         if attempt <= retries:
             log(WARNING, "%s: asking node(s) %s again (attempt %d of %d)", message_type,
                 ", ".join(map(str, pending)), attempt + 1, retries + 1)
-    for key, nids in refusals.items():
+    out.refused = {n: key for key, nids in refusals.items() for n in nids}
+    for key, nids in refusals.items() if say_refusals else ():
         log(WARNING, "%s: %s (%s): node(s) %s", message_type, sites(len(nids), "refused by {its} site policy"), key,
             ", ".join(map(str, nids)))
     return out
+
+
+def no_answer(phase: str, missing: list[str], refused: dict[str, str]) -> str:
+    """One line naming the sites that did not answer ``phase``, with the policy key of those whose site
+    policy refused (``refused``: site -> key), e.g. ``calibration: no answer from B, C (2 sites refused by
+    their site policy: min-patients)``."""
+    by_key: dict[str, list[str]] = {}
+    for site, key in refused.items():
+        by_key.setdefault(key, []).append(site)
+    why = "; ".join(f"{sites(len(names), 'refused by {its} site policy')}: {key}" for key, names in sorted(by_key.items()))
+    return f"{phase}: no answer from {', '.join(missing)}" + (f" ({why})" if why else "")
 
 
 def decode(reply: Message, payload):

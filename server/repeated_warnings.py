@@ -1,9 +1,10 @@
-"""Warnings that can come back every round, said twice: at once, and with a count when the phase ends.
+"""Warnings that can come back every round, said at most twice: at once, and with a count when the phase ends.
 
 A site whose policy refuses every validation round would otherwise print the same line each round
 ("validation round N: 1 refused ..." 20 times). :class:`RepeatedWarnings` logs the first occurrence of
 each kind immediately, so that an operator sees it while the run goes on, counts the rounds in which it
-came back, and :meth:`RepeatedWarnings.summary` logs one line per kind at the end of the phase::
+came back, and :meth:`RepeatedWarnings.summary` logs one line per kind that came back at the end of the
+phase (a kind seen in one round only was said in full the first time)::
 
     validation round 3: 1 site refused by its site policy (min-patients); the score uses the others ...
     ...
@@ -38,14 +39,16 @@ class RepeatedWarnings:
         if (kind, detail) not in self.seen:
             self.seen[kind, detail] = set()
             text = f"{self.scope} round {rnd}: {kind}" + (f" ({detail})" if detail else "")
-            log(WARNING, "%s%s (a count follows at the end of the phase)", text, f"; {then}" if then else "")
+            log(WARNING, "%s%s (if it comes back, a count follows at the end of the phase)", text,
+                f"; {then}" if then else "")
         self.seen[kind, detail].add(rnd)
 
     def summary_lines(self) -> list[str]:
-        """One line per kind, with the number of rounds it occurred in."""
+        """One line per kind that occurred in more than one round, with the number of rounds it occurred in."""
         total = len(self.rounds)
         return [f"{self.scope}: {kind} in {len(rounds)} of {total} round{'' if total == 1 else 's'}"
-                + (f" ({detail})" if detail else "") for (kind, detail), rounds in self.seen.items()]
+                + (f" ({detail})" if detail else "") for (kind, detail), rounds in self.seen.items()
+                if len(rounds) > 1]
 
     def summary(self) -> None:
         """Log :meth:`summary_lines` and start counting afresh."""

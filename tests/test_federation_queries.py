@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from rmmfed.core.messages import protocol as P
+from rmmfed.flower.refusal import refusal_error
 from rmmfed.server.queries import ask as _ask
 
 
@@ -22,7 +24,8 @@ def task_identity():
 def _reply(node: int, what: str) -> SimpleNamespace:
     """What _ask reads of a reply: the sender, whether it is an error, the error's code and reason."""
     error = {"error": SimpleNamespace(code=ErrorCode.CLIENT_APP_CRASHED, reason="lost task"),
-             "unavailable": SimpleNamespace(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable")}.get(what)
+             "unavailable": SimpleNamespace(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"),
+             "refused": refusal_error("min-patients")}.get(what)
     return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: error is not None,
                            error=error)
 
@@ -82,3 +85,22 @@ def test_a_site_that_never_reconnects_is_left_out_when_the_timeout_runs_out():
     assert sorted(replies) == [1]
     assert time.monotonic() - t0 < 2.0
     assert 2 <= len(grid.calls) <= 8
+
+
+def test_a_refusing_site_is_not_asked_again_and_is_named_once_with_its_key_beside_those_that_did_not_answer(caplog):
+    """The coordinator's console says who did not answer a phase in one line, with the policy key of each
+    refusal, instead of a line of node ids and a second line of site names."""
+    from rmmfed.core.config import RunConfig
+    from rmmfed.server.federation import Run
+
+    grid = ScriptedGrid({1: ["ok"], 2: ["refused"], 3: ["refused"], 4: ["error", "error"]})
+    run = Run(grid=grid, cfg=RunConfig(), progress=None, ckpt=None, state=None, accepted=[1, 2, 3, 4],
+              site_of={1: "A", 2: "B", 3: "C", 4: "D"})
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        replies = run.ask(P.SCHEMA)
+    assert sorted(replies) == [1] and replies.refused == {2: "min-patients", 3: "min-patients"}
+    assert grid.calls == [[1, 2, 3, 4], [4]]  # a refusal would be refused again
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said[-1] == "handshake: no answer from B, C, D (2 sites refused by their site policy: min-patients)"
+    assert not any("node(s)" in line for line in said if "refused" in line)
+    assert run.participation["handshake"] == ["A"]

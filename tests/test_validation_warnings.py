@@ -39,13 +39,14 @@ def test_a_refusal_repeated_over_the_rounds_is_said_once_at_once_and_once_with_i
         for rnd in range(1, 31):  # site 3 refuses in 20 of the 30 rounds, on and off
             strategy.aggregate_evaluate(rnd, [_reply(1, False), _reply(2, False), _reply(3, rnd % 3 != 0)])
         assert _said(caplog) == ["tier1 validation round 1: 1 site refused by its site policy (min-patients); the "
-                                 "score uses the other 2 site(s) (a count follows at the end of the phase)"]
+                                 "score uses the other 2 site(s) (if it comes back, a count follows at the end of the "
+                                 "phase)"]
         strategy.say_repeated()
     assert _said(caplog)[1:] == ["tier1 validation: 1 site refused by its site policy in 20 of 30 rounds "
                                  "(min-patients)"]
 
 
-def test_different_warnings_are_counted_apart_and_the_count_starts_afresh_after_the_summary(caplog):
+def test_different_warnings_are_counted_apart_only_those_that_came_back_are_counted_and_the_count_starts_afresh(caplog):
     from rmmfed.server.repeated_warnings import RepeatedWarnings
 
     w = RepeatedWarnings("tier2 validation")
@@ -57,11 +58,10 @@ def test_different_warnings_are_counted_apart_and_the_count_starts_afresh_after_
         w.summary()
         w.summary()  # nothing left to say
     assert _said(caplog) == [
-        "tier2 validation round 2: 1 site failed to answer (a count follows at the end of the phase)",
-        "tier2 validation round 3: 2 sites refused by their site policy (max-bins) (a count follows at the end "
-        "of the phase)",
-        "tier2 validation: 1 site failed to answer in 2 of 3 rounds",
-        "tier2 validation: 2 sites refused by their site policy in 1 of 3 rounds (max-bins)"]
+        "tier2 validation round 2: 1 site failed to answer (if it comes back, a count follows at the end of the phase)",
+        "tier2 validation round 3: 2 sites refused by their site policy (max-bins) (if it comes back, a count "
+        "follows at the end of the phase)",
+        "tier2 validation: 1 site failed to answer in 2 of 3 rounds"]  # the refusal came once: said in full
 
 
 def _train_reply(node: int, validation: bool) -> Message:
