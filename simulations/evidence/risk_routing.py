@@ -15,7 +15,8 @@ when absent). Read from each run's metrics.json, every figure computed from the 
 * the value-of-information capture ratio (top 10% by expected change vs random);
 * the risk-coverage curve: Tier 1's C-index on the patients kept, with everything referred and with
   the calibration's 50% quantile as threshold (and whether it rises);
-* masked-complete referral (goal 4-6%), and the Tier 2 gate.
+* masked-complete referral (goal 4-6%), and the Tier 2 gate: whether it opened, Tier 2's recovery
+  MSE and C-index on masked validation cases against Tier 1's, and the Tier 2 phase's seconds.
 
 Runs are cached in OUT/<cohort>/seed-S (an existing metrics.json is reused). Writes OUT/risk_routing.md,
 .csv and _raw.csv with the goals checked under the table. Masked complete test rows are few on the
@@ -47,6 +48,9 @@ FIGURES = {
     "curve_rises": "risk-coverage curve rises (share of runs)",
     "masked_referral": "masked-complete referral rate (goal 4-6%)",
     "gate_open": "Tier 2 gate open (share of runs)",
+    "tier2_mse_ratio": "Tier 2 / Tier 1 masked validation recovery MSE (gate; < 1: Tier 2 recovers better)",
+    "tier2_c_gain": "Tier 2 - Tier 1 masked validation C-index (gate)",
+    "tier2_seconds": "Tier 2 training phase, seconds",
     "r2": "cross-modal R^2 (mean over modalities, simulation only)",
 }
 
@@ -75,6 +79,10 @@ def figures(m: dict) -> dict[str, float]:
     out["masked_referral"] = (m.get("routing") or {}).get("masked_complete_referral_rate", nan)
     gate = ((m.get("two_tier") or {}).get("gate") or {})
     out["gate_open"] = float(bool(gate.get("open"))) if gate else nan
+    both = [gate.get(k) for k in ("mse_tier2", "mse_tier1", "c_index_tier2", "c_index_tier1")]
+    out["tier2_mse_ratio"] = both[0] / both[1] if both[0] is not None and both[1] else nan
+    out["tier2_c_gain"] = both[2] - both[3] if both[2] is not None and both[3] is not None else nan
+    out["tier2_seconds"] = (m.get("timing_s") or {}).get("tier2", nan)
     r2 = ((m.get("cohort") or {}).get("cross_modal_r2") or {})
     out["r2"] = statistics.mean(r2.values()) if isinstance(r2, dict) and r2 else nan
     return out
