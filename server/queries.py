@@ -23,9 +23,6 @@ from ..flower.records import records_of, to_content
 from ..flower.refusal import refused_key
 from .repeated_warnings import sites
 
-NOISE_FLOOR = 2.0  # for a tail quantile, pooled noisy bins below this many noise sds count as empty
-
-
 class Replies(dict):
     """The successful replies by node; ``refused`` maps each node whose site policy refused to the policy key."""
 
@@ -153,9 +150,9 @@ def pool_noisy(parts: list[MergedBins], epsilons: list[float], n_bins: int, floo
                support: np.ndarray | None = None) -> list[MergedBins]:
     """Unclipped noisy counts of several sites as one part: spread and summed, bins outside ``support``
     zeroed (a boolean mask from an earlier release of the same values: where it found no mass, a count
-    is noise), bins within ``floor`` noise standard deviations zeroed (for a tail quantile:
-    :data:`NOISE_FLOOR`), then the nearest monotone CDF (least squares; a running maximum would pile
-    noise peaks into the tail). Post-processing only: no privacy cost."""
+    is noise), bins within ``floor`` noise standard deviations zeroed (for a tail quantile: the floors of
+    server/noised_quantile.py), then the nearest monotone CDF (least squares; a running maximum would
+    pile noise peaks into the tail). Post-processing only: no privacy cost."""
     total = spread(parts, n_bins)
     if support is not None and (inside := np.where(support, total, 0.0)).sum() > 0:
         total = inside  # nothing left inside: the support was wrong, keep every bin

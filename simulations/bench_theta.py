@@ -49,12 +49,16 @@ def site_values(sizes: tuple[int, ...], median: float, log_sd: float, rng: np.ra
     return [median * np.exp(rng.normal(0.0, SITE_LOG_SD) + rng.normal(0.0, log_sd, n)) for n in sizes]
 
 
-def fake_ask(sites: list[np.ndarray], epsilon: float, rng: np.random.Generator):
-    """An ``ask`` whose nodes answer a grid as a site under dp.release-epsilon does (what merged_parts reads)."""
+def fake_ask(sites: list[np.ndarray], epsilon: float, rng: np.random.Generator,
+             patients: list[np.ndarray] | None = None, choice_seed: int = 0):
+    """An ``ask`` whose nodes answer a grid as a site under dp.release-epsilon does (what merged_parts reads);
+    ``patients``: each site's patient of every value (default: one value per patient), one of whose values
+    is released (drawn with ``choice_seed``)."""
     def ask(phase: P.Phase, grid: HistogramGrid) -> dict:
         out = {}
         for node, v in enumerate(sites):
-            bins = noised_histogram(grid, v, np.arange(v.size), epsilon, rng)
+            bins = noised_histogram(grid, v, np.arange(v.size) if patients is None else patients[node], epsilon, rng,
+                                    seed=choice_seed)
             reply = P.HistogramReply(bins.to_arrays(), {M.NOISED: epsilon})
             out[node] = SimpleNamespace(content=to_content(reply.to_records()))
         return out

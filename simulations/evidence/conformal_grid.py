@@ -11,7 +11,7 @@ complete test rows. Printed per grid over ``--draws`` noise draws: mean and sd o
 share of draws within 3 points of nominal (0.90). Compared: theta's coarse-then-zoom grids
 (server/noised_quantile.py) and single coarse grids, among them core/routing/conformal.SCORE_GRID. Last, theta
 itself (the run's routing score on the same validation cases, released and read as a run does, with
-theta's noise floor): the masked-complete referral it gives on the test rows, over the same draws.
+theta's own procedure): the masked-complete referral it gives on the test rows, over the same draws.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def theta_noise(args, bundle, cfg, tier1) -> None:
     """Theta from noised calibration histograms (the run's own rule) and the masked referral it gives."""
     from ...core.routing.routing_score import calibration_scores
     from ...core.routing.two_tier import recovery_errors
-    from ...server.queries import NOISE_FLOOR
+    from ...core.messages import protocol as P
+    from ...server.noised_quantile import quantile_release
+    from ..bench_theta import fake_ask
 
     sites, tests = [], []
     for path in discover_sites(args.data):
@@ -107,15 +109,10 @@ def theta_noise(args, bundle, cfg, tier1) -> None:
     exact = float(np.quantile(pooled, cfg.quantile))
     base = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
     refs = []
-    for draw in range(args.draws):
-        rng = np.random.default_rng(draw)
-
-        def ask(g):
-            parts = [noised_histogram(g, v, pt, args.epsilon, rng, seed=draw) for v, pt in sites]
-            return pool_noisy(parts, [args.epsilon] * len(parts), g.n_bins, NOISE_FLOOR)
-        coarse = HistogramGrid(base.low, base.high, COARSE_BINS)
-        fine = zoom_grid(base, merged_quantile(coarse, ask(coarse), cfg.quantile).estimate)
-        refs.append(float((test > merged_quantile(fine, ask(fine), cfg.quantile).estimate).mean()))
+    for draw in range(args.draws):  # the server's own procedure (server/noised_quantile.py), sites answering with noise
+        ask = fake_ask([v for v, _ in sites], args.epsilon, np.random.default_rng(draw), [pt for _, pt in sites], draw)
+        grid, _, parts = quantile_release(ask, P.CALIBRATION, lambda g: g, base, cfg.quantile, True)
+        refs.append(float((test > merged_quantile(grid, parts, cfg.quantile).estimate).mean()))
     r = np.asarray(refs)
     print(f"theta (q={cfg.quantile}): exact pooled {exact:.4f} gives masked referral {(test > exact).mean():.3f}; from "
           f"noised releases {r.mean():.3f} +- {r.std():.3f}, within 4-6% in {np.mean((r >= 0.04) & (r <= 0.06)):.0%}")
