@@ -24,8 +24,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad, vmap
@@ -35,6 +33,7 @@ from ..messages import metric_names as M
 from ..model.augment import hide_one, modality_dropout
 from ..config import DPConfig, RunConfig
 from ..survival.discrete_time import DiscreteTimeBaseline, discrete_time_nll
+from . import rdp_accounting
 from .dp_noise import privacy_engine, fresh_seed, harden_optimizer, noise_generator
 from ..errors import RmmError
 from ..aggregates.feature_stats import FeatureStats, partition_slices
@@ -58,9 +57,7 @@ class PrivacyBudgetExhausted(DPError):
 
 @lru_cache(maxsize=256)
 def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    acc = RDPAccountant()
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta)) if history else 0.0
+    return rdp_accounting.epsilon(history, delta)  # Opacus' RDP figure, each step's curve computed once
 
 
 def tier_budgets(cfg: RunConfig) -> tuple[float, float]:
@@ -91,9 +88,10 @@ def check_round_budget(accountant: "SiteAccountant", this_round: tuple[float, fl
 
 @lru_cache(maxsize=64)
 def planned_noise_multiplier(target_epsilon: float, target_delta: float, sample_rate: float, epochs: int) -> float:
-    """Opacus' RDP calibration of sigma for the whole planned run (cached: same at every round)."""
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
-                                      sample_rate=sample_rate, epochs=epochs, accountant="rdp"))
+    """Opacus' RDP calibration of sigma for the whole planned run (cached: same at every round), by the
+    search of its ``get_noise_multiplier`` over ``int(epochs / sample_rate)`` steps (core/privacy/rdp_accounting.py)."""
+    return float(rdp_accounting.noise_multiplier(target_epsilon, target_delta, sample_rate,
+                                                 int(epochs / sample_rate)))
 
 
 def validate_for_dp(module: nn.Module) -> None:

@@ -11,6 +11,7 @@ from ..messages import metric_names as M
 from ..survival.concordance import ConcordanceCounts, concordance_counts
 from ..aggregates.histogram import HistogramGrid
 from ..privacy.noised_release import ReleaseNoise, noised_sums
+from ..privacy.request_policy import digest
 from .site_seed import site_seed
 from ..tier2.tier2_gate import VALIDATION_KEYS
 from ..tier2.tier2_train import predict_tier2, train_tier2
@@ -43,9 +44,15 @@ class SiteTier2:
         values, sums = self._tier2_values(weights)
         return grid.counts(values), sums
 
-    def _tier2_values(self, weights: dict[str, np.ndarray], noise: ReleaseNoise | None = None
-                      ) -> tuple[np.ndarray, dict[str, float]]:
+    def _tier2_scores(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Tier 2 uncertainty on the masked val cases, Tier 1's and Tier 2's training risks) of ``weights``:
+        seeded, so the same for the same weights; kept for the last weights asked (the coarse grid and its
+        zoom ask twice), never sent."""
         assert self.cfg is not None
+        key = digest(weights, self._frozen_weights())
+        kept = self.__dict__.get("_tier2_scores_kept")
+        if kept is not None and kept[0] == key:
+            return kept[1]
         tier1, tier2 = self._tier1(), self.tier2_model(weights)
         values = recovery_errors(tier1, tier2, self._split("val"), self.cfg, seed=self.cfg.seed)["unc2"]
         train = self._split("train")
@@ -55,6 +62,12 @@ class SiteTier2:
                                mc_samples=self.cfg.model.mc_samples).risk
         else:  # Tier 2 is scored through Tier 1's head: one head, one scale
             r2 = r1
+        self.__dict__["_tier2_scores_kept"] = (key, (values, r1, r2))
+        return values, r1, r2
+
+    def _tier2_values(self, weights: dict[str, np.ndarray], noise: ReleaseNoise | None = None
+                      ) -> tuple[np.ndarray, dict[str, float]]:
+        values, r1, r2 = self._tier2_scores(weights)
         if noise is not None:  # clipped and noised, on the half of the release's epsilon tier2_release gives it
             one_head = not self.cfg.tier2.uses_branches  # r2 is r1: one noisy draw, so the scale stays the identity
             n, sums = noised_sums([r1] if one_head else [r1, r2], noise.epsilon, noise.rng())

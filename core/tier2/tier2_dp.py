@@ -38,7 +38,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -48,6 +47,7 @@ from ..config import DPConfig
 from .diffusion import predict_x0, q_sample, snr
 from ..privacy.dp import DPError, SiteAccountant, check_round_budget, validate_for_dp
 from ..privacy.dp_noise import privacy_engine, harden_optimizer, noise_generator
+from ..privacy.rdp_accounting import noise_multiplier
 from ..data.tensors import SiteTensors
 from ..model.tier1 import Tier1Model
 from .tier2 import Tier2Model, concat_modalities, coord_mask, split_modalities
@@ -66,8 +66,7 @@ def planned_tier2_noise_multiplier(target_epsilon: float, target_delta: float, s
                                    steps: int) -> float:
     """Opacus' RDP calibration of sigma for ``steps`` planned steps at ``sample_rate`` (cached)."""
     try:
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
-                                          sample_rate=sample_rate, steps=steps, accountant="rdp"))
+        return float(noise_multiplier(target_epsilon, target_delta, sample_rate, steps))
     except ValueError as exc:  # "The privacy budget is too low."
         raise DPError(f"no noise multiplier reaches epsilon={target_epsilon:g} at delta={target_delta:g} over "
                       f"{steps} steps at q={sample_rate:.4g} ({exc}). Fix: raise the Tier 2 target epsilon or plan "
