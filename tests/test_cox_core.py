@@ -28,7 +28,8 @@ from rmmfed.simulations.pooled import pooled_cox_core
 
 from conftest import DIMS, write_site
 from test_hostile_coordinator import Site
-from test_phases_in_process import TINY, InProcessGrid
+from rmmfed.simulations.in_process_grid import InProcessGrid
+from test_phases_in_process import TINY
 
 pytestmark = pytest.mark.usefixtures("single_thread", "task_identity")
 

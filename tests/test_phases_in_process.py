@@ -1,7 +1,7 @@
 """Every phase of the server (run_federation) against the sites' real ClientApps, in one process.
 
-No Flower engine, no network: an in-process Grid hands each message to the destination site's
-ClientApp (mods, policy, egress guard, ledger and all) and returns its reply. A message type, a
+No Flower engine, no network: an in-process Grid (simulations/in_process_grid.py) hands each message
+to the destination site's ClientApp (mods, policy, egress guard, ledger and all) and returns its reply. A message type, a
 config key or a reply key that the two sides do not agree on fails here in seconds instead of in
 the slow runs through the simulation engine or a SuperLink.
 """
@@ -21,6 +21,7 @@ from rmmfed.core.config import RunConfig
 from rmmfed.server.federation import run_federation
 from rmmfed.server.outputs import build_metrics
 from rmmfed.server.summary import summary_lines
+from rmmfed.simulations.in_process_grid import InProcessGrid
 
 from conftest import DIMS, write_site
 
@@ -41,30 +42,6 @@ TINY = {"model.embed-dim": 8, "model.prompt-dim": 3, "model.attn-dim": 4, "model
 def task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     yield
-
-
-class InProcessGrid:
-    """The part of Flower's Grid that run_federation and the strategies use, over local ClientApps."""
-
-    def __init__(self, sites: dict[int, tuple[object, Context]]) -> None:
-        self.sites = sites
-        self.sent: list[str] = []
-
-    def get_node_ids(self):
-        return list(self.sites)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            app, context = self.sites[node]
-            TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, node
-            self.sent.append(msg.metadata.message_type)
-            request = Message(msg.content, dst_node_id=node, message_type=msg.metadata.message_type)
-            reply = app(request, context)
-            assert reply.metadata.src_node_id == node  # a reply comes from the node that was asked
-            replies.append(reply)
-        return replies
 
 
 def _grid(tmp_path: Path, policy: str | None = None) -> InProcessGrid:
