@@ -33,7 +33,8 @@ def test_epsilon_equals_opacus_rdp_accountant_to_the_last_bit(history):
 
 
 @pytest.mark.parametrize("target,delta,q,steps", [(6.0, 1e-5, 0.31, 150), (2.0, 1e-5, 0.45, 400), (0.5, 1e-4, 1.0, 30),
-                                                   (8.0, 1e-6, 0.08, 1200)])
+                                                   (8.0, 1e-6, 0.08, 1200), (2.0, 1e-5, 0.3, 400), (1.0, 1e-5, 0.6, 40),
+                                                   (0.5, 1e-5, 0.9, 3), (50.0, 1e-5, 0.5, 10)])
 def test_the_noise_multiplier_equals_opacus_get_noise_multiplier(target, delta, q, steps):
     ours = R.noise_multiplier(target, delta, q, steps)
     assert ours == get_noise_multiplier(target_epsilon=target, target_delta=delta, sample_rate=q, steps=steps,
@@ -52,3 +53,9 @@ def test_one_steps_curve_is_computed_once_per_sigma_and_rate():
 def test_a_budget_no_noise_can_meet_is_refused():
     with pytest.raises(ValueError, match="too low"):
         R.noise_multiplier(1e-9, 1e-12, 1.0, 10_000)
+
+
+def test_the_search_computes_the_full_figure_only_where_the_whole_orders_cannot_settle_a_comparison():
+    counter = [0]
+    R.noise_multiplier(6.0, 1e-5, 0.31, 150, counter=counter)  # Opacus' search evaluates about 12 sigmas here
+    assert 1 <= counter[0] <= 6
