@@ -60,7 +60,7 @@ def _inputs(model: Tier2Model, n: int = 6, seed: int = 0):
 # ---- config and schedule ------------------------------------------------------------------------
 def test_config_defaults_switches_and_validation():
     cfg = Tier2Config()
-    assert (cfg.timesteps, cfg.sample_steps, cfg.samples, cfg.hidden_dim, cfg.time_dim) == (1000, 20, 8, 256, 32)
+    assert (cfg.timesteps, cfg.sample_steps, cfg.samples, cfg.hidden_dim, cfg.time_dim) == (1000, 20, 8, 128, 32)
     assert (cfg.branches, cfg.branch_dim, cfg.alpha_cons, cfg.beta_div, cfg.lambda_task) == (4, 32, 0.5, 0.1, 1.0)
     assert cfg.diversity and not cfg.single_branch and cfg.n_branches == 4 and cfg.use_diversity
     assert not Tier2Config(diversity=False).use_diversity

@@ -97,7 +97,7 @@ class _ResBlock(nn.Module):
 class ConditionalDenoiser(nn.Module):
     """eps_psi(x_t, t, c) over the concatenated features (eq. 6); see the module docstring."""
 
-    def __init__(self, dims: Sequence[int], *, hidden_dim: int = 256, time_dim: int = 32,
+    def __init__(self, dims: Sequence[int], *, hidden_dim: int = 128, time_dim: int = 32,
                  timesteps: int = 1000, blocks: int = 3, enc_dim: int = 0,
                  parametrisation: str = "x0-residual") -> None:
         super().__init__()
