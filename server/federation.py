@@ -44,7 +44,7 @@ from .cox_phase import cox_core_sites
 from .handshake import Handshake, SiteInfo, agree
 from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, dp_time_cuts, run_baseline_hazard, run_phase
 from .strategies import sums_to_plain
-from .noised_quantile import quantile_release
+from .noised_quantile import quantile_release, thin_tail
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, merged_parts, no_answer, wait_for_nodes
 from .queries import per_site as per_site_release
@@ -293,8 +293,7 @@ def freeze_tier1(run: Run, weights: dict[str, np.ndarray]) -> None:
 
 # ---- 4. calibration: histograms on a server-fixed grid -> theta -----------------------------------
 def calibration(run: Run) -> tuple[HistogramGrid, np.ndarray, float]:
-    t = time.perf_counter()
-    cfg = run.cfg
+    t, cfg = time.perf_counter(), run.cfg
     base = HistogramGrid(cfg.hist_low, cfg.hist_high, cfg.hist_bins)
     grid_h, replies, parts = quantile_release(run.ask, P.CALIBRATION, P.GridRequest, base, cfg.quantile, run.noised,
                                               cfg.dp.histogram_epsilon > 0)
@@ -313,6 +312,8 @@ def calibration(run: Run) -> tuple[HistogramGrid, np.ndarray, float]:
     run.timed("calibration", t)
     run.say(f"calibration: {round(float(counts.sum()))} uncertainty values from {len(replies)} site(s); "
             f"theta (q={cfg.quantile}) = {bracket.estimate:.4g}")
+    if thin := thin_tail(counts.sum(), cfg.quantile):
+        log(WARNING, "calibration: theta is %s", thin)
     return grid_h, counts, bracket.estimate
 
 

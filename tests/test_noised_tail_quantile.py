@@ -48,3 +48,11 @@ def test_zoom_bins_outside_the_coarse_mass_are_not_support():
     e = fine.edges()
     assert mask[np.searchsorted(e, 0.025) - 1] and not mask[np.searchsorted(e, 0.09) - 1]
     assert not mask[0] and not mask[-1]  # under- and overflow lie in coarse bins without mass
+
+
+def test_a_tail_quantile_of_too_few_values_is_said_to_rest_on_the_extreme_few():
+    from rmmfed.server.noised_quantile import thin_tail
+
+    assert thin_tail(188, 0.95) is None  # the default cohort: about 9 values above theta
+    said = thin_tail(50, 0.95)  # a TCGA cohort's validation cases
+    assert said is not None and "50 values" in said and "2.5 value(s)" in said and "Fix:" in said
