@@ -267,3 +267,12 @@ def test_scale_upload_is_summed_from_every_sites_ledger(tmp_path):
     assert got["tier1_bytes_per_round"] == (200 + 240) / 2
     assert got["tier2_bytes_per_round"] == 110
     assert got["bytes_sent_total"] == 100 * 2 + 50 + 5 + 120 * 2 + 60 + 7 and got["messages_total"] == 8
+
+
+def test_the_exact_conformal_q_hat_is_the_corrected_rank_or_inf_when_too_few_scores():
+    from rmmfed.simulations.evidence.tier2_intervals import exact_q_hat
+
+    scores = np.arange(1.0, 10.0)  # 9 scores: rank ceil(10 x 0.9) = 9, the largest
+    assert exact_q_hat(scores, 0.1) == 9.0
+    assert exact_q_hat(np.arange(1.0, 20.0), 0.1) == 18.0  # 19 scores: rank ceil(20 x 0.9) = 18
+    assert exact_q_hat(scores[:8], 0.1) == float("inf")  # 8 scores: rank 9 > 8, no finite guarantee
