@@ -312,8 +312,8 @@ def calibration(run: Run) -> tuple[HistogramGrid, np.ndarray, float]:
     run.timed("calibration", t)
     run.say(f"calibration: {round(float(counts.sum()))} uncertainty values from {len(replies)} site(s); "
             f"theta (q={cfg.quantile}) = {bracket.estimate:.4g}")
-    if thin := thin_tail(counts.sum(), cfg.quantile):
-        log(WARNING, "calibration: theta is %s", thin)
+    if thin := thin_tail(counts.sum(), cfg.quantile, "theta"):
+        log(WARNING, "calibration: %s", thin)
     return grid_h, counts, bracket.estimate
 
 

@@ -45,14 +45,14 @@ def zoom_grid(base: HistogramGrid, estimate: float) -> HistogramGrid:
 TAIL_VALUES = 5  # a tail quantile with fewer values expected above it rests on the extreme few
 
 
-def thin_tail(n_values: float, q: float) -> str | None:
-    """What to say when the ``q`` quantile of ``n_values`` values has fewer than :data:`TAIL_VALUES` of them
-    above it (its sampling error alone then moves the share above it by several points), else None."""
+def thin_tail(n_values: float, q: float, what: str = "the quantile") -> str | None:
+    """What to say when the ``q`` quantile (``what``) of ``n_values`` values has fewer than :data:`TAIL_VALUES`
+    of them above it (its sampling error alone then moves the share above it by several points), else None."""
     above = float(n_values) * (1.0 - q)
     if above >= TAIL_VALUES:
         return None
-    return (f"the {q:g} quantile of {float(n_values):.0f} values rests on about {above:.1f} value(s) above it, so the "
-            f"share of patients above it will differ from {100 * (1 - q):.0f}% by several points. Fix: calibrate on "
+    return (f"{what}, the {q:g} quantile of {float(n_values):.0f} values, rests on about {above:.1f} value(s) above "
+            f"it, so the share of patients above it will differ from {100 * (1 - q):.0f}% by several points. Fix: calibrate on "
             "more held-out complete cases (larger 'val' splits, or more sites above their floor)")
 
 

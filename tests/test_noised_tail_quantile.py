@@ -54,5 +54,6 @@ def test_a_tail_quantile_of_too_few_values_is_said_to_rest_on_the_extreme_few():
     from rmmfed.server.noised_quantile import thin_tail
 
     assert thin_tail(188, 0.95) is None  # the default cohort: about 9 values above theta
-    said = thin_tail(50, 0.95)  # a TCGA cohort's validation cases
-    assert said is not None and "50 values" in said and "2.5 value(s)" in said and "Fix:" in said
+    said = thin_tail(50, 0.95, "theta")  # a TCGA cohort's validation cases
+    assert said is not None and said.startswith("theta, the 0.95 quantile of 50 values, rests on about 2.5 value(s)")
+    assert "Fix:" in said
