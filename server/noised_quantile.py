@@ -52,8 +52,8 @@ def thin_tail(n_values: float, q: float, what: str = "the quantile") -> str | No
     if above >= TAIL_VALUES:
         return None
     return (f"{what}, the {q:g} quantile of {float(n_values):.0f} values, rests on about {above:.1f} value(s) above "
-            f"it, so the share of patients above it will differ from {100 * (1 - q):.0f}% by several points. Fix: calibrate on "
-            "more held-out complete cases (larger 'val' splits, or more sites above their floor)")
+            f"it, so the share of patients above it will differ from {100 * (1 - q):.0f}% by several points. Fix: "
+            "calibrate on more held-out complete cases (larger 'val' splits, or more sites above their floor)")
 
 
 def support_on(coarse: HistogramGrid, coarse_parts: list[MergedBins], fine: HistogramGrid) -> np.ndarray:

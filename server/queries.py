@@ -104,7 +104,8 @@ def no_answer(phase: str, missing: list[str], refused: dict[str, str]) -> str:
     by_key: dict[str, list[str]] = {}
     for site, key in refused.items():
         by_key.setdefault(key, []).append(site)
-    why = "; ".join(f"{sites(len(names), 'refused by {its} site policy')}: {key}" for key, names in sorted(by_key.items()))
+    why = "; ".join(f"{sites(len(names), 'refused by {its} site policy')}: {key}"
+                    for key, names in sorted(by_key.items()))
     return f"{phase}: no answer from {', '.join(missing)}" + (f" ({why})" if why else "")
 
 

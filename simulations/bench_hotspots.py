@@ -12,8 +12,9 @@ folder (``runs/default/cohort`` after ``rmm-simulate``, or a folder of ../shared
 
 Printed, as shares of the run's profiled time (ratios within one run; never asserted by a test): the
 functions with the most time of their own, then that time grouped by where it is spent (Opacus' privacy
-accounting, torch's tensor kernels, Flower's records, rmm's own Python, ...). This is how the accounting's share (31 of 90 s on the default cohort, 3 + 1 rounds, before
-core/privacy/rdp_accounting.py) was found.
+accounting, torch's tensor kernels, Flower's records, rmm's own Python, ...). This is how the
+accounting's share (31 of 90 s on the default cohort, 3 + 1 rounds, before core/privacy/rdp_accounting.py)
+was found.
 """
 
 from __future__ import annotations
