@@ -10,7 +10,6 @@ gate and the baseline hazard: server/phases.py.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -29,7 +28,6 @@ from ..core.errors import RmmError
 from ..core.aggregates.feature_stats import FeatureStats, add_sums
 from ..core.aggregates.histogram import HistogramGrid
 from ..core.aggregates.merged_histogram import merged_quantile, pooled_counts
-from ..core.survival.risk_groups import RISK_GRID, cutpoints_from_counts
 from ..core.privacy.dp import zero_risk_head
 from ..core.model.tier1 import build_model
 from ..core.tier2.tier2 import build_tier2
@@ -39,6 +37,7 @@ from ..core.routing.risk_scale import RiskScale
 from ..core.tier2.tier2_gate import Tier2Gate, gate_of_round
 from ..core.model.weights import get_weights
 from . import conformal_phase, cox_phase
+from .risk_groups_phase import risk_groups
 from .checkpoint import Checkpoint
 from .cox_phase import cox_core_sites
 from .handshake import Handshake, SiteInfo, agree
@@ -46,8 +45,12 @@ from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, dp_time_cuts, run_baseline_h
 from .strategies import sums_to_plain
 from .noised_quantile import quantile_release, thin_tail
 from .progress import Progress
-from .queries import ask, bracket_doc, decode, merged_parts, no_answer, wait_for_nodes
+from .queries import ask, bracket_doc, decode, no_answer, wait_for_nodes
 from .queries import per_site as per_site_release
+
+
+NO_VALIDATION = ("no site's policy answers exact per-round validation (the opt-in 'validation' phase: a lying "
+                 "coordinator could bisect its exact metrics over rounds, docs/privacy.md)")
 
 
 class FederationError(RmmError):
@@ -99,6 +102,7 @@ class Run:
     base: dict = field(default_factory=dict)  # what every checkpoint holds
     noised: bool = False  # the sites' releases are epsilon-DP (seen on the follow-up histograms)
     cox_nodes: list[int] = field(default_factory=list)  # the sites that fit Tier 1's Cox core
+    validates: bool = False  # a site's policy answers exact per-round validation (the opt-in phase)
     cox: dict | None = None  # the Cox core's fit and the residual decision (server/cox_phase.py)
     residual_weights: dict | None = None  # Tier 1's kept round before the residual decision
     followup_grid: HistogramGrid = FOLLOWUP_GRID  # the follow-up grid the run asked first
@@ -177,7 +181,8 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     infos = []
     for nid, rep in sorted(replies.items()):
         r = decode(rep, P.SchemaReply)
-        infos.append(SiteInfo(nid, r.site, r.dims, r.rmm_version, r.counts, r.release_epsilon, r.cox))
+        infos.append(SiteInfo(nid, r.site, r.dims, r.rmm_version, r.counts, r.release_epsilon, r.cox,
+                              r.validation))
     hs = agree(infos, __version__, expected_dims, expected_sites)
     # the sites say whether their policy noises releases, so every histogram is asked the noised way
     # (coarse, then a zoom) from the first, in runs without DP-SGD too
@@ -200,6 +205,9 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     run.accepted = [s.node_id for s in hs.accepted]
     run.site_of = {s.node_id: s.site for s in hs.accepted}
     run.participation["handshake"] = sorted(run.site_of.values())
+    run.validates = any(s.validation for s in hs.accepted)
+    if not run.validates and (cfg.select_best or cfg.tier2.select_best or cfg.tier2.gate):
+        run.say(f"validation: off ({NO_VALIDATION}); each tier keeps its last round, and Tier 2's gate stays closed")
     run.cox_nodes, why = cox_core_sites(cfg, [s.node_id for s in hs.accepted if s.cox])
     if why and cfg.model.cox_core:  # before setup: every site builds the network-only Tier 1
         run.cfg = cfg = cfg.with_overrides({"model.cox-core": False})
@@ -267,8 +275,8 @@ def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.nd
                 f"log partial likelihood per event {core.val_pll_per_event:.4f}")
     weights, history, best_round, _ = run_phase(
         run.grid, cfg, run.accepted, train=P.TIER1_ROUND, evaluate=P.TIER1_VALIDATION, rounds=cfg.rounds,
-        select_best=cfg.select_best, initial=initial, state=run.state, ckpt=run.ckpt, base=run.base,
-        progress=run.progress)
+        select_best=cfg.select_best and run.validates, initial=initial, state=run.state, ckpt=run.ckpt,
+        base=run.base, progress=run.progress)
     if core is not None:
         run.residual_weights = weights  # the kept round as trained (a simulation scores it against the decision)
         weights, decision = cox_phase.keep_residual(weights, history, best_round, core, cfg.model.residual_min_gain)
@@ -334,12 +342,16 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     initial = get_weights(build_tier2(stats.model_dims(run.base["dims"]), cfg.tier2, cfg.seed, tier1=cfg.model))
     weights, history, kept, sums = run_phase(
         run.grid, cfg, run.accepted, train=P.TIER2_ROUND, evaluate=P.TIER2_VALIDATION, rounds=cfg.tier2.rounds,
-        select_best=cfg.tier2.select_best or cfg.tier2.gate, keep_best=cfg.tier2.select_best, initial=initial,
-        state=run.state, ckpt=run.ckpt, base=run.base, progress=run.progress)
+        select_best=(cfg.tier2.select_best or cfg.tier2.gate) and run.validates,
+        keep_best=cfg.tier2.select_best and run.validates, initial=initial, state=run.state, ckpt=run.ckpt,
+        base=run.base, progress=run.progress)
     run.ckpt.save({**run.base, "phase": "tier2-done", "tier2": {"weights": weights, "history": history,
                                                                  "best_round": kept,
                                                                  "validation_sums": sums_to_plain(sums)}})
-    out = Tier2Outcome(weights, history, kept, gate_of_round(sums, kept, cfg.tier2.gate))
+    gate = gate_of_round(sums, kept, cfg.tier2.gate)
+    if cfg.tier2.gate and not run.validates:
+        gate = Tier2Gate(False, f"{NO_VALIDATION}: Tier 1 answers the referred")
+    out = Tier2Outcome(weights, history, kept, gate)
     run.say(f"tier2 gate: {'open' if out.gate.open else 'closed'}: {out.gate.reason}")
     run.timed("tier2", t)
     t = time.perf_counter()
@@ -363,26 +375,6 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
     run.say(f"tier2 calibration: abstain when Tier 2 uncertainty > {out.bound:.4g} (q={cfg.tier2.abstain_quantile}, "
             f"{round(float(counts.sum()))} values)")
     return out
-
-
-# ---- 6. risk groups: tertile cut points of the training system risk, from summed histograms --------
-def risk_groups(run: Run, tier2_weights: dict[str, np.ndarray] | None, fitted: FittedTwoTier
-                ) -> tuple[list[float] | None, int]:
-    t = time.perf_counter()
-    replies = run.ask(P.RISK_GROUPS, P.RiskGroupsRequest(tier2_weights, RISK_GRID, fitted))
-    parts = merged_parts(replies, RISK_GRID.n_bins, run.cfg.dp.histogram_epsilon > 0)
-    counts = pooled_counts(parts, RISK_GRID.n_bins) if parts else np.zeros(RISK_GRID.n_bins)
-    cutpoints = cutpoints_from_counts(counts)
-    if cutpoints is not None:
-        run.release_error["risk_cutpoints"] = {
-            "widest_merged_bin_risk_units": max(p.widest() for p in parts) * math.log(RISK_GRID.ratio),
-            "bin_risk_units": math.log(RISK_GRID.ratio),
-            "brackets": [[math.log(max(b.low, 1e-300)), math.log(b.high) if math.isfinite(b.high) else None]
-                         for b in (merged_quantile(RISK_GRID, parts, q) for q in (1 / 3, 2 / 3))]}
-    run.timed("risk_groups", t)
-    run.say(f"risk groups: tertile cut points of the training system risk "
-            f"{'n/a' if cutpoints is None else ', '.join(f'{c:.3f}' for c in cutpoints)} ({round(float(counts.sum()))} values)")
-    return cutpoints, int(round(counts.sum()))
 
 
 # ---- 7. evaluation (sites use their frozen Tier 1; only Tier 2 weights travel) -----------------------

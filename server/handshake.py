@@ -15,6 +15,7 @@ class SiteInfo:
     counts: dict[str, int]
     release_epsilon: float = 0.0  # > 0: the site's policy noises its releases (core/privacy/noised_release.py)
     cox: bool = False  # the site's policy takes part in the cox phase (exact Cox core sums)
+    validation: bool = False  # the site's policy answers exact per-round validation (opt-in)
 
 
 @dataclass

@@ -112,6 +112,8 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     doc["participation"] = res.participation  # phase -> sites that answered (a dead site shows here)
     doc["history"] = res.history
     doc["selected_round"] = res.best_round
+    doc["selected_by"] = ("validation" if any("val-c-index" in h or "val-pll" in h for h in res.history)
+                          else "last round")  # no site's policy answers per-round validation (opt-in)
     doc["timing_s"] = {**res.timing_s, **extra.get("timing_s", {})}
     return RunMetrics.model_validate(_clean(doc)).to_json()
 
@@ -272,13 +274,20 @@ def _criterion(m: dict[str, Any]) -> str:
             else "federated validation C-index")
 
 
+def _selected(m: dict[str, Any]) -> str:
+    if m.get("selected_by") == "last round":
+        return (f"Kept round: {m.get('selected_round', 'n/a')}, the last (no site's policy answers the opt-in "
+                "per-round validation, so no round was selected on it).")
+    return f"Selected round (best {_criterion(m)}): {m.get('selected_round', 'n/a')}."
+
+
 def _participation_lines(m: dict[str, Any]) -> list[str]:
     """Tier 1 rounds (sites trained / failed / validated) and any phase a site did not answer."""
     history = m.get("history") or []
     if not history:
         return []
     lines = ["## Rounds and participation", "",
-             f"Selected round (best {_criterion(m)}): {m.get('selected_round', 'n/a')}.", "",
+             _selected(m), "",
              "| round | sites trained | failed | sites validated | validation C-index | validation log-PL per event | seconds |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for h in history:

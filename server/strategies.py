@@ -116,6 +116,9 @@ def _restricted(base: type) -> type:
             entered the score ("val-sites"): a site missing from a validation round changes the score,
             hence possibly the selected round."""
             replies = list(replies)
+            if not replies and not self.validates:  # a phase without validation: the round ends, nothing to score
+                self.on_evaluated(server_round + self.round_offset)
+                return None
             if not replies and self.last_round is not None and server_round + self.round_offset < self.last_round:
                 return None  # this round's validation comes with the next training round
             good = [decode(r, P.MetricsReply).metrics for r in replies if not r.has_error()]

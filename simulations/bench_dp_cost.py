@@ -10,7 +10,8 @@ For every cohort and seed, two ``rmm-simulate`` runs on the same patients and sp
 
       rmm-simulate --out OUT/<cohort>/seed-S/default-policy --seed S --data COHORT --no-pooled [--set ...]
 
-* ``permissive``: an explicit policy file OUT/permissive-policy.toml (``[dp]`` ``required = false``) and no DP::
+* ``permissive``: an explicit policy file OUT/permissive-policy.toml (``[dp]`` ``required = false``, every phase
+  but the Cox core's, so with the opt-in per-round validation) and no DP::
 
       rmm-simulate --out OUT/<cohort>/seed-S/permissive --seed S --data COHORT --no-pooled \\
           --policy OUT/permissive-policy.toml [--set ...] --set dp.enabled=false
@@ -49,11 +50,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.messages import metric_names as M
+from ..core.privacy.site_policy import PHASES
 
 DEFAULT_COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcga-kirp")
 PERMISSIVE, DEFAULT_POLICY = "permissive", "default-policy"
 POLICIES = (PERMISSIVE, DEFAULT_POLICY)  # this order: the default cohort's first run generates it
-PERMISSIVE_POLICY_TEXT = "[dp]\nrequired = false\n"
+# no DP-SGD, and the opt-in per-round validation (model selection) as rmm did before it was opt-in
+PERMISSIVE_POLICY_TEXT = ("phases = [" + ", ".join(f'"{p}"' for p in PHASES if p != "cox") + "]\n"
+                          "[dp]\nrequired = false\n")
 GOAL = 0.02  # largest C-index the default policy may cost on a cohort
 COLUMNS = ["cohort", "seeds", "C-index permissive", "C-index default policy", "difference (default − permissive)",
            "noise", "epsilon spent per site (default policy)", "wall time per run", "failed runs"]

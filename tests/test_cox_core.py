@@ -33,7 +33,7 @@ from test_phases_in_process import TINY
 
 pytestmark = pytest.mark.usefixtures("single_thread", "task_identity")
 
-ALL_PHASES = '["statistics", "cox", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation"]'
+ALL_PHASES = '["statistics", "cox", "tier1", "validation", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation"]'
 COX_POLICY = f"phases = {ALL_PHASES}\n[dp]\nrequired = false\nrelease-epsilon = 0\n"
 NAMES = (("site-A", 1, 150), ("site-B", 2, 110), ("site-C", 3, 90))
 

@@ -32,7 +32,7 @@ from rmmfed.core.model.weights import get_weights
 from rmmfed.server.phases import FOLLOWUP_GRID
 from rmmfed.server.queries import ask as _ask
 
-from conftest import DIMS, write_site
+from conftest import DIMS, WITH_VALIDATION, write_site
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 K = 10  # the default policy's min-patients
@@ -115,6 +115,15 @@ def site(tmp_path) -> Site:
 
 
 EXACT_RELEASES = "[dp]\nrelease-epsilon = 0.0\n"  # merged, exact releases (not the default)
+DP_CUTS = {"dp.time-cuts": "5,10,20"}  # what the server's follow-up quintiles would set, for DP-SGD rounds
+
+
+@pytest.fixture
+def validating_site(tmp_path) -> Site:
+    """The default policy plus the opt-in per-round validation."""
+    s = Site(tmp_path, policy=WITH_VALIDATION, **DP_CUTS)
+    s.join()
+    return s
 
 
 @pytest.fixture
@@ -282,9 +291,32 @@ def test_a_phase_the_site_left_out_is_refused(tmp_path):
     assert not s.calibrate().has_error()
 
 
+def test_the_default_policy_answers_no_exact_validation_of_weights_the_coordinator_chose(tmp_path):
+    """Per-round validation is exact (pair counts, partial likelihood, Tier 2's error sums), and a lying
+    coordinator picks every round's weights: over up to max-rounds rounds it could bisect a validation
+    patient's value. So it is opt-in: the default policy refuses the validation messages, naming the key,
+    and answers a training round that asks it to score the weights it received without any validation."""
+    site = Site(tmp_path, **DP_CUTS)
+    site.join()
+    w = site.weights()
+    for phase in (P.TIER1_VALIDATION, P.TIER2_VALIDATION):
+        assert "phases" in site.refusal(site.send(phase, P.RoundRequest(w, 1)))
+        assert site.last_ledger_line()["status"] == "refused"
+    reply = site.send(P.TIER1_ROUND, P.RoundRequest(w, 2, validate_sent=True))
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    sent = set(reply.content[P.METRICS])
+    assert not sent & {M.N_VAL, M.VAL_PLL, M.VAL_EVENTS, *M.PAIRS.counts}, sent
+
+
+def test_a_site_that_opts_into_validation_scores_the_weights_it_received(validating_site):
+    reply = validating_site.send(P.TIER1_ROUND, P.RoundRequest(validating_site.weights(), 2, validate_sent=True))
+    assert {M.N_VAL, M.VAL_PLL, *M.PAIRS.counts} <= set(reply.content[P.METRICS])
+
+
 # ---- weights named or shaped to carry data -------------------------------------------------------
 @pytest.mark.parametrize("change", ["extra-array-per-patient", "array-not-in-the-model", "reshaped-array"])
-def test_weights_named_or_shaped_to_carry_data_are_refused(site, change):
+def test_weights_named_or_shaped_to_carry_data_are_refused(validating_site, change):
+    site = validating_site
     w = site.weights()
     n_train = len(site.session().data.indices("train"))
     if change == "extra-array-per-patient":
@@ -324,7 +356,8 @@ def test_a_policy_refusal_is_not_retried_and_the_other_sites_are_kept():
 
 
 # ---- repeated evaluation and validation queries ------------------------------------------------
-def test_a_second_validation_of_the_same_round_with_other_weights_is_refused(site):
+def test_a_second_validation_of_the_same_round_with_other_weights_is_refused(validating_site):
+    site = validating_site
     w = site.weights()
     first = site.send(P.TIER1_VALIDATION, P.RoundRequest(w, 1))
     assert not first.has_error()

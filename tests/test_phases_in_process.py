@@ -18,12 +18,14 @@ from flwr.supercore.task_identity import TaskIdentity
 from rmmfed.core.messages import protocol as P
 from rmmfed.client.client_app import make_client_app
 from rmmfed.core.config import RunConfig
+from rmmfed.core.privacy.site_policy import PHASES
 from rmmfed.server.federation import run_federation
+from rmmfed.server.progress import Progress
 from rmmfed.server.outputs import build_metrics
 from rmmfed.server.summary import summary_lines
 from rmmfed.simulations.in_process_grid import InProcessGrid
 
-from conftest import DIMS, write_site
+from conftest import DIMS, WITH_VALIDATION, write_site
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -64,9 +66,9 @@ def grid(tmp_path: Path) -> InProcessGrid:
 
 
 def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
-    # the default policy plus the opt-in cox phase (exact Cox core sums), so that every handler is asked
-    grid = _grid(tmp_path, 'phases = ["statistics", "cox", "tier1", "calibration", "baseline-hazard", "tier2", '
-                           '"risk-groups", "evaluation"]\n')
+    # the default policy plus the opt-in phases (exact Cox core sums, per-round validation), so that every
+    # handler is asked
+    grid = _grid(tmp_path, f"phases = {list(PHASES)}\n".replace("'", '"'))
     cfg = RunConfig().with_overrides(TINY)
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
 
@@ -154,3 +156,37 @@ class RecordingGrid(InProcessGrid):
             if conf is not None and "hist-bins" in conf:
                 self.bins.append((msg.metadata.message_type, int(conf["hist-bins"])))
         return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_under_the_default_policy_no_round_is_validated_and_each_tier_keeps_its_last_round(tmp_path):
+    """Per-round validation is exact, so a lying coordinator could bisect it over rounds with crafted weights:
+    it is opt-in. Under the default policy the coordinator asks no validation, training replies carry none,
+    Tier 1 keeps its last round and Tier 2's gate stays closed, saying why."""
+    grid = _grid(tmp_path)  # no policy file: the defaults
+    said: list[str] = []
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 3})
+    res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS), progress=_Said(said))
+    assert not {P.TIER1_VALIDATION.message_type, P.TIER2_VALIDATION.message_type} & set(grid.sent)
+    assert res.best_round == 3 and res.tier2_round == 2
+    assert all("val-c-index" not in h and "val-pairs" not in h for h in res.history + res.tier2_history)
+    assert not res.fitted.gate_.open and "'validation' phase" in res.fitted.gate_.reason
+    assert any(line.startswith("validation: off") for line in said), said
+
+
+def test_a_site_that_opts_into_validation_gets_its_rounds_scored_and_the_best_kept(tmp_path):
+    grid = _grid(tmp_path, WITH_VALIDATION)
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 3})
+    res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
+    assert P.TIER1_VALIDATION.message_type in grid.sent and P.TIER2_VALIDATION.message_type in grid.sent
+    assert all("val-c-index" in h for h in res.history)
+    assert "federated validation" in res.fitted.gate_.reason  # decided on the federated validation sums
+
+
+class _Said(Progress):
+    """A Progress that keeps the phase lines."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def phase(self, text: str) -> None:
+        self.lines.append(text)

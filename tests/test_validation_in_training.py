@@ -17,14 +17,14 @@ from rmmfed.core.phases.tier1_validation import SENT_METRICS
 from rmmfed.flower.records import records_of, to_content
 from rmmfed.server.federation import run_federation
 
-from conftest import DIMS, write_site
+from conftest import DIMS, WITH_VALIDATION, write_site
 from test_phases_in_process import TINY, _grid, task_identity  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("single_thread", "task_identity")
 
 
 def test_only_the_last_round_is_validated_by_a_message_of_its_own(tmp_path):
-    grid = _grid(tmp_path)
+    grid = _grid(tmp_path, WITH_VALIDATION)  # per-round validation is opt-in
     cfg = RunConfig().with_overrides({**TINY, "rounds": 3, "tier2.rounds": 2})
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
     assert grid.sent.count(P.TIER1_ROUND.message_type) == 3 * 2
@@ -41,9 +41,11 @@ def test_only_the_last_round_is_validated_by_a_message_of_its_own(tmp_path):
 
 def _site(tmp_path, name: str) -> tuple[object, Context]:
     path = write_site(tmp_path / name, name="site-A", n=120, seed=1, absent_rate=0.3)
+    policy = tmp_path / f"{name}-policy.toml"
+    policy.write_text(WITH_VALIDATION)  # per-round validation is opt-in
     context = Context(run_id=1, node_id=1, node_config={"data-dir": str(path), "device": "cpu"},
                       state=RecordDict(), run_config={})
-    return make_client_app(simulated_seeded_noise=True), context
+    return make_client_app(simulated_seeded_noise=True, policy=policy), context
 
 
 def _send(site, phase: P.Phase, request) -> dict:

@@ -90,6 +90,7 @@ class RunMetrics(_Section):
     participation: dict[str, list[str]]
     history: list[Json]
     selected_round: int | None
+    selected_by: str = "validation"  # or "last round": no site's policy answers per-round validation (opt-in)
     timing_s: dict[str, float | None]
 
     def to_json(self) -> Json:

@@ -26,31 +26,36 @@ class SchemaReply:
     n_test: int
     release_epsilon: float = 0.0  # the site policy's dp.release-epsilon: > 0 when its releases are noised
     cox: bool = False  # the site policy takes part in the cox phase (exact Cox core sums)
+    validation: bool = False  # the site policy takes part in the opt-in per-round validation phase
     COUNTS: ClassVar[tuple[str, ...]] = (M.N_PATIENTS, M.N_EVENTS, M.N_TRAIN, M.N_VAL, M.N_TEST)
 
     def to_records(self) -> Records:
         return {CONFIG: {"site": self.site, "schema": encode_schema(self.dims), "rmm-version": self.rmm_version,
-                         **self.counts, "release-epsilon": float(self.release_epsilon), "cox": bool(self.cox)}}
+                         **self.counts, "release-epsilon": float(self.release_epsilon), "cox": bool(self.cox),
+                         "validation": bool(self.validation)}}
 
     @classmethod
     def from_records(cls, r: Records) -> "SchemaReply":
         c = r[CONFIG]
         return cls(str(c["site"]), decode_schema(str(c["schema"])), str(c["rmm-version"]),
-                   *(int(c[k]) for k in cls.COUNTS), float(c.get("release-epsilon", 0.0)), bool(c.get("cox", False)))
+                   *(int(c[k]) for k in cls.COUNTS), float(c.get("release-epsilon", 0.0)), bool(c.get("cox", False)),
+                   bool(c.get("validation", False)))
 
     @property
     def counts(self) -> dict[str, int]:
         return dict(zip(self.COUNTS, (self.n_patients, self.n_events, self.n_train, self.n_val, self.n_test)))
 
 
-SCHEMA_KEYS = frozenset({"site", "schema", "rmm-version", *SchemaReply.COUNTS, "release-epsilon", "cox"})  # the only config a reply carries
+SCHEMA_KEYS = frozenset({"site", "schema", "rmm-version", *SchemaReply.COUNTS, "release-epsilon", "cox",
+                         "validation"})  # the only config a reply carries
 
 
 def answer(req: None, site: SiteCall) -> SchemaReply:
     d = site.session.data
     return SchemaReply(site.site_name, d.modalities, __version__, len(d.patient_ids), int(d.event.sum()),
                        len(d.indices("train")), len(d.indices("val")), len(d.indices("test")),
-                       site.policy.policy.dp.release_epsilon, "cox" in site.policy.policy.phases)
+                       site.policy.policy.dp.release_epsilon, "cox" in site.policy.policy.phases,
+                       "validation" in site.policy.policy.phases)
 
 
 SCHEMA = Phase("handshake", "query.schema", None, (), (CONFIG,), reply_type=SchemaReply, answer=answer)

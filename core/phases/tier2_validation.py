@@ -14,6 +14,7 @@ from ..privacy.site_policy import PolicyViolation
 from ..tier2.tier2_gate import VALIDATION_KEYS
 from .phase import Phase
 from .site_call import SiteCall
+from .tier1_validation import VALIDATION_POLICY_PHASE
 
 TIER2_VALIDATION_METRICS = (M.NUM_EXAMPLES, M.TIER2_VAL_CASES, *VALIDATION_KEYS)
 SENT_METRICS = TIER2_VALIDATION_METRICS[1:]  # what a Tier 2 training round adds for the weights it received
@@ -21,10 +22,12 @@ SENT_METRICS = TIER2_VALIDATION_METRICS[1:]  # what a Tier 2 training round adds
 
 def score_sent(req: RoundRequest, site: SiteCall) -> dict[str, float]:
     """In a Tier 2 training round with ``validate-sent``: the gate's sums of the weights it received (the
-    previous round's aggregate), pinned as that round's validation; nothing below the floor."""
+    previous round's aggregate), pinned as that round's validation; nothing below the floor or without the
+    policy's opt-in ``validation`` phase."""
     if not req.validate_sent or req.run_round < 2:  # round 1 received no aggregate: there is no round 0
         return {}
     try:
+        site.policy.check_phase(VALIDATION_POLICY_PHASE)  # opt-in, as the evaluate message
         site.pin(f"validation-tier2-{req.run_round - 1}")
     except PolicyViolation:
         return {}
@@ -42,6 +45,7 @@ def answer(req: RoundRequest, site: SiteCall) -> MetricsReply:
     return MetricsReply({M.NUM_EXAMPLES: metrics[M.TIER2_VAL_CASES], **metrics})
 
 
-TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", "tier2", (ARRAYS, CONFIG), (METRICS,),
+TIER2_VALIDATION = Phase("tier2_validation", "evaluate.tier2_validation", VALIDATION_POLICY_PHASE,
+                         (ARRAYS, CONFIG), (METRICS,),
                          TIER2_VALIDATION_METRICS, request_type=RoundRequest, reply_type=MetricsReply,
                          checks=(C.round_number(), C.weights("tier2", what="Tier 2 weights")), answer=answer)

@@ -17,7 +17,9 @@ File (TOML, or JSON with the same keys), every key optional; the defaults::
     second-moments = true      # send sums of outer products of wide modalities (federated PCA)
     max-rounds = 100           # federated rounds per training phase
     phases = ["statistics", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation"]
-                               # + "cox" to send the exact Cox core's sums (opt-in: docs/privacy.md)
+                               # + "validation" to score each training round's weights exactly on the
+                               #   validation split (model selection, Tier 2's gate), + "cox" to send the
+                               #   exact Cox core's sums: both opt-in (docs/privacy.md)
     max-cox-queries = 200      # Cox core sums answered per run
 
     [dp]
@@ -52,10 +54,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import RmmError
 
-PHASES = ("statistics", "cox", "tier1", "calibration", "baseline-hazard", "tier2", "risk-groups", "evaluation")
-# "cox" (exact Cox core sums, core/survival/cox_core.py) is opt-in: exact sums at coefficients the coordinator
-# chooses are not safe against a coordinator that lies (docs/privacy.md)
-DEFAULT_PHASES = tuple(p for p in PHASES if p != "cox")
+PHASES = ("statistics", "cox", "tier1", "validation", "calibration", "baseline-hazard", "tier2", "risk-groups",
+          "evaluation")
+# Opt-in, because exact answers to weights the coordinator chooses are not safe against a coordinator that lies
+# (docs/privacy.md): "cox" (exact Cox core sums, core/survival/cox_core.py) and "validation" (each training
+# round's exact validation metrics: pair counts, partial likelihood, Tier 2's error sums, bisectable over rounds)
+OPT_IN_PHASES = ("cox", "validation")
+DEFAULT_PHASES = tuple(p for p in PHASES if p not in OPT_IN_PHASES)
 
 
 class PolicyFileError(RmmError):
@@ -130,7 +135,8 @@ class SitePolicy(_Kebab):
     max_rounds: int = Field(100, ge=1, description="federated rounds per training phase")
     second_moments: bool = Field(True, description="send sums of outer products x x^T of wide modalities' "
                                  "features over >= min-patients patients (the federated PCA); false = zeros")
-    phases: tuple[str, ...] = Field(DEFAULT_PHASES, description="phases this site takes part in ('cox' is opt-in)")
+    phases: tuple[str, ...] = Field(DEFAULT_PHASES, description="phases this site takes part in ('cox' and "
+                                 "'validation' are opt-in)")
     max_cox_queries: int = Field(200, ge=1, description="Cox core sums answered per run (Newton rounds and "
                                  "validation likelihoods of the penalty path)")
     dp: DPPolicy = Field(default_factory=DPPolicy, description="what this site asks of the run's differential "
