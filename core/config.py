@@ -218,7 +218,9 @@ class RunConfig(_Strict):
     norm_action: Literal["clip", "drop"] = Field("clip", description="an update over max-update-norm is scaled down or dropped")
     central_dp_noise: float = Field(0.0, ge=0.0, description="server-side central DP noise multiplier; 0 = off")
     central_dp_clip: float = Field(1.0, gt=0.0, description="server-side central DP clipping norm")
-    select_best: bool = Field(True, description="keep the round with the best federated validation C-index")
+    select_best: bool = Field(True, description="keep the round with the best federated validation score "
+                              "(select-metric), from the sites whose policy opts into per-round validation; "
+                              "with none, the last round")
     min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = a majority of the accepted sites")
     round_timeout_s: float = Field(600.0, gt=0.0, description="seconds the coordinator waits for the sites' "
                                    "replies to one request (a round, a histogram, ...); a site that has not "
