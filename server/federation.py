@@ -36,7 +36,7 @@ from ..core.routing.fitted_two_tier import FittedTwoTier
 from ..core.routing.risk_scale import RiskScale
 from ..core.tier2.tier2_gate import Tier2Gate, gate_of_round
 from ..core.model.weights import get_weights
-from . import conformal_phase, cox_phase
+from . import conformal_phase, cox_phase, tier2_gate_phase
 from .risk_groups_phase import risk_groups
 from .checkpoint import Checkpoint
 from .cox_phase import cox_core_sites
@@ -207,7 +207,8 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
     run.participation["handshake"] = sorted(run.site_of.values())
     run.validates = any(s.validation for s in hs.accepted)
     if not run.validates and (cfg.select_best or cfg.tier2.select_best or cfg.tier2.gate):
-        run.say(f"validation: off ({NO_VALIDATION}); each tier keeps its last round, and Tier 2's gate stays closed")
+        run.say(f"validation: off ({NO_VALIDATION}); each tier keeps its last round, and Tier 2's gate reads one "
+                "noised release")
     run.cox_nodes, why = cox_core_sites(cfg, [s.node_id for s in hs.accepted if s.cox])
     if why and cfg.model.cox_core:  # before setup: every site builds the network-only Tier 1
         run.cfg = cfg = cfg.with_overrides({"model.cox-core": False})
@@ -349,8 +350,8 @@ def tier2(run: Run, stats: FeatureStats, grid_h: HistogramGrid) -> Tier2Outcome:
                                                                  "best_round": kept,
                                                                  "validation_sums": sums_to_plain(sums)}})
     gate = gate_of_round(sums, kept, cfg.tier2.gate)
-    if cfg.tier2.gate and not run.validates:
-        gate = Tier2Gate(False, f"{NO_VALIDATION}: Tier 1 answers the referred")
+    if cfg.tier2.gate and not run.validates:  # one noised release per site instead
+        gate = tier2_gate_phase.noised_gate(run, weights)
     out = Tier2Outcome(weights, history, kept, gate)
     run.say(f"tier2 gate: {'open' if out.gate.open else 'closed'}: {out.gate.reason}")
     run.timed("tier2", t)

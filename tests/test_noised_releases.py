@@ -21,6 +21,7 @@ from rmmfed.core.survival.risk_groups import RISK_GRID
 from rmmfed.flower.refusal import refused_key
 from rmmfed.server.phases import FOLLOWUP_GRID
 
+from conftest import DIMS
 from test_hostile_coordinator import Site
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -150,3 +151,52 @@ def test_the_conformal_release_is_noised_like_calibration_and_sends_no_exact_cou
     assert np.array_equal(_counts(reply)["first"], np.arange(24))
     refused = site.send(P.CONFORMAL, P.ConformalRequest("tier2", HistogramGrid(1e-3, 1e3, 24)))  # no Tier 2 weights
     assert refused.has_error()
+
+
+def _tier2_weights(site: Site) -> dict[str, np.ndarray]:
+    from rmmfed.core.model.weights import get_weights
+    from rmmfed.core.tier2.tier2 import build_tier2
+
+    return get_weights(build_tier2(site.stats.model_dims(dict(DIMS)), site.cfg.tier2, site.cfg.seed,
+                                   tier1=site.cfg.model))
+
+
+def test_the_tier2_gate_release_is_noised_charged_once_and_answered_once_per_run(site, tmp_path):
+    """The gate's release under the default policy (no per-round validation): clipped per-case differences
+    with Laplace noise, no exact count, charged once; the same request again gets the same reply, other weights
+    are refused."""
+    site.freeze()
+    w = _tier2_weights(site)
+    first = site.send(P.TIER2_GATE, P.Tier2GateRequest(w))
+    assert not first.has_error(), first.error.reason
+    got = dict(first.content.metric_records[P.METRICS])
+    assert set(got) == {*M.GATE_SUMS, M.NOISED} and got[M.NOISED] == 1.0
+    assert got[M.GATE_N] != round(got[M.GATE_N])  # a noised count, not the number of cases
+    again = site.send(P.TIER2_GATE, P.Tier2GateRequest(w))
+    assert dict(again.content.metric_records[P.METRICS]) == got  # no fresh draw to average away
+    other = site.send(P.TIER2_GATE, P.Tier2GateRequest({k: v * 1.5 for k, v in w.items()}))
+    assert other.has_error() and refused_key(other.error) == "one-grid-per-kind"
+    assert [v for k, v in _budget(tmp_path).items() if k.startswith("release:tier2-gate")] == [1.0]
+
+
+def test_a_lone_patients_gate_difference_is_noise_at_the_default_epsilon():
+    """One patient changes each clipped sum by at most GATE_BOUND; at epsilon 1 split over the five released
+    numbers, the noise on a sum has sd 5 * sqrt(2) = 7 of those bounds."""
+    from rmmfed.core.privacy.noised_release import noised_sums
+    from rmmfed.core.tier2.tier2_gate import GATE_BOUND
+
+    both = [np.r_[np.zeros(30), GATE_BOUND], np.zeros(31)]  # the release's two columns
+    sums = [noised_sums(both, 1.0, np.random.default_rng(s), bound=GATE_BOUND)[1][0][0] for s in range(400)]
+    assert 6 * GATE_BOUND < np.std(sums) < 8 * GATE_BOUND
+
+
+def test_the_gate_opens_only_for_a_win_that_stands_above_sampling_and_noise():
+    from rmmfed.core.tier2.tier2_gate import NoisedGateSums, decide_noised
+
+    exact = {M.GATE_N: 400.0, M.GATE_RECOVERY_SUM: 40.0, M.GATE_RECOVERY_SUMSQ: 44.0, M.GATE_RISK_SUM: 10.0,
+             M.GATE_RISK_SUMSQ: 30.0}
+    assert decide_noised(NoisedGateSums.of_sites([exact])).open  # exact sums, a clear win on both
+    noised = {**exact, M.NOISED: 1.0}  # the same sums, with the default epsilon's noise to stand out of
+    assert not decide_noised(NoisedGateSums.of_sites([noised])).open
+    worse = {**exact, M.GATE_RISK_SUM: -10.0}
+    assert not decide_noised(NoisedGateSums.of_sites([worse])).open  # recovery alone is not enough

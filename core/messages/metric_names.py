@@ -50,6 +50,11 @@ TIER2_PREFIX = "tier2-"  # + each Tier 2 loss term (core/tier2/tier2_train.LOSS_
 TIER2_VAL_CASES, TIER2_VAL_N = "tier2-val-cases", "tier2-val-n"
 TIER2_VAL_SSE_TIER1, TIER2_VAL_SSE_TIER2 = "tier2-val-sse-tier1", "tier2-val-sse-tier2"
 TIER2_VAL_PAIRS = {"tier1": Pairs("tier2-val-tier1-"), "tier2": Pairs("tier2-val-tier2-")}
+# the gate's one noised release (core/tier2/tier2_gate.py), per masked val complete case: Tier 1's recovery error
+# minus Tier 2's, and Tier 1's |risk - risk seen| minus Tier 2's, each clipped; their count, sums and sums of squares
+GATE_N, GATE_RECOVERY_SUM, GATE_RECOVERY_SUMSQ = "gate-n", "gate-recovery-sum", "gate-recovery-sumsq"
+GATE_RISK_SUM, GATE_RISK_SUMSQ = "gate-risk-sum", "gate-risk-sumsq"
+GATE_SUMS = (GATE_N, GATE_RECOVERY_SUM, GATE_RECOVERY_SUMSQ, GATE_RISK_SUM, GATE_RISK_SUMSQ)
 
 # ---- calibration ---------------------------------------------------------------------------------
 N_VALUES = "n-values"

@@ -29,6 +29,7 @@ from ..phases.statistics import STATISTICS, StatsRequest, SumsReply
 from ..phases.tier1_round import TIER1_ROUND, TRAIN_METRICS
 from ..phases.tier1_validation import TIER1_VALIDATION, VALIDATION_METRICS
 from ..phases.tier2_calibration import TIER2_CALIBRATION, Tier2CalibrationRequest
+from ..phases.tier2_gate import TIER2_GATE, Tier2GateRequest
 from ..phases.tier2_round import TIER2_ROUND, TIER2_TRAIN_METRICS
 from ..phases.tier2_validation import TIER2_VALIDATION, TIER2_VALIDATION_METRICS
 from ..routing.fitted_two_tier import FittedTwoTier  # noqa: F401 - travels in risk-group and evaluation requests
@@ -43,8 +44,8 @@ from .round_request import RoundRequest  # noqa: F401
 RISK_SUMS = M.RISK_SUMS
 
 PHASES: tuple[Phase, ...] = (SCHEMA, STATISTICS, SETUP, COX, TIER1_ROUND, TIER1_VALIDATION, FREEZE_TIER1, CALIBRATION,
-                             FOLLOWUP, HAZARD, TIER2_ROUND, TIER2_VALIDATION, TIER2_CALIBRATION, CONFORMAL, RISK_GROUPS,
-                             EVALUATION)
+                             FOLLOWUP, HAZARD, TIER2_ROUND, TIER2_VALIDATION, TIER2_GATE, TIER2_CALIBRATION, CONFORMAL,
+                             RISK_GROUPS, EVALUATION)
 BY_MESSAGE_TYPE = {p.message_type: p for p in PHASES}
 
 __all__ = [  # the protocol's one name for every phase, payload and record name
@@ -55,7 +56,7 @@ __all__ = [  # the protocol's one name for every phase, payload and record name
     "RiskGroupsRequest", "RoundReply", "RoundRequest", "SCALAR_RECORDS", "SCHEMA", "SCHEMA_KEYS", "SETUP",
     "STATISTICS", "STATS_RECORD", "SUMS", "SURVIVAL_RECORD", "SchemaReply", "SetupRequest", "StatsRequest",
     "SumsReply", "TIER1_ROUND", "TIER1_VALIDATION", "TIER2_CALIBRATION", "TIER2_ROUND", "TIER2_TRAIN_METRICS",
-    "TIER2_VALIDATION", "TIER2_VALIDATION_METRICS", "TRAIN_METRICS", "Tier2CalibrationRequest",
+    "TIER2_GATE", "TIER2_VALIDATION", "TIER2_VALIDATION_METRICS", "Tier2GateRequest", "TRAIN_METRICS", "Tier2CalibrationRequest",
     "VALIDATION_METRICS", "M", "decode_schema", "encode_schema", "PHASES", "BY_MESSAGE_TYPE", "RISK_SUMS", "phase_of",
 ]
 

@@ -24,8 +24,8 @@ from ..config import RunConfig
 from ..aggregates.histogram import HistogramGrid
 from .site_policy import DEFAULT_POLICY, PolicyViolation, SitePolicy
 
-PINNED_KINDS = ("freeze-tier1", "calibration", "tier2-calibration", "conformal-tier1", "conformal-tier2", "risk-groups",
-                "followup", "hazard", "evaluation")
+PINNED_KINDS = ("freeze-tier1", "calibration", "tier2-calibration", "tier2-gate", "conformal-tier1", "conformal-tier2",
+                "risk-groups", "followup", "hazard", "evaluation")
 ROUND_KIND = "validation-"  # + the round number: one set of weights scored per validation round
 ROUND_KINDS = (ROUND_KIND, "validation-tier2-")  # Tier 1 and Tier 2 validation rounds
 MIN_EPSILON = 0.05  # a smaller target makes sigma enormous (and its calibration slow): refused as absurd

@@ -10,10 +10,11 @@ import numpy as np
 from ..messages import metric_names as M
 from ..survival.concordance import ConcordanceCounts, concordance_counts
 from ..aggregates.histogram import HistogramGrid
-from ..privacy.noised_release import ReleaseNoise, noised_sums
+from ..privacy.noised_release import ReleaseNoise, noised_sums, one_value_per_patient
+from ..privacy.request_checks import require_patients
 from ..privacy.request_policy import digest
 from .site_seed import site_seed
-from ..tier2.tier2_gate import VALIDATION_KEYS
+from ..tier2.tier2_gate import GATE_BOUND, VALIDATION_KEYS
 from ..tier2.tier2_train import predict_tier2, train_tier2
 from ..model.train import predict_risk
 from ..routing.two_tier import recovery_errors
@@ -103,3 +104,24 @@ class SiteTier2:
                                           total.comparable + c.comparable)
             out.update(dict(zip(M.TIER2_VAL_PAIRS[tier].counts, (total.concordant, total.tied_risk, total.comparable))))
         return out
+
+    def gate_release(self, weights: dict[str, np.ndarray], k: int, noise: ReleaseNoise | None) -> dict[str, float]:
+        """The gate's one release (core/tier2/tier2_gate.NoisedGateSums): over the val complete cases, one
+        masking pattern per patient (a data-independent draw), Tier 1's recovery error minus Tier 2's and Tier
+        1's |risk - risk seen| minus Tier 2's, clipped to +-GATE_BOUND; their count, sums and sums of squares,
+        Laplace-noised under ``noise`` (exact with ``None``: the policy's exact releases, floored at k)."""
+        assert self.cfg is not None
+        rec = recovery_errors(self._tier1(), self.tier2_model(weights), self._split("val"), self.cfg,
+                              seed=self.cfg.seed + 2, point_only=True)
+        pick = self.cfg.seed + 3
+        a = one_value_per_patient(np.clip(rec["err1"] - rec["err2"], -GATE_BOUND, GATE_BOUND), rec["patient"], pick)
+        gap = np.abs(rec["risk1"] - rec["risk_seen"]) - np.abs(rec["risk2"] - rec["risk_seen"])
+        b = one_value_per_patient(np.clip(gap, -GATE_BOUND, GATE_BOUND), rec["patient"], pick)
+        require_patients(len(a), k, "the Tier 2 gate's sums (masked complete val cases)")
+        if noise is None:
+            n, pairs = float(len(a)), [(float(v.sum()), float((v ** 2).sum())) for v in (a, b)]
+        else:
+            n, pairs = noised_sums([a, b], noise.epsilon, noise.rng(), bound=GATE_BOUND)
+        (sa, qa), (sb, qb) = pairs
+        out = dict(zip(M.GATE_SUMS, (n, sa, qa, sb, qb)))
+        return {**out, M.NOISED: noise.epsilon} if noise is not None else out

@@ -146,3 +146,56 @@ def judge_intervals(gate: Tier2Gate, width_tier1: float, width_tier2: float, q_t
         return Tier2Gate(**{**fields, "reason": f"{gate.reason}; {widths}"})
     return Tier2Gate(**{**fields, "open": False, "reason": f"Tier 2's risk intervals are not narrower than Tier 1's "
                         f"({widths}; {gate.reason.split(': ', 1)[-1]}): the referred keep Tier 1's risk"})
+
+
+# ---- the gate from one noised release (sites that do not answer per-round validation) -------------
+GATE_BOUND = 1.0  # each case's differences are clipped to +-this before the sums (sensitivity of one patient)
+GATE_Z = 1.645  # one-sided 95%: a win must stand out of the sampling and DP noise together
+
+
+@dataclass(frozen=True)
+class NoisedGateSums:
+    """The sites' ``query.tier2_gate`` replies added up (core/site/site_tier2.SiteTier2.gate_release): per
+    masked val complete case (one masking pattern per patient), ``a`` = Tier 1's recovery error minus Tier 2's
+    and ``b`` = Tier 1's |risk - risk seen| minus Tier 2's, each clipped to +-GATE_BOUND; ``noise_var``: the
+    variance the sites' Laplace noise adds to each sum (0 for exact releases)."""
+
+    n: float = 0.0
+    sum_a: float = 0.0
+    sumsq_a: float = 0.0
+    sum_b: float = 0.0
+    sumsq_b: float = 0.0
+    noise_var: float = 0.0
+    sites: int = 0
+
+    @classmethod
+    def of_sites(cls, site_metrics: list[dict]) -> "NoisedGateSums":
+        s = {k: sum(float(m.get(k, 0.0)) for m in site_metrics) for k in M.GATE_SUMS}
+        # noised_sums splits a site's epsilon over its count and two (sum, sum of squares) pairs
+        eps = [float(m.get(M.NOISED, 0.0)) for m in site_metrics]
+        var = sum(2.0 * (GATE_BOUND * 5.0 / e) ** 2 for e in eps if e > 0)
+        return cls(s[M.GATE_N], s[M.GATE_RECOVERY_SUM], s[M.GATE_RECOVERY_SUMSQ], s[M.GATE_RISK_SUM],
+                   s[M.GATE_RISK_SUMSQ], var, len(site_metrics))
+
+    def margin(self, total: float, sumsq: float) -> float:
+        """How far ``total`` stands above GATE_Z standard deviations of sampling and noise (> 0: a win)."""
+        sampling = max(sumsq - total ** 2 / self.n, 0.0) if self.n > 0 else 0.0
+        return total - GATE_Z * math.sqrt(sampling + self.noise_var)
+
+
+def decide_noised(sums: NoisedGateSums) -> Tier2Gate:
+    """The gate from one noised release: open iff Tier 2 recovers the hidden features better AND puts the risk
+    closer to the risk seen with them, each by more than GATE_Z standard deviations of sampling and DP noise."""
+    if sums.n < 1:
+        return Tier2Gate(False, "no site sent the gate's sums (masked val complete cases), so Tier 1 keeps "
+                         "answering the referred", sites=sums.sites)
+    a, b = sums.sum_a / sums.n, sums.sum_b / sums.n
+    wins = sums.margin(sums.sum_a, sums.sumsq_a) > 0 and sums.margin(sums.sum_b, sums.sumsq_b) > 0
+    figures = (f"per masked validation case, Tier 2's recovery error lower by {a:+.4f} and its risk closer to the risk "
+               f"seen by {b:+.4f} (about {round(sums.n)} cases from {sums.sites} site(s), one noised release; a win "
+               f"must stand {GATE_Z} sd above sampling and DP noise)")
+    if wins:
+        return Tier2Gate(True, f"Tier 2 beat Tier 1 on the noised federated validation: {figures}", sums.n,
+                         sites=sums.sites)
+    return Tier2Gate(False, f"Tier 2 did not beat Tier 1 on the noised federated validation ({figures}): the referred "
+                     "keep Tier 1's risk", sums.n, sites=sums.sites)
