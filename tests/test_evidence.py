@@ -276,3 +276,18 @@ def test_the_exact_conformal_q_hat_is_the_corrected_rank_or_inf_when_too_few_sco
     assert exact_q_hat(scores, 0.1) == 9.0
     assert exact_q_hat(np.arange(1.0, 20.0), 0.1) == 18.0  # 19 scores: rank ceil(20 x 0.9) = 18
     assert exact_q_hat(scores[:8], 0.1) == float("inf")  # 8 scores: rank 9 > 8, no finite guarantee
+
+
+def test_model_selection_table_pairs_the_last_round_with_the_validated_round_of_the_same_seed():
+    import pandas as pd
+
+    from rmmfed.simulations.evidence.model_selection import LAST, VALIDATED, table
+
+    rows = [{"cohort": c, "seed": s, "config": cfg, "c_index": v, "kept_round": k}
+            for c, s, cfg, v, k in [("a", 0, VALIDATED, 0.70, 12), ("a", 0, LAST, 0.68, 30),
+                                    ("a", 1, VALIDATED, 0.60, 30), ("a", 1, LAST, 0.60, 30),
+                                    ("b", 0, VALIDATED, 0.50, 3), ("b", 0, LAST, 0.55, 30)]]
+    out, gaps = table(pd.DataFrame(rows), ["a", "b"])
+    assert gaps == pytest.approx([-0.01, 0.05])
+    assert out[-1]["a"] == "12, 30" and out[-1]["b"] == "3"
+    assert out[2]["b"].startswith("0.050")
