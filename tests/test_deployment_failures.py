@@ -301,14 +301,13 @@ def test_killed_server_resumes_to_the_same_result(make_consortium):
     print(f"\nresume: reference C-index {a:.6f}, resumed {b:.6f}, |diff| {abs(a - b):.6f}; reference run "
           f"{t_ref:.0f} s, resumed run {t_resume:.0f} s; runs after restart: "
           f"{[(r.get('run-id'), r.get('status')) for r in runs]}")
-    # Same sites in every phase and every validation round, so the same rounds compete in model selection.
+    # Same sites in every phase; under the default policy no round is validated, so both keep round 4.
     both = {"reference": reference, "resumed": metrics}
     detail = json.dumps({k: {"history": m["history"], "participation": m["participation"],
                              "selected_round": m["selected_round"]} for k, m in both.items()}, indent=1)
     for name, m in both.items():
-        assert [h.get("val-sites") for h in m["history"]] == [2, 2, 2, 2], f"{name}: {detail}"
         assert all(sites == ["A", "B"] for sites in m["participation"].values()), f"{name}: {detail}"
-    assert metrics["selected_round"] == reference["selected_round"], detail
+        assert (m["selected_by"], m["selected_round"]) == ("last round", 4), f"{name}: {detail}"
     assert abs(a - b) <= 0.005, detail
 
 
