@@ -191,9 +191,9 @@ def decide_noised(sums: NoisedGateSums) -> Tier2Gate:
                          "answering the referred", sites=sums.sites)
     a, b = sums.sum_a / sums.n, sums.sum_b / sums.n
     wins = sums.margin(sums.sum_a, sums.sumsq_a) > 0 and sums.margin(sums.sum_b, sums.sumsq_b) > 0
-    figures = (f"per masked validation case, Tier 2's recovery error lower by {a:+.4f} and its risk closer to the risk "
-               f"seen by {b:+.4f} (about {round(sums.n)} cases from {sums.sites} site(s), one noised release; a win "
-               f"must stand {GATE_Z} sd above sampling and DP noise)")
+    figures = (f"per masked validation case, Tier 1's recovery error minus Tier 2's {a:+.4f} and Tier 1's distance to "
+               f"the risk seen minus Tier 2's {b:+.4f}, > 0 where Tier 2 does better (about {round(sums.n)} cases from "
+               f"{sums.sites} site(s), one noised release; a win must stand {GATE_Z} sd above sampling and DP noise)")
     if wins:
         return Tier2Gate(True, f"Tier 2 beat Tier 1 on the noised federated validation: {figures}", sums.n,
                          sites=sums.sites)
