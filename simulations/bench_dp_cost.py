@@ -50,14 +50,13 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.messages import metric_names as M
-from ..core.privacy.site_policy import PHASES
+from ..core.privacy.site_policy import PHASES, phases_line
 
 DEFAULT_COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcga-kirp")
 PERMISSIVE, DEFAULT_POLICY = "permissive", "default-policy"
 POLICIES = (PERMISSIVE, DEFAULT_POLICY)  # this order: the default cohort's first run generates it
 # no DP-SGD, and the opt-in per-round validation (model selection) as rmm did before it was opt-in
-PERMISSIVE_POLICY_TEXT = ("phases = [" + ", ".join(f'"{p}"' for p in PHASES if p != "cox") + "]\n"
-                          "[dp]\nrequired = false\n")
+PERMISSIVE_POLICY_TEXT = phases_line([p for p in PHASES if p != "cox"]) + "[dp]\nrequired = false\n"
 GOAL = 0.02  # largest C-index the default policy may cost on a cohort
 COLUMNS = ["cohort", "seeds", "C-index permissive", "C-index default policy", "difference (default − permissive)",
            "noise", "epsilon spent per site (default policy)", "wall time per run", "failed runs"]

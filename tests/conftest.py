@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from rmmfed.core.config import Tier1Config
-from rmmfed.core.privacy.site_policy import PHASES
+from rmmfed.core.privacy.site_policy import PHASES, phases_line
 
 DIMS = {"a": 5, "b": 4, "c": 3}
 SPLIT_CYCLE = ("train", "train", "train", "val", "test")
 # a policy file's text: the default policy plus the opt-in per-round validation (model selection, Tier 2's gate)
-WITH_VALIDATION = "phases = [" + ", ".join(f'"{p}"' for p in PHASES if p != "cox") + "]\n"
+WITH_VALIDATION = phases_line([p for p in PHASES if p != "cox"])
 
 
 @pytest.fixture

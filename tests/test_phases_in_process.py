@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from rmmfed.core.messages import protocol as P
 from rmmfed.client.client_app import make_client_app
 from rmmfed.core.config import RunConfig
-from rmmfed.core.privacy.site_policy import PHASES
+from rmmfed.core.privacy.site_policy import PHASES, phases_line
 from rmmfed.server.federation import run_federation
 from rmmfed.server.progress import Progress
 from rmmfed.server.outputs import build_metrics
@@ -68,7 +68,7 @@ def grid(tmp_path: Path) -> InProcessGrid:
 def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
     # the default policy plus the opt-in phases (exact Cox core sums, per-round validation), so that every
     # handler is asked
-    grid = _grid(tmp_path, f"phases = {list(PHASES)}\n".replace("'", '"'))
+    grid = _grid(tmp_path, phases_line(PHASES))
     cfg = RunConfig().with_overrides(TINY)
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
 

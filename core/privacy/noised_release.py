@@ -75,7 +75,7 @@ def noised_sums(columns: list[np.ndarray], epsilon: float, rng: np.random.Genera
     squares) per column]), values clipped to [-bound, bound], Laplace noise, epsilon split evenly over
     all the released numbers."""
     n = len(columns[0]) if columns else 0
-    eps = epsilon / (1 + 2 * len(columns))
+    eps = epsilon / (1 + 2 * len(columns))  # :func:`sum_noise_var` reads the same split
     out = []
     for v in columns:
         c = np.clip(np.asarray(v, dtype=float), -bound, bound)
@@ -101,3 +101,9 @@ def noised_hazard(time: np.ndarray, event: np.ndarray, risk: np.ndarray, grid: n
     total = leaving.sum()
     at_start = total - np.concatenate(([0.0], np.cumsum(leaving[:m])))[:m]
     return MergedHazard(np.arange(m, dtype=np.int64), events, at_start, float(leaving[m]), m)
+
+
+def sum_noise_var(epsilon: float, n_columns: int, bound: float = RISK_BOUND) -> float:
+    """The variance :func:`noised_sums` adds to each column's sum: Laplace of scale bound / (its share of
+    ``epsilon``), which has variance 2 scale^2."""
+    return 2.0 * (bound * (1 + 2 * n_columns) / epsilon) ** 2

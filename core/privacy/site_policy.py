@@ -63,6 +63,11 @@ OPT_IN_PHASES = ("cox", "validation")
 DEFAULT_PHASES = tuple(p for p in PHASES if p not in OPT_IN_PHASES)
 
 
+def phases_line(phases: tuple[str, ...] | list[str]) -> str:
+    """A policy file's ``phases`` line (TOML) for ``phases``."""
+    return "phases = [" + ", ".join(f'"{p}"' for p in phases) + "]\n"
+
+
 class PolicyFileError(RmmError):
     """A site policy file cannot be used: it names the file, the key and the fix."""
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from ..messages import metric_names as M
+from ..privacy.noised_release import sum_noise_var
 from ..survival.concordance import ConcordanceCounts
 
 VALIDATION_KEYS = (M.TIER2_VAL_N, M.TIER2_VAL_SSE_TIER1, M.TIER2_VAL_SSE_TIER2,
@@ -171,9 +172,8 @@ class NoisedGateSums:
     @classmethod
     def of_sites(cls, site_metrics: list[dict]) -> "NoisedGateSums":
         s = {k: sum(float(m.get(k, 0.0)) for m in site_metrics) for k in M.GATE_SUMS}
-        # noised_sums splits a site's epsilon over its count and two (sum, sum of squares) pairs
-        eps = [float(m.get(M.NOISED, 0.0)) for m in site_metrics]
-        var = sum(2.0 * (GATE_BOUND * 5.0 / e) ** 2 for e in eps if e > 0)
+        eps = [float(m.get(M.NOISED, 0.0)) for m in site_metrics]  # > 0: that site's sums are noised
+        var = sum(sum_noise_var(e, 2, GATE_BOUND) for e in eps if e > 0)
         return cls(s[M.GATE_N], s[M.GATE_RECOVERY_SUM], s[M.GATE_RECOVERY_SUMSQ], s[M.GATE_RISK_SUM],
                    s[M.GATE_RISK_SUMSQ], var, len(site_metrics))
 

@@ -47,16 +47,15 @@ from .methods import PooledCox
 from ...core.survival.baseline_hazard import breslow_baseline, time_grid
 from ...core.survival.concordance import c_index
 from ...core.survival.survival_metrics import combine as combine_survival, site_sums as survival_sums
-from ...core.privacy.site_policy import PHASES
+from ...core.privacy.site_policy import PHASES, phases_line
 
 COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcga-kirp")
 COMBINED, COX, FIRST, POOLED = ("Tier 1 = Cox core + residual (federated)", "Cox core alone (federated)",
                                 "first release: linear path + network (federated)", "pooled Cox (simulation only)")
 RESIDUAL = "Cox core + residual always kept (counterfactual)"
 NETWORK = "network alone: no Cox core, no linear path (federated)"
-POLICY = (f"# evidence.cox_core: every site sends the Cox core's exact sums; exact releases; no DP-SGD\n"
-          f"phases = [{', '.join(repr(p).replace(chr(39), chr(34)) for p in PHASES)}]\n"
-          "[dp]\nrequired = false\nrelease-epsilon = 0\n")
+POLICY = ("# evidence.cox_core: every site sends the Cox core's exact sums; exact releases; no DP-SGD\n"
+          + phases_line(PHASES) + "[dp]\nrequired = false\nrelease-epsilon = 0\n")
 
 
 def pooled_cox(cohort: Path) -> tuple[float, float | None]:

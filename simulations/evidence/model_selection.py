@@ -30,12 +30,12 @@ import statistics
 import pandas as pd
 
 from .common import cohort_for_seed, evidence_parser, mean_sd, progress, run_cached, write_results
-from ...core.privacy.site_policy import PHASES
+from ...core.privacy.site_policy import PHASES, phases_line
 
 COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcga-kirp")
 VALIDATED, LAST = "validated", "last round"
 POLICY = ("# evidence.model_selection: the default policy plus the opt-in per-round validation\n"
-          f"phases = [{', '.join(chr(34) + p + chr(34) for p in PHASES if p != 'cox')}]\n")
+          + phases_line([p for p in PHASES if p != "cox"]))
 
 
 def table(df: pd.DataFrame, cohorts: list[str]) -> tuple[list[dict], list[float]]:
