@@ -291,3 +291,13 @@ def test_model_selection_table_pairs_the_last_round_with_the_validated_round_of_
     assert gaps == pytest.approx([-0.01, 0.05])
     assert out[-1]["a"] == "12, 30" and out[-1]["b"] == "3"
     assert out[2]["b"].startswith("0.050")
+
+
+def test_risk_routing_reads_tier2_against_tier1_on_masked_test_cases_and_nan_from_a_noised_gate():
+    from rmmfed.simulations.evidence.risk_routing import figures
+
+    m = {"two_tier": {"recovery_mse": {"tier1": 0.8, "tier2": 0.6},
+                      "gate": {"open": False, "mse_tier1": None, "mse_tier2": None}}}  # a noised gate: no MSE
+    got = figures(m)
+    assert got["tier2_test_mse_ratio"] == pytest.approx(0.75)
+    assert math.isnan(got["tier2_mse_ratio"]) and got["gate_open"] == 0.0

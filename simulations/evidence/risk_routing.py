@@ -50,6 +50,7 @@ FIGURES = {
     "gate_open": "Tier 2 gate open (share of runs)",
     "tier2_mse_ratio": "Tier 2 / Tier 1 masked validation recovery MSE (gate; < 1: Tier 2 recovers better)",
     "tier2_c_gain": "Tier 2 - Tier 1 masked validation C-index (gate)",
+    "tier2_test_mse_ratio": "Tier 2 / Tier 1 recovery MSE, masked complete test cases",
     "tier2_seconds": "Tier 2 training phase, seconds",
     "r2": "cross-modal R^2 (mean over modalities, simulation only)",
 }
@@ -82,6 +83,8 @@ def figures(m: dict) -> dict[str, float]:
     both = [gate.get(k) for k in ("mse_tier2", "mse_tier1", "c_index_tier2", "c_index_tier1")]
     out["tier2_mse_ratio"] = both[0] / both[1] if both[0] is not None and both[1] else nan
     out["tier2_c_gain"] = both[2] - both[3] if both[2] is not None and both[3] is not None else nan
+    rec = ((m.get("two_tier") or {}).get("recovery_mse") or {})
+    out["tier2_test_mse_ratio"] = rec["tier2"] / rec["tier1"] if rec.get("tier2") is not None and rec.get("tier1") else nan
     out["tier2_seconds"] = (m.get("timing_s") or {}).get("tier2", nan)
     r2 = ((m.get("cohort") or {}).get("cross_modal_r2") or {})
     out["r2"] = statistics.mean(r2.values()) if isinstance(r2, dict) and r2 else nan
