@@ -219,6 +219,9 @@ def _warnings(runs: dict[str, dict], by_key: dict[str, int], blocked: int, budge
                    "(logger rmmfed.site) says why")
     if budget and budget.get("left") is not None and budget["left"] <= 0:
         out.append("WARNING: the site's lifetime privacy budget is spent: DP runs are refused (dp.total-epsilon)")
+    if budget and budget.get("evaluations_cap") is not None and budget.get("evaluations", 0) >= budget["evaluations_cap"]:
+        out.append("WARNING: the site has answered its lifetime number of exact test evaluations: later runs' "
+                   "evaluations are refused (max-evaluations)")
     return out
 
 
@@ -257,11 +260,13 @@ def budget_summary(path: str | Path) -> dict:
     from ..core.privacy.privacy_budget import read_budget
 
     state = read_budget(path)  # BudgetFileError (naming the file) when unreadable
-    cap = json.loads(Path(path).read_text(encoding="utf-8")).get("total-epsilon") if Path(path).is_file() else None
+    top = json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else {}
+    cap, eval_cap = top.get("total-epsilon"), top.get("max-evaluations")
     spent = state.epsilon_spent
     return {"file": str(path), "cap": None if cap is None else float(cap), "spent": spent,
             "left": None if cap is None else max(float(cap) - spent, 0.0), "delta_spent": state.delta_spent,
-            "runs": {rid: {k: r.get(k) for k in ("epsilon", "delta", "first", "last", "what")}
+            "evaluations": state.evaluations, "evaluations_cap": None if eval_cap is None else int(eval_cap),
+            "runs": {rid: {k: r.get(k) for k in ("epsilon", "delta", "first", "last", "what", "evaluated")}
                      for rid, r in sorted(state.runs.items(), key=lambda kv: str(kv[1].get("first", "")))}}
 
 
@@ -286,8 +291,12 @@ def format_summary(s: dict) -> str:
         left = "" if b["left"] is None else f", left {b['left']:g}"
         lines += ["", f"privacy budget ({b['file']}): epsilon spent {b['spent']:g} over {len(b['runs'])} run(s), "
                       f"{cap}{left}"]
+        ev_cap = b.get("evaluations_cap")
+        lines += [f"exact test evaluations answered: {b.get('evaluations', 0)}"
+                  + ("" if ev_cap is None else f" of max-evaluations {ev_cap}")]
         lines += [f"  run {rid:<12} epsilon {float(r['epsilon']):g}  delta {float(r.get('delta') or 0):g}  "
-                  f"first {r.get('first')}  last {r.get('last')}  {r.get('what') or ''}".rstrip()
+                  f"first {r.get('first')}  last {r.get('last')}  {r.get('what') or ''}"
+                  f"{'  (test evaluation)' if r.get('evaluated') else ''}".rstrip()
                   for rid, r in b["runs"].items()]
     lines += ["", "per message type:"]
     lines += [f"  {t:<18} {v['messages']:>6} messages {v['bytes']:>14,} bytes" for t, v in s["per_type"].items()]

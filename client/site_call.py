@@ -77,6 +77,10 @@ class FlowerSiteCall:
         budget = PrivacyBudget(self._state_folder, self.policy.policy.dp.total_epsilon)
         budget.reserve(str(self.context.run_id), epsilon, delta, what, **({"item": item} if item else {}))
 
+    def count_evaluation(self) -> None:
+        budget = PrivacyBudget(self._state_folder, self.policy.policy.dp.total_epsilon)
+        budget.count_evaluation(str(self.context.run_id), self.policy.policy.max_evaluations)
+
     def release(self, kind: str, key: str, compute: Callable[[ReleaseNoise | None], Any]) -> Any:
         eps = self.policy.policy.dp.release_epsilon
         if eps <= 0:

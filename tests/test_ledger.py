@@ -273,6 +273,22 @@ def test_the_summary_shows_runs_statuses_refusals_by_key_errors_and_the_epsilon_
     assert "blocked 1 reply" in warnings[2]
 
 
+def test_the_summary_shows_the_exact_test_evaluations_answered_and_warns_at_the_cap(tmp_path, capsys):
+    from rmmfed.core.privacy.privacy_budget import PrivacyBudget
+
+    ledger = tmp_path / "egress.jsonl"
+    _write_history(ledger)
+    budget = PrivacyBudget(tmp_path, 50.0)
+    budget.reserve("1", 8.0, 1e-5, "tier1+tier2 DP-SGD")
+    for run in ("1", "2"):
+        budget.count_evaluation(run, 2)
+    assert main(["summary", str(ledger), "--budget", str(budget.path)]) == 0
+    out = capsys.readouterr().out
+    assert "exact test evaluations answered: 2 of max-evaluations 2" in out
+    assert re.search(r"run 2 +epsilon 0 .*\(test evaluation\)", out)
+    assert any("max-evaluations" in line for line in out.splitlines() if line.startswith("WARNING"))
+
+
 def test_a_quiet_ledger_gets_no_warnings(tmp_path):
     path = tmp_path / "egress.jsonl"
     _write_history(path)  # one run, four ok replies over four days

@@ -185,6 +185,26 @@ def test_a_site_that_opts_into_validation_gets_its_rounds_scored_and_the_best_ke
     assert P.TIER2_GATE.message_type not in grid.sent
 
 
+def test_a_site_past_its_lifetime_evaluations_is_left_out_and_the_run_reports_the_others(tmp_path):
+    """The test evaluation is exact, so each site answers at most max-evaluations of them in its life. A site
+    that has used them trains with the others and refuses only the evaluation; the run reports the sites that
+    answered, and the figures of the combined sections come from them."""
+    from rmmfed.core.privacy.privacy_budget import PrivacyBudget
+
+    grid = _grid(tmp_path, "max-evaluations = 1\n")
+    _, ctx_b = grid.sites[2]
+    ctx_b.node_config["state-dir"] = str(tmp_path / "state-B")  # each hospital has its own budget file
+    PrivacyBudget(tmp_path / "state-B", 50.0).count_evaluation("an earlier run", 1)
+    cfg = RunConfig().with_overrides({**TINY, "tier2.rounds": 0})
+    res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
+    assert res.history[-1]["sites"] == 2  # site-B trained
+    assert set(res.per_site) == {"site-A"} and res.participation["evaluation"] == ["site-A"]
+    doc = build_metrics(res)
+    assert set(doc["federated"]["per_site"]) == {"site-A"} and doc["participation"]["evaluation"] == ["site-A"]
+    assert doc["federated"]["c_index_combined_pairs"] == pytest.approx(res.per_site["site-A"]["c-index"])
+    assert summary_lines(doc, tmp_path)
+
+
 class _Said(Progress):
     """A Progress that keeps the phase lines."""
 

@@ -152,3 +152,40 @@ def test_a_dp_round_returns_no_training_loss(tmp_path):
     metrics = set(reply.content.metric_records[P.METRICS])
     assert not any(k.startswith("train-") for k in metrics)
     assert {"dp-epsilon", "num-examples"} <= metrics
+
+
+def _evaluate(s: Site, theta: float = 1e-3):
+    """The run's final evaluation (after the final Tier 1), as the server sends it."""
+    s.freeze()
+    return s.send(P.EVALUATION, P.EvaluateRequest(None, P.FittedTwoTier(theta)))
+
+
+def test_a_new_run_id_does_not_reset_the_sites_count_of_exact_test_evaluations(tmp_path):
+    """The test evaluation is exact (floored, pinned once per run, not noised): a lying coordinator that starts
+    run after run to bisect it gets at most max-evaluations answers in the site's life, whatever run ids it
+    makes up; the refusal comes before anything is computed and names the key, in the reply and the ledger."""
+    s = Site(tmp_path, policy="max-evaluations = 2\n")
+    s.cfg = s.cfg.with_overrides(DP)
+    for run_id in (1, 2):
+        _new_run(s, run_id)
+        s.join()
+        reply = _evaluate(s, theta=1e-3 * run_id)
+        assert not reply.has_error(), reply.error.reason
+    assert read_budget(tmp_path / BUDGET_FILE).evaluations == 2
+    _new_run(s, 3)
+    s.join()  # the run itself may go on: setup and training are not the evaluation
+    assert _key(_evaluate(s)) == "max-evaluations"
+    assert s.last_ledger_line()["policy_key"] == "max-evaluations"
+    budget = read_budget(tmp_path / BUDGET_FILE)
+    assert budget.evaluations == 2 and not budget.runs["3"].get("evaluated")
+    assert budget.runs["3"]["epsilon"] == pytest.approx(8.0)  # its setup's reservation stands, as for any run
+
+
+def test_the_same_run_asking_its_evaluation_again_counts_once(tmp_path):
+    """A lost reply may be asked again (the pin answers the same request): it is one evaluation, not two."""
+    s = _joined(tmp_path)
+    for _ in range(2):
+        reply = _evaluate(s)
+        assert not reply.has_error(), reply.error.reason
+    assert read_budget(tmp_path / BUDGET_FILE).evaluations == 1
+    assert PrivacyBudget(tmp_path, 50.0).count_evaluation("1", 5) == 4  # run 1 again: nothing more counted

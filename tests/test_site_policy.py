@@ -22,6 +22,7 @@ def test_no_file_gives_the_safe_defaults():
     assert "cox" not in p.phases  # exact Cox core sums are opt-in
     assert (p.dp.max_epsilon, p.dp.total_epsilon, p.dp.allow_seeded_noise) == (8.0, 50.0, False)
     assert p.training.max_lr == 0.01 and p.training.max_weight == 1000.0
+    assert p.max_evaluations == 5  # exact test evaluations in the site's lifetime
 
 
 def test_a_toml_file_sets_every_key(tmp_path):

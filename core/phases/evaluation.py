@@ -1,6 +1,6 @@
 """evaluate: the run's last message. The site scores the fitted two-tier decision on its test split (C-index
 pair counts, routes, survival metrics, conformal coverage, which-exam sums), every count floored, once per
-run, then releases its data. Asked by server/federation.py; computed by
+run and at most max-evaluations times in the site's life (these figures are exact), then releases its data. Asked by server/federation.py; computed by
 core/site/site_evaluation.SiteEvaluation.evaluate."""
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class EvaluateRequest:
 
 def answer(req: EvaluateRequest, site: SiteCall) -> MetricsReply:
     site.pin("evaluation")
+    site.count_evaluation()  # exact figures: a lifetime count, across run ids, before anything is computed
     metrics = site.session.evaluate(req.tier2_weights, req.fitted, site.floor(), thresholds=req.thresholds)
     # a retried evaluation rebuilds the session from what the site kept (config, statistics, frozen Tier 1)
     site.end_session()

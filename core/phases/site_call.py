@@ -46,6 +46,10 @@ class SiteCall(Protocol):
     def reserve(self, epsilon: float, delta: float, what: str) -> None:
         """Charge this run's DP-SGD epsilon to the site's lifetime budget before anything computes."""
 
+    def count_evaluation(self) -> None:
+        """Count this run's exact test evaluation against the site's lifetime ``max-evaluations``, kept with
+        its privacy budget on disk, before it is computed (the same run again counts once)."""
+
     def keep(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         """Keep arrays between this run's messages (``KEPT_*``)."""
 

@@ -10,12 +10,17 @@ Composition across runs is basic (epsilons and deltas add up): conservative, and
 how each run spent its share. The same run id asking again reserves the larger of its two plans,
 never the sum, so a retried setup costs nothing twice.
 
+The same file counts the site's exact test evaluations (``"evaluated": true`` on a run): the final
+evaluation is not noised, so the site answers at most ``max-evaluations`` of them in its life, one per
+run, whatever run ids the coordinator makes up (:meth:`PrivacyBudget.count_evaluation`).
+
 File layout (JSON, rewritten atomically under a lock; the site admin may read it any time)::
 
-    {"total-epsilon": 50.0,
+    {"total-epsilon": 50.0, "max-evaluations": 5,
      "runs": {"<run id>": {"epsilon": 12.0, "delta": 1e-05, "first": "<UTC ISO time>",
                            "last": "<UTC ISO time>", "what": "tier1+tier2 DP-SGD",
-                           "items": {"dp-sgd": 8.0, "release:calibration:<grid digest>": 1.0, ...}}}}
+                           "items": {"dp-sgd": 8.0, "release:calibration:<grid digest>": 1.0, ...},
+                           "evaluated": true}}}
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +59,11 @@ class BudgetState:
     @property
     def delta_spent(self) -> float:
         return float(sum(float(r.get("delta", 0.0)) for r in self.runs.values()))
+
+    @property
+    def evaluations(self) -> int:
+        """Exact test evaluations answered, over every run."""
+        return sum(1 for r in self.runs.values() if r.get("evaluated") is True)
 
 
 def _now() -> str:
@@ -97,20 +109,12 @@ class PrivacyBudget:
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise PolicyViolation("dp.max-epsilon", "the run's privacy cost is not a finite positive epsilon",
                                   "the coordinator sets a finite dp.target-epsilon")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            lock = open(self.folder / (BUDGET_FILE + ".lock"), "a+")
-        except OSError as err:
-            raise BudgetFileError(f"{self.folder}: the site's state folder cannot be written ({err.strerror or err}). "
-                                  "Fix: give rmm-client a writable --state-dir (it holds the privacy budget)") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            state = self.state()
+        with self._locked() as (state, top):
             runs = dict(state.runs)
             old = runs.get(str(run_id))
             before = float(old["epsilon"]) if old else 0.0
             items = dict(old.get("items", {})) if old else {}
-            if old and not items:
+            if old and not items and before > 0:
                 items = {"dp-sgd": before}
             items[item] = max(float(items.get(item, 0.0)), float(epsilon))
             new = float(sum(items.values()))
@@ -120,12 +124,54 @@ class PrivacyBudget:
                                       "lifetime privacy budget",
                                       "the coordinator plans a smaller dp.target-epsilon; the site's privacy officer "
                                       "decides whether to raise dp.total-epsilon")
-            now = _now()
-            runs[str(run_id)] = {"epsilon": new, "delta": max(float(delta), float(old["delta"]) if old else 0.0),
-                                 "first": old["first"] if old else now, "last": now,
-                                 "what": what if not old else old["what"], "items": items}
-            self._write({"total-epsilon": self.total, "runs": runs})
+            runs[str(run_id)] = {**self._entry(old, what), "epsilon": new,
+                                 "delta": max(float(delta), float(old["delta"]) if old else 0.0), "items": items}
+            self._write({**top, "total-epsilon": self.total, "runs": runs})
             return self.total - spent_after
+
+    def count_evaluation(self, run_id: str, cap: int) -> int:
+        """Count ``run_id``'s exact test evaluation against the site's lifetime ``cap`` (policy
+        ``max-evaluations``), before it is computed: the same run asking again counts once; a new run past
+        the cap raises :class:`PolicyViolation` under ``max-evaluations``. Returns the evaluations left."""
+        with self._locked() as (state, top):
+            runs = dict(state.runs)
+            old = runs.get(str(run_id))
+            used = state.evaluations
+            if not (old and old.get("evaluated") is True):
+                if used >= cap:
+                    raise PolicyViolation("max-evaluations", "this site has answered as many exact test evaluations "
+                                          "as its policy allows in its lifetime",
+                                          "the site's privacy officer decides whether to raise max-evaluations; a "
+                                          "coordinator cannot reset it with a new run")
+                used += 1
+                runs[str(run_id)] = {**self._entry(old, "test evaluation"), "epsilon": float(old["epsilon"]) if old
+                                     else 0.0, "delta": float(old.get("delta", 0.0)) if old else 0.0, "evaluated": True}
+                self._write({**top, "total-epsilon": self.total, "max-evaluations": int(cap), "runs": runs})
+            return max(int(cap) - used, 0)
+
+    @staticmethod
+    def _entry(old: dict | None, what: str) -> dict:
+        """A run's entry with ``last`` now, keeping what the file already says of it."""
+        now = _now()
+        return {**(old or {}), "first": old["first"] if old else now, "last": now,
+                "what": old["what"] if old and old.get("what") else what}
+
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[BudgetState, dict]]:
+        """The file's state and its top-level keys, under an exclusive lock held until the block ends."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = open(self.folder / (BUDGET_FILE + ".lock"), "a+")
+        except OSError as err:
+            raise BudgetFileError(f"{self.folder}: the site's state folder cannot be written ({err.strerror or err}). "
+                                  "Fix: give rmm-client a writable --state-dir (it holds the privacy budget)") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.state()
+            top = {}
+            if self.path.exists():
+                top = {k: v for k, v in json.loads(self.path.read_text(encoding="utf-8")).items() if k != "runs"}
+            yield state, top
 
     def _write(self, data: dict) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".budget-", suffix=".json")

@@ -21,6 +21,8 @@ File (TOML, or JSON with the same keys), every key optional; the defaults::
                                #   validation split (model selection, Tier 2's gate), + "cox" to send the
                                #   exact Cox core's sums: both opt-in (docs/privacy.md)
     max-cox-queries = 200      # Cox core sums answered per run
+    max-evaluations = 5        # exact test evaluations answered in the site's lifetime (one per run; kept
+                               # in the privacy budget file, so a new run id resets nothing)
 
     [dp]
     required = true            # both tiers train with DP-SGD
@@ -144,6 +146,9 @@ class SitePolicy(_Kebab):
                                  "'validation' are opt-in)")
     max_cox_queries: int = Field(200, ge=1, description="Cox core sums answered per run (Newton rounds and "
                                  "validation likelihoods of the penalty path)")
+    max_evaluations: int = Field(5, ge=1, description="exact test evaluations answered in the site's lifetime, "
+                                 "one per run, counted in the privacy budget file (the final evaluation is not "
+                                 "noised: docs/privacy.md)")
     dp: DPPolicy = Field(default_factory=DPPolicy, description="what this site asks of the run's differential "
                          "privacy (keys dp.*)")
     training: TrainingPolicy = Field(default_factory=TrainingPolicy, description="bounds on the local training "
@@ -166,6 +171,7 @@ class SitePolicy(_Kebab):
             f"second-moments     {str(self.second_moments).lower()}   (sums of outer products for the federated PCA)",
             f"phases             {', '.join(self.phases) or 'none'}",
             f"max-cox-queries    {self.max_cox_queries}   (Cox core sums per run, with the cox phase)",
+            f"max-evaluations    {self.max_evaluations}   (exact test evaluations in the site's lifetime)",
             f"dp.required        {str(self.dp.required).lower()}   (both tiers train with DP-SGD)",
             f"dp.max-epsilon     {self.dp.max_epsilon:g}   (per run)",
             f"dp.total-epsilon   {self.dp.total_epsilon:g}   (lifetime, across runs)",
