@@ -301,3 +301,14 @@ def test_risk_routing_reads_tier2_against_tier1_on_masked_test_cases_and_nan_fro
     got = figures(m)
     assert got["tier2_test_mse_ratio"] == pytest.approx(0.75)
     assert math.isnan(got["tier2_mse_ratio"]) and got["gate_open"] == 0.0
+
+
+def test_the_dp_learning_rate_is_chosen_on_validation_never_on_test():
+    from rmmfed.simulations.evidence.dp_lr import best_lr, table
+
+    rows = [{"cohort": c, "seed": s, "lr": lr, "val": v, "test": t}
+            for c in ("a", "b") for s in (0, 1)
+            for lr, v, t in ((0.002, 0.70, 0.80), (0.01, 0.72, 0.60))]
+    assert best_lr(rows, [0.002, 0.01]) == 0.01  # the better validation, although its test C-index is worse
+    lines = table(rows, [0.002, 0.01])
+    assert "| val C-index, lr 0.01 | 0.720 | 0.720 | 0.720 |" in lines and lines[-1].endswith("lr 0.01.")

@@ -205,6 +205,29 @@ def test_a_site_past_its_lifetime_evaluations_is_left_out_and_the_run_reports_th
     assert summary_lines(doc, tmp_path)
 
 
+def test_a_run_whose_every_site_has_used_its_evaluations_still_ends_with_its_model(tmp_path):
+    """No site answers the evaluation: the run keeps what it trained and fitted, and its metrics say that no
+    test figure came back (NaN, no per-site rows) instead of failing after the training it paid for."""
+    from rmmfed.core.privacy.privacy_budget import PrivacyBudget
+
+    grid = _grid(tmp_path, "max-evaluations = 1\n")
+    for node, state in ((1, "state-A"), (2, "state-B")):
+        grid.sites[node][1].node_config["state-dir"] = str(tmp_path / state)
+        PrivacyBudget(tmp_path / state, 50.0).count_evaluation("an earlier run", 1)
+    cfg = RunConfig().with_overrides({**TINY, "tier2.rounds": 0})
+    res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
+    assert res.per_site == {} and res.participation["evaluation"] == [] and np.isfinite(res.fitted.theta_)
+    doc = build_metrics(res)
+    assert doc["federated"]["per_site"] == {} and doc["federated"]["c_index_combined_pairs"] is None  # NaN in JSON
+    assert summary_lines(doc, tmp_path)
+    from rmmfed.server.run_outputs import RunOutputs
+
+    out = RunOutputs(tmp_path / "out", res)  # the whole output folder, as the ServerApp writes it
+    out.write()
+    out.finish()
+    assert {"model.pt", "metrics.json", "report.md"} <= {f.name for f in (tmp_path / "out").iterdir()}
+
+
 class _Said(Progress):
     """A Progress that keeps the phase lines."""
 

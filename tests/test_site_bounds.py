@@ -56,6 +56,7 @@ def _new_run(s: Site, run_id: int) -> None:
     ({"dp.seeded-noise": True}, "dp.allow-seeded-noise"),
     ({"lr": 1e4}, "training.max-lr"),
     ({"tier2.lr": 1.0}, "training.max-lr"),
+    ({"dp.lr": 1e4}, "training.max-lr"),
     ({"min-local-steps": 100_000}, "training.max-local-steps"),
     ({"tier2.local-steps": 100_000}, "training.max-local-steps"),
     ({"local-epochs": 50}, "training.max-local-epochs"),

@@ -34,14 +34,15 @@ class TrainResult:
         return out
 
 
-def round_lr(cfg: RunConfig, server_round: int) -> float:
+def round_lr(cfg: RunConfig, server_round: int, peak: float | None = None) -> float:
     """Tier 1's learning rate in round ``server_round`` (1-based) of ``cfg.rounds``: constant, or cosine
-    from lr (round 1) to lr-min-ratio x lr (the last round)."""
+    from lr (round 1) to lr-min-ratio x lr (the last round). ``peak``: another lr than ``cfg.lr`` (DP-SGD's)."""
+    lr = cfg.lr if peak is None else float(peak)
     if cfg.lr_schedule == "constant" or cfg.rounds <= 1:
-        return cfg.lr
+        return lr
     t = min(max(server_round - 1, 0), cfg.rounds - 1) / (cfg.rounds - 1)
-    low = cfg.lr * cfg.lr_min_ratio
-    return low + 0.5 * (cfg.lr - low) * (1.0 + math.cos(math.pi * t))
+    low = lr * cfg.lr_min_ratio
+    return low + 0.5 * (lr - low) * (1.0 + math.cos(math.pi * t))
 
 
 def local_epoch_count(n: int, batch_size: int, epochs: int, min_steps: int) -> int:

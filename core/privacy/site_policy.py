@@ -34,7 +34,7 @@ File (TOML, or JSON with the same keys), every key optional; the defaults::
     release-grids = 2          # grids per noised release kind per run
 
     [training]
-    max-lr = 0.01              # lr and tier2.lr
+    max-lr = 0.01              # lr, tier2.lr and dp.lr
     optimizers = ["adamw", "adam"]
     max-local-epochs = 10
     max-local-steps = 200      # min-local-steps, tier2.local-steps, dp.tier2-local-steps
@@ -120,7 +120,7 @@ OPTIMIZERS = ("adamw", "adam")
 class TrainingPolicy(_Kebab):
     """What the coordinator may ask of local training (both tiers)."""
 
-    max_lr: float = Field(0.01, gt=0.0, description="largest learning rate (lr, tier2.lr)")
+    max_lr: float = Field(0.01, gt=0.0, description="largest learning rate (lr, tier2.lr, dp.lr)")
     optimizers: tuple[str, ...] = Field(OPTIMIZERS, description="local optimisers accepted")
     max_local_epochs: int = Field(10, ge=1, description="largest local-epochs / tier2.local-epochs")
     max_local_steps: int = Field(200, ge=1, description="largest min-local-steps / tier2.local-steps")

@@ -43,13 +43,15 @@ def train_tier1_round_dp(s: "SiteSession", model: "Tier1Model", seed: int, proxi
     gen = torch.Generator(device="cpu").manual_seed(seed + 3)
     train = s._split("train").sample_instances(cfg.model.max_instances, gen)
     # local-epochs per round (min-local-steps is not applied under DP: on the default cohort raising the
-    # steps to it gave 0.716 against 0.715 and took 1.7x longer); the run's learning-rate schedule
+    # steps to it gave 0.716 against 0.715 and took 1.7x longer); the run's learning-rate schedule, peaking at
+    # dp.lr (docs/evidence/privacy/README.md: the DP learning rate)
     epochs = cfg.local_epochs
     result, _ = train_tier1_dp(model, train, s.stats, cfg, cfg.dp, accountant=accountant,
                                epochs=epochs, seed=seed, cuts=cuts, baseline=baseline,
                                total_epochs_budget=cfg.rounds * epochs,
                                rounds_before=server_round - 1, target_epsilon=tier_budgets(cfg)[0],
-                               noise_seed=seed + 7 if cfg.dp.seeded_noise else None, lr=round_lr(cfg, server_round))
+                               noise_seed=seed + 7 if cfg.dp.seeded_noise else None,
+                               lr=round_lr(cfg, server_round, cfg.dp.lr or None))
     s.dp_state = {**s.dp_state, **accountant.to_arrays(), "dp-baseline": result.baseline}
     return result.weights, result
 
