@@ -163,7 +163,7 @@ class DPConfig(_Strict):
                                                   "linear survival model on the pooled features and missing "
                                                   "flags; the network's risk head starts at zero and stays there, "
                                                   "so the noise of every DP step falls on a few dozen weights)")
-    lr: float = Field(0.0, ge=0.0, description="Tier 1's peak learning rate under DP-SGD (the run's lr-schedule "
+    lr: float = Field(0.01, ge=0.0, description="Tier 1's peak learning rate under DP-SGD (the run's lr-schedule "
                       "applies); 0 = the run's lr. DP-Adam steps on gradients that the noise dominates, so each "
                       "coordinate's signal moves at about lr x signal / noise per step")
     tier2_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of target-epsilon spent on Tier 2's "

@@ -103,7 +103,8 @@ class RequestPolicy:
     def check_training(self, cfg: RunConfig) -> None:
         """Learning rates, optimiser, local steps, batch size and widths within the site's bounds."""
         t, k = self.policy.training, self.policy.min_patients
-        for name, lr in (("lr", cfg.lr), ("tier2.lr", cfg.tier2.lr), ("dp.lr", cfg.dp.lr)):
+        rates = (("lr", cfg.lr), ("tier2.lr", cfg.tier2.lr)) + ((("dp.lr", cfg.dp.lr),) if cfg.dp.enabled else ())
+        for name, lr in rates:
             if lr > t.max_lr:
                 raise PolicyViolation("training.max-lr", f"{name} = {lr:g} is above this site's {t.max_lr:g}",
                                       f"the coordinator sets {name} <= {t.max_lr:g}")
