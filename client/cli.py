@@ -129,6 +129,27 @@ def supernode_command(args: argparse.Namespace, data: Path, runtime_port: int) -
     return cmd
 
 
+def budget_line(args: argparse.Namespace, policy) -> str:
+    """What ``--check`` says of the site's lifetime privacy budget: the folder the ClientApp would keep it in
+    (client/client_app.state_dir, from --state-dir, --ledger and --data) and what the file says so far."""
+    from flwr.app import Context, RecordDict
+
+    from ..core.privacy.privacy_budget import BUDGET_FILE, read_budget
+    from .client_app import state_dir
+
+    node = {k: str(Path(v).resolve()) for k, v in (("state-dir", getattr(args, "state_dir", None)),
+                                                   ("ledger", getattr(args, "ledger", None))) if v}
+    folder = state_dir(Context(run_id=0, node_id=0, node_config=node, state=RecordDict(), run_config={}),
+                       str(Path(args.data).resolve()))
+    path = folder / BUDGET_FILE
+    eps, evals = policy.dp.total_epsilon, policy.max_evaluations
+    if not path.is_file():
+        return f"budget       {path}: no run yet; lifetime caps epsilon {eps:g}, exact test evaluations {evals}"
+    state = read_budget(path)
+    return (f"budget       {path}: epsilon spent {state.epsilon_spent:g} of {eps:g} over {len(state.runs)} run(s), "
+            f"exact test evaluations {state.evaluations} of {evals}")
+
+
 def worker_command(args: argparse.Namespace, runtime_port: int, secret_file: Path | None) -> list[str]:
     """The long-lived ClientApp worker serving the SuperNode's Runtime API on ``runtime_port``."""
     cmd = [sys.executable, "-m", "rmmfed.client.cli", "_worker", "--runtime-api-address",
@@ -296,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print(format_summary(site.summary(), args.data))
         print(f"\nsite policy  {source}\n" + "\n".join("  " + line for line in policy.describe().splitlines()))
+        print(budget_line(args, policy))
         try:
             print(f"device       {check_device(args.device)}")
         except RmmError as err:

@@ -72,6 +72,23 @@ def test_check_prints_summary_and_never_connects(site_factory, capsys, no_proces
     assert "Nothing was sent anywhere" in out
 
 
+def test_check_shows_the_lifetime_budget_the_site_would_keep(site_factory, tmp_path, capsys, no_process):
+    from rmmfed.core.privacy.privacy_budget import PrivacyBudget
+
+    site = site_factory(n=40)
+    state = tmp_path / "state"
+    assert client_cli.main(["--site", "A", "--data", str(site), "--check", "--device", "cpu",
+                            "--state-dir", str(state)]) == 0
+    assert f"budget       {state.resolve()}/privacy-budget.json: no run yet; lifetime caps epsilon 50, exact test evaluations 5" in capsys.readouterr().out
+    budget = PrivacyBudget(state, 50.0)
+    budget.reserve("7", 8.0, 1e-5, "tier1+tier2 DP-SGD")
+    budget.count_evaluation("7", 5)
+    assert client_cli.main(["--site", "A", "--data", str(site), "--check", "--device", "cpu",
+                            "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "epsilon spent 8 of 50 over 1 run(s), exact test evaluations 1 of 5" in out
+
+
 def test_bad_folder_exits_2_with_file_and_field_before_any_process(tmp_path, capsys, no_process):
     site = _duplicate_site(tmp_path)
     key = tmp_path / "k"
