@@ -405,3 +405,27 @@ def test_linear_train_parts_need_the_linear_path(dp_setup, dims, tier1_cfg):
 def test_a_run_config_asking_linear_dp_without_the_linear_path_is_refused_before_round_1():
     with pytest.raises(ConfigError, match="model.linear-path = true"):
         RunConfig().with_overrides({"dp.train-parts": "linear", "model.linear-path": False})
+
+
+@pytest.mark.parametrize("dp_lr, expected", [(0.0, 0.002), (0.01, 0.01)])
+def test_a_tier1_dp_round_steps_at_dp_lr_and_at_the_runs_lr_when_it_is_zero(site_factory, dims, tier1_cfg, monkeypatch,
+                                                                            dp_lr, expected):
+    """dp.lr is Tier 1's peak rate under DP-SGD (round 1 of the cosine schedule is the peak); 0 keeps lr."""
+    from rmmfed.core.site import site_dp
+    from rmmfed.core.site.site_session import SiteSession
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen["lr"] = kwargs["lr"]
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(site_dp, "train_tier1_dp", record)
+    s = SiteSession(site_factory(n=60, seed=0), device="cpu")
+    s.bind_schema(dims)
+    stats = FeatureStats.from_sums(add_sums([s.feature_sums(1)]), dims, tier1_cfg.anat_partitions)
+    s.setup(RunConfig(batch_size=8, lr=0.002, model=tier1_cfg).with_overrides(
+        {"dp.lr": dp_lr, "dp.time-cuts": "5,10,20"}), stats)
+    with pytest.raises(RuntimeError, match="recorded"):
+        site_dp.train_tier1_round_dp(s, s.model(), seed=0, proximal_mu=0.0, server_round=1)
+    assert seen["lr"] == pytest.approx(expected)
