@@ -4,6 +4,7 @@ and the site's lifetime privacy budget on disk. Nothing here leaves the site."""
 
 from __future__ import annotations
 
+import secrets
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from .policy_mod import save_pins
 
 STATE_SETUP = "rmm-run"  # context.state keys (stay on the site): the run's setup config ...
 STATE_STATS = "rmm-feature-stats"  # ... and its feature statistics
+STATE_INSTANCE = "rmm-run-instance"  # this site's token for the run (budget entries: PrivacyBudget.entry_key)
 _UNPINNED = (P.CONFIG, P.HAZARD_RECORD)  # a pin digests the other records whole, and the config without its grid
 _GRID_KEYS = ("hist-low", "hist-high", "hist-bins")
 
@@ -75,11 +77,22 @@ class FlowerSiteCall:
     # ---- releases and the budget ----------------------------------------------------------------
     def reserve(self, epsilon: float, delta: float, what: str, item: str | None = None) -> None:
         budget = PrivacyBudget(self._state_folder, self.policy.policy.dp.total_epsilon)
-        budget.reserve(str(self.context.run_id), epsilon, delta, what, **({"item": item} if item else {}))
+        budget.reserve(str(self.context.run_id), epsilon, delta, what, **({"item": item} if item else {}),
+                       instance=self.instance())
 
     def count_evaluation(self) -> None:
         budget = PrivacyBudget(self._state_folder, self.policy.policy.dp.total_epsilon)
-        budget.count_evaluation(str(self.context.run_id), self.policy.policy.max_evaluations)
+        budget.count_evaluation(str(self.context.run_id), self.policy.policy.max_evaluations, instance=self.instance())
+
+    def instance(self) -> str:
+        """This site's token for the run as it serves it, drawn from OS entropy on first use and kept with the
+        run's pins in Flower's per-run state: a coordinator that numbers a new run like an old one gets fresh
+        state and so a fresh token, and the budget file charges and counts that run on its own entry
+        (core/privacy/privacy_budget.PrivacyBudget.entry_key)."""
+        st = self.context.state
+        if STATE_INSTANCE not in st:
+            st[STATE_INSTANCE] = ConfigRecord({"token": secrets.token_hex(16)})
+        return str(st[STATE_INSTANCE]["token"])
 
     def release(self, kind: str, key: str, compute: Callable[[ReleaseNoise | None], Any]) -> Any:
         eps = self.policy.policy.dp.release_epsilon

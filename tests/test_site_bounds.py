@@ -190,3 +190,24 @@ def test_the_same_run_asking_its_evaluation_again_counts_once(tmp_path):
         assert not reply.has_error(), reply.error.reason
     assert read_budget(tmp_path / BUDGET_FILE).evaluations == 1
     assert PrivacyBudget(tmp_path, 50.0).count_evaluation("1", 5) == 4  # run 1 again: nothing more counted
+
+
+def test_a_coordinator_that_numbers_a_new_run_like_an_old_one_is_charged_and_counted_afresh(tmp_path):
+    """The coordinator's SuperLink numbers runs. Starting again with run id 1 gives the site fresh per-run state
+    (no pins), so an old run id must not reopen that run's reservation or its one evaluation: the site's own
+    token for each run it served gives the new run an entry of its own."""
+    s = Site(tmp_path, policy="max-evaluations = 2\n[dp]\ntotal-epsilon = 20.0\n")
+    s.cfg = s.cfg.with_overrides(DP)
+    for theta in (1e-3, 2e-3):
+        _new_run(s, 1)  # the same run id each time, fresh state
+        s.join()
+        reply = _evaluate(s, theta=theta)
+        assert not reply.has_error(), reply.error.reason
+    budget = read_budget(tmp_path / BUDGET_FILE)
+    assert sorted(budget.runs) == ["1", "1#2"] and budget.evaluations == 2
+    assert budget.epsilon_spent == pytest.approx(16.0)  # both runs' DP-SGD plans, not one
+    _new_run(s, 1)
+    assert _key(_setup(s)) == "dp.total-epsilon"  # a third 8 would pass the 20
+    s.cfg = s.cfg.with_overrides({"dp.target-epsilon": 4.0})  # a smaller run still fits what is left ...
+    s.join()
+    assert _key(_evaluate(s)) == "max-evaluations"  # ... but gets no third evaluation

@@ -101,17 +101,20 @@ class PrivacyBudget:
     def left(self) -> float:
         return max(self.total - self.state().epsilon_spent, 0.0)
 
-    def reserve(self, run_id: str, epsilon: float, delta: float, what: str, item: str = "dp-sgd") -> float:
+    def reserve(self, run_id: str, epsilon: float, delta: float, what: str, item: str = "dp-sgd",
+                instance: str | None = None) -> float:
         """Reserve ``epsilon`` for ``item`` of ``run_id`` (the larger of this and an earlier reservation of
         the same item; a run's items add up: its DP-SGD plan, each noised release); raises
         :class:`PolicyViolation` under ``dp.total-epsilon`` when the site's total would pass the cap,
-        before anything is computed. Returns the epsilon left after the reservation."""
+        before anything is computed. Returns the epsilon left after the reservation. ``instance``: see
+        :meth:`entry_key`."""
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise PolicyViolation("dp.max-epsilon", "the run's privacy cost is not a finite positive epsilon",
                                   "the coordinator sets a finite dp.target-epsilon")
         with self._locked() as (state, top):
             runs = dict(state.runs)
-            old = runs.get(str(run_id))
+            key = self.entry_key(runs, run_id, instance)
+            old = runs.get(key)
             before = float(old["epsilon"]) if old else 0.0
             items = dict(old.get("items", {})) if old else {}
             if old and not items and before > 0:
@@ -124,18 +127,20 @@ class PrivacyBudget:
                                       "lifetime privacy budget",
                                       "the coordinator plans a smaller dp.target-epsilon; the site's privacy officer "
                                       "decides whether to raise dp.total-epsilon")
-            runs[str(run_id)] = {**self._entry(old, what), "epsilon": new,
-                                 "delta": max(float(delta), float(old["delta"]) if old else 0.0), "items": items}
+            runs[key] = {**self._entry(old, what, instance), "epsilon": new,
+                         "delta": max(float(delta), float(old["delta"]) if old else 0.0), "items": items}
             self._write({**top, "total-epsilon": self.total, "runs": runs})
             return self.total - spent_after
 
-    def count_evaluation(self, run_id: str, cap: int) -> int:
+    def count_evaluation(self, run_id: str, cap: int, instance: str | None = None) -> int:
         """Count ``run_id``'s exact test evaluation against the site's lifetime ``cap`` (policy
         ``max-evaluations``), before it is computed: the same run asking again counts once; a new run past
-        the cap raises :class:`PolicyViolation` under ``max-evaluations``. Returns the evaluations left."""
+        the cap raises :class:`PolicyViolation` under ``max-evaluations``. Returns the evaluations left.
+        ``instance``: see :meth:`entry_key`."""
         with self._locked() as (state, top):
             runs = dict(state.runs)
-            old = runs.get(str(run_id))
+            key = self.entry_key(runs, run_id, instance)
+            old = runs.get(key)
             used = state.evaluations
             if not (old and old.get("evaluated") is True):
                 if used >= cap:
@@ -144,17 +149,37 @@ class PrivacyBudget:
                                           "the site's privacy officer decides whether to raise max-evaluations; a "
                                           "coordinator cannot reset it with a new run")
                 used += 1
-                runs[str(run_id)] = {**self._entry(old, "test evaluation"), "epsilon": float(old["epsilon"]) if old
-                                     else 0.0, "delta": float(old.get("delta", 0.0)) if old else 0.0, "evaluated": True}
+                runs[key] = {**self._entry(old, "test evaluation", instance), "epsilon": float(old["epsilon"]) if old
+                             else 0.0, "delta": float(old.get("delta", 0.0)) if old else 0.0, "evaluated": True}
                 self._write({**top, "total-epsilon": self.total, "max-evaluations": int(cap), "runs": runs})
             return max(int(cap) - used, 0)
 
     @staticmethod
-    def _entry(old: dict | None, what: str) -> dict:
+    def entry_key(runs: dict[str, dict], run_id: str, instance: str | None) -> str:
+        """The file's entry for ``run_id`` as this site served it. The coordinator numbers runs and may number
+        a new run like an old one; the site's own ``instance`` token (drawn when it first served the run, kept
+        with the run's pins) tells them apart: another instance under a run id already in the file gets an
+        entry of its own (``<run id>#2`` ...), so reusing a run id spends and counts afresh. Without a token
+        (direct callers), the run id itself."""
+        run_id = str(run_id)
+        if instance is None:
+            return run_id
+        for key, r in runs.items():
+            if r.get("instance") == instance:
+                return key
+        key, n = run_id, 1
+        while key in runs:
+            n += 1
+            key = f"{run_id}#{n}"
+        return key
+
+    @staticmethod
+    def _entry(old: dict | None, what: str, instance: str | None = None) -> dict:
         """A run's entry with ``last`` now, keeping what the file already says of it."""
         now = _now()
         return {**(old or {}), "first": old["first"] if old else now, "last": now,
-                "what": old["what"] if old and old.get("what") else what}
+                "what": old["what"] if old and old.get("what") else what,
+                **({"instance": instance} if instance is not None else {})}
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[BudgetState, dict]]:
