@@ -15,7 +15,8 @@ from ..core.survival.baseline_hazard import time_grid, baseline_from_sums
 from ..core.config import RunConfig
 from ..core.aggregates.histogram import HistogramGrid
 from ..core.survival.merged_hazard import MergedHazard, fine_sums
-from ..core.aggregates.merged_histogram import merged_quantile, spread
+from ..core.aggregates.merged_histogram import merged_quantile, pooled_counts, spread
+from ..core.survival.follow_up_grid import quantile_time_grid
 from ..core.tier2.tier2_gate import ValidationSums
 from .checkpoint import Checkpoint
 from .noised_quantile import zoom_grid
@@ -115,25 +116,33 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
                      noised: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes. The grid
     ends at the pooled 95th percentile of follow-up, from ``followup_grid`` (the grid the run already
-    asked, answered again at no cost), and with noised releases from a zoom around that estimate."""
+    asked, answered again at no cost), and with noised releases from a zoom around that estimate. With
+    ``hazard-grid = quantile`` its points are that histogram's pooled quantiles
+    (core/survival/follow_up_grid.py); ``uniform`` (and a fixed ``hazard-max-time``) spaces them evenly."""
     t_max = cfg.hazard_max_time
     errors = release_error if release_error is not None else {}
+    n_points = min(cfg.hazard_points, NOISED_HAZARD_POINTS) if noised else cfg.hazard_points
+    points = None
     if t_max <= 0:
         replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(followup_grid))
         parts = merged_parts(replies, followup_grid.n_bins, cfg.dp.histogram_epsilon > 0)
         if not parts or spread(parts, followup_grid.n_bins).sum() <= 0:
             return None
-        bracket = merged_quantile(followup_grid, parts, 0.95)
+        pooled = pooled_counts(parts, followup_grid.n_bins)
+        bracket, bracket_parts = merged_quantile(followup_grid, parts, 0.95), parts
         if noised:
             zoom = zoom_grid(FOLLOWUP_GRID, bracket.estimate)
             replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(zoom))
             zparts = merged_parts(replies, zoom.n_bins, True)
             if zparts and spread(zparts, zoom.n_bins).sum() > 0:
-                parts, bracket = zparts, merged_quantile(zoom, zparts, 0.95)
+                bracket, bracket_parts = merged_quantile(zoom, zparts, 0.95), zparts
+        errors["hazard_max_time"] = bracket_doc(bracket, bracket_parts)
         t_max = bracket.estimate
-        errors["hazard_max_time"] = bracket_doc(bracket, parts)
-    # noised Breslow sums: the risk set's error grows with the intervals it is summed over, so fewer of them
-    points = time_grid(t_max, min(cfg.hazard_points, NOISED_HAZARD_POINTS) if noised else cfg.hazard_points)
+        if cfg.hazard_grid == "quantile":
+            points = quantile_time_grid(followup_grid, pooled, t_max, n_points)
+    spacing = "quantile" if points is not None else "uniform"
+    if points is None:  # noised sums: the risk set's error grows with the intervals it is summed over, so fewer
+        points = time_grid(t_max, n_points)
     replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, P.HazardRequest(points))
     answered("baseline_hazard", replies)
     if not replies:
@@ -144,8 +153,9 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     # shrinks over time (post-processing; exact sums already are)
     events, risk_sums = np.clip(events, 0.0, None), np.minimum.accumulate(np.clip(risk_sums, 0.0, None))
     widest = max(p.widest() for p in parts)
-    errors["baseline_hazard"] = {"grid_points": len(points), "widest_merged_intervals": widest,
-                                 "widest_merged_time": float(widest * points[0]),
+    errors["baseline_hazard"] = {"grid_points": len(points), "grid_spacing": spacing,
+                                 "widest_merged_intervals": widest,
+                                 "widest_merged_time": max(p.widest_time(points) for p in parts),
                                  "groups_per_site": sorted(int(p.first.size) for p in parts)}
     return points, baseline_from_sums(points, events, risk_sums)
 

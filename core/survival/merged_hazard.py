@@ -65,6 +65,12 @@ class MergedHazard:
         """Grid intervals in the widest group (1 = nothing was merged)."""
         return int(np.diff(np.append(self.first, self.points)).max())
 
+    def widest_time(self, grid: np.ndarray) -> float:
+        """The longest time span of a group on ``grid`` (interval 0 starts at time 0)."""
+        g = np.concatenate([[0.0], np.asarray(grid, dtype=np.float64).reshape(-1)])
+        ends = np.append(self.first[1:], self.points)
+        return float((g[ends] - g[self.first]).max())
+
 
 def merge_intervals(time, event, risk, grid, k: int) -> MergedHazard | None:
     """One site's merged Breslow sums (module docstring); None when even one group cannot reach k."""
