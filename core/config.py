@@ -249,10 +249,11 @@ class RunConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda")
     hazard_points: int = Field(64, ge=4, description="time grid of the federated Breslow baseline hazard")
     hazard_max_time: float = Field(0.0, ge=0.0, description="end of that grid; 0 = the federated 95th percentile of follow-up")
-    hazard_grid: Literal["quantile", "uniform"] = Field("quantile", description="where that grid's points lie: at the "
-                                                       "pooled follow-up quantiles (core/survival/follow_up_grid.py) or "
-                                                       "evenly in time (rmm 0.12 and earlier; also with a fixed "
-                                                       "hazard-max-time)")
+    hazard_grid: Literal["quantile", "uniform", "quantile-noised"] = Field(
+        "quantile", description="where that grid's points lie: 'quantile' = at the pooled follow-up quantiles "
+        "(core/survival/follow_up_grid.py) where the sites' Breslow sums are exact (merged to their floor), "
+        "evenly where they are noised; 'quantile-noised' = at the quantiles for noised sums too (measured worse); "
+        "'uniform' = evenly (rmm 0.12 and earlier). A fixed hazard-max-time is always evenly spaced")
     model: Tier1Config = Field(Tier1Config(), description="Tier 1's architecture and loss (keys model.*)")
     tier2: Tier2Config = Field(Tier2Config(), description="Tier 2's diffusion model, head and training (keys tier2.*)")
     dp: DPConfig = Field(DPConfig(), description="differential privacy of both tiers' training and of the "

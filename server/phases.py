@@ -116,9 +116,13 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
                      noised: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes. The grid
     ends at the pooled 95th percentile of follow-up, from ``followup_grid`` (the grid the run already
-    asked, answered again at no cost), and with noised releases from a zoom around that estimate. With
-    ``hazard-grid = quantile`` its points are that histogram's pooled quantiles
-    (core/survival/follow_up_grid.py); ``uniform`` (and a fixed ``hazard-max-time``) spaces them evenly."""
+    asked, answered again at no cost), and with noised releases from a zoom around that estimate. Where the
+    sites' sums are exact (merged to their floor) and ``hazard-grid = quantile``, its points are that
+    histogram's pooled quantiles (core/survival/follow_up_grid.py). Noised sums are not merged, so they
+    keep evenly spaced points: their survival curve is a step function of few points, and quantile
+    spacing leaves its tail with a few long steps (measured worse: docs/evidence/tier1/breslow_grid.md).
+    ``quantile-noised`` places noised points at the quantiles too (for that comparison); ``uniform`` and a
+    fixed ``hazard-max-time`` space the points evenly."""
     t_max = cfg.hazard_max_time
     errors = release_error if release_error is not None else {}
     n_points = min(cfg.hazard_points, NOISED_HAZARD_POINTS) if noised else cfg.hazard_points
@@ -138,7 +142,7 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
                 bracket, bracket_parts = merged_quantile(zoom, zparts, 0.95), zparts
         errors["hazard_max_time"] = bracket_doc(bracket, bracket_parts)
         t_max = bracket.estimate
-        if cfg.hazard_grid == "quantile":
+        if cfg.hazard_grid == "quantile-noised" or (cfg.hazard_grid == "quantile" and not noised):
             points = quantile_time_grid(followup_grid, pooled, t_max, n_points)
     spacing = "quantile" if points is not None else "uniform"
     if points is None:  # noised sums: the risk set's error grows with the intervals it is summed over, so fewer
