@@ -236,3 +236,22 @@ class _Said(Progress):
 
     def phase(self, text: str) -> None:
         self.lines.append(text)
+
+
+@pytest.mark.parametrize("policy, spacing", [("[dp]\nrequired = false\nrelease-epsilon = 0\n", "quantile"),
+                                             (None, "uniform")])
+def test_the_breslow_grid_sits_at_the_follow_up_quantiles_for_exact_sums_and_evenly_for_noised_ones(
+        tmp_path, policy, spacing):
+    """Exact Breslow sums come merged to the floor, and the server spreads a group back over its intervals:
+    at the follow-up quantiles each interval holds about as many leavers. Noised sums (the default policy)
+    are not merged and keep the even grid, where their few steps cover the whole follow-up."""
+    grid = _grid(tmp_path, policy)
+    over = {**TINY, "rounds": 1, "tier2.rounds": 0, **({"dp.enabled": False} if policy else {})}
+    res = run_federation(grid, RunConfig().with_overrides(over), n_sites=2, expected_dims=dict(DIMS))
+    doc = build_metrics(res)
+    assert doc["privacy_floor"]["baseline_hazard"]["grid_spacing"] == spacing
+    times = np.asarray(res.fitted.baseline_hazard_.times)
+    steps = np.diff(np.concatenate([[0.0], times]))
+    even = np.allclose(steps, steps[0], rtol=1e-9)
+    assert even == (spacing == "uniform"), steps
+    assert times[-1] == pytest.approx(doc["privacy_floor"]["hazard_max_time"]["estimate"])

@@ -36,6 +36,8 @@ ARMS = (("exact", "quantile"), ("exact", "uniform"), ("default policy", "quantil
 
 def main(argv: list[str] | None = None) -> int:
     p = evidence_parser(__doc__, "runs/breslow-grid", COHORTS, seeds=(0,))
+    p.add_argument("--noised-cohorts", nargs="*", default=None,
+                   help="cohorts that also run the default policy's two arms (default: every cohort)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     policy = args.out / "exact-cox-policy.toml"
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(cohort)
             continue
         for arm, grid in ARMS:
+            if arm != "exact" and args.noised_cohorts is not None and cohort not in args.noised_cohorts:
+                continue
             over = {"tier2.rounds": 0, "seed": seed, "hazard-grid": grid}
             if arm == "exact":
                 over["dp.enabled"] = False
