@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .common import cohort_for_seed, evidence_parser, mean_sd, progress, run_cached, write_results
+from .common import each_cohort, evidence_parser, mean_sd, run_cached, write_results
 from .cox_core import COHORTS, POLICY, pooled_cox
 
 ARMS = (("exact", "quantile"), ("exact", "uniform"), ("default policy", "quantile-noised"),
@@ -43,11 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = args.out / "exact-cox-policy.toml"
     policy.write_text(POLICY)
     raw, skipped = [], []
-    for cohort, seed in progress([(c, s) for c in args.cohorts for s in args.seeds], desc="breslow grid"):
-        data = cohort_for_seed(args.out, seed) if cohort == "default" else args.data_root / cohort
-        if not data.is_dir():
-            skipped.append(cohort)
-            continue
+    for cohort, seed, data in each_cohort(args, "breslow grid", skipped):
         for arm, grid in ARMS:
             if arm != "exact" and args.noised_cohorts is not None and cohort not in args.noised_cohorts:
                 continue

@@ -11,7 +11,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -69,6 +69,18 @@ def run_cached(cohort: Path, out: Path, overrides: dict[str, Any], *, quiet: boo
         study = run_study(cfg, cohort, paths, sites, dims, out, pooled=False, t0=t0, truth=truth, quiet=q,
                           policy=policy)
     return study.metrics
+
+
+def each_cohort(args: argparse.Namespace, desc: str, skipped: list[str]) -> Iterator[tuple[str, int, Path]]:
+    """(cohort, seed, folder) for every ``args.cohorts`` x ``args.seeds`` with a progress bar: ``default`` is the
+    synthetic cohort of that seed under ``args.out``, any other a folder of ``args.data_root``; a cohort whose
+    folder is absent is appended to ``skipped`` instead."""
+    for cohort, seed in progress([(c, s) for c in args.cohorts for s in args.seeds], desc=desc):
+        data = cohort_for_seed(args.out, seed) if cohort == "default" else args.data_root / cohort
+        if not data.is_dir():
+            skipped.append(cohort)
+            continue
+        yield cohort, seed, data
 
 
 def progress(iterable, **kw):

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import cohort_for_seed, evidence_parser, load_cohort, mean_sd, progress, write_results
+from .common import each_cohort, evidence_parser, load_cohort, mean_sd, write_results
 from .cox_core import COHORTS
 from .features import Featurizer, pool_sites
 from ...core.aggregates.feature_stats import FeatureStats, add_sums, local_feature_sums
@@ -165,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, paths, skipped = [], [], []
-    for cohort, seed in progress([(c, s) for c in args.cohorts for s in args.seeds], desc="cox penalty"):
-        data = cohort_for_seed(args.out, seed) if cohort == "default" else args.data_root / cohort
-        if not data.is_dir():
-            skipped.append(cohort)
-            continue
+    for cohort, seed, data in each_cohort(args, "cox penalty", skipped):
         r, path = study(data, cohort, seed)
         rows += r
         paths += path
