@@ -252,7 +252,7 @@ class RunConfig(_Strict):
     hazard_grid: Literal["quantile", "uniform", "quantile-noised"] = Field(
         "quantile", description="where that grid's points lie: 'quantile' = at the pooled follow-up quantiles "
         "(core/survival/follow_up_grid.py) where the sites' Breslow sums are exact (merged to their floor), "
-        "evenly where they are noised; 'quantile-noised' = at the quantiles for noised sums too (measured worse); "
+        "evenly where they are noised; 'quantile-noised' = at the quantiles for noised sums too (no better on average); "
         "'uniform' = evenly (rmm 0.12 and earlier). A fixed hazard-max-time is always evenly spaced")
     model: Tier1Config = Field(Tier1Config(), description="Tier 1's architecture and loss (keys model.*)")
     tier2: Tier2Config = Field(Tier2Config(), description="Tier 2's diffusion model, head and training (keys tier2.*)")

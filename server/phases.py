@@ -118,9 +118,9 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     ends at the pooled 95th percentile of follow-up, from ``followup_grid`` (the grid the run already
     asked, answered again at no cost), and with noised releases from a zoom around that estimate. Where the
     sites' sums are exact (merged to their floor) and ``hazard-grid = quantile``, its points are that
-    histogram's pooled quantiles (core/survival/follow_up_grid.py). Noised sums are not merged, so they
-    keep evenly spaced points: their survival curve is a step function of few points, and quantile
-    spacing leaves its tail with a few long steps (measured worse: docs/evidence/tier1/breslow_grid.md).
+    histogram's pooled quantiles (core/survival/follow_up_grid.py). Noised sums are not merged and keep
+    evenly spaced points: quantile spacing was no better for them on average
+    (docs/evidence/tier1/breslow_grid.md).
     ``quantile-noised`` places noised points at the quantiles too (for that comparison); ``uniform`` and a
     fixed ``hazard-max-time`` space the points evenly."""
     t_max = cfg.hazard_max_time
