@@ -312,3 +312,25 @@ def test_the_dp_learning_rate_is_chosen_on_validation_never_on_test():
     assert best_lr(rows, [0.002, 0.01]) == 0.01  # the better validation, although its test C-index is worse
     lines = table(rows, [0.002, 0.01])
     assert "| val C-index, lr 0.01 | 0.720 | 0.720 | 0.720 |" in lines and lines[-1].endswith("lr 0.01.")
+
+
+def test_the_penalty_study_picks_what_a_run_picks_under_the_runs_rule(tmp_path):
+    """evidence.cox_penalty's row for the run's rule is the Cox core a run fits: the same penalizer, and a
+    test C-index computed on the same design."""
+    from conftest import write_site
+    from rmmfed.core.config import RunConfig
+    from rmmfed.core.survival.cox_core import fit_cox_core
+    from rmmfed.simulations.evidence.cox_penalty import RULES, designs, study
+
+    for name, seed in (("site-A", 1), ("site-B", 2)):
+        write_site(tmp_path / "c", name=name, n=90, seed=seed)
+    rows, path = study(tmp_path / "c", "toy", 0)
+    picked = {r["rule"]: r for r in rows}
+    split, _ = designs(tmp_path / "c", 0)
+    val = split["val"]
+    core = fit_cox_core(split["train"].sums, lambda c: (val.sums(c).loglik, val.sums(c).events),
+                        split["train"].moments(), RunConfig().model.penalizers())
+    assert picked[RULES[0]]["penalizer"] == core.penalizer
+    assert picked[RULES[0]]["test_c"] == pytest.approx(split["test"].c_index(core.coef))
+    assert {p["penalizer"] for p in path} == set(RunConfig().model.penalizers())
+    assert all(0.0 <= r["test_c"] <= 1.0 for r in rows)
