@@ -21,7 +21,7 @@ from ..core.tier2.tier2_gate import ValidationSums
 from .checkpoint import Checkpoint
 from .noised_quantile import zoom_grid
 from .progress import Progress
-from .queries import ask, bracket_doc, decode, merged_parts
+from .queries import ask, bracket_doc, decode, isotonic, merged_parts
 from .strategies import make_strategy, sums_from_plain
 
 
@@ -154,8 +154,13 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     parts = [MergedHazard.from_arrays(decode(r, P.HazardReply).sums, len(points)) for r in replies.values()]
     events, risk_sums = fine_sums(parts, len(points))
     # noised sums (core/privacy/noised_release.py) can dip below 0 or rise: events >= 0 and a risk set that only
-    # shrinks over time (post-processing; exact sums already are)
-    events, risk_sums = np.clip(events, 0.0, None), np.minimum.accumulate(np.clip(risk_sums, 0.0, None))
+    # shrinks over time (post-processing; exact sums already are). The nearest such risk sets in least squares
+    # (isotonic); a running minimum would carry one deep dip of noise into every later interval
+    events = np.clip(events, 0.0, None)
+    if cfg.hazard_risk_sets == "isotonic":
+        risk_sums = np.clip(-isotonic(-np.asarray(risk_sums, dtype=float)), 0.0, None)
+    else:
+        risk_sums = np.minimum.accumulate(np.clip(risk_sums, 0.0, None))
     widest = max(p.widest() for p in parts)
     errors["baseline_hazard"] = {"grid_points": len(points), "grid_spacing": spacing,
                                  "widest_merged_intervals": widest,

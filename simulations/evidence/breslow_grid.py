@@ -1,13 +1,14 @@
-"""Where the Breslow baseline's grid points lie: at the pooled follow-up quantiles or evenly in time,
-judged by the integrated Brier score each run reports, on every cohort.
+"""Where the Breslow baseline's grid points lie (at the pooled follow-up quantiles or evenly in time) and how
+noised risk sets are made monotone, judged by the integrated Brier score each run reports, on every cohort.
 
     python -m rmmfed.simulations.evidence.breslow_grid --seeds 0 --out runs/breslow-grid \\
         [--cohorts default tcga-gbmlgg tcga-blca tcga-luad tcga-stad tcga-kirp] [--data-root ../shared/data]
 
 Per cohort and seed (``default``: the synthetic FUSCC-style cohort of that seed under OUT/cohorts; a TCGA
 cohort: DATA-ROOT/<name>, skipped when absent), Tier 1 only (``tier2.rounds = 0``), four runs through
-Flower that differ only in ``hazard-grid`` and the sites' policy (the default policy's arm with
-``quantile`` is the same run as ``uniform``, so it is not run twice):
+Flower (two where ``--noised-cohorts`` leaves the cohort out) that differ only in ``hazard-grid``,
+``hazard-risk-sets`` and the sites' policy (the default policy's arm with ``quantile`` spaces noised
+points evenly, the same run as ``uniform``, so it is not run twice):
 
 * ``exact``: every site under OUT/exact-cox-policy.toml (evidence.cox_core's: the Cox core, exact
   releases, no DP-SGD). The sites send Breslow sums merged to their floor (k = 10 events and leavers
@@ -15,7 +16,10 @@ Flower that differ only in ``hazard-grid`` and the sites' policy (the default po
 * ``default policy``: DP-SGD and noised releases (noise seeded by the run's seed, ``dp.seeded-noise``).
   The noised sums are not merged; the server asks them on 16 points. ``hazard-grid = quantile`` (the
   default) spaces those evenly; ``quantile-noised`` puts them at the quantiles too, the choice measured
-  here; ``uniform`` is rmm 0.12's grid.
+  here; ``uniform`` is rmm 0.12's grid. A fifth run keeps the even grid and makes the summed risk sets
+  non-increasing by isotonic regression (``hazard-risk-sets = isotonic``, the default since 0.13.0)
+  instead of 0.12's running minimum, which the other two noised runs use. The exact sums' risk sets are
+  non-increasing already, so both rules leave them as they are.
 
 Tier 1's risks do not depend on the grid (it is asked after training), so the C-index of each pair is
 the same; the IBS and the binned calibration error at the middle horizon move. Beside them: the pooled
@@ -30,8 +34,11 @@ import pandas as pd
 from .common import each_cohort, evidence_parser, mean_sd, run_cached, write_results
 from .cox_core import COHORTS, POLICY, pooled_cox
 
-ARMS = (("exact", "quantile"), ("exact", "uniform"), ("default policy", "quantile-noised"),
-        ("default policy", "uniform"))
+# (sites' policy, hazard-grid, hazard-risk-sets, folder); the folders of the first runs are kept for their cache
+ARMS = (("exact", "quantile", "isotonic", "exact-quantile"), ("exact", "uniform", "isotonic", "exact-uniform"),
+        ("default policy", "quantile-noised", "running-min", "default-policy-quantile-noised"),
+        ("default policy", "uniform", "running-min", "default-policy-uniform"),
+        ("default policy", "uniform", "isotonic", "default-policy-uniform-isotonic"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,19 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     policy.write_text(POLICY)
     raw, skipped = [], []
     for cohort, seed, data in each_cohort(args, "breslow grid", skipped):
-        for arm, grid in ARMS:
+        for arm, grid, risk_sets, name in ARMS:
             if arm != "exact" and args.noised_cohorts is not None and cohort not in args.noised_cohorts:
                 continue
-            over = {"tier2.rounds": 0, "seed": seed, "hazard-grid": grid}
+            over = {"tier2.rounds": 0, "seed": seed, "hazard-grid": grid, "hazard-risk-sets": risk_sets}
             if arm == "exact":
                 over["dp.enabled"] = False
             else:
                 over["dp.seeded-noise"] = True
-            folder = args.out / cohort / f"seed-{seed}" / f"{arm.replace(' ', '-')}-{grid}"
+            folder = args.out / cohort / f"seed-{seed}" / name
             m = run_cached(data, folder, over, policy=policy if arm == "exact" else None)
             s = m.get("survival") or {}
             hz = (m.get("privacy_floor") or {}).get("baseline_hazard") or {}
-            raw.append({"cohort": cohort, "seed": seed, "arm": arm, "grid": grid,
+            raw.append({"cohort": cohort, "seed": seed, "arm": arm, "grid": grid, "risk_sets": risk_sets,
                         "spacing_used": hz.get("grid_spacing"), "c_index": m["federated"]["c_index"],
                         "ibs": s.get("ibs"), "calibration_error": (s.get("calibration") or {}).get("binned_error"),
                         "widest_interval_time": hz.get("widest_merged_time")})
@@ -68,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     cohorts = [c for c in args.cohorts if c in set(df["cohort"])]
     rows = []
     for figure in ("ibs", "calibration_error"):
-        for (arm, grid), sub in df.groupby(["arm", "grid"], sort=False):
+        for (arm, grid, risk_sets), sub in df.groupby(["arm", "grid", "risk_sets"], sort=False, dropna=False):
             if sub[figure].isna().all():
                 continue
             row = {"figure": figure.replace("_", " "), "policy": arm, "grid": grid,
+                   "risk sets": risk_sets if isinstance(risk_sets, str) else "",
                    **{c: mean_sd(sub[sub["cohort"] == c][figure]) for c in cohorts}}
             per = [sub[sub["cohort"] == c][figure].mean() for c in cohorts]
             row["mean over cohorts"] = f"{pd.Series(per).mean():.3f}"
