@@ -111,6 +111,17 @@ def dp_time_cuts(grid: Grid, cfg: RunConfig, nodes: list[int]) -> tuple[str | No
     return ",".join(f"{c:.6g}" for c in cuts) or None, noised
 
 
+def monotone_risk_sets(risk_sums: np.ndarray, rule: str = "isotonic") -> np.ndarray:
+    """The summed Breslow risk sets made non-increasing and >= 0 (post-processing of noised sums; exact ones
+    already are and come back unchanged). ``isotonic``: the nearest such sequence in least squares, so a
+    deep dip of noise in one interval is averaged with its neighbours; ``running-min`` (rmm 0.12): a running
+    minimum, which carries such a dip into every later interval and inflates the baseline hazard there."""
+    r = np.asarray(risk_sums, dtype=float)
+    if rule == "isotonic":
+        return np.clip(-isotonic(-r), 0.0, None)
+    return np.minimum.accumulate(np.clip(r, 0.0, None))
+
+
 def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambda phase, replies: None,
                      release_error: dict | None = None, followup_grid: HistogramGrid = FOLLOWUP_GRID,
                      noised: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
@@ -154,13 +165,8 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     parts = [MergedHazard.from_arrays(decode(r, P.HazardReply).sums, len(points)) for r in replies.values()]
     events, risk_sums = fine_sums(parts, len(points))
     # noised sums (core/privacy/noised_release.py) can dip below 0 or rise: events >= 0 and a risk set that only
-    # shrinks over time (post-processing; exact sums already are). The nearest such risk sets in least squares
-    # (isotonic); a running minimum would carry one deep dip of noise into every later interval
-    events = np.clip(events, 0.0, None)
-    if cfg.hazard_risk_sets == "isotonic":
-        risk_sums = np.clip(-isotonic(-np.asarray(risk_sums, dtype=float)), 0.0, None)
-    else:
-        risk_sums = np.minimum.accumulate(np.clip(risk_sums, 0.0, None))
+    # shrinks over time (post-processing; exact sums already are)
+    events, risk_sums = np.clip(events, 0.0, None), monotone_risk_sets(risk_sums, cfg.hazard_risk_sets)
     widest = max(p.widest() for p in parts)
     errors["baseline_hazard"] = {"grid_points": len(points), "grid_spacing": spacing,
                                  "widest_merged_intervals": widest,

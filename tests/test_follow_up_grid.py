@@ -77,3 +77,17 @@ def test_no_usable_follow_up_keeps_the_uniform_grid():
     lumpy = GRID.counts(np.full(50, 3.0)).astype(float)  # everyone followed for the same time
     assert quantile_time_grid(GRID, lumpy, 3.0, 16) is None
     assert quantile_time_grid(GRID, GRID.counts(np.linspace(1, 9, 50)).astype(float), float("nan"), 16) is None
+
+
+def test_noised_risk_sets_are_made_monotone_without_carrying_one_dip_into_every_later_interval():
+    from rmmfed.server.phases import monotone_risk_sets
+
+    exact = np.array([400.0, 340.0, 280.0, 220.0, 170.0, 120.0, 80.0, 50.0])
+    assert np.array_equal(monotone_risk_sets(exact), exact)  # exact sums already shrink: unchanged
+    noised = exact + np.array([10.0, -5.0, -250.0, 20.0, -10.0, 15.0, -5.0, 10.0])  # one deep dip at interval 2
+    iso, running = monotone_risk_sets(noised), monotone_risk_sets(noised, "running-min")
+    assert np.all(np.diff(iso) <= 1e-12) and np.all(iso >= 0) and np.all(np.diff(running) <= 0)
+    assert np.all(running[2:] == 30.0)  # the running minimum keeps the dip's 30 to the end
+    assert np.array_equal(iso[5:], noised[5:])  # isotonic regression pools it with two neighbours, no further
+    assert iso[2] > 4 * running[2]
+    assert np.sum((iso - noised) ** 2) <= np.sum((running - noised) ** 2)  # and is the nearer of the two
