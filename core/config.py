@@ -255,9 +255,9 @@ class RunConfig(_Strict):
         "evenly where they are noised; 'quantile-noised' = at the quantiles for noised sums too (no better on average); "
         "'uniform' = evenly (rmm 0.12 and earlier). A fixed hazard-max-time is always evenly spaced")
     hazard_risk_sets: Literal["isotonic", "running-min"] = Field(
-        "isotonic", description="how the server makes the summed Breslow risk sets non-increasing and >= 0 "
-        "(noised sums need it; exact ones already are): 'isotonic' = the nearest such sequence in least squares; "
-        "'running-min' = a running minimum (rmm 0.12 and earlier)")
+        "running-min", description="how the server makes the summed Breslow risk sets non-increasing and >= 0 "
+        "(noised sums need it; exact ones already are): 'running-min' = a running minimum; 'isotonic' = the nearest "
+        "such sequence in least squares (measured no better: docs/evidence/tier1/breslow_grid.md)")
     model: Tier1Config = Field(Tier1Config(), description="Tier 1's architecture and loss (keys model.*)")
     tier2: Tier2Config = Field(Tier2Config(), description="Tier 2's diffusion model, head and training (keys tier2.*)")
     dp: DPConfig = Field(DPConfig(), description="differential privacy of both tiers' training and of the "

@@ -111,11 +111,12 @@ def dp_time_cuts(grid: Grid, cfg: RunConfig, nodes: list[int]) -> tuple[str | No
     return ",".join(f"{c:.6g}" for c in cuts) or None, noised
 
 
-def monotone_risk_sets(risk_sums: np.ndarray, rule: str = "isotonic") -> np.ndarray:
+def monotone_risk_sets(risk_sums: np.ndarray, rule: str = "running-min") -> np.ndarray:
     """The summed Breslow risk sets made non-increasing and >= 0 (post-processing of noised sums; exact ones
-    already are and come back unchanged). ``isotonic``: the nearest such sequence in least squares, so a
-    deep dip of noise in one interval is averaged with its neighbours; ``running-min`` (rmm 0.12): a running
-    minimum, which carries such a dip into every later interval and inflates the baseline hazard there."""
+    already are and come back unchanged). ``running-min`` (the default): a running minimum, which carries a
+    deep dip of noise in one interval into every later one; ``isotonic``: the nearest such sequence in least
+    squares, which averages the dip with its neighbours. On the six cohorts the second gave the same or a
+    worse integrated Brier score (docs/evidence/tier1/breslow_grid.md), so the first stays."""
     r = np.asarray(risk_sums, dtype=float)
     if rule == "isotonic":
         return np.clip(-isotonic(-r), 0.0, None)

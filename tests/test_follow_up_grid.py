@@ -79,13 +79,14 @@ def test_no_usable_follow_up_keeps_the_uniform_grid():
     assert quantile_time_grid(GRID, GRID.counts(np.linspace(1, 9, 50)).astype(float), float("nan"), 16) is None
 
 
-def test_noised_risk_sets_are_made_monotone_without_carrying_one_dip_into_every_later_interval():
+def test_noised_risk_sets_are_made_monotone_by_a_running_minimum_or_by_isotonic_regression():
     from rmmfed.server.phases import monotone_risk_sets
 
     exact = np.array([400.0, 340.0, 280.0, 220.0, 170.0, 120.0, 80.0, 50.0])
-    assert np.array_equal(monotone_risk_sets(exact), exact)  # exact sums already shrink: unchanged
+    for rule in ("running-min", "isotonic"):  # exact sums already shrink: as they are
+        assert np.array_equal(monotone_risk_sets(exact, rule), exact)
     noised = exact + np.array([10.0, -5.0, -250.0, 20.0, -10.0, 15.0, -5.0, 10.0])  # one deep dip at interval 2
-    iso, running = monotone_risk_sets(noised), monotone_risk_sets(noised, "running-min")
+    iso, running = monotone_risk_sets(noised, "isotonic"), monotone_risk_sets(noised)
     assert np.all(np.diff(iso) <= 1e-12) and np.all(iso >= 0) and np.all(np.diff(running) <= 0)
     assert np.all(running[2:] == 30.0)  # the running minimum keeps the dip's 30 to the end
     assert np.array_equal(iso[5:], noised[5:])  # isotonic regression pools it with two neighbours, no further

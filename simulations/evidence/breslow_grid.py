@@ -17,8 +17,8 @@ points evenly, the same run as ``uniform``, so it is not run twice):
   The noised sums are not merged; the server asks them on 16 points. ``hazard-grid = quantile`` (the
   default) spaces those evenly; ``quantile-noised`` puts them at the quantiles too, the choice measured
   here; ``uniform`` is rmm 0.12's grid. A fifth run keeps the even grid and makes the summed risk sets
-  non-increasing by isotonic regression (``hazard-risk-sets = isotonic``, the default since 0.13.0)
-  instead of 0.12's running minimum, which the other two noised runs use. The exact sums' risk sets are
+  non-increasing by isotonic regression (``hazard-risk-sets = isotonic``) instead of the running
+  minimum (the default), which the other two noised runs use. The exact sums' risk sets are
   non-increasing already, so both rules leave them as they are.
 
 Tier 1's risks do not depend on the grid (it is asked after training), so the C-index of each pair is
@@ -35,7 +35,7 @@ from .common import each_cohort, evidence_parser, mean_sd, run_cached, write_res
 from .cox_core import COHORTS, POLICY, pooled_cox
 
 # (sites' policy, hazard-grid, hazard-risk-sets, folder); the folders of the first runs are kept for their cache
-ARMS = (("exact", "quantile", "isotonic", "exact-quantile"), ("exact", "uniform", "isotonic", "exact-uniform"),
+ARMS = (("exact", "quantile", "running-min", "exact-quantile"), ("exact", "uniform", "running-min", "exact-uniform"),
         ("default policy", "quantile-noised", "running-min", "default-policy-quantile-noised"),
         ("default policy", "uniform", "running-min", "default-policy-uniform"),
         ("default policy", "uniform", "isotonic", "default-policy-uniform-isotonic"))
