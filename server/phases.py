@@ -144,7 +144,6 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
         parts = merged_parts(replies, followup_grid.n_bins, cfg.dp.histogram_epsilon > 0)
         if not parts or spread(parts, followup_grid.n_bins).sum() <= 0:
             return None
-        pooled = pooled_counts(parts, followup_grid.n_bins)
         bracket, bracket_parts = merged_quantile(followup_grid, parts, 0.95), parts
         if noised:
             zoom = zoom_grid(FOLLOWUP_GRID, bracket.estimate)
@@ -155,7 +154,7 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
         errors["hazard_max_time"] = bracket_doc(bracket, bracket_parts)
         t_max = bracket.estimate
         if cfg.hazard_grid == "quantile-noised" or (cfg.hazard_grid == "quantile" and not noised):
-            points = quantile_time_grid(followup_grid, pooled, t_max, n_points)
+            points = quantile_time_grid(followup_grid, pooled_counts(parts, followup_grid.n_bins), t_max, n_points)
     spacing = "quantile" if points is not None else "uniform"
     if points is None:  # noised sums: the risk set's error grows with the intervals it is summed over, so fewer
         points = time_grid(t_max, n_points)

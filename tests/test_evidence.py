@@ -328,8 +328,7 @@ def test_the_penalty_study_picks_what_a_run_picks_under_the_runs_rule(tmp_path):
     picked = {r["rule"]: r for r in rows}
     split, _ = designs(tmp_path / "c", 0)
     val = split["val"]
-    core = fit_cox_core(split["train"].sums, lambda c: (val.sums(c).loglik, val.sums(c).events),
-                        split["train"].moments(), RunConfig().model.penalizers())
+    core = fit_cox_core(split["train"].sums, val.loglik, split["train"].moments(), RunConfig().model.penalizers())
     assert picked[RULES[0]]["penalizer"] == core.penalizer
     assert picked[RULES[0]]["test_c"] == pytest.approx(split["test"].c_index(core.coef))
     assert {p["penalizer"] for p in path} == set(RunConfig().model.penalizers())

@@ -10,6 +10,7 @@ from rmmfed.core.aggregates.merged_histogram import merge_bins, pooled_counts
 from rmmfed.core.survival.baseline_hazard import baseline_from_sums, breslow_baseline, cumhaz_at, time_grid
 from rmmfed.core.survival.follow_up_grid import quantile_time_grid
 from rmmfed.core.survival.merged_hazard import fine_sums, merge_intervals
+from rmmfed.server.phases import monotone_risk_sets
 
 GRID = HistogramGrid(1e-3, 1e6, 512)
 
@@ -31,7 +32,7 @@ def early_deaths_cohort(seed: int, sites: int = 4, n: int = 70):
 def merged_baseline(cohort, grid, k=10):
     parts = [merge_intervals(t, e, r, grid, k) for t, e, r in cohort]
     events, sums = fine_sums([p for p in parts if p is not None], len(grid))
-    return baseline_from_sums(grid, events, np.minimum.accumulate(sums))
+    return baseline_from_sums(grid, events, monotone_risk_sets(sums))
 
 
 def pooled_followup(cohort, k=None):
@@ -80,8 +81,6 @@ def test_no_usable_follow_up_keeps_the_uniform_grid():
 
 
 def test_noised_risk_sets_are_made_monotone_by_a_running_minimum_or_by_isotonic_regression():
-    from rmmfed.server.phases import monotone_risk_sets
-
     exact = np.array([400.0, 340.0, 280.0, 220.0, 170.0, 120.0, 80.0, 50.0])
     for rule in ("running-min", "isotonic"):  # exact sums already shrink: as they are
         assert np.array_equal(monotone_risk_sets(exact, rule), exact)

@@ -27,7 +27,7 @@ splits; they say whether any rule is worth a change, not which. Writes OUT/cox_p
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ import pandas as pd
 from .common import each_cohort, evidence_parser, load_cohort, mean_sd, write_results
 from .cox_core import COHORTS
 from .features import Featurizer, pool_sites
+from .methods import cox_risk, fit_cox
 from ...core.aggregates.feature_stats import FeatureStats, add_sums, local_feature_sums
 from ...core.config import RunConfig
 from ...core.data.tensors import build_tensors
@@ -65,9 +66,13 @@ class Strata:
         return CoxMoments(sum(len(x) for x in self.x), sum(x.sum(0) for x in self.x),
                           sum((x ** 2).sum(0) for x in self.x))
 
+    def loglik(self, coef: np.ndarray) -> tuple[float, int]:
+        """(log partial likelihood, events): what a run's validation query sums."""
+        s = self.sums(coef)
+        return s.loglik, s.events
+
     def fit(self, val: "Strata", penalizer: float) -> np.ndarray:
-        return fit_cox_core(self.sums, lambda c: (val.sums(c).loglik, val.sums(c).events), self.moments(),
-                            (penalizer,)).coef
+        return fit_cox_core(self.sums, val.loglik, self.moments(), (penalizer,)).coef
 
     def c_index(self, coef: np.ndarray) -> float:
         return c_index(np.concatenate(self.t), np.concatenate([x @ coef for x in self.x]), np.concatenate(self.e))
@@ -110,31 +115,28 @@ def cv_pll(train: Strata, val: Strata, penalizer: float, seed: int) -> float:
     return total / max(float(sum(e.sum() for e in train.e)), 1.0)
 
 
-def lifelines_c(sites, strata: bool, penalizer: float) -> float:
-    from lifelines import CoxPHFitter
-
+def lifelines_c(sites) -> Callable[[bool, float], float]:
+    """lifelines' pooled Cox on the baselines' design (evidence.methods: mean-pooled features, wide modalities
+    reduced, indicators), built once: (strata by site?, penalizer) -> pooled test C-index (nan when lifelines
+    cannot fit)."""
     data = pool_sites(sites)
     tr, te = data.rows("train"), data.rows("test")
     feat = Featurizer().fit(data, tr)
-    x = feat.design(data, tr, indicators=True)
-    keep = [c for c in x.columns if x[c].std() > 1e-8]
-    df = x[keep].copy()
-    df["_T"], df["_E"] = data.time[tr], data.event[tr]
-    xt = feat.design(data, te, indicators=True)[keep]
-    if strata:
-        df["_S"], xt = data.site[tr], xt.assign(_S=data.site[te])
-    cph = CoxPHFitter(penalizer=penalizer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    x, xt = feat.design(data, tr, indicators=True), feat.design(data, te, indicators=True)
+
+    def score(strata: bool, penalizer: float) -> float:
         try:
-            cph.fit(df, "_T", "_E", strata=["_S"] if strata else None)
+            cph, keep = fit_cox(x, data.time[tr], data.event[tr], penalizer, data.site[tr] if strata else None)
         except Exception:  # lifelines' own convergence errors: no figure at this penalizer  # noqa: BLE001
             return float("nan")
-    return c_index(data.time[te], np.asarray(cph.predict_log_partial_hazard(xt)).ravel(), data.event[te])
+        return c_index(data.time[te], cox_risk(cph, keep, xt, data.site[te] if strata else None), data.event[te])
+
+    return score
 
 
 def study(cohort: Path, name: str, seed: int) -> tuple[list[dict], list[dict]]:
     split, sites = designs(cohort, seed)
+    lifelines = lifelines_c(sites)
     val_events = max(float(sum(e.sum() for e in split["val"].e)), 1.0)
     path = []
     for pen in RunConfig().model.penalizers():
@@ -147,8 +149,8 @@ def study(cohort: Path, name: str, seed: int) -> tuple[list[dict], list[dict]]:
                      "val_pll_recalibrated": max(split["val"].sums(g * coef).loglik for g in SLOPES) / val_events,
                      "cv_pll": cv_pll(split["train"], split["val"], pen, seed),
                      "val_c": split["val"].c_index(coef), "test_c": split["test"].c_index(coef),
-                     "lifelines_pooled_test_c": lifelines_c(sites, False, pen),
-                     "lifelines_stratified_test_c": lifelines_c(sites, True, pen)})
+                     "lifelines_pooled_test_c": lifelines(False, pen),
+                     "lifelines_stratified_test_c": lifelines(True, pen)})
     p = pd.DataFrame(path)
     picks = {RULES[0]: p.loc[p.val_pll.idxmax()], RULES[1]: p.loc[p.val_pll_recalibrated.idxmax()],
              RULES[2]: p.loc[p.cv_pll.idxmax()], RULES[3]: p.loc[p.val_c.idxmax()],

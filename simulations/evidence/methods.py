@@ -32,23 +32,32 @@ from .common import safe_c_index
 from .features import Featurizer, PooledCohort
 
 
-def fit_cox(x: pd.DataFrame, time: np.ndarray, event: np.ndarray, penalizer: float = 0.1):
-    """lifelines CoxPHFitter on ``x`` (constant columns dropped); returns (fitter, kept columns)."""
+STRATUM = "_S"  # the strata column of a stratified fit
+
+
+def fit_cox(x: pd.DataFrame, time: np.ndarray, event: np.ndarray, penalizer: float = 0.1,
+            strata: np.ndarray | None = None):
+    """lifelines CoxPHFitter on ``x`` (constant columns dropped), with one baseline per value of ``strata``
+    when given; returns (fitter, kept columns)."""
     from lifelines import CoxPHFitter
 
     keep = [c for c in x.columns if x[c].std() > 1e-8]
     df = x[keep].copy()
     df["_T"], df["_E"] = time, event
+    if strata is not None:
+        df[STRATUM] = strata
     cph = CoxPHFitter(penalizer=penalizer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cph.fit(df, duration_col="_T", event_col="_E")
+        cph.fit(df, duration_col="_T", event_col="_E", strata=[STRATUM] if strata is not None else None)
     return cph, keep
 
 
-def cox_risk(cph, keep: list[str], x: pd.DataFrame) -> np.ndarray:
-    """Linear predictor (log partial hazard) of a fitted lifelines Cox model."""
-    return np.asarray(cph.predict_log_partial_hazard(x[keep]), dtype=float)
+def cox_risk(cph, keep: list[str], x: pd.DataFrame, strata: np.ndarray | None = None) -> np.ndarray:
+    """Linear predictor (log partial hazard) of a fitted lifelines Cox model (``strata``: the rows' strata,
+    for a model fitted with them)."""
+    x = x[keep] if strata is None else x[keep].assign(**{STRATUM: strata})
+    return np.asarray(cph.predict_log_partial_hazard(x), dtype=float).ravel()
 
 
 class PooledCox:
