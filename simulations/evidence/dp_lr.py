@@ -1,7 +1,7 @@
 """Tier 1's learning rate under DP-SGD, chosen on the validation splits of every cohort (simulation only).
 
     python -m rmmfed.simulations.evidence.dp_lr [--lrs 0.002 0.005 0.01] [--seeds 0 1] [--out runs/dp-lr]
-        [--cohorts default tcga-gbmlgg ...] [--data-root ../shared/data] [--key lr]
+        [--cohorts default tcga-gbmlgg ...] [--data-root ../shared/data] [--key dp.lr] [--policy FILE]
 
 Per cohort, seed and learning rate, one ``rmm-simulate`` run under the default site policy (DP-SGD, the
 last round kept), Tier 1 only at epsilon 6 (Tier 1's share of a default run), with noise seeded from
@@ -10,7 +10,9 @@ last round kept), Tier 1 only at epsilon 6 (Tier 1's share of a default run), wi
     rmm-simulate --seeded-noise --seed S [--data COHORT] --no-pooled --set tier2.rounds=0 \\
         --set dp.target-epsilon=6 --set KEY=LR --out OUT/<cohort>/seed-S/lr-LR
 
-``KEY`` is the run-config key the rate is set through (``lr`` before rmm 0.12, ``dp.lr`` after). The
+``KEY`` is the run-config key the rate is set through (``lr`` before rmm 0.12, ``dp.lr`` after).
+``--policy FILE`` gives every site that site policy instead of the default one (``rmm-simulate --policy``): e.g.
+the default policy with a higher ``training.max-lr``, to try rates above the default cap. The
 simulation holds every site's data, so afterwards each run's ``model.pt`` is scored on the pooled
 validation split (the patients no phase of the run trained on and no default-policy site reports on)
 and on the pooled test split. The rate to keep is the one with the best mean validation C-index over
@@ -70,7 +72,8 @@ def table(rows: list[dict], lrs: list[float]) -> list[str]:
     return lines + ["", f"Best mean validation C-index over every cohort and seed: lr {best_lr(rows, lrs):g}."]
 
 
-def _run(out: Path, cohort: str, data_root: Path, seed: int, key: str, lr: float) -> tuple[Path, Path]:
+def _run(out: Path, cohort: str, data_root: Path, seed: int, key: str, lr: float,
+         policy: Path | None = None) -> tuple[Path, Path]:
     run = out / cohort / f"seed-{seed}" / f"lr-{lr:g}"
     first = out / cohort / f"seed-{seed}" / "cohort"  # the default cohort: generated once per seed
     data = data_root / cohort if cohort != "default" else first
@@ -80,6 +83,8 @@ def _run(out: Path, cohort: str, data_root: Path, seed: int, key: str, lr: float
                "--out", str(run)]
         if cohort != "default" or first.is_dir():
             cmd += ["--data", str(data)]
+        if policy is not None:
+            cmd += ["--policy", str(policy)]
         run.mkdir(parents=True, exist_ok=True)
         with open(run / "bench.log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, default=Path("runs/dp-lr"))
     p.add_argument("--key", default="dp.lr", help="run-config key of Tier 1's DP learning rate (dp.lr; lr before rmm 0.12)")
+    p.add_argument("--policy", type=Path, help="site policy file for every site (default: the default policy)")
     args = p.parse_args(argv)
     rows = []
     for cohort in args.cohorts:
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for seed in args.seeds:
             for lr in args.lrs:
-                run, data = _run(args.out, cohort, args.data_root, seed, args.key, lr)
+                run, data = _run(args.out, cohort, args.data_root, seed, args.key, lr, args.policy)
                 row = {"cohort": cohort, "seed": seed, "lr": lr, "val": split_c_index(run, data, "val"),
                        "test": split_c_index(run, data, "test")}
                 rows.append(row)
