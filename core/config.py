@@ -258,6 +258,14 @@ class RunConfig(_Strict):
         "running-min", description="how the server makes the summed Breslow risk sets non-increasing and >= 0 "
         "(noised sums need it; exact ones already are): 'running-min' = a running minimum; 'isotonic' = the nearest "
         "such sequence in least squares (measured no better: docs/evidence/tier1/breslow_grid.md)")
+    hazard_noised_points: int = Field(8, ge=2, description="points of the Breslow grid where the sites' sums are "
+                                      "noised (each interval's noise adds up in the risk sets after it, so fewer "
+                                      "than hazard-points; rmm 0.13 and earlier: 16)")
+    hazard_center: Literal["risk-groups", "zero"] = Field(
+        "risk-groups", description="the centre the sites subtract from Tier 1's risks before their Breslow sums "
+        "(noised sums clip |risk - centre| to the site policy's dp.hazard-risk-bound): 'risk-groups' = the middle of "
+        "the training risk's tertile cut points (the risk-groups release, asked first), 'zero' = none (rmm 0.13 "
+        "and earlier)")
     model: Tier1Config = Field(Tier1Config(), description="Tier 1's architecture and loss (keys model.*)")
     tier2: Tier2Config = Field(Tier2Config(), description="Tier 2's diffusion model, head and training (keys tier2.*)")
     dp: DPConfig = Field(DPConfig(), description="differential privacy of both tiers' training and of the "

@@ -2,7 +2,7 @@
 a small :class:`Run` (the Grid, the config, the accepted sites, and what the run has learned).
 
 handshake -> feature statistics and setup -> Tier 1 rounds -> freeze Tier 1 -> calibration ->
-baseline hazard -> Tier 2 rounds and its calibration -> risk groups -> evaluation. Messages are
+Tier 2 rounds and its calibration -> risk groups -> baseline hazard -> evaluation. Messages are
 core/messages/protocol.py's phases; only weights, feature sums, merged histogram counts, merged Breslow sums
 and scalar metrics come back from sites. Queries: server/queries.py; training rounds, the Tier 2
 gate and the baseline hazard: server/phases.py.
@@ -151,16 +151,15 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
     weights, history, best_round = tier1(run, hs, stats)
     freeze_tier1(run, weights)
     grid_h, counts, theta = calibration(run)
-    hazard = run_baseline_hazard(run)
     t2 = tier2(run, stats, grid_h) if run.cfg.tier2.rounds > 0 else Tier2Outcome()
     q_hat = conformal_phase.calibrate(run, t2.weights)
     fitted = FittedTwoTier(theta, t2.bound, t2.scale, conformal_phase.judge_gate(run, t2.gate, q_hat),
                            conformal_q_={t: float(v["q_hat"]) for t, v in q_hat.items()},
-                           conformal_alpha_=run.cfg.conformal_alpha,
-                           baseline_hazard_=None if hazard is None else BaselineHazard(*hazard, risk="tier1"),
-                           routing_score_=run.cfg.routing_score)
+                           conformal_alpha_=run.cfg.conformal_alpha, routing_score_=run.cfg.routing_score)
     cutpoints, n_risk = risk_groups(run, t2.weights, fitted)
-    fitted = fitted.replace(cutpoints_=cutpoints)
+    hazard = run_baseline_hazard(run, cutpoints)  # after the risk groups: their cut points centre the sums
+    fitted = fitted.replace(cutpoints_=cutpoints,
+                            baseline_hazard_=None if hazard is None else BaselineHazard(*hazard, risk="tier1"))
     thresholds = conformal_phase.curve_thresholds(grid_h, counts)
     per_site = evaluation(run, t2.weights, fitted, thresholds)
     run.timing["total"] = time.perf_counter() - t_all

@@ -90,7 +90,6 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
 
 FOLLOWUP_GRID = HistogramGrid(1e-3, 1e6, 512)  # follow-up in any unit from hours to centuries of days
 FOLLOWUP_COARSE = HistogramGrid(1e-3, 1e6, 48)  # the DP time cuts' grid: few bins, so little noise per quantile
-NOISED_HAZARD_POINTS = 16
 DP_CUT_QUANTILES = (0.2, 0.4, 0.6, 0.8)  # where the DP path's discrete-time intervals end by default
 
 
@@ -125,7 +124,7 @@ def monotone_risk_sets(risk_sums: np.ndarray, rule: str = "running-min") -> np.n
 
 def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambda phase, replies: None,
                      release_error: dict | None = None, followup_grid: HistogramGrid = FOLLOWUP_GRID,
-                     noised: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+                     noised: bool = False, center: float = 0.0) -> tuple[np.ndarray, np.ndarray] | None:
     """Federated Breslow baseline hazard of the frozen Tier 1 on a time grid the server fixes. The grid
     ends at the pooled 95th percentile of follow-up, from ``followup_grid`` (the grid the run already
     asked, answered again at no cost), and with noised releases from a zoom around that estimate. Where the
@@ -134,10 +133,12 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     evenly spaced points: quantile spacing was no better for them on average
     (docs/evidence/tier1/breslow_grid.md).
     ``quantile-noised`` places noised points at the quantiles too (for that comparison); ``uniform`` and a
-    fixed ``hazard-max-time`` space the points evenly."""
+    fixed ``hazard-max-time`` space the points evenly; noised sums come on ``hazard-noised-points`` points.
+    The sites send the sums of exp(risk - ``center``) (noised ones with |risk - center| clipped by their
+    policy), so the cumulative hazard returned, for exp(risk), is theirs times exp(-center)."""
     t_max = cfg.hazard_max_time
     errors = release_error if release_error is not None else {}
-    n_points = min(cfg.hazard_points, NOISED_HAZARD_POINTS) if noised else cfg.hazard_points
+    n_points = min(cfg.hazard_points, cfg.hazard_noised_points) if noised else cfg.hazard_points
     points = None
     if t_max <= 0:
         replies = ask(grid, nodes, P.FOLLOWUP, cfg.round_timeout_s, P.GridRequest(followup_grid))
@@ -158,7 +159,7 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     spacing = "quantile" if points is not None else "uniform"
     if points is None:  # noised sums: the risk set's error grows with the intervals it is summed over, so fewer
         points = time_grid(t_max, n_points)
-    replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, P.HazardRequest(points))
+    replies = ask(grid, nodes, P.HAZARD, cfg.round_timeout_s, P.HazardRequest(points, float(center)))
     answered("baseline_hazard", replies)
     if not replies:
         return None
@@ -171,15 +172,26 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     errors["baseline_hazard"] = {"grid_points": len(points), "grid_spacing": spacing,
                                  "widest_merged_intervals": widest,
                                  "widest_merged_time": max(p.widest_time(points) for p in parts),
-                                 "groups_per_site": sorted(int(p.first.size) for p in parts)}
-    return points, baseline_from_sums(points, events, risk_sums)
+                                 "groups_per_site": sorted(int(p.first.size) for p in parts),
+                                 "risk_center": float(center)}
+    return points, baseline_from_sums(points, events, risk_sums) * float(np.exp(-center))
 
 
-def run_baseline_hazard(run) -> tuple[np.ndarray, np.ndarray] | None:
+def hazard_center(cfg: RunConfig, cutpoints: list[float] | None) -> float:
+    """The centre the sites subtract from Tier 1's risks before their Breslow sums: with ``hazard-center =
+    risk-groups``, the middle of the training risk's tertile cut points (about its median, from a release the
+    run makes anyway), else 0. Any centre keeps the sums' privacy; a centre near the middle of the risks keeps
+    the clipping of noised sums (core/privacy/noised_release.py) from flattening them."""
+    if cfg.hazard_center != "risk-groups" or not cutpoints:
+        return 0.0
+    return float(np.mean(cutpoints))
+
+
+def run_baseline_hazard(run, cutpoints: list[float] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`baseline_hazard` for a server/federation.Run: timed, and said."""
     t = time.perf_counter()
     hazard = baseline_hazard(run.grid, run.cfg, run.accepted, run.answered, run.release_error, run.followup_grid,
-                             run.noised)
+                             run.noised, hazard_center(run.cfg, cutpoints))
     run.timed("baseline_hazard", t)
     if hazard is not None:
         run.say(f"baseline hazard: {len(hazard[0])} grid points up to t = {hazard[0][-1]:.4g}; "

@@ -200,3 +200,63 @@ def test_the_gate_opens_only_for_a_win_that_stands_above_sampling_and_noise():
     assert not decide_noised(NoisedGateSums.of_sites([noised])).open
     worse = {**exact, M.GATE_RISK_SUM: -10.0}
     assert not decide_noised(NoisedGateSums.of_sites([worse])).open  # recovery alone is not enough
+
+
+class _NoNoise:
+    """An rng whose Laplace draws are 0 and which keeps the scales it was asked for."""
+
+    def __init__(self) -> None:
+        self.scales: list[float] = []
+
+    def laplace(self, loc, scale, size=None):
+        self.scales.append(float(scale))
+        return np.zeros(size) if size is not None else 0.0
+
+
+@pytest.mark.parametrize("bound", [0.25, 0.5, 2.0])
+def test_one_patient_moves_a_noised_breslow_risk_sum_by_at_most_exp_of_the_bound_and_the_noise_scales_with_it(bound):
+    """Whatever risk a crafted Tier 1 gives one patient, and whatever centre the coordinator sends, the
+    patient's term is exp(clip(risk - centre)) <= exp(bound): the Laplace scale of the leaving sums."""
+    rng = np.random.default_rng(0)
+    time, event, risk = rng.exponential(10, 50), rng.random(50) < 0.5, rng.normal(0, 1, 50)
+    grid = np.linspace(2, 20, 8)
+    low, high = risk.copy(), risk.copy()
+    low[0], high[0] = -1e6, 1e6
+    for center in (-3.0, 0.0, 4.0):
+        a = noised_hazard(time, event, low - center, grid, 1.0, _NoNoise(), bound=bound)
+        b = noised_hazard(time, event, high - center, grid, 1.0, _NoNoise(), bound=bound)
+        moved = np.abs(a.risk_sum - b.risk_sum).max()
+        assert moved <= np.exp(bound) - np.exp(-bound) + 1e-9
+    fake = _NoNoise()
+    noised_hazard(time, event, risk, grid, 1.0, fake, bound=bound)
+    assert fake.scales == [pytest.approx(2.0), pytest.approx(np.exp(bound) / 0.5)]  # events, then leaving sums
+
+
+def test_the_site_clips_its_breslow_sums_at_its_own_policys_bound_around_the_coordinators_centre(tmp_path, monkeypatch):
+    import rmmfed.core.site.site_releases as releases
+
+    seen = {}
+
+    def spy(time, event, risk, grid, epsilon, rng, bound):
+        seen.update(risk=np.asarray(risk), bound=bound)
+        return noised_hazard(time, event, risk, grid, epsilon, rng, bound=bound)
+
+    monkeypatch.setattr(releases, "noised_hazard", spy)
+    s = Site(tmp_path, policy="[dp]\nhazard-risk-bound = 0.3\n", **{"dp.time-cuts": "5,10,20"})
+    s.join()
+    s.freeze()
+    reply = s.send(P.HAZARD, P.HazardRequest(np.linspace(1, 30, 8), 1.5))
+    assert not reply.has_error(), reply.error.reason
+    assert seen["bound"] == 0.3  # the site's policy, not the coordinator, sets the clipping
+    train = s.session()._split("train")
+    keep = train.present.any(dim=1).numpy()
+    from rmmfed.core.model.train import predict_risk
+    exact = predict_risk(s.session().model(s.weights()), train)[keep]
+    assert np.allclose(seen["risk"], exact - 1.5, atol=1e-5)
+
+
+@pytest.mark.parametrize("center", [float("nan"), float("inf"), 1e7])
+def test_a_breslow_centre_that_is_not_a_finite_number_within_max_weight_is_refused(site, center):
+    site.freeze()
+    reply = site.send(P.HAZARD, P.HazardRequest(np.linspace(1, 30, 8), center))
+    assert "training.max-weight" in site.refusal(reply)

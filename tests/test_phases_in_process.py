@@ -255,3 +255,23 @@ def test_the_breslow_grid_sits_at_the_follow_up_quantiles_for_exact_sums_and_eve
     even = np.allclose(steps, steps[0], rtol=1e-9)
     assert even == (spacing == "uniform"), steps
     assert times[-1] == pytest.approx(doc["privacy_floor"]["hazard_max_time"]["estimate"])
+
+
+def test_exact_breslow_sums_centred_at_the_risk_groups_give_the_same_baseline_as_uncentred_ones(tmp_path):
+    """The sites send sums of exp(risk - centre); the server multiplies the cumulative hazard by
+    exp(-centre), so where nothing is clipped (exact sums) the centre changes nothing."""
+    policy = "[dp]\nrequired = false\nrelease-epsilon = 0\n"
+    out = {}
+    for center in ("zero", "risk-groups"):
+        (tmp_path / center).mkdir()
+        grid = _grid(tmp_path / center, policy)
+        over = {**TINY, "rounds": 1, "tier2.rounds": 0, "dp.enabled": False, "hazard-center": center}
+        res = run_federation(grid, RunConfig().with_overrides(over), n_sites=2, expected_dims=dict(DIMS))
+        out[center] = (res, build_metrics(res))
+    (zero, zdoc), (mid, mdoc) = out["zero"], out["risk-groups"]
+    assert zdoc["privacy_floor"]["baseline_hazard"]["risk_center"] == 0.0
+    center = mdoc["privacy_floor"]["baseline_hazard"]["risk_center"]
+    assert center == pytest.approx(float(np.mean(mid.fitted.cutpoints_))) and center != 0.0
+    h0, h1 = zero.fitted.baseline_hazard_, mid.fitted.baseline_hazard_
+    assert np.array_equal(h0.times, h1.times)
+    assert np.allclose(h0.cumhaz, h1.cumhaz, rtol=1e-5, atol=1e-9)

@@ -36,7 +36,7 @@ from ..aggregates.merged_histogram import MergedBins
 from .private_histogram import privatize_counts
 
 RISK_BOUND = 5.0  # |risk| clipped here before a noised risk-scale sum
-HAZARD_RISK_BOUND = 2.0  # |risk| clipped here before a noised Breslow sum: exp(2) = 7.4 bounds one patient's term
+HAZARD_RISK_BOUND = 0.5  # default |risk - centre| clip of a noised Breslow sum (the site policy's dp.hazard-risk-bound)
 
 
 @dataclass(frozen=True)

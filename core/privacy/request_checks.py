@@ -78,6 +78,18 @@ def time_grid() -> Callable:
     return check
 
 
+@request_check("risk-center")
+def risk_center() -> Callable:
+    """The centre the Breslow sums subtract from each risk: one finite number within training.max-weight
+    (any centre keeps a noised release's privacy: the clipping around it bounds each patient's term)."""
+    def check(req: Any, site: Any) -> None:
+        c, top = float(req.center), site.policy.policy.training.max_weight
+        if not (np.isfinite(c) and abs(c) <= top):
+            raise PolicyViolation("training.max-weight", f"the Breslow centre {c!r} is not a finite number within "
+                                  f"+-{top:g}", "the coordinator sends the centre of Tier 1's risks (e.g. 0)")
+    return check
+
+
 @request_check("baseline-hazard")
 def baseline_hazard() -> Callable:
     """The federated baseline hazard an evaluation carries: a time grid within max-bins, and a valid

@@ -32,6 +32,7 @@ File (TOML, or JSON with the same keys), every key optional; the defaults::
     allow-seeded-noise = false # noise from the coordinator's seed is replayable: refused
     release-epsilon = 1.0      # per release answer after training; 0 = exact merged releases
     release-grids = 2          # grids per noised release kind per run
+    hazard-risk-bound = 0.5    # noised Breslow sums: |risk - centre| clipped here (sensitivity exp(0.5))
 
     [training]
     max-lr = 0.01              # lr, tier2.lr and dp.lr
@@ -112,6 +113,9 @@ class DPPolicy(_Kebab):
                                    "min-patients, which a malicious coordinator can difference (docs/privacy.md)")
     release_grids: int = Field(2, ge=1, le=4, description="distinct grids answered per noised release kind per run "
                                "(a coarse one, then a zoom)")
+    hazard_risk_bound: float = Field(0.5, gt=0.0, le=5.0, description="noised Breslow sums: each patient's risk, "
+                                     "less the coordinator's centre, is clipped to +-this before exp(), so one "
+                                     "patient moves a risk sum by at most exp(this) (the Laplace noise's scale)")
 
 
 OPTIMIZERS = ("adamw", "adam")
@@ -179,6 +183,7 @@ class SitePolicy(_Kebab):
             f"dp.allow-seeded-noise {str(self.dp.allow_seeded_noise).lower()}",
             f"dp.release-epsilon {self.dp.release_epsilon:g}   (per release after training; 0 = exact, merged)",
             f"dp.release-grids   {self.dp.release_grids}   (grids per noised release kind per run)",
+            f"dp.hazard-risk-bound {self.dp.hazard_risk_bound:g}   (noised Breslow sums: |risk - centre| clipped here)",
             f"training.max-lr    {t.max_lr:g}",
             f"training.optimizers {', '.join(t.optimizers)}",
             f"training.max-local-epochs {t.max_local_epochs}",

@@ -14,7 +14,7 @@ from ..routing.fitted_two_tier import FittedTwoTier
 from ..aggregates.histogram import HistogramGrid
 from ..survival.merged_hazard import MergedHazard, merge_intervals
 from ..aggregates.merged_histogram import MergedBins, merge_bins
-from ..privacy.noised_release import ReleaseNoise, noised_hazard, noised_histogram
+from ..privacy.noised_release import HAZARD_RISK_BOUND, ReleaseNoise, noised_hazard, noised_histogram
 from ..privacy.private_histogram import privatize_counts
 from ..survival.risk_groups import RISK_GRID
 from ..routing.routing_score import calibration_scores
@@ -78,15 +78,17 @@ class SiteReleases:
         t = self.data.time[self.data.indices("train")]
         return self.merged_release(grid, t, np.arange(len(t)), k, "follow-up histogram", noise)
 
-    def hazard_release(self, grid: np.ndarray, k: int, noise: ReleaseNoise | None = None) -> MergedHazard:
-        """Breslow sums on ``grid``: intervals merged to >= k events and >= k patients leaving, or noised."""
+    def hazard_release(self, grid: np.ndarray, k: int, noise: ReleaseNoise | None = None, *, center: float = 0.0,
+                       bound: float = HAZARD_RISK_BOUND) -> MergedHazard:
+        """Breslow sums of exp(risk - ``center``) on ``grid``: intervals merged to >= k events and >= k patients
+        leaving, or noised with |risk - center| clipped to ``bound`` (the site policy's dp.hazard-risk-bound)."""
         train = self._split("train")
         keep = train.present.any(dim=1).cpu().numpy()
         require_patients(int(keep.sum()), k, "Breslow sums")
-        risk = predict_risk(self._tier1(), train)[keep]
+        risk = predict_risk(self._tier1(), train)[keep] - float(center)
         if noise is not None:
             return noised_hazard(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid,
-                                 noise.epsilon, noise.rng())
+                                 noise.epsilon, noise.rng(), bound=bound)
         merged = merge_intervals(train.time.cpu().numpy()[keep], train.event.cpu().numpy()[keep], risk, grid, k)
         if merged is None:
             raise PolicyViolation("min-patients", f"the Breslow sums would have fewer than {k} events or patients in "
