@@ -21,6 +21,13 @@ points evenly, the same run as ``uniform``, so it is not run twice):
   minimum (the default), which the other two noised runs use. The exact sums' risk sets are
   non-increasing already, so both rules leave them as they are.
 
+The three noised arms above ask the sums as rmm 0.13 did (16 points, each site clipping |risk| to 2, no
+centre: ``hazard-noised-points = 16``, ``hazard-center = zero`` and every site under OUT/bound-2-policy.toml,
+the default policy with ``dp.hazard-risk-bound = 2``). A sixth, ``default-policy-0.14``, asks them as the
+defaults now do (8 even points, risks centred at the middle of the risk-group cut points and clipped to
++-0.5 by the default policy); against ``default-policy-uniform`` it measures that change. ``--arms`` runs a
+subset, by folder name.
+
 Tier 1's risks do not depend on the grid (it is asked after training), so the C-index of each pair is
 the same; the IBS and the binned calibration error at the middle horizon move. Beside them: the pooled
 Cox's IBS with an exact Breslow baseline (evidence.cox_core.pooled_cox, simulation only). Writes
@@ -34,36 +41,49 @@ import pandas as pd
 from .common import each_cohort, evidence_parser, mean_sd, run_cached, write_results
 from .cox_core import COHORTS, POLICY, pooled_cox
 
-# (sites' policy, hazard-grid, hazard-risk-sets, folder); the folders of the first runs are kept for their cache
-ARMS = (("exact", "quantile", "running-min", "exact-quantile"), ("exact", "uniform", "running-min", "exact-uniform"),
-        ("default policy", "quantile-noised", "running-min", "default-policy-quantile-noised"),
-        ("default policy", "uniform", "running-min", "default-policy-uniform"),
-        ("default policy", "uniform", "isotonic", "default-policy-uniform-isotonic"))
+# (sites' policy, hazard-grid, hazard-risk-sets, folder, more overrides); the folders of the first runs are kept
+# for their cache
+V013 = {"hazard-noised-points": 16, "hazard-center": "zero"}
+ARMS = (("exact", "quantile", "running-min", "exact-quantile", {}),
+        ("exact", "uniform", "running-min", "exact-uniform", {}),
+        ("default policy", "quantile-noised", "running-min", "default-policy-quantile-noised", V013),
+        ("default policy", "uniform", "running-min", "default-policy-uniform", V013),
+        ("default policy", "uniform", "isotonic", "default-policy-uniform-isotonic", V013),
+        ("default policy, 0.14's sums (8 points, bound 0.5, centred)", "quantile", "running-min",
+         "default-policy-0.14", {}))
+BOUND_2 = "# the default site policy but rmm 0.13's clipping of noised Breslow sums\n[dp]\nhazard-risk-bound = 2.0\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = evidence_parser(__doc__, "runs/breslow-grid", COHORTS, seeds=(0,))
     p.add_argument("--noised-cohorts", nargs="*", default=None,
-                   help="cohorts that also run the default policy's two arms (default: every cohort)")
+                   help="cohorts that also run the default policy's arms (default: every cohort)")
+    p.add_argument("--arms", nargs="*", default=None, choices=[a[3] for a in ARMS],
+                   help="run only these arms (folder names; default: every arm)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    policy = args.out / "exact-cox-policy.toml"
+    policy, bound_2 = args.out / "exact-cox-policy.toml", args.out / "bound-2-policy.toml"
     policy.write_text(POLICY)
+    bound_2.write_text(BOUND_2)
     raw, skipped = [], []
     for cohort, seed, data in each_cohort(args, "breslow grid", skipped):
-        for arm, grid, risk_sets, name in ARMS:
+        for arm, grid, risk_sets, name, more in ARMS:
+            if args.arms is not None and name not in args.arms:
+                continue
             if arm != "exact" and args.noised_cohorts is not None and cohort not in args.noised_cohorts:
                 continue
-            over = {"tier2.rounds": 0, "seed": seed, "hazard-grid": grid, "hazard-risk-sets": risk_sets}
+            over = {"tier2.rounds": 0, "seed": seed, "hazard-grid": grid, "hazard-risk-sets": risk_sets, **more}
             if arm == "exact":
                 over["dp.enabled"] = False
             else:
                 over["dp.seeded-noise"] = True
             folder = args.out / cohort / f"seed-{seed}" / name
-            m = run_cached(data, folder, over, policy=policy if arm == "exact" else None)
+            site_policy = policy if arm == "exact" else (bound_2 if more == V013 else None)
+            m = run_cached(data, folder, over, policy=site_policy)
             s = m.get("survival") or {}
             hz = (m.get("privacy_floor") or {}).get("baseline_hazard") or {}
             raw.append({"cohort": cohort, "seed": seed, "arm": arm, "grid": grid, "risk_sets": risk_sets,
+                        "risk_center": hz.get("risk_center"), "grid_points": hz.get("grid_points"),
                         "spacing_used": hz.get("grid_spacing"), "c_index": m["federated"]["c_index"],
                         "ibs": s.get("ibs"), "calibration_error": (s.get("calibration") or {}).get("binned_error"),
                         "widest_interval_time": hz.get("widest_merged_time")})
