@@ -312,6 +312,8 @@ def test_the_dp_learning_rate_is_chosen_on_validation_never_on_test():
     assert best_lr(rows, [0.002, 0.01]) == 0.01  # the better validation, although its test C-index is worse
     lines = table(rows, [0.002, 0.01])
     assert "| val C-index, lr 0.01 | 0.720 | 0.720 | 0.720 |" in lines and lines[-1].endswith("lr 0.01.")
+    clip = table(rows, [0.002, 0.01], "dp.max-grad-norm")  # another key swept: the table names it
+    assert clip[0].startswith("| dp.max-grad-norm |") and "| test C-index, dp.max-grad-norm 0.002 | 0.800 | 0.800 | 0.800 |" in clip
 
 
 def test_the_penalty_study_picks_what_a_run_picks_under_the_runs_rule(tmp_path):

@@ -10,7 +10,9 @@ last round kept), Tier 1 only at epsilon 6 (Tier 1's share of a default run), wi
     rmm-simulate --seeded-noise --seed S [--data COHORT] --no-pooled --set tier2.rounds=0 \\
         --set dp.target-epsilon=6 --set KEY=LR --out OUT/<cohort>/seed-S/lr-LR
 
-``KEY`` is the run-config key the rate is set through (``lr`` before rmm 0.12, ``dp.lr`` after).
+``KEY`` is the run-config key the rate is set through (``lr`` before rmm 0.12, ``dp.lr`` after); any other
+numeric key sweeps that key instead (e.g. ``--key dp.max-grad-norm --lrs 0.3 1 3``: the values are still
+given with ``--lrs`` and the run folders are still named ``lr-<value>``).
 ``--policy FILE`` gives every site that site policy instead of the default one (``rmm-simulate --policy``): e.g.
 the default policy with a higher ``training.max-lr``, to try rates above the default cap. The
 simulation holds every site's data, so afterwards each run's ``model.pt`` is scored on the pooled
@@ -60,16 +62,18 @@ def best_lr(rows: list[dict], lrs: list[float]) -> float:
     return max(lrs, key=lambda lr: statistics.fmean(r["val"] for r in rows if r["lr"] == lr))
 
 
-def table(rows: list[dict], lrs: list[float]) -> list[str]:
-    """Markdown: mean validation and test C-index per cohort and rate, and the rate validation picks."""
+def table(rows: list[dict], lrs: list[float], key: str = "lr") -> list[str]:
+    """Markdown: mean validation and test C-index per cohort and value of ``key`` (the rate, or whichever
+    run-config key ``--key`` swept), and the value validation picks."""
     cohorts = list(dict.fromkeys(r["cohort"] for r in rows))
-    lines = ["| DP learning rate | " + " | ".join(cohorts) + " | mean |", "|---" * (len(cohorts) + 2) + "|"]
+    name = "DP learning rate" if key in ("lr", "dp.lr") else key
+    lines = [f"| {name} | " + " | ".join(cohorts) + " | mean |", "|---" * (len(cohorts) + 2) + "|"]
     for split in ("val", "test"):
         for lr in lrs:
             per = [statistics.fmean(r[split] for r in rows if r["cohort"] == c and r["lr"] == lr) for c in cohorts]
-            lines.append(f"| {split} C-index, lr {lr:g} | " + " | ".join(f"{v:.3f}" for v in per)
+            lines.append(f"| {split} C-index, {key} {lr:g} | " + " | ".join(f"{v:.3f}" for v in per)
                          + f" | {statistics.fmean(per):.3f} |")
-    return lines + ["", f"Best mean validation C-index over every cohort and seed: lr {best_lr(rows, lrs):g}."]
+    return lines + ["", f"Best mean validation C-index over every cohort and seed: {key} {best_lr(rows, lrs):g}."]
 
 
 def _run(out: Path, cohort: str, data_root: Path, seed: int, key: str, lr: float,
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = table(rows, args.lrs)
+    lines = table(rows, args.lrs, args.key)
     (args.out / "dp_lr.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
