@@ -25,8 +25,9 @@ The three noised arms above ask the sums as rmm 0.13 did (16 points, each site c
 centre: ``hazard-noised-points = 16``, ``hazard-center = zero`` and every site under OUT/bound-2-policy.toml,
 the default policy with ``dp.hazard-risk-bound = 2``). A sixth, ``default-policy-0.14``, asks them as the
 defaults now do (8 even points, risks centred at the middle of the risk-group cut points and clipped to
-+-0.5 by the default policy); against ``default-policy-uniform`` it measures that change. ``--arms`` runs a
-subset, by folder name.
++-0.5 by the default policy); against ``default-policy-uniform`` it measures that change. A seventh,
+``default-policy-0.14-quantile``, puts 0.14's noised points at the follow-up quantiles
+(``hazard-grid = quantile-noised``). ``--arms`` runs a subset, by folder name.
 
 Tier 1's risks do not depend on the grid (it is asked after training), so the C-index of each pair is
 the same; the IBS and the binned calibration error at the middle horizon move. Beside them: the pooled
@@ -50,7 +51,9 @@ ARMS = (("exact", "quantile", "running-min", "exact-quantile", {}),
         ("default policy", "uniform", "running-min", "default-policy-uniform", V013),
         ("default policy", "uniform", "isotonic", "default-policy-uniform-isotonic", V013),
         ("default policy, 0.14's sums (8 points, bound 0.5, centred)", "quantile", "running-min",
-         "default-policy-0.14", {}))
+         "default-policy-0.14", {}),
+        ("default policy, 0.14's sums at the follow-up quantiles", "quantile-noised", "running-min",
+         "default-policy-0.14-quantile", {}))
 BOUND_2 = "# the default site policy but rmm 0.13's clipping of noised Breslow sums\n[dp]\nhazard-risk-bound = 2.0\n"
 
 
