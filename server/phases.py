@@ -164,17 +164,24 @@ def baseline_hazard(grid: Grid, cfg: RunConfig, nodes: list[int], answered=lambd
     if not replies:
         return None
     parts = [MergedHazard.from_arrays(decode(r, P.HazardReply).sums, len(points)) for r in replies.values()]
-    events, risk_sums = fine_sums(parts, len(points))
-    # noised sums (core/privacy/noised_release.py) can dip below 0 or rise: events >= 0 and a risk set that only
-    # shrinks over time (post-processing; exact sums already are)
-    events, risk_sums = np.clip(events, 0.0, None), monotone_risk_sets(risk_sums, cfg.hazard_risk_sets)
     widest = max(p.widest() for p in parts)
     errors["baseline_hazard"] = {"grid_points": len(points), "grid_spacing": spacing,
                                  "widest_merged_intervals": widest,
                                  "widest_merged_time": max(p.widest_time(points) for p in parts),
                                  "groups_per_site": sorted(int(p.first.size) for p in parts),
                                  "risk_center": float(center)}
-    return points, baseline_from_sums(points, events, risk_sums) * float(np.exp(-center))
+    return points, baseline_from_parts(points, parts, center, cfg.hazard_risk_sets)
+
+
+def baseline_from_parts(points: np.ndarray, parts: list[MergedHazard], center: float = 0.0,
+                        risk_sets: str = "running-min") -> np.ndarray:
+    """The cumulative hazard, for exp(risk), at ``points`` from the sites' Breslow sums of exp(risk - ``center``)
+    (merged groups spread back, or noised intervals). Noised sums (core/privacy/noised_release.py) can dip
+    below 0 or rise: events are clipped at 0 and the risk sets made non-increasing (post-processing; exact
+    sums already are)."""
+    events, risk_sums = fine_sums(parts, len(points))
+    events, risk_sums = np.clip(events, 0.0, None), monotone_risk_sets(risk_sums, risk_sets)
+    return baseline_from_sums(points, events, risk_sums) * float(np.exp(-center))
 
 
 def hazard_center(cfg: RunConfig, cutpoints: list[float] | None) -> float:

@@ -56,6 +56,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import RmmError
+from .noised_release import HAZARD_RISK_BOUND
 
 PHASES = ("statistics", "cox", "tier1", "validation", "calibration", "baseline-hazard", "tier2", "risk-groups",
           "evaluation")
@@ -113,7 +114,7 @@ class DPPolicy(_Kebab):
                                    "min-patients, which a malicious coordinator can difference (docs/privacy.md)")
     release_grids: int = Field(2, ge=1, le=4, description="distinct grids answered per noised release kind per run "
                                "(a coarse one, then a zoom)")
-    hazard_risk_bound: float = Field(0.5, gt=0.0, le=5.0, description="noised Breslow sums: each patient's risk, "
+    hazard_risk_bound: float = Field(HAZARD_RISK_BOUND, gt=0.0, le=5.0, description="noised Breslow sums: each patient's risk, "
                                      "less the coordinator's centre, is clipped to +-this before exp(), so one "
                                      "patient moves a risk sum by at most exp(this) (the Laplace noise's scale)")
 

@@ -27,15 +27,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...core.data.site_data import discover_sites
+from ...core.config import RunConfig
 from ...core.model.train import predict_risk
 from ...core.outputs.bundle import load_bundle
 from ...core.privacy.noised_release import noised_hazard
-from ...core.site.site_session import SiteSession
 from ...core.survival.baseline_hazard import baseline_from_sums, local_hazard_sums, time_grid
 from ...core.survival.survival_metrics import combine, site_sums
-from ...server.phases import monotone_risk_sets
-from .common import each_cohort, evidence_parser, run_cached
+from ...server.phases import baseline_from_parts, hazard_center
+from .common import LoadedRun, each_cohort, evidence_parser, run_cached
 from .cox_core import COHORTS
 
 EPSILON = 1.0  # the default policy's dp.release-epsilon
@@ -45,19 +44,16 @@ DESIGNS = tuple((p, b, "risk groups") for p in (8, 12, 16) for b in (0.25, 0.5, 
 
 def site_risks(run, cohort) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Per split, per site: (time, event, Tier 1 risk) of the patients with a modality (those a site sums)."""
-    b = load_bundle(run / "model.pt")
-    cfg, stats = b.run_config, b.stats()
-    weights = {k: v.cpu().numpy() for k, v in b.tier1.items()}
-    out: dict[str, list] = {s: [] for s in ("train", "val", "test")}
-    for path in discover_sites(cohort):
-        s = SiteSession(path, device="cpu")
-        s.bind_schema(dict(b.modalities))
-        s.setup(cfg, stats)
-        for split in out:
-            part = s.split(split)
-            keep = part.present.any(dim=1).cpu().numpy()
-            out[split].append((part.time.cpu().numpy()[keep].astype(float), part.event.cpu().numpy()[keep] > 0,
-                               predict_risk(s.model(weights), part)[keep]))
+    loaded = LoadedRun(run)
+    sites = loaded.load_sites(cohort)
+    out: dict[str, list] = {}
+    for split in ("train", "val", "test"):
+        out[split] = []
+        for s in sites:
+            part = loaded.tensors(s).subset(s.indices(split))
+            keep = part.present.any(dim=1).numpy()
+            out[split].append((part.time.numpy()[keep].astype(float), part.event.numpy()[keep] > 0,
+                               predict_risk(loaded.model, part)[keep]))
     return out
 
 
@@ -68,11 +64,8 @@ def ibs(parts, grid: np.ndarray, cumhaz: np.ndarray) -> float:
 def score(risks, t_max: float, points: int, bound: float, center: float, rng) -> tuple[float, float]:
     """(validation IBS, test IBS) of one draw of the sites' noised sums under one design."""
     grid = time_grid(t_max, points)
-    events, risk_sets = np.zeros(points), np.zeros(points)
-    for t, e, r in risks["train"]:
-        m = noised_hazard(t, e, r - center, grid, EPSILON, rng, bound=bound)
-        events, risk_sets = events + m.events, risk_sets + m.risk_sum
-    cumhaz = baseline_from_sums(grid, np.clip(events, 0.0, None), monotone_risk_sets(risk_sets)) * np.exp(-center)
+    parts = [noised_hazard(t, e, r - center, grid, EPSILON, rng, bound=bound) for t, e, r in risks["train"]]
+    cumhaz = baseline_from_parts(grid, parts, center)  # the server's own post-processing
     return ibs(risks["val"], grid, cumhaz), ibs(risks["test"], grid, cumhaz)
 
 
@@ -121,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     for cohort, seed, data in each_cohort(args, "noised breslow", skipped):
         folder = args.out / cohort / f"seed-{seed}" / "run"
         run_cached(data, folder, {"tier2.rounds": 0, "seed": seed, "dp.seeded-noise": True, "dp.target-epsilon": 6})
-        cut = load_bundle(folder / "model.pt").fitted.cutpoints_
-        center = float(np.mean(cut)) if cut else 0.0
+        center = hazard_center(RunConfig(), load_bundle(folder / "model.pt").fitted.cutpoints_)  # the run's own
         for row in study(site_risks(folder, data), center, args.draws, seed):
             raw.append({"cohort": cohort, "seed": seed, "center": center, **row})
         pd.DataFrame(raw).to_csv(args.out / "noised_breslow_raw.csv", index=False)
