@@ -224,6 +224,10 @@ class RunConfig(_Strict):
     select_best: bool = Field(True, description="keep the round with the best federated validation score "
                               "(select-metric), from the sites whose policy opts into per-round validation; "
                               "with none, the last round")
+    average_last: int = Field(0, ge=0, description="Tier 1 without model selection (no site validates each round, "
+                              "as under the default site policy): keep the mean of the last this-many rounds' "
+                              "aggregated weights instead of the last round's (post-processing of the noisy DP-SGD "
+                              "iterates: no privacy cost, no question to the sites); 0 = the last round")
     min_sites: int = Field(0, ge=0, description="sites a round needs; 0 = a majority of the accepted sites")
     round_timeout_s: float = Field(600.0, gt=0.0, description="seconds the coordinator waits for the sites' "
                                    "replies to one request (a round, a histogram, ...); a site that has not "

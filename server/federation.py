@@ -276,7 +276,7 @@ def tier1(run: Run, hs: Handshake, stats: FeatureStats) -> tuple[dict[str, np.nd
     weights, history, best_round, _ = run_phase(
         run.grid, cfg, run.accepted, train=P.TIER1_ROUND, evaluate=P.TIER1_VALIDATION, rounds=cfg.rounds,
         select_best=cfg.select_best and run.validates, initial=initial, state=run.state, ckpt=run.ckpt,
-        base=run.base, progress=run.progress)
+        base=run.base, progress=run.progress, average_last=cfg.average_last)
     if core is not None:
         run.residual_weights = weights  # the kept round as trained (a simulation scores it against the decision)
         weights, decision = cox_phase.keep_residual(weights, history, best_round, core, cfg.model.residual_min_gain)

@@ -23,18 +23,21 @@ from .noised_quantile import zoom_grid
 from .progress import Progress
 from .queries import ask, bracket_doc, decode, isotonic, merged_parts
 from .strategies import make_strategy, sums_from_plain
+from .tail_average import TailAverage
 
 
 def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase, evaluate: P.Phase, rounds: int,
               select_best: bool, initial: dict[str, np.ndarray], state: dict | None, ckpt: Checkpoint, base: dict,
-              progress: Progress, keep_best: bool | None = None
+              progress: Progress, keep_best: bool | None = None, average_last: int = 0
               ) -> tuple[dict[str, np.ndarray], list[dict], int, dict[int, ValidationSums]]:
     """One federated training phase (``train``: Tier 1 or Tier 2 rounds, ``evaluate``: their validation)
     with per-round checkpoints and resume; returns (weights, history, kept round, the Tier 2 gate's typed
     validation sums per round: empty for Tier 1).
 
     ``select_best`` validates every round; ``keep_best`` (default: ``select_best``) then keeps the best
-    round's weights instead of the last round's."""
+    round's weights instead of the last round's. Otherwise, with ``average_last`` = K > 0, the phase
+    keeps the mean of its last K rounds' aggregated weights (server/tail_average.py); the kept round
+    returned is then the last."""
     phase = train.name
     keep_best = select_best if keep_best is None else keep_best
     say = progress.phase
@@ -64,6 +67,8 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
 
     strategy.on_round_end(save)
     strategy.last_round = rounds  # each earlier round is validated inside the next training round
+    if average_last > 0 and not keep_best and strategy.tail is None:  # (a resumed phase restored its own)
+        strategy.tail = TailAverage(rounds - average_last + 1)
     final = initial
     if rounds - offset > 0:
         progress.rounds_start(phase, rounds, offset)
@@ -75,6 +80,9 @@ def run_phase(grid: Grid, cfg: RunConfig, accepted: list[int], *, train: P.Phase
             strategy.say_repeated()  # a warning repeated over the rounds: once more, with its count
         final = {k: v.numpy() for k, v in result.arrays.to_torch_state_dict().items()}
     best_round = rounds
+    if not keep_best and strategy.tail is not None and len(strategy.tail):
+        final = strategy.tail.mean()
+        say(f"{phase}: the kept weights are the mean of {strategy.tail.describe()} (average-last = {average_last})")
     if keep_best and strategy.best_arrays is not None:
         final = {k: v.numpy() for k, v in strategy.best_arrays.to_torch_state_dict().items()}
         best_round = strategy.best_round

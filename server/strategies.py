@@ -20,6 +20,7 @@ from ..flower.refusal import refused_key
 from .defences import ROBUST_STRATEGIES, central_dp, defended
 from .queries import decode
 from .repeated_warnings import RepeatedWarnings, sites
+from .tail_average import TailAverage
 
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t")  # FedOpt family (FedAdam, FedYogi, FedAdagrad)
 
@@ -46,6 +47,7 @@ def _restricted(base: type) -> type:
             self.repeated = RepeatedWarnings(f"{name} training")  # per-round warnings: once at once, then a count
             self.repeated_val = RepeatedWarnings(f"{name} validation")
             self.last_arrays = None
+            self.tail: TailAverage | None = None  # the phase's last rounds' mean (server/tail_average.py)
             self._sent = None
             self.checkpoint_fn: Callable | None = None
             self._t0 = time.perf_counter()
@@ -64,6 +66,8 @@ def _restricted(base: type) -> type:
             self.validation_sums = sums_from_plain(state.get("validation_sums"))
             if state.get("best_weights") is not None:
                 self.best_arrays = _array_record(state["best_weights"])
+            if state.get("tail") is not None:
+                self.tail = TailAverage.from_plain(state["tail"])
             for k, v in (state.get("strategy") or {}).items():  # FedOpt moments
                 if k in STRATEGY_STATE:
                     setattr(self, k, v)
@@ -73,6 +77,7 @@ def _restricted(base: type) -> type:
             return {"weights": _numpy(self.last_arrays), "history": self.history, "best_score": self.best_score,
                     "best_round": self.best_round, "validation_sums": sums_to_plain(self.validation_sums),
                     "best_weights": _numpy(self.best_arrays) if self.best_arrays is not None else None,
+                    "tail": self.tail.to_plain() if self.tail is not None else None,
                     "strategy": {k: getattr(self, k) for k in STRATEGY_STATE if getattr(self, k, None) is not None}}
 
         def on_round_end(self, hook: Callable | None) -> None:
@@ -195,6 +200,8 @@ def _restricted(base: type) -> type:
                                    f"the weights stay those sent this round ({len(replies) - ok} of {len(replies)} "
                                    "replies failed)")
             self.last_arrays = arrays if arrays is not None else self._sent
+            if self.tail is not None and self.last_arrays is not None:
+                self.tail.add(rnd, _numpy(self.last_arrays))
             info = {"round": server_round + self.round_offset, "sites": ok, "failed": len(replies) - ok,
                     "seconds": time.perf_counter() - self._t0, **(dict(metrics) if metrics else {})}
             self.history.append(info)

@@ -275,3 +275,29 @@ def test_exact_breslow_sums_centred_at_the_risk_groups_give_the_same_baseline_as
     h0, h1 = zero.fitted.baseline_hazard_, mid.fitted.baseline_hazard_
     assert np.array_equal(h0.times, h1.times)
     assert np.allclose(h0.cumhaz, h1.cumhaz, rtol=1e-5, atol=1e-9)
+
+
+def test_under_the_default_policy_average_last_keeps_the_mean_of_the_last_rounds_weights(tmp_path, monkeypatch):
+    """Tail averaging is the coordinator's post-processing of the DP-SGD iterates it already holds: the
+    kept (and frozen) Tier 1 is the mean of the last K rounds' aggregates, and the sites are asked nothing more."""
+    from rmmfed.server import tail_average
+
+    seen: dict[int, dict] = {}
+    add = tail_average.TailAverage.add
+
+    def spy(self, rnd, weights):
+        seen[rnd] = {k: np.array(v, copy=True) for k, v in weights.items()}
+        add(self, rnd, weights)
+
+    monkeypatch.setattr(tail_average.TailAverage, "add", spy)
+    said: list[str] = []
+    cfg = RunConfig().with_overrides({**TINY, "rounds": 3, "tier2.rounds": 0, "average-last": 2})
+    grid = _grid(tmp_path)
+    res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS), progress=_Said(said))
+    assert sorted(seen) == [1, 2, 3] and res.best_round == 3  # every round offered, rounds 2-3 averaged
+    for k, v in res.weights.items():
+        if np.issubdtype(v.dtype, np.floating):
+            np.testing.assert_allclose(v, (seen[2][k].astype(np.float64) + seen[3][k]) / 2, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(v, seen[3][k]) for k, v in res.weights.items())  # not simply the last round
+    assert any("mean of rounds 2-3" in line for line in said), said
+    assert not {P.TIER1_VALIDATION.message_type, P.TIER2_VALIDATION.message_type} & set(grid.sent)
