@@ -166,6 +166,9 @@ class DPConfig(_Strict):
     lr: float = Field(0.01, ge=0.0, description="Tier 1's peak learning rate under DP-SGD (the run's lr-schedule "
                       "applies); 0 = the run's lr. DP-Adam steps on gradients that the noise dominates, so each "
                       "coordinate's signal moves at about lr x signal / noise per step")
+    batch_size: int = Field(0, ge=0, description="expected size of Tier 1's Poisson-sampled DP-SGD batches; 0 = "
+                            "the run's batch-size. Smaller batches give a small site more, subsampled steps per "
+                            "round (each with less noise for the same epsilon) instead of one full-batch step")
     tier2_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of target-epsilon spent on Tier 2's "
                                "DP-SGD; Tier 1 gets the rest (the two add up under composition)")
 

@@ -204,6 +204,17 @@ def test_accountant_state_survives_serialisation_between_rounds(dp_setup, dims):
     assert SiteAccountant().epsilon(1e-5) == 0.0
 
 
+def test_dp_batch_size_sets_tier1s_poisson_sample_rate_and_the_run_batch_size_applies_without_it(dp_setup, dims):
+    data, _, cfg, _ = dp_setup
+    n = len(data)
+    for dp, batch in ((DPConfig(enabled=True), cfg.batch_size), (DPConfig(enabled=True, batch_size=16), 16)):
+        acc = SiteAccountant()
+        _, out = _train(dp_setup, dims, acc, rounds=2, budget=2, dp=dp)
+        batches = -(-n // batch)  # one epoch of the loader
+        assert [q for _, q, _ in acc.history] == pytest.approx([1.0 / batches] * len(acc.history))
+        assert sum(k for _, _, k in acc.history) == 2 * batches and out[-1][1] <= 8.0 + 1e-6
+
+
 def test_a_round_beyond_the_planned_budget_is_refused(dp_setup, dims):
     acc = SiteAccountant()
     model, _ = _train(dp_setup, dims, acc, rounds=1, budget=1)

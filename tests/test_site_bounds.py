@@ -61,6 +61,7 @@ def _new_run(s: Site, run_id: int) -> None:
     ({"tier2.local-steps": 100_000}, "training.max-local-steps"),
     ({"local-epochs": 50}, "training.max-local-epochs"),
     ({"batch-size": 2}, "min-patients"),
+    ({"dp.batch-size": 3}, "min-patients"),
     ({"model.hidden-dim": 4096}, "training.max-width"),
     ({"model.embed-dim": 100_000}, "training.max-width"),
 ])

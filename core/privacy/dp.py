@@ -255,7 +255,7 @@ def train_tier1_dp(model: Tier1Model, data: SiteTensors, stats: FeatureStats, cf
     baseline = baseline if baseline is not None else DiscreteTimeBaseline(len(cuts) + 1)
     net = PerSampleTier1Loss(model, baseline, cuts.to(device), stats, mc.anat_kappa,
                              separate_rec_view=mc.modality_dropout <= 0).to(device)
-    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=min(cfg.batch_size, n))
+    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=min(dp.batch_size or cfg.batch_size, n))
     q = 1.0 / len(loader)  # Opacus' sample rate for this loader
     sigma = dp.noise_multiplier or planned_noise_multiplier(eps_target, dp.target_delta, q, total_epochs_budget)
     this_round = (sigma, q, epochs * len(loader))

@@ -120,9 +120,12 @@ class RequestPolicy:
             if v > t.max_local_steps:
                 raise PolicyViolation("training.max-local-steps", f"{name} = {v} is above this site's "
                                       f"{t.max_local_steps}", f"the coordinator sets {name} <= {t.max_local_steps}")
-        if cfg.batch_size < k:
-            raise PolicyViolation("min-patients", f"batch-size {cfg.batch_size} is below this site's floor of {k} "
-                                  "patients per step", f"the coordinator sets batch-size >= {k}")
+        batches = (("batch-size", cfg.batch_size),) + ((("dp.batch-size", cfg.dp.batch_size),)
+                                                       if cfg.dp.enabled and cfg.dp.batch_size > 0 else ())
+        for name, b in batches:
+            if b < k:
+                raise PolicyViolation("min-patients", f"{name} {b} is below this site's floor of {k} patients per "
+                                      "step", f"the coordinator sets {name} >= {k}")
         m, t2 = cfg.model, cfg.tier2
         widths = {"model.embed-dim": m.embed_dim, "model.prompt-dim": m.prompt_dim, "model.attn-dim": m.attn_dim,
                   "model.hidden-dim": m.hidden_dim, "model.reduce-dim": m.reduce_dim, "tier2.hidden-dim": t2.hidden_dim,
