@@ -316,6 +316,21 @@ def test_the_dp_learning_rate_is_chosen_on_validation_never_on_test():
     assert clip[0].startswith("| dp.max-grad-norm |") and "| test C-index, dp.max-grad-norm 0.002 | 0.800 | 0.800 | 0.800 |" in clip
 
 
+def test_the_dp_sweep_runs_each_value_with_the_extra_overrides_under_the_default_policy(tmp_path, monkeypatch):
+    from rmmfed.simulations.evidence import dp_lr
+
+    calls = []
+    monkeypatch.setattr(dp_lr.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    (tmp_path / "data" / "tcga-x").mkdir(parents=True)
+    run, data = dp_lr._run(tmp_path / "out", "tcga-x", tmp_path / "data", 1, "average-last", 10.0,
+                           extra=("dp.batch-size=16",))
+    assert run == tmp_path / "out" / "tcga-x" / "seed-1" / "lr-10" and data == tmp_path / "data" / "tcga-x"
+    cmd = calls[0]
+    pairs = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert "average-last=10" in pairs and "dp.batch-size=16" in pairs and "dp.target-epsilon=6" in pairs
+    assert "--policy" not in cmd and "--seeded-noise" in cmd  # the default policy; noise seeded by the simulation's explicit switch
+
+
 def test_the_penalty_study_picks_what_a_run_picks_under_the_runs_rule(tmp_path):
     """evidence.cox_penalty's row for the run's rule is the Cox core a run fits: the same penalizer, and a
     test C-index computed on the same design."""

@@ -2,6 +2,7 @@
 
     python -m rmmfed.simulations.evidence.dp_lr [--lrs 0.002 0.005 0.01] [--seeds 0 1] [--out runs/dp-lr]
         [--cohorts default tcga-gbmlgg ...] [--data-root ../shared/data] [--key dp.lr] [--policy FILE]
+        [--set KEY=VALUE ...]
 
 Per cohort, seed and learning rate, one ``rmm-simulate`` run under the default site policy (DP-SGD, the
 last round kept), Tier 1 only at epsilon 6 (Tier 1's share of a default run), with noise seeded from
@@ -13,7 +14,8 @@ last round kept), Tier 1 only at epsilon 6 (Tier 1's share of a default run), wi
 ``KEY`` is the run-config key the rate is set through (``lr`` before rmm 0.12, ``dp.lr`` after); any other
 numeric key sweeps that key instead (e.g. ``--key dp.max-grad-norm --lrs 0.3 1 3``: the values are still
 given with ``--lrs`` and the run folders are still named ``lr-<value>``).
-``--policy FILE`` gives every site that site policy instead of the default one (``rmm-simulate --policy``): e.g.
+``--set KEY=VALUE`` (repeatable) adds a run-config override to every run, e.g. to sweep one key at another's
+chosen value. ``--policy FILE`` gives every site that site policy instead of the default one (``rmm-simulate --policy``): e.g.
 the default policy with a higher ``training.max-lr``, to try rates above the default cap. The
 simulation holds every site's data, so afterwards each run's ``model.pt`` is scored on the pooled
 validation split (the patients no phase of the run trained on and no default-policy site reports on)
@@ -77,7 +79,7 @@ def table(rows: list[dict], lrs: list[float], key: str = "lr") -> list[str]:
 
 
 def _run(out: Path, cohort: str, data_root: Path, seed: int, key: str, lr: float,
-         policy: Path | None = None) -> tuple[Path, Path]:
+         policy: Path | None = None, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
     run = out / cohort / f"seed-{seed}" / f"lr-{lr:g}"
     first = out / cohort / f"seed-{seed}" / "cohort"  # the default cohort: generated once per seed
     data = data_root / cohort if cohort != "default" else first
@@ -85,6 +87,8 @@ def _run(out: Path, cohort: str, data_root: Path, seed: int, key: str, lr: float
         cmd = [sys.executable, "-m", "rmmfed.simulations.simulate", "--seeded-noise", "--seed", str(seed),
                "--no-pooled", "--set", "tier2.rounds=0", "--set", "dp.target-epsilon=6", "--set", f"{key}={lr:g}",
                "--out", str(run)]
+        for kv in extra:
+            cmd += ["--set", kv]
         if cohort != "default" or first.is_dir():
             cmd += ["--data", str(data)]
         if policy is not None:
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/dp-lr"))
     p.add_argument("--key", default="dp.lr", help="run-config key of Tier 1's DP learning rate (dp.lr; lr before rmm 0.12)")
     p.add_argument("--policy", type=Path, help="site policy file for every site (default: the default policy)")
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="another run-config override for every run (repeatable), e.g. dp.batch-size=16")
     args = p.parse_args(argv)
     rows = []
     for cohort in args.cohorts:
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for seed in args.seeds:
             for lr in args.lrs:
-                run, data = _run(args.out, cohort, args.data_root, seed, args.key, lr, args.policy)
+                run, data = _run(args.out, cohort, args.data_root, seed, args.key, lr, args.policy, tuple(args.extra))
                 row = {"cohort": cohort, "seed": seed, "lr": lr, "val": split_c_index(run, data, "val"),
                        "test": split_c_index(run, data, "test")}
                 rows.append(row)
