@@ -120,7 +120,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
     cohort = tmp_path / "cohort"
     generate_cohort(CohortConfig(n_patients=200, seed=5), cohort)
     toy_policy(cohort)
-    args = ["--data", str(cohort), "--seed", "5", "--no-pooled", "--set", "rounds=4", "--seeded-noise", *TINY[2:]]
+    # average-last = 3: Tier 1 keeps the mean of rounds 2-4, so the resumed run must restore round 2's share
+    args = ["--data", str(cohort), "--seed", "5", "--no-pooled", "--set", "rounds=4", "--set", "average-last=3",
+            "--seeded-noise", *TINY[2:]]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
     real_save = ck.Checkpoint.save
@@ -135,6 +137,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
         main([*args, "--out", str(tmp_path / "cut")])
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)  # plain tensors and containers
     assert (saved["phase"], saved["round"]) == ("tier1", 2)
+    assert list(saved["tail"]["rounds"]) == [2]  # the averaged rounds so far travel with the checkpoint
     monkeypatch.setattr(ck.Checkpoint, "save", real_save)
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
 
