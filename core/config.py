@@ -292,6 +292,10 @@ class RunConfig(_Strict):
             if self.dp.train_parts == "linear" and not self.model.linear_path:
                 raise ValueError("dp.train-parts = 'linear' trains only the linear path, which model.linear-path = "
                                  "false removes. Fix: set model.linear-path = true, or dp.train-parts = 'all'")
+        if self.average_last > 0 and self.central_dp_noise > 0:
+            raise ValueError("average-last with central-dp-noise: the mean would be taken of the rounds' aggregates "
+                             "before the central noise is added, so the kept model would lack it. Fix: set "
+                             "average-last = 0, or central-dp-noise = 0")
         self.model.penalizers()  # raises with the fix when model.cox-penalizers is not a list of numbers >= 0
         if self.model.reduce_dim and self.model.reduce_dim > self.model.reduce_above:
             raise ValueError(f"model.reduce-dim={self.model.reduce_dim} is above model.reduce-above="

@@ -49,3 +49,13 @@ def test_asking_for_a_mean_before_any_averaged_round_says_how_to_fix_it():
     t.add(4, _w(1.0, 1))
     with pytest.raises(ValueError, match="Fix: ask for the mean only after a round at or after round 5"):
         t.mean()
+
+
+def test_a_run_config_averaging_rounds_under_central_dp_is_refused_with_the_fix():
+    """Flower's central-DP wrapper adds its noise after the strategy aggregates, so a mean of the strategy's
+    aggregates would drop that noise from the kept model."""
+    from rmmfed.core.config import RunConfig
+
+    with pytest.raises(ValueError, match="Fix: set average-last = 0, or central-dp-noise = 0"):
+        RunConfig().with_overrides({"average-last": 5, "central-dp-noise": 1.0})
+    assert RunConfig().with_overrides({"average-last": 5}).average_last == 5
