@@ -107,18 +107,33 @@ def goals(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as run-config overrides, values parsed as ``rmm-simulate --set`` parses them."""
+    from ..simulate import _parse_value
+
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r} is not KEY=VALUE. Fix: write e.g. --set select-best=false")
+        out[key.strip()] = _parse_value(val.strip())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = evidence_parser(__doc__, "runs/cox-core", COHORTS, seeds=(0, 1, 2))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--network-alone-seeds", type=int, nargs="*", default=[0],
                    help="seeds that also run the network alone (no linear term)")
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-config override for every federated run (repeatable), e.g. select-best=false")
     args = p.parse_args(argv)
     if args.threads > 0:
         set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     policy = args.out / "exact-cox-policy.toml"
     policy.write_text(POLICY)
-    base = {"tier2.rounds": 0, "dp.enabled": False}
+    base = {"tier2.rounds": 0, "dp.enabled": False, **overrides(args.extra)}
     raw, extra, skipped = [], [], []
     for cohort, seed in progress([(c, s) for c in args.cohorts for s in args.seeds], desc="cox core"):
         data = cohort_for_seed(args.out, seed) if cohort == "default" else args.data_root / cohort
@@ -179,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         "core's exact sums, exact releases, no DP-SGD). On a TCGA cohort the split is the same for every seed, so "
         "the pooled Cox has no sd. Test splits are small: differences under about 0.03 (0.08 on tcga-kirp) are "
         "within noise.")
+    if args.extra:
+        notes += f" Every federated run also had --set {' --set '.join(args.extra)}."
     if skipped:
         notes += f" Skipped (no folder under {args.data_root}): {', '.join(sorted(set(skipped)))}."
     text = write_results(args.out, "cox_core", rows, "Tier 1's Cox core vs the first release and pooled Cox (issue 24)",
