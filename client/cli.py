@@ -235,6 +235,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--poll-interval", type=float, default=SUPERNODE_IDLE_POLL_S,
                    help=f"seconds between the SuperNode's polls of the server when idle (default "
                         f"{SUPERNODE_IDLE_POLL_S}; Flower's own is 3)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads of the ClientApp's PyTorch and BLAS (default 0: theirs, one per core); on a "
+                        "machine shared by several sites (a trial) give each about cores / sites")
     p.add_argument("--no-flower-tuning", action="store_true",
                    help="run Flower's own flower-supernode, without rmm's shorter polls (flower/supernode.py); "
                         "with --isolation subprocess nothing of Flower is patched")
@@ -243,7 +246,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--max-retries must be >= 1 and --max-wait > 0 (retries are bounded on purpose)")
     if not 0.05 <= args.poll_interval <= 60:
         p.error("--poll-interval must be between 0.05 and 60 seconds")
+    if args.threads < 0:
+        p.error("--threads must be >= 1 (or 0: PyTorch's default, one per core)")
     return args
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that caps PyTorch's and BLAS' CPU threads in the ClientApp processes (none for 0)."""
+    return {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")} if threads else {}
 
 
 def parse_keygen_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -365,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         companions["ClientApp worker"] = worker_command(args, port, secret)
     try:
         launcher = () if args.no_flower_tuning else flower_launcher(args.poll_interval)
-        code = run_supervised(cmd, flower_env(), on_line=relay, launcher=launcher, companions=companions)
+        code = run_supervised(cmd, flower_env(thread_env(args.threads)), on_line=relay, launcher=launcher,
+                              companions=companions)
     finally:
         if secrets_dir is not None:
             shutil.rmtree(secrets_dir, ignore_errors=True)

@@ -17,7 +17,9 @@ same short run with ``rmm-server run`` and times it from the streamed logs:
 - ``warm-packed``: ``warm`` plus weights packed into one array per message (one object instead of
   one per tensor: flower/packed_arrays.py);
 - ``warm-packed-poll-0.1``: ``warm-packed`` with the sites' idle poll at 0.1 s (``rmm-client
-  --poll-interval 0.1``) instead of 0.5 s: what the idle poll costs a round.
+  --poll-interval 0.1``) instead of 0.5 s: what the idle poll costs a round;
+- ``warm-packed-1-thread``: ``warm-packed`` with one PyTorch/BLAS thread per site (``rmm-client --threads 1``):
+  4 sites on a 2-core machine no longer run 2 threads each on 2 cores.
 
 Per Tier 1 round it reports the ServerApp's own figure (``tier1 round k/N: ... <s>s``, configure
 -> aggregate of the train step), the whole round (train + validation: time between consecutive
@@ -52,6 +54,8 @@ MODES = {
     "warm-packed": {"client": "process", "tuning": True, "pack": True, "superexec_poll": 0.2},
     "warm-packed-poll-0.1": {"client": "process", "tuning": True, "pack": True, "superexec_poll": 0.2,
                              "client_args": ["--poll-interval", "0.1"]},
+    "warm-packed-1-thread": {"client": "process", "tuning": True, "pack": True, "superexec_poll": 0.2,
+                             "client_args": ["--threads", "1"]},
 }
 _ROUND = re.compile(r"tier1 round (\d+)/(\d+):.* ([0-9.]+)s")
 _WORKER = re.compile(r"\[rmm-worker[^\]]*\] (\S+): \S+ in ([0-9.]+) s \(ClientApp ([0-9.]+) s\)")

@@ -142,6 +142,21 @@ def test_insecure_warns_loudly_and_drops_tls(site_factory, recorded, capsys):
     assert "--root-certificates" not in cmd and "--auth-supernode-private-key" not in cmd
 
 
+def test_threads_caps_the_clientapps_torch_and_blas_threads_and_the_default_leaves_them(site_factory, recorded,
+                                                                                        monkeypatch, capsys):
+    site = site_factory(n=20)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    base = ["--site", "A", "--data", str(site), "--superlink", "127.0.0.1:9092", "--insecure", "--device", "cpu"]
+    assert client_cli.main(base + ["--threads", "1"]) == 0
+    assert client_cli.main(base) == 0
+    (_, capped), (_, default) = recorded
+    assert capped["OMP_NUM_THREADS"] == capped["MKL_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in default
+    with pytest.raises(SystemExit):
+        client_cli.main(base + ["--threads", "-1"])
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("missing", ["--key", "--root-cert", "--superlink"])
 def test_secure_by_default_refuses_missing_settings(site_factory, tmp_path, recorded, capsys, missing):
     site = site_factory(n=20)
