@@ -40,6 +40,7 @@ from . import conformal_phase, cox_phase, tier2_gate_phase
 from .risk_groups_phase import risk_groups
 from .checkpoint import Checkpoint
 from .cox_phase import cox_core_sites
+from .few_events import few_events_warning
 from .handshake import Handshake, SiteInfo, agree
 from .phases import FOLLOWUP_COARSE, FOLLOWUP_GRID, dp_time_cuts, run_baseline_hazard, run_phase
 from .strategies import sums_to_plain
@@ -190,6 +191,8 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
         run.followup_grid = FOLLOWUP_COARSE
     for site, reason in hs.refused.items():
         log(WARNING, "site %s refused: %s", site, reason)
+    if few := few_events_warning(cfg.dp.enabled, hs.accepted):
+        log(WARNING, "%s", few)
     if not hs.accepted:
         raise FederationError("no site passed the schema handshake; see the refusals above")
     if cfg.model.widths == "auto":  # resolved once, before round 1: every site receives the same widths
