@@ -293,31 +293,6 @@ def test_model_selection_table_pairs_the_last_round_with_the_validated_round_of_
     assert out[2]["b"].startswith("0.050")
 
 
-def test_model_selection_without_dp_pairs_two_runs_that_differ_only_in_select_best():
-    import tomllib
-
-    from rmmfed.core.privacy.site_policy import SitePolicy
-    from rmmfed.simulations.evidence.model_selection import LAST, NO_DP_POLICY, VALIDATED, configs
-
-    (v, v_over, v_pol), (last, l_over, l_pol) = configs(True, "dp-policy", "no-dp-policy")
-    assert (v, last) == (VALIDATED, LAST) and v_pol == l_pol == "no-dp-policy"
-    assert v_over == {**l_over, "select-best": True} and l_over["select-best"] is False
-    assert l_over["dp.enabled"] is False and l_over["tier2.rounds"] == 0
-    policy = SitePolicy.model_validate(tomllib.loads(NO_DP_POLICY))
-    assert "validation" in policy.phases and "cox" not in policy.phases and not policy.dp.required
-    (_, dp_over, dp_pol), (_, dp_last, dp_last_pol) = configs(False, "dp-policy", "no-dp-policy")
-    assert dp_over == dp_last and dp_over["dp.seeded-noise"] and (dp_pol, dp_last_pol) == ("dp-policy", None)
-
-
-def test_cox_core_evidence_parses_set_overrides_as_rmm_simulate_does():
-    from rmmfed.simulations.evidence.cox_core import overrides
-
-    assert overrides(["select-best=false", "rounds=5", "lr=0.01", "strategy=fedavg"]) == \
-        {"select-best": False, "rounds": 5, "lr": 0.01, "strategy": "fedavg"}
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        overrides(["select-best"])
-
-
 def test_risk_routing_reads_tier2_against_tier1_on_masked_test_cases_and_nan_from_a_noised_gate():
     from rmmfed.simulations.evidence.risk_routing import figures
 

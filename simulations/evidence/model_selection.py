@@ -1,8 +1,8 @@
-"""What model selection on exact per-round validation buys Tier 1, under DP-SGD or without it, on every cohort:
-the round the federated validation picks against the last round, in the same run.
+"""What model selection on exact per-round validation buys Tier 1 under DP-SGD, on every cohort: the round
+the federated validation picks against the last round, in the same run.
 
     python -m rmmfed.simulations.evidence.model_selection --seeds 0 1 2 --out runs/model-selection \\
-        [--cohorts default tcga-gbmlgg tcga-blca tcga-luad tcga-stad tcga-kirp] [--data-root ../shared/data] [--no-dp]
+        [--cohorts default tcga-gbmlgg tcga-blca tcga-luad tcga-stad tcga-kirp] [--data-root ../shared/data]
 
 Per-round validation releases exact pair counts and partial likelihoods of weights the coordinator chooses,
 which a lying coordinator can bisect over rounds; so since rmm 0.11 it is an opt-in phase of the site policy
@@ -16,11 +16,6 @@ sites accept) so that both runs train the very same rounds:
   phase); the run keeps the round with the best federated validation score (``select-best``, the run
   config's default criterion);
 * ``last round``: the default policy; the run keeps its last round.
-
-``--no-dp``: the same pair without DP-SGD, as a permissive policy trains (``dp.enabled = false``, every site
-under OUT/validation-no-dp-policy.toml: the validation policy with ``[dp] required = false``); both runs validate
-every round, ``validated`` keeps the best (``select-best = true``), ``last round`` the last (``select-best =
-false``); without noise both train the very same rounds.
 
 Reported: Tier 1's C-index on the pooled test split for each, the paired difference (last round minus
 validated: negative = what model selection gained), and the round validation kept. Runs are cached in
@@ -41,25 +36,14 @@ COHORTS = ("default", "tcga-gbmlgg", "tcga-blca", "tcga-luad", "tcga-stad", "tcg
 VALIDATED, LAST = "validated", "last round"
 POLICY = ("# evidence.model_selection: the default policy plus the opt-in per-round validation\n"
           + phases_line([p for p in PHASES if p != "cox"]))
-NO_DP_POLICY = POLICY.replace("validation\n", "validation, without DP-SGD\n", 1) + "[dp]\nrequired = false\n"
 
 
-def configs(no_dp: bool, policy, no_dp_policy) -> list[tuple[str, dict, object]]:
-    """(config, run-config overrides, policy file) of the two runs of a cohort and seed."""
-    if no_dp:
-        base = {"tier2.rounds": 0, "dp.enabled": False}
-        return [(VALIDATED, {**base, "select-best": True}, no_dp_policy),
-                (LAST, {**base, "select-best": False}, no_dp_policy)]
-    base = {"tier2.rounds": 0, "dp.seeded-noise": True}
-    return [(VALIDATED, base, policy), (LAST, base, None)]
-
-
-def table(df: pd.DataFrame, cohorts: list[str], last: str = "the default policy") -> tuple[list[dict], list[float]]:
+def table(df: pd.DataFrame, cohorts: list[str]) -> tuple[list[dict], list[float]]:
     """Rows of the table (one per figure, one column per cohort) and the per-cohort mean differences."""
     rows, gaps = [], []
     piv = df.pivot_table(index=["cohort", "seed"], columns="config", values="c_index").dropna()
     for label, pick in ((f"Tier 1 C-index, {VALIDATED} (best round on validation)", VALIDATED),
-                        (f"Tier 1 C-index, {LAST} ({last})", LAST)):
+                        (f"Tier 1 C-index, {LAST} (the default policy)", LAST)):
         rows.append({"figure": label, **{c: mean_sd(piv.loc[c][pick]) if c in piv.index else "n/a" for c in cohorts}})
     diff = {c: (piv.loc[c][LAST] - piv.loc[c][VALIDATED]) for c in cohorts if c in piv.index}
     rows.append({"figure": "difference, last round - validated (paired)", **{c: mean_sd(d) for c, d in diff.items()}})
@@ -72,38 +56,35 @@ def table(df: pd.DataFrame, cohorts: list[str], last: str = "the default policy"
 
 def main(argv: list[str] | None = None) -> int:
     p = evidence_parser(__doc__, "runs/model-selection", COHORTS, seeds=(0, 1, 2))
-    p.add_argument("--no-dp", action="store_true", help="both runs without DP-SGD (a permissive policy's training)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    policy, no_dp_policy = args.out / "validation-policy.toml", args.out / "validation-no-dp-policy.toml"
+    policy = args.out / "validation-policy.toml"
     policy.write_text(POLICY)
-    no_dp_policy.write_text(NO_DP_POLICY)
     raw, skipped = [], []
     for cohort, seed in progress([(c, s) for c in args.cohorts for s in args.seeds], desc="model selection"):
         data = cohort_for_seed(args.out, seed) if cohort == "default" else args.data_root / cohort
         if not data.is_dir():
             skipped.append(cohort)
             continue
-        for config, over, pol in configs(args.no_dp, policy, no_dp_policy):
-            m = run_cached(data, args.out / cohort / f"seed-{seed}" / config.replace(" ", "-"), {"seed": seed, **over},
-                           policy=pol)
+        base = {"seed": seed, "tier2.rounds": 0, "dp.seeded-noise": True}
+        for config, pol in ((VALIDATED, policy), (LAST, None)):
+            m = run_cached(data, args.out / cohort / f"seed-{seed}" / config.replace(" ", "-"), base, policy=pol)
             raw.append({"cohort": cohort, "seed": seed, "config": config, "c_index": m["federated"]["c_index"],
                         "kept_round": m.get("selected_round"), "rounds": len(m.get("history") or [])})
     df = pd.DataFrame(raw)
     cohorts = [c for c in args.cohorts if c in set(df.get("cohort", []))]
-    rows, gaps = table(df, cohorts, "select-best = false" if args.no_dp else "the default policy")
+    rows, gaps = table(df, cohorts)
     notes = (f"Mean difference over the {len(gaps)} cohorts: {statistics.mean(gaps):+.3f} "
              f"(per cohort: {', '.join(f'{c} {g:+.3f}' for c, g in zip(cohorts, gaps))}). "
              if gaps else "")
     notes += ("C-index on each cohort's pooled test split, mean +- sd over seeds "
-              f"({', '.join(map(str, args.seeds))}); Tier 1 only, "
-              + ("no DP-SGD (both runs validate every round; select-best true / false)" if args.no_dp else
-                 "DP-SGD with seeded noise") + ", both runs of a seed train the same rounds. Test splits are small: differences under about 0.03 (0.08 on tcga-kirp) "
+              f"({', '.join(map(str, args.seeds))}); Tier 1 only, DP-SGD with seeded noise, both runs of a seed "
+              "train the same rounds. Test splits are small: differences under about 0.03 (0.08 on tcga-kirp) "
               "are within noise.")
     if skipped:
         notes += f" Skipped (no folder under {args.data_root}): {', '.join(sorted(set(skipped)))}."
     print(write_results(args.out, "model_selection", rows, "Model selection on exact per-round validation vs "
-                        "the last round, Tier 1 " + ("without DP-SGD" if args.no_dp else "under DP-SGD"), notes, raw=raw))
+                        "the last round, Tier 1 under DP-SGD", notes, raw=raw))
     return 0
 
 
