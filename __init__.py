@@ -5,4 +5,4 @@ pyproject.toml: ``core/`` is ``rmmfed.core``, ``client/`` is ``rmmfed.client``,
 ``server/`` is ``rmmfed.server`` and ``simulations/`` is ``rmmfed.simulations``.
 """
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"

@@ -147,8 +147,10 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
                        "--host", "127.0.0.1", "--port", str(free_port()),
                        "--node-config", f"data-dir='{data}' device='cpu' site='{site}'"]
             else:
+                # each run its own lifetime budget: the runs of a benchmark would otherwise spend one site's
                 cmd = [client, "--site", site, "--data", data, "--superlink", f"127.0.0.1:{port}", "--insecure",
-                       "--device", "cpu", "--isolation", spec["client"], *spec.get("client_args", [])]
+                       "--device", "cpu", "--isolation", spec["client"], "--state-dir", str(base / f"state-{site}"),
+                       *spec.get("client_args", [])]
             procs.start(f"site-{site}", cmd, env)
         config = base / "consortium.toml"
         config.write_text(f'name = "bench"\nsites = {json.dumps(sites)}\nrounds = {args.rounds}\n'
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tier2-rounds", type=int, default=0)
     p.add_argument("--mc-samples", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} (default: all)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} (default: all); "
+                   "a mode may repeat (alternate A,B,A,B on a noisy machine)")
     p.add_argument("--out", type=Path, help="folder for logs and bench.json (default: a temporary folder)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take (default 900)")
     args = p.parse_args(argv)
@@ -231,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     previous = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        for mode in modes:
-            res = run_mode(mode, out / mode, cohort, sites, args)
+        for i, mode in enumerate(modes):  # a mode given again (A B A B) runs in its own folder: mode-2, ...
+            seen = modes[:i].count(mode)
+            res = run_mode(mode, out / (f"{mode}-{seen + 1}" if seen else mode), cohort, sites, args)
             results.append(res)
             print(f"{mode:16s} exit {res['exit_code']}  run {res['run_wall_s']:.1f} s  "
                   f"train step {_median(res['train_step_s'])} s  round {_median(res['round_s'])} s  "
