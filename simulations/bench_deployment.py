@@ -19,7 +19,8 @@ same short run with ``rmm-server run`` and times it from the streamed logs:
 - ``warm-packed-poll-0.1``: ``warm-packed`` with the sites' idle poll at 0.1 s (``rmm-client
   --poll-interval 0.1``) instead of 0.5 s: what the idle poll costs a round;
 - ``warm-packed-1-thread``: ``warm-packed`` with one PyTorch/BLAS thread per site (``rmm-client --threads 1``):
-  4 sites on a 2-core machine no longer run 2 threads each on 2 cores.
+  4 sites on a 2-core machine no longer run 2 threads each on 2 cores;
+- ``warm-packed-1-thread-poll-0.1``: the same with the sites' idle poll at 0.1 s.
 
 Per Tier 1 round it reports the ServerApp's own figure (``tier1 round k/N: ... <s>s``, configure
 -> aggregate of the train step), the whole round (train + validation: time between consecutive
@@ -56,6 +57,8 @@ MODES = {
                              "client_args": ["--poll-interval", "0.1"]},
     "warm-packed-1-thread": {"client": "process", "tuning": True, "pack": True, "superexec_poll": 0.2,
                              "client_args": ["--threads", "1"]},
+    "warm-packed-1-thread-poll-0.1": {"client": "process", "tuning": True, "pack": True, "superexec_poll": 0.2,
+                                      "client_args": ["--threads", "1", "--poll-interval", "0.1"]},
 }
 _ROUND = re.compile(r"tier1 round (\d+)/(\d+):.* ([0-9.]+)s")
 _WORKER = re.compile(r"\[rmm-worker[^\]]*\] (\S+): \S+ in ([0-9.]+) s \(ClientApp ([0-9.]+) s\)")
