@@ -81,6 +81,7 @@ class FederationResult:
     residual_weights: dict[str, np.ndarray] | None = None  # the kept round before that decision (never sent)
     conformal: dict = field(default_factory=dict)  # the conformal phase's report per tier (server/conformal_phase.py)
     thresholds: tuple[float, ...] = ()  # the risk-coverage curve's routing-score thresholds evaluation measured
+    cautions: list[str] = field(default_factory=list)  # warnings a reader of the results must see (metrics, report)
 
     def combined_c_index(self) -> float:
         return combined_c_index(ConcordanceCounts(*(m[k] for k in M.PAIRS.counts)) for m in self.per_site.values())
@@ -107,6 +108,7 @@ class Run:
     cox: dict | None = None  # the Cox core's fit and the residual decision (server/cox_phase.py)
     residual_weights: dict | None = None  # Tier 1's kept round before the residual decision
     followup_grid: HistogramGrid = FOLLOWUP_GRID  # the follow-up grid the run asked first
+    cautions: list[str] = field(default_factory=list)  # FederationResult.cautions
 
     def say(self, text: str) -> None:
         self.progress.phase(text)
@@ -168,7 +170,8 @@ def run_federation(grid: Grid, cfg: RunConfig, *, n_sites: int, expected_dims: d
                             timing_s=run.timing, best_round=best_round, tier2_weights=t2.weights,
                             tier2_history=t2.history, participation=run.participation, risk_cutpoint_values=n_risk,
                             release_error=run.release_error, tier2_round=t2.round, cox=run.cox,
-                            residual_weights=run.residual_weights, conformal=q_hat, thresholds=thresholds)
+                            residual_weights=run.residual_weights, conformal=q_hat, thresholds=thresholds,
+                            cautions=run.cautions)
 
 
 # ---- 1. schema handshake ----------------------------------------------------------------------
@@ -193,6 +196,7 @@ def handshake(run: Run, n_sites: int, expected_dims: dict[str, int] | None,
         log(WARNING, "site %s refused: %s", site, reason)
     if few := few_events_warning(cfg.dp.enabled, hs.accepted):
         log(WARNING, "%s", few)
+        run.cautions.append(few)
     if not hs.accepted:
         raise FederationError("no site passed the schema handshake; see the refusals above")
     if cfg.model.widths == "auto":  # resolved once, before round 1: every site receives the same widths

@@ -110,6 +110,7 @@ def build_metrics(res: FederationResult, extra: dict[str, Any] | None = None) ->
     doc["risk_groups"] = {"cutpoints": None if res.fitted.cutpoints_ is None else list(res.fitted.cutpoints_), "n_values": res.risk_cutpoint_values,
                           "basis": "tertiles of the two-tier system risk of the training patients (federated histograms)"}
     doc["participation"] = res.participation  # phase -> sites that answered (a dead site shows here)
+    doc["cautions"] = res.cautions
     doc["history"] = res.history
     doc["selected_round"] = res.best_round
     doc["selected_by"] = ("validation" if any("val-c-index" in h or "val-pll" in h for h in res.history)
@@ -237,6 +238,8 @@ def render_report(m: dict[str, Any]) -> str:
         lines.append(f"| oracle (true risk, simulation only) | {_f(o['c_index'])} |")
         if "c_index_observed" in o:
             lines.append(f"| oracle E[risk given the observed modalities] (simulation only) | {_f(o['c_index_observed'])} |")
+    if m.get("cautions"):
+        lines += ["", "## Cautions", ""] + [f"- {c}" for c in m["cautions"]]
     lines += ["", "## Per site", "", "| site | n test | events | C-index | referral rate | routes tier1/tier2/abstain | masked-complete referral |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     r = m["routing"]

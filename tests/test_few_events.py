@@ -25,3 +25,4 @@ def test_dp_sgd_at_sites_under_ten_training_events_is_named_once_and_never_witho
     assert f"fewer than {MIN_TRAIN_EVENTS}" in text and "dp.max-epsilon" in text
     assert few_events_warning(False, kirp_like) is None  # a permissive run trains without DP-SGD
     assert few_events_warning(True, [_site("C", 140, 60, 85)]) is None
+

@@ -145,6 +145,9 @@ def test_a_cohort_section_in_metrics_is_shown_and_its_absence_is_silent():
     text = "\n".join(summary_lines(with_cohort, Path("o")))
     assert "cross-modal R^2: pathology 0.12, report 0.31" in text and "E[risk | observed] 0.800" in text
     assert "## Cohort" in report_markdown(with_cohort, [])
+    assert "## Cautions" not in report_markdown(base, [])
+    caution = "DP-SGD: 2 site(s) hold fewer than 10 training events each"
+    assert f"## Cautions\n\n- {caution}" in report_markdown({**base, "cautions": [caution]}, [])
 
 
 def test_the_uncertainty_plot_uses_the_values_behind_the_sites_spearman(cohort, tmp_path, no_flower):

@@ -88,6 +88,7 @@ class RunMetrics(_Section):
     sites: Sites
     risk_groups: RiskGroups
     participation: dict[str, list[str]]
+    cautions: list[str] = Field(default_factory=list)  # what a reader of the figures must know (e.g. DP-SGD at tiny sites)
     history: list[Json]
     selected_round: int | None
     selected_by: str = "validation"  # or "last round": no site's policy answers per-round validation (opt-in)
