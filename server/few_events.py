@@ -29,7 +29,7 @@ def few_events_warning(dp_enabled: bool, sites: Iterable[SiteInfo]) -> str | Non
     None otherwise."""
     if not dp_enabled:
         return None
-    few = sorted((s.site, train_events(s.counts)) for s in sites if train_events(s.counts) < MIN_TRAIN_EVENTS)
+    few = sorted((site, e) for site, e in ((s.site, train_events(s.counts)) for s in sites) if e < MIN_TRAIN_EVENTS)
     if not few:
         return None
     return (f"DP-SGD: {len(few)} site(s) hold fewer than {MIN_TRAIN_EVENTS} training events each (about "

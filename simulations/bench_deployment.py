@@ -150,7 +150,8 @@ def run_mode(mode: str, base: Path, cohort: Path, sites: list[str], args: argpar
                        "--host", "127.0.0.1", "--port", str(free_port()),
                        "--node-config", f"data-dir='{data}' device='cpu' site='{site}'"]
             else:
-                # each run its own lifetime budget: the runs of a benchmark would otherwise spend one site's
+                # each run keeps its own site state (lifetime privacy budget): the benchmark's runs share one
+                # cohort folder, and together they would spend its sites' budget (the 4th run was refused)
                 cmd = [client, "--site", site, "--data", data, "--superlink", f"127.0.0.1:{port}", "--insecure",
                        "--device", "cpu", "--isolation", spec["client"], "--state-dir", str(base / f"state-{site}"),
                        *spec.get("client_args", [])]

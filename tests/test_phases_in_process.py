@@ -21,7 +21,7 @@ from rmmfed.core.config import RunConfig
 from rmmfed.core.privacy.site_policy import PHASES, phases_line
 from rmmfed.server.federation import run_federation
 from rmmfed.server.progress import Progress
-from rmmfed.server.few_events import few_events_warning
+from rmmfed.server import few_events
 from rmmfed.server.outputs import build_metrics
 from rmmfed.server.summary import summary_lines
 from rmmfed.simulations.in_process_grid import InProcessGrid
@@ -66,9 +66,11 @@ def grid(tmp_path: Path) -> InProcessGrid:
     return _grid(tmp_path)
 
 
-def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
+def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path, monkeypatch):
     # the default policy plus the opt-in phases (exact Cox core sums, per-round validation), so that every
-    # handler is asked
+    # handler is asked; the few-events line raised above these sites' 61-63 training events, so that the
+    # coordinator's caution must travel into metrics.json
+    monkeypatch.setattr(few_events, "MIN_TRAIN_EVENTS", 100)
     grid = _grid(tmp_path, phases_line(PHASES))
     cfg = RunConfig().with_overrides(TINY)
     res = run_federation(grid, cfg, n_sites=2, expected_dims=dict(DIMS))
@@ -86,8 +88,8 @@ def test_every_phase_runs_against_the_real_client_apps_in_process(tmp_path):
         assert m["n-test"] > 0 and "uncertainty-error-spearman" in m and "tier2-used" in m
     assert all(sites == ["site-A", "site-B"] for sites in res.participation.values()), res.participation
     doc = build_metrics(res)  # metrics.json: the Cox core beside Tier 1, and Tier 1's survival figures
-    few = few_events_warning(res.config.dp.enabled, res.handshake.accepted)  # the coordinator's cautions reach it
-    assert doc["cautions"] == ([few] if few else [])
+    few = few_events.few_events_warning(res.config.dp.enabled, res.handshake.accepted)
+    assert few is not None and doc["cautions"] == [few]  # the coordinator's caution reaches metrics.json
     assert doc["cox_core"]["penalizer"] in res.config.model.penalizers() and "c_index_combined_pairs" in doc["cox_core"]
     assert 0 < doc["survival"]["ibs"] < 1 and len(doc["survival"]["td_auc"]["auc"]) == 3
     assert sum(g["n"] for g in doc["survival"]["calibration"]["groups"]) == doc["survival"]["n_patients"]
